@@ -1,0 +1,35 @@
+"""The ``galmorph`` command group; area modules register their commands on it."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+
+import click
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.option("--log-level", default="INFO", show_default=True,
+              type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
+              help="Logging verbosity.")
+@click.version_option(package_name="galmorph")
+def main(log_level: str) -> None:
+    """galmorph: galaxy-morphology deep learning from survey catalogue to monitored model.
+
+    Every command reads its defaults from the settings object (environment variables
+    GALMORPH_*; see `galmorph settings`).
+    """
+    logging.basicConfig(level=log_level.upper(), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for noisy in ("urllib3", "git", "alembic", "matplotlib", "PIL", "fsspec"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def echo_json(obj) -> None:
+    click.echo(json.dumps(obj, indent=2, default=str))
+
+
+def fail(msg: str, code: int = 1) -> None:
+    click.echo(f"error: {msg}", err=True)
+    sys.exit(code)

@@ -1,0 +1,1 @@
+"""Models: timm/escnn backbones, heads, the chirality-equivariant wrapper, MLflow I/O."""

@@ -1,0 +1,134 @@
+"""Logging models to MLflow and loading them back for inference.
+
+Contract shared by training, evaluation, promotion and scoring:
+
+* a logged galmorph model is a ``torch.nn.Module`` that takes a float32 batch ``(B, C, S, S)`` of
+  images scaled 0..1 (prepared with :func:`galmorph.imaging.preprocess.prepare_image`) and returns
+  **logits** ``(B, n_classes)`` in the order of ``spec.classes``; any normalisation happens inside;
+* it is stored in MLflow's ``pt2`` (torch.export) format with a dynamic batch dimension, an explicit
+  tensor signature and an input example, and carries its :class:`ModelSpec` in the MLmodel metadata
+  under ``galmorph``;
+* :func:`load_for_inference` accepts any MLflow model URI (``models:/galmorph-chirality@champion``,
+  ``runs:/<id>/model``, a local path) and returns the module, its spec and its registry version.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+REGISTERED_MODEL_PREFIX = "galmorph-"
+
+
+def registered_name(task: str) -> str:
+    return f"{REGISTERED_MODEL_PREFIX}{task}"
+
+
+@dataclass
+class ModelSpec:
+    task: str
+    classes: list[str]
+    arch: str
+    image_size: int
+    in_chans: int = 3
+    crop_fraction: float = 1.0
+    chirality_equivariant: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ModelSpec":
+        d = dict(d)
+        known = {k: d.pop(k) for k in list(d) if k in cls.__dataclass_fields__}
+        spec = cls(**known)
+        spec.extra.update(d)
+        return spec
+
+
+@dataclass
+class LoadedModel:
+    module: Any  # torch.nn.Module (GraphModule for pt2)
+    spec: ModelSpec
+    uri: str
+    version: str | None = None  # registry version when loaded through models:/
+    run_id: str | None = None
+
+    def predict_logits(self, batch) -> "Any":
+        import torch
+
+        with torch.inference_mode():
+            return self.module(batch)
+
+    def predict_proba(self, batch) -> np.ndarray:
+        import torch
+
+        with torch.inference_mode():
+            return torch.softmax(self.module(batch).float(), dim=1).cpu().numpy()
+
+
+def log_model(module, spec: ModelSpec, registered_model_name: str | None = None, name: str = "model",
+              example_batch: int = 2):
+    """Log ``module`` to the active MLflow run as pt2 with a dynamic batch; optionally register it.
+
+    Returns mlflow's ``ModelInfo`` (``.model_uri``, ``.registered_model_version``).
+    """
+    import mlflow
+    import mlflow.pytorch
+    from mlflow.models import ModelSignature
+    from mlflow.types import Schema, TensorSpec
+
+    module = module.eval()
+    shape = (-1, spec.in_chans, spec.image_size, spec.image_size)
+    sig = ModelSignature(
+        inputs=Schema([TensorSpec(np.dtype(np.float32), shape)]),
+        outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, len(spec.classes)))]),
+    )
+    rng = np.random.default_rng(0)
+    example = rng.uniform(0, 1, (max(2, example_batch), *shape[1:])).astype(np.float32)
+    info = mlflow.pytorch.log_model(
+        module,
+        name=name,
+        signature=sig,
+        input_example=example,
+        serialization_format="pt2",
+        registered_model_name=registered_model_name,
+        metadata={"galmorph": spec.to_dict()},
+    )
+    return info
+
+
+def _spec_from_info(info) -> ModelSpec:
+    meta = (info.metadata or {}).get("galmorph")
+    if meta is None:
+        raise ValueError(f"model {info.model_uri} has no galmorph metadata; was it logged by galmorph?")
+    if isinstance(meta, str):
+        meta = json.loads(meta)
+    return ModelSpec.from_dict(meta)
+
+
+def load_for_inference(uri: str, device: str = "cpu") -> LoadedModel:
+    """Load a galmorph model from any MLflow model URI (e.g. ``models:/galmorph-arms@champion``)."""
+    import mlflow
+    import mlflow.pytorch
+    from mlflow.models import get_model_info
+
+    info = get_model_info(uri)
+    spec = _spec_from_info(info)
+    module = mlflow.pytorch.load_model(uri, map_location=device) if device != "cpu" else mlflow.pytorch.load_model(uri)
+    version = None
+    run_id = info.run_id
+    if uri.startswith("models:/"):
+        client = mlflow.MlflowClient()
+        rest = uri[len("models:/"):]
+        name, _, ref = rest.partition("@") if "@" in rest else rest.partition("/")
+        mv = client.get_model_version_by_alias(name, ref) if "@" in rest else client.get_model_version(name, ref)
+        version, run_id = str(mv.version), mv.run_id
+    return LoadedModel(module=module, spec=spec, uri=uri, version=version, run_id=run_id)
