@@ -1,0 +1,407 @@
+"""Data validation of manifests: great-expectations 1.x suites + per-row image checks.
+
+Table-level expectations (schema and types) decide whether the manifest is usable at all; row-level
+expectations (unique ids, RA/Dec ranges, physical and selected redshift, label domain per task)
+and the image checks done in Python (file exists, decodes, expected size, not blank, no NaN, FITS
+has a usable celestial WCS) send failing rows to the quarantine table with their reasons.
+The run fails only when the quarantined fraction exceeds ``max_failure_fraction`` (or the schema
+is broken). The GX validation result is saved as JSON (and logged to MLflow when a run is active).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections import defaultdict
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from galmorph.manifest import (
+    REQUIRED_COLUMNS,
+    ManifestError,
+    manifest_metadata,
+    quarantine_frame,
+    quarantine_record,
+    read_manifest,
+    resolve_image_uri,
+    write_manifest,
+    write_quarantine,
+)
+
+log = logging.getLogger(__name__)
+
+STAGE = "validate"
+
+
+@dataclass
+class ValidationConfig:
+    """What a manifest must satisfy. ``None`` disables a check."""
+
+    z_min: float | None = None  # selection (rows with unknown z pass unless require_z)
+    z_max: float | None = None
+    require_z: bool = False
+    require_coords: bool = False  # rows with NaN ra/dec fail
+    label_domain: dict[str, list[str]] | None = None  # task -> classes (default galmorph.tasks.TASKS)
+    check_images: bool = True  # rows with an empty image_uri are catalogue-only and skip image checks
+    require_images: bool = False  # rows without an image_uri fail
+    expected_size: tuple[int, int] | None = None  # exact (height, width) of every image
+    min_size: int = 16  # smallest acceptable side (px)
+    blank_std: float = 1e-6  # an image whose pixel std is below this (after scaling) is blank
+    require_wcs: bool = True  # FITS images must carry a usable celestial WCS
+    max_failure_fraction: float = 0.05
+
+    def __post_init__(self) -> None:
+        if self.z_min is not None and self.z_max is not None and not self.z_min < self.z_max:
+            raise ValueError(f"z_min ({self.z_min}) must be below z_max ({self.z_max})")
+        if not 0 <= self.max_failure_fraction <= 1:
+            raise ValueError(f"max_failure_fraction must be in [0, 1], got {self.max_failure_fraction}")
+        if self.expected_size is not None:
+            self.expected_size = (int(self.expected_size[0]), int(self.expected_size[1]))
+
+
+@dataclass
+class ValidationResult:
+    """Outcome usable by pipelines: ``success`` + counts, the quarantine and the GX result."""
+
+    name: str
+    rows: int
+    passed: int
+    success: bool
+    failure_fraction: float
+    max_failure_fraction: float
+    quarantine: pd.DataFrame = field(repr=False)
+    schema_errors: list[str] = field(default_factory=list)
+    expectation_failures: dict[str, int] = field(default_factory=dict)
+    image_failures: dict[str, int] = field(default_factory=dict)
+    gx_success: bool | None = None
+    gx_result: dict | None = field(default=None, repr=False)
+    passed_manifest: pd.DataFrame | None = field(default=None, repr=False)
+    report_path: Path | None = None
+    out_manifest: Path | None = None
+    quarantine_path: Path | None = None
+
+    @property
+    def n_quarantined(self) -> int:
+        return self.rows - self.passed
+
+    def to_json(self) -> dict[str, Any]:
+        """The ``galmorph validate --json`` document."""
+        return {
+            "rows": self.rows,
+            "passed": self.passed,
+            "quarantined": [{"id": r.object_id, "reason": r.reason} for r in self.quarantine.itertuples()],
+            "success": self.success,
+            "failure_fraction": self.failure_fraction,
+            "max_failure_fraction": self.max_failure_fraction,
+            "schema_errors": self.schema_errors,
+        }
+
+    def summary(self) -> dict[str, Any]:
+        return {"name": self.name, "rows": self.rows, "passed": self.passed, "quarantined": self.n_quarantined,
+                "success": self.success, "failure_fraction": self.failure_fraction,
+                "max_failure_fraction": self.max_failure_fraction, "schema_errors": self.schema_errors,
+                "expectation_failures": self.expectation_failures, "image_failures": self.image_failures,
+                "gx_success": self.gx_success}
+
+
+# --------------------------------------------------------------------------------------------
+# great-expectations suite
+# --------------------------------------------------------------------------------------------
+def _label_domain(cfg: ValidationConfig) -> dict[str, list[str]]:
+    if cfg.label_domain is not None:
+        return {k: list(v) for k, v in cfg.label_domain.items()}
+    from galmorph.tasks import ARM_MERGES, TASKS
+
+    dom = {k: list(v.classes) for k, v in TASKS.items()}
+    # merged arm classes (3+4, 4+) are valid arm labels too
+    dom["arms"] = list(dict.fromkeys(dom["arms"] + [m for mp in ARM_MERGES.values() for m in mp.values()]))
+    return dom
+
+
+def build_suite(df: pd.DataFrame, cfg: ValidationConfig, name: str = "manifest"):
+    """The GX expectation suite for one manifest; returns ``(suite, {expectation key: reason template})``.
+
+    Row-level expectations carry a ``meta["check"]`` key used to turn failures into quarantine reasons."""
+    import great_expectations as gx
+    import great_expectations.expectations as gxe
+
+    suite = gx.ExpectationSuite(name=f"galmorph-{name}")
+    for c in REQUIRED_COLUMNS:
+        suite.add_expectation(gxe.ExpectColumnToExist(column=c, meta={"check": "schema"}))
+    for c in ("ra", "dec", "z"):
+        suite.add_expectation(gxe.ExpectColumnValuesToBeInTypeList(
+            column=c, type_list=["float64", "float32", "Float64"], meta={"check": "schema"}))
+    suite.add_expectation(gxe.ExpectColumnValuesToNotBeNull(column="object_id", meta={"check": "id_null"}))
+    suite.add_expectation(gxe.ExpectColumnValuesToBeUnique(column="object_id", meta={"check": "id_unique"}))
+    suite.add_expectation(gxe.ExpectColumnValuesToBeBetween(column="ra", min_value=0, max_value=360,
+                                                            strict_max=True, meta={"check": "ra_range"}))
+    suite.add_expectation(gxe.ExpectColumnValuesToBeBetween(column="dec", min_value=-90, max_value=90,
+                                                            meta={"check": "dec_range"}))
+    if cfg.require_coords:
+        for c in ("ra", "dec"):
+            suite.add_expectation(gxe.ExpectColumnValuesToNotBeNull(column=c, meta={"check": f"{c}_null"}))
+    suite.add_expectation(gxe.ExpectColumnValuesToBeBetween(column="z", min_value=0, meta={"check": "z_physical"}))
+    if cfg.z_min is not None or cfg.z_max is not None:
+        suite.add_expectation(gxe.ExpectColumnValuesToBeBetween(
+            column="z", min_value=cfg.z_min, max_value=cfg.z_max, meta={"check": "z_selection"}))
+    if cfg.require_z:
+        suite.add_expectation(gxe.ExpectColumnValuesToNotBeNull(column="z", meta={"check": "z_null"}))
+    dom = _label_domain(cfg)
+    if "task" in df.columns:
+        tasks = [t for t in df["task"].dropna().unique().tolist() if t != ""]
+        for t in tasks:
+            if t in dom:
+                suite.add_expectation(gxe.ExpectColumnValuesToBeInSet(
+                    column="label", value_set=dom[t], row_condition=f'task=="{t}"', condition_parser="pandas",
+                    meta={"check": "label_domain", "task": t}))
+        unknown = [t for t in tasks if t not in dom]
+        if unknown:
+            suite.add_expectation(gxe.ExpectColumnValuesToBeInSet(
+                column="task", value_set=sorted(dom), meta={"check": "task_domain"}))
+    return suite
+
+
+_REASONS = {
+    "id_null": lambda r: "object_id is null",
+    "id_unique": lambda r: f"duplicate object_id {r.get('object_id')!r}",
+    "ra_range": lambda r: f"ra {r.get('ra')} outside [0, 360)",
+    "dec_range": lambda r: f"dec {r.get('dec')} outside [-90, 90]",
+    "ra_null": lambda r: "ra missing",
+    "dec_null": lambda r: "dec missing",
+    "z_physical": lambda r: f"negative redshift z={r.get('z')}",
+    "z_null": lambda r: "redshift missing",
+    "task_domain": lambda r: f"unknown task {r.get('task')!r}",
+}
+
+
+def run_gx(df: pd.DataFrame, cfg: ValidationConfig, name: str = "manifest"):
+    """Validate ``df`` with an ephemeral GX context; returns the GX ``ExpectationSuiteValidationResult``."""
+    import great_expectations as gx
+    from great_expectations.data_context.types.base import ProgressBarsConfig
+
+    ctx = gx.get_context(mode="ephemeral")
+    ctx.variables.progress_bars = ProgressBarsConfig(globally=False)
+    suite = ctx.suites.add(build_suite(df, cfg, name))
+    ds = ctx.data_sources.add_pandas(f"galmorph-{name}")
+    asset = ds.add_dataframe_asset(name="manifest")
+    bd = asset.add_batch_definition_whole_dataframe("whole")
+    batch = bd.get_batch(batch_parameters={"dataframe": df})
+    return batch.validate(suite, result_format={"result_format": "COMPLETE",
+                                               "unexpected_index_column_names": ["_row"]})
+
+
+# --------------------------------------------------------------------------------------------
+# per-row image checks
+# --------------------------------------------------------------------------------------------
+def check_image(path: Path, cfg: ValidationConfig) -> str | None:
+    """``None`` when the image is usable, else the reason (file named)."""
+    from galmorph.imaging.io import ImageError, is_fits, load_image, read_fits
+
+    try:
+        if is_fits(path):
+            im = read_fits(path)
+            arr = im.data
+            if cfg.require_wcs and im.wcs is None:
+                return f"{path.name}: FITS header has no usable celestial WCS"
+        else:
+            arr = load_image(path, allow_nan=True)
+    except ImageError as exc:
+        return str(exc).replace(str(path), path.name)
+    if arr.ndim not in (2, 3) or min(arr.shape[:2]) < cfg.min_size:
+        return f"{path.name}: image {arr.shape} smaller than {cfg.min_size} px"
+    if cfg.expected_size is not None and tuple(arr.shape[:2]) != tuple(cfg.expected_size):
+        return f"{path.name}: size {arr.shape[0]}x{arr.shape[1]} != expected {cfg.expected_size[0]}x{cfg.expected_size[1]}"
+    finite = np.isfinite(arr)
+    if not finite.all():
+        return f"{path.name}: {int((~finite).sum())} NaN/inf pixel(s)"
+    a = arr.astype(np.float64)
+    span = float(a.max() - a.min())
+    if span <= 0 or float(a.std()) / max(abs(float(a.max())), 1e-12) < cfg.blank_std:
+        return f"{path.name}: blank image (constant value {float(a.flat[0]):g})"
+    return None
+
+
+def image_checks(df: pd.DataFrame, cfg: ValidationConfig, data_root: Path | None = None,
+                 progress: bool = True, workers: int = 1) -> dict[int, str]:
+    """Row position -> reason for every row whose image fails."""
+    from tqdm import tqdm
+
+    out: dict[int, str] = {}
+    todo: list[tuple[int, Path]] = []
+    for i, uri in enumerate(df["image_uri"].tolist()):
+        if uri is None or uri is pd.NA or str(uri) == "":
+            if cfg.require_images:
+                out[i] = "no image_uri"
+            continue
+        try:
+            todo.append((i, resolve_image_uri(str(uri), data_root)))
+        except ManifestError as exc:
+            out[i] = str(exc)
+    if workers > 1:
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(workers) as ex:
+            res = list(tqdm(ex.map(lambda t: check_image(t[1], cfg), todo), total=len(todo),
+                            desc="image checks", disable=not progress))
+    else:
+        res = [check_image(p, cfg) for _, p in tqdm(todo, desc="image checks", disable=not progress)]
+    for (i, _), r in zip(todo, res):
+        if r:
+            out[i] = r
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# the validation run
+# --------------------------------------------------------------------------------------------
+def _row_failures(gx_result, df: pd.DataFrame, cfg: ValidationConfig) -> tuple[dict[int, list[str]], list[str], dict]:
+    reasons: dict[int, list[str]] = defaultdict(list)
+    schema_errors: list[str] = []
+    counts: dict[str, int] = {}
+    for r in gx_result.results:
+        cfgx = r.expectation_config
+        check = (cfgx.meta or {}).get("check", cfgx.type)
+        if r.success:
+            continue
+        if r.exception_info and r.exception_info.get("raised_exception"):
+            schema_errors.append(f"{cfgx.type}({cfgx.kwargs.get('column')}): "
+                                 f"{r.exception_info.get('exception_message')}")
+            continue
+        if check == "schema":
+            schema_errors.append(f"{cfgx.type} failed for column {cfgx.kwargs.get('column')!r}: "
+                                 f"{ {k: v for k, v in r.result.items() if k == 'observed_value'} }")
+            continue
+        idx = [int(u["_row"]) for u in (r.result.get("unexpected_index_list") or [])]
+        counts[check] = len(idx)
+        if check == "id_unique":
+            # keep the first occurrence of each duplicated id, quarantine the others
+            first: dict[str, int] = {}
+            for i in sorted(idx):
+                oid = str(df["object_id"].iat[i])
+                if oid not in first:
+                    first[oid] = i
+                    continue
+                reasons[i].append(f"duplicate object_id {oid!r} (first at row {first[oid]})")
+            continue
+        for i in idx:
+            row = df.iloc[i]
+            if check == "z_selection":
+                msg = f"z={row['z']:.6g} outside selection [{cfg.z_min}, {cfg.z_max}]"
+            elif check == "label_domain":
+                msg = f"label {row['label']!r} not a {cfgx.meta.get('task')} class"
+            else:
+                msg = _REASONS.get(check, lambda r_: check)(row.to_dict())
+            reasons[i].append(msg)
+    return reasons, schema_errors, counts
+
+
+def validate_frame(df: pd.DataFrame, cfg: ValidationConfig | None = None, data_root: Path | str | None = None,
+                   name: str = "manifest", progress: bool = True, workers: int = 1) -> ValidationResult:
+    """Validate a manifest DataFrame (no files written)."""
+    cfg = cfg or ValidationConfig()
+    dr = Path(data_root) if data_root is not None else None
+    df = df.reset_index(drop=True)
+    n = len(df)
+    missing = [c for c in REQUIRED_COLUMNS if c not in df.columns]
+    if n == 0:
+        return ValidationResult(name=name, rows=0, passed=0, success=False, failure_fraction=0.0,
+                                max_failure_fraction=cfg.max_failure_fraction, quarantine=quarantine_frame([]),
+                                schema_errors=[f"{name}: manifest has no rows"])
+    work = df.copy()
+    work["_row"] = np.arange(n)
+    for c in missing:  # so that the suite still runs and reports every problem at once
+        work[c] = None
+    gx_res = run_gx(work, cfg, name)
+    reasons, schema_errors, counts = _row_failures(gx_res, work, cfg)
+    if missing:
+        schema_errors.insert(0, f"{name}: missing required column(s) {missing}")
+    img_fail: dict[str, int] = {}
+    if cfg.check_images and "image_uri" not in missing:
+        for i, msg in image_checks(work, cfg, dr, progress=progress, workers=workers).items():
+            reasons[i].append(msg)
+            key = msg.split(": ", 1)[-1].split(" (")[0].split(" ")[0] if ": " in msg else msg
+            img_fail[key] = img_fail.get(key, 0) + 1
+    q = []
+    for i in sorted(reasons):
+        row = df.iloc[i]
+        q.append(quarantine_record(row.get("object_id"), STAGE, "; ".join(reasons[i]), row.to_dict()))
+    qdf = quarantine_frame(q)
+    bad = set(reasons)
+    passed_df = df.iloc[[i for i in range(n) if i not in bad]].reset_index(drop=True)
+    frac = len(bad) / n
+    success = not schema_errors and frac <= cfg.max_failure_fraction
+    gx_json = gx_res.to_json_dict()
+    res = ValidationResult(name=name, rows=n, passed=len(passed_df), success=success, failure_fraction=frac,
+                           max_failure_fraction=cfg.max_failure_fraction, quarantine=qdf,
+                           schema_errors=schema_errors, expectation_failures=counts, image_failures=img_fail,
+                           gx_success=bool(gx_res.success), gx_result=gx_json, passed_manifest=passed_df)
+    assert res.passed + len(qdf) == n
+    log.info("validate %s: %d rows, %d passed, %d quarantined (%.1f%%) -> %s", name, n, res.passed, len(qdf),
+             100 * frac, "OK" if success else "FAILED")
+    return res
+
+
+def validate_manifest(manifest: str | Path | pd.DataFrame, cfg: ValidationConfig | None = None,
+                      data_root: Path | str | None = None, out_manifest: str | Path | None = None,
+                      quarantine_path: str | Path | None = None, report_path: str | Path | None = None,
+                      log_to_mlflow: bool = True, progress: bool = True, workers: int = 1) -> ValidationResult:
+    """Validate a manifest file (or frame); write the passed rows, the quarantine and the report.
+
+    The report JSON holds the summary, the config and the full GX validation result; it is logged to
+    MLflow (artifact ``validation/<name>.json`` + metrics) when a run is active."""
+    if isinstance(manifest, pd.DataFrame):
+        df, name, kind = manifest, "manifest", "manifest"
+    else:
+        path = Path(manifest)
+        if not path.exists():
+            raise ManifestError(f"manifest {path} does not exist")
+        try:
+            df = pd.read_parquet(path)
+        except Exception as exc:  # noqa: BLE001
+            raise ManifestError(f"manifest {path} is not a readable Parquet file: {exc}") from exc
+        name = path.stem
+        kind = manifest_metadata(path).get("kind", "manifest")
+        try:
+            df = read_manifest(path)
+        except ManifestError:
+            pass  # reported as schema errors by validate_frame
+    cfg = cfg or ValidationConfig()
+    res = validate_frame(df, cfg, data_root, name=name, progress=progress, workers=workers)
+    if out_manifest is not None and res.passed_manifest is not None and not res.schema_errors:
+        write_manifest(res.passed_manifest, out_manifest, kind=kind,
+                       extra_meta={"validated": True, "validation": res.summary()})
+        res.out_manifest = Path(out_manifest)
+    if quarantine_path is not None:
+        write_quarantine(res.quarantine, quarantine_path)
+        res.quarantine_path = Path(quarantine_path)
+    report = {"summary": res.summary(), "config": asdict(cfg), "quarantined": res.to_json()["quarantined"],
+              "gx_result": res.gx_result}
+    if report_path is not None:
+        report_path = Path(report_path)
+        report_path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = report_path.with_name(f".{report_path.name}.tmp-{os.getpid()}")
+        tmp.write_text(json.dumps(report, indent=2, default=str))
+        os.replace(tmp, report_path)
+        res.report_path = report_path
+    if log_to_mlflow:
+        _log_mlflow(res, report)
+    return res
+
+
+def _log_mlflow(res: ValidationResult, report: dict) -> None:
+    try:
+        import mlflow
+    except ImportError:  # pragma: no cover - mlflow is a core dependency
+        return
+    if mlflow.active_run() is None:
+        return
+    mlflow.log_dict(report, f"validation/{res.name}.json")
+    mlflow.log_metrics({f"validation.{res.name}.rows": res.rows, f"validation.{res.name}.passed": res.passed,
+                        f"validation.{res.name}.quarantined": res.n_quarantined,
+                        f"validation.{res.name}.failure_fraction": res.failure_fraction,
+                        f"validation.{res.name}.success": float(res.success)})
