@@ -1,0 +1,260 @@
+"""Cutouts: model-ready image sets from a manifest.
+
+* FITS rows with a celestial WCS: ``astropy.nddata.Cutout2D`` at the row's (ra, dec) with a size in
+  arcsec, in multiples of R90 (a column in arcsec), or the full frame. Partial overlap is filled
+  (median of the valid pixels) and flagged (``cutout_partial``, ``cutout_fill_fraction``). The cutout
+  is written as FITS (physical values, cutout WCS) and as a linearly 0-1 scaled PNG (percentile
+  clip, display orientation) for model input.
+* Raster rows (JPEG/PNG): centre crop by ``crop_fraction`` (424 -> 224 is 0.528) and resize.
+
+A row that fails (missing/corrupt image, NaN pixels, no WCS, position off the image, missing R90)
+goes to the quarantine table with its reason. The cutout manifest is the input manifest with
+``image_uri`` pointing at the cutout PNG (the source kept as ``source_image_uri``).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from galmorph.manifest import (
+    ManifestError,
+    manifest_metadata,
+    quarantine_frame,
+    quarantine_record,
+    read_manifest,
+    resolve_image_uri,
+    write_manifest,
+    write_quarantine,
+)
+
+log = logging.getLogger(__name__)
+
+STAGE = "cutout"
+
+
+class CutoutError(ValueError):
+    """A cutout cannot be made; the message names the object and the reason."""
+
+
+@dataclass
+class CutoutConfig:
+    size_arcsec: float | None = None  # FITS: side in arcsec
+    size_r90: float | None = None  # FITS: side in multiples of R90 (takes precedence over size_arcsec)
+    r90_column: str = "r90_arcsec"  # column with R90 in arcsec
+    size_px: int | None = None  # output PNG side (resize); None keeps the cut size
+    crop_fraction: float = 1.0  # raster: central fraction kept before the resize
+    greyscale: bool = False
+    percentiles: tuple[float, float] = (0.5, 99.5)  # FITS linear scaling to 0-1
+    write_fits: bool = True
+
+    def __post_init__(self) -> None:
+        if self.size_arcsec is not None and self.size_arcsec <= 0:
+            raise ValueError(f"size_arcsec must be > 0, got {self.size_arcsec}")
+        if self.size_r90 is not None and self.size_r90 <= 0:
+            raise ValueError(f"size_r90 must be > 0, got {self.size_r90}")
+        if self.size_px is not None and self.size_px < 8:
+            raise ValueError(f"size_px must be >= 8, got {self.size_px}")
+        if not 0 < self.crop_fraction <= 1:
+            raise ValueError(f"crop_fraction must be in (0, 1], got {self.crop_fraction}")
+        lo, hi = self.percentiles
+        if not 0 <= lo < hi <= 100:
+            raise ValueError(f"percentiles must satisfy 0 <= lo < hi <= 100, got {self.percentiles}")
+
+
+@dataclass
+class Cutout:
+    image: np.ndarray  # float32 0..1, display orientation, (S,S) or (S,S,3)
+    fits_data: np.ndarray | None = None  # physical values, FITS orientation
+    fits_header: Any = None
+    partial: bool = False
+    fill_fraction: float = 0.0
+    size_arcsec: float | None = None
+    centre_pixel: tuple[float, float] | None = None  # (x, y) of (ra, dec) in the source FITS (0-based)
+
+
+@dataclass
+class CutoutResult:
+    out_dir: Path
+    manifest_path: Path
+    quarantine_path: Path
+    n_in: int
+    n_out: int
+    n_quarantined: int
+    n_partial: int
+    manifest: pd.DataFrame | None = field(default=None, repr=False)
+    quarantine: pd.DataFrame | None = field(default=None, repr=False)
+
+    def summary(self) -> dict:
+        return {"out_dir": str(self.out_dir), "manifest": str(self.manifest_path),
+                "quarantine": str(self.quarantine_path), "rows_in": self.n_in, "rows_out": self.n_out,
+                "rows_quarantined": self.n_quarantined, "partial": self.n_partial}
+
+
+def linear_scale(data: np.ndarray, percentiles: tuple[float, float] = (0.5, 99.5)) -> np.ndarray:
+    """Linear 0-1 scaling between two percentiles of the finite pixels (clipped)."""
+    finite = data[np.isfinite(data)]
+    if finite.size == 0:
+        raise CutoutError("no finite pixels to scale")
+    lo, hi = np.percentile(finite, percentiles)
+    if hi <= lo:
+        hi = lo + 1e-12
+    return np.clip((data - lo) / (hi - lo), 0, 1).astype(np.float32)
+
+
+def fits_cutout(path: str | Path, ra: float, dec: float, size_arcsec: float | None = None,
+                percentiles: tuple[float, float] = (0.5, 99.5)) -> Cutout:
+    """Cut a FITS image at (ra, dec). ``size_arcsec`` None keeps the full frame's size."""
+    from astropy import units as u
+    from astropy.coordinates import SkyCoord
+    from astropy.nddata import Cutout2D
+    from astropy.nddata.utils import NoOverlapError
+
+    from galmorph.imaging.io import ImageError, read_fits
+
+    path = Path(path)
+    im = read_fits(path)
+    if im.wcs is None:
+        raise ImageError(f"{path.name}: FITS header has no usable celestial WCS")
+    data = im.data
+    if not np.all(np.isfinite(data)):
+        raise ImageError(f"{path.name}: {int((~np.isfinite(data)).sum())} NaN/inf pixel(s)")
+    if not (np.isfinite(ra) and np.isfinite(dec)):
+        raise CutoutError(f"{path.name}: no ra/dec to cut at")
+    from astropy.wcs.utils import proj_plane_pixel_scales
+
+    scale = float(np.mean(np.abs(proj_plane_pixel_scales(im.wcs)))) * 3600  # arcsec/px (CUNIT deg)
+    if size_arcsec is None:
+        npx = max(data.shape)
+    else:
+        npx = max(3, int(round(size_arcsec / scale)))
+    pos = SkyCoord(ra * u.deg, dec * u.deg, frame="icrs")
+    try:
+        cut = Cutout2D(data, pos, (npx, npx), wcs=im.wcs, mode="partial", fill_value=np.nan, copy=True)
+    except NoOverlapError:
+        raise CutoutError(f"{path.name}: position ({ra:.5f}, {dec:.5f}) lies outside the image") from None
+    cdata = cut.data.astype(np.float64)
+    bad = ~np.isfinite(cdata)
+    fill_fraction = float(bad.mean())
+    if fill_fraction >= 1:
+        raise CutoutError(f"{path.name}: cutout at ({ra:.5f}, {dec:.5f}) has no overlap with the image")
+    if bad.any():
+        cdata[bad] = float(np.median(cdata[~bad]))
+    header = cut.wcs.to_header()
+    header["CUTPART"] = (bool(bad.any()), "cutout partially outside the source image")
+    header["CUTFILL"] = (fill_fraction, "fraction of filled pixels")
+    header["SRCFILE"] = path.name[:60]
+    img = linear_scale(np.flipud(cdata), percentiles)
+    x, y = im.wcs.world_to_pixel(pos)
+    return Cutout(image=img, fits_data=cdata.astype(np.float32), fits_header=header, partial=bool(bad.any()),
+                  fill_fraction=fill_fraction, size_arcsec=npx * scale, centre_pixel=(float(x), float(y)))
+
+
+def raster_cutout(path: str | Path, crop_fraction: float = 1.0, greyscale: bool = False) -> Cutout:
+    """Centre crop of a JPEG/PNG rendering (values already 0..1)."""
+    from galmorph.imaging.io import load_image
+    from galmorph.imaging.preprocess import centre_crop
+
+    img = load_image(path, greyscale=greyscale)
+    if crop_fraction < 1:
+        img = centre_crop(img, crop_fraction)
+    return Cutout(image=np.clip(img, 0, 1).astype(np.float32))
+
+
+def _safe_name(oid: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._+-]", "_", str(oid))
+
+
+def cutout_row(row: dict, cfg: CutoutConfig, data_root: Path | None = None) -> Cutout:
+    """The cutout of one manifest row (raises ``ImageError``/``CutoutError``/``ManifestError``)."""
+    from galmorph.imaging.io import is_fits
+    from galmorph.imaging.preprocess import resize
+
+    path = resolve_image_uri(row.get("image_uri"), data_root)
+    if is_fits(path):
+        size = cfg.size_arcsec
+        if cfg.size_r90 is not None:
+            r90 = row.get(cfg.r90_column)
+            try:
+                r90 = float(r90)
+            except (TypeError, ValueError):
+                r90 = math.nan
+            if not math.isfinite(r90) or r90 <= 0:
+                raise CutoutError(f"{path.name}: no usable R90 in column {cfg.r90_column!r} "
+                                  f"(value {row.get(cfg.r90_column)!r}) for a {cfg.size_r90} x R90 cutout")
+            size = cfg.size_r90 * r90
+        c = fits_cutout(path, float(row.get("ra")), float(row.get("dec")), size, cfg.percentiles)
+    else:
+        c = raster_cutout(path, cfg.crop_fraction, cfg.greyscale)
+    if cfg.greyscale and c.image.ndim == 3:
+        c.image = c.image.mean(axis=2)
+    if cfg.size_px is not None:
+        c.image = np.clip(resize(c.image, cfg.size_px), 0, 1).astype(np.float32)
+    return c
+
+
+def make_cutouts(manifest: str | Path | pd.DataFrame, out_dir: str | Path, cfg: CutoutConfig | None = None,
+                 data_root: Path | str | None = None, progress: bool = True) -> CutoutResult:
+    """Cut every row of a manifest into ``out_dir`` (``png/``, ``fits/``, ``manifest.parquet``,
+    ``quarantine.parquet``). Rows in = rows out + rows quarantined."""
+    from astropy.io import fits
+    from tqdm import tqdm
+
+    from galmorph.imaging.io import ImageError, save_raster
+
+    cfg = cfg or CutoutConfig()
+    dr = Path(data_root) if data_root is not None else None
+    if isinstance(manifest, pd.DataFrame):
+        df, kind = manifest.reset_index(drop=True), "cutouts"
+    else:
+        df = read_manifest(manifest)
+        kind = f"{manifest_metadata(manifest).get('kind', 'manifest')}-cutouts"
+    if df.empty:
+        raise ManifestError(f"manifest {manifest if not isinstance(manifest, pd.DataFrame) else ''} has no rows to cut")
+    out = Path(out_dir)
+    (out / "png").mkdir(parents=True, exist_ok=True)
+    rows, q = [], []
+    n_partial = 0
+    for row in tqdm(df.to_dict("records"), desc="cutouts", disable=not progress):
+        oid = row.get("object_id")
+        try:
+            c = cutout_row(row, cfg, dr)
+        except (ImageError, CutoutError, ManifestError, ValueError) as exc:
+            q.append(quarantine_record(oid, STAGE, f"object {oid}: {exc}", row))
+            continue
+        name = _safe_name(oid)
+        png = out / "png" / f"{name}.png"
+        save_raster(c.image, png)
+        new = dict(row)
+        new["source_image_uri"] = row.get("image_uri")
+        new["image_uri"] = str(png)
+        new["cutout_partial"] = c.partial
+        new["cutout_fill_fraction"] = c.fill_fraction
+        new["cutout_size_px"] = int(c.image.shape[0])
+        new["cutout_size_arcsec"] = c.size_arcsec if c.size_arcsec is not None else np.nan
+        if c.fits_data is not None and cfg.write_fits:
+            (out / "fits").mkdir(exist_ok=True)
+            fpath = out / "fits" / f"{name}.fits"
+            fits.PrimaryHDU(c.fits_data, header=c.fits_header).writeto(fpath, overwrite=True)
+            new["cutout_fits_uri"] = str(fpath)
+        else:
+            new["cutout_fits_uri"] = ""
+        n_partial += int(c.partial)
+        rows.append(new)
+    man = pd.DataFrame(rows) if rows else df.iloc[0:0].copy()
+    mpath = write_manifest(man, out / "manifest.parquet", kind=kind,
+                           extra_meta={"cutout": {k: v for k, v in cfg.__dict__.items()}, "rows_in": len(df),
+                                       "rows_quarantined": len(q)})
+    qdf = quarantine_frame(q)
+    qpath = write_quarantine(qdf, out / "quarantine.parquet")
+    log.info("cutouts: %d rows in, %d written, %d quarantined, %d partial -> %s", len(df), len(rows), len(q),
+             n_partial, out)
+    return CutoutResult(out_dir=out, manifest_path=mpath, quarantine_path=qpath, n_in=len(df), n_out=len(rows),
+                        n_quarantined=len(q), n_partial=n_partial, manifest=man, quarantine=qdf)
