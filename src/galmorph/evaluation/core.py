@@ -1,0 +1,308 @@
+"""``evaluate``: score a registered/logged model on a labelled test manifest and write the report.
+
+Outputs in ``out_dir``: ``predictions.parquet`` (every manifest row: probabilities, prediction, label,
+z, z_bin, error), ``quarantine.parquet`` (rows that could not be evaluated, with the reason),
+``report.json`` (every number), ``report.html`` (plots and tables) and, with explanations,
+``explanations.npz``. With ``log_to_mlflow`` all of them are logged as artifacts and every number as
+an MLflow metric, in the active run or in a new run of the ``galmorph-evaluation`` experiment tagged
+with the model name and version.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from galmorph.evaluation import chirality as chir
+from galmorph.evaluation.metrics import (aggregate_trials, classification_metrics, flatten_metrics,
+                                         redshift_bin_metrics, threshold_metrics)
+from galmorph.manifest import DEFAULT_Z_EDGES, assign_z_bin, quarantine_record, read_manifest, write_quarantine
+
+log = logging.getLogger(__name__)
+
+EVALUATION_EXPERIMENT = "galmorph-evaluation"
+
+
+@dataclass
+class EvaluationResult:
+    metrics: dict[str, float]  # flat, MLflow metric names
+    report: dict  # nested, everything (also in report.json)
+    predictions: pd.DataFrame
+    predictions_path: Path
+    report_json: Path
+    report_html: Path
+    quarantine_path: Path
+    model_uri: str
+    model_name: str | None = None
+    model_version: str | None = None
+    run_id: str | None = None
+    extra_paths: dict[str, Path] = field(default_factory=dict)
+
+
+def manifest_fingerprint(manifest: pd.DataFrame) -> str:
+    """A short hash of the evaluated rows (object ids, labels, image URIs) to tie comparisons to the
+    same evaluation set."""
+    h = hashlib.sha256()
+    for col in ("object_id", "label", "image_uri"):
+        if col in manifest.columns:
+            h.update("\x1f".join(manifest[col].astype(str).tolist()).encode())
+    return h.hexdigest()[:16]
+
+
+def _model_name_version(loaded, uri: str) -> tuple[str | None, str | None]:
+    from galmorph.models.io import registered_name
+
+    name = None
+    if uri.startswith("models:/"):
+        rest = uri[len("models:/"):]
+        name = rest.split("@")[0] if "@" in rest else rest.split("/")[0]
+    return name or registered_name(loaded.spec.task), loaded.version
+
+
+def _json_default(o):
+    if isinstance(o, (np.integer,)):
+        return int(o)
+    if isinstance(o, (np.floating,)):
+        return float(o)
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, Path):
+        return str(o)
+    if o is pd.NA:
+        return None
+    return str(o)
+
+
+def _clean(o):
+    """NaN/inf -> None recursively (strict JSON)."""
+    if isinstance(o, dict):
+        return {str(k): _clean(v) for k, v in o.items()}
+    if isinstance(o, (list, tuple)):
+        return [_clean(v) for v in o]
+    if isinstance(o, (float, np.floating)):
+        return None if not math.isfinite(float(o)) else float(o)
+    return o
+
+
+def _load_images(manifest: pd.DataFrame, rows: Sequence[int], spec, data_root):
+    import torch
+
+    from galmorph.data.images import ManifestImageDataset
+
+    ds = ManifestImageDataset(manifest, spec.image_size, spec.in_chans, spec.crop_fraction, data_root=data_root)
+    return torch.stack([ds[int(i)][0] for i in rows]) if len(rows) else torch.empty(0)
+
+
+def chirality_diagnostics(loaded, manifest: pd.DataFrame, pred: pd.DataFrame, valid: np.ndarray, *,
+                          data_root=None, batch_size: int = 32, sweep_n: int | None = None,
+                          sweep_realisations: int = 10, rotation_passes: int = 10, rotation_angles: int = 8,
+                          rotation_max_objects: int = 32, mirror_atol: float = 1e-5, seed: int = 0) -> dict:
+    """CVS of predictions vs labels, the mirror test, the sweep test and rotation stability.
+
+    ``pred`` is the prediction table of ``manifest`` (same row order) and ``valid`` marks the rows
+    with a usable prediction and label. Parts that cannot run (no spirals of one sense, ...) are
+    reported under ``skipped`` with the reason instead of failing the evaluation.
+    """
+    from galmorph.inference import predict_manifest
+
+    out: dict = {"skipped": {}}
+    lab, prd = pred.loc[valid, "label"].astype(str).to_numpy(), pred.loc[valid, "pred"].astype(str).to_numpy()
+    out["cvs"] = chir.cvs_summary(lab, prd)
+    pm = predict_manifest(loaded, manifest, batch_size=batch_size, data_root=data_root, mirror=True)
+    out["mirror"] = chir.mirror_test(pred, pm, atol=mirror_atol)
+    try:
+        out["sweep"] = chir.cvs_sweep(lab, prd, n=sweep_n, realisations=sweep_realisations, seed=seed)
+    except ValueError as exc:
+        out["skipped"]["sweep"] = str(exc)
+    spiral_rows = np.flatnonzero(valid & pred["label"].isin([chir.CW, chir.ACW]).to_numpy())
+    if len(spiral_rows) and rotation_passes > 0 and rotation_angles > 0:
+        rows = spiral_rows[:rotation_max_objects]
+        x = _load_images(manifest, rows, loaded.spec, data_root)
+        out["rotation"] = chir.rotation_stability(loaded.module, x, loaded.spec.classes, n_passes=rotation_passes,
+                                                  n_rotations=rotation_angles, seed=seed)
+        out["rotation"].pop("per_galaxy", None)
+    else:
+        out["skipped"]["rotation"] = "no labelled spirals (CW/ACW) in the test set"
+    return out
+
+
+def evaluate(model_uri, manifest, out_dir: str | Path, *, z_edges: Sequence[float] = DEFAULT_Z_EDGES,
+             thresholds: Sequence[float] = (0.5, 0.85), data_root: str | Path | None = None,
+             log_to_mlflow: bool = True, batch_size: int = 32, chirality_diagnostics_on: bool | None = None,
+             explain: bool = False, explain_per_class: int = 2, explain_target_layer: str | None = None,
+             sweep_n: int | None = None, sweep_realisations: int = 10, rotation_passes: int = 10,
+             rotation_angles: int = 8, rotation_max_objects: int = 32, mirror_atol: float = 1e-5,
+             experiment: str = EVALUATION_EXPERIMENT, run_name: str | None = None, seed: int = 0,
+             html: bool = True) -> EvaluationResult:
+    """Evaluate a model (MLflow model URI or :class:`~galmorph.models.io.LoadedModel`) on a labelled
+    manifest (path or DataFrame).
+
+    Metrics: accuracy; precision/recall/F1 per class and macro; one-vs-rest ROC and AUC; confusion
+    matrices (counts, normalised); per-redshift-bin accuracy/F1/AUC/ROC (``z_edges``); coverage and
+    accuracy at each probability threshold. Chirality models (classes CW/ACW, or
+    ``chirality_diagnostics_on=True``) also get the CVS, mirror, sweep and rotation-stability
+    diagnostics; ``explain=True`` adds Grad-CAM / Grad-CAM++ / SmoothGrad maps of the most confident
+    correct and wrong examples per class.
+
+    Rows whose image cannot be read or whose label is not one of the model's classes go to the
+    quarantine table with the reason; unlabelled rows are scored but not counted in the metrics.
+    """
+    from galmorph.inference import predict_manifest
+    from galmorph.models.io import LoadedModel, load_for_inference
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if isinstance(manifest, (str, Path)):
+        manifest_name = str(manifest)
+        manifest = read_manifest(manifest)
+    else:
+        manifest_name = "<DataFrame>"
+    manifest = manifest.reset_index(drop=True)
+    if len(manifest) == 0:
+        raise ValueError(f"manifest {manifest_name} has no rows to evaluate")
+    loaded = model_uri if isinstance(model_uri, LoadedModel) else load_for_inference(str(model_uri))
+    uri = loaded.uri
+    name, version = _model_name_version(loaded, uri)
+    classes = [str(c) for c in loaded.spec.classes]
+    log.info("evaluating %s (%s v%s) on %s (%d rows)", uri, name, version, manifest_name, len(manifest))
+
+    pred = predict_manifest(loaded, manifest, batch_size=batch_size, data_root=data_root)
+    pred["z"] = manifest["z"].to_numpy(dtype=float) if "z" in manifest.columns else np.nan
+    pred["z_bin"] = assign_z_bin(pred["z"], z_edges).to_numpy()
+    if "label" not in pred.columns:
+        pred["label"] = None
+    scored = pred["error"].isna().to_numpy()
+    labelled = pred["label"].notna().to_numpy()
+    known = pred["label"].astype("string").isin(classes).fillna(False).to_numpy().astype(bool)
+    valid = scored & labelled & known
+    qrecords = []
+    for i in np.flatnonzero(~scored):
+        qrecords.append(quarantine_record(pred.at[i, "object_id"], "evaluate", f"image unreadable: {pred.at[i, 'error']}",
+                                          manifest.iloc[i]))
+    for i in np.flatnonzero(scored & labelled & ~known):
+        qrecords.append(quarantine_record(pred.at[i, "object_id"], "evaluate",
+                                          f"label {pred.at[i, 'label']!r} is not one of the model classes {classes}",
+                                          manifest.iloc[i]))
+    pred["evaluated"] = valid
+    counts = {"total": int(len(pred)), "evaluated": int(valid.sum()), "image_errors": int((~scored).sum()),
+              "unlabelled": int((scored & ~labelled).sum()), "unknown_label": int((scored & labelled & ~known).sum())}
+    assert counts["evaluated"] + counts["image_errors"] + counts["unlabelled"] + counts["unknown_label"] == len(pred)
+    if counts["evaluated"] == 0:
+        raise ValueError(f"no row of {manifest_name} can be evaluated by {uri}: {counts} (model classes {classes}; "
+                         f"labels seen {sorted(pred['label'].dropna().astype(str).unique())[:10]})")
+    if qrecords:
+        log.warning("%d rows quarantined (%s)", len(qrecords), {k: v for k, v in counts.items() if k != "total"})
+    ev = pred[valid]
+    proba = ev[[f"p_{c}" for c in classes]].to_numpy(dtype=float)
+    y = ev["label"].astype(str).to_numpy()
+    report: dict = {
+        "meta": {"model_uri": uri, "model_name": name, "model_version": version, "run_id_model": loaded.run_id,
+                 "task": loaded.spec.task, "arch": loaded.spec.arch, "classes": classes,
+                 "chirality_equivariant": bool(loaded.spec.chirality_equivariant), "manifest": manifest_name,
+                 "manifest_fingerprint": manifest_fingerprint(manifest), "z_edges": list(map(float, z_edges)),
+                 "thresholds": list(map(float, thresholds))},
+        "counts": counts,
+        "classification": classification_metrics(y, proba, classes),
+        "redshift_bins": redshift_bin_metrics(y, proba, classes, ev["z"].to_numpy(dtype=float), z_edges),
+        "thresholds": threshold_metrics(y, proba, classes, thresholds),
+    }
+    if chirality_diagnostics_on is None:
+        chirality_diagnostics_on = {chir.CW, chir.ACW} <= set(classes)
+    if chirality_diagnostics_on:
+        report["chirality"] = chirality_diagnostics(
+            loaded, manifest, pred, valid, data_root=data_root, batch_size=batch_size, sweep_n=sweep_n,
+            sweep_realisations=sweep_realisations, rotation_passes=rotation_passes, rotation_angles=rotation_angles,
+            rotation_max_objects=rotation_max_objects, mirror_atol=mirror_atol, seed=seed)
+    explanations = None
+    extra: dict[str, Path] = {}
+    if explain:
+        from galmorph.evaluation.explain import explain_examples, select_examples
+
+        ex = select_examples(pred[valid].reset_index(drop=True), classes, explain_per_class)
+        if len(ex):
+            rows = np.flatnonzero(valid)[ex["row"].to_numpy()]
+            ex["row"] = rows
+            x = _load_images(manifest, rows, loaded.spec, data_root)
+            maps = explain_examples(loaded.module, x, ex, classes, target_layer=explain_target_layer)
+            explanations = {"examples": ex, "maps": maps, "images": x.numpy()}
+            extra["explanations"] = out_dir / "explanations.npz"
+            np.savez_compressed(extra["explanations"], object_id=ex["object_id"].to_numpy(dtype=str),
+                                kind=ex["kind"].to_numpy(dtype=str), images=x.numpy(),
+                                **{k: v for k, v in maps.items() if k != "target_layer"})
+            report["explanations"] = {"target_layer": maps["target_layer"], "examples": ex.to_dict(orient="records")}
+        else:
+            report["explanations"] = {"skipped": "no evaluated examples"}
+
+    metrics = flatten_metrics(report)
+    report["metrics"] = metrics
+    pred_path = out_dir / "predictions.parquet"
+    pred.to_parquet(pred_path, index=False)
+    q_path = write_quarantine(qrecords, out_dir / "quarantine.parquet")
+    json_path = out_dir / "report.json"
+    json_path.write_text(json.dumps(_clean(report), indent=1, default=_json_default))
+    html_path = out_dir / "report.html"
+    if html:
+        from galmorph.evaluation.report import build_report_html
+
+        html_path.write_text(build_report_html(report, explanations), encoding="utf-8")
+    run_id = None
+    if log_to_mlflow:
+        run_id = log_evaluation(metrics, [pred_path, q_path, json_path] + ([html_path] if html else [])
+                                + list(extra.values()), report["meta"], experiment=experiment, run_name=run_name)
+    log.info("evaluation of %s: accuracy %.4f, macro F1 %.4f, macro AUC %.4f (report %s)", uri,
+             metrics.get("accuracy", float("nan")), metrics.get("f1_macro", float("nan")),
+             metrics.get("auc_macro", float("nan")), html_path)
+    return EvaluationResult(metrics=metrics, report=report, predictions=pred, predictions_path=pred_path,
+                            report_json=json_path, report_html=html_path, quarantine_path=q_path, model_uri=uri,
+                            model_name=name, model_version=version, run_id=run_id, extra_paths=extra)
+
+
+def log_evaluation(metrics: dict[str, float], artifacts: Sequence[Path], meta: dict,
+                   experiment: str = EVALUATION_EXPERIMENT, run_name: str | None = None,
+                   artifact_path: str = "evaluation") -> str:
+    """Log every finite metric and the artifacts to the active MLflow run, or to a new run of
+    ``experiment`` tagged with the model name/version. Returns the run id."""
+    import mlflow
+
+    finite = {k: float(v) for k, v in metrics.items() if v is not None and math.isfinite(float(v))}
+    tags = {"galmorph.kind": "evaluation", "galmorph.model_uri": str(meta.get("model_uri")),
+            "galmorph.model_name": str(meta.get("model_name")), "galmorph.model_version": str(meta.get("model_version")),
+            "galmorph.task": str(meta.get("task")), "galmorph.manifest": str(meta.get("manifest")),
+            "galmorph.manifest_fingerprint": str(meta.get("manifest_fingerprint"))}
+    active = mlflow.active_run()
+    ctx = None
+    if active is None:
+        mlflow.set_experiment(experiment)
+        ctx = mlflow.start_run(run_name=run_name or f"evaluate-{meta.get('model_name')}-v{meta.get('model_version')}")
+        active = ctx.__enter__()
+    try:
+        mlflow.set_tags(tags)
+        items = list(finite.items())
+        for i in range(0, len(items), 500):
+            mlflow.log_metrics(dict(items[i:i + 500]))
+        for p in artifacts:
+            mlflow.log_artifact(str(p), artifact_path=artifact_path)
+        return active.info.run_id
+    finally:
+        if ctx is not None:
+            ctx.__exit__(None, None, None)
+
+
+def evaluate_trials(model_uris: Sequence, manifest, out_dir: str | Path, **kwargs) -> tuple[list[EvaluationResult], dict]:
+    """Evaluate several models (e.g. the same configuration trained with different seeds) on one
+    manifest and aggregate: returns the results and ``{metric: {mean, std, n}}`` (also written to
+    ``out_dir/trials.json`` and, as ``<metric>_mean`` / ``_std``, logged when ``log_to_mlflow``)."""
+    out_dir = Path(out_dir)
+    results = [evaluate(u, manifest, out_dir / f"trial{i}", **kwargs) for i, u in enumerate(model_uris)]
+    agg = aggregate_trials([r.metrics for r in results])
+    (out_dir / "trials.json").write_text(json.dumps(_clean({"models": [r.model_uri for r in results],
+                                                            "aggregate": agg}), indent=1))
+    return results, agg
