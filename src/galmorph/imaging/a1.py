@@ -19,8 +19,8 @@ The measurement, step by step (:func:`lopsidedness_a1`):
    weighted linear least-squares fit ``I(phi) = a0 + sum_{m=1..mmax} a_m cos(m phi) + b_m sin(m phi)``
    (all annuli solved at once through batched normal equations; the angular basis comes from powers
    of ``(dx + i dy)/r``, no trigonometry per pixel). Pixel variance = background rms^2 (+ I/gain when
-   ``gain`` is given); parameter errors from the covariance diagonal, inflated by the reduced
-   chi-square when the Fourier model under-fits (arms, knots).
+   ``gain`` is given); parameter errors from the covariance diagonal (``chi2_scale=True``
+   inflates them by the reduced chi-square where the Fourier model under-fits: arms, knots).
 6. ``A_m(r) = sqrt(a_m^2 + b_m^2) / a0``, phase ``phi_m = atan2(b_m, a_m) / m`` (radians,
    counter-clockwise from +x with y up on the display, as :mod:`galmorph.simulate`);
    ``A1`` = inverse-variance weighted mean of ``A1(r)`` over the valid annuli.
@@ -547,7 +547,7 @@ def lopsidedness_a1(
     gain: float | None = None,
     edge_margin: float = 5.0,
     max_masked_fraction: float = 0.3,
-    chi2_scale: bool = True,
+    chi2_scale: bool = False,
     debias: bool = True,
     weighting: str = "inverse_variance",
 ) -> A1Result:
@@ -570,6 +570,7 @@ def lopsidedness_a1(
         that must fall inside the image.
     saturation : pixel level (raw, before background subtraction) at or above which pixels count
         as saturated; ``gain`` (e-/count) adds source Poisson noise to the pixel variance.
+    chi2_scale : inflate each annulus' covariance by its reduced chi-square (when > 1).
     debias : subtract the noise bias of each amplitude in quadrature (see :func:`amplitudes_from_coef`).
     weighting : ``"inverse_variance"`` (default) or ``"uniform"`` mean of A1(r) over the annuli.
 
