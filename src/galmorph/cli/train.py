@@ -1,0 +1,62 @@
+"""``galmorph train``: train a task with a preset, tracked and registered in MLflow."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from galmorph.cli.base import echo_json, fail, main
+
+
+def _preset_help() -> str:
+    from galmorph.training.config import PRESETS
+
+    return "; ".join(f"{t}: {', '.join(p)}" for t, p in PRESETS.items())
+
+
+@main.command("train", epilog="Presets per task -- " + _preset_help())
+@click.option("--task", type=click.Choice(["lopsided", "arms", "chirality"]), required=True, help="Science task.")
+@click.option("--preset", default="tiny", show_default=True,
+              help="Named settings of the task (paper reproductions or tiny CI presets; see below).")
+@click.option("--manifest", "manifest", type=click.Path(path_type=Path, exists=True, dir_okay=False),
+              required=True, help="Parquet manifest with image_uri and label columns.")
+@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
+              help="Override a config key (type-checked), e.g. --set lr=1e-4 --set max_epochs=5. Repeatable.")
+@click.option("--trials", type=click.IntRange(1), default=None, help="Repeated random splits (child runs).")
+@click.option("--experiment", default=None, help="MLflow experiment (default galmorph-<task>).")
+@click.option("--tracking-uri", default=None, help="MLflow tracking URI (default from settings).")
+@click.option("--no-register", is_flag=True, help="Log the model but do not register it.")
+@click.option("--out-dir", type=click.Path(path_type=Path, file_okay=False), default=None,
+              help="Working folder for checkpoints (default <state_dir>/training/<task>-<preset>).")
+@click.option("--show-config", is_flag=True, help="Print the resolved config and exit (no training).")
+def train_cmd(task: str, preset: str, manifest: Path, sets: tuple[str, ...], trials: int | None,
+              experiment: str | None, tracking_uri: str | None, no_register: bool, out_dir: Path | None,
+              show_config: bool) -> None:
+    """Train TASK with PRESET on MANIFEST; log params, per-epoch metrics, artifacts and the model to
+    MLflow and register the best trial's model as galmorph-<task>."""
+    from galmorph.settings import get_settings
+    from galmorph.training.config import ConfigError, config_to_yaml, parse_set_items, resolve_config
+
+    try:
+        overrides = parse_set_items(sets)
+        if trials is not None:
+            overrides["trials"] = trials
+        cfg = resolve_config(task, preset, overrides)
+    except ConfigError as exc:
+        fail(str(exc))
+    if show_config:
+        click.echo(config_to_yaml(cfg))
+        return
+    from galmorph.training.runner import train
+
+    s = get_settings()
+    out = out_dir or (s.state_dir / "training" / f"{task}-{preset}")
+    res = train(task, preset, overrides, manifest=manifest, tracking_uri=tracking_uri or s.mlflow_tracking_uri,
+                experiment=experiment, register=not no_register, data_root=s.data_root, out_dir=out)
+    echo_json({"model_uri": res.model_uri, "registered_name": res.registered_name,
+               "registered_version": res.registered_version, "run_id": res.run_id,
+               "parent_run_id": res.parent_run_id, "best_trial": res.best_trial,
+               "metrics": {k: v for k, v in res.metrics.items()
+                           if k in ("test_accuracy", "test_f1_macro", "test_accuracy_mean", "test_accuracy_std",
+                                    "test_f1_macro_mean", "test_f1_macro_std", "epochs")}})

@@ -1,0 +1,282 @@
+"""Lightning data modules over manifests: label preparation, class down-sampling, arm-class merges,
+stratified seeded splits (repeated for trials), per-task augmentation and mirrored chirality copies.
+
+Rows are never lost silently: every manifest row is either used (and assigned to one split) or listed
+in :attr:`GalaxyDataModule.excluded` with the reason (label missing / not a class of the task / other
+task / down-sampled away), which training logs as an artifact.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import pandas as pd
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from galmorph.data.augment import AugmentSpec, RandomGalaxyAugment, augment_spec_for, mirror
+from galmorph.data.images import ManifestImageDataset
+from galmorph.manifest import quarantine_record
+from galmorph.tasks import ARM_MERGES
+
+log = logging.getLogger(__name__)
+
+STAGE = "train-data"
+#: chirality labels swapped by a mirror image
+MIRROR_LABEL = {"CW": "ACW", "ACW": "CW"}
+
+
+# ----------------------------------------------------------------------------------------------
+# label preparation
+# ----------------------------------------------------------------------------------------------
+def prepare_labels(manifest: pd.DataFrame, task: str, classes: Sequence[str], arm_merge: str = "none"
+                   ) -> tuple[pd.DataFrame, list[dict]]:
+    """Rows usable for ``task`` with labels mapped (arm merges) and the excluded rows with reasons.
+
+    Returns ``(usable, excluded_records)``; ``len(usable) + len(excluded) == len(manifest)``.
+    """
+    if "label" not in manifest.columns:
+        raise ValueError(f"manifest for task {task!r} has no 'label' column")
+    mapping = ARM_MERGES.get(arm_merge, {}) if task == "arms" else {}
+    classes = list(classes)
+    df = manifest.reset_index(drop=True).copy()
+    labels = df["label"].astype("object").where(df["label"].notna(), None)
+    labels = labels.map(lambda v: None if v is None else mapping.get(str(v), str(v)))
+    keep = np.ones(len(df), dtype=bool)
+    excluded: list[dict] = []
+    row_task = df["task"] if "task" in df.columns else pd.Series([None] * len(df))
+    for i in range(len(df)):
+        t = row_task.iat[i]
+        reason = None
+        if t is not None and not pd.isna(t) and str(t) != task:
+            reason = f"row labelled for task {t!r}, not {task!r}"
+        elif labels.iat[i] is None:
+            reason = "no label"
+        elif labels.iat[i] not in classes:
+            reason = f"label {labels.iat[i]!r} is not a class of {task} {classes}"
+        if reason:
+            keep[i] = False
+            excluded.append(quarantine_record(df.at[i, "object_id"], STAGE, reason, df.iloc[i].to_dict()))
+    df["label"] = labels
+    out = df[keep].reset_index(drop=True)
+    if excluded:
+        log.info("%s: %d of %d manifest rows excluded (reasons in excluded.parquet)", task, len(excluded), len(df))
+    return out, excluded
+
+
+def downsample_per_class(df: pd.DataFrame, max_per_class: int, seed: int) -> tuple[pd.DataFrame, list[dict]]:
+    """Keep at most ``max_per_class`` random rows of each label (0 = keep all); the rest are returned as
+    excluded records with the reason."""
+    if max_per_class <= 0:
+        return df.reset_index(drop=True), []
+    rng = np.random.default_rng(seed)
+    keep_idx: list[int] = []
+    excluded: list[dict] = []
+    for lab, grp in df.groupby("label", sort=True):
+        idx = grp.index.to_numpy()
+        if len(idx) > max_per_class:
+            chosen = np.sort(rng.choice(idx, size=max_per_class, replace=False))
+            dropped = np.setdiff1d(idx, chosen)
+            for j in dropped:
+                excluded.append(quarantine_record(df.at[j, "object_id"], STAGE,
+                                                  f"class {lab!r} down-sampled to {max_per_class}",
+                                                  df.loc[j].to_dict()))
+            idx = chosen
+        keep_idx.extend(idx.tolist())
+    return df.loc[sorted(keep_idx)].reset_index(drop=True), excluded
+
+
+def stratified_split(labels: Sequence[str], val_fraction: float, test_fraction: float, seed: int
+                     ) -> dict[str, np.ndarray]:
+    """Seeded stratified split into ``train``/``val``/``test`` row positions.
+
+    Per class, ``round(n*test_fraction)`` rows go to test and ``round(n*val_fraction)`` to val, each at
+    least 1 when the fraction is > 0 and the class has >= 3 rows; the rest train.
+    """
+    labels = np.asarray(list(labels), dtype=object)
+    rng = np.random.default_rng(seed)
+    parts: dict[str, list[int]] = {"train": [], "val": [], "test": []}
+    for lab in sorted(set(labels.tolist())):
+        idx = np.flatnonzero(labels == lab)
+        idx = idx[rng.permutation(len(idx))]
+        n = len(idx)
+        n_test = int(round(n * test_fraction))
+        n_val = int(round(n * val_fraction))
+        if n >= 3:
+            n_test = max(n_test, 1 if test_fraction > 0 else 0)
+            n_val = max(n_val, 1 if val_fraction > 0 else 0)
+        n_test, n_val = min(n_test, n), min(n_val, max(n - n_test, 0))
+        parts["test"].extend(idx[:n_test].tolist())
+        parts["val"].extend(idx[n_test:n_test + n_val].tolist())
+        parts["train"].extend(idx[n_test + n_val:].tolist())
+    return {k: np.sort(np.asarray(v, dtype=int)) for k, v in parts.items()}
+
+
+def repeated_splits(labels: Sequence[str], trials: int, val_fraction: float, test_fraction: float, seed: int
+                    ) -> list[dict[str, np.ndarray]]:
+    """``trials`` independent stratified splits (trial ``i`` uses seed ``seed + i``)."""
+    return [stratified_split(labels, val_fraction, test_fraction, seed + i) for i in range(trials)]
+
+
+def add_mirror_copies(df: pd.DataFrame) -> pd.DataFrame:
+    """Append a mirrored copy of every row, CW and ACW labels swapped (column ``mirrored``)."""
+    base = df.copy()
+    base["mirrored"] = base.get("mirrored", False)
+    base["mirrored"] = base["mirrored"].fillna(False).astype(bool)
+    copy = base.copy()
+    copy["mirrored"] = ~copy["mirrored"]
+    copy["label"] = copy["label"].map(lambda v: MIRROR_LABEL.get(v, v))
+    return pd.concat([base, copy], ignore_index=True)
+
+
+# ----------------------------------------------------------------------------------------------
+# dataset
+# ----------------------------------------------------------------------------------------------
+class TaskImageDataset(Dataset):
+    """``(image (C,S,S), class index)`` items for training, over :class:`ManifestImageDataset`.
+
+    Rows with ``mirrored=True`` are left-right mirrored before augmentation (their label is already
+    swapped by :func:`add_mirror_copies`). ``cache=True`` keeps prepared images in memory.
+    """
+
+    def __init__(self, frame: pd.DataFrame, classes: Sequence[str], image_size: int, in_chans: int,
+                 crop_fraction: float, data_root: Path | str | None = None,
+                 augment: RandomGalaxyAugment | None = None, cache: dict | None = None):
+        self.frame = frame.reset_index(drop=True)
+        self.base = ManifestImageDataset(self.frame, image_size, in_chans, crop_fraction, classes=classes,
+                                         data_root=data_root, on_error="raise")
+        self.mirrored = (self.frame["mirrored"].fillna(False).astype(bool).to_numpy()
+                         if "mirrored" in self.frame.columns else np.zeros(len(self.frame), dtype=bool))
+        self.augment = augment
+        self.cache = cache
+
+    def __len__(self) -> int:
+        return len(self.frame)
+
+    def _image(self, i: int) -> torch.Tensor:
+        key = str(self.frame.at[i, "image_uri"])
+        if self.cache is not None and key in self.cache:
+            return self.cache[key]
+        x = self.base[i][0]
+        if self.cache is not None:
+            self.cache[key] = x
+        return x
+
+    def __getitem__(self, i: int):
+        x = self._image(i)
+        if self.mirrored[i]:
+            x = mirror(x)
+        if self.augment is not None:
+            x = self.augment(x)
+        return x.contiguous(), self.base.label_index(i)
+
+    def labels(self) -> np.ndarray:
+        return np.array([self.base.label_index(i) for i in range(len(self))])
+
+
+def _worker_init(worker_id: int) -> None:
+    info = torch.utils.data.get_worker_info()
+    ds = info.dataset
+    if getattr(ds, "augment", None) is not None:
+        ds.augment.reseed(torch.initial_seed() % (2**32))
+
+
+class GalaxyDataModule(L.LightningDataModule):
+    """Train/val/test loaders of one trial of one task over a manifest."""
+
+    def __init__(self, manifest: pd.DataFrame, task: str, classes: Sequence[str], *, image_size: int,
+                 in_chans: int = 3, crop_fraction: float = 1.0, batch_size: int = 32, num_workers: int = 0,
+                 val_fraction: float = 0.1, test_fraction: float = 0.2, seed: int = 42, trial: int = 0,
+                 max_per_class: int = 0, arm_merge: str = "none", augment: AugmentSpec | None = None,
+                 mirror_copies: bool = False, data_root: Path | str | None = None, cache_images: bool = False):
+        super().__init__()
+        if mirror_copies and task != "chirality":
+            raise ValueError("mirror_copies only applies to the chirality task")
+        if augment is not None and task == "chirality" and augment.flips:
+            raise ValueError("chirality augmentation must not flip images (a mirror swaps CW and ACW)")
+        self.task, self.classes = task, list(classes)
+        self.image_size, self.in_chans, self.crop_fraction = image_size, in_chans, crop_fraction
+        self.batch_size, self.num_workers = batch_size, num_workers
+        self.seed, self.trial = seed, trial
+        self.augment_spec, self.mirror_copies, self.data_root = augment, mirror_copies, data_root
+        self.cache: dict | None = {} if cache_images else None
+        usable, excluded = prepare_labels(manifest, task, self.classes, arm_merge)
+        usable, dropped = downsample_per_class(usable, max_per_class, seed)
+        self.frame = usable
+        self.excluded = excluded + dropped
+        missing = [c for c in self.classes if c not in set(usable["label"])]
+        if len(usable) == 0:
+            raise ValueError(f"no usable rows for task {task!r} (classes {self.classes}); "
+                             f"{len(self.excluded)} rows excluded")
+        if missing:
+            log.warning("%s: classes without any example: %s", task, missing)
+        self.split = stratified_split(usable["label"].tolist(), val_fraction, test_fraction, seed + trial)
+        self._datasets: dict[str, TaskImageDataset] = {}
+
+    @classmethod
+    def from_config(cls, manifest: pd.DataFrame, cfg, trial: int = 0, data_root: Path | str | None = None
+                    ) -> "GalaxyDataModule":
+        """Build from a :class:`galmorph.training.config.TrainConfig`."""
+        return cls(manifest, cfg.task, cfg.classes(), image_size=cfg.image_size, in_chans=cfg.in_chans,
+                   crop_fraction=cfg.crop_fraction, batch_size=cfg.batch_size, num_workers=cfg.num_workers,
+                   val_fraction=cfg.val_fraction, test_fraction=cfg.test_fraction, seed=cfg.seed, trial=trial,
+                   max_per_class=cfg.max_per_class, arm_merge=cfg.arm_merge,
+                   augment=augment_spec_for(cfg.task, cfg.rotation_deg, cfg.zoom, cfg.flips),
+                   mirror_copies=cfg.mirror_copies, data_root=data_root, cache_images=cfg.cache_images)
+
+    # -- frames ---------------------------------------------------------------------------------
+    def split_frame(self, name: str) -> pd.DataFrame:
+        df = self.frame.iloc[self.split[name]].reset_index(drop=True)
+        if name == "train" and self.mirror_copies:
+            df = add_mirror_copies(df)
+        return df
+
+    def assignments(self) -> pd.DataFrame:
+        """``object_id, label, split`` of every usable row (the split of this trial)."""
+        parts = []
+        for name in ("train", "val", "test"):
+            d = self.frame.iloc[self.split[name]][["object_id", "label"]].copy()
+            d["split"] = name
+            parts.append(d)
+        return pd.concat(parts, ignore_index=True)
+
+    def class_counts(self) -> dict[str, dict[str, int]]:
+        return {name: self.split_frame(name)["label"].value_counts().to_dict() for name in ("train", "val", "test")}
+
+    # -- Lightning hooks ------------------------------------------------------------------------
+    def setup(self, stage: str | None = None) -> None:
+        if self._datasets:
+            return
+        aug = (RandomGalaxyAugment(self.augment_spec, seed=self.seed + 1000 * self.trial)
+               if self.augment_spec is not None and self.augment_spec.enabled else None)
+        for name in ("train", "val", "test"):
+            self._datasets[name] = TaskImageDataset(
+                self.split_frame(name), self.classes, self.image_size, self.in_chans, self.crop_fraction,
+                data_root=self.data_root, augment=aug if name == "train" else None, cache=self.cache)
+
+    def dataset(self, name: str) -> TaskImageDataset:
+        self.setup()
+        return self._datasets[name]
+
+    def _loader(self, name: str, shuffle: bool) -> DataLoader:
+        g = torch.Generator()
+        g.manual_seed(self.seed + self.trial)
+        ds = self.dataset(name)
+        # a last training batch of one image would break batch norm: drop it when there is more
+        drop_last = shuffle and len(ds) % self.batch_size == 1 and len(ds) > self.batch_size
+        return DataLoader(ds, batch_size=self.batch_size, shuffle=shuffle,
+                          num_workers=self.num_workers, worker_init_fn=_worker_init if self.num_workers else None,
+                          generator=g, persistent_workers=False, drop_last=drop_last)
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", False)

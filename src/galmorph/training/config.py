@@ -1,0 +1,303 @@
+"""Typed training configuration, per-task presets and ``key=value`` overrides.
+
+A :class:`TrainConfig` is one flat, typed dataclass so that it maps one-to-one onto MLflow params and
+onto ``galmorph train --set key=value``. Presets reproduce the published settings of the three studies
+(see ``docs/training.md`` for sources and deviations) plus ``tiny*`` presets for CI.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import typing
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from galmorph.tasks import ARM_MERGES, TASKS
+
+#: Architecture names understood by :func:`galmorph.models.build_network`.
+ARCHS: tuple[str, ...] = (
+    "zoobot_convnext_nano",       # Zoobot-style fine-tuning of a ConvNeXt-nano encoder
+    "efficientnet_b0_frozen",     # EfficientNet-B0 as a frozen feature extractor + dense head
+    "efficientnetv2_m_finetune",  # tf_efficientnetv2_m fine-tuned end to end + dense head
+    "resnet18", "resnet50",       # timm ResNets trained from scratch
+    "gresnet18", "gresnet50",     # escnn C_N-equivariant ResNets (group pooling before the classifier)
+)
+MONITORS = {"val_loss": "min", "val_acc": "max"}
+
+
+class ConfigError(ValueError):
+    """A configuration key or value is unusable; the message says which and why."""
+
+
+@dataclass
+class TrainConfig:
+    """Everything that defines a training run (logged as MLflow params)."""
+
+    task: str = "chirality"
+    preset: str = "custom"
+    # --- model -----------------------------------------------------------------------------
+    arch: str = "resnet18"
+    chirality_equivariant: bool = False  # wrap the backbone in the CE (image + mirror) predictor
+    image_size: int = 64
+    greyscale: bool = False
+    crop_fraction: float = 1.0           # central crop before resizing (224/424 for the arms study)
+    head_hidden: int = 1028              # EfficientNet heads: Dense(head_hidden)+ReLU -> classes
+    head_dropout: float = 0.2            # Zoobot head dropout
+    finetune_blocks: int = 2             # Zoobot: number of trailing encoder blocks that are trained
+    lr_decay: float = 0.5                # Zoobot: layer-wise learning-rate decay per block
+    encoder_checkpoint: str = ""         # local path or MLflow URI of encoder weights ("" = random init)
+    group_order: int = 8                 # G-ResNet: rotations C_N
+    reflections: bool = False            # G-ResNet: D_N instead of C_N (refused for chirality)
+    gresnet_width: float = 1.0           # G-ResNet: width multiplier (fields = width * ResNet planes / sqrt(N))
+    # --- optimisation ------------------------------------------------------------------------
+    optimizer: str = "adam"              # adam | adamw | sgd
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    batch_size: int = 32
+    max_epochs: int = 20
+    min_epochs: int = 0
+    monitor: str = "val_loss"            # val_loss | val_acc (early stopping + best checkpoint)
+    patience: int = 5
+    seed: int = 42
+    precision: str = "auto"              # auto (16-mixed on GPU, 32 on CPU) | 32-true | 16-mixed | bf16-mixed
+    accelerator: str = "auto"
+    deterministic: bool = True
+    progress: bool = True
+    # --- data ---------------------------------------------------------------------------------
+    trials: int = 1                      # repeated random splits (child runs of one parent)
+    val_fraction: float = 0.1
+    test_fraction: float = 0.2
+    max_per_class: int = 0               # class down-sampling (0 = keep all)
+    arm_merge: str = "none"              # none | 3+4 | 4+5+
+    include_cant_tell: bool = True
+    rotation_deg: float = 180.0          # uniform rotation in [-deg, +deg]
+    zoom: float = 0.1                    # uniform zoom factor in [1-zoom, 1+zoom]
+    flips: bool = True                   # random horizontal/vertical flips (never for chirality)
+    mirror_copies: bool = False          # chirality: add a mirrored copy with CW/ACW swapped (train set)
+    num_workers: int = 0
+    cache_images: bool = False           # keep prepared images in memory (num_workers=0 only)
+    resume_from: str = ""                # Lightning checkpoint to resume (single-trial runs)
+
+    # ------------------------------------------------------------------------------------------
+    @property
+    def in_chans(self) -> int:
+        return 1 if self.greyscale else 3
+
+    def classes(self) -> tuple[str, ...]:
+        from galmorph.tasks import arm_classes
+
+        if self.task == "arms":
+            return arm_classes(self.arm_merge, self.include_cant_tell)
+        return TASKS[self.task].classes
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def validate(self) -> "TrainConfig":
+        """Raise :class:`ConfigError` for inconsistent settings; returns ``self``."""
+        def bad(msg: str) -> None:
+            raise ConfigError(f"training config (task={self.task}, preset={self.preset}): {msg}")
+
+        if self.task not in TASKS:
+            bad(f"unknown task {self.task!r}; expected one of {sorted(TASKS)}")
+        if self.arch not in ARCHS:
+            bad(f"unknown arch {self.arch!r}; expected one of {list(ARCHS)}")
+        if self.monitor not in MONITORS:
+            bad(f"monitor must be one of {sorted(MONITORS)}, got {self.monitor!r}")
+        if self.arm_merge not in ARM_MERGES:
+            bad(f"arm_merge must be one of {sorted(ARM_MERGES)}, got {self.arm_merge!r}")
+        if self.arm_merge != "none" and self.task != "arms":
+            bad("arm_merge only applies to the arms task")
+        if self.task == "chirality" and self.flips:
+            bad("flips=true would mirror images and swap CW/ACW; chirality augmentation is rotation and "
+                "zoom only (use mirror_copies=true to add mirrored copies with swapped labels)")
+        if self.task == "chirality" and self.reflections:
+            bad("reflection-equivariant G-ResNet refused for chirality: a reflection maps CW onto ACW, so a "
+                "reflection-invariant model cannot tell them apart")
+        if self.mirror_copies and self.task != "chirality":
+            bad("mirror_copies only applies to the chirality task")
+        if self.chirality_equivariant and self.task != "chirality":
+            bad("chirality_equivariant only applies to the chirality task")
+        if not 0 < self.crop_fraction <= 1:
+            bad(f"crop_fraction must be in (0, 1], got {self.crop_fraction}")
+        if self.image_size < 16:
+            bad(f"image_size must be >= 16, got {self.image_size}")
+        if not (0 <= self.val_fraction < 1 and 0 <= self.test_fraction < 1
+                and self.val_fraction + self.test_fraction < 1):
+            bad(f"val_fraction ({self.val_fraction}) + test_fraction ({self.test_fraction}) must be < 1")
+        if self.val_fraction == 0:
+            bad("val_fraction must be > 0 (early stopping and the best checkpoint use the validation set)")
+        for name in ("trials", "batch_size", "max_epochs", "group_order"):
+            if getattr(self, name) < 1:
+                bad(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("patience", "num_workers", "max_per_class", "min_epochs", "finetune_blocks"):
+            if getattr(self, name) < 0:
+                bad(f"{name} must be >= 0, got {getattr(self, name)}")
+        if not 0 <= self.zoom < 1:
+            bad(f"zoom must be in [0, 1), got {self.zoom}")
+        if self.optimizer not in ("adam", "adamw", "sgd"):
+            bad(f"optimizer must be adam, adamw or sgd, got {self.optimizer!r}")
+        if self.precision not in ("auto", "32-true", "16-mixed", "bf16-mixed"):
+            bad(f"precision must be auto, 32-true, 16-mixed or bf16-mixed, got {self.precision!r}")
+        if self.resume_from and self.trials != 1:
+            bad("resume_from needs trials=1 (a checkpoint belongs to one trial)")
+        if self.resume_from and not Path(self.resume_from).is_file():
+            bad(f"resume_from checkpoint {self.resume_from} does not exist")
+        if self.cache_images and self.num_workers > 0:
+            bad("cache_images needs num_workers=0 (each worker would hold its own cache)")
+        return self
+
+
+# ----------------------------------------------------------------------------------------------
+# presets
+# ----------------------------------------------------------------------------------------------
+_LOPSIDED_PAPER = dict(
+    arch="zoobot_convnext_nano", image_size=224, batch_size=64, lr=1e-5, weight_decay=0.05, optimizer="adamw",
+    finetune_blocks=2, lr_decay=0.5, head_dropout=0.2, trials=10, test_fraction=0.2, val_fraction=0.1,
+    monitor="val_loss", patience=5, max_epochs=100, rotation_deg=180.0, zoom=0.1, flips=True,
+)
+_ARMS_PAPER = dict(
+    image_size=224, crop_fraction=224 / 424, batch_size=32, lr=1e-4, optimizer="adam", max_per_class=300,
+    monitor="val_acc", patience=30, max_epochs=200, rotation_deg=180.0, zoom=0.2, flips=True,
+    test_fraction=0.2, val_fraction=0.1, head_hidden=1028,
+)
+_CHIRALITY_PAPER = dict(
+    image_size=224, batch_size=64, lr=1e-3, optimizer="adam", max_epochs=60, monitor="val_loss", patience=10,
+    rotation_deg=180.0, zoom=0.1, flips=False, test_fraction=0.2, val_fraction=0.1, group_order=8,
+)
+_TINY = dict(image_size=64, batch_size=16, max_epochs=2, patience=2, trials=1, lr=1e-3, optimizer="adam",
+             weight_decay=0.0, val_fraction=0.2, test_fraction=0.2)
+
+PRESETS: dict[str, dict[str, dict[str, Any]]] = {
+    "lopsided": {
+        "paper": _LOPSIDED_PAPER,
+        "zoobot": _LOPSIDED_PAPER,
+        "tiny": {**_TINY, "arch": "zoobot_convnext_nano", "finetune_blocks": 2, "lr_decay": 0.5,
+                 "weight_decay": 0.05, "optimizer": "adamw", "image_size": 48, "trials": 2, "max_epochs": 1,
+                 "rotation_deg": 180.0, "zoom": 0.1, "flips": True},
+    },
+    "arms": {
+        "paper": {**_ARMS_PAPER, "arch": "efficientnet_b0_frozen"},
+        "b0_frozen": {**_ARMS_PAPER, "arch": "efficientnet_b0_frozen"},
+        "b0_frozen_grey": {**_ARMS_PAPER, "arch": "efficientnet_b0_frozen", "greyscale": True},
+        "v2m_finetune": {**_ARMS_PAPER, "arch": "efficientnetv2_m_finetune"},
+        "v2m_finetune_grey": {**_ARMS_PAPER, "arch": "efficientnetv2_m_finetune", "greyscale": True},
+        "tiny": {**_TINY, "arch": "efficientnet_b0_frozen", "head_hidden": 64, "monitor": "val_acc",
+                 "include_cant_tell": False, "rotation_deg": 180.0, "zoom": 0.2, "flips": True,
+                 "crop_fraction": 0.8},
+    },
+    "chirality": {
+        "paper": {**_CHIRALITY_PAPER, "arch": "resnet50", "chirality_equivariant": True},
+        "resnet18": {**_CHIRALITY_PAPER, "arch": "resnet18"},
+        "resnet50": {**_CHIRALITY_PAPER, "arch": "resnet50"},
+        "gresnet18": {**_CHIRALITY_PAPER, "arch": "gresnet18"},
+        "gresnet50": {**_CHIRALITY_PAPER, "arch": "gresnet50"},
+        "ce_resnet18": {**_CHIRALITY_PAPER, "arch": "resnet18", "chirality_equivariant": True},
+        "ce_resnet50": {**_CHIRALITY_PAPER, "arch": "resnet50", "chirality_equivariant": True},
+        "ce_gresnet18": {**_CHIRALITY_PAPER, "arch": "gresnet18", "chirality_equivariant": True},
+        "ce_gresnet50": {**_CHIRALITY_PAPER, "arch": "gresnet50", "chirality_equivariant": True},
+        "tiny": {**_TINY, "arch": "resnet18", "flips": False, "zoom": 0.1},
+        "tiny_ce": {**_TINY, "arch": "resnet18", "flips": False, "zoom": 0.1, "chirality_equivariant": True},
+        "tiny_gresnet": {**_TINY, "arch": "gresnet18", "flips": False, "zoom": 0.1, "image_size": 32,
+                         "gresnet_width": 0.125, "max_epochs": 1},
+    },
+}
+
+
+def preset_names(task: str) -> list[str]:
+    if task not in PRESETS:
+        raise ConfigError(f"unknown task {task!r}; expected one of {sorted(PRESETS)}")
+    return list(PRESETS[task])
+
+
+# ----------------------------------------------------------------------------------------------
+# overrides
+# ----------------------------------------------------------------------------------------------
+_TRUE = {"1", "true", "yes", "y", "on"}
+_FALSE = {"0", "false", "no", "n", "off"}
+
+
+def _field_types() -> dict[str, type]:
+    hints = typing.get_type_hints(TrainConfig)
+    return {f.name: hints[f.name] for f in fields(TrainConfig)}
+
+
+def coerce_value(key: str, value: Any) -> Any:
+    """Convert ``value`` (often a string from the command line) to the type of field ``key``."""
+    types = _field_types()
+    if key not in types:
+        close = difflib.get_close_matches(key, list(types), n=3)
+        hint = f"; did you mean {', '.join(close)}?" if close else ""
+        raise ConfigError(f"unknown training config key {key!r}{hint} (known keys: {', '.join(types)})")
+    typ = types[key]
+    if typ is bool:
+        if isinstance(value, bool):
+            return value
+        s = str(value).strip().lower()
+        if s in _TRUE:
+            return True
+        if s in _FALSE:
+            return False
+        raise ConfigError(f"config key {key!r} expects a boolean (true/false), got {value!r}")
+    if typ is int:
+        if isinstance(value, bool):
+            raise ConfigError(f"config key {key!r} expects an integer, got {value!r}")
+        if isinstance(value, int):
+            return value
+        try:
+            f = float(str(value))
+        except ValueError:
+            raise ConfigError(f"config key {key!r} expects an integer, got {value!r}") from None
+        if not f.is_integer():
+            raise ConfigError(f"config key {key!r} expects an integer, got {value!r}")
+        return int(f)
+    if typ is float:
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"config key {key!r} expects a number, got {value!r}") from None
+    return str(value)
+
+
+def parse_set_items(items: list[str] | tuple[str, ...]) -> dict[str, Any]:
+    """``["lr=1e-4", "trials=3"]`` -> typed dict (errors name the offending item)."""
+    out: dict[str, Any] = {}
+    for item in items:
+        if "=" not in item:
+            raise ConfigError(f"--set {item!r}: expected key=value")
+        k, v = item.split("=", 1)
+        k = k.strip()
+        out[k] = coerce_value(k, v.strip())
+    return out
+
+
+def resolve_config(task: str, preset: str = "tiny", overrides: dict[str, Any] | None = None) -> TrainConfig:
+    """The preset's config for ``task`` with ``overrides`` applied and validated."""
+    names = preset_names(task)
+    if preset not in PRESETS[task]:
+        raise ConfigError(f"unknown preset {preset!r} for task {task!r}; expected one of {names}")
+    values: dict[str, Any] = {"task": task, "preset": preset, **PRESETS[task][preset]}
+    for k, v in (overrides or {}).items():
+        if k in ("task", "preset"):
+            raise ConfigError(f"override {k!r} is not allowed; pass it as the task/preset argument")
+        values[k] = coerce_value(k, v)
+    return TrainConfig(**values).validate()
+
+
+def config_to_yaml(cfg: TrainConfig) -> str:
+    import yaml
+
+    return yaml.safe_dump(cfg.to_dict(), sort_keys=False)
+
+
+def config_from_yaml(text: str) -> TrainConfig:
+    import yaml
+
+    d = yaml.safe_load(text) or {}
+    return TrainConfig(**{k: coerce_value(k, v) for k, v in d.items()}).validate()
+
+
+__all__ = ["ARCHS", "ConfigError", "PRESETS", "TrainConfig", "coerce_value", "config_from_yaml",
+           "config_to_yaml", "parse_set_items", "preset_names", "resolve_config"]
