@@ -156,6 +156,6 @@ def push(cwd: str | Path, remote: str | None = None) -> str:
     return run_dvc(["push", *(["-r", remote] if remote else [])], cwd).stdout
 
 
-def ensure_local_remote(cwd: str | Path, name: str = "demo", url: str = "../.dvc-remote") -> None:
-    """Configure (idempotently) a local default remote; ``url`` is relative to ``.dvc/``."""
+def ensure_local_remote(cwd: str | Path, name: str = "demo", url: str = ".dvc-remote") -> None:
+    """Configure (idempotently) a local default remote; ``url`` relative to the repo root (DVC stores it relative to ``.dvc/``)."""
     run_dvc(["remote", "add", "--force", "--default", name, url], cwd)

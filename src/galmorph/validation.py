@@ -259,6 +259,19 @@ def image_checks(df: pd.DataFrame, cfg: ValidationConfig, data_root: Path | None
 # --------------------------------------------------------------------------------------------
 # the validation run
 # --------------------------------------------------------------------------------------------
+_VOLATILE_KEYS = {"ge_load_time", "validation_time", "run_id", "run_time", "id"}
+
+
+def stable_gx_json(obj: Any) -> Any:
+    """The GX result without its volatile fields (load time, run ids, random expectation ids), so that
+    the saved report is byte-identical when the data and the suite are (DVC reproducibility)."""
+    if isinstance(obj, dict):
+        return {k: stable_gx_json(v) for k, v in obj.items() if k not in _VOLATILE_KEYS}
+    if isinstance(obj, list):
+        return [stable_gx_json(v) for v in obj]
+    return obj
+
+
 def _row_failures(gx_result, df: pd.DataFrame, cfg: ValidationConfig) -> tuple[dict[int, list[str]], list[str], dict]:
     reasons: dict[int, list[str]] = defaultdict(list)
     schema_errors: list[str] = []
@@ -335,7 +348,7 @@ def validate_frame(df: pd.DataFrame, cfg: ValidationConfig | None = None, data_r
     passed_df = df.iloc[[i for i in range(n) if i not in bad]].reset_index(drop=True)
     frac = len(bad) / n
     success = not schema_errors and frac <= cfg.max_failure_fraction
-    gx_json = gx_res.to_json_dict()
+    gx_json = stable_gx_json(gx_res.to_json_dict())
     res = ValidationResult(name=name, rows=n, passed=len(passed_df), success=success, failure_fraction=frac,
                            max_failure_fraction=cfg.max_failure_fraction, quarantine=qdf,
                            schema_errors=schema_errors, expectation_failures=counts, image_failures=img_fail,

@@ -39,17 +39,22 @@ def _data_root(opt: Path | None) -> Path | None:
               help="Override the source's catalogue file (labels.csv, catalog.csv, table, ...).")
 @click.option("--images", type=click.Path(path_type=Path, file_okay=False), default=None,
               help="Override the source's image folder.")
+@click.option("--sim-dir", type=click.Path(path_type=Path, file_okay=False), default=Path("data/sim"),
+              show_default=True, help="Folder the plain `sim` source reads (the DVC simulate stage's output).")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 def ingest_cmd(source: str, out: Path, quarantine: Path | None, data_root: Path | None, task: str | None,
                image: str, include_predicted: bool, survey: str, catalogue: Path | None, images: Path | None,
-               as_json: bool) -> None:
+               sim_dir: Path, as_json: bool) -> None:
     """Ingest SOURCE into a Parquet manifest (+ quarantine of rejected rows).
 
     SOURCE is one of gz1_chirality, gz2_arms, gz2_table, decals, lopsided, hart, sdss_fits (under the
-    data root), sim:<folder> (a `galmorph simulate` output) or folder:<folder> (any image folder).
+    data root), sim:<folder> (a `galmorph simulate` output; plain `sim` reads --sim-dir) or
+    folder:<folder> (any image folder).
     """
     from galmorph.ingest import IngestError, ingest
 
+    if source == "sim":
+        source = f"sim:{sim_dir}"
     opts: dict = {"task": task, "image": image, "include_predicted": include_predicted, "survey": survey}
     if catalogue is not None:
         key = {"gz1_chirality": "labels", "gz2_arms": "labels", "gz2_table": "table", "decals": "catalog",
@@ -143,10 +148,10 @@ def validate_cmd(manifest: Path, as_json: bool, z_min: float | None, z_max: floa
 @click.argument("manifest", type=click.Path(path_type=Path, exists=True, dir_okay=False))
 @click.option("--out", "out_dir", type=click.Path(path_type=Path, file_okay=False), required=True,
               help="Folder for png/, fits/, manifest.parquet, quarantine.parquet.")
-@click.option("--size-arcsec", type=click.FloatRange(min=0, min_open=True), default=None,
-              help="FITS: cutout side in arcsec (default: full frame).")
-@click.option("--size-r90", type=click.FloatRange(min=0, min_open=True), default=None,
-              help="FITS: cutout side in multiples of R90 (see --r90-column).")
+@click.option("--size-arcsec", type=click.FloatRange(min=0), default=None,
+              help="FITS: cutout side in arcsec (default or 0: full frame).")
+@click.option("--size-r90", type=click.FloatRange(min=0), default=None,
+              help="FITS: cutout side in multiples of R90 (see --r90-column; 0: unused).")
 @click.option("--r90-column", default="r90_arcsec", show_default=True, help="Column with R90 in arcsec.")
 @click.option("--crop-fraction", type=click.FloatRange(0, 1, min_open=True), default=1.0, show_default=True,
               help="Rasters: central fraction kept (424 -> 224 is 0.528).")
@@ -164,7 +169,7 @@ def cutout_cmd(manifest: Path, out_dir: Path, size_arcsec: float | None, size_r9
     from galmorph.manifest import ManifestError
 
     try:
-        cfg = CutoutConfig(size_arcsec=size_arcsec, size_r90=size_r90, r90_column=r90_column, size_px=size_px,
+        cfg = CutoutConfig(size_arcsec=size_arcsec or None, size_r90=size_r90 or None, r90_column=r90_column, size_px=size_px,
                            crop_fraction=crop_fraction, greyscale=greyscale, write_fits=not no_fits)
         res = make_cutouts(manifest, out_dir, cfg, data_root=_data_root(data_root), progress=not as_json)
     except (ManifestError, ValueError) as exc:
