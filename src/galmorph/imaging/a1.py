@@ -262,6 +262,37 @@ def fill_masked(img: np.ndarray, mask: np.ndarray, sigma: float = 1.5, max_iter:
     return out
 
 
+def detect_sources(sub: np.ndarray, rms: float, mask: np.ndarray | None = None, thresh: float = 1.5,
+                   minarea: int = 5, deblend_cont: float = 0.005, bin_factor: int | None = None) -> np.ndarray | None:
+    """sep segmentation map (0 = sky, k = k-th object) of a background-subtracted image.
+
+    With ``bin_factor`` n > 1 detection runs on the n x n summed image (noise n * rms) and the map
+    is expanded back to full resolution. None when sep fails (e.g. pixel-stack overflow).
+    """
+    import sep
+
+    h, w = sub.shape
+    n = (2 if min(h, w) >= 128 else 1) if bin_factor is None else max(int(bin_factor), 1)
+    try:
+        if n == 1:
+            _, seg = sep.extract(sub, thresh, err=rms, mask=mask, minarea=minarea, deblend_cont=deblend_cont,
+                                 segmentation_map=True)
+            return seg
+        hb, wb = h // n, w // n
+        binned = np.ascontiguousarray(sub[:hb * n, :wb * n].reshape(hb, n, wb, n).sum(axis=(1, 3)))
+        bmask = None
+        if mask is not None:
+            bmask = np.ascontiguousarray(mask[:hb * n, :wb * n].reshape(hb, n, wb, n).any(axis=(1, 3)))
+        _, segb = sep.extract(binned, thresh, err=n * rms, mask=bmask, minarea=max(2, minarea // (n * n) + 1),
+                              deblend_cont=deblend_cont, segmentation_map=True)
+        seg = np.zeros((h, w), dtype=segb.dtype)
+        seg[:hb * n, :wb * n] = np.repeat(np.repeat(segb, n, axis=0), n, axis=1)
+        return seg
+    except Exception as exc:  # noqa: BLE001
+        log.debug("sep.extract failed: %s", exc)
+        return None
+
+
 def _dilate(mask: np.ndarray, k: int) -> np.ndarray:
     """Grow ``mask`` by a disc of radius ``k`` px (only inside the mask's padded bounding box)."""
     from scipy.ndimage import binary_dilation
@@ -536,6 +567,7 @@ def lopsidedness_a1(
     detect_minarea: int = 5,
     deblend_cont: float = 0.005,
     mask_dilate: int = 2,
+    detect_bin: int | None = 1,
     bkg_galaxy_factor: float = 2.0,
     search_radius: float = 5.0,
     centre_iterations: int = 30,
@@ -563,6 +595,8 @@ def lopsidedness_a1(
     mask_sources : detect other sources with ``sep`` and interpolate over them.
     bkg_mesh, bkg_filter : sep background mesh (px, capped at the image size) and filter size.
     detect_thresh, detect_minarea, deblend_cont, mask_dilate : source detection and mask growth.
+    detect_bin : detect on an n x n binned image (default 1; 2 makes sep ~3x faster on large
+        cutouts but deblends stars lying on the galaxy less well).
     centre_iterations : sub-pixel iterations of the 3x3 first moment (0 = a single moment).
     n_annuli : log-spaced annuli between R50 and R90 (reduced so each is >= 1 px wide).
     mmax : highest Fourier mode fitted (5).
@@ -618,12 +652,7 @@ def lopsidedness_a1(
         bkg = estimate_background(data, bkg_mesh, bkg_filter, mask=badm)
         sub = data - bkg.back()
         rms = bkg.globalrms if bkg.globalrms > 0 else float(np.std(sub)) or 1.0
-        try:
-            _, seg = sep.extract(sub, detect_thresh, err=rms, mask=badm, minarea=detect_minarea,
-                                 deblend_cont=deblend_cont, segmentation_map=True)
-        except Exception as exc:  # noqa: BLE001 - e.g. pixel stack overflow on huge images
-            log.debug("sep.extract failed: %s", exc)
-            seg = None
+        seg = detect_sources(sub, rms, badm, detect_thresh, detect_minarea, deblend_cont, detect_bin)
     else:
         bkg, sub, rms = None, data, bkg_rms
     if refine_centre:

@@ -1,0 +1,162 @@
+"""Labelling queues: equal numbers of galaxies from equal-width redshift bins, reproducible by seed.
+
+A queue is a manifest (kind ``label-queue``) holding the chosen rows plus ``queue_position``
+(the order labellers see them), ``queue_bin`` (the bin label) and, when ranked by a model,
+``entropy`` and the model's ``p_<class>`` columns. The bin edges, seed and counts are kept in the
+file's metadata.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+log = logging.getLogger(__name__)
+
+
+def z_bin_edges(z_min: float = 0.01, z_max: float = 0.1, n_bins: int = 4) -> np.ndarray:
+    """Equal-width redshift bin edges."""
+    if not (z_max > z_min) or n_bins < 1:
+        raise ValueError(f"need z_max > z_min and n_bins >= 1 (got {z_min}, {z_max}, {n_bins})")
+    return np.linspace(z_min, z_max, n_bins + 1)
+
+
+def bin_labels(edges: np.ndarray) -> list[str]:
+    return [f"{lo:.4f}-{hi:.4f}" for lo, hi in zip(edges[:-1], edges[1:])]
+
+
+def assign_queue_bins(z: pd.Series, edges: np.ndarray) -> pd.Series:
+    """Bin label per redshift (left-closed, last bin closed); None outside the edges or NaN."""
+    z = pd.to_numeric(z, errors="coerce").astype(float).to_numpy()
+    idx = np.searchsorted(edges, z, side="right") - 1
+    idx[(z == edges[-1])] = len(edges) - 2
+    inside = np.isfinite(z) & (idx >= 0) & (idx < len(edges) - 1)
+    labels = np.array(bin_labels(edges), dtype=object)
+    out = np.full(len(z), None, dtype=object)
+    out[inside] = labels[idx[inside]]
+    return pd.Series(out, dtype="object")
+
+
+def predictive_entropy(probs: np.ndarray) -> np.ndarray:
+    """Shannon entropy (nats) of each row of class probabilities; NaN rows stay NaN."""
+    p = np.asarray(probs, dtype=np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        h = -np.nansum(np.where(p > 0, p * np.log(p), 0.0), axis=1)
+    h[np.isnan(p).any(axis=1)] = np.nan
+    return h
+
+
+def sample_queue(
+    manifest: pd.DataFrame,
+    per_bin: int = 250,
+    n_bins: int = 4,
+    z_min: float = 0.01,
+    z_max: float = 0.1,
+    seed: int = 0,
+    exclude_ids: Iterable[str] = (),
+    task: str = "lopsided",
+    scores: pd.DataFrame | None = None,
+) -> tuple[pd.DataFrame, dict]:
+    """Choose up to ``per_bin`` objects from each of ``n_bins`` equal-width z bins over
+    [``z_min``, ``z_max``].
+
+    Excluded: ids in ``exclude_ids`` and rows of the manifest already labelled for ``task``.
+    Without ``scores`` the choice is uniformly random (seeded, independent of the manifest's row
+    order) and the queue order is shuffled across bins. With ``scores`` (``object_id`` +
+    ``entropy``, e.g. from :func:`score_entropy`) the most uncertain objects of each bin are chosen
+    and the queue is ordered by decreasing entropy (active learning).
+
+    Returns ``(queue_df, summary)``; ``summary`` has the edges, per-bin available/chosen counts and
+    how many rows were excluded and why.
+    """
+    edges = z_bin_edges(z_min, z_max, n_bins)
+    df = manifest.copy()
+    df["object_id"] = df["object_id"].astype(str)
+    if df["object_id"].duplicated().any():
+        dups = df.loc[df["object_id"].duplicated(), "object_id"].head(5).tolist()
+        raise ValueError(f"manifest has duplicate object_id values (e.g. {dups})")
+    df = df.sort_values("object_id", kind="stable").reset_index(drop=True)
+    df["queue_bin"] = assign_queue_bins(df["z"], edges)
+    excl = set(map(str, exclude_ids))
+    already = pd.Series(False, index=df.index)
+    if "label" in df.columns and "task" in df.columns:
+        already = df["label"].notna() & (df["task"].astype("string") == task).fillna(False)
+    excluded_db = df["object_id"].isin(excl)
+    eligible = df["queue_bin"].notna() & ~excluded_db & ~already.astype(bool)
+    summary: dict = {
+        "edges": [float(e) for e in edges], "bins": bin_labels(edges), "seed": seed, "per_bin": per_bin,
+        "rows_in": len(df), "outside_z_range": int(df["queue_bin"].isna().sum()),
+        "excluded_labelled_elsewhere": int((excluded_db & df["queue_bin"].notna()).sum()),
+        "excluded_labelled_in_manifest": int((already.astype(bool) & df["queue_bin"].notna() & ~excluded_db).sum()),
+        "available": {}, "chosen": {}, "ranked_by": "entropy" if scores is not None else "random",
+    }
+    rng = np.random.default_rng(seed)
+    if scores is not None:
+        sc = scores[["object_id", "entropy"] + [c for c in scores.columns if c.startswith("p_")]].copy()
+        sc["object_id"] = sc["object_id"].astype(str)
+        df = df.drop(columns=[c for c in sc.columns if c != "object_id" and c in df.columns]).merge(
+            sc, on="object_id", how="left")
+    chosen = []
+    for b in summary["bins"]:
+        cand = df[eligible & (df["queue_bin"] == b)]
+        summary["available"][b] = len(cand)
+        k = min(per_bin, len(cand))
+        if scores is not None:
+            # random tie-break key, then entropy (NaN = could not be scored: last)
+            key = rng.random(len(cand))
+            ent = cand["entropy"].fillna(-np.inf).to_numpy()
+            pick = cand.iloc[np.lexsort((key, -ent))[:k]]
+        else:
+            pick = cand.iloc[np.sort(rng.choice(len(cand), size=k, replace=False))] if k else cand.iloc[:0]
+        summary["chosen"][b] = len(pick)
+        if len(pick) < per_bin:
+            log.warning("z bin %s: only %d eligible objects for %d requested", b, len(pick), per_bin)
+        chosen.append(pick)
+    q = pd.concat(chosen, ignore_index=True) if chosen else df.iloc[:0]
+    if scores is not None:
+        order = np.lexsort((rng.random(len(q)), -q["entropy"].fillna(-np.inf).to_numpy()))
+    else:
+        order = rng.permutation(len(q))
+    q = q.iloc[order].reset_index(drop=True)
+    q["queue_position"] = np.arange(len(q), dtype=np.int64)
+    q["task"] = task
+    q["label"] = None
+    summary["rows_out"] = len(q)
+    return q, summary
+
+
+def score_entropy(manifest: pd.DataFrame, model_uri: str, data_root: Path | str | None = None,
+                  batch_size: int = 32) -> pd.DataFrame:
+    """Predictive entropy of a registered model (e.g. ``models:/galmorph-lopsided@champion``) for
+    every row: ``object_id, p_<class>..., entropy, error`` (unreadable images: NaN entropy)."""
+    from galmorph.inference import predict_manifest
+    from galmorph.models.io import load_for_inference
+
+    model = load_for_inference(model_uri)
+    pred = predict_manifest(model, manifest.reset_index(drop=True), batch_size=batch_size, data_root=data_root)
+    pcols = [f"p_{c}" for c in model.spec.classes]
+    pred["entropy"] = predictive_entropy(pred[pcols].to_numpy())
+    pred["model_uri"] = model_uri
+    pred["model_version"] = model.version
+    return pred[["object_id", *pcols, "entropy", "error"]]
+
+
+def write_queue(queue: pd.DataFrame, path: str | Path, summary: dict) -> Path:
+    from galmorph.manifest import write_manifest
+
+    return write_manifest(queue, path, kind="label-queue", extra_meta={"queue": summary})
+
+
+def read_queue(path: str | Path) -> pd.DataFrame:
+    """Read a queue manifest (sorted by ``queue_position``)."""
+    from galmorph.manifest import ManifestError, read_manifest
+
+    q = read_manifest(path)
+    for c in ("queue_position", "queue_bin"):
+        if c not in q.columns:
+            raise ManifestError(f"{path}: not a labelling queue (no '{c}' column); make one with `galmorph label sample`")
+    return q.sort_values("queue_position", kind="stable").reset_index(drop=True)
