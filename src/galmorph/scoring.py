@@ -1,0 +1,530 @@
+"""Streaming, resumable batch scoring of a survey release with a registered galmorph model.
+
+Layout of a scoring output folder ``OUT``::
+
+    OUT/scoring.json                 what is being scored (manifest, rows, shard size, model) -- resume guard
+    OUT/shards/part-00000.parquet    scores of rows [0, shard_size)            (written atomically)
+    OUT/shards/quarantine-00000.parquet  rows of that shard whose image could not be read, with the reason
+    ...
+
+A shard is a fixed, deterministic row range of the manifest (``shard i`` = rows ``[i*S, (i+1)*S)``),
+so a run killed at any moment (even ``kill -9``) is resumed by running the same command again: shards
+whose Parquet file exists are skipped, a half-written shard only ever exists as a temporary file and is
+redone. The quarantine file of a shard is written *before* its score file, so a completed shard always
+has both. Rows in = rows scored + rows quarantined, per shard and overall.
+
+:func:`merge_scores` concatenates the shards of one or several scoring folders (the rescoring pipeline
+scores disjoint shard sets on several GPU nodes) into the release catalogue (one Parquet file) plus a
+summary JSON (class counts, high-confidence counts, and for chirality the CVS with its uncertainty).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import re
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from galmorph.manifest import ManifestError, quarantine_record, write_quarantine
+
+log = logging.getLogger(__name__)
+
+#: Manifest columns copied into the scored catalogue when present (drift monitoring groups by them).
+PASSTHROUGH_COLUMNS: tuple[str, ...] = ("survey", "ra", "dec", "z", "z_bin", "label")
+SHARD_RE = re.compile(r"^part-(\d{5,})\.parquet$")
+DEFAULT_THRESHOLD = 0.85
+
+
+class ScoringError(RuntimeError):
+    """Scoring cannot proceed (the message says which file or setting and why)."""
+
+
+@dataclass
+class ScoreResult:
+    out_dir: str
+    n_rows: int  # rows of the manifest
+    n_shards: int  # shards of the manifest
+    shards_done: list[int]  # shards processed (or found complete) by this call
+    shards_skipped: list[int]  # shards that were already complete when this call started
+    n_scored: int  # rows scored by this call
+    n_quarantined: int  # rows quarantined by this call
+    model_uri: str
+    model_version: str | None
+    seconds: float
+    images_per_s: float
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class MergeResult:
+    catalogue: str
+    summary: str
+    quarantine: str
+    n_rows: int
+    n_scored: int
+    n_quarantined: int
+    summary_data: dict = field(default_factory=dict)
+
+
+# --------------------------------------------------------------------------------------------
+# chirality violation
+# --------------------------------------------------------------------------------------------
+def chirality_violation(n_acw: int, n_cw: int) -> tuple[float, float]:
+    """CVS = (n_ACW - n_CW) / sqrt(n_ACW + n_CW) and its propagated 1-sigma uncertainty.
+
+    The uncertainty propagates independent Poisson errors on both counts (sigma^2(n) = n); for
+    n_ACW = n_CW it is exactly 1 (CVS is in units of the expected chance fluctuation under the null
+    hypothesis, the convention of :mod:`galmorph.evaluation.chirality`, which reports sigma = 1).
+    Returns ``(nan, nan)`` when there are no CW/ACW predictions.
+    """
+    a, c = float(n_acw), float(n_cw)
+    s = a + c
+    if s <= 0:
+        return float("nan"), float("nan")
+    d = a - c
+    cvs = d / math.sqrt(s)
+    da = 1 / math.sqrt(s) - d / (2 * s ** 1.5)
+    dc = -1 / math.sqrt(s) - d / (2 * s ** 1.5)
+    sigma = math.sqrt(a * da * da + c * dc * dc)
+    return cvs, sigma
+
+
+def cvs_block(n_acw: int, n_cw: int) -> dict[str, float]:
+    """CVS with both uncertainties: ``sigma_null`` (= 1, the scatter of CVS when there is no
+    preferred handedness: the evaluation module's convention) and ``sigma`` (Poisson-propagated)."""
+    cvs, sigma = chirality_violation(n_acw, n_cw)
+    try:  # one definition of CVS in the platform: the evaluation module's, when installed
+        from galmorph.evaluation.chirality import chirality_violation as ev_cvs
+
+        ev, ev_sigma = ev_cvs(int(n_acw), int(n_cw))
+        if not (math.isnan(ev) and math.isnan(cvs)) and not math.isclose(ev, cvs, rel_tol=1e-9, abs_tol=1e-12):
+            raise ScoringError(f"CVS definitions disagree: evaluation {ev} vs scoring {cvs}")
+        sigma_null = float(ev_sigma)
+    except ImportError:
+        sigma_null = 1.0 if n_acw + n_cw > 0 else float("nan")
+    return {"cvs": cvs, "sigma": sigma, "sigma_null": sigma_null, "n_acw": int(n_acw), "n_cw": int(n_cw)}
+
+
+# --------------------------------------------------------------------------------------------
+# streaming the manifest
+# --------------------------------------------------------------------------------------------
+def manifest_rows(manifest_path: str | Path) -> int:
+    """Number of rows of a Parquet manifest (from its footer, without reading the data)."""
+    path = Path(manifest_path)
+    if not path.exists():
+        raise ManifestError(f"manifest {path} does not exist")
+    try:
+        return pq.ParquetFile(path).metadata.num_rows
+    except Exception as exc:  # noqa: BLE001
+        raise ManifestError(f"manifest {path} is not a readable Parquet file: {exc}") from exc
+
+
+def n_shards_for(n_rows: int, shard_size: int) -> int:
+    if shard_size < 1:
+        raise ValueError(f"shard size must be >= 1, got {shard_size}")
+    return max(0, math.ceil(n_rows / shard_size))
+
+
+def plan_workers(n_rows: int, shard_size: int, n_workers: int) -> list[list[int]]:
+    """Split the shards into ``n_workers`` contiguous groups (fewer when there are fewer shards)."""
+    n = n_shards_for(n_rows, shard_size)
+    k = max(1, min(int(n_workers), n)) if n else 0
+    groups = [list(g) for g in np.array_split(np.arange(n), k)] if k else []
+    return [[int(i) for i in g] for g in groups]
+
+
+def iter_shards(manifest_path: str | Path, shard_size: int, columns: Sequence[str],
+                shards: Sequence[int] | None = None, read_batch: int = 8192) -> Iterator[tuple[int, int, pd.DataFrame]]:
+    """Yield ``(shard_index, first_row, frame)`` for the wanted shards, streaming.
+
+    Only the row groups that overlap a wanted shard are read, in record batches of ``read_batch``
+    rows, so memory stays bounded by one shard whatever the manifest's size.
+    """
+    pf = pq.ParquetFile(manifest_path)
+    meta = pf.metadata
+    n_rows = meta.num_rows
+    n_sh = n_shards_for(n_rows, shard_size)
+    wanted = sorted(set(range(n_sh) if shards is None else (int(s) for s in shards)))
+    bad = [s for s in wanted if not 0 <= s < n_sh]
+    if bad:
+        raise ScoringError(f"shard(s) {bad} outside 0..{n_sh - 1} of {manifest_path} ({n_rows} rows, "
+                           f"shard size {shard_size})")
+    if not wanted:
+        return
+    wanted_set = set(wanted)
+    # row-group offsets
+    rg_start, off = [], 0
+    for i in range(meta.num_row_groups):
+        rg_start.append(off)
+        off += meta.row_group(i).num_rows
+
+    def needed(rg: int) -> bool:
+        lo, hi = rg_start[rg], rg_start[rg] + meta.row_group(rg).num_rows
+        return any(lo < (s + 1) * shard_size and s * shard_size < hi for s in range(lo // shard_size,
+                                                                                  (hi - 1) // shard_size + 1)
+                   if s in wanted_set)
+
+    groups = [g for g in range(meta.num_row_groups) if needed(g)]
+    # contiguous runs of row groups so that the global row offset is known
+    runs: list[list[int]] = []
+    for g in groups:
+        if runs and runs[-1][-1] == g - 1:
+            runs[-1].append(g)
+        else:
+            runs.append([g])
+    cols = [c for c in columns if c in pf.schema_arrow.names]
+    for run in runs:
+        row = rg_start[run[0]]
+        buf: list[pa.RecordBatch] = []
+        buf_shard: int | None = None
+        for batch in pf.iter_batches(batch_size=read_batch, row_groups=run, columns=cols):
+            pos = 0
+            while pos < batch.num_rows:
+                s = row // shard_size
+                end_of_shard = min((s + 1) * shard_size, n_rows)
+                take = min(batch.num_rows - pos, end_of_shard - row)
+                if s in wanted_set:
+                    if buf_shard != s:
+                        buf, buf_shard = [], s
+                    buf.append(batch.slice(pos, take))
+                pos += take
+                row += take
+                if row == end_of_shard and s in wanted_set and buf_shard == s:
+                    frame = pa.Table.from_batches(buf).to_pandas()
+                    yield s, s * shard_size, frame
+                    buf, buf_shard = [], None
+
+
+# --------------------------------------------------------------------------------------------
+# scoring
+# --------------------------------------------------------------------------------------------
+def shard_path(out_dir: str | Path, shard: int) -> Path:
+    return Path(out_dir) / "shards" / f"part-{shard:05d}.parquet"
+
+
+def quarantine_path(out_dir: str | Path, shard: int) -> Path:
+    return Path(out_dir) / "shards" / f"quarantine-{shard:05d}.parquet"
+
+
+def completed_shards(out_dir: str | Path) -> set[int]:
+    d = Path(out_dir) / "shards"
+    if not d.is_dir():
+        return set()
+    return {int(m.group(1)) for p in d.iterdir() if (m := SHARD_RE.match(p.name))}
+
+
+def _atomic_parquet(df: pd.DataFrame, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    df.to_parquet(tmp, index=False)
+    with open(tmp, "rb") as fh:  # make the content durable before the rename commits the shard
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def _load_model(model, device: str):
+    from galmorph.models.io import LoadedModel, load_for_inference
+
+    if isinstance(model, LoadedModel):
+        return model
+    return load_for_inference(str(model), device=device)
+
+
+def _check_resume(out_dir: Path, spec: dict, overwrite: bool) -> None:
+    p = out_dir / "scoring.json"
+    if p.exists() and not overwrite:
+        old = json.loads(p.read_text())
+        for key in ("manifest_rows", "shard_size", "model_uri", "model_version", "threshold", "classes"):
+            if old.get(key) != spec.get(key):
+                raise ScoringError(
+                    f"{out_dir} holds a scoring run with {key}={old.get(key)!r}, this call has "
+                    f"{spec.get(key)!r}; use another output folder or overwrite=True (--overwrite)")
+    if overwrite and (out_dir / "shards").is_dir():
+        for f in (out_dir / "shards").iterdir():
+            f.unlink()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tmp = p.with_name(f".{p.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(spec, indent=2))
+    os.replace(tmp, p)
+
+
+def score_frame_probs(probs: np.ndarray, classes: Sequence[str], threshold: float) -> dict[str, Any]:
+    """Columns derived from class probabilities: ``p_<class>``, ``pred``, ``p_pred``, ``high_confidence``."""
+    cols: dict[str, Any] = {f"p_{c}": probs[:, j].astype(np.float32) for j, c in enumerate(classes)}
+    arg = probs.argmax(axis=1) if len(probs) else np.zeros(0, dtype=int)
+    p_pred = probs[np.arange(len(probs)), arg] if len(probs) else np.zeros(0)
+    cols["pred"] = np.asarray(classes, dtype=object)[arg] if len(probs) else np.zeros(0, dtype=object)
+    cols["p_pred"] = p_pred.astype(np.float32)
+    cols["high_confidence"] = p_pred >= threshold
+    return cols
+
+
+def score_manifest(model, manifest_path: str | Path, out_dir: str | Path, batch_size: int = 64,
+                   num_workers: int = 0, shard_size: int = 10_000, threshold: float = DEFAULT_THRESHOLD,
+                   shards: Sequence[int] | None = None, data_root: str | Path | None = None,
+                   device: str = "cpu", passthrough: Sequence[str] = PASSTHROUGH_COLUMNS,
+                   overwrite: bool = False, progress: bool = True) -> ScoreResult:
+    """Score every row of ``manifest_path`` (or only ``shards``) into Parquet shards under ``out_dir``.
+
+    ``model`` is a model URI (``models:/galmorph-chirality@champion``, ``runs:/...``, a local path) or a
+    :class:`~galmorph.models.io.LoadedModel`. Images are decoded and prepared in ``num_workers``
+    DataLoader processes while the main process runs batched inference under ``torch.inference_mode``.
+    Completed shards are skipped (resume); see the module docstring for the output layout.
+    """
+    import torch
+    from torch.utils.data import DataLoader
+    from tqdm import tqdm
+
+    from galmorph.data.images import ManifestImageDataset, collate_skip
+
+    if not 0 < threshold <= 1:
+        raise ValueError(f"threshold must be in (0, 1], got {threshold}")
+    if batch_size < 1:
+        raise ValueError(f"batch size must be >= 1, got {batch_size}")
+    t0 = time.perf_counter()
+    out = Path(out_dir)
+    n_rows = manifest_rows(manifest_path)
+    schema_names = pq.ParquetFile(manifest_path).schema_arrow.names
+    for c in ("object_id", "image_uri"):
+        if c not in schema_names:
+            raise ManifestError(f"manifest {manifest_path}: missing required column {c!r}")
+    lm = _load_model(model, device)
+    spec = lm.spec
+    classes = list(spec.classes)
+    n_sh = n_shards_for(n_rows, shard_size)
+    wanted = sorted(set(range(n_sh) if shards is None else (int(s) for s in shards)))
+    _check_resume(out, {
+        "manifest": str(Path(manifest_path).resolve()), "manifest_rows": n_rows, "shard_size": int(shard_size),
+        "model_uri": lm.uri, "model_version": lm.version, "model_run_id": lm.run_id, "task": spec.task,
+        "classes": classes, "threshold": float(threshold),
+    }, overwrite)
+    done_before = completed_shards(out)
+    todo = [s for s in wanted if s not in done_before]
+    skipped = [s for s in wanted if s in done_before]
+    if skipped:
+        log.info("resuming: %d of %d shard(s) already complete in %s", len(skipped), len(wanted), out)
+    rows_todo = sum(min((s + 1) * shard_size, n_rows) - s * shard_size for s in todo)
+    pass_cols = [c for c in passthrough if c in schema_names and c not in ("object_id", "image_uri")]
+    read_cols = ["object_id", "image_uri", *pass_cols]
+    n_scored = n_quar = 0
+    model_version = lm.version
+    bar = tqdm(total=rows_todo, desc=f"score {spec.task}", unit="img", disable=not progress, smoothing=0.1)
+    torch_device = torch.device(device)
+    module = lm.module
+    for s, first, frame in iter_shards(manifest_path, shard_size, read_cols, shards=todo):
+        n = len(frame)
+        ds = ManifestImageDataset(frame, spec.image_size, spec.in_chans, spec.crop_fraction,
+                                  data_root=data_root, on_error="skip")
+        dl = DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=num_workers,
+                        collate_fn=collate_skip, pin_memory=device.startswith("cuda"),
+                        prefetch_factor=4 if num_workers > 0 else None)
+        probs = np.full((n, len(classes)), np.nan, dtype=np.float32)
+        failed: dict[int, str] = {}
+        with torch.inference_mode():
+            for x, _, pos, failures in dl:
+                for p, reason in failures:
+                    failed[int(p)] = reason
+                if len(pos):
+                    logits = module(x.to(torch_device, non_blocking=True))
+                    probs[pos.numpy()] = torch.softmax(logits.float(), dim=1).cpu().numpy()
+                bar.update(len(pos) + len(failures))
+        ok = np.array([i not in failed for i in range(n)], dtype=bool)
+        q = [quarantine_record(frame.at[i, "object_id"], "score", failed[i],
+                               {**frame.iloc[i].to_dict(), "row": first + i}) for i in sorted(failed)]
+        good = frame.loc[ok].reset_index(drop=True)
+        res = pd.DataFrame({"object_id": good["object_id"].astype(str).to_numpy()})
+        for k, v in score_frame_probs(probs[ok].astype(np.float64), classes, threshold).items():
+            res[k] = v
+        res["model_uri"] = lm.uri
+        res["model_version"] = model_version if model_version is not None else ""
+        res["task"] = spec.task
+        res["shard"] = np.int32(s)
+        res["row"] = (first + np.flatnonzero(ok)).astype(np.int64)
+        for c in pass_cols:
+            res[c] = good[c].to_numpy()
+        write_quarantine(q, quarantine_path(out, s))
+        _atomic_parquet(res, shard_path(out, s))
+        n_scored += len(res)
+        n_quar += len(q)
+        if q:
+            log.warning("shard %d: %d image(s) quarantined (first: %s)", s, len(q), q[0]["reason"])
+    bar.close()
+    dt = time.perf_counter() - t0
+    return ScoreResult(out_dir=str(out), n_rows=n_rows, n_shards=n_sh, shards_done=wanted, shards_skipped=skipped,
+                       n_scored=n_scored, n_quarantined=n_quar, model_uri=lm.uri, model_version=model_version,
+                       seconds=dt, images_per_s=(n_scored + n_quar) / dt if dt > 0 else float("nan"))
+
+
+# --------------------------------------------------------------------------------------------
+# merging
+# --------------------------------------------------------------------------------------------
+def _shard_files(score_dirs: Sequence[str | Path]) -> tuple[dict[int, Path], dict[int, Path]]:
+    parts: dict[int, Path] = {}
+    quars: dict[int, Path] = {}
+    for d in score_dirs:
+        sd = Path(d) / "shards"
+        if not sd.is_dir():
+            raise ScoringError(f"{d} is not a scoring output folder (no shards/ inside)")
+        for p in sorted(sd.iterdir()):
+            m = SHARD_RE.match(p.name)
+            if not m:
+                continue
+            s = int(m.group(1))
+            if s in parts:
+                raise ScoringError(f"shard {s} appears twice ({parts[s]} and {p}); scoring folders overlap")
+            parts[s] = p
+            qp = sd / f"quarantine-{m.group(1)}.parquet"
+            if qp.exists():
+                quars[s] = qp
+    return parts, quars
+
+
+def merge_scores(score_dirs: str | Path | Sequence[str | Path], out_dir: str | Path, release: str | None = None,
+                 require_complete: bool = True) -> MergeResult:
+    """Concatenate scoring shards into ``out_dir/catalogue.parquet`` (+ ``quarantine.parquet`` and
+    ``summary.json``), streaming shard by shard.
+
+    With ``require_complete`` every shard of the manifest must be present (rows in = rows scored +
+    rows quarantined is checked against the manifest's row count recorded in ``scoring.json``).
+    """
+    if isinstance(score_dirs, (str, Path)):
+        score_dirs = [score_dirs]
+    score_dirs = [Path(d) for d in score_dirs]
+    specs = [json.loads((d / "scoring.json").read_text()) for d in score_dirs if (d / "scoring.json").exists()]
+    if not specs:
+        raise ScoringError(f"no scoring.json in {', '.join(map(str, score_dirs))}")
+    for key in ("manifest_rows", "shard_size", "model_uri", "model_version", "classes"):
+        vals = {json.dumps(sp.get(key)) for sp in specs}
+        if len(vals) > 1:
+            raise ScoringError(f"scoring folders disagree on {key}: {sorted(vals)}")
+    spec = specs[0]
+    n_rows, shard_size, classes = int(spec["manifest_rows"]), int(spec["shard_size"]), list(spec["classes"])
+    parts, quars = _shard_files(score_dirs)
+    n_sh = n_shards_for(n_rows, shard_size)
+    missing = sorted(set(range(n_sh)) - set(parts))
+    if missing and require_complete:
+        raise ScoringError(f"{len(missing)} of {n_sh} shard(s) missing (first {missing[:10]}); "
+                           "run the scoring again to finish them")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    cat_path, q_path, sum_path = out / "catalogue.parquet", out / "quarantine.parquet", out / "summary.json"
+    tmp = cat_path.with_name(f".{cat_path.name}.tmp-{os.getpid()}")
+    writer = None
+    counts: dict[str, int] = {c: 0 for c in classes}
+    hc_counts: dict[str, int] = {c: 0 for c in classes}
+    n_scored = 0
+    seen_rows = 0
+    try:
+        for s in sorted(parts):
+            t = pq.read_table(parts[s])
+            if writer is None:
+                writer = pq.ParquetWriter(tmp, t.schema)
+            elif t.schema != writer.schema:
+                t = t.cast(writer.schema)
+            writer.write_table(t)
+            df = t.select(["pred", "high_confidence"]).to_pandas()
+            for c, k in df["pred"].value_counts().items():
+                counts[str(c)] = counts.get(str(c), 0) + int(k)
+            for c, k in df.loc[df["high_confidence"], "pred"].value_counts().items():
+                hc_counts[str(c)] = hc_counts.get(str(c), 0) + int(k)
+            n_scored += t.num_rows
+            seen_rows += t.num_rows
+        if writer is None:  # nothing scored: an empty catalogue with the score columns
+            empty = pd.DataFrame({"object_id": pd.Series([], dtype="string"),
+                                  **{f"p_{c}": pd.Series([], dtype="float32") for c in classes},
+                                  "pred": pd.Series([], dtype="string"), "p_pred": pd.Series([], dtype="float32"),
+                                  "high_confidence": pd.Series([], dtype="bool")})
+            empty.to_parquet(tmp, index=False)
+    finally:
+        if writer is not None:
+            writer.close()
+    os.replace(tmp, cat_path)
+    qframes = [pd.read_parquet(quars[s]) for s in sorted(quars)]
+    qdf = pd.concat(qframes, ignore_index=True) if qframes else None
+    write_quarantine(qdf if qdf is not None else [], q_path)
+    n_quar = 0 if qdf is None else len(qdf)
+    if require_complete and n_scored + n_quar != n_rows:
+        raise ScoringError(f"rows in ({n_rows}) != rows scored ({n_scored}) + quarantined ({n_quar})")
+    # duplicate check over object ids, streaming the id column only
+    ids = pq.read_table(cat_path, columns=["object_id"]).column(0)
+    n_unique = len(pa.compute.unique(ids)) if len(ids) else 0
+    summary: dict[str, Any] = {
+        "release": release, "task": spec.get("task"), "model_uri": spec.get("model_uri"),
+        "model_version": spec.get("model_version"), "manifest": spec.get("manifest"),
+        "threshold": spec.get("threshold"), "n_rows": n_rows, "n_scored": n_scored, "n_quarantined": n_quar,
+        "n_shards": n_sh, "shards_missing": missing, "duplicate_object_ids": int(len(ids) - n_unique),
+        "class_counts": counts, "high_confidence_counts": hc_counts,
+        "high_confidence_fraction": (sum(hc_counts.values()) / n_scored) if n_scored else float("nan"),
+        "catalogue": str(cat_path), "quarantine": str(q_path),
+    }
+    if spec.get("task") == "chirality":
+        cv = cvs_block(counts.get("ACW", 0), counts.get("CW", 0))
+        hc = cvs_block(hc_counts.get("ACW", 0), hc_counts.get("CW", 0))
+        cv.update({f"{k}_high_confidence": v for k, v in hc.items()})
+        summary["cvs"] = cv
+    stmp = sum_path.with_name(f".{sum_path.name}.tmp-{os.getpid()}")
+    stmp.write_text(json.dumps(summary, indent=2, default=_json_default))
+    os.replace(stmp, sum_path)
+    log.info("release catalogue %s: %d scored, %d quarantined", cat_path, n_scored, n_quar)
+    return MergeResult(catalogue=str(cat_path), summary=str(sum_path), quarantine=str(q_path), n_rows=n_rows,
+                       n_scored=n_scored, n_quarantined=n_quar, summary_data=summary)
+
+
+def _json_default(o):
+    if isinstance(o, (np.integer,)):
+        return int(o)
+    if isinstance(o, (np.floating,)):
+        return float(o)
+    return str(o)
+
+
+def log_scoring_to_mlflow(summary: dict, catalogue_path: str | Path | None = None, run_name: str | None = None,
+                          experiment: str = "galmorph-scoring", tracking_uri: str | None = None,
+                          log_catalogue: bool = True) -> str:
+    """Record a scored release in MLflow (params, metrics, the summary and the catalogue as artifacts).
+
+    Returns the run id. The run is tagged with the release and the model version so that the scored
+    catalogue of a release can be found with ``MlflowClient.search_runs``.
+    """
+    import mlflow
+
+    if tracking_uri:
+        mlflow.set_tracking_uri(tracking_uri)
+    mlflow.set_experiment(experiment)
+    with mlflow.start_run(run_name=run_name or f"score-{summary.get('release') or 'release'}") as run:
+        mlflow.set_tags({"galmorph.kind": "scoring", "galmorph.release": str(summary.get("release")),
+                         "galmorph.task": str(summary.get("task")),
+                         "galmorph.model_version": str(summary.get("model_version")),
+                         "galmorph.model_uri": str(summary.get("model_uri"))})
+        mlflow.log_params({"threshold": summary.get("threshold"), "model_uri": summary.get("model_uri"),
+                           "n_shards": summary.get("n_shards")})
+        metrics = {"n_rows": summary["n_rows"], "n_scored": summary["n_scored"],
+                   "n_quarantined": summary["n_quarantined"]}
+        hcf = summary.get("high_confidence_fraction")
+        if hcf is not None and not (isinstance(hcf, float) and math.isnan(hcf)):
+            metrics["high_confidence_fraction"] = hcf
+        for c, k in summary.get("class_counts", {}).items():
+            metrics[f"n_pred_{c}"] = k
+        cv = summary.get("cvs")
+        if cv:
+            for k in ("cvs", "sigma", "cvs_high_confidence", "sigma_high_confidence"):
+                if cv.get(k) is not None and not math.isnan(cv[k]):
+                    metrics[k] = cv[k]
+        mlflow.log_metrics({re.sub(r"[^0-9A-Za-z_\-. /]", "_", k): float(v) for k, v in metrics.items()})
+        mlflow.log_dict(summary, "summary.json")
+        if log_catalogue and catalogue_path is not None:
+            mlflow.log_artifact(str(catalogue_path), artifact_path="catalogue")
+        return run.info.run_id
