@@ -328,3 +328,17 @@ def test_gpu_defaults_apply_with_kfp_kubernetes():
     text = json.dumps(docs)
     assert d["accelerator_type"] in text and "nvidia.com/gpu.present" in text and "NoSchedule" in text
     assert kfp.__version__.startswith("2.")
+
+
+@pytest.mark.parametrize("overlay", list(OVERLAYS))
+def test_rolebinding_grants_the_charts_kfp_clients(overlay):
+    """The chart's upload Job / release watcher ServiceAccount may act on KFP in the profile namespace."""
+    helm = pytest.importorskip("helm_python", reason="helm-python-sdk (dev group) is not installed")
+    with helm.Chart.load(str(REPO / "charts" / "galmorph")) as chart:
+        files = chart.render({}, name="galmorph", namespace="galmorph")
+    job = next(d for d in yaml.safe_load_all(files["galmorph/templates/pipelines-upload-job.yaml"]) if d)
+    sa = job["spec"]["template"]["spec"]["serviceAccountName"]
+    (rb,) = [d for d in kustomize(overlay) if d["kind"] == "RoleBinding"]
+    assert rb["metadata"]["namespace"] == OVERLAYS[overlay]
+    assert rb["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "kubeflow-edit"}
+    assert rb["subjects"] == [{"kind": "ServiceAccount", "name": sa, "namespace": "galmorph"}]
