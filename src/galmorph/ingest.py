@@ -182,7 +182,7 @@ def _finalise(rows: list[dict], quarantine: Records, df_in_len: int, source: str
               coords_required: bool = True) -> tuple[pd.DataFrame, Records]:
     """Check coordinates and duplicate ids, add z bins, conform types. Keeps rows in = out + quarantined."""
     good: list[dict] = []
-    seen: dict[str, int] = {}
+    seen: dict[str, str] = {}
     for r in rows:
         oid = str(r["object_id"]).strip() if r.get("object_id") is not None else ""
         prov = r.get("provenance", "")
@@ -204,10 +204,10 @@ def _finalise(rows: list[dict], quarantine: Records, df_in_len: int, source: str
             continue
         if oid in seen:
             quarantine.append(quarantine_record(
-                oid, STAGE, f"{source} object {oid}: duplicate object_id (first seen in {rows[seen[oid]].get('provenance')}; "
+                oid, STAGE, f"{source} object {oid}: duplicate object_id (first seen in {seen[oid]}; "
                 f"this one {prov})", r))
             continue
-        seen[oid] = len(good)
+        seen[oid] = str(prov)
         good.append(r)
     df = pd.DataFrame(good) if good else pd.DataFrame(columns=list(REQUIRED_COLUMNS))
     if "z" not in df.columns:
