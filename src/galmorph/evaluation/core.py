@@ -236,8 +236,9 @@ def evaluate(model_uri, manifest, out_dir: str | Path, *, z_edges: Sequence[floa
             extra["explanations"] = out_dir / "explanations.npz"
             np.savez_compressed(extra["explanations"], object_id=ex["object_id"].to_numpy(dtype=str),
                                 kind=ex["kind"].to_numpy(dtype=str), images=x.numpy(),
-                                **{k: v for k, v in maps.items() if k != "target_layer"})
-            report["explanations"] = {"target_layer": maps["target_layer"], "examples": ex.to_dict(orient="records")}
+                                **{k: v for k, v in maps.items() if isinstance(v, np.ndarray)})
+            report["explanations"] = {"target_layer": maps["target_layer"], "examples": ex.to_dict(orient="records"),
+                                      **({"skipped": maps["skipped"]} if "skipped" in maps else {})}
         else:
             report["explanations"] = {"skipped": "no evaluated examples"}
 

@@ -219,8 +219,15 @@ def explain_examples(module, images, examples: pd.DataFrame, classes: Sequence[s
     ``images``: tensor ``(len(examples), C, S, S)`` in the order of ``examples``."""
     classes = [str(c) for c in classes]
     tgt = [classes.index(str(p)) for p in examples["pred"]]
-    layer = target_layer or default_target_layer(module)
-    return {"gradcam": grad_cam(module, images, tgt, layer),
-            "gradcampp": grad_cam_pp(module, images, tgt, layer),
-            "smoothgrad": smoothgrad(module, images, tgt, n_samples=smoothgrad_samples),
-            "target_layer": layer}
+    layers = conv_layers(module)
+    out: dict = {"smoothgrad": smoothgrad(module, images, tgt, n_samples=smoothgrad_samples)}
+    if target_layer is None and not layers:
+        log.warning("the model has no convolution layer: Grad-CAM skipped, SmoothGrad only")
+        out["target_layer"] = None
+        out["skipped"] = "no convolution layer for Grad-CAM"
+        return out
+    layer = target_layer or layers[-1]
+    out["gradcam"] = grad_cam(module, images, tgt, layer)
+    out["gradcampp"] = grad_cam_pp(module, images, tgt, layer)
+    out["target_layer"] = layer
+    return out

@@ -1,0 +1,121 @@
+"""Chirality diagnostics: CVS, the sweep test, the mirror test (exact for a CE model through the real
+MLflow round trip), the overlap index and MC dropout on exported graphs."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from galmorph.evaluation.chirality import (chirality_violation, cvs_summary, cvs_sweep, has_dropout, mc_dropout,
+                                           mirror_test, overlap_index, rotation_stability, sweep_counts)
+from test_eval_support import ChiralityCE, TinyCNN, log_test_model
+
+
+def test_chirality_violation_values():
+    assert chirality_violation(60, 40) == (pytest.approx(20 / 10), 1.0)
+    assert chirality_violation(40, 60)[0] == pytest.approx(-2.0)
+    assert math.isnan(chirality_violation(0, 0)[0])
+    with pytest.raises(ValueError):
+        chirality_violation(-1, 3)
+    s = cvs_summary(["CW", "ACW", "ACW", "other"], ["ACW", "ACW", "ACW", "CW"])
+    assert s["cvs_labels"] == pytest.approx(1 / math.sqrt(3)) and s["cvs_pred"] == pytest.approx(2 / math.sqrt(4))
+
+
+def _spiral_labels(n_cw=70, n_acw=80, n_other=30):
+    return np.array(["CW"] * n_cw + ["ACW"] * n_acw + ["other"] * n_other, dtype=object)
+
+
+def test_sweep_of_perfect_classifier_has_slope_one_intercept_zero():
+    y = _spiral_labels()
+    res = cvs_sweep(y, y, n=200, realisations=5, seed=3)
+    assert res["slope"] == pytest.approx(1.0, abs=1e-12)
+    assert res["intercept"] == pytest.approx(0.0, abs=1e-12)
+    pts = res["points"]
+    assert len(pts["set_cvs"]) == 9 * 5
+    # the realised set CVS values are the targets -12..12 up to rounding of the counts
+    targets = np.array(pts["target"])
+    assert np.abs(np.array(pts["set_cvs"]) - targets).max() < 2 / math.sqrt(200)
+    assert sorted(set(targets)) == list(range(-12, 13, 3))
+
+
+def test_sweep_of_biased_classifiers():
+    y = _spiral_labels()
+    always_cw = np.where(np.isin(y, ["CW", "ACW"]), "CW", "other")
+    res = cvs_sweep(y, always_cw, n=150, realisations=3)
+    assert res["slope"] == pytest.approx(0.0, abs=1e-12)
+    assert res["intercept"] == pytest.approx(-math.sqrt(150))
+    # a classifier that misses half the ACW spirals (calls them other): slope < 1, negative intercept
+    rng = np.random.default_rng(0)
+    lossy = y.copy()
+    lossy[(y == "ACW") & (rng.uniform(size=len(y)) < 0.5)] = "other"
+    r2 = cvs_sweep(y, lossy, n=200, realisations=10)
+    assert 0.3 < r2["slope"] < 1.0 and r2["intercept"] < -1
+    with pytest.raises(ValueError, match="N >= 144"):
+        sweep_counts(12, 100)
+    with pytest.raises(ValueError, match="without replacement"):
+        cvs_sweep(y, y, n=200, replace=False)
+    with pytest.raises(ValueError, match="CW- and ACW-labelled"):
+        cvs_sweep(["CW", "other"], ["CW", "other"])
+
+
+def test_overlap_index_limits():
+    rng = np.random.default_rng(0)
+    a = rng.normal(0.5, 0.05, 400).clip(0, 1)
+    assert overlap_index(a, a) == pytest.approx(1.0, abs=1e-6)
+    assert overlap_index(a, rng.normal(0.5, 0.05, 400).clip(0, 1)) > 0.85
+    assert overlap_index(np.full(20, 0.05), np.full(20, 0.95)) < 1e-6
+    mid = overlap_index(rng.normal(0.4, 0.1, 500), rng.normal(0.6, 0.1, 500))
+    # two unit-variance normals 2 sigma apart share 2 * Phi(-1) = 0.317 of their area
+    assert mid == pytest.approx(0.317, abs=0.06)
+
+
+def test_mirror_test_of_ce_model_holds_exactly(mlflow_server, sim_chirality):
+    from galmorph.inference import predict_manifest
+    from galmorph.manifest import read_manifest
+    from galmorph.models.io import load_for_inference
+
+    man = read_manifest(sim_chirality["manifest"])
+    info = log_test_model(ChiralityCE(seed=1), "chirality", ["CW", "ACW", "other"], 32,
+                          registered_name="galmorph-test-chirality-ce", chirality_equivariant=True, arch="ce")
+    lm = load_for_inference(f"models:/galmorph-test-chirality-ce/{info.registered_model_version}")
+    p = predict_manifest(lm, man)
+    pm = predict_manifest(lm, man, mirror=True)
+    res = mirror_test(p, pm, atol=0.0)
+    assert res["passed"], res
+    assert res["cvs_pred_mirror"] == -res["cvs_pred"] or (math.isnan(res["cvs_pred"]))
+    assert res["label_swap_fraction"] == 1.0 and res["max_prob_diff"] == 0.0
+    np.testing.assert_array_equal(p["p_CW"].to_numpy(), pm["p_ACW"].to_numpy())
+    # a plain CNN is not mirror-equivariant: the same test fails
+    info2 = log_test_model(TinyCNN(3, seed=2), "chirality", ["CW", "ACW", "other"], 32,
+                           registered_name="galmorph-test-chirality-plain", arch="plain")
+    lm2 = load_for_inference(f"models:/galmorph-test-chirality-plain/{info2.registered_model_version}")
+    res2 = mirror_test(predict_manifest(lm2, man), predict_manifest(lm2, man, mirror=True))
+    assert not res2["passed"] and res2["max_prob_diff"] > 1e-5
+
+
+def test_mc_dropout_on_exported_graph_and_rotation_stability():
+    net = ChiralityCE(seed=0, dropout=0.5).eval()
+    x = torch.rand(4, 3, 24, 24)
+    ep = torch.export.export(net, (x,), dynamic_shapes=({0: torch.export.Dim("batch")},))
+    gm = ep.module()
+    assert has_dropout(gm)
+    with torch.no_grad():
+        ref = gm(x)
+        with mc_dropout(gm) as active:
+            assert active
+            a, b = gm(x), gm(x)
+        after = gm(x)
+    assert not torch.equal(a, b)  # stochastic passes
+    assert torch.equal(ref, after)  # restored to deterministic inference
+    rs = rotation_stability(gm, x, ["CW", "ACW", "other"], n_passes=4, n_rotations=3, seed=0)
+    assert rs["mc_dropout"] and rs["angles"] == [0.0, 90.0, 180.0]
+    assert set(rs["eta"]) == {"CW-ACW", "CW-other", "ACW-other"}
+    assert all(0.0 <= v["mean"] <= 1.0 for v in rs["eta"].values())
+    assert rs["eta_mean"] == pytest.approx(np.mean([v["mean"] for v in rs["eta"].values()]))
+    # without dropout the passes are identical and it says so
+    plain = torch.export.export(TinyCNN(3).eval(), (x,), dynamic_shapes=({0: torch.export.Dim("batch")},)).module()
+    rs2 = rotation_stability(plain, x, ["CW", "ACW", "other"], n_passes=3, n_rotations=2)
+    assert rs2["mc_dropout"] is False
+    # 180-degree rotation of a mirror-symmetric-by-construction input keeps a CE model's CW/ACW balance
+    assert math.isclose(sum(rs2["eta"][k]["mean"] >= 0 for k in rs2["eta"]), 3)
