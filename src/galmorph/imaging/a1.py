@@ -857,7 +857,7 @@ def measure_a1_file(path: str | Path, x0: float | None = None, y0: float | None 
 
 #: Columns :func:`measure_a1_manifest` adds.
 A1_COLUMNS = ("a1", "a1_err", "a1_phase", "a1_x0", "a1_y0", "a1_r50_px", "a1_r90_px", "a1_radii_source",
-              "a1_masked_fraction", "a1_flags", "a1_image_uri")
+              "a1_masked_fraction", "a1_flags", "a1_image_uri", "a1_width", "a1_height")
 
 _RADIUS_PX = (("r50_px", "r90_px"),)
 _RADIUS_ARCSEC = (("r50_arcsec", "r90_arcsec"), ("petroR50_r", "petroR90_r"), ("petro_r50", "petro_r90"))
@@ -929,6 +929,7 @@ def measure_a1_frame(df, data_root: Path | str | None = None, pixel_scale: float
             "a1": res.a1, "a1_err": res.a1_err, "a1_phase": res.a1_phase, "a1_x0": res.x0, "a1_y0": res.y0,
             "a1_r50_px": res.r50, "a1_r90_px": res.r90, "a1_radii_source": res.radii_source,
             "a1_masked_fraction": res.masked_fraction, "a1_flags": ",".join(res.flags), "a1_image_uri": uri,
+            "a1_width": res.shape[1], "a1_height": res.shape[0],
         })
         out_rows.append(row)
     cols = list(df.columns) + [c for c in A1_COLUMNS if c not in df.columns]

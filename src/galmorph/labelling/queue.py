@@ -160,3 +160,18 @@ def read_queue(path: str | Path) -> pd.DataFrame:
         if c not in q.columns:
             raise ManifestError(f"{path}: not a labelling queue (no '{c}' column); make one with `galmorph label sample`")
     return q.sort_values("queue_position", kind="stable").reset_index(drop=True)
+
+
+def add_a1(queue: pd.DataFrame, data_root: Path | str | None = None, progress: bool = True, **kwargs) -> pd.DataFrame:
+    """The queue with the A1 columns of :func:`galmorph.imaging.a1.measure_a1_frame` (for the app's
+    overlay). Rows whose image cannot be measured stay in the queue with the reason in ``a1_error``."""
+    from galmorph.imaging.a1 import measure_a1_frame
+
+    measured, quarantine = measure_a1_frame(queue, data_root=data_root, progress=progress, **kwargs)
+    reasons = {q["object_id"]: q["reason"] for q in quarantine}
+    new_cols = [c for c in measured.columns if c not in queue.columns]
+    out = queue.merge(measured[["object_id", *new_cols]], on="object_id", how="left")
+    out["a1_error"] = out["object_id"].map(reasons)
+    if reasons:
+        log.warning("A1 not measured for %d queued objects (kept, see a1_error)", len(reasons))
+    return out

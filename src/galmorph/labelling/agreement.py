@@ -1,0 +1,54 @@
+"""Agreement between labellers: Cohen's kappa for every pair on the objects both labelled."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pandas as pd
+
+
+def cohen_kappa(a, b, categories=None) -> float:
+    """Cohen's kappa of two equally long label sequences: (p_o - p_e) / (1 - p_e).
+
+    NaN when there are no items; 1.0 when both raters used a single identical category throughout.
+    """
+    a, b = np.asarray(a, dtype=object), np.asarray(b, dtype=object)
+    if a.shape != b.shape:
+        raise ValueError(f"label sequences differ in length ({a.size} vs {b.size})")
+    if a.size == 0:
+        return float("nan")
+    cats = list(categories) if categories is not None else sorted(set(a) | set(b))
+    idx = {c: i for i, c in enumerate(cats)}
+    m = np.zeros((len(cats), len(cats)))
+    for x, y in zip(a, b):
+        m[idx[x], idx[y]] += 1
+    n = m.sum()
+    po = np.trace(m) / n
+    pe = float((m.sum(axis=1) / n) @ (m.sum(axis=0) / n))
+    if pe >= 1.0:
+        return 1.0 if po >= 1.0 else 0.0
+    return float((po - pe) / (1 - pe))
+
+
+def agreement_report(labels: pd.DataFrame, include_unsure: bool = False) -> dict:
+    """Pairwise agreement from a labels frame (``object_id, labeller, label``).
+
+    ``unsure`` labels are left out unless ``include_unsure`` (then a third category). Returns
+    ``{"labellers": [...], "pairs": [{"a", "b", "n_common", "percent_agreement", "kappa",
+    "confusion": {label_a: {label_b: n}}}], "mean_kappa"}``.
+    """
+    df = labels if include_unsure else labels[labels.label != "unsure"]
+    wide = df.pivot_table(index="object_id", columns="labeller", values="label", aggfunc="last")
+    cats = ["symmetric", "lopsided"] + (["unsure"] if include_unsure else [])
+    pairs = []
+    for a, b in itertools.combinations(sorted(wide.columns), 2):
+        both = wide[[a, b]].dropna()
+        k = cohen_kappa(both[a], both[b], cats)
+        conf = {x: {y: int(((both[a] == x) & (both[b] == y)).sum()) for y in cats} for x in cats}
+        pairs.append({"a": a, "b": b, "n_common": int(len(both)),
+                      "percent_agreement": float((both[a] == both[b]).mean()) if len(both) else float("nan"),
+                      "kappa": k, "confusion": conf})
+    ks = [p["kappa"] for p in pairs if np.isfinite(p["kappa"])]
+    return {"labellers": sorted(wide.columns.tolist()), "n_objects": int(len(wide)), "pairs": pairs,
+            "mean_kappa": float(np.mean(ks)) if ks else float("nan")}
