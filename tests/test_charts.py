@@ -228,7 +228,8 @@ def test_default_render_contains_each_component(rendered):
     pvcs = {d["metadata"]["name"] for d in docs if d["kind"] == "PersistentVolumeClaim"}
     assert {"galmorph-evidently-workspace", "galmorph-release-watcher-state"} <= pvcs
     services = {d["metadata"]["name"] for d in docs if d["kind"] == "Service"}
-    assert {"galmorph-mlflow", "galmorph-evidently", "galmorph-labelling", "galmorph-postgres"} <= services
+    assert {"galmorph-mlflow", "galmorph-evidently", "galmorph-postgres"} <= services
+    assert {f"galmorph-labelling-{n}" for n in DEFAULTS["labelling"]["labellers"]} <= services
 
 
 def test_components_switch_off(rendered):
@@ -497,14 +498,15 @@ def _cronjob(docs):
 def test_upload_job_runs_galmorph_pipeline_upload_and_schedule(rendered, name):
     vals = merged(name)
     host, cron = vals["kfp"]["host"], vals["pipelines"]["rescoringSchedule"]["cron"]
+    ns = ["--namespace", vals["kfp"]["namespace"]] if vals["kfp"]["namespace"] else []  # multi-user KFP
     job = _job(rendered[name])
     hooks = set(job["metadata"]["annotations"]["helm.sh/hook"].split(","))
     assert hooks == {"post-install", "post-upgrade"}
     spec = pod_template(job)["spec"]
     (upload,), (schedule,) = spec["initContainers"], spec["containers"]
     assert upload["command"] == ["galmorph"] and schedule["command"] == ["galmorph"]
-    assert upload["args"] == ["pipeline", "upload", "--host", host]
-    assert schedule["args"] == ["pipeline", "schedule", "rescoring", "--cron", cron, "--host", host]
+    assert upload["args"] == ["pipeline", "upload", "--host", host, *ns]
+    assert schedule["args"] == ["pipeline", "schedule", "rescoring", "--cron", cron, "--host", host, *ns]
     for c in (upload, schedule):
         assert c["image"] == f"{vals['images']['cpu']['repository']}:{vals['images']['cpu']['tag']}"
         assert c["workingDir"] == vals["pipelines"]["upload"]["workingDir"]  # holds pipelines/*.yaml
@@ -515,7 +517,7 @@ def test_upload_job_runs_galmorph_pipeline_upload_and_schedule(rendered, name):
     assert token["projected"]["sources"][0]["serviceAccountToken"]["audience"] == "pipelines.kubeflow.org"
     # without the schedule the Job only uploads
     solo = _job(render(deep_merge(VALUE_SETS[name], {"pipelines": {"rescoringSchedule": {"enabled": False}}})))
-    assert [c["args"] for c in containers(pod_template(solo)["spec"])] == [["pipeline", "upload", "--host", host]]
+    assert [c["args"] for c in containers(pod_template(solo)["spec"])] == [["pipeline", "upload", "--host", host, *ns]]
 
 
 @pytest.mark.parametrize("name", list(VALUE_SETS))
@@ -527,7 +529,8 @@ def test_release_watcher_cronjob_runs_galmorph_release_watch(rendered, name):
     spec = pod_template(cj)["spec"]
     (c,) = spec["containers"]
     assert c["command"] == ["galmorph"]
-    assert c["args"] == ["release", "watch", w["mountPath"], "--host", vals["kfp"]["host"], "--once"]
+    ns = ["--namespace", vals["kfp"]["namespace"]] if vals["kfp"]["namespace"] else []
+    assert c["args"] == ["release", "watch", w["mountPath"], "--host", vals["kfp"]["host"], "--once", *ns]
     mount = next(m for m in c["volumeMounts"] if m["mountPath"] == w["mountPath"])
     assert mount["readOnly"] is True and mount.get("subPath", "") == w["releasesSubPath"]
     vol = next(v for v in spec["volumes"] if v["name"] == mount["name"])
@@ -552,8 +555,8 @@ def test_job_commands_exist_in_the_cli(rendered):
     """The rendered Job/CronJob arguments parse against the real galmorph CLI (click, --help)."""
     if not _cli_module("pipeline").exists():
         pytest.skip("src/galmorph/cli/pipeline.py not written yet (pipelines issue #6)")
-    job = _job(rendered["defaults"])
-    for c in containers(pod_template(job)["spec"]):
+    jobs = [_job(rendered["defaults"]), _job(rendered["production"])]  # without / with --namespace
+    for c in (c for job in jobs for c in containers(pod_template(job)["spec"])):
         res = _invoke(c["args"] + ["--help"])
         assert res.exit_code == 0, f"`galmorph {' '.join(c['args'])}` does not parse:\n{res.output}"
         assert "--host" in res.output
@@ -564,9 +567,10 @@ def test_job_commands_exist_in_the_cli(rendered):
 def test_cronjob_command_exists_in_the_cli(rendered):
     if not _cli_module("release").exists():
         pytest.skip("src/galmorph/cli/release.py not written yet (pipelines issue #6)")
-    (c,) = pod_template(_cronjob(rendered["defaults"]))["spec"]["containers"]
-    res = _invoke(c["args"] + ["--help"])
-    assert res.exit_code == 0, f"`galmorph {' '.join(c['args'])}` does not parse:\n{res.output}"
+    for name in ("defaults", "production"):
+        (c,) = pod_template(_cronjob(rendered[name]))["spec"]["containers"]
+        res = _invoke(c["args"] + ["--help"])
+        assert res.exit_code == 0, f"`galmorph {' '.join(c['args'])}` does not parse:\n{res.output}"
     assert "--once" in res.output and "--host" in res.output
 
 
@@ -575,13 +579,21 @@ def test_labelling_command_exists_in_the_cli(rendered):
         pytest.skip("src/galmorph/cli/label.py not written yet (labelling issue #3)")
     dep = next(d for d in workloads(rendered["defaults"]) if component_of(d) == "labelling")
     (c,) = pod_template(dep)["spec"]["containers"]
-    assert c["command"] == ["galmorph"] and c["args"][:2] == ["label", "serve"]
+    lab = DEFAULTS["labelling"]
+    assert c["command"] == ["galmorph"]
+    assert c["args"] == ["label", "serve", "--queue", f"/queue/{lab['queue']['path']}",
+                         "--labeller", lab["labellers"][0], "--task", lab["task"],
+                         "--host", "0.0.0.0", "--port", str(lab["port"])]
     res = _invoke(c["args"] + ["--help"])
-    assert res.exit_code == 0, res.output
-    env = {e["name"] for e in c["env"]}
-    assert {"GALMORPH_HOST", "GALMORPH_LABEL_PORT", "GALMORPH_LABEL_DB_URL"} <= env
+    assert res.exit_code == 0, f"`galmorph {' '.join(c['args'])}` does not parse:\n{res.output}"
+    for opt in ("--queue", "--labeller", "--task", "--host", "--port"):
+        assert opt in res.output
+    # the database URL comes from the Secret through the settings variable the CLI falls back to
+    env = {e["name"]: e for e in c["env"]}
+    assert "secretKeyRef" in env["GALMORPH_LABEL_DB_URL"]["valueFrom"]
     from galmorph.settings import Settings
-    assert {"host", "label_port", "label_db_url"} <= set(Settings.model_fields)
+    assert Settings(label_db_url="postgresql://h/labels").label_db_url == "postgresql://h/labels"
+    assert "label_db_url" in res.output or "settings.label_db_url" in res.output
 
 
 # ---------------------------------------------------------------------------------------------
@@ -684,7 +696,18 @@ def test_production_values_shape(rendered):
     ingresses = {d["metadata"]["name"]: d for d in docs if d["kind"] == "Ingress"}
     assert set(ingresses) == {"galmorph-mlflow", "galmorph-evidently", "galmorph-labelling"}
     for ing in ingresses.values():
-        assert ing["spec"]["tls"][0]["secretName"] and ing["spec"]["tls"][0]["hosts"] == [ing["spec"]["rules"][0]["host"]]
+        assert ing["spec"]["tls"][0]["secretName"]
+        assert ing["spec"]["tls"][0]["hosts"] == [r["host"] for r in ing["spec"]["rules"]]
+    # one labelling app, Service and Ingress host per labeller
+    labellers = PRODUCTION["labelling"]["labellers"]
+    rules = ingresses["galmorph-labelling"]["spec"]["rules"]
+    assert [r["host"] for r in rules] == [f"{n}.{PRODUCTION['labelling']['ingress']['host']}" for n in labellers]
+    assert [r["http"]["paths"][0]["backend"]["service"]["name"] for r in rules] == [f"galmorph-labelling-{n}" for n in labellers]
+    apps = [d for d in workloads(docs) if component_of(d) == "labelling"]
+    assert [pod_template(d)["spec"]["containers"][0]["args"][pod_template(d)["spec"]["containers"][0]["args"].index("--labeller") + 1]
+            for d in apps] == labellers
+    selectors = [json.dumps(d["spec"]["selector"], sort_keys=True) for d in apps]
+    assert len(set(selectors)) == len(apps), "Deployments must not share selectors"
     args = pod_template(mlflow)["spec"]["containers"][0]["args"]
     assert PRODUCTION["mlflow"]["ingress"]["host"] in args[args.index("--allowed-hosts") + 1].split(",")
     env = {e["name"]: e for e in pod_template(mlflow)["spec"]["containers"][0]["env"]}

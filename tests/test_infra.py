@@ -240,7 +240,7 @@ def test_poddefault_injects_tracking_uri_and_credentials(overlay):
     env = {e["name"]: e for e in spec["env"]}
     for name, key in (("MLFLOW_TRACKING_USERNAME", "username"), ("MLFLOW_TRACKING_PASSWORD", "password")):
         ref = env[name]["valueFrom"]["secretKeyRef"]
-        assert ref == {"name": "galmorph-mlflow-client", "key": key}
+        assert ref == {"name": "galmorph-mlflow-credentials", "key": key}
     # the tracking URI comes from the ConfigMap named in envFrom, in the same namespace
     (cm_name,) = [e["configMapRef"]["name"] for e in spec["envFrom"]]
     cm = next(d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"] == cm_name)
