@@ -1,7 +1,7 @@
 """Evidently dashboard of the galmorph drift project, defined in code (never edited by hand).
 
 :func:`build_panels` returns the panels for the group labels seen so far; :func:`apply_dashboard`
-replaces the project's dashboard with them, so calling it again after every drift run is
+replaces the project's dashboard with them (one tab per area), so calling it again after every drift run is
 idempotent (same labels -> same panels, same ids). The library calls it through
 :func:`galmorph.drift.workspace.ensure_dashboard` after adding the snapshots of a run.
 
@@ -80,11 +80,24 @@ def build_panels(z_bins: Sequence[str] = (), surveys: Sequence[str] = (), classe
     return panels
 
 
-def apply_dashboard(project, z_bins: Sequence[str] = (), surveys: Sequence[str] = (),
-                    classes: Sequence[str] = (), high_confidence: float = 0.85) -> list[str]:
-    """Replace ``project``'s dashboard by :func:`build_panels`; returns the panel titles."""
+def dashboard_model(z_bins: Sequence[str] = (), surveys: Sequence[str] = (), classes: Sequence[str] = (),
+                    high_confidence: float = 0.85):
+    """The complete ``DashboardModel`` (tabs in order, stable tab and panel ids)."""
+    from evidently.sdk.models import DashboardModel, DashboardTabModel
+
     panels = build_panels(z_bins, surveys, classes, high_confidence)
-    project.dashboard.clear_dashboard()
-    for tab, panel in panels:
-        project.dashboard.add_panel(panel, tab=tab)
-    return [p.title for _, p in panels]
+    tabs: dict[str, list] = {}
+    for tab, p in panels:
+        tabs.setdefault(tab, []).append(p.id)
+    return DashboardModel(tabs=[DashboardTabModel(id=_pid("tab:" + t), title=t, panels=ids) for t, ids in tabs.items()],
+                          panels=[p for _, p in panels])
+
+
+def apply_dashboard(workspace, project, z_bins: Sequence[str] = (), surveys: Sequence[str] = (),
+                    classes: Sequence[str] = (), high_confidence: float = 0.85) -> list[str]:
+    """Replace ``project``'s dashboard in ``workspace`` by :func:`dashboard_model`; returns the panel
+    titles. (The whole model is saved at once: Evidently 0.7's ``add_panel`` lists a panel twice
+    when its tab already exists.)"""
+    model = dashboard_model(z_bins, surveys, classes, high_confidence)
+    workspace.save_dashboard(project.id, model)
+    return [p.title for p in model.panels]

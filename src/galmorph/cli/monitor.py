@@ -43,7 +43,7 @@ def serve_cmd(port: int | None, project: str | None, foreground: bool) -> None:
     cfg = DriftConfig.from_params(s.params_file)
     ws = open_workspace(s.evidently_workspace)
     proj = get_or_create_project(ws, project or cfg.project)
-    ensure_dashboard(proj, high_confidence=cfg.high_confidence)
+    ensure_dashboard(ws, proj, high_confidence=cfg.high_confidence)
     try:
         st = start_service(s, "evidently")
     except (RuntimeError, TimeoutError) as exc:
@@ -83,5 +83,5 @@ def dashboard_cmd(workspace: Path | None, project: str | None) -> None:
     cfg = DriftConfig.from_params(s.params_file)
     ws = open_workspace(workspace or s.evidently_workspace)
     proj = get_or_create_project(ws, project or cfg.project)
-    titles = ensure_dashboard(proj, high_confidence=cfg.high_confidence)
+    titles = ensure_dashboard(ws, proj, high_confidence=cfg.high_confidence)
     echo_json({"project": proj.name, "project_id": str(proj.id), "panels": titles})

@@ -211,7 +211,7 @@ def image_features(img: np.ndarray, is_raster: bool = True, max_size: int = 160,
     r90 = float(np.interp(0.9 * total, cum, edges))
     out.update(r50_px=r50 * f, r90_px=r90 * f, size_frac=r50 * f / w,
                concentration=r90 / r50 if r50 > 0 else float("nan"))
-    ap = r < max(r90, 1.5)
+    ap = r < max(min(2.0 * r90, rmax), 1.5)  # generous: a circular R90 would round off elongated discs
     wm = wmap * ap
     s = wm.sum()
     if s > 0:

@@ -68,14 +68,14 @@ def _labels_on_dashboard(project) -> dict[str, set[str]]:
     return seen
 
 
-def ensure_dashboard(project, z_bins: Sequence[str] = (), surveys: Sequence[str] = (),
+def ensure_dashboard(workspace, project, z_bins: Sequence[str] = (), surveys: Sequence[str] = (),
                      classes: Sequence[str] = (), high_confidence: float = 0.85,
                      dashboards_file: str | Path = DASHBOARDS_FILE) -> list[str]:
     """(Re)create the project's dashboard from ``monitoring/dashboards.py``, keeping the labels
     already shown and adding new ones. Idempotent. Returns the panel titles."""
     seen = _labels_on_dashboard(project)
     mod = load_dashboards_module(dashboards_file)
-    return mod.apply_dashboard(project, z_bins=sorted(seen["z_bin"] | set(z_bins)),
+    return mod.apply_dashboard(workspace, project, z_bins=sorted(seen["z_bin"] | set(z_bins)),
                                surveys=sorted(seen["survey"] | set(surveys)),
                                classes=sorted(seen["pred"] | set(classes)), high_confidence=high_confidence)
 
@@ -106,7 +106,7 @@ def add_drift_snapshots(workspace: str | Path, project_name: str, snapshots: Seq
             z_bins.add(gv.group_value)
         elif gv.group_by == "survey":
             surveys.add(gv.group_value)
-    ensure_dashboard(project, z_bins=sorted(z_bins), surveys=sorted(surveys), classes=classes,
+    ensure_dashboard(ws, project, z_bins=sorted(z_bins), surveys=sorted(surveys), classes=classes,
                      high_confidence=high_confidence)
     log.info("added %d drift snapshot(s) to Evidently project %r in %s", len(snapshots), project_name, workspace)
     if ui_url:
