@@ -73,7 +73,7 @@ def create_app(queue: pd.DataFrame, store: LabelStore, labeller: str, data_root:
     store.register_queue(queue, queue_name)
     rows = {r["object_id"]: r for r in queue.to_dict(orient="records")}
     order = list(queue["object_id"])
-    bins = list(dict.fromkeys(str(b) for b in queue["queue_bin"]))
+    bins = sorted({str(b) for b in queue["queue_bin"]})
     roots = [Path(r).resolve() for r in (image_roots or [])]
     if data_root is not None:
         roots.append(Path(data_root).resolve())
