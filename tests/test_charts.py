@@ -530,11 +530,18 @@ def test_release_watcher_cronjob_runs_galmorph_release_watch(rendered, name):
     (c,) = spec["containers"]
     assert c["command"] == ["galmorph"]
     ns = ["--namespace", vals["kfp"]["namespace"]] if vals["kfp"]["namespace"] else []
-    assert c["args"] == ["release", "watch", w["mountPath"], "--host", vals["kfp"]["host"], "--once", *ns]
+    watch_dir = f"{w['mountPath']}/{w['releasesDir']}"
+    assert c["args"] == ["release", "watch", watch_dir, "--host", vals["kfp"]["host"], "--once", *ns]
     mount = next(m for m in c["volumeMounts"] if m["mountPath"] == w["mountPath"])
-    assert mount["readOnly"] is True and mount.get("subPath", "") == w["releasesSubPath"]
+    assert mount["readOnly"] is True and "subPath" not in mount  # same paths as in the pipeline pods
     vol = next(v for v in spec["volumes"] if v["name"] == mount["name"])
     assert vol["persistentVolumeClaim"]["claimName"] == w["releasesClaim"]
+    # the data PVC and mount path the pipeline steps use, so submitted manifest paths resolve there
+    platform = REPO / "src" / "galmorph" / "pipelines" / "platform.py"
+    if platform.exists():
+        from galmorph.pipelines import platform as kfp_platform
+
+        assert (w["releasesClaim"], w["mountPath"]) == (kfp_platform.DATA_PVC, kfp_platform.DATA_MOUNT)
     state = next(m for m in c["volumeMounts"] if m["name"] == "state")
     assert {"name": "GALMORPH_STATE_DIR", "value": state["mountPath"]} in c["env"]
 
