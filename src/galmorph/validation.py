@@ -129,6 +129,7 @@ def build_suite(df: pd.DataFrame, cfg: ValidationConfig, name: str = "manifest")
     Row-level expectations carry a ``meta["check"]`` key used to turn failures into quarantine reasons."""
     import great_expectations as gx
     import great_expectations.expectations as gxe
+    from great_expectations.expectations.row_conditions import Column
 
     suite = gx.ExpectationSuite(name=f"galmorph-{name}")
     for c in REQUIRED_COLUMNS:
@@ -157,7 +158,7 @@ def build_suite(df: pd.DataFrame, cfg: ValidationConfig, name: str = "manifest")
         for t in tasks:
             if t in dom:
                 suite.add_expectation(gxe.ExpectColumnValuesToBeInSet(
-                    column="label", value_set=dom[t], row_condition=f'task=="{t}"', condition_parser="pandas",
+                    column="label", value_set=dom[t], row_condition=Column("task") == t,
                     meta={"check": "label_domain", "task": t}))
         unknown = [t for t in tasks if t not in dom]
         if unknown:

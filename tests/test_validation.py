@@ -1,0 +1,143 @@
+"""Data validation: real-data must-shows, bad images and rows, failure fraction, MLflow logging, CLI."""
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+
+from galmorph.ingest import ingest
+from galmorph.manifest import read_manifest, read_quarantine
+from galmorph.validation import ValidationConfig, validate_frame, validate_manifest
+
+realdata = pytest.mark.realdata
+
+
+@pytest.fixture(scope="module")
+def bad_manifest(tmp_path_factory):
+    """A manifest of 12 rows: 4 good images, every kind of bad image, and bad row values."""
+    from astropy.io import fits
+    from PIL import Image
+
+    from galmorph.simulate import make_wcs
+
+    d = tmp_path_factory.mktemp("badimgs")
+    rng = np.random.default_rng(0)
+    good = (rng.uniform(0, 1, (32, 32, 3)) * 255).astype(np.uint8)
+    for i in range(3):
+        Image.fromarray(good).save(d / f"good{i}.jpg", quality=90)
+    Image.fromarray(good).save(d / "trunc.jpg", quality=90)
+    raw = (d / "trunc.jpg").read_bytes()
+    (d / "trunc.jpg").write_bytes(raw[: len(raw) // 2])
+    (d / "zero.png").write_bytes(b"")
+    Image.fromarray(np.full((32, 32), 7, np.uint8)).save(d / "blank.png")
+    Image.fromarray(good[:20]).save(d / "small.png")
+    hdr = make_wcs(150.0, 2.0, 32).to_header()
+    fits.PrimaryHDU(rng.normal(100, 5, (32, 32)), header=hdr).writeto(d / "ok.fits")
+    nan = rng.normal(100, 5, (32, 32))
+    nan[3:5, 3:5] = np.nan
+    fits.PrimaryHDU(nan, header=hdr).writeto(d / "nan.fits")
+    fits.PrimaryHDU(rng.normal(100, 5, (32, 32))).writeto(d / "nowcs.fits")
+    rows = [
+        ("g0", "good0.jpg", 150.0, 2.0, 0.05, "CW"),
+        ("g1", "good1.jpg", 150.1, 2.0, np.nan, "ACW"),
+        ("g2", "good2.jpg", 150.2, 2.0, 0.02, None),
+        ("f0", "ok.fits", 150.0, 2.0, 0.03, "other"),
+        ("t", "trunc.jpg", 150.0, 2.0, 0.05, "CW"),
+        ("zero", "zero.png", 150.0, 2.0, 0.05, "CW"),
+        ("blank", "blank.png", 150.0, 2.0, 0.05, "CW"),
+        ("small", "small.png", 150.0, 2.0, 0.05, "CW"),
+        ("nan", "nan.fits", 150.0, 2.0, 0.05, "CW"),
+        ("nowcs", "nowcs.fits", 150.0, 2.0, 0.05, "CW"),
+        ("missing", "missing.jpg", 150.0, 2.0, 0.05, "CW"),
+        ("g0", "good0.jpg", 400.0, 2.0, 0.05, "CW"),  # duplicate id + RA out of range
+        ("lab", "good0.jpg", 150.0, 95.0, 0.05, "Zwise"),  # Dec out of range + bad label
+        ("z", "good1.jpg", 150.0, 2.0, 0.5, "CW"),  # outside the selection
+    ]
+    df = pd.DataFrame(rows, columns=["object_id", "image_uri", "ra", "dec", "z", "label"])
+    df["image_uri"] = [str(d / f) for f in df["image_uri"]]
+    df["survey"], df["z_bin"], df["task"], df["provenance"] = "test", "x", "chirality", "unit test"
+    return df
+
+
+EXPECTED_REASONS = {
+    "t": "cannot decode image",
+    "zero": "zero-byte file",
+    "blank": "blank image",
+    "small": "size 20x32 != expected 32x32",
+    "nan": "4 NaN/inf pixel(s)",
+    "nowcs": "no usable celestial WCS",
+    "missing": "file does not exist",
+    "lab": "label 'Zwise' not a chirality class",
+    "z": "outside selection [0.01, 0.1]",
+}
+
+
+def test_bad_rows_and_images_are_quarantined_with_reasons(bad_manifest, tmp_path):
+    cfg = ValidationConfig(z_min=0.01, z_max=0.1, expected_size=(32, 32), max_failure_fraction=0.8)
+    res = validate_manifest(bad_manifest, cfg, out_manifest=tmp_path / "ok.parquet",
+                            quarantine_path=tmp_path / "q.parquet", report_path=tmp_path / "r.json", progress=False)
+    assert res.rows == len(bad_manifest) == res.passed + res.n_quarantined
+    q = read_quarantine(tmp_path / "q.parquet")
+    reasons = dict(zip(q["object_id"], q["reason"]))
+    for oid, text in EXPECTED_REASONS.items():
+        assert text in reasons[oid], (oid, reasons[oid])
+    assert "dec 95.0 outside [-90, 90]" in reasons["lab"]
+    dup = q[q.object_id == "g0"]
+    assert len(dup) == 1 and "duplicate object_id 'g0' (first at row 0)" in dup.iloc[0]["reason"]
+    assert "ra 400.0 outside [0, 360)" in dup.iloc[0]["reason"]
+    passed = read_manifest(tmp_path / "ok.parquet")
+    assert sorted(passed["object_id"]) == ["f0", "g0", "g1", "g2"]  # NaN z and null label are allowed
+    assert res.success  # 10/14 failed < 0.8
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["summary"]["quarantined"] == 10 and report["gx_result"]["success"] is False
+    names = {r["expectation_config"]["type"] for r in report["gx_result"]["results"]}
+    assert {"expect_column_values_to_be_unique", "expect_column_values_to_be_between",
+            "expect_column_values_to_be_in_set", "expect_column_to_exist"} <= names
+    # same rows, stricter limit: the run fails, the counts do not change
+    strict = validate_frame(bad_manifest, ValidationConfig(z_min=0.01, z_max=0.1, expected_size=(32, 32),
+                                                           max_failure_fraction=0.5), progress=False)
+    assert not strict.success and strict.n_quarantined == 10
+
+
+def test_schema_errors_and_empty_manifest_fail(bad_manifest):
+    res = validate_frame(bad_manifest.drop(columns=["survey"]).head(3), ValidationConfig(check_images=False),
+                         progress=False)
+    assert not res.success and any("missing required column(s) ['survey']" in e for e in res.schema_errors)
+    empty = validate_frame(bad_manifest.head(0), ValidationConfig(), progress=False)
+    assert not empty.success and "no rows" in empty.schema_errors[0]
+
+
+@realdata
+def test_gz2_arms_z_selection_quarantines_exactly_the_3_low_z_rows(data_root, tmp_path):
+    from galmorph.cli import main
+
+    res = ingest("gz2_arms", tmp_path / "gz2.parquet", data_root=data_root)
+    low = set(read_manifest(res.manifest_path).query("z < 0.01")["object_id"])
+    r = CliRunner().invoke(main, ["validate", str(res.manifest_path), "--json", "--z-min", "0.01", "--z-max", "0.1",
+                                  "--expected-size", "512x512", "--data-root", str(data_root)])
+    assert r.exit_code == 0, r.output
+    doc = json.loads(r.output[r.output.index("{"):])
+    assert doc["rows"] == 167 and doc["passed"] == 164 and len(doc["quarantined"]) == 3
+    assert {q["id"] for q in doc["quarantined"]} == low and len(low) == 3
+    assert all("outside selection [0.01, 0.1]" in q["reason"] for q in doc["quarantined"])
+
+
+@realdata
+def test_hart_validation_catches_the_negative_redshift(data_root, tmp_path, mlflow_server):
+    import mlflow
+
+    res = ingest("hart", tmp_path / "hart.parquet", data_root=data_root)
+    neg = read_manifest(res.manifest_path).query("z < 0")["object_id"].tolist()
+    assert len(neg) == 1
+    mlflow.set_experiment("test-validation")
+    with mlflow.start_run() as run:
+        v = validate_manifest(res.manifest_path, ValidationConfig(), report_path=tmp_path / "hart.json", progress=False)
+    assert v.success and v.rows == 6222 and v.n_quarantined == 1
+    assert v.quarantine.iloc[0]["object_id"] == neg[0] and "negative redshift" in v.quarantine.iloc[0]["reason"]
+    client = mlflow.tracking.MlflowClient()
+    r = client.get_run(run.info.run_id)
+    assert r.data.metrics["validation.hart.quarantined"] == 1 and r.data.metrics["validation.hart.rows"] == 6222
+    arts = [a.path for a in client.list_artifacts(run.info.run_id, "validation")]
+    assert "validation/hart.json" in arts
