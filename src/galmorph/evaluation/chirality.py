@@ -145,17 +145,25 @@ def mirror_test(pred: pd.DataFrame, pred_mirror: pd.DataFrame, atol: float = 1e-
     a, b = pred[ok], pred_mirror[ok]
     swap = {CW: ACW, ACW: CW}
     expected = a["pred"].map(lambda x: swap.get(x, x)).to_numpy()
-    label_swap = float((expected == b["pred"].to_numpy()).mean()) if ok.any() else float("nan")
+    # a mirror-symmetric image gives p_CW == p_ACW for an equivariant model: the arg-max is then a tie and
+    # its label is arbitrary, so such rows are left out of the label check (and counted)
+    tie = np.zeros(len(a), dtype=bool)
+    for t in (a, b):
+        pc, pa = t[f"p_{CW}"].to_numpy(), t[f"p_{ACW}"].to_numpy()
+        top = t[[c for c in t.columns if c.startswith("p_") and c != "p_pred"]].to_numpy().max(axis=1)
+        tie |= (np.abs(pc - pa) <= atol) & (np.maximum(pc, pa) >= top - atol)
+    same = expected == b["pred"].to_numpy()
+    label_swap = float(same[~tie].mean()) if (~tie).any() else (1.0 if ok.any() else float("nan"))
     diffs = [np.abs(a[f"p_{CW}"].to_numpy() - b[f"p_{ACW}"].to_numpy()),
              np.abs(a[f"p_{ACW}"].to_numpy() - b[f"p_{CW}"].to_numpy())]
     if f"p_{OTHER}" in a.columns:
         diffs.append(np.abs(a[f"p_{OTHER}"].to_numpy() - b[f"p_{OTHER}"].to_numpy()))
     max_diff = float(max(d.max() for d in diffs)) if ok.any() else float("nan")
-    c0, c1 = cvs_of_labels(a["pred"]), cvs_of_labels(b["pred"])
+    c0, c1 = cvs_of_labels(a["pred"][~tie]), cvs_of_labels(b["pred"][~tie])
     cvs_sum = c0 + c1
     passed = bool(ok.any() and label_swap == 1.0 and max_diff <= atol and (not np.isfinite(cvs_sum) or cvs_sum == 0))
     return {"cvs_pred": c0, "cvs_pred_mirror": c1, "cvs_sum": cvs_sum, "label_swap_fraction": label_swap,
-            "max_prob_diff": max_diff, "n": int(ok.sum()), "atol": atol, "passed": passed}
+            "max_prob_diff": max_diff, "n": int(ok.sum()), "n_ties": int(tie.sum()), "atol": atol, "passed": passed}
 
 
 # --------------------------------------------------------------------------------------------

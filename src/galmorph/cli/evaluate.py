@@ -1,0 +1,137 @@
+"""`galmorph evaluate`: metrics, diagnostics and an HTML report of a model on a labelled test manifest."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import click
+
+from galmorph.cli.base import echo_json, fail, main
+
+
+def parse_edges(text: str | None) -> tuple[float, ...] | None:
+    """``"0.01,0.03,0.05"`` -> edges (None when empty)."""
+    if not text:
+        return None
+    try:
+        edges = tuple(float(x) for x in text.replace(" ", "").split(",") if x)
+    except ValueError:
+        raise click.BadParameter(f"redshift edges must be comma-separated numbers, got {text!r}") from None
+    if len(edges) < 2 or any(b <= a for a, b in zip(edges, edges[1:])):
+        raise click.BadParameter(f"redshift edges must be >= 2 increasing values, got {edges}")
+    return edges
+
+
+def resolve_tracking_uri(explicit: str | None) -> str:
+    """--tracking-uri, else $MLFLOW_TRACKING_URI, else the local stack's server from the settings."""
+    if explicit:
+        return explicit
+    if os.environ.get("MLFLOW_TRACKING_URI"):
+        return os.environ["MLFLOW_TRACKING_URI"]
+    from galmorph.settings import get_settings
+
+    return get_settings().mlflow_tracking_uri
+
+
+def model_uri_of(text: str) -> str:
+    """A bare task name (``chirality``) means ``models:/galmorph-<task>@champion``."""
+    from galmorph.models.io import registered_name
+    from galmorph.tasks import TASKS
+
+    return f"models:/{registered_name(text)}@champion" if text in TASKS else text
+
+
+@main.command("evaluate")
+@click.option("--model", "models", multiple=True, required=True,
+              help="Model URI (models:/galmorph-<task>@champion, models:/NAME/VERSION, runs:/ID/model) or a task "
+                   "name for its champion. Repeat for several trials: each is evaluated and mean ± σ reported.")
+@click.option("--manifest", type=click.Path(exists=True, dir_okay=False, path_type=Path), required=True,
+              help="Labelled test manifest (Parquet).")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Output folder [default: <state_dir>/evaluations/<model>].")
+@click.option("--z-edges", default=None,
+              help="Redshift bin edges, comma-separated [default: 0.01,0.03,0.05,0.07,0.10,0.12,0.14,0.16,0.20].")
+@click.option("--thresholds", default="0.5,0.85", show_default=True, help="Probability thresholds, comma-separated.")
+@click.option("--chirality-diagnostics/--no-chirality-diagnostics", default=None,
+              help="CVS, mirror, sweep and rotation-stability tests [default: on for CW/ACW models].")
+@click.option("--rotation-passes", type=click.IntRange(0), default=10, show_default=True,
+              help="MC-dropout passes per rotation (0 skips the rotation test).")
+@click.option("--rotation-angles", type=click.IntRange(1), default=8, show_default=True,
+              help="Rotations evenly spaced in 0-180 degrees.")
+@click.option("--rotation-max-objects", type=click.IntRange(1), default=32, show_default=True)
+@click.option("--sweep-n", type=click.IntRange(1), default=None, help="N of the CVS sweep sets [default: max(spirals, 144)].")
+@click.option("--explain", is_flag=True, help="Grad-CAM, Grad-CAM++ and SmoothGrad maps of the most confident "
+                                              "correct and wrong examples per class.")
+@click.option("--explain-per-class", type=click.IntRange(1), default=2, show_default=True)
+@click.option("--target-layer", default=None, help="Grad-CAM target layer (graph node or module name) "
+                                                   "[default: the last convolution].")
+@click.option("--batch-size", type=click.IntRange(1), default=32, show_default=True)
+@click.option("--data-root", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Root for data:// image URIs [default: settings.data_root].")
+@click.option("--no-mlflow", is_flag=True, help="Do not log to MLflow (report files only).")
+@click.option("--tracking-uri", default=None, help="MLflow tracking URI [default: $MLFLOW_TRACKING_URI or the local stack].")
+@click.option("--experiment", default="galmorph-evaluation", show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the flat metrics as JSON.")
+def evaluate_cmd(models, manifest, out_dir, z_edges, thresholds, chirality_diagnostics, rotation_passes,
+                 rotation_angles, rotation_max_objects, sweep_n, explain, explain_per_class, target_layer, batch_size,
+                 data_root, no_mlflow, tracking_uri, experiment, as_json) -> None:
+    """Evaluate a model on a labelled test manifest: accuracy, per-class and macro precision/recall/F1,
+    ROC/AUC (one-vs-rest), confusion matrices, per-redshift-bin ROC/AUC, results at probability
+    thresholds; chirality diagnostics and explanations on request. Writes predictions.parquet,
+    quarantine.parquet, report.json and report.html to OUT and logs them (and every number as a
+    metric) to MLflow.
+    """
+    import mlflow
+
+    from galmorph.evaluation import evaluate, evaluate_trials
+    from galmorph.manifest import DEFAULT_Z_EDGES, ManifestError
+    from galmorph.settings import get_settings
+
+    s = get_settings()
+    edges = parse_edges(z_edges) or DEFAULT_Z_EDGES
+    try:
+        thr = tuple(float(x) for x in thresholds.split(",") if x.strip())
+    except ValueError:
+        fail(f"--thresholds must be comma-separated numbers, got {thresholds!r}")
+    if not no_mlflow:
+        mlflow.set_tracking_uri(resolve_tracking_uri(tracking_uri))
+    uris = [model_uri_of(m) for m in models]
+    if out_dir is None:
+        tag = uris[0].replace("models:/", "").replace("/", "_").replace("@", "_").replace(":", "_")
+        out_dir = s.state_dir / "evaluations" / tag
+    kw = dict(z_edges=edges, thresholds=thr, data_root=data_root or s.data_root, log_to_mlflow=not no_mlflow,
+              batch_size=batch_size, chirality_diagnostics_on=chirality_diagnostics, explain=explain,
+              explain_per_class=explain_per_class, explain_target_layer=target_layer, sweep_n=sweep_n,
+              rotation_passes=rotation_passes, rotation_angles=rotation_angles,
+              rotation_max_objects=rotation_max_objects, experiment=experiment)
+    try:
+        if len(uris) == 1:
+            res = evaluate(uris[0], manifest, out_dir, **kw)
+            out = {"model": res.model_uri, "version": res.model_version, "run_id": res.run_id,
+                   "report_html": str(res.report_html), "predictions": str(res.predictions_path),
+                   "metrics": res.metrics}
+        else:
+            results, agg = evaluate_trials(uris, manifest, out_dir, **kw)
+            out = {"models": [r.model_uri for r in results], "trials": str(out_dir / "trials.json"),
+                   "aggregate": agg}
+    except (ManifestError, ValueError, FileNotFoundError) as exc:
+        fail(str(exc))
+    if as_json:
+        echo_json(out)
+        return
+    if len(uris) == 1:
+        m = out["metrics"]
+        click.echo(f"{out['model']} (v{out['version']}): accuracy {m.get('accuracy', float('nan')):.4f}  "
+                   f"macro F1 {m.get('f1_macro', float('nan')):.4f}  macro AUC {m.get('auc_macro', float('nan')):.4f}")
+        for k in ("chirality_cvs_cvs_pred", "chirality_mirror_passed", "chirality_sweep_slope",
+                  "chirality_sweep_intercept", "chirality_rotation_eta_mean"):
+            if k in m:
+                click.echo(f"  {k}: {m[k]:.4g}")
+        click.echo(f"report: {out['report_html']}" + (f"  (MLflow run {out['run_id']})" if out["run_id"] else ""))
+    else:
+        for k in ("accuracy", "f1_macro", "auc_macro"):
+            a = out["aggregate"].get(k)
+            if a:
+                click.echo(f"{k}: {a['mean']:.4f} ± {a['std']:.4f} (n={a['n']})")
+        click.echo(f"trials: {out['trials']}")

@@ -1,0 +1,70 @@
+"""`galmorph promote`: guarded champion/challenger promotion and rollback in the MLflow registry."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from galmorph.cli.base import echo_json, fail, main
+
+
+@main.command("promote")
+@click.option("--task", required=True, help="Task whose registered model galmorph-<task> is promoted.")
+@click.option("--version", default=None, help="Candidate version [default: the latest].")
+@click.option("--manifest", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="Evaluation manifest on which candidate and champion are compared (required unless --rollback).")
+@click.option("--rollback", is_flag=True, help="Restore @previous-champion as @champion instead.")
+@click.option("--reason", default="", help="Free-text reason recorded with a rollback.")
+@click.option("--primary-metric", default=None, help="Metric that must improve [policy default: f1_macro].")
+@click.option("--delta", type=float, default=None, help="Minimum improvement of the primary metric [policy: 0].")
+@click.option("--epsilon", type=float, default=None,
+              help="Largest allowed drop of any redshift-bin AUC [policy: 0.05].")
+@click.option("--min-bin-n", type=click.IntRange(1), default=None, help="Smallest bin compared [policy: 10].")
+@click.option("--params", "params_file", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="YAML whose 'promotion:' section holds the policy [default: settings.params_file].")
+@click.option("--audit-log", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="JSON-lines audit log [default: <state_dir>/registry/audit.jsonl].")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Where the two evaluation reports go [default: <state_dir>/promotions].")
+@click.option("--data-root", type=click.Path(file_okay=False, path_type=Path), default=None)
+@click.option("--tracking-uri", default=None, help="MLflow tracking URI [default: $MLFLOW_TRACKING_URI or the local stack].")
+@click.option("--fail-on-reject", is_flag=True, help="Exit with code 3 when the candidate is rejected.")
+@click.option("--json", "as_json", is_flag=True, help="Print the decision as JSON.")
+def promote_cmd(task, version, manifest, rollback, reason, primary_metric, delta, epsilon, min_bin_n, params_file,
+                audit_log, out_dir, data_root, tracking_uri, fail_on_reject, as_json) -> None:
+    """Compare a candidate with the current @champion on the same evaluation manifest and move the
+    aliases: pass -> @champion (the old one becomes @previous-champion); fail -> @challenger with the
+    reasons printed. The first model becomes champion. Every decision is appended to the audit log
+    and tagged on the model versions. Concurrent promotions are serialised by a file lock.
+    """
+    import mlflow
+
+    from galmorph.cli.evaluate import resolve_tracking_uri
+    from galmorph.registry import PromotionError, PromotionPolicy, promote, rollback as do_rollback
+    from galmorph.settings import get_settings
+
+    s = get_settings()
+    mlflow.set_tracking_uri(resolve_tracking_uri(tracking_uri))
+    audit_log = audit_log or (s.state_dir / "registry" / "audit.jsonl")
+    try:
+        if rollback:
+            dec = do_rollback(task, audit_log=audit_log, reason=reason)
+        else:
+            if manifest is None:
+                fail("--manifest is required to promote (the evaluation set on which candidate and champion are compared)")
+            policy = PromotionPolicy.from_params(params_file or s.params_file, primary_metric=primary_metric,
+                                                 min_improvement=delta, max_bin_auc_drop=epsilon, min_bin_n=min_bin_n)
+            dec = promote(task, version, eval_manifest=manifest, audit_log=audit_log, policy=policy,
+                          out_dir=out_dir or (s.state_dir / "promotions"), data_root=data_root or s.data_root)
+    except (PromotionError, ValueError) as exc:
+        fail(str(exc))
+    if as_json:
+        echo_json(dec.to_dict())
+    else:
+        click.echo(dec.summary())
+        click.echo(f"aliases now: champion=v{dec.champion_after} previous-champion=v{dec.previous_champion_after} "
+                   f"challenger=v{dec.challenger_after}; audit log {audit_log}")
+    if fail_on_reject and dec.decision == "rejected":
+        sys.exit(3)

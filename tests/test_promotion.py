@@ -1,0 +1,193 @@
+"""Promotion against the real local MLflow server: first model, pass, fail (challenger + reasons, via the
+CLI), redshift-bin guard, mirror-test guard for chirality-equivariant models, rollback, and two
+concurrent promotions."""
+
+import json
+import os
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from galmorph.registry import (CHALLENGER, CHAMPION, PREVIOUS, PromotionError, PromotionPolicy, aliases, promote,
+                               read_audit, registry_lock, rollback)
+from test_eval_support import ChiralityCE, OracleNet, TinyCNN, log_test_model, write_coded_dataset
+
+CLASSES = ["symmetric", "lopsided"]
+
+
+@pytest.fixture(scope="module")
+def coded(tmp_path_factory):
+    path, truth = write_coded_dataset(tmp_path_factory.mktemp("coded"), CLASSES, n=64, seed=4)
+    return path
+
+
+def _register(task, net, **kw):
+    from galmorph.models.io import registered_name
+
+    info = log_test_model(net, task, kw.pop("classes", CLASSES), kw.pop("size", 16), registered_name=registered_name(task),
+                          **kw)
+    return str(info.registered_model_version)
+
+
+def _tags(task, version):
+    import mlflow
+
+    from galmorph.models.io import registered_name
+
+    return mlflow.MlflowClient().get_model_version(registered_name(task), version).tags
+
+
+def test_first_champion_pass_and_rollback(mlflow_server, coded, tmp_path):
+    task = "ptest-pass"
+    audit = tmp_path / "audit.jsonl"
+    v1 = _register(task, OracleNet(2, error_rate=0.35))
+    v2 = _register(task, OracleNet(2, error_rate=0.1))
+    d1 = promote(task, v1, eval_manifest=coded, audit_log=audit, out_dir=tmp_path / "p")
+    assert d1.decision == "first-champion" and d1.champion_after == v1 and d1.passed
+    d2 = promote(task, None, eval_manifest=coded, audit_log=audit, out_dir=tmp_path / "p")  # latest = v2
+    assert d2.candidate_version == v2 and d2.decision == "promoted", d2.reasons
+    assert d2.checks["primary"]["improvement"] > 0.1
+    al = aliases("galmorph-" + task)
+    assert al[CHAMPION] == v2 and al[PREVIOUS] == v1 and CHALLENGER not in al
+    t2, t1 = _tags(task, v2), _tags(task, v1)
+    assert t2["galmorph.decision"] == "promoted" and t1["galmorph.decision"] == "superseded"
+    assert json.loads(t2["galmorph.decision_metrics"])["f1_macro"] > json.loads(t1["galmorph.decision_metrics"])["f1_macro"]
+    assert t1["galmorph.superseded_by"] == v2
+    assert any(k.startswith("galmorph.audit.") for k in t2)
+    # the same version again is a no-op, recorded
+    assert promote(task, v2, eval_manifest=coded, audit_log=audit).decision == "already-champion"
+    # rollback restores the previous champion and records it
+    r = rollback(task, audit_log=audit, reason="test")
+    assert r.champion_before == v2 and r.champion_after == v1
+    al = aliases("galmorph-" + task)
+    assert al[CHAMPION] == v1 and PREVIOUS not in al
+    assert _tags(task, v2)["galmorph.decision"] == "rolled-back"
+    with pytest.raises(PromotionError, match="nothing to roll back"):
+        rollback(task, audit_log=audit)
+    log = read_audit(audit)
+    assert [e["decision"] for e in log] == ["first-champion", "promoted", "already-champion", "rolled-back"]
+    assert log[1]["candidate_metrics"]["f1_macro"] == pytest.approx(d2.candidate_metrics["f1_macro"])
+
+
+def test_promote_fail_sets_challenger_and_prints_reasons(mlflow_server, coded, tmp_path):
+    from galmorph.cli import main
+
+    task = "ptest-fail"
+    audit = tmp_path / "audit.jsonl"
+    v1 = _register(task, OracleNet(2, error_rate=0.1))
+    v2 = _register(task, OracleNet(2, error_rate=0.3))
+    runner = CliRunner()
+    res = runner.invoke(main, ["promote", "--task", task, "--version", v1, "--manifest", str(coded),
+                               "--audit-log", str(audit), "--out", str(tmp_path / "p")])
+    assert res.exit_code == 0, res.output
+    assert "first-champion" in res.output
+    res = runner.invoke(main, ["promote", "--task", task, "--version", v2, "--manifest", str(coded), "--delta", "0.01",
+                               "--audit-log", str(audit), "--out", str(tmp_path / "p"), "--fail-on-reject"])
+    assert res.exit_code == 3, res.output
+    assert "rejected" in res.output and "f1_macro" in res.output and "delta=0.01" in res.output
+    al = aliases("galmorph-" + task)
+    assert al[CHAMPION] == v1 and al[CHALLENGER] == v2 and PREVIOUS not in al
+    t = _tags(task, v2)
+    assert t["galmorph.decision"] == "rejected" and "f1_macro" in t["galmorph.decision_reasons"]
+    assert "rejected" in _tags(task, v1)["galmorph.last_defended"]
+    entries = read_audit(audit)
+    assert entries[-1]["decision"] == "rejected" and entries[-1]["champion_after"] == v1
+    assert entries[-1]["reasons"]
+
+
+def test_redshift_bin_guard(mlflow_server, coded, tmp_path):
+    """A candidate better overall but broken in one redshift bin is rejected by the epsilon rule."""
+    task = "ptest-zbin"
+    audit = tmp_path / "audit.jsonl"
+    v1 = _register(task, OracleNet(2, error_rate=0.45))
+    v2 = _register(task, OracleNet(2, error_rate=0.0, bad_z=(0.05, 0.07)))
+    promote(task, v1, eval_manifest=coded, audit_log=audit)
+    d = promote(task, v2, eval_manifest=coded, audit_log=audit, policy=PromotionPolicy(max_bin_auc_drop=0.05))
+    assert d.checks["primary"]["passed"], d.checks  # better macro F1 ...
+    assert d.decision == "rejected"  # ... but the 0.05-0.07 bin collapses
+    assert d.checks["redshift_bins"]["0.05-0.07"]["passed"] is False
+    assert any("0.05-0.07" in r and "epsilon=0.05" in r for r in d.reasons)
+    assert all(v["passed"] for k, v in d.checks["redshift_bins"].items() if v.get("compared") and k != "0.05-0.07")
+    # with a lenient epsilon the same candidate passes
+    d2 = promote(task, v2, eval_manifest=coded, audit_log=audit, policy=PromotionPolicy(max_bin_auc_drop=1.0))
+    assert d2.decision == "promoted" and aliases("galmorph-" + task)[CHAMPION] == v2
+
+
+def test_chirality_equivariant_models_must_pass_mirror_test(mlflow_server, sim_chirality, tmp_path):
+    task = "ptest-chir"
+    audit = tmp_path / "audit.jsonl"
+    classes = ["CW", "ACW", "other"]
+    # a plain CNN that claims to be chirality-equivariant fails the mirror test, even as the first model
+    fake = _register(task, TinyCNN(3, seed=3), classes=classes, size=32, chirality_equivariant=True, arch="fake-ce")
+    d = promote(task, fake, eval_manifest=sim_chirality["manifest"], audit_log=audit,
+                evaluate_kwargs={"sweep_realisations": 2})
+    assert d.decision == "rejected" and "mirror test" in d.reasons[0]
+    assert aliases("galmorph-" + task) == {CHALLENGER: fake}
+    real = _register(task, ChiralityCE(seed=1), classes=classes, size=32, chirality_equivariant=True, arch="ce")
+    d2 = promote(task, real, eval_manifest=sim_chirality["manifest"], audit_log=audit,
+                 evaluate_kwargs={"sweep_realisations": 2})
+    assert d2.decision == "first-champion" and d2.checks["mirror_test"]["passed"]
+    assert d2.checks["mirror_test"]["label_swap_fraction"] == 1.0
+
+
+def test_registry_lock_is_exclusive(tmp_path):
+    lock = tmp_path / "x.lock"
+    got = threading.Event()
+    release = threading.Event()
+
+    def holder():
+        with registry_lock(lock):
+            got.set()
+            release.wait(30)
+
+    t = threading.Thread(target=holder)
+    t.start()
+    assert got.wait(30)
+    with pytest.raises(PromotionError, match="could not lock"):
+        with registry_lock(lock, timeout=0.3):
+            pass
+    release.set()
+    t.join()
+    with registry_lock(lock, timeout=5):
+        pass
+
+
+_WORKER = """
+import json, sys
+from galmorph.registry import promote
+d = promote(sys.argv[1], sys.argv[2], eval_manifest=sys.argv[3], audit_log=sys.argv[4], out_dir=sys.argv[5])
+print("DECISION " + json.dumps({"decision": d.decision, "before": d.champion_before, "after": d.champion_after}))
+"""
+
+
+def test_concurrent_promotions_leave_a_consistent_registry(mlflow_server, coded, tmp_path):
+    task = "ptest-concurrent"
+    audit = tmp_path / "audit.jsonl"
+    v1 = _register(task, OracleNet(2, error_rate=0.4))
+    v2 = _register(task, OracleNet(2, error_rate=0.2))
+    v3 = _register(task, OracleNet(2, error_rate=0.05))
+    promote(task, v1, eval_manifest=coded, audit_log=audit)
+    env = {**os.environ, "MLFLOW_TRACKING_URI": mlflow_server}
+    procs = [subprocess.Popen([sys.executable, "-c", _WORKER, task, v, str(coded), str(audit), str(tmp_path / f"w{v}")],
+                              env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for v in (v2, v3)]
+    outs = [p.communicate(timeout=900) for p in procs]
+    for p, (o, e) in zip(procs, outs):
+        assert p.returncode == 0, e[-3000:]
+    log = read_audit(audit)
+    assert len(log) == 3
+    first, second = log[1], log[2]
+    # serialised: the second decision saw the registry the first one left
+    assert second["champion_before"] == first["champion_after"]
+    al = aliases("galmorph-" + task)
+    assert al[CHAMPION] == v3  # the best model wins whatever the order
+    if first["candidate_version"] == v2:
+        assert [first["decision"], second["decision"]] == ["promoted", "promoted"]
+        assert al[PREVIOUS] == v2 and CHALLENGER not in al
+    else:
+        assert [first["decision"], second["decision"]] == ["promoted", "rejected"]
+        assert al[PREVIOUS] == v1 and al[CHALLENGER] == v2
+    assert Path(audit.parent / ".galmorph-ptest-concurrent.promotion.lock").exists()
