@@ -40,8 +40,9 @@ def radii():
 # injection-recovery
 # --------------------------------------------------------------------------------------------
 AMPLITUDES = (0.0, 0.05, 0.1, 0.2, 0.3)
-# total counts of the galaxy (sky 100 counts/px, Poisson): high, typical and low S/N
-NOISE_LEVELS = {"high": 8e5, "typical": 3e5, "low": 8e4}
+# total counts of the galaxy (sky 100 counts/px, Poisson): R50-R90 S/N about 430, 200 and 65
+# (real SDSS cutouts: median 85, see benchmarks/a1_injection.py)
+NOISE_LEVELS = {"high": 8e5, "medium": 3e5, "low": 8e4}
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +64,7 @@ def injection_grid(radii):
     return pd.DataFrame(rows)
 
 
-@pytest.mark.parametrize("level", ["high", "typical"])
+@pytest.mark.parametrize("level", ["high", "medium"])
 def test_injection_recovered_without_bias(injection_grid, level):
     g = injection_grid[injection_grid.level == level]
     assert np.isfinite(g.a1).all()
@@ -76,10 +77,10 @@ def test_low_snr_still_ordered_and_errors_grow(injection_grid):
     g = injection_grid
     low = g[g.level == "low"].groupby("amp").a1.mean()
     assert low.is_monotonic_increasing, low
-    assert abs(low.loc[0.3] - 0.3) < 0.05
+    assert abs(low.loc[0.3] - 0.3) < 0.05 and abs(low.loc[0.0]) < 0.04
     # errors grow as S/N falls
     med = g.groupby("level").err.median()
-    assert med["high"] < med["typical"] < med["low"]
+    assert med["high"] < med["medium"] < med["low"]
 
 
 def test_phase_and_centre_recovered(injection_grid):

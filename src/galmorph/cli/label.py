@@ -61,12 +61,14 @@ def _labelled_ids(source: str, task: str) -> set[str]:
 @click.option("--rank-by-uncertainty", is_flag=True,
               help="Pick and order the most uncertain objects (entropy of --model-uri's prediction).")
 @click.option("--model-uri", default="models:/galmorph-lopsided@champion", show_default=True,
-              help="Model for --rank-by-uncertainty (MLflow URI; tracking URI from the settings).")
+              help="Model for --rank-by-uncertainty (MLflow model URI).")
+@click.option("--tracking-uri", default=None,
+              help="MLflow tracking URI [$MLFLOW_TRACKING_URI, else settings.mlflow_tracking_uri].")
 @click.option("--measure-a1/--no-measure-a1", default=True, show_default=True,
               help="Measure A1 (centre, R50/R90) for the queued objects now, for the app's overlay.")
 @click.option("--task", default="lopsided", show_default=True)
 def sample_cmd(manifest_path, out_path, per_bin, n_bins, z_min, z_max, seed, exclude, rank_by_uncertainty, model_uri,
-               measure_a1, task) -> None:
+               tracking_uri, measure_a1, task) -> None:
     """Draw a redshift-stratified labelling queue from a manifest.
 
     Equal-width z bins over [--z-min, --z-max], up to --per-bin objects each, uniformly at random
@@ -89,9 +91,11 @@ def sample_cmd(manifest_path, out_path, per_bin, n_bins, z_min, z_max, seed, exc
         fail(str(exc))
     scores = None
     if rank_by_uncertainty:
+        import os
+
         import mlflow
 
-        mlflow.set_tracking_uri(s.mlflow_tracking_uri)
+        mlflow.set_tracking_uri(tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or s.mlflow_tracking_uri)
         z = df["z"].astype(float)
         cand = df[(z >= z_min) & (z <= z_max) & ~df["object_id"].astype(str).isin(excl)]
         try:

@@ -784,7 +784,14 @@ def lopsidedness_a1(
     )
     if ok.any():
         a1_r, e_r = amp[ok, 0], amp_err[ok, 0]
-        wts = 1.0 / e_r ** 2 if weighting == "inverse_variance" else np.ones_like(e_r)
+        if weighting == "inverse_variance":
+            wts = 1.0 / e_r ** 2
+        elif weighting == "noise":
+            # amplitude-independent noise of the m=1 components: weights do not correlate with A1(r)
+            e0 = np.sqrt(0.5 * (cov[ok, 1, 1] + cov[ok, 2, 2])) / a0[ok]
+            wts = 1.0 / e0 ** 2
+        else:
+            wts = np.ones_like(e_r)
         a1 = float(np.sum(wts * a1_r) / np.sum(wts))
         a1_err = float(np.sqrt(np.sum(wts ** 2 * e_r ** 2)) / np.sum(wts))
         ph = phase[ok, 0]
