@@ -528,3 +528,47 @@ def log_scoring_to_mlflow(summary: dict, catalogue_path: str | Path | None = Non
         if log_catalogue and catalogue_path is not None:
             mlflow.log_artifact(str(catalogue_path), artifact_path="catalogue")
         return run.info.run_id
+
+
+# --------------------------------------------------------------------------------------------
+# helpers for pipeline workers
+# --------------------------------------------------------------------------------------------
+def parse_shard_range(text: str) -> list[int]:
+    """``"3-7"`` -> [3, 4, 5, 6, 7]; ``"2"`` -> [2]; ``"0-1,5"`` -> [0, 1, 5]."""
+    out: list[int] = []
+    for part in str(text).split(","):
+        part = part.strip()
+        if not part:
+            continue
+        if "-" in part:
+            a, b = part.split("-", 1)
+            if int(b) < int(a):
+                raise ValueError(f"shard range {part!r} is empty")
+            out.extend(range(int(a), int(b) + 1))
+        else:
+            out.append(int(part))
+    return out
+
+
+def pick_device(device: str = "auto") -> str:
+    """``auto`` -> ``cuda`` when a GPU is visible, else ``cpu``."""
+    if device != "auto":
+        return device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def resolve_model_version(model_uri: str) -> str:
+    """``models:/NAME@alias`` -> ``models:/NAME/<version>`` (other URIs unchanged)."""
+    if not model_uri.startswith("models:/") or "@" not in model_uri:
+        return model_uri
+    import mlflow
+
+    name, alias = model_uri[len("models:/"):].split("@", 1)
+    try:
+        mv = mlflow.MlflowClient().get_model_version_by_alias(name, alias)
+    except Exception as exc:  # noqa: BLE001 - reraised with what was asked for
+        raise ScoringError(f"model {name!r} has no alias {alias!r} in the registry "
+                           f"({mlflow.get_tracking_uri()}): {exc}") from exc
+    return f"models:/{name}/{mv.version}"

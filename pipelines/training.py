@@ -1,0 +1,59 @@
+"""The training pipeline: ingest -> validate -> [stop unless valid] -> cutout -> (A1 for lopsided) ->
+hold-out split -> train (GPU) -> evaluate -> promote.
+
+Compiled to ``pipelines/training.yaml`` by ``galmorph pipeline compile``; run locally with
+``galmorph pipeline run training --local --param task=chirality --param source=sim:DIR``.
+"""
+
+from kfp import dsl
+
+from galmorph.pipelines.loader import load_component
+from galmorph.pipelines.platform import data_volume, gpu_task, load_platform, mlflow_credentials
+
+PLATFORM = load_platform()
+
+ingest = load_component("ingest")
+validate = load_component("validate")
+cutout = load_component("cutout")
+a1 = load_component("a1")
+split = load_component("split")
+train = load_component("train")
+evaluate = load_component("evaluate")
+promote = load_component("promote")
+
+
+@dsl.pipeline(name="galmorph-training",
+              description="Train, evaluate and (guardedly) promote a galmorph model for one task.")
+def pipeline(task: str = "chirality", source: str = "gz1_chirality", preset: str = "tiny",
+             overrides_json: str = "{}", z_min: float = 0.01, z_max: float = 0.1,
+             max_failure_fraction: float = 0.05, cutout_size_px: int = 64, crop_fraction: float = 1.0,
+             test_fraction: float = 0.25, split_seed: int = 0, policy_json: str = "{}", audit_log: str = "",
+             tracking_uri: str = "", data_root: str = ""):
+    ing = ingest(source=source, task=task, data_root=data_root)
+    data_volume(ing, PLATFORM)
+    val = validate(manifest=ing.outputs["manifest"], z_min=z_min, z_max=z_max,
+                   max_failure_fraction=max_failure_fraction, data_root=data_root)
+    data_volume(val, PLATFORM)
+    with dsl.If(val.outputs["success"] == True, name="data-valid"):  # noqa: E712 - KFP condition
+        cut = cutout(manifest=val.outputs["passed"], size_px=cutout_size_px, crop_fraction=crop_fraction,
+                     data_root=data_root)
+        data_volume(cut, PLATFORM)
+        with dsl.If(task == "lopsided", name="lopsided-a1"):
+            # A1 on the original images (catalogue R50/R90 refer to them), kept beside the model
+            meas = a1(manifest=val.outputs["passed"], data_root=data_root)
+            data_volume(meas, PLATFORM)
+        sp = split(dataset=cut.outputs["cutouts"], test_fraction=test_fraction, seed=split_seed)
+        tr = train(task=task, dataset=sp.outputs["train"], preset=preset, overrides_json=overrides_json,
+                   tracking_uri=tracking_uri)
+        gpu_task(tr, PLATFORM)
+        mlflow_credentials(tr, PLATFORM)
+        tr.set_retry(num_retries=2, backoff_duration="60s", backoff_factor=2.0)
+        tr.set_caching_options(False)  # every run trains and registers a new version
+        ev = evaluate(model_uri=tr.outputs["model_uri"], dataset=sp.outputs["test"], tracking_uri=tracking_uri)
+        mlflow_credentials(ev, PLATFORM)
+        ev.set_caching_options(False)
+        pr = promote(task=task, version=tr.outputs["registered_version"], dataset=sp.outputs["test"],
+                     policy_json=policy_json, audit_log=audit_log, tracking_uri=tracking_uri)
+        mlflow_credentials(pr, PLATFORM)
+        pr.after(ev)
+        pr.set_caching_options(False)  # a promotion depends on the registry's state, never cache it

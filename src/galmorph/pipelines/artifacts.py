@@ -1,0 +1,201 @@
+"""Dataset helpers shared by the pipeline components (pure library code, no kfp import).
+
+KFP hands a component its input artifacts at whatever local path the backend chose (a GCS/S3 fuse
+mount on Kubernetes, the pipeline root with the local runner), so a dataset that holds images
+(a cutout set) stores its image URIs *relative to its own folder*; :func:`open_dataset` resolves
+them against wherever the folder is now.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from galmorph.manifest import ManifestError, manifest_metadata, read_manifest, write_manifest
+
+log = logging.getLogger(__name__)
+
+MANIFEST_NAME = "manifest.parquet"
+
+
+def dataset_manifest_path(path: str | Path) -> Path:
+    """The manifest file of a dataset artifact: the path itself, or ``<dir>/manifest.parquet``."""
+    p = Path(path)
+    if p.is_dir():
+        m = p / MANIFEST_NAME
+        if not m.exists():
+            raise ManifestError(f"dataset folder {p} has no {MANIFEST_NAME}")
+        return m
+    if not p.exists():
+        raise ManifestError(f"dataset {p} does not exist")
+    return p
+
+
+def relativize_images(dataset_dir: str | Path) -> Path:
+    """Rewrite ``image_uri`` values under ``dataset_dir`` as paths relative to it (in place)."""
+    d = Path(dataset_dir).resolve()
+    m = d / MANIFEST_NAME
+    df = read_manifest(m)
+    meta = manifest_metadata(m)
+
+    def rel(u: Any) -> Any:
+        if u is None or pd.isna(u) or not str(u):
+            return u
+        p = Path(str(u)[7:] if str(u).startswith("file://") else str(u))
+        try:
+            return p.resolve().relative_to(d).as_posix() if p.is_absolute() else str(u)
+        except ValueError:
+            return str(u)
+
+    df["image_uri"] = [rel(u) for u in df["image_uri"]]
+    kind = meta.pop("kind", "dataset")
+    meta.pop("schema_version", None)
+    meta["relative_images"] = True
+    write_manifest(df, m, kind=kind, extra_meta=meta)
+    return m
+
+
+def open_dataset(path: str | Path, work_dir: str | Path | None = None) -> Path:
+    """A manifest file for a dataset artifact with every relative ``image_uri`` made absolute under the
+    artifact's current folder (written to ``work_dir`` or a temporary folder; inputs may be read-only)."""
+    m = dataset_manifest_path(path)
+    meta = manifest_metadata(m)
+    if not meta.get("relative_images"):
+        return m
+    base = m.parent.resolve()
+    df = read_manifest(m)
+
+    def absolute(u: Any) -> Any:
+        if u is None or pd.isna(u) or not str(u) or "://" in str(u) or Path(str(u)).is_absolute():
+            return u
+        return str(base / str(u))
+
+    df["image_uri"] = [absolute(u) for u in df["image_uri"]]
+    out = Path(work_dir or tempfile.mkdtemp(prefix="galmorph-ds-")) / MANIFEST_NAME
+    kind = meta.pop("kind", "dataset")
+    meta.pop("schema_version", None)
+    meta["relative_images"] = False
+    meta["opened_from"] = str(m)
+    write_manifest(df, out, kind=kind, extra_meta=meta)
+    return out
+
+
+def resolve_release_source(source: str) -> tuple[str, dict[str, Any]]:
+    """Map a pipeline ``source``/release URI to an ingest source.
+
+    * ``sim:<dir>``, ``folder:<dir>``, catalogue names (``gz1_chirality``, ...) pass through;
+    * ``file://`` prefixes are stripped;
+    * a folder with ``truth.parquet`` is a simulator output (``sim:<dir>``);
+    * a folder with ``manifest.parquet`` or a ``.parquet`` file is an existing manifest
+      (``manifest:<file>``, copied through the schema check);
+    * a folder with ``release.json`` names its manifest in the ``manifest`` key.
+    """
+    s = source.strip()
+    if s.startswith("file://"):
+        s = s[7:]
+    if s.startswith(("sim:", "folder:", "manifest:")):
+        return s, {}
+    p = Path(s)
+    if p.is_dir():
+        if (p / "release.json").exists():
+            info = json.loads((p / "release.json").read_text())
+            mp = Path(info.get("manifest", MANIFEST_NAME))
+            return f"manifest:{mp if mp.is_absolute() else p / mp}", {"release": info.get("release", p.name)}
+        if (p / "truth.parquet").exists():
+            return f"sim:{p}", {}
+        if (p / MANIFEST_NAME).exists():
+            return f"manifest:{p / MANIFEST_NAME}", {}
+        return f"folder:{p}", {}
+    if p.suffix == ".parquet" and p.exists():
+        return f"manifest:{p}", {}
+    return s, {}
+
+
+def ingest_source(source: str, out_manifest: str | Path, quarantine_path: str | Path, task: str | None = None,
+                  data_root: str | Path | None = None) -> dict[str, Any]:
+    """Ingest a pipeline source (see :func:`resolve_release_source`) into a manifest + quarantine.
+
+    Returns the ingest summary (rows in/out/quarantined, labels)."""
+    from galmorph.manifest import write_quarantine
+
+    resolved, extra = resolve_release_source(source)
+    if resolved.startswith("manifest:"):
+        mp = Path(resolved[len("manifest:"):])
+        df = read_manifest(mp)
+        meta = {k: v for k, v in manifest_metadata(mp).items() if k not in ("kind", "schema_version")}
+        base = mp.parent.resolve()
+        # relative image paths in a release manifest are relative to the manifest's folder
+        df["image_uri"] = [u if (u is None or pd.isna(u) or not str(u) or "://" in str(u)
+                                 or Path(str(u)).is_absolute()) else str(base / str(u)) for u in df["image_uri"]]
+        if task and ("task" not in df.columns or df["task"].isna().all()):
+            df["task"] = task
+        write_manifest(df, out_manifest, kind=manifest_metadata(mp).get("kind", "release"),
+                       extra_meta={**meta, "source": source})
+        write_quarantine([], quarantine_path)
+        labels = {str(k): int(v) for k, v in df["label"].value_counts().items()}
+        return {"source": source, "manifest": str(out_manifest), "rows_in": len(df), "rows_out": len(df),
+                "rows_quarantined": 0, "labels": labels, **extra}
+    from galmorph.ingest import ingest
+
+    opts = {"task": task} if task else {}
+    res = ingest(resolved, out_manifest, quarantine_path, data_root=data_root, **opts)
+    return {**res.summary(), **extra}
+
+
+def holdout_split(manifest_path: str | Path, train_out: str | Path, test_out: str | Path,
+                  test_fraction: float = 0.25, seed: int = 0) -> dict[str, int]:
+    """Split a labelled manifest into train and held-out test manifests, stratified by label, seeded.
+
+    Training does its own train/validation split inside the train part; evaluation and promotion use
+    the held-out part only. Unlabelled rows go to the train part (they are not evaluated)."""
+    if not 0 < test_fraction < 1:
+        raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}")
+    df = read_manifest(manifest_path)
+    meta = {k: v for k, v in manifest_metadata(manifest_path).items() if k not in ("kind", "schema_version")}
+    kind = manifest_metadata(manifest_path).get("kind", "manifest")
+    rng = np.random.default_rng(seed)
+    test_idx: list[int] = []
+    labelled = df["label"].notna()
+    for _, grp in df[labelled].groupby(df.loc[labelled, "label"].astype(str), sort=True):
+        idx = np.sort(grp.index.to_numpy())
+        k = int(round(len(idx) * test_fraction))
+        if len(idx) >= 2:
+            k = min(max(k, 1), len(idx) - 1)
+        else:
+            k = 0
+        test_idx.extend(rng.choice(idx, size=k, replace=False).tolist())
+    is_test = df.index.isin(test_idx)
+    write_manifest(df[~is_test], train_out, kind=kind, extra_meta={**meta, "split": "train", "seed": seed})
+    write_manifest(df[is_test], test_out, kind=kind, extra_meta={**meta, "split": "test", "seed": seed})
+    return {"train": int((~is_test).sum()), "test": int(is_test.sum())}
+
+
+def publish_release(catalogue: str | Path, summary: str | Path, publish_dir: str | Path, release: str,
+                    verdict: str, hold_on_drift: bool = True) -> dict[str, Any]:
+    """Publish a scored release catalogue to ``publish_dir/<release>/`` unless drift holds it.
+
+    Held releases are written to ``publish_dir/<release>/HELD`` with the reason, and nothing else; a
+    published one gets ``catalogue.parquet``, ``summary.json`` and ``PUBLISHED`` (atomic copies)."""
+    dest = Path(publish_dir) / release
+    dest.mkdir(parents=True, exist_ok=True)
+    if verdict == "drift" and hold_on_drift:
+        reason = (f"release {release}: drift monitor verdict 'drift'; publishing held "
+                  "(re-run with hold_on_drift=false after review)")
+        (dest / "HELD").write_text(reason + "\n")
+        log.warning(reason)
+        return {"status": "held", "reason": reason, "dir": str(dest)}
+    for src, name in ((catalogue, "catalogue.parquet"), (summary, "summary.json")):
+        tmp = dest / f".{name}.tmp-{os.getpid()}"
+        shutil.copyfile(src, tmp)
+        os.replace(tmp, dest / name)
+    (dest / "HELD").unlink(missing_ok=True)
+    (dest / "PUBLISHED").write_text(f"verdict={verdict}\n")
+    return {"status": "published", "reason": f"drift verdict {verdict!r}", "dir": str(dest)}

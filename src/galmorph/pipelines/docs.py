@@ -1,0 +1,88 @@
+"""Generate each component's README.md from its KFP component spec (inputs, outputs, image) plus an example."""
+
+from __future__ import annotations
+
+import inspect
+from pathlib import Path
+
+from galmorph.pipelines import COMPONENTS, repo_dir
+
+EXAMPLES: dict[str, str] = {
+    "ingest": 'ing = ingest(source="sim:/data/sim/chirality", task="chirality")',
+    "validate": 'val = validate(manifest=ing.outputs["manifest"], z_min=0.01, z_max=0.1)\n'
+                'with dsl.If(val.outputs["success"] == True):\n    ...',
+    "cutout": 'cut = cutout(manifest=val.outputs["passed"], size_px=64)',
+    "a1": 'meas = a1(manifest=val.outputs["passed"])',
+    "split": 'sp = split(dataset=cut.outputs["cutouts"], test_fraction=0.25, seed=0)',
+    "train": 'tr = train(task="chirality", dataset=sp.outputs["train"], preset="tiny")\n'
+             'tr.set_accelerator_type("nvidia.com/gpu").set_accelerator_limit(1)',
+    "evaluate": 'ev = evaluate(model_uri=tr.outputs["model_uri"], dataset=sp.outputs["test"])',
+    "promote": 'pr = promote(task="chirality", version=tr.outputs["registered_version"], dataset=sp.outputs["test"])',
+    "shard": 'plan = shard(dataset=cut.outputs["cutouts"], task="chirality", shard_size=10000, n_workers=8)',
+    "score": 'with dsl.ParallelFor(plan.outputs["work"]) as shards:\n'
+             '    sc = score(dataset=cut.outputs["cutouts"], model_uri=plan.outputs["model_uri"], shards=shards)',
+    "merge": 'mg = merge(scores=dsl.Collected(sc.outputs["scores"]), release="dr10")',
+    "drift": 'dr = drift(catalogue=mg.outputs["catalogue"], dataset=cut.outputs["cutouts"],\n'
+             '           model_uri=plan.outputs["model_uri"], release="dr10")',
+    "publish": 'publish(catalogue=mg.outputs["catalogue"], verdict=dr.outputs["verdict"], release="dr10")',
+    "label_sample": 'smp = label_sample(manifest=ing.outputs["manifest"], per_bin=250, task="lopsided")',
+    "label_queue": 'label_queue(queue=meas.outputs["measured"])',
+    "label_export": 'label_export(task="lopsided", policy="majority")',
+}
+
+LIBRARY: dict[str, str] = {
+    "ingest": "galmorph.pipelines.artifacts.ingest_source -> galmorph.ingest.ingest",
+    "validate": "galmorph.validation.validate_manifest",
+    "cutout": "galmorph.cutout.make_cutouts",
+    "a1": "galmorph.imaging.a1.measure_a1_manifest",
+    "split": "galmorph.pipelines.artifacts.holdout_split",
+    "train": "galmorph.training.train",
+    "evaluate": "galmorph.evaluation.core.evaluate",
+    "promote": "galmorph.registry.promote",
+    "shard": "galmorph.scoring.plan_workers",
+    "score": "galmorph.scoring.score_manifest",
+    "merge": "galmorph.scoring.merge_scores + log_scoring_to_mlflow",
+    "drift": "galmorph.pipelines.steps.drift_for_release -> galmorph.drift.run_drift",
+    "publish": "galmorph.pipelines.artifacts.publish_release",
+    "label_sample": "galmorph.labelling.queue.sample_queue",
+    "label_queue": "galmorph.labelling.store.LabelStore.register_queue",
+    "label_export": "galmorph.labelling.export.export_labels",
+}
+
+
+def _type_name(spec) -> str:
+    t = getattr(spec, "type", None) or "?"
+    return str(t).replace("system.", "")
+
+
+def component_readme(name: str) -> str:
+    from galmorph.pipelines.loader import load_component
+
+    comp = load_component(name)
+    cs = comp.component_spec
+    image = cs.implementation.container.image
+    doc = inspect.getdoc(comp.python_func) or ""
+    lines = [f"# component `{name}`", "", doc, "", f"Library call: `{LIBRARY[name]}`.", "",
+             f"Image: `{image}` (built from `infra/docker/{'gpu' if 'gpu' in image else 'cpu'}/`); "
+             "runs unchanged with kfp's local `SubprocessRunner(use_venv=False)`.", "", "## Inputs", "",
+             "| name | type | default |", "|---|---|---|"]
+    for k, v in (cs.inputs or {}).items():
+        default = getattr(v, "default", None)
+        opt = getattr(v, "optional", False)
+        lines.append(f"| `{k}` | {_type_name(v)} | {repr(default) if opt else 'required'} |")
+    lines += ["", "## Outputs", "", "| name | type |", "|---|---|"]
+    for k, v in (cs.outputs or {}).items():
+        lines.append(f"| `{k}` | {_type_name(v)} |")
+    lines += ["", "## Example", "", "```python", "from galmorph.pipelines.loader import load_component", "",
+              f'{name} = load_component("{name}")', EXAMPLES[name], "```", "",
+              f"Tests: `components/{name}/tests/` (call `{name}.python_func` directly with real artifacts).", ""]
+    return "\n".join(lines)
+
+
+def write_component_readmes(names=COMPONENTS) -> list[Path]:
+    out = []
+    for n in names:
+        p = repo_dir("components") / n / "README.md"
+        p.write_text(component_readme(n))
+        out.append(p)
+    return out

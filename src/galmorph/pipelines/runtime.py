@@ -1,0 +1,104 @@
+"""What a pipeline component needs at run time: the tracking URI, the data root, dataset copies.
+
+Components call these so that their bodies stay one library call. Nothing here imports kfp.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+from galmorph.manifest import read_manifest, write_manifest
+from galmorph.pipelines.artifacts import MANIFEST_NAME, dataset_manifest_path, open_dataset, relativize_images
+
+log = logging.getLogger(__name__)
+
+
+def setup(tracking_uri: str = "", data_root: str = "") -> tuple[str, Path | None]:
+    """Resolve the MLflow tracking URI (argument, else ``MLFLOW_TRACKING_URI``, else settings) and the data
+    root (argument, else settings), point mlflow at the URI and configure logging. Returns both."""
+    import mlflow
+
+    from galmorph.settings import get_settings
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    s = get_settings()
+    uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or s.mlflow_tracking_uri
+    os.environ["MLFLOW_TRACKING_URI"] = uri
+    mlflow.set_tracking_uri(uri)
+    root = Path(data_root) if data_root else s.data_root
+    return uri, root
+
+
+def as_dir(path: str | Path) -> Path:
+    """An output artifact path used as a folder (created)."""
+    p = Path(path)
+    p.mkdir(parents=True, exist_ok=True)
+    return p
+
+
+def subset_dataset(src: str | Path, out_dir: str | Path, object_ids: list[str] | None = None,
+                   manifest_path: str | Path | None = None) -> Path:
+    """Copy a dataset (or the rows of ``object_ids`` / of ``manifest_path``) with its images into
+    ``out_dir`` (``manifest.parquet`` + ``images/``), image URIs relative to ``out_dir``.
+
+    Images are hard-linked when possible, else copied, so the dataset is self-contained whatever
+    path the next step receives it at."""
+    out = as_dir(out_dir)
+    opened = open_dataset(src, work_dir=out / ".open")
+    df = read_manifest(manifest_path) if manifest_path is not None else read_manifest(opened)
+    if object_ids is not None:
+        keep = set(map(str, object_ids))
+        df = df[df["object_id"].astype(str).isin(keep)]
+    img_dir = out / "images"
+    img_dir.mkdir(exist_ok=True)
+    new_uris = []
+    for oid, uri in zip(df["object_id"].astype(str), df["image_uri"]):
+        if uri is None or not str(uri) or str(uri) == "<NA>":
+            new_uris.append(uri)
+            continue
+        srcp = Path(str(uri))
+        dst = img_dir / f"{oid.replace('/', '_')}{srcp.suffix}"
+        if not dst.exists():
+            try:
+                os.link(srcp, dst)
+            except OSError:
+                shutil.copyfile(srcp, dst)
+        new_uris.append(str(dst))
+    df = df.copy()
+    df["image_uri"] = new_uris
+    write_manifest(df, out / MANIFEST_NAME, kind="dataset")
+    shutil.rmtree(out / ".open", ignore_errors=True)
+    relativize_images(out)
+    return out / MANIFEST_NAME
+
+
+def write_json(path: str | Path, obj: Any) -> Path:
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    p.write_text(json.dumps(obj, indent=2, default=str))
+    return p
+
+
+def flat_metrics(d: dict[str, Any], prefix: str = "") -> dict[str, float]:
+    """Finite numeric leaves of a nested dict (for a KFP Metrics artifact)."""
+    import math
+
+    out: dict[str, float] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(flat_metrics(v, key + "."))
+        elif isinstance(v, bool):
+            out[key] = float(v)
+        elif isinstance(v, (int, float)) and math.isfinite(float(v)):
+            out[key] = float(v)
+    return out
+
+
+__all__ = ["as_dir", "dataset_manifest_path", "flat_metrics", "open_dataset", "relativize_images", "setup",
+           "subset_dataset", "write_json"]
