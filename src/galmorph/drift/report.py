@@ -48,6 +48,7 @@ class GroupVerdict:
     n_drifted: int = 0
     drift_share: float = float("nan")
     drifted_columns: list[str] = field(default_factory=list)
+    skipped_columns: list[str] = field(default_factory=list)
     column_scores: dict[str, dict[str, Any]] = field(default_factory=dict)
     prediction_drift: bool | None = None
     high_confidence_fraction: float | None = None
@@ -248,6 +249,16 @@ def _metrics(features: list[str], pred_cols: list[str], cfg: DriftConfig, group:
     return items
 
 
+def decide_verdict(drift_share: float, n_drifted: int, prediction_drift: bool | None, cfg: DriftConfig) -> str:
+    """``drift`` when the drifted share reaches ``cfg.drift_share``, or ``n_drifted`` reaches
+    ``cfg.max_drifted_columns`` (when set), or (with ``cfg.alert_on_prediction_drift``) the
+    predicted-class distribution drifted; else ``no_drift``."""
+    is_drift = drift_share >= cfg.drift_share or (
+        cfg.max_drifted_columns is not None and n_drifted >= cfg.max_drifted_columns) or (
+        cfg.alert_on_prediction_drift and bool(prediction_drift))
+    return DRIFT if is_drift else NO_DRIFT
+
+
 def _read_snapshot(snap_dict: dict, features: list[str], pred_cols: list[str]) -> dict[str, Any]:
     out: dict[str, Any] = {"columns": {}, "count": None, "share": None, "hc_share": None, "pred_shares": None}
     for m in snap_dict.get("metrics", []):
@@ -350,8 +361,16 @@ def run_drift(reference: str | Path | pd.DataFrame, current: str | Path | pd.Dat
             continue
         if b != "overall" and scope == "all":
             ref_g = ref_g.assign(**{b: v})  # the whole reference stands in for this group
+        cols_g = [c for c in features_all if ref_g[c].notna().sum() >= 2 and cur_g[c].notna().sum() >= 2]
+        preds_g = [c for c in pred_cols if ref_g[c].notna().sum() >= 2 and cur_g[c].notna().sum() >= 2]
+        gv.skipped_columns = [c for c in features_all if c not in cols_g]
+        gv.n_columns = len(cols_g)
+        if not cols_g:
+            gv.reason = "no feature column has >= 2 values in both the reference and the current group"
+            per_group[gv.key] = gv
+            continue
         label = None if b == "overall" else (b, v)
-        report = Report(_metrics(features_all, pred_cols, cfg, label, has_pred))
+        report = Report(_metrics(cols_g, preds_g, cfg, label, bool(preds_g)))
         tags = base_tags + ["scope:overall" if b == "overall" else "scope:group"]
         if b != "overall":
             tags += [f"group:{b}", f"{b}:{v}"]
@@ -360,21 +379,18 @@ def run_drift(reference: str | Path | pd.DataFrame, current: str | Path | pd.Dat
                 "release": release or "", "model_version": model_version or ""}
         snap = report.run(_dataset(cur_g, num_cols, cat_cols), _dataset(ref_g, num_cols, cat_cols),
                           timestamp=ts, tags=tags, metadata=meta, name=f"drift {release or ''} {gv.key}".strip())
-        res = _read_snapshot(snap.dict(), features_all, pred_cols)
-        cols = {c: res["columns"][c] for c in features_all if c in res["columns"]}
+        res = _read_snapshot(snap.dict(), cols_g, preds_g)
+        cols = {c: res["columns"][c] for c in cols_g if c in res["columns"]}
         drifted = sorted([c for c, s in cols.items() if s["drifted"]],
                          key=lambda c: cols[c]["value"] if "p_value" in cols[c]["method"] else -cols[c]["value"])
-        gv.column_scores = {**cols, **{c: res["columns"][c] for c in pred_cols if c in res["columns"]}}
+        gv.column_scores = {**cols, **{c: res["columns"][c] for c in preds_g if c in res["columns"]}}
         gv.n_drifted = int(res["count"]) if res["count"] is not None else len(drifted)
-        gv.drift_share = float(res["share"]) if res["share"] is not None else len(drifted) / len(features_all)
+        gv.drift_share = float(res["share"]) if res["share"] is not None else len(drifted) / len(cols_g)
         gv.drifted_columns = drifted
         if "pred" in res["columns"]:
             gv.prediction_drift = bool(res["columns"]["pred"]["drifted"])
         gv.high_confidence_fraction = res["hc_share"]
-        is_drift = gv.drift_share >= cfg.drift_share or (
-            cfg.max_drifted_columns is not None and gv.n_drifted >= cfg.max_drifted_columns) or (
-            cfg.alert_on_prediction_drift and bool(gv.prediction_drift))
-        gv.verdict = DRIFT if is_drift else NO_DRIFT
+        gv.verdict = decide_verdict(gv.drift_share, gv.n_drifted, gv.prediction_drift, cfg)
         snap._metadata["verdict"] = gv.verdict  # noqa: SLF001 - known only after the run
         snap._metadata["drift_share"] = f"{gv.drift_share:.4f}"  # noqa: SLF001
         snap._tags.append(f"verdict:{gv.verdict}")  # noqa: SLF001
@@ -386,7 +402,7 @@ def run_drift(reference: str | Path | pd.DataFrame, current: str | Path | pd.Dat
         per_group[gv.key] = gv
         snapshots.append((gv, snap))
         log.info("drift %-24s %-17s share %.2f (%d/%d columns) ref=%d cur=%d", gv.key, gv.verdict,
-                 gv.drift_share, gv.n_drifted, len(features_all), len(ref_g), len(cur_g))
+                 gv.drift_share, gv.n_drifted, len(cols_g), len(ref_g), len(cur_g))
 
     verdict = DRIFT if any(g.verdict == DRIFT for g in per_group.values()) else NO_DRIFT
     result = DriftResult(verdict=verdict, per_group=per_group, paths={}, config=cfg, release=release,
