@@ -194,6 +194,8 @@ def redshift_matched_resampling(df: pd.DataFrame, class_col: str, prop: str, ref
     medians, the median p-values and the fraction of realisations with KS p < 0.05, plus
     ``n_reference_unmatched`` (reference objects in bins where ``resampled`` has nobody; left out).
     """
+    if prop == z_col:
+        raise ValueError(f"redshift-matched resampling of the redshift column {z_col!r} itself is meaningless")
     d = df[[class_col, prop, z_col]].copy()
     d[prop] = pd.to_numeric(d[prop], errors="coerce")
     d[z_col] = pd.to_numeric(d[z_col], errors="coerce")
@@ -239,7 +241,7 @@ def physical_analysis(df: pd.DataFrame, class_col: str, props: Sequence[str], z_
                  "resampling": {}}
         classes = [str(c) for c in df[class_col].dropna().unique()]
         for a, b in pairs:
-            if a in classes and b in classes:
+            if a in classes and b in classes and p != z_col:
                 entry["resampling"][f"{b}_matched_to_{a}"] = redshift_matched_resampling(
                     df, class_col, p, a, b, z_col=z_col, dz=dz, n_realisations=n_realisations, seed=seed)
         out[p] = entry
