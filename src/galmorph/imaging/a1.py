@@ -273,6 +273,19 @@ def detect_sources(sub: np.ndarray, rms: float, mask: np.ndarray | None = None, 
 
     h, w = sub.shape
     n = (2 if min(h, w) >= 128 else 1) if bin_factor is None else max(int(bin_factor), 1)
+    # sep allocates its pixel stack (default 300000) on every call: size it to the image instead
+    old_stack = sep.get_extract_pixstack()
+    sep.set_extract_pixstack(int(max(10_000, (h // n) * (w // n) + 1000)))
+    try:
+        return _detect(sub, rms, mask, thresh, minarea, deblend_cont, n)
+    finally:
+        sep.set_extract_pixstack(old_stack)
+
+
+def _detect(sub, rms, mask, thresh, minarea, deblend_cont, n):
+    import sep
+
+    h, w = sub.shape
     try:
         if n == 1:
             _, seg = sep.extract(sub, thresh, err=rms, mask=mask, minarea=minarea, deblend_cont=deblend_cont,
@@ -504,7 +517,8 @@ def fit_annuli(values: np.ndarray, X: np.ndarray, labels: np.ndarray, n_annuli: 
         ok &= np.isfinite(coef).all(axis=1)
     # reduced chi-square per annulus
     if ok.any():
-        model = np.einsum("ij,ij->i", Xs, np.nan_to_num(coef[lab]))
+        cz = np.where(np.isfinite(coef), coef, 0.0)
+        model = np.einsum("ij,ij->i", Xs, cz[lab])
         chi = np.bincount(lab, weights=ws * (ys - model) ** 2, minlength=n_annuli)[:n_annuli]
         dof = np.maximum(counts - p, 1)
         chi2_red[ok] = chi[ok] / dof[ok]
@@ -568,6 +582,7 @@ def lopsidedness_a1(
     deblend_cont: float = 0.005,
     mask_dilate: int = 2,
     detect_bin: int | None = 1,
+    detect_radius: float | None = None,
     bkg_galaxy_factor: float = 2.0,
     search_radius: float = 5.0,
     centre_iterations: int = 30,
@@ -595,6 +610,8 @@ def lopsidedness_a1(
     mask_sources : detect other sources with ``sep`` and interpolate over them.
     bkg_mesh, bkg_filter : sep background mesh (px, capped at the image size) and filter size.
     detect_thresh, detect_minarea, deblend_cont, mask_dilate : source detection and mask growth.
+    detect_radius : detect sources only within this many px of the expected position (default, when
+        ``r90`` is given: 1.2 R90 + search_radius + 6; without radii the whole image).
     detect_bin : detect on an n x n binned image (default 1; 2 makes sep ~3x faster on large
         cutouts but deblends stars lying on the galaxy less well).
     centre_iterations : sub-pixel iterations of the 3x3 first moment (0 = a single moment).
@@ -652,7 +669,23 @@ def lopsidedness_a1(
         bkg = estimate_background(data, bkg_mesh, bkg_filter, mask=badm)
         sub = data - bkg.back()
         rms = bkg.globalrms if bkg.globalrms > 0 else float(np.std(sub)) or 1.0
-        seg = detect_sources(sub, rms, badm, detect_thresh, detect_minarea, deblend_cont, detect_bin)
+        # with catalogue radii only the region around the galaxy matters for masking: detect there
+        rad = None
+        if detect_radius is not None:
+            rad = float(detect_radius)
+        elif r90 is not None and np.isfinite(r90) and r90 > 0:
+            rad = 1.2 * float(r90) + search_radius + 6.0
+        if rad is not None and (2 * rad + 1) ** 2 < 0.7 * h * w:
+            r0d, r1d = max(int(ys - rad), 0), min(int(ys + rad) + 2, h)
+            c0d, c1d = max(int(xs - rad), 0), min(int(xs + rad) + 2, w)
+            segc = detect_sources(np.ascontiguousarray(sub[r0d:r1d, c0d:c1d]), rms,
+                                  None if badm is None else np.ascontiguousarray(badm[r0d:r1d, c0d:c1d]),
+                                  detect_thresh, detect_minarea, deblend_cont, detect_bin)
+            if segc is not None:
+                seg = np.zeros((h, w), dtype=segc.dtype)
+                seg[r0d:r1d, c0d:c1d] = segc
+        else:
+            seg = detect_sources(sub, rms, badm, detect_thresh, detect_minarea, deblend_cont, detect_bin)
     else:
         bkg, sub, rms = None, data, bkg_rms
     if refine_centre:
