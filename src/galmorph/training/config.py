@@ -65,6 +65,8 @@ class TrainConfig:
     accelerator: str = "auto"
     deterministic: bool = True
     progress: bool = True
+    torch_threads: int = 0               # intra-op CPU threads during training (0 = torch default); 1 is
+                                         # much faster on an oversubscribed CPU (OpenMP spin-waiting)
     # --- data ---------------------------------------------------------------------------------
     trials: int = 1                      # repeated random splits (child runs of one parent)
     val_fraction: float = 0.1
@@ -132,7 +134,7 @@ class TrainConfig:
         for name in ("trials", "batch_size", "max_epochs", "group_order"):
             if getattr(self, name) < 1:
                 bad(f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("patience", "num_workers", "max_per_class", "min_epochs", "finetune_blocks"):
+        for name in ("patience", "num_workers", "max_per_class", "min_epochs", "finetune_blocks", "torch_threads"):
             if getattr(self, name) < 0:
                 bad(f"{name} must be >= 0, got {getattr(self, name)}")
         if not 0 <= self.zoom < 1:
@@ -168,7 +170,7 @@ _CHIRALITY_PAPER = dict(
     rotation_deg=180.0, zoom=0.1, flips=False, test_fraction=0.2, val_fraction=0.1, group_order=8,
 )
 _TINY = dict(image_size=64, batch_size=16, max_epochs=2, patience=2, trials=1, lr=1e-3, optimizer="adam",
-             weight_decay=0.0, val_fraction=0.2, test_fraction=0.2)
+             weight_decay=0.0, val_fraction=0.2, test_fraction=0.2, torch_threads=1, cache_images=True)
 
 PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     "lopsided": {
@@ -198,8 +200,9 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
         "ce_resnet50": {**_CHIRALITY_PAPER, "arch": "resnet50", "chirality_equivariant": True},
         "ce_gresnet18": {**_CHIRALITY_PAPER, "arch": "gresnet18", "chirality_equivariant": True},
         "ce_gresnet50": {**_CHIRALITY_PAPER, "arch": "gresnet50", "chirality_equivariant": True},
-        "tiny": {**_TINY, "arch": "resnet18", "flips": False, "zoom": 0.1},
-        "tiny_ce": {**_TINY, "arch": "resnet18", "flips": False, "zoom": 0.1, "chirality_equivariant": True},
+        "tiny": {**_TINY, "arch": "resnet18", "flips": False, "zoom": 0.1, "image_size": 32},
+        "tiny_ce": {**_TINY, "arch": "resnet18", "flips": False, "zoom": 0.1, "image_size": 32,
+                    "chirality_equivariant": True},
         "tiny_gresnet": {**_TINY, "arch": "gresnet18", "flips": False, "zoom": 0.1, "image_size": 32,
                          "gresnet_width": 0.125, "max_epochs": 1},
     },

@@ -284,6 +284,23 @@ def train(task: str, preset: str = "tiny", overrides: dict[str, Any] | None = No
              mlflow.get_tracking_uri(), experiment)
     trial_results: list[dict] = []
     trial_run_ids: list[str] = []
+    import torch
+
+    threads_before = torch.get_num_threads()
+    if cfg.torch_threads > 0:
+        torch.set_num_threads(cfg.torch_threads)
+    try:
+        return _train_runs(cfg, task, preset, df, data_root, work, tags, register, trial_results, trial_run_ids)
+    finally:
+        torch.set_num_threads(threads_before)
+
+
+def _train_runs(cfg: TrainConfig, task: str, preset: str, df: pd.DataFrame, data_root, work: Path, tags: dict,
+                register: bool, trial_results: list[dict], trial_run_ids: list[str]) -> TrainResult:
+    import mlflow
+
+    from galmorph.models.io import ModelSpec, log_model, registered_name
+
     with mlflow.start_run(run_name=f"{task}-{preset}", tags=tags) as parent:
         mlflow.log_params(_flat_params(cfg))
         mlflow.log_text(config_to_yaml(cfg), "config.yaml")
@@ -291,12 +308,16 @@ def train(task: str, preset: str = "tiny", overrides: dict[str, Any] | None = No
             with mlflow.start_run(run_name=f"trial-{trial}", nested=True,
                                   tags={**tags, "galmorph.trial": str(trial)}) as child:
                 mlflow.log_params(_flat_params(cfg))
+                t_fit = time.perf_counter()
                 res = fit_trial(cfg, df, trial, work, data_root, run_id=child.info.run_id)
+                log.info("trial %d trained and evaluated in %.1f s", trial, time.perf_counter() - t_fit)
+                t_log = time.perf_counter()
                 mlflow.set_tags({f"{k}": v for k, v in res["init_tags"].items()})
                 if res["init_tags"].get("encoder_init") == "random" and cfg.arch == "zoobot_convnext_nano":
                     mlflow.set_tag("encoder_init_note", "no Zoobot weights given: encoder randomly initialised")
                 mlflow.log_metrics({k: v for k, v in res["metrics"].items() if math.isfinite(v)})
                 _log_trial_artifacts(res, cfg, trial, work)
+                log.info("trial %d artifacts logged in %.1f s", trial, time.perf_counter() - t_log)
                 res.pop("trainer", None)
                 trial_results.append(res)
                 trial_run_ids.append(child.info.run_id)
@@ -320,9 +341,11 @@ def train(task: str, preset: str = "tiny", overrides: dict[str, Any] | None = No
                                 "trial": best_trial, "encoder_init": best["init_tags"].get("encoder_init", "")})
         reg_name = registered_name(task) if register else None
         plain = best["module"].export_for_inference()
+        t_model = time.perf_counter()
         with mlflow.start_run(run_id=trial_run_ids[best_trial], nested=True):
             info = log_model(plain, spec, registered_model_name=reg_name)
             mlflow.set_tag("galmorph.best_trial", "true")
+        log.info("model exported (pt2) and logged in %.1f s", time.perf_counter() - t_model)
         version = getattr(info, "registered_model_version", None)
         version = str(version) if version is not None else None
         model_uri = f"models:/{reg_name}/{version}" if (reg_name and version) else info.model_uri

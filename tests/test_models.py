@@ -1,0 +1,149 @@
+"""Model family: invariances (G-ResNet, CE), Zoobot fine-tuning groups and weights, frozen encoders,
+torch.export of every architecture, refusal of reflection equivariance for chirality."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+from galmorph.models.chirality import ChiralityEquivariant
+from galmorph.models.networks import build_network, export_plain, load_encoder_weights, zoobot_param_groups
+from galmorph.training.config import ConfigError, TrainConfig, resolve_config
+
+
+def _cfg(task="chirality", **kw) -> TrainConfig:
+    base = dict(task=task, flips=task != "chirality")
+    base.update(kw)
+    return TrainConfig(**base).validate()
+
+
+@pytest.fixture(scope="module")
+def gresnet():
+    torch.manual_seed(0)
+    net, _ = build_network(_cfg(arch="gresnet18", gresnet_width=0.125, image_size=32))
+    return net.eval()
+
+
+def test_gresnet_invariant_to_90_degree_rotations(gresnet):
+    torch.manual_seed(1)
+    x = torch.rand(3, 3, 32, 32)
+    with torch.no_grad():
+        y = gresnet(x)
+        for k in (1, 2, 3):
+            yr = gresnet(torch.rot90(x, k, dims=[2, 3]))
+            assert torch.allclose(y, yr, atol=1e-4), (k, (y - yr).abs().max())
+    # a plain ResNet is not invariant: the test can fail
+    torch.manual_seed(0)
+    plain, _ = build_network(_cfg(arch="resnet18", image_size=32))
+    plain.eval()
+    with torch.no_grad():
+        assert (plain(x) - plain(torch.rot90(x, 1, dims=[2, 3]))).abs().max() > 1e-4
+
+
+def test_exported_gresnet_is_plain_torch_and_identical(gresnet):
+    plain = export_plain(gresnet)
+    assert not any(type(m).__module__.startswith("escnn") for m in plain.modules())
+    x = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(gresnet(x), plain(x), atol=1e-5)
+        assert torch.allclose(plain(x), plain(torch.rot90(x, 1, dims=[2, 3])), atol=1e-4)
+
+
+def test_reflection_equivariant_gresnet_refused_for_chirality():
+    with pytest.raises(ConfigError, match="reflection"):
+        resolve_config("chirality", "gresnet18", {"reflections": True})
+    cfg = dataclasses.replace(_cfg(arch="gresnet18"), reflections=True)  # bypassing validation
+    with pytest.raises(ValueError, match="refused for chirality"):
+        build_network(cfg)
+    # allowed for the other tasks
+    assert resolve_config("arms", "tiny", {"arch": "gresnet18", "reflections": True}).reflections
+
+
+def test_chirality_equivariant_mirror_swaps_cw_and_acw_exactly():
+    torch.manual_seed(0)
+    net, _ = build_network(_cfg(arch="resnet18", chirality_equivariant=True, image_size=32))
+    assert isinstance(net, ChiralityEquivariant)
+    net.eval()
+    x = torch.rand(4, 3, 32, 32)
+    mx = torch.flip(x, dims=[3])
+    with torch.no_grad():
+        z, zm = net(x), net(mx)
+    assert torch.equal(z[:, 0], zm[:, 1]) and torch.equal(z[:, 1], zm[:, 0])
+    assert torch.equal(z[:, 2], zm[:, 2])
+    p, pm = torch.softmax(z, 1), torch.softmax(zm, 1)
+    assert torch.equal(p[:, 0], pm[:, 1])  # P_CW(x) = P_ACW(mirror x)
+    # the backbone alone is not equivariant (so the property comes from the wrapper)
+    with torch.no_grad():
+        b, bm = net.backbone(x), net.backbone(mx)
+    assert not torch.allclose(b[:, 0], bm[:, 1])
+
+
+def test_zoobot_finetunes_top_blocks_with_layerwise_decay(tmp_path):
+    cfg = resolve_config("lopsided", "tiny")
+    net, tags = build_network(cfg)
+    assert tags["encoder_init"] == "random"
+    groups = zoobot_param_groups(net, lr=1e-5, finetune_blocks=2, lr_decay=0.5, weight_decay=0.05)
+    assert [g["name"] for g in groups] == ["head", "encoder_block_0", "encoder_block_1"]
+    assert [g["lr"] for g in groups] == pytest.approx([1e-5, 1e-5, 5e-6])
+    enc = net.encoder
+    assert all(p.requires_grad for p in enc.stages[3].parameters())
+    assert all(p.requires_grad for p in enc.stages[2].parameters())
+    assert not any(p.requires_grad for p in enc.stages[1].parameters())
+    assert not any(p.requires_grad for p in enc.stem.parameters())
+    # the head is global pool -> Linear 128 -> Dropout 0.2 -> ReLU -> Linear 2
+    kinds = [type(m).__name__ for m in net.head]
+    assert kinds == ["Linear", "Dropout", "ReLU", "Linear"] and net.head[0].out_features == 128
+    assert net.head[1].p == 0.2 and net.head[3].out_features == 2
+    # encoder weights from a local (Lightning-style, prefixed) checkpoint
+    torch.manual_seed(123)
+    donor, _ = build_network(cfg)
+    ckpt = tmp_path / "zoobot.ckpt"
+    torch.save({"state_dict": {f"model.encoder.{k}": v for k, v in donor.encoder.state_dict().items()}}, ckpt)
+    net2, tags2 = build_network(dataclasses.replace(cfg, encoder_checkpoint=str(ckpt)))
+    assert tags2["encoder_init"].startswith("checkpoint:")
+    for (k, a), b in zip(donor.encoder.state_dict().items(), net2.encoder.state_dict().values()):
+        assert torch.equal(a, b), k
+    with pytest.raises(ValueError, match="no tensor matches"):
+        torch.save({"foo": torch.zeros(3)}, tmp_path / "bad.pt")
+        load_encoder_weights(net2.encoder, str(tmp_path / "bad.pt"))
+
+
+def test_efficientnet_b0_frozen_encoder_stays_frozen():
+    cfg = resolve_config("arms", "tiny")
+    net, _ = build_network(cfg)
+    assert not any(p.requires_grad for p in net.encoder.parameters())
+    assert all(p.requires_grad for p in net.head.parameters())
+    net.train()
+    assert not net.encoder.training and net.head.training  # batch-norm statistics frozen too
+    assert net.head[0].out_features == cfg.head_hidden
+
+
+ARCH_CASES = [
+    ("chirality", dict(arch="resnet18")),
+    ("chirality", dict(arch="resnet18", chirality_equivariant=True)),
+    ("chirality", dict(arch="gresnet18", gresnet_width=0.125, chirality_equivariant=True)),
+    ("lopsided", dict(arch="zoobot_convnext_nano")),
+    ("arms", dict(arch="efficientnet_b0_frozen", greyscale=True)),
+    pytest.param("chirality", dict(arch="resnet50"), marks=pytest.mark.slow),
+    pytest.param("chirality", dict(arch="gresnet50", gresnet_width=0.0625), marks=pytest.mark.slow),
+    pytest.param("arms", dict(arch="efficientnetv2_m_finetune"), marks=pytest.mark.slow),
+]
+
+
+@pytest.mark.parametrize("task,kw", ARCH_CASES)
+def test_every_architecture_exports_with_dynamic_batch(task, kw):
+    cfg = _cfg(task, image_size=32, **kw)
+    torch.manual_seed(0)
+    net, _ = build_network(cfg)
+    plain = export_plain(net)
+    x = torch.rand(2, cfg.in_chans, 32, 32)
+    batch = torch.export.Dim("batch", min=1, max=1024)
+    ep = torch.export.export(plain, (x,), dynamic_shapes=({0: batch},))
+    x5 = torch.rand(5, cfg.in_chans, 32, 32)
+    with torch.no_grad():
+        ref = net.eval()(x5)
+        out = ep.module()(x5)
+    assert out.shape == (5, len(cfg.classes()))
+    assert torch.allclose(out, ref, atol=1e-4)
