@@ -1,4 +1,8 @@
-"""Active learning: a queue ranked by the entropy of a registered champion model (real MLflow server)."""
+"""Active learning: a queue ranked by the entropy of a registered champion model.
+
+Uses a real MLflow tracking store + model registry (sqlite, in a temporary folder) rather than the
+shared server fixture, whose start-up can exceed its timeout on a heavily loaded 2-core machine.
+"""
 
 from __future__ import annotations
 
@@ -31,7 +35,20 @@ def _tiny_model():
     return Tiny()
 
 
-def test_rank_by_uncertainty_with_champion(tmp_path, mlflow_server, sim_lopsided):
+@pytest.fixture()
+def tracking_uri(tmp_path):
+    import mlflow
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    old = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    yield uri
+    mlflow.set_tracking_uri(old)
+    mlflow.set_registry_uri(old)
+
+
+def test_rank_by_uncertainty_with_champion(tmp_path, tracking_uri, sim_lopsided):
     import mlflow
 
     from galmorph.cli import main
@@ -40,8 +57,8 @@ def test_rank_by_uncertainty_with_champion(tmp_path, mlflow_server, sim_lopsided
     from galmorph.models.io import ModelSpec, log_model
 
     spec = ModelSpec(task="lopsided", classes=["symmetric", "lopsided"], arch="tiny", image_size=32, in_chans=3)
-    mlflow.set_experiment("label-active-test")
-    with mlflow.start_run():
+    exp = mlflow.create_experiment("label-active-test", artifact_location=(tmp_path / "artifacts").as_uri())
+    with mlflow.start_run(experiment_id=exp):
         info = log_model(_tiny_model(), spec, registered_model_name="galmorph-lopsided")
     mlflow.MlflowClient().set_registered_model_alias("galmorph-lopsided", "champion", info.registered_model_version)
 
@@ -50,7 +67,7 @@ def test_rank_by_uncertainty_with_champion(tmp_path, mlflow_server, sim_lopsided
     src = write_manifest(man, tmp_path / "m.parquet", kind="test")
     out = tmp_path / "q.parquet"
     res = CliRunner().invoke(main, ["label", "sample", "--manifest", str(src), "--out", str(out), "--per-bin", "3",
-                                    "--rank-by-uncertainty", "--no-measure-a1", "--tracking-uri", mlflow_server])
+                                    "--rank-by-uncertainty", "--no-measure-a1", "--tracking-uri", tracking_uri])
     assert res.exit_code == 0, res.output
     summary = json.loads(res.output.strip().splitlines()[-1])
     assert summary["ranked_by"] == "entropy" and summary["model_uri"] == "models:/galmorph-lopsided@champion"
@@ -68,5 +85,5 @@ def test_rank_by_uncertainty_with_champion(tmp_path, mlflow_server, sim_lopsided
         assert set(g.object_id) == set(pool.nlargest(len(g), "entropy").object_id)
     missing = CliRunner().invoke(main, ["label", "sample", "--manifest", str(src), "--out", str(tmp_path / "x.parquet"),
                                         "--rank-by-uncertainty", "--model-uri", "models:/no-such-model@champion",
-                                        "--tracking-uri", mlflow_server])
+                                        "--tracking-uri", tracking_uri])
     assert missing.exit_code == 1 and "cannot score with models:/no-such-model@champion" in missing.output
