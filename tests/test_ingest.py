@@ -218,3 +218,40 @@ def test_cli_ingest_json_and_error(tmp_path, sim_arms):
     bad = CliRunner().invoke(main, ["ingest", "gz2_arms", "--out", str(tmp_path / "b.parquet"),
                                     "--data-root", str(tmp_path), "--catalogue", str(_write(tmp_path / "l.csv", "a\n1\n"))])
     assert bad.exit_code == 1 and "missing column(s)" in bad.output
+
+
+# ------------------------------------------------------------------------------------------ SDSS query
+def test_sdss_query_sql_and_offline_result(tmp_path):
+    from astropy.table import Table
+
+    from galmorph.sdss_query import SdssSelection, apply_selection, build_sql, fetch, read_query_result
+
+    sql = build_sql()
+    for cut in ("s.z > 0.01 AND s.z < 0.1", "(p.modelMag_g - p.extinction_g) < 16", "p.petroR90_g >= 3",
+                "p.fracDeV_g <= 0.5", "p.expAB_g >= 0.6"):
+        assert cut in sql
+    gz2 = build_sql(SdssSelection(top=10), fallback_gz2=True)
+    assert "t04_spiral_a08_spiral_debiased > 0.6" in gz2 and gz2.startswith("SELECT TOP 10")
+    with pytest.raises(ValueError, match="z_min"):
+        SdssSelection(z_min=0.2, z_max=0.1)
+    # a saved SkyServer CSV (with its '#Table1' line): the same cuts applied offline
+    rows = ("objID,ra,dec,z,modelMag_g,extinction_g,petroR90_g,fracDeV_g,expAB_g\n"
+            "1,10,0,0.05,15.5,0.2,5,0.1,0.8\n"      # passes
+            "2,10,0,0.05,16.1,0.2,5,0.1,0.8\n"      # passes only thanks to the extinction correction
+            "3,10,0,0.15,15.0,0.1,5,0.1,0.8\n"      # z too high
+            "4,10,0,0.05,15.0,0.1,2,0.1,0.8\n"      # too small
+            "5,10,0,0.05,15.0,0.1,5,0.7,0.8\n"      # bulge dominated
+            "6,10,0,0.05,15.0,0.1,5,0.1,0.4\n")     # inclined
+    (tmp_path / "r.csv").write_text("#Table1\n" + rows)
+    df = read_query_result(tmp_path / "r.csv")
+    assert list(df.loc[apply_selection(df), "objID"]) == [1, 2]
+    Table.from_pandas(df).write(tmp_path / "r.fits")
+    assert len(read_query_result(tmp_path / "r.fits")) == 6
+    (tmp_path / "e.csv").write_text("")
+    with pytest.raises(ValueError, match="e.csv is empty"):
+        read_query_result(tmp_path / "e.csv")
+    try:
+        import astroquery  # noqa: F401
+    except ImportError:
+        with pytest.raises(RuntimeError, match="needs astroquery.*--extra fetch"):
+            fetch(sql)
