@@ -87,6 +87,8 @@ def run_case(name: str, task: str, preset: str, overrides: dict, manifest: Path,
     from galmorph.training import resolve_config, train
 
     cfg = resolve_config(task, preset, overrides)
+    if cfg.torch_threads:
+        torch.set_num_threads(cfg.torch_threads)
     ceiling = fwd_bwd_ceiling(cfg, cfg.batch_size)
     t0 = time.perf_counter()
     res = train(task, preset, overrides, manifest=manifest, tracking_uri=tracking_uri, experiment="bench-train",
@@ -133,6 +135,7 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=8)
     ap.add_argument("--arms-epochs", type=int, default=15)
     ap.add_argument("--size", type=int, default=64)
+    ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads (1 is fastest on a busy CPU)")
     ap.add_argument("--cases", default="chirality_resnet18,chirality_ce_resnet18,arms_b0_frozen")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -152,6 +155,7 @@ def main() -> None:
         arms = arms_manifest(data_root, work / "arms.parquet")
         common = {"image_size": args.size, "max_epochs": args.epochs, "patience": 3, "trials": 1,
                   "batch_size": 32, "cache_images": True, "progress": False, "val_fraction": 0.15,
+                  "torch_threads": args.threads,
                   "test_fraction": 0.2}
         cases = {
             "chirality_resnet18": ("chirality", "resnet18", {**common, "lr": 1e-3}, chir),
