@@ -17,6 +17,7 @@ from galmorph.registry import (CHALLENGER, CHAMPION, PREVIOUS, PromotionError, P
 from test_eval_support import ChiralityCE, OracleNet, TinyCNN, log_test_model, write_coded_dataset
 
 CLASSES = ["symmetric", "lopsided"]
+FAST = {"log_evaluations": False, "evaluate_kwargs": {"html": False}}  # keep the registry work, skip the reports
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +60,7 @@ def test_first_champion_pass_and_rollback(mlflow_server, coded, tmp_path):
     assert t1["galmorph.superseded_by"] == v2
     assert any(k.startswith("galmorph.audit.") for k in t2)
     # the same version again is a no-op, recorded
-    assert promote(task, v2, eval_manifest=coded, audit_log=audit).decision == "already-champion"
+    assert promote(task, v2, eval_manifest=coded, audit_log=audit, **FAST).decision == "already-champion"
     # rollback restores the previous champion and records it
     r = rollback(task, audit_log=audit, reason="test")
     assert r.champion_before == v2 and r.champion_after == v1
@@ -105,15 +106,15 @@ def test_redshift_bin_guard(mlflow_server, coded, tmp_path):
     audit = tmp_path / "audit.jsonl"
     v1 = _register(task, OracleNet(2, error_rate=0.45))
     v2 = _register(task, OracleNet(2, error_rate=0.0, bad_z=(0.05, 0.07)))
-    promote(task, v1, eval_manifest=coded, audit_log=audit)
-    d = promote(task, v2, eval_manifest=coded, audit_log=audit, policy=PromotionPolicy(max_bin_auc_drop=0.05))
+    promote(task, v1, eval_manifest=coded, audit_log=audit, **FAST)
+    d = promote(task, v2, eval_manifest=coded, audit_log=audit, policy=PromotionPolicy(max_bin_auc_drop=0.05), **FAST)
     assert d.checks["primary"]["passed"], d.checks  # better macro F1 ...
     assert d.decision == "rejected"  # ... but the 0.05-0.07 bin collapses
     assert d.checks["redshift_bins"]["0.05-0.07"]["passed"] is False
     assert any("0.05-0.07" in r and "epsilon=0.05" in r for r in d.reasons)
     assert all(v["passed"] for k, v in d.checks["redshift_bins"].items() if v.get("compared") and k != "0.05-0.07")
     # with a lenient epsilon the same candidate passes
-    d2 = promote(task, v2, eval_manifest=coded, audit_log=audit, policy=PromotionPolicy(max_bin_auc_drop=1.0))
+    d2 = promote(task, v2, eval_manifest=coded, audit_log=audit, policy=PromotionPolicy(max_bin_auc_drop=1.0), **FAST)
     assert d2.decision == "promoted" and aliases("galmorph-" + task)[CHAMPION] == v2
 
 
@@ -124,12 +125,12 @@ def test_chirality_equivariant_models_must_pass_mirror_test(mlflow_server, sim_c
     # a plain CNN that claims to be chirality-equivariant fails the mirror test, even as the first model
     fake = _register(task, TinyCNN(3, seed=3), classes=classes, size=32, chirality_equivariant=True, arch="fake-ce")
     d = promote(task, fake, eval_manifest=sim_chirality["manifest"], audit_log=audit,
-                evaluate_kwargs={"sweep_realisations": 2})
+                log_evaluations=False, evaluate_kwargs={"sweep_realisations": 2, "html": False})
     assert d.decision == "rejected" and "mirror test" in d.reasons[0]
     assert aliases("galmorph-" + task) == {CHALLENGER: fake}
     real = _register(task, ChiralityCE(seed=1), classes=classes, size=32, chirality_equivariant=True, arch="ce")
     d2 = promote(task, real, eval_manifest=sim_chirality["manifest"], audit_log=audit,
-                 evaluate_kwargs={"sweep_realisations": 2})
+                 log_evaluations=False, evaluate_kwargs={"sweep_realisations": 2, "html": False})
     assert d2.decision == "first-champion" and d2.checks["mirror_test"]["passed"]
     assert d2.checks["mirror_test"]["label_swap_fraction"] == 1.0
 
@@ -159,7 +160,8 @@ def test_registry_lock_is_exclusive(tmp_path):
 _WORKER = """
 import json, sys
 from galmorph.registry import promote
-d = promote(sys.argv[1], sys.argv[2], eval_manifest=sys.argv[3], audit_log=sys.argv[4], out_dir=sys.argv[5])
+d = promote(sys.argv[1], sys.argv[2], eval_manifest=sys.argv[3], audit_log=sys.argv[4], out_dir=sys.argv[5],
+            log_evaluations=False, evaluate_kwargs={"html": False})
 print("DECISION " + json.dumps({"decision": d.decision, "before": d.champion_before, "after": d.champion_after}))
 """
 
@@ -170,13 +172,15 @@ def test_concurrent_promotions_leave_a_consistent_registry(mlflow_server, coded,
     v1 = _register(task, OracleNet(2, error_rate=0.4))
     v2 = _register(task, OracleNet(2, error_rate=0.2))
     v3 = _register(task, OracleNet(2, error_rate=0.05))
-    promote(task, v1, eval_manifest=coded, audit_log=audit)
+    promote(task, v1, eval_manifest=coded, audit_log=audit, **FAST)
     env = {**os.environ, "MLFLOW_TRACKING_URI": mlflow_server}
+    logs = [open(tmp_path / f"worker{v}.log", "w") for v in (v2, v3)]  # files, not pipes: no full-pipe stalls
     procs = [subprocess.Popen([sys.executable, "-c", _WORKER, task, v, str(coded), str(audit), str(tmp_path / f"w{v}")],
-                              env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for v in (v2, v3)]
-    outs = [p.communicate(timeout=900) for p in procs]
-    for p, (o, e) in zip(procs, outs):
-        assert p.returncode == 0, e[-3000:]
+                              env=env, stdout=fh, stderr=subprocess.STDOUT) for v, fh in zip((v2, v3), logs)]
+    for p, fh in zip(procs, logs):
+        p.wait(timeout=900)
+        fh.close()
+        assert p.returncode == 0, Path(fh.name).read_text()[-3000:]
     log = read_audit(audit)
     assert len(log) == 3
     first, second = log[1], log[2]

@@ -74,7 +74,7 @@ def plot_zbin_auc(zbins: Mapping[str, Mapping]) -> str:
     ax.bar(x - 0.2, auc, 0.4, label="macro AUC")
     ax.bar(x + 0.2, acc, 0.4, label="accuracy")
     for i, b in enumerate(names):
-        ax.text(i, 0.02, f"n={zbins[b]['n']}", ha="center", fontsize=7, rotation=90, color="white")
+        ax.text(i, 0.02, f"n={zbins[b]['n']}", ha="center", fontsize=7, rotation=90, color="black")
     ax.set_xticks(x, names, rotation=45)
     ax.set_ylim(0, 1.05)
     ax.set_title("per redshift bin")
