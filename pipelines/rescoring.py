@@ -16,6 +16,7 @@ ingest = load_component("ingest")
 validate = load_component("validate")
 cutout = load_component("cutout")
 shard = load_component("shard")
+resolve_model = load_component("resolve_model")
 score = load_component("score")
 merge = load_component("merge")
 drift = load_component("drift")
@@ -28,25 +29,24 @@ def pipeline(release_uri: str = "/data/releases/latest", release: str = "latest"
              model_alias: str = "champion", model_uri: str = "", z_min: float = 0.01, z_max: float = 0.2,
              max_failure_fraction: float = 0.05, cutout_size_px: int = 64, crop_fraction: float = 1.0,
              shard_size: int = 10000, n_workers: int = 4, batch_size: int = 64, threshold: float = 0.85,
-             drift_reference: str = "", drift_by: str = "z_bin,survey", hold_on_drift: bool = True,
+             drift_reference: str = "", drift_by: str = "z_bin,survey", drift_min_group_size: int = 0, hold_on_drift: bool = True,
              publish_dir: str = "", tracking_uri: str = "", data_root: str = ""):
     ing = ingest(source=release_uri, task=task, data_root=data_root)
     data_volume(ing, PLATFORM)
     val = validate(manifest=ing.outputs["manifest"], z_min=z_min, z_max=z_max,
                    max_failure_fraction=max_failure_fraction, data_root=data_root)
     data_volume(val, PLATFORM)
-    with dsl.If(val.outputs["success"] == True, name="release-valid"):  # noqa: E712 - KFP condition
+    with dsl.If(val.outputs["Output"] == True, name="release-valid"):  # noqa: E712 - KFP condition
         cut = cutout(manifest=val.outputs["passed"], size_px=cutout_size_px, crop_fraction=crop_fraction,
                      data_root=data_root)
         data_volume(cut, PLATFORM)
-        plan = shard(dataset=cut.outputs["cutouts"], task=task, model_alias=model_alias, model_uri=model_uri,
-                     shard_size=shard_size,
-                     n_workers=n_workers, tracking_uri=tracking_uri)
-        plan.set_caching_options(False)  # resolves the model alias now
-        mlflow_credentials(plan, PLATFORM)
-        with dsl.ParallelFor(plan.outputs["work"], parallelism=8, name="score-shards") as shards:
-            sc = score(dataset=cut.outputs["cutouts"], model_uri=plan.outputs["model_uri"], shards=shards,
-                       shard_size=shard_size, batch_size=batch_size, threshold=threshold,
+        model = resolve_model(task=task, model_alias=model_alias, model_uri=model_uri, tracking_uri=tracking_uri)
+        model.set_caching_options(False)  # pins the version the alias points at now
+        mlflow_credentials(model, PLATFORM)
+        plan = shard(dataset=cut.outputs["cutouts"], model_uri=model.output, shard_size=shard_size,
+                     n_workers=n_workers)
+        with dsl.ParallelFor(plan.output, parallelism=8, name="score-shards") as work:
+            sc = score(dataset=cut.outputs["cutouts"], work=work, batch_size=batch_size, threshold=threshold,
                        tracking_uri=tracking_uri)
             gpu_task(sc, PLATFORM)
             mlflow_credentials(sc, PLATFORM)
@@ -55,8 +55,9 @@ def pipeline(release_uri: str = "/data/releases/latest", release: str = "latest"
         mg.set_caching_options(False)
         mlflow_credentials(mg, PLATFORM)
         dr = drift(catalogue=mg.outputs["catalogue"], dataset=cut.outputs["cutouts"], reference=drift_reference,
-                   model_uri=plan.outputs["model_uri"], by=drift_by, release=release,
-                   mlflow_run_id=mg.outputs["run_id"], tracking_uri=tracking_uri, data_root=data_root)
+                   model_uri=model.output, by=drift_by, release=release,
+                   mlflow_run_id=mg.outputs["run_id"], min_group_size=drift_min_group_size,
+                   tracking_uri=tracking_uri, data_root=data_root)
         mlflow_credentials(dr, PLATFORM)
         dr.set_caching_options(False)
         pub = publish(catalogue=mg.outputs["catalogue"], verdict=dr.outputs["verdict"], release=release,

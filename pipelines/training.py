@@ -34,7 +34,7 @@ def pipeline(task: str = "chirality", source: str = "gz1_chirality", preset: str
     val = validate(manifest=ing.outputs["manifest"], z_min=z_min, z_max=z_max,
                    max_failure_fraction=max_failure_fraction, data_root=data_root)
     data_volume(val, PLATFORM)
-    with dsl.If(val.outputs["success"] == True, name="data-valid"):  # noqa: E712 - KFP condition
+    with dsl.If(val.outputs["Output"] == True, name="data-valid"):  # noqa: E712 - KFP condition
         cut = cutout(manifest=val.outputs["passed"], size_px=cutout_size_px, crop_fraction=crop_fraction,
                      data_root=data_root)
         data_volume(cut, PLATFORM)

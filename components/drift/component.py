@@ -11,10 +11,11 @@ from galmorph.images import CPU_IMAGE
 @dsl.component(base_image=CPU_IMAGE, install_kfp_package=False)
 def drift(catalogue: Input[Dataset], dataset: Input[Dataset], report: Output[HTML], summary: Output[Artifact],
           reference: str = "", model_uri: str = "", by: str = "z_bin,survey", release: str = "",
-          mlflow_run_id: str = "", workspace: str = "", tracking_uri: str = "",
+          mlflow_run_id: str = "", workspace: str = "", min_group_size: int = 0, tracking_uri: str = "",
           data_root: str = "") -> NamedTuple("DriftOutputs", [("verdict", str), ("n_drifted_groups", int)]):
     """galmorph.drift.run_drift; ``reference`` defaults to the training manifest recorded on the model's
-    training run (tag ``galmorph.manifest``). ``verdict`` is ``drift`` or ``ok`` (drives publish)."""
+    training run (tag ``galmorph.manifest``); thresholds from params.yaml ``drift:`` (``min_group_size``
+    > 0 overrides). ``verdict`` is ``drift`` or ``no_drift`` (drives publish)."""
     from collections import namedtuple
 
     from galmorph.pipelines.runtime import as_dir, setup
@@ -23,6 +24,6 @@ def drift(catalogue: Input[Dataset], dataset: Input[Dataset], report: Output[HTM
     _, root = setup(tracking_uri, data_root)
     res = drift_for_release(catalogue.path, dataset.path, as_dir(summary.path), report.path, reference=reference,
                             model_uri=model_uri, by=by, release=release, mlflow_run_id=mlflow_run_id,
-                            workspace=workspace, data_root=root)
+                            workspace=workspace, data_root=root, min_group_size=min_group_size or None)
     summary.metadata.update({"verdict": res["verdict"], "drifted_groups": res["drifted_groups"]})
     return namedtuple("DriftOutputs", ["verdict", "n_drifted_groups"])(res["verdict"], len(res["drifted_groups"]))

@@ -9,7 +9,7 @@ from galmorph.images import CPU_IMAGE
 
 
 @dsl.component(base_image=CPU_IMAGE, install_kfp_package=False)
-def promote(task: str, version: str, dataset: Input[Dataset], decision: Output[Artifact], policy_json: str = "{}",
+def promote(task: str, version: str, dataset: Input[Dataset], record: Output[Artifact], policy_json: str = "{}",
             audit_log: str = "", tracking_uri: str = "") -> NamedTuple(
                 "PromoteOutputs", [("decision", str), ("passed", bool), ("champion", str)]):
     """galmorph.registry.promote against ``@champion`` on the held-out dataset under the policy
@@ -29,8 +29,8 @@ def promote(task: str, version: str, dataset: Input[Dataset], decision: Output[A
     audit = Path(audit_log) if audit_log else s.state_dir / "registry" / "audit.jsonl"
     dec = promote_version(task, version or None, eval_manifest=open_dataset(dataset.path), audit_log=audit,
                           policy=policy, data_root=root)
-    write_json(decision.path, dec.to_dict())
-    decision.metadata.update({"decision": dec.decision, "champion": dec.champion_after, "reasons": dec.reasons})
+    write_json(record.path, dec.to_dict())
+    record.metadata.update({"decision": dec.decision, "champion": dec.champion_after, "reasons": dec.reasons})
     print(dec.summary())
     return namedtuple("PromoteOutputs", ["decision", "passed", "champion"])(
         dec.decision, bool(dec.passed), str(dec.champion_after or ""))

@@ -1,6 +1,6 @@
-"""KFP component: plan the scoring shards of a release and pin the model version to score with."""
+"""KFP component: plan the scoring work of a release (one contiguous shard range per worker)."""
 
-from typing import List, NamedTuple
+from typing import List
 
 from kfp import dsl
 from kfp.dsl import Dataset, Input
@@ -9,22 +9,13 @@ from galmorph.images import CPU_IMAGE
 
 
 @dsl.component(base_image=CPU_IMAGE, install_kfp_package=False)
-def shard(dataset: Input[Dataset], task: str, model_alias: str = "champion", model_uri: str = "",
-          shard_size: int = 10000, n_workers: int = 4, tracking_uri: str = "") -> NamedTuple(
-              "ShardOutputs", [("work", List[str]), ("n_rows", int), ("n_shards", int), ("model_uri", str)]):
-    """galmorph.scoring.plan_workers: ``work`` is one shard range per scoring worker (``"first-last"``,
-    the ParallelFor items); ``model_uri`` (default ``models:/galmorph-<task>@<model_alias>``) comes back
-    resolved to its version (``models:/NAME/V``) so that every worker scores with the same model even
-    if the alias moves meanwhile."""
-    from collections import namedtuple
-
+def shard(dataset: Input[Dataset], model_uri: str, shard_size: int = 10000, n_workers: int = 4) -> List[str]:
+    """galmorph.scoring.plan_work: one work item per scoring worker, the items of the rescoring pipeline's
+    ParallelFor. An item is a JSON object ``{"shards": "first-last", "model_uri": "models:/NAME/V",
+    "shard_size": S}``; shard ``i`` is rows ``[i*S, (i+1)*S)``. Carrying the pinned model in the item
+    keeps every worker on the same model version."""
     from galmorph.pipelines.runtime import dataset_manifest_path, setup
-    from galmorph.scoring import manifest_rows, n_shards_for, plan_workers, resolve_model_version
+    from galmorph.scoring import manifest_rows, plan_work
 
-    setup(tracking_uri)
-    n = manifest_rows(dataset_manifest_path(dataset.path))
-    groups = plan_workers(n, shard_size, n_workers)
-    work = [f"{g[0]}-{g[-1]}" for g in groups]
-    uri = resolve_model_version(model_uri or f"models:/galmorph-{task}@{model_alias}")
-    return namedtuple("ShardOutputs", ["work", "n_rows", "n_shards", "model_uri"])(
-        work, n, n_shards_for(n, shard_size), uri)
+    setup()
+    return plan_work(manifest_rows(dataset_manifest_path(dataset.path)), shard_size, n_workers, model_uri)

@@ -1,7 +1,5 @@
 """KFP component: validate a manifest (great-expectations suite + per-image checks)."""
 
-from typing import NamedTuple
-
 from kfp import dsl
 from kfp.dsl import Artifact, Dataset, Input, Metrics, Output
 
@@ -12,12 +10,10 @@ from galmorph.images import CPU_IMAGE
 def validate(manifest: Input[Dataset], passed: Output[Dataset], quarantine: Output[Dataset],
              report: Output[Artifact], metrics: Output[Metrics], z_min: float = 0.01, z_max: float = 0.1,
              max_failure_fraction: float = 0.05, check_images: bool = True,
-             data_root: str = "") -> NamedTuple("ValidateOutputs", [("success", bool), ("rows", int),
-                                                                    ("passed_rows", int)]):
-    """galmorph.validation.validate_manifest; ``success`` is False above ``max_failure_fraction``
-    (the pipelines stop there, through a dsl.If on this output)."""
-    from collections import namedtuple
-
+             data_root: str = "") -> bool:
+    """galmorph.validation.validate_manifest. Returns ``success`` (the single ``Output``): False above
+    ``max_failure_fraction``, and the pipelines stop there through ``dsl.If(validate.output == True)``.
+    Row counts are in ``metrics`` (rows, passed, quarantined, failure_fraction)."""
     from galmorph.manifest import write_manifest
     from galmorph.validation import ValidationConfig, validate_manifest
     from galmorph.pipelines.runtime import setup
@@ -33,4 +29,4 @@ def validate(manifest: Input[Dataset], passed: Output[Dataset], quarantine: Outp
     for k, v in (("rows", res.rows), ("passed", res.passed), ("quarantined", res.n_quarantined),
                  ("failure_fraction", res.failure_fraction), ("success", float(res.success))):
         metrics.log_metric(k, float(v))
-    return namedtuple("ValidateOutputs", ["success", "rows", "passed_rows"])(bool(res.success), res.rows, res.passed)
+    return bool(res.success)

@@ -572,3 +572,19 @@ def resolve_model_version(model_uri: str) -> str:
         raise ScoringError(f"model {name!r} has no alias {alias!r} in the registry "
                            f"({mlflow.get_tracking_uri()}): {exc}") from exc
     return f"models:/{name}/{mv.version}"
+
+
+def plan_work(n_rows: int, shard_size: int, n_workers: int, model_uri: str) -> list[str]:
+    """Work items of a distributed scoring run (JSON strings): shard range, pinned model, shard size."""
+    return [json.dumps({"shards": f"{g[0]}-{g[-1]}", "model_uri": model_uri, "shard_size": int(shard_size)})
+            for g in plan_workers(n_rows, shard_size, n_workers)]
+
+
+def parse_work_item(item: str) -> dict[str, Any]:
+    """Inverse of :func:`plan_work`: ``{"shards": [..], "shard_range": "a-b", "model_uri", "shard_size"}``."""
+    try:
+        d = json.loads(item)
+        return {"shards": parse_shard_range(d["shards"]), "shard_range": d["shards"], "model_uri": d["model_uri"],
+                "shard_size": int(d["shard_size"])}
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+        raise ScoringError(f"malformed scoring work item {item!r}: {exc}") from exc

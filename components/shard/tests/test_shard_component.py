@@ -3,15 +3,19 @@
 from kfp.dsl import Dataset
 
 from galmorph.pipelines.loader import load_component
-from galmorph.scoring import parse_shard_range
+from galmorph.scoring import parse_work_item
 
 shard = load_component("shard")
+resolve_model = load_component("resolve_model")
 
 
 def test_shard_plan_covers_every_shard(sim_chirality):
-    res = shard.python_func(dataset=Dataset(name="d", uri=str(sim_chirality["manifest"]), metadata={}),
-                            task="chirality", model_uri="runs:/abc/model", shard_size=5, n_workers=3)
-    assert res.n_rows == 48 and res.n_shards == 10 and len(res.work) == 3
-    covered = [s for w in res.work for s in parse_shard_range(w)]
-    assert covered == list(range(10))
-    assert res.model_uri == "runs:/abc/model"
+    work = shard.python_func(dataset=Dataset(name="d", uri=str(sim_chirality["manifest"]), metadata={}),
+                             model_uri="models:/galmorph-chirality/3", shard_size=5, n_workers=3)
+    items = [parse_work_item(w) for w in work]
+    assert len(items) == 3 and {i["model_uri"] for i in items} == {"models:/galmorph-chirality/3"}
+    assert [s for i in items for s in i["shards"]] == list(range(10))  # 48 rows / 5 = 10 shards
+
+
+def test_resolve_model_leaves_pinned_uris():
+    assert resolve_model.python_func(task="chirality", model_uri="runs:/abc/model") == "runs:/abc/model"

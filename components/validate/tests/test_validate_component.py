@@ -28,7 +28,7 @@ def test_validate_quarantines_broken_image(sim_chirality, tmp_path):
     df.loc[0, "image_uri"] = str(bad)
     man = write_manifest(df, tmp_path / "m.parquet", kind="sim-chirality")
     res, outs = _run(man, tmp_path, 0.05)
-    assert res.rows == 48 and res.passed_rows == 47 and res.success
+    assert res is True and outs["metrics"].metadata["rows"] == 48 and outs["metrics"].metadata["passed"] == 47
     q = read_quarantine(outs["quarantine"].path)
     assert q["object_id"].tolist() == [df.loc[0, "object_id"]]
     assert len(read_manifest(outs["passed"].path)) == 47
@@ -36,4 +36,4 @@ def test_validate_quarantines_broken_image(sim_chirality, tmp_path):
     assert outs["metrics"].metadata["quarantined"] == 1.0
     # a stricter threshold than the failure fraction (1/48) fails the run
     res2, _ = _run(man, tmp_path, 0.01)
-    assert not res2.success
+    assert res2 is False

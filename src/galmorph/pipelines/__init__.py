@@ -14,7 +14,7 @@ from galmorph.settings import REPO_ROOT
 
 PIPELINES: tuple[str, ...] = ("training", "rescoring", "labelling")
 COMPONENTS: tuple[str, ...] = ("ingest", "validate", "cutout", "a1", "split", "train", "evaluate", "promote",
-                               "shard", "score", "merge", "drift", "publish", "label_sample", "label_queue",
+                               "shard", "resolve_model", "score", "merge", "drift", "publish", "label_sample", "label_queue",
                                "label_export")
 
 

@@ -18,12 +18,13 @@ EXAMPLES: dict[str, str] = {
              'tr.set_accelerator_type("nvidia.com/gpu").set_accelerator_limit(1)',
     "evaluate": 'ev = evaluate(model_uri=tr.outputs["model_uri"], dataset=sp.outputs["test"])',
     "promote": 'pr = promote(task="chirality", version=tr.outputs["registered_version"], dataset=sp.outputs["test"])',
-    "shard": 'plan = shard(dataset=cut.outputs["cutouts"], task="chirality", shard_size=10000, n_workers=8)',
-    "score": 'with dsl.ParallelFor(plan.outputs["work"]) as shards:\n'
-             '    sc = score(dataset=cut.outputs["cutouts"], model_uri=plan.outputs["model_uri"], shards=shards)',
+    "shard": 'plan = shard(dataset=cut.outputs["cutouts"], model_uri=model.output, shard_size=10000, n_workers=8)',
+    "resolve_model": 'model = resolve_model(task="chirality", model_alias="champion")',
+    "score": 'with dsl.ParallelFor(plan.output) as work:\n'
+             '    sc = score(dataset=cut.outputs["cutouts"], work=work)',
     "merge": 'mg = merge(scores=dsl.Collected(sc.outputs["scores"]), release="dr10")',
     "drift": 'dr = drift(catalogue=mg.outputs["catalogue"], dataset=cut.outputs["cutouts"],\n'
-             '           model_uri=plan.outputs["model_uri"], release="dr10")',
+             '           model_uri=model.output, release="dr10")',
     "publish": 'publish(catalogue=mg.outputs["catalogue"], verdict=dr.outputs["verdict"], release="dr10")',
     "label_sample": 'smp = label_sample(manifest=ing.outputs["manifest"], per_bin=250, task="lopsided")',
     "label_queue": 'label_queue(queue=meas.outputs["measured"])',
@@ -39,7 +40,8 @@ LIBRARY: dict[str, str] = {
     "train": "galmorph.training.train",
     "evaluate": "galmorph.evaluation.core.evaluate",
     "promote": "galmorph.registry.promote",
-    "shard": "galmorph.scoring.plan_workers",
+    "shard": "galmorph.scoring.plan_work",
+    "resolve_model": "galmorph.scoring.resolve_model_version",
     "score": "galmorph.scoring.score_manifest",
     "merge": "galmorph.scoring.merge_scores + log_scoring_to_mlflow",
     "drift": "galmorph.pipelines.steps.drift_for_release -> galmorph.drift.run_drift",

@@ -37,7 +37,8 @@ def training_manifest_of(model_uri: str) -> str | None:
 def drift_for_release(catalogue_dir: str | Path, dataset: str | Path, summary_dir: str | Path,
                       report_html: str | Path, reference: str = "", model_uri: str = "", by: str = "z_bin,survey",
                       release: str = "", mlflow_run_id: str = "", workspace: str = "",
-                      data_root: str | Path | None = None, params_file: str | Path | None = None) -> dict[str, Any]:
+                      data_root: str | Path | None = None, params_file: str | Path | None = None,
+                      min_group_size: int | None = None) -> dict[str, Any]:
     """Drift of a scored release (its catalogue joined with the images of ``dataset``) against
     ``reference`` (default: the model's training manifest). Writes the per-group reports and summary
     to ``summary_dir``, the overall report to ``report_html``; returns the summary dict."""
@@ -56,7 +57,7 @@ def drift_for_release(catalogue_dir: str | Path, dataset: str | Path, summary_di
     man = read_manifest(open_dataset(dataset))
     pcols = [c for c in cat.columns if c.startswith("p_")] + ["pred", "p_pred", "high_confidence", "model_version"]
     current = man.merge(cat[["object_id", *[c for c in pcols if c in cat.columns]]], on="object_id", how="inner")
-    cfg = DriftConfig.from_params(params_file or s.params_file)
+    cfg = DriftConfig.from_params(params_file or s.params_file, min_group_size=min_group_size)
     by_cols = tuple(b.strip() for b in by.split(",") if b.strip())
     res = run_drift(ref_path, current, by=by_cols, config=cfg, out_dir=summary_dir, release=release or None,
                     model_version=str(cat["model_version"].iloc[0]) if len(cat) else None,

@@ -1,0 +1,17 @@
+"""KFP component: pin the model a run uses (alias -> registry version)."""
+
+from kfp import dsl
+
+from galmorph.images import CPU_IMAGE
+
+
+@dsl.component(base_image=CPU_IMAGE, install_kfp_package=False)
+def resolve_model(task: str, model_alias: str = "champion", model_uri: str = "", tracking_uri: str = "") -> str:
+    """galmorph.scoring.resolve_model_version: ``model_uri`` (default ``models:/galmorph-<task>@<model_alias>``)
+    resolved to ``models:/NAME/VERSION``, so that every scoring worker uses the same version even if the
+    alias moves during the run."""
+    from galmorph.pipelines.runtime import setup
+    from galmorph.scoring import resolve_model_version
+
+    setup(tracking_uri)
+    return resolve_model_version(model_uri or f"models:/galmorph-{task}@{model_alias}")
