@@ -1,0 +1,81 @@
+"""Compiled pipeline packages: not stale, and carrying the GPU/Kubernetes/retry/caching settings on purpose."""
+
+from __future__ import annotations
+
+import yaml
+
+from galmorph.pipelines import PIPELINES, repo_dir
+from galmorph.pipelines.compile import compile_all, normalised, stale_packages
+from galmorph.pipelines.platform import load_platform
+
+
+def test_committed_packages_are_not_stale(tmp_path):
+    """Recompile into a temp dir and compare (normalised YAML) with the committed pipelines/*.yaml."""
+    compile_all(tmp_path)
+    stale = stale_packages(repo_dir("pipelines"), tmp_path)
+    assert not stale, "stale pipeline package(s); run `galmorph pipeline compile`:\n" + "\n".join(stale.values())
+
+
+def test_stale_detection_notices_a_change(tmp_path):
+    compile_all(tmp_path / "a", ("labelling",))
+    p = tmp_path / "a" / "labelling.yaml"
+    p.write_text(p.read_text().replace("name: galmorph-labelling", "name: galmorph-labelling-old", 1))
+    compile_all(tmp_path / "b", ("labelling",))
+    assert "labelling" in stale_packages(tmp_path / "a", tmp_path / "b", ("labelling",))
+    assert "sdkVersion" not in normalised(tmp_path / "b" / "labelling.yaml")
+
+
+def _docs(name):
+    return list(yaml.safe_load_all((repo_dir("pipelines") / f"{name}.yaml").read_text()))
+
+
+def _executor(ir, comp):
+    return ir["deploymentSpec"]["executors"][f"exec-{comp}"]["container"]
+
+
+def _tasks(ir):
+    """All tasks of the root DAG and its sub-DAGs."""
+    out = dict(ir["root"]["dag"]["tasks"])
+    for c in ir["components"].values():
+        out.update((c.get("dag") or {}).get("tasks", {}))
+    return out
+
+
+def test_training_package_settings():
+    ir, platform = _docs("training")
+    gpu = load_platform().gpu
+    train = _executor(ir, "train")
+    assert train["resources"]["accelerator"]["resourceType"] == gpu["accelerator_type"]
+    assert int(train["resources"]["accelerator"]["resourceCount"]) == int(gpu["accelerator_limit"])
+    assert train["image"].endswith("galmorph-gpu:0.1.0") and _executor(ir, "cutout")["image"].endswith("cpu:0.1.0")
+    tasks = _tasks(ir)
+    assert tasks["train"]["retryPolicy"]["maxRetryCount"] == 2
+    assert tasks["train"]["cachingOptions"] == {} or not tasks["train"]["cachingOptions"].get("enableCache")
+    assert not tasks["promote"]["cachingOptions"].get("enableCache")
+    # the validation gate and the lopsided-only A1 branch
+    conds = [t["triggerPolicy"]["condition"] for t in tasks.values() if t.get("triggerPolicy", {}).get("condition")]
+    assert any("validate-Output" in c for c in conds) and any("lopsided" in c for c in conds)
+    k8s = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    assert k8s["exec-train"]["nodeSelector"]["labels"] == gpu["node_selector"]
+    assert k8s["exec-train"]["tolerations"][0]["key"] == gpu["tolerations"][0]["key"]
+    assert k8s["exec-train"]["secretAsEnv"][0]["secretName"] == "galmorph-mlflow-credentials"
+    assert k8s["exec-ingest"]["pvcMount"][0]["mountPath"] == "/data"
+
+
+def test_rescoring_package_fans_out_on_gpus():
+    ir, platform = _docs("rescoring")
+    tasks = _tasks(ir)
+    loop = [t for t in tasks.values() if t.get("parameterIterator")]
+    assert loop and loop[0]["iteratorPolicy"]["parallelismLimit"] == 8
+    assert tasks["score"]["retryPolicy"]["maxRetryCount"] == 3
+    assert _executor(ir, "score")["resources"]["accelerator"]["resourceCount"] == "1"
+    merge_inputs = tasks["merge"]["inputs"]["artifacts"]["scores"]
+    assert "taskOutputArtifact" in merge_inputs or "componentInputArtifact" in merge_inputs
+    k8s = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    assert "nodeSelector" in k8s["exec-score"] and "tolerations" in k8s["exec-score"]
+    assert {"drift", "publish", "merge", "shard", "resolve-model"} <= set(tasks)
+
+
+def test_every_pipeline_compiles_to_a_package():
+    for n in PIPELINES:
+        assert (repo_dir("pipelines") / f"{n}.yaml").exists()
