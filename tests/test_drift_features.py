@@ -3,6 +3,9 @@ columns and the PCA embedding reduction."""
 
 from __future__ import annotations
 
+import tempfile
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -16,6 +19,13 @@ from galmorph.drift.features import (
     image_features,
     prediction_features,
 )
+
+
+@pytest.fixture()
+def tmp_path():
+    """A private temporary folder (pytest's basetemp is pruned by concurrent pytest runs)."""
+    with tempfile.TemporaryDirectory(prefix="galmorph-drift-") as d:
+        yield Path(d)
 
 
 def gaussian(size=128, sigma=6.0, q=1.0, theta=0.0, amp=1.0):

@@ -5,6 +5,8 @@ the Hart et al. (2017) spiral catalogue."""
 from __future__ import annotations
 
 import json
+import tempfile
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -12,6 +14,14 @@ import pytest
 
 from galmorph.drift import DRIFT, INSUFFICIENT, NO_DRIFT, DriftConfig, compute_drift_features, run_drift
 from galmorph.drift.samples import real_manifest
+
+
+@pytest.fixture()
+def tmp_path():
+    """A private temporary folder (pytest's basetemp is pruned by concurrent pytest runs)."""
+    with tempfile.TemporaryDirectory(prefix="galmorph-drift-") as d:
+        yield Path(d)
+
 
 pytestmark = pytest.mark.realdata
 

@@ -5,6 +5,7 @@ and dashboard, and drift metrics in a real MLflow run."""
 from __future__ import annotations
 
 import json
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -16,16 +17,25 @@ from galmorph.drift import DRIFT, INSUFFICIENT, NO_DRIFT, DriftConfig, DriftInpu
 from galmorph.drift.report import decide_verdict
 from galmorph.imaging.io import load_image, save_raster
 
+
+@pytest.fixture()
+def tmp_path():
+    """A private temporary folder (pytest's basetemp is pruned by concurrent pytest runs)."""
+    with tempfile.TemporaryDirectory(prefix="galmorph-drift-") as d:
+        yield Path(d)
+
+
 REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
-def sim_sets(tmp_path_factory):
+def sim_sets():
     """Reference: 60 simulated galaxies. Current: the same galaxies as seen by a 'noisier survey'
     (sky pedestal + extra noise, injected here, so the truth is known)."""
     from galmorph.simulate import simulate_dataset
 
-    root = tmp_path_factory.mktemp("drift-sim")
+    tmp = tempfile.TemporaryDirectory(prefix="galmorph-drift-sim-")
+    root = Path(tmp.name)
     sim = simulate_dataset(root / "sim", 60, seed=3, task="chirality", size=64, progress=False)
     man = pd.read_parquet(sim["manifest"])
     rng = np.random.default_rng(0)
@@ -39,7 +49,8 @@ def sim_sets(tmp_path_factory):
     cur = pd.DataFrame(rows)
     ref_f = compute_drift_features(man, progress=False).features
     cur_f = compute_drift_features(cur, progress=False).features
-    return {"manifest": man, "noisy_manifest": cur, "ref": ref_f, "cur": cur_f, "root": root}
+    yield {"manifest": man, "noisy_manifest": cur, "ref": ref_f, "cur": cur_f, "root": root}
+    tmp.cleanup()
 
 
 def test_injected_survey_change_is_flagged(sim_sets, tmp_path):
