@@ -206,16 +206,18 @@ def _dropout_nodes(gm):
 
     targets = {torch.ops.aten.dropout.default, torch.ops.aten.feature_dropout.default,
                torch.ops.aten.alpha_dropout.default, torch.ops.aten.feature_alpha_dropout.default}
-    return [n for n in gm.graph.nodes if n.op == "call_function" and n.target in targets]
+    return [n for n in gm.graph.nodes if n.op == "call_function" and n.target in targets
+            and len(n.args) >= 2 and isinstance(n.args[1], (int, float)) and n.args[1] > 0]
 
 
 def has_dropout(module) -> bool:
-    """Whether the model contains dropout that MC dropout can switch on."""
+    """Whether the model contains dropout (p > 0) that MC dropout can switch on."""
     import torch.nn as nn
 
     if _is_graph(module):
-        return bool(_dropout_nodes(module)) or any(isinstance(m, nn.modules.dropout._DropoutNd) for m in module.modules())
-    return any(isinstance(m, nn.modules.dropout._DropoutNd) for m in module.modules())
+        return bool(_dropout_nodes(module)) or any(isinstance(m, nn.modules.dropout._DropoutNd) and m.p > 0
+                                                   for m in module.modules())
+    return any(isinstance(m, nn.modules.dropout._DropoutNd) and m.p > 0 for m in module.modules())
 
 
 @contextlib.contextmanager
@@ -236,7 +238,7 @@ def mc_dropout(module):
         if changed_nodes:
             module.recompile()
     for m in module.modules():
-        if isinstance(m, nn.modules.dropout._DropoutNd) and not m.training:
+        if isinstance(m, nn.modules.dropout._DropoutNd) and m.p > 0 and not m.training:
             m.train()
             changed_mods.append(m)
     try:
