@@ -212,3 +212,18 @@ def test_drift_metrics_logged_to_mlflow_run(sim_sets, mlflow_server):
     assert data.tags["drift.verdict"] == "drift"
     arts = [a.path for a in mlflow.MlflowClient().list_artifacts(run_id, "drift")]
     assert "drift/drift_summary.json" in arts
+
+
+def test_prediction_summary_of_current_set_without_reference_predictions(sim_sets):
+    """A training reference has no predictions; the current release's class distribution and
+    high-confidence fraction are still reported (prediction drift needs both sides)."""
+    rng = np.random.default_rng(4)
+    cur = sim_sets["cur"].copy()
+    p = rng.dirichlet([1.0, 1.0, 1.0], len(cur))
+    classes = np.array(["CW", "ACW", "other"])
+    cur = cur.assign(p_CW=p[:, 0], p_ACW=p[:, 1], p_other=p[:, 2], pred=classes[p.argmax(1)], confidence=p.max(1))
+    res = run_drift(sim_sets["ref"], cur, by=[], config=DriftConfig(min_group_size=20, high_confidence=0.7))
+    overall = res.per_group["overall"]
+    assert res.prediction_columns == []  # nothing to compare against
+    assert overall.prediction_drift is None
+    assert overall.high_confidence_fraction == pytest.approx(float((cur["confidence"] >= 0.7).mean()))

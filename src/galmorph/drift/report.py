@@ -193,8 +193,12 @@ def _is_drifted(method: str, value: float, threshold: float) -> bool:
 def _dataset(df: pd.DataFrame, num: list[str], cat: list[str]):
     from evidently import DataDefinition, Dataset
 
-    cols = [c for c in dict.fromkeys(num + cat + list(KEY_COLUMNS)) if c in df.columns]
-    data = df[cols].copy()
+    data = df.copy()
+    for c in num + cat:  # a column the other set has (e.g. predictions absent from a training reference)
+        if c not in data.columns:
+            data[c] = np.nan if c in num else None
+    cols = [c for c in dict.fromkeys(num + cat + list(KEY_COLUMNS)) if c in data.columns]
+    data = data[cols].copy()
     for c in cat + [k for k in KEY_COLUMNS if k in data.columns]:
         data[c] = data[c].astype("object").where(data[c].notna(), None)
     dd = DataDefinition(numerical_columns=[c for c in num if c in data.columns],
@@ -228,7 +232,11 @@ def _usable_columns(ref: pd.DataFrame, cur: pd.DataFrame, cfg: DriftConfig) -> t
 
 
 def _metrics(features: list[str], pred_cols: list[str], cfg: DriftConfig, group: tuple[str, str] | None,
-             has_pred: bool):
+             summary_cols: list[str]):
+    """Report items: data-drift preset over ``features``, value drift of ``pred_cols`` (prediction
+    drift), the predicted-class distribution and high-confidence fraction of the current set
+    (``summary_cols``: ``pred`` / ``confidence`` when the current set has them) and, for a group,
+    a labelled drift count for the dashboard."""
     from evidently.metrics import DriftedColumnsCount, InRangeValueCount, UniqueValueCount, ValueDrift
     from evidently.metrics.group_by import GroupByMetric
     from evidently.presets import DataDriftPreset
@@ -238,11 +246,10 @@ def _metrics(features: list[str], pred_cols: list[str], cfg: DriftConfig, group:
     items: list = [DataDriftPreset(columns=features, **kw)]
     items += [ValueDrift(column=c, method=(cfg.cat_method if c == "pred" else cfg.num_method),
                          threshold=cfg.stattest_threshold) for c in pred_cols]
-    if has_pred:
-        if "pred" in pred_cols:
-            items.append(UniqueValueCount(column="pred"))
-        if "confidence" in pred_cols:
-            items.append(InRangeValueCount(column="confidence", left=cfg.high_confidence, right=1.0))
+    if "pred" in summary_cols:
+        items.append(UniqueValueCount(column="pred"))
+    if "confidence" in summary_cols:
+        items.append(InRangeValueCount(column="confidence", left=cfg.high_confidence, right=1.0))
     if group is not None:  # labelled copy of the drift count, for per-group dashboard series
         items.append(GroupByMetric(metric=DriftedColumnsCount(columns=features, **kw), column_name=group[0],
                                    label=group[1]))
@@ -325,9 +332,10 @@ def run_drift(reference: str | Path | pd.DataFrame, current: str | Path | pd.Dat
     features_all = features + cat_features
     if not features_all:
         raise DriftInputError("no drift feature column is present (with >= 2 values) in both sets")
-    has_pred = bool(pred_cols)
-    num_cols = features + [c for c in pred_cols if c != "pred"]
-    cat_cols = cat_features + (["pred"] if "pred" in pred_cols else [])
+    # the current set's prediction summary is shown even when the reference has no predictions
+    cur_summary = [c for c in ("pred", "confidence") if c in cur.columns and cur[c].notna().any()]
+    num_cols = features + [c for c in dict.fromkeys(pred_cols + cur_summary) if c != "pred"]
+    cat_cols = cat_features + (["pred"] if "pred" in pred_cols + cur_summary else [])
     ts = timestamp or datetime.now(timezone.utc).replace(tzinfo=None)
     out = Path(out_dir) if out_dir is not None else None
     if out is not None:
@@ -370,7 +378,8 @@ def run_drift(reference: str | Path | pd.DataFrame, current: str | Path | pd.Dat
             per_group[gv.key] = gv
             continue
         label = None if b == "overall" else (b, v)
-        report = Report(_metrics(cols_g, preds_g, cfg, label, bool(preds_g)))
+        summary_g = [c for c in cur_summary if cur_g[c].notna().any()]
+        report = Report(_metrics(cols_g, preds_g, cfg, label, summary_g))
         tags = base_tags + ["scope:overall" if b == "overall" else "scope:group"]
         if b != "overall":
             tags += [f"group:{b}", f"{b}:{v}"]
@@ -412,7 +421,8 @@ def run_drift(reference: str | Path | pd.DataFrame, current: str | Path | pd.Dat
         from galmorph.drift.workspace import add_drift_snapshots
 
         pid = add_drift_snapshots(workspace, project or cfg.project, snapshots, by=by,
-                                  classes=sorted({c[2:] for c in pred_cols if c.startswith("p_")}),
+                                  classes=sorted(set(cur["pred"].dropna().astype(str)) if "pred" in cur_summary
+                                                 else set()),
                                   high_confidence=cfg.high_confidence, ui_url=ui_url)
         result.project_id = str(pid)
         result.paths["workspace"] = str(Path(workspace).resolve())
