@@ -13,7 +13,15 @@ import pandas as pd
 import pytest
 from click.testing import CliRunner
 
-from galmorph.drift import DRIFT, INSUFFICIENT, NO_DRIFT, DriftConfig, DriftInputError, compute_drift_features, run_drift
+from galmorph.drift import (
+    DRIFT,
+    INSUFFICIENT,
+    NO_DRIFT,
+    DriftConfig,
+    DriftInputError,
+    compute_drift_features,
+    run_drift,
+)
 from galmorph.drift.report import decide_verdict
 from galmorph.imaging.io import load_image, save_raster
 

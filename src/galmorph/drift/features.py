@@ -404,10 +404,10 @@ def compute_drift_features(manifest_df: pd.DataFrame, data_root: Path | str | No
                 paths.append(None)
                 q.append(quarantine_record(oid.iat[i], STAGE, f"object {oid.iat[i]}: {exc}", df.iloc[i]))
                 keep[i] = False
-        valid = [(i, p) for i, p in zip(todo, paths) if p is not None]
+        valid = [(i, p) for i, p in zip(todo, paths, strict=True) if p is not None]
         results = _measure_all([p for _, p in valid], num_workers, max_size, progress)
         feats = np.full((len(df), len(IMAGE_FEATURES)), np.nan)
-        for (i, _), (res, err) in zip(valid, results):
+        for (i, _), (res, err) in zip(valid, results, strict=True):
             if err is not None:
                 q.append(quarantine_record(oid.iat[i], STAGE, f"object {oid.iat[i]}: {err}", df.iloc[i]))
                 keep[i] = False

@@ -111,7 +111,8 @@ class DriftResult:
 
     def table(self) -> str:
         """The per-group summary as a Markdown table."""
-        head = "| group | verdict | ref rows | cur rows | reference | drifted / columns | drift share | top drifted columns |"
+        head = ("| group | verdict | ref rows | cur rows | reference | drifted / columns | drift share "
+                "| top drifted columns |")
         lines = [head, "|---|---|---|---|---|---|---|---|"]
         for g in self.per_group.values():
             share = "" if g.drift_share is None or (isinstance(g.drift_share, float) and math.isnan(g.drift_share)) \
@@ -481,7 +482,8 @@ def _log_mlflow(result: DriftResult, run_id: str) -> None:
     client = MlflowClient()
     now = int(datetime.now(timezone.utc).timestamp() * 1000)
     metrics = [Metric(k, v, now, 0) for k, v in drift_metrics(result).items()]
-    params = [Param("drift.verdict", result.verdict), Param("drift.drift_share_threshold", str(result.config.drift_share))]
+    params = [Param("drift.verdict", result.verdict),
+              Param("drift.drift_share_threshold", str(result.config.drift_share))]
     existing = client.get_run(run_id).data.params
     params = [p for p in params if p.key not in existing]
     client.log_batch(run_id, metrics=metrics, params=params)
