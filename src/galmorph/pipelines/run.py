@@ -78,10 +78,15 @@ def package_path(name: str, package_dir: str | Path | None = None) -> Path:
 # local runs
 # --------------------------------------------------------------------------------------------
 def run_local(name: str, params: dict[str, Any] | None = None, pipeline_root: str | Path | None = None,
-              tracking_uri: str | None = None, data_root: str | Path | None = None) -> dict[str, Any]:
+              tracking_uri: str | None = None, data_root: str | Path | None = None,
+              log_file: str | Path | None = None) -> dict[str, Any]:
     """Run pipeline ``name`` with kfp's local SubprocessRunner (components run as subprocesses of this
     Python, against ``tracking_uri``). Returns the run's folder under ``pipeline_root``, its outputs and
-    the time it took; raises :class:`PipelineRunError` when a task fails."""
+    the time it took; raises :class:`PipelineRunError` when a task fails. ``log_file`` receives the
+    (verbose) task logs instead of stdout/stderr."""
+    import contextlib
+    import logging as _logging
+
     from kfp import local
 
     from galmorph.pipelines.loader import load_pipeline
@@ -101,10 +106,22 @@ def run_local(name: str, params: dict[str, Any] | None = None, pipeline_root: st
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root), raise_on_error=True)
     t0 = time.perf_counter()
     log.info("running pipeline %s locally (pipeline root %s) with %s", name, root, params)
-    try:
-        task = load_pipeline(name)(**params)
-    except RuntimeError as exc:
-        raise PipelineRunError(f"pipeline {name} failed locally: {exc}") from exc
+    with contextlib.ExitStack() as stack:
+        if log_file is not None:
+            Path(log_file).parent.mkdir(parents=True, exist_ok=True)
+            fh = stack.enter_context(open(log_file, "a"))
+            stack.enter_context(contextlib.redirect_stdout(fh))
+            stack.enter_context(contextlib.redirect_stderr(fh))
+            handler = _logging.StreamHandler(fh)
+            rootlog = _logging.getLogger()
+            saved = rootlog.handlers[:]
+            rootlog.handlers = [handler]
+            stack.callback(setattr, rootlog, "handlers", saved)
+        try:
+            task = load_pipeline(name)(**params)
+        except RuntimeError as exc:
+            raise PipelineRunError(f"pipeline {name} failed locally: {exc}"
+                                   + (f" (task logs: {log_file})" if log_file else "")) from exc
     dt = time.perf_counter() - t0
     new = sorted(set(root.iterdir()) - before, key=lambda p: p.stat().st_mtime)
     outputs = {}
