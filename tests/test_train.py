@@ -52,7 +52,8 @@ def test_runs_carry_params_metrics_tags_and_artifacts(chirality_run):
     assert "test_accuracy_mean" in parent.data.metrics and "test_accuracy_std" in parent.data.metrics
     arts = {a.path for a in client.list_artifacts(res.run_id)}
     assert {"config.yaml", "learning_curves.png", "confusion_matrix.png", "confusion_matrix.json",
-            "test_predictions.csv", "splits.parquet", "excluded.parquet", "checkpoints", "model"} <= arts
+            "test_predictions.csv", "splits.parquet", "excluded.parquet", "checkpoints"} <= arts
+    assert mlflow.models.get_model_info(res.model_uri).run_id == res.run_id  # logged model of the best trial
     assert [a.path for a in client.list_artifacts(res.run_id, "checkpoints")] == ["checkpoints/best.ckpt"]
     mv = client.get_model_version("galmorph-chirality", res.registered_version)
     assert mv.run_id == res.run_id and mv.tags["parent_run_id"] == res.parent_run_id

@@ -358,7 +358,8 @@ def _train_runs(cfg: TrainConfig, task: str, preset: str, df: pd.DataFrame, data
         mlflow.set_tags({"galmorph.best_trial": str(best_trial), "galmorph.best_run_id": trial_run_ids[best_trial],
                          "galmorph.model_uri": model_uri})
     metrics = {**best["metrics"], **agg}
-    log.info("registered %s (best trial %d of %d); test accuracy %s", model_uri, best_trial, cfg.trials,
+    log.info("%s %s (best trial %d of %d); test accuracy %s", "registered" if version else "logged (not registered)",
+             model_uri, best_trial, cfg.trials,
              summary.get("test_accuracy"))
     return TrainResult(run_id=trial_run_ids[best_trial], parent_run_id=parent.info.run_id, model_uri=model_uri,
                        registered_name=reg_name, registered_version=version, metrics=metrics, spec=spec,
