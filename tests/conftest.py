@@ -50,7 +50,7 @@ def mlflow_server(stack_settings):
 
     from galmorph.stack import start_service, stop_service
 
-    start_service(stack_settings, "mlflow")
+    start_service(stack_settings, "mlflow", timeout=300)
     uri = stack_settings.mlflow_tracking_uri
     old = os.environ.get("MLFLOW_TRACKING_URI")
     os.environ["MLFLOW_TRACKING_URI"] = uri
