@@ -108,3 +108,21 @@ def test_rescoring_pipeline_scores_and_publishes(trained, platform_env, mlflow_s
     assert pd.read_parquet(pub / "sim-r12" / "catalogue.parquet").equals(cat)
     drift = json.loads((Path(res["run_dir"]) / "drift" / "summary" / "summary.json").read_text())
     assert drift["verdict"] in ("drift", "no_drift") and any(g["key"] == "overall" for g in drift["groups"])
+
+
+def test_labelling_pipeline_fills_the_label_queue(platform_env, tmp_path):
+    """sample -> A1 -> queue export: the label database serves a stratified queue with A1 measurements."""
+    from galmorph.labelling.store import LabelStore
+    from galmorph.manifest import read_manifest
+    from galmorph.pipelines.run import run_local
+    from galmorph.simulate import simulate_dataset
+
+    sim = simulate_dataset(tmp_path / "unlabelled", 24, seed=13, size=96, progress=False)  # no task: no labels
+    db = f"sqlite:///{tmp_path / 'labels.db'}"
+    res = run_local("labelling", {"source": f"sim:{sim['dir']}", "per_bin": "3", "label_db_url": db,
+                                  "export_labels": "true"}, pipeline_root=tmp_path / "kfp")
+    queue = read_manifest(Path(res["run_dir"]) / "a1" / "measured")
+    assert 0 < len(queue) <= 12 and queue["a1"].notna().any()
+    objects = LabelStore(db).objects()
+    assert set(objects["object_id"].astype(str)) == set(queue["object_id"].astype(str))
+    assert len(read_manifest(Path(res["run_dir"]) / "label-export" / "labelled")) == 0  # nobody labelled yet
