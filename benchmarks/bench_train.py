@@ -158,7 +158,7 @@ def main() -> None:
     try:
         chir = chirality_manifest(data_root, args.per_class, 0, work / "chirality.parquet")
         arms = arms_manifest(data_root, work / "arms.parquet")
-        common = {"image_size": args.size, "max_epochs": args.epochs, "patience": 3, "trials": 1,
+        common = {"image_size": args.size, "max_epochs": args.epochs, "patience": 4, "trials": 1,
                   "batch_size": 32, "cache_images": True, "progress": False, "val_fraction": 0.15,
                   "torch_threads": args.threads,
                   "test_fraction": 0.2}
