@@ -177,7 +177,7 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
         "paper": _LOPSIDED_PAPER,
         "zoobot": _LOPSIDED_PAPER,
         "tiny": {**_TINY, "arch": "zoobot_convnext_nano", "finetune_blocks": 2, "lr_decay": 0.5,
-                 "weight_decay": 0.05, "optimizer": "adamw", "image_size": 48, "trials": 2, "max_epochs": 1,
+                 "weight_decay": 0.05, "optimizer": "adamw", "image_size": 32, "trials": 2, "max_epochs": 1,
                  "rotation_deg": 180.0, "zoom": 0.1, "flips": True},
     },
     "arms": {
