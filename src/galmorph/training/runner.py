@@ -65,7 +65,17 @@ def dataset_version(manifest_path: Path | None) -> dict[str, str]:
     if data_version is not None:
         try:
             v = data_version(manifest_path)
-            return {"galmorph.data_version": str(v), "galmorph.data_version_source": "dvc"}
+            tags = {"galmorph.data_version": str(v), "galmorph.data_version_source": "dvc"}
+            try:  # where the DVC md5 came from (dvc.lock, <name>.dvc or computed), when available
+                from galmorph.dvcops import data_version_info  # type: ignore[attr-defined]
+
+                info = data_version_info(manifest_path)
+                tags["galmorph.data_version_source"] = f"dvc ({info.source})"
+                if getattr(info, "stale_record", None):
+                    tags["galmorph.data_version_stale_record"] = str(info.stale_record)
+            except Exception:  # noqa: BLE001 - the md5 alone is enough
+                pass
+            return tags
         except Exception as exc:  # noqa: BLE001 - fall back, but say why
             log.warning("dvcops.data_version(%s) failed (%s); using the manifest sha256", manifest_path, exc)
     h = hashlib.sha256(Path(manifest_path).read_bytes()).hexdigest()
