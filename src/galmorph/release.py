@@ -175,14 +175,15 @@ def local_starter(params: dict[str, Any] | None = None, pipeline_root: str | Pat
 
 
 def host_starter(host: str, params: dict[str, Any] | None = None, experiment: str = "galmorph", client=None,
-                 release_root_in_cluster: str | None = None):
+                 release_root_in_cluster: str | None = None, namespace: str | None = None):
     """Submit the rescoring pipeline to Kubeflow for a release; and find a run already submitted for it.
 
     ``release_root_in_cluster`` maps the watched folder to the path the pipeline pods see (default:
-    the same path, e.g. both mount the releases PVC at /releases)."""
+    the same path, e.g. both mount the releases PVC at /releases). ``namespace`` is the Kubeflow
+    profile namespace of multi-user installs."""
     from galmorph.pipelines.run import make_client, submit
 
-    client = client or make_client(host)
+    client = client or make_client(host, namespace)
 
     def uri(rel: Release) -> str:
         return str(Path(release_root_in_cluster) / rel.path.name) if release_root_in_cluster else str(rel.path)

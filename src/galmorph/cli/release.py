@@ -25,8 +25,10 @@ def release_group() -> None:
               help="Processed-release state [<state>/release-watch/state.json].")
 @click.option("--cluster-path", default=None, help="Path of DIR as the pipeline pods see it (--host).")
 @click.option("--experiment", default="galmorph", show_default=True)
+@click.option("--namespace", default=None, help="Kubeflow namespace (multi-user installs; with --host).")
 def watch_cmd(directory: Path, host: str | None, local_run: bool, once: bool, interval: float,
-              params: tuple[str, ...], state_file: Path | None, cluster_path: str | None, experiment: str) -> None:
+              params: tuple[str, ...], state_file: Path | None, cluster_path: str | None, experiment: str,
+              namespace: str | None) -> None:
     """Watch DIRECTORY for release folders (DIR/<release>/release.json or manifest.parquet) and start
     exactly one rescoring run per release (idempotent across restarts and concurrent watchers)."""
     from galmorph.pipelines.run import PipelineRunError, parse_param_items
@@ -47,7 +49,8 @@ def watch_cmd(directory: Path, host: str | None, local_run: bool, once: bool, in
         start, find = local_starter(raw, s.state_dir / "kfp", tracking_uri=s.mlflow_tracking_uri,
                                     data_root=s.data_root), None
     else:
-        start, find = host_starter(host, raw, experiment=experiment, release_root_in_cluster=cluster_path)
+        start, find = host_starter(host, raw, experiment=experiment, release_root_in_cluster=cluster_path,
+                                   namespace=namespace)
     try:
         done = watch(directory, state, start, find, once=once, interval=interval)
     except FileNotFoundError as exc:
