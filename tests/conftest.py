@@ -55,6 +55,7 @@ def mlflow_server(stack_settings):
     old = os.environ.get("MLFLOW_TRACKING_URI")
     os.environ["MLFLOW_TRACKING_URI"] = uri
     mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
     yield uri
     stop_service(stack_settings, "mlflow")
     if old is None:

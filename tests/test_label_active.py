@@ -39,13 +39,24 @@ def _tiny_model():
 def tracking_uri(tmp_path):
     import mlflow
 
+    import os
+
+    import mlflow.tracking._model_registry.utils as registry_utils
+
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     old = mlflow.get_tracking_uri()
+    # set_registry_uri also exports MLFLOW_REGISTRY_URI: restore both exactly, or later tests would
+    # register models in this temporary registry
+    old_registry, old_env = registry_utils._registry_uri, os.environ.get("MLFLOW_REGISTRY_URI")
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
     yield uri
     mlflow.set_tracking_uri(old)
-    mlflow.set_registry_uri(old)
+    registry_utils._registry_uri = old_registry
+    if old_env is None:
+        os.environ.pop("MLFLOW_REGISTRY_URI", None)
+    else:
+        os.environ["MLFLOW_REGISTRY_URI"] = old_env
 
 
 def test_rank_by_uncertainty_with_champion(tmp_path, tracking_uri, sim_lopsided):

@@ -17,7 +17,11 @@ def test_mlflow_run_train_entry_point(mlflow_server, tmp_path):
     import mlflow
 
     env = {**os.environ, "MLFLOW_TRACKING_URI": mlflow_server, "GALMORPH_STATE_DIR": str(tmp_path / "state")}
-    env.pop("GALMORPH_MLFLOW_TRACKING_URI", None)
+    # mlflow.set_experiment() in earlier tests exports MLFLOW_EXPERIMENT_ID, which `mlflow run` would
+    # read as a second experiment option next to --experiment-name
+    for var in ("GALMORPH_MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME",
+                "MLFLOW_REGISTRY_URI", "MLFLOW_RUN_ID"):
+        env.pop(var, None)
     mlflow_exe = Path(sys.executable).parent / "mlflow"
     r = subprocess.run([str(mlflow_exe), "run", str(REPO / "mlproject"), "-e", "train", "-P", "task=chirality",
                         "-P", "preset=tiny", "-P", "n_sim=30", "--env-manager", "local",
