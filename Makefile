@@ -2,15 +2,13 @@
 #   make demo  - the whole platform end to end, locally, on the embedded default stack
 #   make test  - the test suite (what CI runs through .ci/run)
 SHELL := /bin/bash
-UV ?= $(shell command -v uv 2>/dev/null || echo "$(HOME)/.local/bin/uv")
-export UV_LINK_MODE ?= copy
+# uv from PATH, else the Python package (installed by `setup` when missing)
+UV ?= $(shell command -v uv 2>/dev/null || echo "python3 -m uv")
 
 .PHONY: demo test setup browser stack-down lint benchmarks
 
-$(UV):
-	python3 -m pip install --quiet --user uv || python3 -m pip install --quiet uv
-
-setup: $(UV)
+setup:
+	@$(UV) --version >/dev/null 2>&1 || python3 -m pip install --quiet uv
 	$(UV) sync --frozen
 
 # headless Chromium for the browser tests (Debian packages), installed once
