@@ -33,3 +33,12 @@ def echo_json(obj) -> None:
 def fail(msg: str, code: int = 1) -> None:
     click.echo(f"error: {msg}", err=True)
     sys.exit(code)
+
+
+def resolve_kfp_target(local_run: bool, host: str | None, default_host: str | None) -> str | None:
+    """The Kubeflow host to submit to (None for --local); exits with a clear error unless exactly one
+    of --local and --host (or GALMORPH_KFP_HOST) is given."""
+    host = host or (None if local_run else default_host)
+    if local_run == bool(host):
+        fail("choose one of --local or --host URL (or set GALMORPH_KFP_HOST)")
+    return host

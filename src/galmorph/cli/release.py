@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from galmorph.cli.base import echo_json, fail, main
+from galmorph.cli.base import echo_json, fail, main, resolve_kfp_target
 
 
 @main.group("release")
@@ -36,9 +36,7 @@ def watch_cmd(directory: Path, host: str | None, local_run: bool, once: bool, in
     from galmorph.settings import get_settings
 
     s = get_settings()
-    host = host or (None if local_run else s.kfp_host)
-    if local_run == bool(host):
-        fail("choose one of --local or --host URL (or set GALMORPH_KFP_HOST)")
+    host = resolve_kfp_target(local_run, host, s.kfp_host)
     try:
         raw = parse_param_items(params)
     except PipelineRunError as exc:
