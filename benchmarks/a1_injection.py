@@ -1,12 +1,16 @@
 """Injection-recovery of A1 on simulated galaxies: amplitude x noise level -> measured mean +- sigma.
 
-    uv run python benchmarks/a1_injection.py [--n 20]
+    uv run python benchmarks/a1_injection.py [--n 60]
 
 Galaxies: exponential disc (h = 8 px) + bulge, 128x128, PSF FWHM 3 px, sky 100 counts/px with
 Poisson noise, arms n in {0, 2, 4} (no odd-m arm content), random sub-pixel centre offsets in
 [-0.5, 0.5] px, random m = 1 phase; R50/R90 from the symmetric model (as from a catalogue).
 Noise levels are set by the galaxy's total counts and reported as the integrated S/N between R50
-and R90. Writes ``benchmarks/results/a1_injection.md`` and ``.json``.
+and R90. Two levels are matched to real data: the median and 10th-percentile R50-R90 S/N of the
+raw-count SDSS r-band cutouts in ``<data root>/sdss_fits/cutouts`` (measured here: sep sky rms,
+SDSS r gain 4.7 e-/DN, R50/R90 from the curve of growth); without a data root the values measured
+on that set when this script was written (85 and 62) are used and the report says so.
+Writes ``benchmarks/results/a1_injection.md`` and ``.json``.
 """
 
 from __future__ import annotations
@@ -30,6 +34,8 @@ RESULTS = Path(__file__).resolve().parent / "results"
 AMPLITUDES = (0.0, 0.05, 0.1, 0.2, 0.3)
 FLUXES = {"very high": 1.6e6, "high": 8e5, "medium": 3e5, "low": 1e5, "very low": 5e4}
 SIZE, H = 128, 8.0
+SDSS_GAIN = 4.7  # e-/DN, SDSS r band (camcol-dependent, 4.6-4.9)
+SDSS_SNR_FALLBACK = {"median": 85.0, "p10": 62.0}
 
 
 def annulus_snr(flux: float, r50: float, r90: float, sky: float = 100.0) -> float:
@@ -43,17 +49,65 @@ def annulus_snr(flux: float, r50: float, r90: float, sky: float = 100.0) -> floa
     return float(s / np.sqrt(s + sky * sel.sum()))
 
 
+def sdss_cutout_snr(data_root: Path | None) -> tuple[dict[str, float], str]:
+    """Median and 10th-percentile R50-R90 S/N of the raw-count SDSS cutouts, and where it came from."""
+    from galmorph.imaging.io import read_fits
+
+    files = sorted((data_root / "sdss_fits" / "cutouts").glob("*.fits")) if data_root else []
+    snrs = []
+    for f in files:
+        img = np.flipud(read_fits(f).data).astype(np.float64)
+        if not np.nanmedian(img) > 500:  # calibrated (nanomaggies), not raw counts: no gain to apply
+            continue
+        res = lopsidedness_a1(img)
+        if not res.ok:
+            continue
+        sky = img - res.background
+        yy, xx = np.mgrid[0:img.shape[0], 0:img.shape[1]]
+        r = np.hypot(xx - res.x0, yy - res.y0)
+        sel = (r >= res.r50) & (r < res.r90)
+        s = float(sky[sel].sum())
+        if s > 0:
+            snrs.append(s / np.sqrt(sel.sum() * res.background_rms ** 2 + s / SDSS_GAIN))
+    if len(snrs) < 5:
+        return dict(SDSS_SNR_FALLBACK), "values measured on sdss_fits/cutouts when the script was written (no data root here)"
+    return ({"median": float(np.median(snrs)), "p10": float(np.percentile(snrs, 10)),
+             "p90": float(np.percentile(snrs, 90)), "n": len(snrs)},
+            f"measured now on the {len(snrs)} raw-count cutouts in <data root>/sdss_fits/cutouts")
+
+
+def flux_for_snr(snr: float, r50: float, r90: float) -> float:
+    """Galaxy total counts whose R50-R90 S/N is ``snr`` (bisection in log flux; S/N grows with flux)."""
+    lo, hi = 1e3, 1e8
+    for _ in range(50):
+        mid = float(np.sqrt(lo * hi))
+        lo, hi = (mid, hi) if annulus_snr(mid, r50, r90) < snr else (lo, mid)
+    return float(np.sqrt(lo * hi))
+
+
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--n", type=int, default=20, help="galaxies per cell")
+    ap.add_argument("--n", type=int, default=60, help="galaxies per cell")
+    ap.add_argument("--data-root", type=Path, default=None,
+                    help="galmorph data root (default: settings, GALMORPH_DATA_ROOT)")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--out", type=Path, default=RESULTS)
     args = ap.parse_args(argv)
     rng = np.random.default_rng(args.seed)
     r50, r90 = half_light_radii(GalaxyParams(size=SIZE, disc_scale=H, n_arms=0))
     c = (SIZE - 1) / 2
+    data_root = args.data_root
+    if data_root is None:
+        from galmorph.settings import Settings
+
+        data_root = Settings().data_root
+    sdss, sdss_source = sdss_cutout_snr(Path(data_root) if data_root else None)
+    levels = dict(FLUXES)
+    levels["SDSS median"] = flux_for_snr(sdss["median"], r50, r90)
+    levels["SDSS 10th pct"] = flux_for_snr(sdss["p10"], r50, r90)
+    levels = dict(sorted(levels.items(), key=lambda kv: -kv[1]))
     cells = []
-    for level, flux in FLUXES.items():
+    for level, flux in levels.items():
         snr = annulus_snr(flux, r50, r90)
         for amp in AMPLITUDES:
             vals, errs, offs = [], [], []
@@ -70,29 +124,43 @@ def main(argv=None) -> dict:
             v = np.array(vals)
             cells.append({"level": level, "flux": flux, "snr_r50_r90": snr, "a1_injected": amp,
                           "mean": float(np.nanmean(v)), "std": float(np.nanstd(v, ddof=1)),
-                          "bias": float(np.nanmean(v) - amp), "median_err": float(np.nanmedian(errs)),
+                          "bias": float(np.nanmean(v) - amp),
+                          "bias_se": float(np.nanstd(v, ddof=1) / np.sqrt(np.isfinite(v).sum())),
+                          "median_err": float(np.nanmedian(errs)),
                           "centre_error_px_median": float(np.median(offs)), "n": int(np.isfinite(v).sum())})
             print(f"{level:9s} S/N {snr:6.0f}  A1_in {amp:.2f}: {cells[-1]['mean']:.3f} +- {cells[-1]['std']:.3f}")
+    worst = {level: max(abs(c["bias"]) for c in cells if c["level"] == level) for level in levels}
+    typical = [c for c in cells if c["level"] == "SDSS median"]
+    goal_met = all(abs(c["bias"]) < 0.02 for c in typical)
     res = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "n_per_cell": args.n,
-           "r50_px": r50, "r90_px": r90, "cells": cells}
+           "r50_px": r50, "r90_px": r90, "sdss_snr": sdss, "sdss_snr_source": sdss_source,
+           "goal": "|bias| < 0.02 at the sample's typical S/N", "goal_met": goal_met,
+           "worst_abs_bias": worst, "cells": cells}
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "a1_injection.json").write_text(json.dumps(res, indent=2))
     md = ["# A1 injection-recovery", "",
           f"{args.n} simulated galaxies per cell (128x128, exponential disc h = 8 px, R50 = {r50:.1f} px, "
           f"R90 = {r90:.1f} px, arms n in {{0, 2, 4}}, sub-pixel centre offsets, random m = 1 phase, "
-          "sky 100 counts/px + Poisson noise). Measured A1 as mean +- standard deviation (bias = mean - "
-          "injected). S/N = integrated S/N of the light between R50 and R90.", "",
+          "sky 100 counts/px + Poisson noise), measured with the defaults of `lopsidedness_a1` (residual "
+          "noise model, noise bias corrected on the weighted mean). Cells: measured A1 mean +- standard "
+          "deviation (bias = mean - injected, +- its standard error). S/N = integrated S/N of the light "
+          "between R50 and R90.", "",
+          f"SDSS rows: S/N matched to the raw-count SDSS r-band cutouts (median {sdss['median']:.0f}, "
+          f"10th percentile {sdss['p10']:.0f}; {sdss_source}).", "",
           "| noise level | S/N (R50-R90) | " + " | ".join(f"A1 = {a:.2f}" for a in AMPLITUDES) + " |",
           "|---|---:|" + "---:|" * len(AMPLITUDES)]
-    for level in FLUXES:
+    for level in levels:
         row = [c for c in cells if c["level"] == level]
-        md.append(f"| {level} | {row[0]['snr_r50_r90']:.0f} | " + " | ".join(
-            f"{c['mean']:.3f} +- {c['std']:.3f} ({c['bias']:+.3f})" for c in row) + " |")
-    worst = {level: max(abs(c["bias"]) for c in cells if c["level"] == level) for level in FLUXES}
+        name = f"**{level}**" if level.startswith("SDSS") else level
+        md.append(f"| {name} | {row[0]['snr_r50_r90']:.0f} | " + " | ".join(
+            f"{c['mean']:.3f} +- {c['std']:.3f} ({c['bias']:+.3f} +- {c['bias_se']:.3f})" for c in row) + " |")
     md += ["", "Largest |bias| per noise level: " + ", ".join(f"{k} {v:.3f}" for k, v in worst.items()) + ".",
-           "For comparison, the 21 raw-count SDSS r-band cutouts in `sdss_fits/cutouts` have an R50-R90 S/N of "
-           "62-156 (10th-90th percentile, median 85; sky rms measured, gain 4.7 e-/DN), i.e. between the 'low' "
-           "and 'medium' rows. Goal |bias| < 0.02 at the sample's typical S/N.", ""]
+           f"Goal |bias| < 0.02 at the sample's typical S/N (the 'SDSS median' row): "
+           f"{'met' if goal_met else 'NOT met'} (largest |bias| {worst['SDSS median']:.3f}).",
+           "Where the bias comes from: at A1 = 0 an amplitude cannot be negative, so whatever noise survives "
+           "the correction shows as a positive floor that grows as S/N falls; at large A1 the centre "
+           "(brightest pixel + 3x3 first moment, as the method prescribes) is pulled a little towards the "
+           "brighter side, which lowers A1 by about 0.01 at A1 = 0.3 even without noise.", ""]
     (args.out / "a1_injection.md").write_text("\n".join(md))
     print("\n".join(md))
     return res

@@ -18,12 +18,17 @@ The measurement, step by step (:func:`lopsidedness_a1`):
 5. **Annuli**: ``n_annuli`` logarithmically spaced circular annuli between R50 and R90. In each, a
    weighted linear least-squares fit ``I(phi) = a0 + sum_{m=1..mmax} a_m cos(m phi) + b_m sin(m phi)``
    (all annuli solved at once through batched normal equations; the angular basis comes from powers
-   of ``(dx + i dy)/r``, no trigonometry per pixel). Pixel variance = background rms^2 (+ I/gain when
-   ``gain`` is given); parameter errors from the covariance diagonal (``chi2_scale=True``
-   inflates them by the reduced chi-square where the Fourier model under-fits: arms, knots).
+   of ``(dx + i dy)/r``, no trigonometry per pixel). Assumed pixel variance = background rms^2
+   (+ I/gain when ``gain`` is given); with ``noise="residual"`` (default) it is rescaled per annulus
+   by the robust (MAD) variance of the fit residuals, which adds the source Poisson noise a sky rms
+   leaves out without being raised by arms. Parameter errors from the covariance diagonal.
 6. ``A_m(r) = sqrt(a_m^2 + b_m^2) / a0``, phase ``phi_m = atan2(b_m, a_m) / m`` (radians,
-   counter-clockwise from +x with y up on the display, as :mod:`galmorph.simulate`);
-   ``A1`` = inverse-variance weighted mean of ``A1(r)`` over the valid annuli.
+   counter-clockwise from +x with y up on the display, as :mod:`galmorph.simulate`).
+   ``A1`` = mean of ``A1(r)`` over the valid annuli weighted by the inverse noise variance of each
+   (weights that do not depend on the measured amplitude). An amplitude is a modulus of two noisy
+   components and is biased high (Rice); with ``debias`` the weighted mean is corrected as a whole
+   (:func:`debiased_mean_amplitude`, method of moments), which stays unbiased at low S/N where
+   debiasing each annulus and clipping it at zero does not.
 
 Angles and positions use display orientation (row 0 at the top; ``x`` = column, ``y`` = row);
 :func:`galmorph.imaging.io.load_image` gives FITS data in that orientation.
@@ -57,6 +62,14 @@ FLAG_DESCRIPTIONS: dict[str, str] = {
     "background_failed": "the masked second background pass failed; first pass used",
     "nonfinite_pixels": "the image has NaN/inf pixels (excluded)",
     "image_padding": "the image has constant-valued padding (frame edge; excluded)",
+}
+
+
+#: Pixel-noise models for the annulus fits (``lopsidedness_a1(noise=...)``).
+NOISE_MODELS: dict[str, str] = {
+    "residual": "assumed variance rescaled per annulus by the robust (MAD) variance of the fit residuals",
+    "assumed": "background rms^2 (+ I/gain when gain is given), as is",
+    "chi2": "assumed variance inflated by each annulus' reduced chi-square where it exceeds 1",
 }
 
 
@@ -228,11 +241,29 @@ def _masked_background(data: np.ndarray, mask: np.ndarray, mesh: int, filter_siz
     return np.full(data.shape, med), sig
 
 
-def fill_masked(img: np.ndarray, mask: np.ndarray, sigma: float = 1.5, max_iter: int = 8) -> np.ndarray:
+def ring_profile(img: np.ndarray, mask: np.ndarray, x0: float, y0: float, step: int = 2) -> tuple[np.ndarray, np.ndarray]:
+    """Azimuthal mean of the unmasked pixels in 1 px rings around ``(x0, y0)``: ``(radii, values)``
+    at the ring mid-radii that have pixels. ``step`` subsamples the image (every step-th row and
+    column; a ring mean needs far fewer pixels than the image has)."""
+    ys, xs = np.ogrid[0:img.shape[0]:step, 0:img.shape[1]:step]
+    k = np.hypot(xs - x0, ys - y0).astype(int).ravel()
+    good = ~mask[::step, ::step].ravel()
+    nb = int(k.max()) + 1
+    tot = np.bincount(k[good], weights=img[::step, ::step].ravel()[good], minlength=nb)[:nb]
+    n = np.bincount(k[good], minlength=nb)[:nb]
+    have = n > 0
+    return np.arange(nb)[have] + 0.5, tot[have] / n[have]
+
+
+def fill_masked(img: np.ndarray, mask: np.ndarray, sigma: float = 1.5, max_iter: int = 8,
+                centre: tuple[float, float] | None = None) -> np.ndarray:
     """Replace masked pixels by a Gaussian-weighted mean of nearby unmasked pixels.
 
     Normalised convolution with sigma doubling until every masked pixel has support; only the
-    bounding box of the mask (padded) is processed.
+    bounding box of the mask (padded) is processed. With ``centre`` (the galaxy's) the residual
+    from the galaxy's azimuthal mean profile (:func:`ring_profile`) is interpolated and the profile
+    added back: a steep, curved profile under a large mask (a star on the disc) is then not filled
+    too bright on one side, which would fake lopsidedness.
     """
     from scipy.ndimage import gaussian_filter
 
@@ -241,6 +272,7 @@ def fill_masked(img: np.ndarray, mask: np.ndarray, sigma: float = 1.5, max_iter:
     out = img.copy()
     rows, cols = np.nonzero(mask)
     h, w = img.shape
+    prof = ring_profile(img, mask, centre[0], centre[1]) if centre is not None else None
     s = sigma
     remaining = mask.copy()
     for _ in range(max_iter):
@@ -248,13 +280,18 @@ def fill_masked(img: np.ndarray, mask: np.ndarray, sigma: float = 1.5, max_iter:
         r0, r1 = max(rows.min() - pad, 0), min(rows.max() + pad + 1, h)
         c0, c1 = max(cols.min() - pad, 0), min(cols.max() + pad + 1, w)
         sub_img, sub_mask = img[r0:r1, c0:c1], mask[r0:r1, c0:c1]
+        model = 0.0
+        if prof is not None and prof[0].size:
+            yy, xx = np.ogrid[r0:r1, c0:c1]
+            model = np.interp(np.hypot(xx - centre[0], yy - centre[1]), *prof)
+            sub_img = sub_img - model
         wgt = (~sub_mask).astype(np.float64)
         num = gaussian_filter(np.where(sub_mask, 0.0, sub_img), s, mode="constant")
         den = gaussian_filter(wgt, s, mode="constant")
         rem = remaining[r0:r1, c0:c1]
         ok = rem & (den > 1e-3)
         block = out[r0:r1, c0:c1]
-        block[ok] = num[ok] / den[ok]
+        block[ok] = (num / np.where(den > 1e-3, den, 1.0) + model)[ok]
         rem &= ~ok
         if not remaining.any():
             break
@@ -476,11 +513,17 @@ def fourier_basis(dx: np.ndarray, dy: np.ndarray, mmax: int) -> np.ndarray:
 
 
 def fit_annuli(values: np.ndarray, X: np.ndarray, labels: np.ndarray, n_annuli: int,
-               variance: np.ndarray | float, min_pixels: int, chi2_scale: bool = True):
+               variance: np.ndarray | float, min_pixels: int, chi2_scale: bool = True,
+               noise_pixels: np.ndarray | None = None):
     """Weighted least squares of the Fourier model in every annulus at once (normal equations).
 
     ``labels`` holds each pixel's annulus index (0..n_annuli-1). Returns ``coef (n, p)``,
-    ``cov (n, p, p)``, ``n (n,)``, ``chi2_red (n,)``, ``ok (n,)``.
+    ``cov (n, p, p)``, ``n (n,)``, ``chi2_red (n,)``, ``ok (n,)`` and ``noise_ratio (n,)``: the
+    robust (MAD) variance of the normalised residuals, i.e. the actual pixel noise over the assumed
+    one. Unlike ``chi2_red`` it is hardly raised by narrow arms or knots the Fourier model cannot
+    follow, and it picks up noise the assumed variance leaves out (source Poisson noise when no
+    gain is known, read noise). ``noise_pixels`` (bool per pixel) limits that estimate to real
+    pixels (interpolated ones carry no noise).
     """
     p = X.shape[1]
     scalar_var = np.ndim(variance) == 0
@@ -503,6 +546,7 @@ def fit_annuli(values: np.ndarray, X: np.ndarray, labels: np.ndarray, n_annuli: 
     coef = np.full((n_annuli, p), np.nan)
     cov = np.full((n_annuli, p, p), np.nan)
     chi2_red = np.full(n_annuli, np.nan)
+    noise_ratio = np.full(n_annuli, np.nan)
     idx = np.nonzero(ok)[0]
     if idx.size:
         try:
@@ -524,9 +568,17 @@ def fit_annuli(values: np.ndarray, X: np.ndarray, labels: np.ndarray, n_annuli: 
         chi = np.bincount(lab, weights=ws * (ys - model) ** 2, minlength=n_annuli)[:n_annuli]
         dof = np.maximum(counts - p, 1)
         chi2_red[ok] = chi[ok] / dof[ok]
+        z = np.abs(ys - model) * np.sqrt(ws)
+        real = np.ones(z.shape, bool) if noise_pixels is None else np.asarray(noise_pixels, bool)[order]
+        for a in np.nonzero(ok)[0]:
+            za = z[bounds[a]:bounds[a + 1]][real[bounds[a]:bounds[a + 1]]]
+            if za.size < p + 1:
+                continue
+            mad = float(np.median(za))
+            noise_ratio[a] = (1.4826 * mad) ** 2 * counts[a] / max(counts[a] - p, 1)
         if chi2_scale:
             cov[ok] = cov[ok] * np.maximum(chi2_red[ok], 1.0)[:, None, None]
-    return coef, cov, counts, chi2_red, ok
+    return coef, cov, counts, chi2_red, ok, noise_ratio
 
 
 def amplitudes_from_coef(coef: np.ndarray, cov: np.ndarray, mmax: int, debias: bool = False):
@@ -564,6 +616,80 @@ def amplitudes_from_coef(coef: np.ndarray, cov: np.ndarray, mmax: int, debias: b
     return a0, a0_err, amp, err, phase
 
 
+def rice_mean(nu: np.ndarray | float, sigma: np.ndarray | float) -> np.ndarray:
+    """Expected modulus ``E|z|`` of a 2-D Gaussian ``z`` whose mean has modulus ``nu`` and whose two
+    components have standard deviation ``sigma`` (the mean of the Rice distribution).
+
+    ``sigma sqrt(pi/2) L_1/2(-nu^2 / 2 sigma^2)``, written with exponentially scaled Bessel
+    functions so that it stays finite for ``nu >> sigma`` (where it tends to ``nu``).
+    """
+    from scipy.special import i0e, i1e
+
+    nu = np.asarray(nu, dtype=np.float64)
+    sigma = np.asarray(sigma, dtype=np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        x = nu ** 2 / (2 * sigma ** 2)
+        out = sigma * math.sqrt(math.pi / 2) * ((1 + x) * i0e(x / 2) + x * i1e(x / 2))
+    return np.where(sigma > 0, out, nu)
+
+
+def debiased_mean_amplitude(amp: np.ndarray, sigma: np.ndarray, weights: np.ndarray) -> float:
+    """Noise-bias-corrected weighted mean of amplitudes (method of moments on the mean).
+
+    ``amp`` are measured moduli of 2-D Gaussian vectors with per-component noise ``sigma``. Their
+    weighted mean ``M`` is biased high (Rice). Returns the common true amplitude ``A >= 0`` whose
+    expected weighted mean ``sum w E|z|(A, sigma) / sum w`` equals ``M``, 0 when ``M`` is at or
+    below the pure-noise level. Correcting the *mean* (which averages the noise down) rather than
+    each annulus and clipping there keeps the estimate unbiased at low S/N and small A.
+    """
+    from scipy.optimize import brentq
+
+    amp, sigma, w = (np.asarray(v, dtype=np.float64) for v in (amp, sigma, weights))
+    wsum = float(w.sum())
+    m = float((w * amp).sum() / wsum)
+
+    def expected(a: float) -> float:
+        return float((w * rice_mean(a, sigma)).sum() / wsum) - m
+
+    if expected(0.0) >= 0.0:
+        return 0.0
+    if expected(m) <= 0.0:  # only when sigma == 0 (rounding)
+        return m
+    return float(brentq(expected, 0.0, m, xtol=1e-7, rtol=1e-9))
+
+
+def combine_annuli(coef: np.ndarray, cov: np.ndarray, amp_err: np.ndarray, weighting: str = "inverse_variance",
+                   debias: bool = True, noise_scale: np.ndarray | None = None) -> tuple[float, float, float]:
+    """A1, its error and the mean m = 1 phase from the fitted annuli (rows of ``coef``/``cov``).
+
+    Weights: ``"inverse_variance"`` = 1 / sigma_i^2 with sigma_i the noise of A1(r_i) (from the
+    m = 1 components' covariance; independent of the measured amplitude, so the weights do not
+    favour annuli that fluctuated low) or ``"uniform"``. With ``debias`` the weighted mean of the
+    raw amplitudes is corrected for the noise bias by :func:`debiased_mean_amplitude`.
+    ``noise_scale`` multiplies the component variances (e.g. the reduced chi-square or the residual noise ratio of each annulus); it scales the weights and errors too.
+    Error: ``sqrt(sum w^2 err_i^2) / sum w``.
+    """
+    a0 = coef[:, 0]
+    raw = np.hypot(coef[:, 1], coef[:, 2]) / a0
+    scale = np.ones_like(raw) if noise_scale is None else np.asarray(noise_scale, dtype=np.float64)
+    scale = np.where(np.isfinite(scale) & (scale > 0), scale, 1.0)
+    var_c = 0.5 * (cov[:, 1, 1] + cov[:, 2, 2]) / a0 ** 2 * scale
+    if weighting == "inverse_variance":
+        wts = 1.0 / var_c
+    elif weighting == "uniform":
+        wts = np.ones_like(raw)
+    else:
+        raise A1Error(f"unknown weighting {weighting!r} (inverse_variance or uniform)")
+    if debias:
+        a1 = debiased_mean_amplitude(raw, np.sqrt(var_c), wts)
+    else:
+        a1 = float(np.sum(wts * raw) / np.sum(wts))
+    a1_err = float(np.sqrt(np.sum(wts ** 2 * amp_err ** 2 * scale)) / np.sum(wts))
+    ph = np.arctan2(coef[:, 2], coef[:, 1])
+    a1_phase = float(np.mod(np.arctan2(np.sum(wts * raw * np.sin(ph)), np.sum(wts * raw * np.cos(ph))), 2 * np.pi))
+    return a1, a1_err, a1_phase
+
+
 # ---------------------------------------------------------------------------------------------
 # the measurement
 # ---------------------------------------------------------------------------------------------
@@ -596,9 +722,9 @@ def lopsidedness_a1(
     gain: float | None = None,
     edge_margin: float = 5.0,
     max_masked_fraction: float = 0.3,
-    chi2_scale: bool = False,
     debias: bool = True,
     weighting: str = "inverse_variance",
+    noise: str = "residual",
 ) -> A1Result:
     """Measure the lopsidedness A1 of the galaxy at (about) ``(x0, y0)`` in ``image``.
 
@@ -623,9 +749,14 @@ def lopsidedness_a1(
         that must fall inside the image.
     saturation : pixel level (raw, before background subtraction) at or above which pixels count
         as saturated; ``gain`` (e-/count) adds source Poisson noise to the pixel variance.
-    chi2_scale : inflate each annulus' covariance by its reduced chi-square (when > 1).
-    debias : subtract the noise bias of each amplitude in quadrature (see :func:`amplitudes_from_coef`).
-    weighting : ``"inverse_variance"`` (default) or ``"uniform"`` mean of A1(r) over the annuli.
+    noise : pixel-noise model of the fits (:data:`NOISE_MODELS`): ``"residual"`` (default) rescales
+        the assumed variance (background rms^2, + I/gain with ``gain``) in each annulus by the
+        robust variance of the fit residuals, so source Poisson noise counts even without a gain;
+        ``"assumed"`` uses it as is; ``"chi2"`` inflates it by the reduced chi-square.
+    debias : correct A1 for the noise bias of amplitudes (:func:`debiased_mean_amplitude` on the
+        weighted mean); the per-annulus profile amplitudes are debiased in quadrature.
+    weighting : ``"inverse_variance"`` (default; 1 / noise variance of each A1(r)) or ``"uniform"``
+        mean of A1(r) over the annuli.
 
     Returns an :class:`A1Result`; problems that still allow a measurement become ``flags``.
     Raises :class:`A1Error` for unusable input (not 2-D, too small, all non-finite).
@@ -644,6 +775,10 @@ def lopsidedness_a1(
         raise A1Error("mmax must be >= 1")
     if (r50 is None) != (r90 is None):
         raise A1Error("give both r50 and r90, or neither")
+    if noise not in NOISE_MODELS:
+        raise A1Error(f"unknown noise model {noise!r} (one of {', '.join(NOISE_MODELS)})")
+    if weighting not in ("inverse_variance", "uniform"):
+        raise A1Error(f"unknown weighting {weighting!r} (inverse_variance or uniform)")
     data = np.ascontiguousarray(img, dtype=np.float64)
     flags: list[str] = []
     bad = ~np.isfinite(data)
@@ -752,7 +887,8 @@ def lopsidedness_a1(
             sg = seg[iy0:iy + 3, ix0:ix + 3]
             others[iy0:iy + 3, ix0:ix + 3] &= (sg > 0) & (sg != gid)
         mask |= others
-    data = fill_masked(data, mask) if mask.any() else data
+    if mask.any():
+        data = fill_masked(data, mask, centre=(cx, cy))
 
     # 4. radii
     radii_source = "given"
@@ -801,7 +937,10 @@ def lopsidedness_a1(
     variance: np.ndarray | float = bkg_rms ** 2
     if gain:
         variance = bkg_rms ** 2 + np.clip(vals, 0, None) / float(gain)
-    coef, cov, counts, chi2_red, ok = fit_annuli(vals, X, labels, n_ann, variance, 2 * mmax + 2, chi2_scale)
+    coef, cov, counts, chi2_red, ok, noise_ratio = fit_annuli(vals, X, labels, n_ann, variance, 2 * mmax + 2,
+                                                               noise == "chi2", noise_pixels=~msk)
+    if noise == "residual":  # the measured pixel noise of each annulus replaces the assumed one
+        cov = cov * np.where(np.isfinite(noise_ratio) & (noise_ratio > 0), noise_ratio, 1.0)[:, None, None]
     n_masked = np.bincount(labels, weights=msk.astype(float), minlength=n_ann)[:n_ann].astype(int)
     n_good = counts - n_masked
     full_ring = np.pi * (edges[1:] ** 2 - edges[:-1] ** 2)
@@ -824,20 +963,7 @@ def lopsidedness_a1(
         phase=phase, chi2_red=chi2_red,
     )
     if ok.any():
-        a1_r, e_r = amp[ok, 0], amp_err[ok, 0]
-        if weighting == "inverse_variance":
-            wts = 1.0 / e_r ** 2
-        elif weighting == "noise":
-            # amplitude-independent noise of the m=1 components: weights do not correlate with A1(r)
-            e0 = np.sqrt(0.5 * (cov[ok, 1, 1] + cov[ok, 2, 2])) / a0[ok]
-            wts = 1.0 / e0 ** 2
-        else:
-            wts = np.ones_like(e_r)
-        a1 = float(np.sum(wts * a1_r) / np.sum(wts))
-        a1_err = float(np.sqrt(np.sum(wts ** 2 * e_r ** 2)) / np.sum(wts))
-        ph = phase[ok, 0]
-        a1_phase = float(np.mod(np.arctan2(np.sum(wts * a1_r * np.sin(ph)), np.sum(wts * a1_r * np.cos(ph))),
-                                2 * np.pi))
+        a1, a1_err, a1_phase = combine_annuli(coef[ok], cov[ok], amp_err[ok, 0], weighting=weighting, debias=debias)
     else:
         flags.append("no_valid_annuli")
         a1 = a1_err = a1_phase = float("nan")
