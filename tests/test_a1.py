@@ -289,6 +289,11 @@ def test_measure_manifest_adds_columns_and_quarantines(tmp_path, sim_lopsided):
     lop = out[out.label == "lopsided"].a1.median()
     sym = out[out.label == "symmetric"].a1.median()
     assert lop > sym + 0.08, (lop, sym)
+    # two processes: same rows, same order, same values, same quarantine
+    res2 = measure_a1_manifest(src, tmp_path / "out2.parquet", progress=False, workers=2)
+    out2, q2 = read_manifest(res2["manifest"]), read_quarantine(res2["quarantine"])
+    assert list(out2.object_id) == list(out.object_id) and list(q2.object_id) == list(q.object_id)
+    assert np.allclose(out2.a1.to_numpy(), out.a1.to_numpy(), rtol=0, atol=1e-9)  # BLAS threads differ
 
 
 def test_cli_json_lines(tmp_path, sim_lopsided):
@@ -307,6 +312,14 @@ def test_cli_json_lines(tmp_path, sim_lopsided):
         assert obj["file"] == row.fits_path and math.isfinite(obj["a1"]) and obj["error"] is None
         assert "A1" in obj["profile"] and obj["centre"]["x"] is not None
     assert lines[3]["flags"] == ["unreadable"] and "bad.fits" in lines[3]["error"]
+    # --gain / --noise reach the measurement: the assumed-noise error without a gain is smaller
+    errs = {}
+    for extra in ([], ["--noise", "assumed"], ["--noise", "assumed", "--gain", "1"]):
+        r = CliRunner().invoke(main, ["a1", "--json", "--no-profile", *extra, files[0]])
+        assert r.exit_code == 0, r.output
+        errs[" ".join(extra)] = json.loads(r.output)["a1_err"]
+    assert errs["--noise assumed"] < errs["--noise assumed --gain 1"], errs
+    assert CliRunner().invoke(main, ["a1", "--noise", "poisson", files[0]]).exit_code == 2
     ok = CliRunner().invoke(main, ["a1", "--json", "--r50", "5", "--r90", "12", files[0]])
     assert ok.exit_code == 0 and json.loads(ok.output)["r50"] == 5.0
     assert CliRunner().invoke(main, ["a1", "--r50", "5", files[0]]).exit_code == 2

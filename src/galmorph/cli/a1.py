@@ -26,6 +26,10 @@ from galmorph.cli.base import fail, main
               help="Peak search radius around the expected position (px).")
 @click.option("--n-annuli", type=click.IntRange(1), default=6, show_default=True, help="Annuli between R50 and R90.")
 @click.option("--saturation", type=float, default=None, help="Saturation level (default: FITS SATURATE if any).")
+@click.option("--gain", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="e-/count of the image: adds the galaxy's Poisson noise to the assumed pixel variance.")
+@click.option("--noise", "noise_model", type=click.Choice(["residual", "assumed", "chi2"]), default="residual",
+              show_default=True, help="Pixel-noise model of the annulus fits (see docs/a1_labelling.md).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object per input (JSON lines).")
 @click.option("--no-profile", is_flag=True, help="Leave the per-annulus A_m profile out of the JSON.")
 @click.option("--manifest", "manifest_path", type=click.Path(path_type=Path, dir_okay=False), default=None,
@@ -34,8 +38,10 @@ from galmorph.cli.base import fail, main
               help="Output manifest with the a1 columns added (with --manifest).")
 @click.option("--pixel-scale", type=float, default=0.396, show_default=True,
               help="arcsec/px for r50_arcsec/r90_arcsec manifest columns.")
+@click.option("--workers", type=click.IntRange(1), default=1, show_default=True,
+              help="Processes for --manifest (one per core; the measurement is single-threaded).")
 def a1_cmd(files, r50, r90, x0, y0, ra, dec, no_mask, no_refine, bkg_mesh, search_radius, n_annuli, saturation,
-           as_json, no_profile, manifest_path, out_path, pixel_scale) -> None:
+           gain, noise_model, as_json, no_profile, manifest_path, out_path, pixel_scale, workers) -> None:
     """Measure the lopsidedness A1 of the galaxy at the centre of each image FILE (FITS/PNG/JPEG).
 
     Sky subtracted with sep, other sources masked by interpolation, centre = brightest pixel near the
@@ -55,7 +61,7 @@ def a1_cmd(files, r50, r90, x0, y0, ra, dec, no_mask, no_refine, bkg_mesh, searc
     if (x0 is None) != (y0 is None):
         fail("give both --x0 and --y0, or neither", 2)
     kwargs = dict(mask_sources=not no_mask, refine_centre=not no_refine, bkg_mesh=bkg_mesh,
-                  search_radius=search_radius, n_annuli=n_annuli)
+                  search_radius=search_radius, n_annuli=n_annuli, gain=gain, noise=noise_model)
     if saturation is not None:
         kwargs["saturation"] = saturation
     if manifest_path is not None:
@@ -67,7 +73,7 @@ def a1_cmd(files, r50, r90, x0, y0, ra, dec, no_mask, no_refine, bkg_mesh, searc
         from galmorph.settings import get_settings
 
         res = measure_a1_manifest(manifest_path, out_path, data_root=get_settings().data_root,
-                                  pixel_scale=pixel_scale, **kwargs)
+                                  pixel_scale=pixel_scale, workers=workers, **kwargs)
         click.echo(json.dumps({k: str(v) if isinstance(v, Path) else v for k, v in res.items()}))
         sys.exit(0 if res["quarantined"] == 0 and res["finite_a1"] == res["rows_out"] else 1)
     if not files:
