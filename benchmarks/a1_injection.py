@@ -1,6 +1,6 @@
 """Injection-recovery of A1 on simulated galaxies: amplitude x noise level -> measured mean +- sigma.
 
-    uv run python benchmarks/a1_injection.py [--n 60]
+    uv run python benchmarks/a1_injection.py [--n 120]
 
 Galaxies: exponential disc (h = 8 px) + bulge, 128x128, PSF FWHM 3 px, sky 100 counts/px with
 Poisson noise, arms n in {0, 2, 4} (no odd-m arm content), random sub-pixel centre offsets in
@@ -36,6 +36,7 @@ FLUXES = {"very high": 1.6e6, "high": 8e5, "medium": 3e5, "low": 1e5, "very low"
 SIZE, H = 128, 8.0
 SDSS_GAIN = 4.7  # e-/DN, SDSS r band (camcol-dependent, 4.6-4.9)
 SDSS_SNR_FALLBACK = {"median": 85.0, "p10": 62.0}
+ANNULI_SCAN = (2, 3, 4, 6)
 
 
 def annulus_snr(flux: float, r50: float, r90: float, sky: float = 100.0) -> float:
@@ -87,7 +88,7 @@ def flux_for_snr(snr: float, r50: float, r90: float) -> float:
 
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--n", type=int, default=60, help="galaxies per cell")
+    ap.add_argument("--n", type=int, default=120, help="galaxies per cell")
     ap.add_argument("--data-root", type=Path, default=None,
                     help="galmorph data root (default: settings, GALMORPH_DATA_ROOT)")
     ap.add_argument("--seed", type=int, default=1)
@@ -129,13 +130,32 @@ def main(argv=None) -> dict:
                           "median_err": float(np.nanmedian(errs)),
                           "centre_error_px_median": float(np.median(offs)), "n": int(np.isfinite(v).sum())})
             print(f"{level:9s} S/N {snr:6.0f}  A1_in {amp:.2f}: {cells[-1]['mean']:.3f} +- {cells[-1]['std']:.3f}")
+    # the number of annuli at the typical S/N (fewer, wider annuli: less noise per amplitude)
+    scan = []
+    flux = levels["SDSS median"]
+    for n_ann in ANNULI_SCAN:
+        srng = np.random.default_rng(args.seed + 1)
+        row = {"n_annuli": n_ann, "bias": {}}
+        for amp in AMPLITUDES:
+            vals = []
+            for k in range(args.n):
+                dx, dy = srng.uniform(-0.5, 0.5, 2)
+                p = GalaxyParams(size=SIZE, x0=c + dx, y0=c + dy, flux=flux, disc_scale=H, n_arms=(0, 2, 4)[k % 3],
+                                 arm_phase=float(srng.uniform(0, 2 * np.pi)), a1=amp,
+                                 a1_phase=float(srng.uniform(0, 2 * np.pi)))
+                img = render_galaxy(p, int(srng.integers(1 << 30)))["r"]
+                vals.append(lopsidedness_a1(img, r50=r50, r90=r90, n_annuli=n_ann).a1)
+            row["bias"][amp] = float(np.nanmean(vals) - amp)
+        row["worst_abs_bias"] = max(abs(b) for b in row["bias"].values())
+        scan.append(row)
+        print(f"n_annuli {n_ann}: worst |bias| {row['worst_abs_bias']:.3f} at the SDSS median S/N")
     worst = {level: max(abs(c["bias"]) for c in cells if c["level"] == level) for level in levels}
     typical = [c for c in cells if c["level"] == "SDSS median"]
     goal_met = all(abs(c["bias"]) < 0.02 for c in typical)
     res = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "n_per_cell": args.n,
            "r50_px": r50, "r90_px": r90, "sdss_snr": sdss, "sdss_snr_source": sdss_source,
            "goal": "|bias| < 0.02 at the sample's typical S/N", "goal_met": goal_met,
-           "worst_abs_bias": worst, "cells": cells}
+           "worst_abs_bias": worst, "cells": cells, "annuli_scan_sdss_median": scan}
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "a1_injection.json").write_text(json.dumps(res, indent=2))
     md = ["# A1 injection-recovery", "",
@@ -158,9 +178,21 @@ def main(argv=None) -> dict:
            f"Goal |bias| < 0.02 at the sample's typical S/N (the 'SDSS median' row): "
            f"{'met' if goal_met else 'NOT met'} (largest |bias| {worst['SDSS median']:.3f}).",
            "Where the bias comes from: at A1 = 0 an amplitude cannot be negative, so whatever noise survives "
-           "the correction shows as a positive floor that grows as S/N falls; at large A1 the centre "
-           "(brightest pixel + 3x3 first moment, as the method prescribes) is pulled a little towards the "
-           "brighter side, which lowers A1 by about 0.01 at A1 = 0.3 even without noise.", ""]
+           "the correction shows as a positive floor that grows as S/N falls; at large A1 the light peak "
+           "itself moves towards the brighter side (0.10 px for A1 = 0.3 on the noiseless image, whose "
+           "m = 1 modulation reaches into the PSF-blurred core), and A1 about that peak - the centre the "
+           "method prescribes - is about 0.012 lower than the injection about the model centre, at any S/N "
+           "(with the model centre given instead, the bias there is ~0).", "",
+           f"Number of annuli at the SDSS-median S/N (bias per injected A1, {args.n} other galaxies per cell):", "",
+           "| n_annuli | " + " | ".join(f"A1 = {a:.2f}" for a in AMPLITUDES) + " | worst abs(bias) |",
+           "|---:|" + "---:|" * (len(AMPLITUDES) + 1)]
+    for row in scan:
+        md.append(f"| {row['n_annuli']} | " + " | ".join(f"{row['bias'][a]:+.3f}" for a in AMPLITUDES)
+                  + f" | {row['worst_abs_bias']:.3f} |")
+    md += ["", "The default is 4 annuli. Fewer, wider annuli carry less noise per amplitude and so a lower "
+           "floor at A1 = 0; the worst case is set by the A1 = 0.3 end (the peak shift above) and differs "
+           f"between these choices by about the standard error of a cell (~{np.median([c['bias_se'] for c in typical]):.3f}).",
+           ""]
     (args.out / "a1_injection.md").write_text("\n".join(md))
     print("\n".join(md))
     return res

@@ -52,7 +52,7 @@ def make_sample(n: int, size: int = 256, seed: int = 0):
     return out
 
 
-def baseline_a1(image: np.ndarray, r50: float, r90: float, n_annuli: int = 6, mmax: int = 5) -> float:
+def baseline_a1(image: np.ndarray, r50: float, r90: float, n_annuli: int = 4, mmax: int = 5) -> float:
     """The straightforward way: same sky/masking/centre, then one ``curve_fit`` per annulus with a
     Python model that evaluates cos/sin on every call, pixels chosen by boolean masks on the full
     image, A1 = error-weighted mean of sqrt(a1^2 + b1^2)/a0."""

@@ -106,7 +106,7 @@ def test_injection_unbiased_at_typical_sdss_snr(radii):
     rng = np.random.default_rng(2026)
     for amp in AMPLITUDES:
         vals = []
-        for k in range(30):
+        for k in range(60):
             dx, dy = rng.uniform(-0.5, 0.5, 2)
             _, img = galaxy(amp, SDSS_TYPICAL_FLUX, dx, dy, n_arms=(0, 2, 4)[k % 3], seed=int(rng.integers(1 << 30)),
                             phase=float(rng.uniform(0, 2 * np.pi)), arm_phase=float(rng.uniform(0, 2 * np.pi)))
@@ -343,3 +343,17 @@ def test_real_sdss_cutouts(data_root):
             assert o["flags"] and o["error"], o
     assert len(finite) >= 0.85 * len(files)
     assert 0.05 < float(np.median(finite)) < 0.3
+
+
+def test_source_noise_scale_is_one_estimate_per_image():
+    from galmorph.imaging.a1 import source_noise_scale
+
+    a0 = np.array([400.0, 250.0, 150.0, 90.0])
+    base = np.full(4, 100.0)
+    ratio = 1 + 0.5 * a0 / base  # Poisson-like: variance 100 + 0.5 I
+    assert np.allclose(source_noise_scale(ratio, a0, base), ratio)
+    hit = ratio.copy()
+    hit[2] *= 8  # a star left unmasked in one annulus
+    assert np.allclose(source_noise_scale(hit, a0, base), ratio)
+    # sky-dominated: no source term, never below the assumed variance
+    assert np.allclose(source_noise_scale(np.array([0.9, 1.0, 1.1, 0.95]), a0, base), 1.0)

@@ -296,3 +296,32 @@ def test_cli_sample_measures_a1(tmp_path, sim_lopsided):
     if man.object_id[0] in set(q.object_id):
         row = q.set_index("object_id").loc[man.object_id[0]]
         assert "does not exist" in row.a1_error
+
+
+def test_exported_labels_feed_training_data(tmp_path, sim_lopsided):
+    """label sample -> labels in the store -> export -> the training data module reads those labels
+    and those images (the export is a training manifest, not just a table of labels)."""
+    from galmorph.data.datamodule import GalaxyDataModule
+    from galmorph.manifest import read_manifest
+    from galmorph.training.config import resolve_config
+
+    man = read_manifest(sim_lopsided["manifest"])
+    man = man.assign(label=None, task=None)  # unlabelled survey rows
+    q, _ = sample_queue(man, per_bin=10, n_bins=4, z_min=0.0, z_max=1.0, seed=1)
+    s = LabelStore(f"sqlite:///{tmp_path / 'labels.db'}")
+    s.register_queue(q, "q")
+    truth = read_manifest(sim_lopsided["manifest"]).set_index("object_id").label
+    chosen = list(q.object_id[:16])
+    for oid in chosen:
+        s.set_label(oid, "alice", truth[oid])
+    out = export_labels(s, tmp_path / "labelled.parquet")
+    m = read_manifest(out["manifest"])
+    assert sorted(m.object_id) == sorted(chosen)
+    cfg = resolve_config("lopsided", "tiny", {"batch_size": 4, "num_workers": 0})
+    dm = GalaxyDataModule.from_config(m, cfg, data_root=None)
+    dm.setup()
+    seen = dm.assignments().set_index("object_id").label
+    assert seen.to_dict() == {oid: truth[oid] for oid in chosen}
+    x, y = next(iter(dm.train_dataloader()))
+    assert x.shape[1:] == (cfg.in_chans, cfg.image_size, cfg.image_size) and x.shape[0] == y.shape[0]
+    assert set(y.tolist()) <= set(range(len(cfg.classes())))

@@ -24,7 +24,7 @@ from galmorph.cli.base import fail, main
 @click.option("--bkg-mesh", type=click.IntRange(4), default=64, show_default=True, help="sep background mesh (px).")
 @click.option("--search-radius", type=click.FloatRange(0.5), default=5.0, show_default=True,
               help="Peak search radius around the expected position (px).")
-@click.option("--n-annuli", type=click.IntRange(1), default=6, show_default=True, help="Annuli between R50 and R90.")
+@click.option("--n-annuli", type=click.IntRange(1), default=4, show_default=True, help="Log-spaced annuli between R50 and R90.")
 @click.option("--saturation", type=float, default=None, help="Saturation level (default: FITS SATURATE if any).")
 @click.option("--gain", type=click.FloatRange(min=0, min_open=True), default=None,
               help="e-/count of the image: adds the galaxy's Poisson noise to the assumed pixel variance.")

@@ -19,9 +19,11 @@ The measurement, step by step (:func:`lopsidedness_a1`):
    weighted linear least-squares fit ``I(phi) = a0 + sum_{m=1..mmax} a_m cos(m phi) + b_m sin(m phi)``
    (all annuli solved at once through batched normal equations; the angular basis comes from powers
    of ``(dx + i dy)/r``, no trigonometry per pixel). Assumed pixel variance = background rms^2
-   (+ I/gain when ``gain`` is given); with ``noise="residual"`` (default) it is rescaled per annulus
-   by the robust (MAD) variance of the fit residuals, which adds the source Poisson noise a sky rms
-   leaves out without being raised by arms. Parameter errors from the covariance diagonal.
+   (+ I/gain when ``gain`` is given). With ``noise="residual"`` (default) the galaxy's own noise,
+   which a sky rms leaves out, is added as ``k a0`` per annulus, ``k`` the median over the annuli
+   of the robust (MAD) excess residual variance per unit intensity (:func:`source_noise_scale`):
+   one estimate per image, so a contaminated annulus does not move it. Parameter errors from the
+   covariance diagonal.
 6. ``A_m(r) = sqrt(a_m^2 + b_m^2) / a0``, phase ``phi_m = atan2(b_m, a_m) / m`` (radians,
    counter-clockwise from +x with y up on the display, as :mod:`galmorph.simulate`).
    ``A1`` = mean of ``A1(r)`` over the valid annuli weighted by the inverse noise variance of each
@@ -67,7 +69,7 @@ FLAG_DESCRIPTIONS: dict[str, str] = {
 
 #: Pixel-noise models for the annulus fits (``lopsidedness_a1(noise=...)``).
 NOISE_MODELS: dict[str, str] = {
-    "residual": "assumed variance rescaled per annulus by the robust (MAD) variance of the fit residuals",
+    "residual": "assumed variance + k I, k measured from the robust (MAD) fit residuals of all annuli",
     "assumed": "background rms^2 (+ I/gain when gain is given), as is",
     "chi2": "assumed variance inflated by each annulus' reduced chi-square where it exceeds 1",
 }
@@ -581,6 +583,22 @@ def fit_annuli(values: np.ndarray, X: np.ndarray, labels: np.ndarray, n_annuli: 
     return coef, cov, counts, chi2_red, ok, noise_ratio
 
 
+def source_noise_scale(noise_ratio: np.ndarray, a0: np.ndarray, base_var: np.ndarray) -> np.ndarray:
+    """Per-annulus variance factor from the galaxy's own (Poisson-like) noise, estimated robustly.
+
+    ``noise_ratio`` is each annulus' measured (MAD) residual variance over the assumed ``base_var``;
+    ``a0`` its mean intensity. The excess ``(ratio - 1) base_var`` is modelled as ``k a0`` with one
+    ``k`` (an inverse effective gain) for the whole image: the median over annuli, so one annulus
+    whose residuals are raised by unmodelled structure (a star left unmasked, a clump) neither
+    inflates its own error nor gets down-weighted. Returns ``1 + k a0 / base_var`` (>= 1).
+    """
+    good = np.isfinite(noise_ratio) & np.isfinite(a0) & (a0 > 0) & (base_var > 0)
+    if not good.any():
+        return np.ones_like(noise_ratio)
+    k = max(float(np.median((noise_ratio[good] - 1.0) * base_var[good] / a0[good])), 0.0)
+    return np.where(np.isfinite(a0) & (a0 > 0), 1.0 + k * np.clip(a0, 0, None) / base_var, 1.0)
+
+
 def amplitudes_from_coef(coef: np.ndarray, cov: np.ndarray, mmax: int, debias: bool = False):
     """``A_m``, errors and phases from the Fourier coefficients (first-order error propagation).
 
@@ -714,7 +732,7 @@ def lopsidedness_a1(
     bkg_galaxy_factor: float = 2.0,
     search_radius: float = 5.0,
     centre_iterations: int = 30,
-    n_annuli: int = 6,
+    n_annuli: int = 4,
     mmax: int = 5,
     min_pixels: int = 30,
     min_coverage: float = 0.6,
@@ -749,10 +767,11 @@ def lopsidedness_a1(
         that must fall inside the image.
     saturation : pixel level (raw, before background subtraction) at or above which pixels count
         as saturated; ``gain`` (e-/count) adds source Poisson noise to the pixel variance.
-    noise : pixel-noise model of the fits (:data:`NOISE_MODELS`): ``"residual"`` (default) rescales
-        the assumed variance (background rms^2, + I/gain with ``gain``) in each annulus by the
-        robust variance of the fit residuals, so source Poisson noise counts even without a gain;
-        ``"assumed"`` uses it as is; ``"chi2"`` inflates it by the reduced chi-square.
+    noise : pixel-noise model of the fits (:data:`NOISE_MODELS`): ``"residual"`` (default) adds to
+        the assumed variance (background rms^2, + I/gain with ``gain``) a source term ``k I`` with
+        ``k`` measured robustly from the fit residuals (:func:`source_noise_scale`), so the galaxy's
+        Poisson noise counts even without a gain; ``"assumed"`` uses the assumed variance as is;
+        ``"chi2"`` inflates it by each annulus' reduced chi-square.
     debias : correct A1 for the noise bias of amplitudes (:func:`debiased_mean_amplitude` on the
         weighted mean); the per-annulus profile amplitudes are debiased in quadrature.
     weighting : ``"inverse_variance"`` (default; 1 / noise variance of each A1(r)) or ``"uniform"``
@@ -939,8 +958,10 @@ def lopsidedness_a1(
         variance = bkg_rms ** 2 + np.clip(vals, 0, None) / float(gain)
     coef, cov, counts, chi2_red, ok, noise_ratio = fit_annuli(vals, X, labels, n_ann, variance, 2 * mmax + 2,
                                                                noise == "chi2", noise_pixels=~msk)
-    if noise == "residual":  # the measured pixel noise of each annulus replaces the assumed one
-        cov = cov * np.where(np.isfinite(noise_ratio) & (noise_ratio > 0), noise_ratio, 1.0)[:, None, None]
+    if noise == "residual":
+        base = (np.full(n_ann, float(variance)) if np.ndim(variance) == 0 else
+                np.bincount(labels, weights=variance, minlength=n_ann)[:n_ann] / np.maximum(counts, 1))
+        cov = cov * source_noise_scale(noise_ratio, coef[:, 0], base)[:, None, None]
     n_masked = np.bincount(labels, weights=msk.astype(float), minlength=n_ann)[:n_ann].astype(int)
     n_good = counts - n_masked
     full_ring = np.pi * (edges[1:] ** 2 - edges[:-1] ** 2)
