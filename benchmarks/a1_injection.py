@@ -86,6 +86,15 @@ def flux_for_snr(snr: float, r50: float, r90: float) -> float:
     return float(np.sqrt(lo * hi))
 
 
+def draw_galaxy(rng: np.random.Generator, flux: float, amp: float, k: int):
+    """The k-th galaxy of a cell: arms n = 0, 2, 4 in turn, random sub-pixel offset and phases."""
+    c = (SIZE - 1) / 2
+    dx, dy = rng.uniform(-0.5, 0.5, 2)
+    p = GalaxyParams(size=SIZE, x0=c + dx, y0=c + dy, flux=flux, disc_scale=H, n_arms=(0, 2, 4)[k % 3],
+                     arm_phase=float(rng.uniform(0, 2 * np.pi)), a1=amp, a1_phase=float(rng.uniform(0, 2 * np.pi)))
+    return p, render_galaxy(p, int(rng.integers(1 << 30)))["r"]
+
+
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=120, help="galaxies per cell")
@@ -96,7 +105,6 @@ def main(argv=None) -> dict:
     args = ap.parse_args(argv)
     rng = np.random.default_rng(args.seed)
     r50, r90 = half_light_radii(GalaxyParams(size=SIZE, disc_scale=H, n_arms=0))
-    c = (SIZE - 1) / 2
     data_root = args.data_root
     if data_root is None:
         from galmorph.settings import Settings
@@ -113,11 +121,7 @@ def main(argv=None) -> dict:
         for amp in AMPLITUDES:
             vals, errs, offs = [], [], []
             for k in range(args.n):
-                dx, dy = rng.uniform(-0.5, 0.5, 2)
-                p = GalaxyParams(size=SIZE, x0=c + dx, y0=c + dy, flux=flux, disc_scale=H, n_arms=(0, 2, 4)[k % 3],
-                                 arm_phase=float(rng.uniform(0, 2 * np.pi)), a1=amp,
-                                 a1_phase=float(rng.uniform(0, 2 * np.pi)))
-                img = render_galaxy(p, int(rng.integers(1 << 30)))["r"]
+                p, img = draw_galaxy(rng, flux, amp, k)
                 res = lopsidedness_a1(img, r50=r50, r90=r90)
                 vals.append(res.a1)
                 errs.append(res.a1_err)
@@ -139,11 +143,7 @@ def main(argv=None) -> dict:
         for amp in AMPLITUDES:
             vals = []
             for k in range(args.n):
-                dx, dy = srng.uniform(-0.5, 0.5, 2)
-                p = GalaxyParams(size=SIZE, x0=c + dx, y0=c + dy, flux=flux, disc_scale=H, n_arms=(0, 2, 4)[k % 3],
-                                 arm_phase=float(srng.uniform(0, 2 * np.pi)), a1=amp,
-                                 a1_phase=float(srng.uniform(0, 2 * np.pi)))
-                img = render_galaxy(p, int(srng.integers(1 << 30)))["r"]
+                _, img = draw_galaxy(srng, flux, amp, k)
                 vals.append(lopsidedness_a1(img, r50=r50, r90=r90, n_annuli=n_ann).a1)
             row["bias"][amp] = float(np.nanmean(vals) - amp)
         row["worst_abs_bias"] = max(abs(b) for b in row["bias"].values())

@@ -780,8 +780,6 @@ def lopsidedness_a1(
     Returns an :class:`A1Result`; problems that still allow a measurement become ``flags``.
     Raises :class:`A1Error` for unusable input (not 2-D, too small, all non-finite).
     """
-    import sep
-
     img = np.asarray(image)
     if img.ndim == 3:
         img = img.mean(axis=2)
