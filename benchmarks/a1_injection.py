@@ -27,7 +27,7 @@ from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
 
-from galmorph.imaging.a1 import lopsidedness_a1  # noqa: E402
+from galmorph.imaging.a1 import annulus_snr, lopsidedness_a1  # noqa: E402
 from galmorph.simulate import GalaxyParams, half_light_radii, render_galaxy  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -39,15 +39,11 @@ SDSS_SNR_FALLBACK = {"median": 85.0, "p10": 62.0}
 ANNULI_SCAN = (2, 3, 4, 6)
 
 
-def annulus_snr(flux: float, r50: float, r90: float, sky: float = 100.0) -> float:
-    """Integrated S/N of the light between R50 and R90 (40% of the flux) with Poisson noise."""
+def model_snr(flux: float, r50: float, r90: float, sky: float = 100.0) -> float:
+    """R50-R90 S/N of the simulated symmetric galaxy of total counts ``flux`` (Poisson: gain 1)."""
     p = GalaxyParams(size=SIZE, disc_scale=H, n_arms=0, flux=flux, noise=False)
-    model = render_galaxy(p)["model"]
-    yy, xx = np.mgrid[0:SIZE, 0:SIZE]
-    r = np.hypot(xx - (SIZE - 1) / 2, yy - (SIZE - 1) / 2)
-    sel = (r >= r50) & (r < r90)
-    s = model[sel].sum()
-    return float(s / np.sqrt(s + sky * sel.sum()))
+    c = (SIZE - 1) / 2
+    return annulus_snr(render_galaxy(p)["model"], c, c, r50, r90, sky_variance=sky, gain=1.0)
 
 
 def sdss_cutout_snr(data_root: Path | None) -> tuple[dict[str, float], str]:
@@ -63,13 +59,9 @@ def sdss_cutout_snr(data_root: Path | None) -> tuple[dict[str, float], str]:
         res = lopsidedness_a1(img)
         if not res.ok:
             continue
-        sky = img - res.background
-        yy, xx = np.mgrid[0:img.shape[0], 0:img.shape[1]]
-        r = np.hypot(xx - res.x0, yy - res.y0)
-        sel = (r >= res.r50) & (r < res.r90)
-        s = float(sky[sel].sum())
-        if s > 0:
-            snrs.append(s / np.sqrt(sel.sum() * res.background_rms ** 2 + s / SDSS_GAIN))
+        snr = annulus_snr(img - res.background, res.x0, res.y0, res.r50, res.r90, res.background_rms ** 2, SDSS_GAIN)
+        if snr > 0:
+            snrs.append(snr)
     if len(snrs) < 5:
         return dict(SDSS_SNR_FALLBACK), "values measured on sdss_fits/cutouts when the script was written (no data root here)"
     return ({"median": float(np.median(snrs)), "p10": float(np.percentile(snrs, 10)),
@@ -82,7 +74,7 @@ def flux_for_snr(snr: float, r50: float, r90: float) -> float:
     lo, hi = 1e3, 1e8
     for _ in range(50):
         mid = float(np.sqrt(lo * hi))
-        lo, hi = (mid, hi) if annulus_snr(mid, r50, r90) < snr else (lo, mid)
+        lo, hi = (mid, hi) if model_snr(mid, r50, r90) < snr else (lo, mid)
     return float(np.sqrt(lo * hi))
 
 
@@ -117,7 +109,7 @@ def main(argv=None) -> dict:
     levels = dict(sorted(levels.items(), key=lambda kv: -kv[1]))
     cells = []
     for level, flux in levels.items():
-        snr = annulus_snr(flux, r50, r90)
+        snr = model_snr(flux, r50, r90)
         for amp in AMPLITUDES:
             vals, errs, offs = [], [], []
             for k in range(args.n):

@@ -12,6 +12,7 @@ from click.testing import CliRunner
 
 from galmorph.imaging.a1 import (
     A1Error,
+    annulus_snr,
     curve_of_growth_radii,
     debiased_mean_amplitude,
     lopsidedness_a1,
@@ -90,19 +91,11 @@ def test_low_snr_still_ordered_and_errors_grow(injection_grid):
 SDSS_TYPICAL_FLUX = 1.109e5
 
 
-def _annulus_snr(flux, r50, r90, sky=100.0):
-    p = GalaxyParams(size=SIZE, disc_scale=8.0, n_arms=0, flux=flux, noise=False)
-    model = render_galaxy(p)["model"]
-    yy, xx = np.mgrid[0:SIZE, 0:SIZE]
-    sel = (np.hypot(xx - C, yy - C) >= r50) & (np.hypot(xx - C, yy - C) < r90)
-    s = model[sel].sum()
-    return s / np.sqrt(s + sky * sel.sum())
-
-
 def test_injection_unbiased_at_typical_sdss_snr(radii):
     """The issue's goal: |bias| < 0.02 at the sample's typical S/N, for every injected amplitude."""
     r50, r90 = radii
-    assert 80 < _annulus_snr(SDSS_TYPICAL_FLUX, r50, r90) < 90
+    model = render_galaxy(GalaxyParams(size=SIZE, disc_scale=8.0, n_arms=0, flux=SDSS_TYPICAL_FLUX, noise=False))["model"]
+    assert 80 < annulus_snr(model, C, C, r50, r90, sky_variance=100.0, gain=1.0) < 90
     rng = np.random.default_rng(2026)
     for amp in AMPLITUDES:
         vals = []
@@ -357,3 +350,12 @@ def test_source_noise_scale_is_one_estimate_per_image():
     assert np.allclose(source_noise_scale(hit, a0, base), ratio)
     # sky-dominated: no source term, never below the assumed variance
     assert np.allclose(source_noise_scale(np.array([0.9, 1.0, 1.1, 0.95]), a0, base), 1.0)
+
+
+def test_annulus_snr_matches_the_formula():
+    light = np.full((64, 64), 10.0)
+    yy, xx = np.mgrid[0:64, 0:64]
+    n = int(((np.hypot(xx - 31.5, yy - 31.5) >= 5) & (np.hypot(xx - 31.5, yy - 31.5) < 12)).sum())
+    got = annulus_snr(light, 31.5, 31.5, 5, 12, sky_variance=4.0, gain=2.0)
+    assert got == pytest.approx(10.0 * n / math.sqrt(4.0 * n + 10.0 * n / 2.0))
+    assert annulus_snr(light, 31.5, 31.5, 5, 12, sky_variance=4.0) == pytest.approx(10.0 * n / math.sqrt(4.0 * n))

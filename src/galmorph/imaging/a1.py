@@ -993,6 +993,19 @@ def lopsidedness_a1(
                     shape=(h, w))
 
 
+def annulus_snr(light: np.ndarray, x0: float, y0: float, r_inner: float, r_outer: float, sky_variance: float,
+                gain: float | None = None) -> float:
+    """Integrated S/N of the sky-subtracted ``light`` between ``r_inner`` and ``r_outer`` of ``(x0, y0)``:
+    ``S / sqrt(N sky_variance + S / gain)`` (N pixels, S their summed light; no source term without
+    ``gain``). The S/N that the A1 injection goals are stated at (R50 to R90)."""
+    yy, xx = np.mgrid[0:light.shape[0], 0:light.shape[1]]
+    r = np.hypot(xx - x0, yy - y0)
+    sel = (r >= r_inner) & (r < r_outer)
+    s = float(light[sel].sum())
+    var = sel.sum() * float(sky_variance) + (max(s, 0.0) / gain if gain else 0.0)
+    return s / math.sqrt(var) if var > 0 else float("nan")
+
+
 # ---------------------------------------------------------------------------------------------
 # files and manifests
 # ---------------------------------------------------------------------------------------------
