@@ -39,6 +39,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from galmorph.jsonsafe import finite_json, json_default
+
 SCHEMA_VERSION = "1"
 REQUIRED_COLUMNS: tuple[str, ...] = (
     "object_id", "survey", "ra", "dec", "z", "z_bin", "image_uri", "label", "task", "provenance",
@@ -188,25 +190,13 @@ def manifest_metadata(path: str | Path) -> dict[str, Any]:
 # --------------------------------------------------------------------------------------------
 # quarantine
 # --------------------------------------------------------------------------------------------
-def _jsonable(v: Any) -> Any:
-    if v is None or v is pd.NA:
-        return None
-    if isinstance(v, (np.integer,)):
-        return int(v)
-    if isinstance(v, (np.floating, float)):
-        return None if math.isnan(float(v)) else float(v)
-    if isinstance(v, (np.bool_,)):
-        return bool(v)
-    return v if isinstance(v, (int, str, bool)) else str(v)
-
-
 def quarantine_record(object_id: Any, stage: str, reason: str, row: dict | pd.Series | None = None) -> dict:
     row_dict = dict(row) if row is not None else {}
     return {
         "object_id": None if object_id is None else str(object_id),
         "stage": stage,
         "reason": reason,
-        "row": json.dumps({str(k): _jsonable(v) for k, v in row_dict.items()}),
+        "row": json.dumps(finite_json(row_dict), default=json_default),
     }
 
 

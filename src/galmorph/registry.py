@@ -38,6 +38,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from galmorph.jsonsafe import finite_json, json_default
+
 log = logging.getLogger(__name__)
 
 CHAMPION, CHALLENGER, PREVIOUS = "champion", "challenger", "previous-champion"
@@ -148,7 +150,7 @@ def append_audit(audit_log: str | Path, record: dict) -> Path:
     """Append one JSON line (under its own flock so that lines never interleave)."""
     audit_log = Path(audit_log)
     audit_log.parent.mkdir(parents=True, exist_ok=True)
-    line = json.dumps(_clean(record), default=str, sort_keys=True) + "\n"
+    line = json.dumps(finite_json(record), default=json_default, sort_keys=True) + "\n"
     with open(audit_log, "a", encoding="utf-8") as fh:
         fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
         try:
@@ -166,15 +168,6 @@ def read_audit(audit_log: str | Path) -> list[dict]:
         return []
     return [json.loads(line) for line in p.read_text(encoding="utf-8").splitlines() if line.strip()]
 
-
-def _clean(o):
-    if isinstance(o, dict):
-        return {str(k): _clean(v) for k, v in o.items()}
-    if isinstance(o, (list, tuple)):
-        return [_clean(v) for v in o]
-    if isinstance(o, float) and not math.isfinite(o):
-        return None
-    return o
 
 
 def default_lock_path(audit_log: str | Path, model_name: str) -> Path:
@@ -225,7 +218,7 @@ def _tag(client, name: str, version: str | None, tags: dict[str, Any]) -> None:
     if version is None:
         return
     for k, v in tags.items():
-        s = v if isinstance(v, str) else json.dumps(_clean(v), default=str, sort_keys=True)
+        s = v if isinstance(v, str) else json.dumps(finite_json(v), default=json_default, sort_keys=True)
         client.set_model_version_tag(name, str(version), k, s[:5000])
 
 

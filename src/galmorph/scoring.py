@@ -36,6 +36,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from galmorph.jsonsafe import json_default
 from galmorph.manifest import ManifestError, quarantine_record, write_quarantine
 
 log = logging.getLogger(__name__)
@@ -476,19 +477,12 @@ def merge_scores(score_dirs: str | Path | Sequence[str | Path], out_dir: str | P
         cv.update({f"{k}_high_confidence": v for k, v in hc.items()})
         summary["cvs"] = cv
     stmp = sum_path.with_name(f".{sum_path.name}.tmp-{os.getpid()}")
-    stmp.write_text(json.dumps(summary, indent=2, default=_json_default))
+    stmp.write_text(json.dumps(summary, indent=2, default=json_default))
     os.replace(stmp, sum_path)
     log.info("release catalogue %s: %d scored, %d quarantined", cat_path, n_scored, n_quar)
     return MergeResult(catalogue=str(cat_path), summary=str(sum_path), quarantine=str(q_path), n_rows=n_rows,
                        n_scored=n_scored, n_quarantined=n_quar, summary_data=summary)
 
-
-def _json_default(o):
-    if isinstance(o, (np.integer,)):
-        return int(o)
-    if isinstance(o, (np.floating,)):
-        return float(o)
-    return str(o)
 
 
 def log_scoring_to_mlflow(summary: dict, catalogue_path: str | Path | None = None, run_name: str | None = None,

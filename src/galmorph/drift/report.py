@@ -24,6 +24,7 @@ import pandas as pd
 
 from galmorph.drift.config import DRIFT, INSUFFICIENT, NO_DRIFT, DriftConfig
 from galmorph.drift.features import KEY_COLUMNS, compute_drift_features, feature_columns
+from galmorph.jsonsafe import json_default
 
 log = logging.getLogger(__name__)
 
@@ -430,22 +431,13 @@ def run_drift(reference: str | Path | pd.DataFrame, current: str | Path | pd.Dat
     if out is not None:
         result.paths.update(summary_json=str(out / "summary.json"), summary_md=str(out / "summary.md"),
                             verdict=str(out / "verdict.txt"), reports=str(out / "reports"))
-        (out / "summary.json").write_text(json.dumps(result.to_dict(), indent=2, default=_json_default))
+        (out / "summary.json").write_text(json.dumps(result.to_dict(), indent=2, default=json_default))
         (out / "summary.md").write_text(f"# Drift summary: {verdict}\n\n" + result.table() + "\n")
         (out / "verdict.txt").write_text(verdict + "\n")
     if mlflow_run_id is not None or _active_mlflow_run() is not None:
         _log_mlflow(result, mlflow_run_id or _active_mlflow_run())
     return result
 
-
-def _json_default(o: Any) -> Any:
-    if isinstance(o, (np.floating,)):
-        return None if math.isnan(float(o)) else float(o)
-    if isinstance(o, (np.integer,)):
-        return int(o)
-    if isinstance(o, float) and math.isnan(o):
-        return None
-    return str(o)
 
 
 def _active_mlflow_run() -> str | None:
@@ -490,7 +482,7 @@ def _log_mlflow(result: DriftResult, run_id: str) -> None:
     client.set_tag(run_id, "drift.verdict", result.verdict)
     with tempfile.TemporaryDirectory() as td:
         p = Path(td) / "drift_summary.json"
-        p.write_text(json.dumps(result.to_dict(), indent=2, default=_json_default))
+        p.write_text(json.dumps(result.to_dict(), indent=2, default=json_default))
         client.log_artifact(run_id, str(p), artifact_path="drift")
         for g in result.per_group.values():
             if g.report_html:

@@ -24,6 +24,7 @@ import pandas as pd
 from galmorph.evaluation import chirality as chir
 from galmorph.evaluation.metrics import (aggregate_trials, classification_metrics, flatten_metrics,
                                          redshift_bin_metrics, threshold_metrics)
+from galmorph.jsonsafe import finite_json, json_default
 from galmorph.manifest import DEFAULT_Z_EDGES, assign_z_bin, quarantine_record, read_manifest, write_quarantine
 
 log = logging.getLogger(__name__)
@@ -67,29 +68,6 @@ def _model_name_version(loaded, uri: str) -> tuple[str | None, str | None]:
     return name or registered_name(loaded.spec.task), loaded.version
 
 
-def _json_default(o):
-    if isinstance(o, (np.integer,)):
-        return int(o)
-    if isinstance(o, (np.floating,)):
-        return float(o)
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    if isinstance(o, Path):
-        return str(o)
-    if o is pd.NA:
-        return None
-    return str(o)
-
-
-def _clean(o):
-    """NaN/inf -> None recursively (strict JSON)."""
-    if isinstance(o, dict):
-        return {str(k): _clean(v) for k, v in o.items()}
-    if isinstance(o, (list, tuple)):
-        return [_clean(v) for v in o]
-    if isinstance(o, (float, np.floating)):
-        return None if not math.isfinite(float(o)) else float(o)
-    return o
 
 
 def _load_images(manifest: pd.DataFrame, rows: Sequence[int], spec, data_root):
@@ -248,7 +226,7 @@ def evaluate(model_uri, manifest, out_dir: str | Path, *, z_edges: Sequence[floa
     pred.to_parquet(pred_path, index=False)
     q_path = write_quarantine(qrecords, out_dir / "quarantine.parquet")
     json_path = out_dir / "report.json"
-    json_path.write_text(json.dumps(_clean(report), indent=1, default=_json_default))
+    json_path.write_text(json.dumps(finite_json(report), indent=1, default=json_default))
     html_path = out_dir / "report.html"
     if html:
         from galmorph.evaluation.report import build_report_html
@@ -304,6 +282,6 @@ def evaluate_trials(model_uris: Sequence, manifest, out_dir: str | Path, **kwarg
     out_dir = Path(out_dir)
     results = [evaluate(u, manifest, out_dir / f"trial{i}", **kwargs) for i, u in enumerate(model_uris)]
     agg = aggregate_trials([r.metrics for r in results])
-    (out_dir / "trials.json").write_text(json.dumps(_clean({"models": [r.model_uri for r in results],
+    (out_dir / "trials.json").write_text(json.dumps(finite_json({"models": [r.model_uri for r in results],
                                                             "aggregate": agg}), indent=1))
     return results, agg

@@ -22,6 +22,7 @@ from typing import Literal
 import pandas as pd
 from pydantic import BaseModel, Field
 
+from galmorph.jsonsafe import finite_json
 from galmorph.labelling.store import LabelError, LabelStore, UnknownObject
 
 log = logging.getLogger(__name__)
@@ -180,7 +181,7 @@ def create_app(queue: pd.DataFrame, store: LabelStore, labeller: str, data_root:
         from galmorph.labelling.agreement import agreement_report
 
         rep = agreement_report(store.labels(task))
-        return JSONResponse(content=_jsonable(rep))
+        return JSONResponse(content=finite_json(rep))
 
     @app.get("/image/{object_id}")
     def image(object_id: str):
@@ -208,15 +209,6 @@ def create_app(queue: pd.DataFrame, store: LabelStore, labeller: str, data_root:
 
     return app
 
-
-def _jsonable(o):
-    if isinstance(o, dict):
-        return {str(k): _jsonable(v) for k, v in o.items()}
-    if isinstance(o, (list, tuple)):
-        return [_jsonable(v) for v in o]
-    if isinstance(o, float) and not math.isfinite(o):
-        return None
-    return o
 
 
 def _html_escape(s: str) -> str:
