@@ -677,21 +677,18 @@ def debiased_mean_amplitude(amp: np.ndarray, sigma: np.ndarray, weights: np.ndar
 
 
 def combine_annuli(coef: np.ndarray, cov: np.ndarray, amp_err: np.ndarray, weighting: str = "inverse_variance",
-                   debias: bool = True, noise_scale: np.ndarray | None = None) -> tuple[float, float, float]:
+                   debias: bool = True) -> tuple[float, float, float]:
     """A1, its error and the mean m = 1 phase from the fitted annuli (rows of ``coef``/``cov``).
 
     Weights: ``"inverse_variance"`` = 1 / sigma_i^2 with sigma_i the noise of A1(r_i) (from the
     m = 1 components' covariance; independent of the measured amplitude, so the weights do not
     favour annuli that fluctuated low) or ``"uniform"``. With ``debias`` the weighted mean of the
     raw amplitudes is corrected for the noise bias by :func:`debiased_mean_amplitude`.
-    ``noise_scale`` multiplies the component variances (e.g. the reduced chi-square or the residual noise ratio of each annulus); it scales the weights and errors too.
     Error: ``sqrt(sum w^2 err_i^2) / sum w``.
     """
     a0 = coef[:, 0]
     raw = np.hypot(coef[:, 1], coef[:, 2]) / a0
-    scale = np.ones_like(raw) if noise_scale is None else np.asarray(noise_scale, dtype=np.float64)
-    scale = np.where(np.isfinite(scale) & (scale > 0), scale, 1.0)
-    var_c = 0.5 * (cov[:, 1, 1] + cov[:, 2, 2]) / a0 ** 2 * scale
+    var_c = 0.5 * (cov[:, 1, 1] + cov[:, 2, 2]) / a0 ** 2
     if weighting == "inverse_variance":
         wts = 1.0 / var_c
     elif weighting == "uniform":
@@ -702,7 +699,7 @@ def combine_annuli(coef: np.ndarray, cov: np.ndarray, amp_err: np.ndarray, weigh
         a1 = debiased_mean_amplitude(raw, np.sqrt(var_c), wts)
     else:
         a1 = float(np.sum(wts * raw) / np.sum(wts))
-    a1_err = float(np.sqrt(np.sum(wts ** 2 * amp_err ** 2 * scale)) / np.sum(wts))
+    a1_err = float(np.sqrt(np.sum(wts ** 2 * amp_err ** 2)) / np.sum(wts))
     ph = np.arctan2(coef[:, 2], coef[:, 1])
     a1_phase = float(np.mod(np.arctan2(np.sum(wts * raw * np.sin(ph)), np.sum(wts * raw * np.cos(ph))), 2 * np.pi))
     return a1, a1_err, a1_phase
