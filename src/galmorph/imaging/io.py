@@ -3,6 +3,12 @@
 Conventions: arrays are ``(H, W)`` for single-band data or ``(H, W, 3)`` for colour renderings,
 row 0 at the *top* of the displayed image (as PIL shows it). FITS data (row 0 at the bottom) is
 flipped on read so that both formats share one orientation; ``wcs_for`` gives the matching WCS.
+
+Size limit: an image whose header declares more than ``max_pixels`` pixels (default
+:data:`MAX_IMAGE_PIXELS`, well below Pillow's decompression-bomb limit) is refused with an
+:class:`ImageError` *before* any pixel is decoded, so a 99-byte PNG claiming 20000x20000 pixels
+costs no memory. Scaling: 8-bit rasters / 255, 16-bit rasters / 65535, float rasters by their
+finite range; an image without a single finite pixel is an :class:`ImageError`.
 """
 
 from __future__ import annotations
@@ -15,6 +21,9 @@ import numpy as np
 
 FITS_SUFFIXES = (".fits", ".fit", ".fits.gz", ".fits.bz2", ".fts")
 RASTER_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff")
+
+#: Default pixel limit (width x height) of one image; Pillow's own bomb warning starts at ~89 Mpx.
+MAX_IMAGE_PIXELS = 50_000_000
 
 
 class ImageError(ValueError):
@@ -33,23 +42,35 @@ class FitsImage:
     wcs: object | None  # astropy.wcs.WCS or None when the header has no usable celestial WCS
 
 
-def read_fits(path: str | Path, hdu: int | None = None, require_wcs: bool = False) -> FitsImage:
-    """Read the first image HDU of a FITS file with its celestial WCS (if usable)."""
+def read_fits(path: str | Path, hdu: int | None = None, require_wcs: bool = False,
+              max_pixels: int | None = MAX_IMAGE_PIXELS) -> FitsImage:
+    """Read the first image HDU of a FITS file with its celestial WCS (if usable).
+
+    The HDU's size is checked from its header against ``max_pixels`` (None: no limit) before the
+    data is read."""
     from astropy.io import fits
     from astropy.wcs import WCS, FITSFixedWarning
 
     path = Path(path)
     _check_file(path)
     try:
-        with fits.open(path, memmap=False) as hdul:
+        with fits.open(path, memmap=False, lazy_load_hdus=True) as hdul:
             idx = hdu
             if idx is None:
-                idx = next((i for i, h in enumerate(hdul) if getattr(h, "data", None) is not None
-                            and getattr(h.data, "ndim", 0) >= 2), None)
+                idx = next((i for i, h in enumerate(hdul) if int(h.header.get("NAXIS", 0) or 0) >= 2
+                            and all(int(h.header.get(f"NAXIS{k}", 0) or 0) > 0
+                                    for k in range(1, int(h.header["NAXIS"]) + 1))), None)
             if idx is None:
                 raise ImageError(f"{path}: FITS file has no 2-D image HDU")
-            data = np.asarray(hdul[idx].data, dtype=np.float64)
-            header = hdul[idx].header.copy()
+            h = hdul[idx]
+            naxis = int(h.header.get("NAXIS", 0) or 0)
+            if naxis < 2:
+                raise ImageError(f"{path}: HDU {idx} is not a 2-D image")
+            w, hh = int(h.header.get("NAXIS1", 0) or 0), int(h.header.get("NAXIS2", 0) or 0)
+            planes = int(np.prod([int(h.header.get(f"NAXIS{k}", 1) or 1) for k in range(3, naxis + 1)]))
+            _check_pixels(path, w, hh * planes, max_pixels)
+            data = np.asarray(h.data, dtype=np.float64)
+            header = h.header.copy()
     except ImageError:
         raise
     except Exception as exc:  # noqa: BLE001
@@ -79,32 +100,73 @@ def _check_file(path: Path) -> None:
         raise ImageError(f"{path}: zero-byte file")
 
 
-def load_image(path: str | Path, greyscale: bool = False, allow_nan: bool = False) -> np.ndarray:
-    """Load an image as float32: rasters scaled to 0..1, FITS as stored (flipped to display order).
+def _check_pixels(path: Path, width: int, height: int, max_pixels: int | None) -> None:
+    if max_pixels is not None and width * height > max_pixels:
+        raise ImageError(f"{path}: image of {width}x{height} = {width * height} pixels is over the limit of "
+                         f"{max_pixels} pixels (oversize image or decompression bomb); not decoded")
 
-    Raises :class:`ImageError` for missing, empty, truncated or undecodable files and, unless
-    ``allow_nan``, for non-finite pixels.
+
+def _raster_to_float(im, path: Path) -> np.ndarray:
+    """A decoded PIL image as float32: 8-bit / 255, 16-bit / 65535, float by its finite range."""
+    mode = im.mode
+    if mode.startswith("I;16"):
+        return np.asarray(im, dtype=np.float32) / 65535.0
+    if mode == "I":  # 32-bit int: 16-bit PNGs read this way on some Pillow versions
+        a = np.asarray(im, dtype=np.float64)
+        if a.size and a.min() >= 0 and a.max() <= 65535:
+            return (a / 65535.0).astype(np.float32)
+        return _finite_range(a, path)
+    if mode == "F":
+        return _finite_range(np.asarray(im, dtype=np.float64), path)
+    if mode not in ("L", "RGB"):
+        im = im.convert("RGB") if mode in ("RGBA", "P", "CMYK", "YCbCr", "PA", "RGBX") else im.convert("L")
+    return np.asarray(im, dtype=np.float32) / 255.0
+
+
+def _finite_range(a: np.ndarray, path: Path) -> np.ndarray:
+    fin = np.isfinite(a)
+    if not fin.any():
+        raise ImageError(f"{path}: no finite pixels (all NaN/inf)")
+    lo, hi = float(a[fin].min()), float(a[fin].max())
+    out = (a - lo) / (hi - lo) if hi > lo else np.zeros_like(a)
+    return out.astype(np.float32)
+
+
+def load_image(path: str | Path, greyscale: bool = False, allow_nan: bool = False,
+               max_pixels: int | None = MAX_IMAGE_PIXELS) -> np.ndarray:
+    """Load an image as float32: rasters scaled to 0..1 (8-bit / 255, 16-bit / 65535, float by
+    their finite range), FITS as stored (flipped to display order).
+
+    Raises :class:`ImageError` for missing, empty, truncated or undecodable files, for images over
+    ``max_pixels`` pixels (checked from the header, before decoding; None: no limit), for images
+    without any finite pixel and, unless ``allow_nan``, for any non-finite pixel.
     """
     path = Path(path)
     _check_file(path)
     if is_fits(path):
-        arr = np.flipud(read_fits(path).data).astype(np.float32)
+        arr = np.flipud(read_fits(path, max_pixels=max_pixels).data).astype(np.float32)
     else:
         from PIL import Image, UnidentifiedImageError
 
         try:
             with Image.open(path) as im:
+                _check_pixels(path, im.size[0], im.size[1], max_pixels)
                 im.load()  # forces a full decode: truncated files fail here
-                if im.mode not in ("L", "RGB"):
-                    im = im.convert("RGB") if im.mode in ("RGBA", "P", "CMYK", "YCbCr") else im.convert("L")
-                arr = np.asarray(im, dtype=np.float32) / 255.0
-        except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+                arr = _raster_to_float(im, path)
+        except ImageError:
+            raise
+        except Image.DecompressionBombError as exc:
+            raise ImageError(f"{path}: oversize image or decompression bomb, not decoded ({exc})") from exc
+        except (UnidentifiedImageError, OSError, SyntaxError, ValueError, MemoryError) as exc:
             raise ImageError(f"{path}: cannot decode image ({exc})") from exc
     if greyscale and arr.ndim == 3:
         arr = arr.mean(axis=2)
-    if not allow_nan and not np.all(np.isfinite(arr)):
-        n = int((~np.isfinite(arr)).sum())
-        raise ImageError(f"{path}: {n} non-finite (NaN/inf) pixel(s)")
+    finite = np.isfinite(arr)
+    if not finite.all():
+        if not finite.any():
+            raise ImageError(f"{path}: no finite pixels (all NaN/inf)")
+        if not allow_nan:
+            raise ImageError(f"{path}: {int((~finite).sum())} non-finite (NaN/inf) pixel(s)")
     return np.ascontiguousarray(arr, dtype=np.float32)
 
 
@@ -113,6 +175,8 @@ def to_uint8(img: np.ndarray, lo: float | None = None, hi: float | None = None, 
     a = np.asarray(img, dtype=np.float64)
     if lo is None or hi is None:
         finite = a[np.isfinite(a)]
+        if finite.size == 0:  # nothing to stretch: black
+            return np.zeros(a.shape, dtype=np.uint8)
         lo = float(np.percentile(finite, 1)) if lo is None else lo
         hi = float(np.percentile(finite, 99.7)) if hi is None else hi
     x = np.clip((a - lo) / max(hi - lo, 1e-12), 0, 1)
