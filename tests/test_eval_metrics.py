@@ -122,3 +122,27 @@ def test_aggregate_trials_and_flatten():
     assert "f1_5plus" in flat and "auc_macro" in flat and "confusion_norm_5plus_cant_tell" in flat
     assert metric_key("zbin", "0.01-0.03", "auc_macro") == "zbin_0.01-0.03_auc_macro"
     assert all(isinstance(v, float) for v in flat.values())
+
+
+def test_macro_f1_over_present_classes_and_majority_baseline():
+    """Macro-F1 is the mean over classes with support (sklearn with labels=present); the absent ones are
+    listed; the majority-class predictor's macro-F1 follows the same definition."""
+    from galmorph.evaluation.metrics import macro_f1, majority_class_baseline
+
+    classes = ["a", "b", "c", "d"]
+    y = ["a", "a", "a", "b", "b", "a", "b", "a"]
+    p = np.eye(4)[[0, 0, 1, 1, 2, 0, 1, 0]] * 0.7 + 0.075
+    m = classification_metrics(y, p, classes)
+    pred = p.argmax(1)
+    yi = np.array([classes.index(c) for c in y])
+    assert m["absent_classes"] == ["c", "d"] and m["classes_present"] == ["a", "b"]
+    assert m["macro"]["f1"] == pytest.approx(skm.f1_score(yi, pred, labels=[0, 1], average="macro"))
+    # the old "every class of the task" definition would divide by 4 (and sklearn's default by 3)
+    assert m["macro"]["f1"] != pytest.approx(skm.f1_score(yi, pred, labels=[0, 1, 2, 3], average="macro"))
+    assert macro_f1(y, [classes[i] for i in pred], classes) == (pytest.approx(m["macro"]["f1"]), ["c", "d"])
+    base = majority_class_baseline(y, classes)
+    assert base["class"] == "a" and base["accuracy"] == pytest.approx(5 / 8)
+    assert base["f1_macro"] == pytest.approx(skm.f1_score(yi, np.zeros(8, int), labels=[0, 1], average="macro"))
+    assert m["majority_baseline"] == base
+    flat = flatten_metrics({"classification": m})
+    assert flat["baseline_f1_macro"] == pytest.approx(base["f1_macro"]) and flat["n_absent_classes"] == 2

@@ -1,8 +1,9 @@
 """Classification metrics on plain arrays (no model, no I/O).
 
-Everything here is implemented directly with numpy (confusion matrix, precision/recall/F1, ROC curve
-with tied scores, trapezoidal AUC) so that the tests can compare it with scikit-learn as an
-independent reference. Functions return nested dicts of plain Python numbers (JSON-able);
+Every metric is scikit-learn's (confusion matrix, precision/recall/F1, ROC curve, AUC, accuracy). One
+macro-F1 definition for the whole project (:func:`macro_f1`): the mean F1 over the task's classes
+that have support in the evaluated set; the others are reported as ``absent_classes``. Functions
+return nested dicts of plain Python numbers (JSON-able);
 :func:`flatten_metrics` turns them into MLflow metric names.
 """
 
@@ -48,13 +49,13 @@ def _check_proba(proba: np.ndarray, n: int, k: int) -> np.ndarray:
 
 
 # --------------------------------------------------------------------------------------------
-# building blocks
+# building blocks (scikit-learn)
 # --------------------------------------------------------------------------------------------
 def confusion_counts(y_true: np.ndarray, y_pred: np.ndarray, k: int) -> np.ndarray:
-    """``C[i, j]`` = number of objects of true class i predicted as j."""
-    c = np.zeros((k, k), dtype=np.int64)
-    np.add.at(c, (np.asarray(y_true, int), np.asarray(y_pred, int)), 1)
-    return c
+    """``C[i, j]`` = number of objects of true class i predicted as j (``sklearn.metrics.confusion_matrix``)."""
+    from sklearn.metrics import confusion_matrix
+
+    return confusion_matrix(np.asarray(y_true, int), np.asarray(y_pred, int), labels=list(range(k))).astype(np.int64)
 
 
 def normalise_rows(c: np.ndarray) -> np.ndarray:
@@ -65,43 +66,23 @@ def normalise_rows(c: np.ndarray) -> np.ndarray:
 
 
 def roc_curve_binary(y_bin: np.ndarray, score: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """ROC curve ``(fpr, tpr, thresholds)`` for a binary target; tied scores form one step.
+    """ROC curve ``(fpr, tpr, thresholds)`` of a binary target (``sklearn.metrics.roc_curve`` with every
+    distinct score kept); starts at (0, 0) with threshold +inf."""
+    from sklearn.metrics import roc_curve
 
-    Starts at (0, 0) with threshold +inf; one point per distinct score (descending).
-    """
     y_bin = np.asarray(y_bin, dtype=bool)
-    score = np.asarray(score, dtype=np.float64)
-    order = np.argsort(-score, kind="mergesort")
-    s, y = score[order], y_bin[order]
-    distinct = np.r_[np.nonzero(np.diff(s))[0], len(s) - 1]
-    tps = np.cumsum(y)[distinct]
-    fps = (distinct + 1) - tps
-    p, n = y.sum(), (~y).sum()
-    tpr = np.r_[0.0, tps / p] if p else np.full(len(tps) + 1, np.nan)
-    fpr = np.r_[0.0, fps / n] if n else np.full(len(fps) + 1, np.nan)
-    thr = np.r_[np.inf, s[distinct]]
+    fpr, tpr, thr = roc_curve(y_bin, np.asarray(score, dtype=np.float64), drop_intermediate=False)
     return fpr, tpr, thr
 
 
-def auc_trapezoid(x: np.ndarray, y: np.ndarray) -> float:
-    """Area under a curve by the trapezoid rule (x increasing)."""
-    x, y = np.asarray(x, float), np.asarray(y, float)
-    if len(x) < 2 or np.isnan(x).any() or np.isnan(y).any():
-        return float("nan")
-    return float(np.sum(np.diff(x) * (y[1:] + y[:-1]) / 2.0))
-
-
 def binary_auc(y_bin: np.ndarray, score: np.ndarray) -> float:
-    """ROC AUC; NaN when only one class is present."""
+    """ROC AUC (``sklearn.metrics.roc_auc_score``); NaN when only one class is present."""
+    from sklearn.metrics import roc_auc_score
+
     y_bin = np.asarray(y_bin, dtype=bool)
     if y_bin.all() or (~y_bin).all():
         return float("nan")
-    fpr, tpr, _ = roc_curve_binary(y_bin, score)
-    return auc_trapezoid(fpr, tpr)
-
-
-def _f1(p: float, r: float) -> float:
-    return 0.0 if p + r == 0 else 2 * p * r / (p + r)
+    return float(roc_auc_score(y_bin, np.asarray(score, dtype=np.float64)))
 
 
 def _nanmean(vals: Iterable[float]) -> float:
@@ -109,22 +90,54 @@ def _nanmean(vals: Iterable[float]) -> float:
     return float(np.mean(v)) if v else float("nan")
 
 
+def macro_f1(y_true: Sequence, y_pred: Sequence, classes: Sequence[str]) -> tuple[float, list[str]]:
+    """The project's one macro-F1: the mean F1 over the classes of ``classes`` that have support in
+    ``y_true`` (``sklearn.metrics.f1_score(labels=present, average="macro", zero_division=0)``).
+    Returns ``(macro_f1, absent_classes)``; NaN when no class has support."""
+    from sklearn.metrics import f1_score
+
+    classes = [str(c) for c in classes]
+    y = encode_labels(list(y_true), classes)
+    p = encode_labels(list(y_pred), classes)
+    present = sorted(set(y.tolist()))
+    absent = [c for j, c in enumerate(classes) if j not in present]
+    if not present:
+        return float("nan"), absent
+    return float(f1_score(y, p, labels=present, average="macro", zero_division=0)), absent
+
+
+def majority_class_baseline(y_true: Sequence, classes: Sequence[str]) -> dict:
+    """Metrics of the majority-class predictor (always the most frequent true class of ``y_true``) on the
+    same objects: ``class``, ``accuracy``, ``f1_macro`` (the :func:`macro_f1` definition)."""
+    classes = [str(c) for c in classes]
+    y = encode_labels(list(y_true), classes)
+    if len(y) == 0:
+        raise ValueError("majority_class_baseline: no labelled objects")
+    counts = np.bincount(y, minlength=len(classes))
+    maj = int(counts.argmax())
+    f1, _ = macro_f1(y, np.full(len(y), maj), classes)
+    return {"class": classes[maj], "accuracy": float(counts[maj] / len(y)), "f1_macro": f1}
+
+
 # --------------------------------------------------------------------------------------------
 # the main entry point
 # --------------------------------------------------------------------------------------------
 def classification_metrics(y_true: Sequence, proba: np.ndarray, classes: Sequence[str],
                            with_curves: bool = True) -> dict:
-    """All per-class and macro metrics of probabilistic predictions.
+    """All per-class and macro metrics of probabilistic predictions (scikit-learn).
 
     ``y_true``: labels (class names or indices); ``proba``: ``(n, k)`` class probabilities in
     ``classes`` order; the predicted class is the arg-max. Returns a dict with ``n, accuracy``,
     ``per_class[c] = {precision, recall, f1, support, auc}`` (AUC one-vs-rest; NaN when the class is
-    absent or is everything), ``macro = {precision, recall, f1, auc}`` (AUC: mean of the defined
-    one-vs-rest AUCs; for two classes it equals the binary AUC), ``confusion`` (counts) and
-    ``confusion_normalised`` (rows = true class), and with ``with_curves`` the ROC curves
-    ``roc[c] = {fpr, tpr, thresholds}``. Precision of a never-predicted class is 0 (as
-    scikit-learn's ``zero_division=0``).
+    absent or is everything), ``macro = {precision, recall, f1, auc}`` averaged over the classes
+    **with support** in ``y_true`` (the others are listed in ``absent_classes``; AUC: mean of the
+    defined one-vs-rest AUCs, for two classes the binary AUC), ``majority_baseline`` (see
+    :func:`majority_class_baseline`), ``confusion`` (counts) and ``confusion_normalised`` (rows = true
+    class), and with ``with_curves`` the ROC curves ``roc[c] = {fpr, tpr, thresholds}``. Precision of a
+    never-predicted class is 0 (``zero_division=0``).
     """
+    from sklearn.metrics import accuracy_score, precision_recall_fscore_support
+
     classes = [str(c) for c in classes]
     k = len(classes)
     y = encode_labels(list(y_true), classes)
@@ -134,33 +147,34 @@ def classification_metrics(y_true: Sequence, proba: np.ndarray, classes: Sequenc
         raise ValueError("no labelled objects to compute metrics on")
     pred = proba.argmax(axis=1)
     cm = confusion_counts(y, pred, k)
+    prec, rec, f1, sup = precision_recall_fscore_support(y, pred, labels=list(range(k)), zero_division=0)
     per_class: dict[str, dict] = {}
     roc: dict[str, dict] = {}
     for j, c in enumerate(classes):
-        tp = cm[j, j]
-        pp = cm[:, j].sum()
-        sup = cm[j, :].sum()
-        prec = float(tp / pp) if pp else 0.0
-        rec = float(tp / sup) if sup else 0.0
         yb = y == j
         auc = binary_auc(yb, proba[:, j])
-        per_class[c] = {"precision": prec, "recall": rec, "f1": _f1(prec, rec), "support": int(sup), "auc": auc}
+        per_class[c] = {"precision": float(prec[j]), "recall": float(rec[j]), "f1": float(f1[j]),
+                        "support": int(sup[j]), "auc": auc}
         if with_curves and not math.isnan(auc):
             fpr, tpr, thr = roc_curve_binary(yb, proba[:, j])
             roc[c] = {"fpr": fpr.tolist(), "tpr": tpr.tolist(),
                       "thresholds": [None if not np.isfinite(t) else float(t) for t in thr]}
     present = [c for c in classes if per_class[c]["support"] > 0]
-    macro = {m: float(np.mean([per_class[c][m] for c in classes])) for m in ("precision", "recall", "f1")}
+    absent = [c for c in classes if per_class[c]["support"] == 0]
+    pidx = [classes.index(c) for c in present]
+    macro = {m: float(np.mean([v[j] for j in pidx])) for m, v in (("precision", prec), ("recall", rec), ("f1", f1))}
     if k == 2:
         macro["auc"] = per_class[classes[1]]["auc"]
     else:
         macro["auc"] = _nanmean(per_class[c]["auc"] for c in classes)
     out = {
         "n": int(n),
-        "accuracy": float(np.trace(cm) / n),
+        "accuracy": float(accuracy_score(y, pred)),
         "per_class": per_class,
         "macro": macro,
         "classes_present": present,
+        "absent_classes": absent,
+        "majority_baseline": majority_class_baseline(y, classes),
         "confusion": cm.tolist(),
         "confusion_normalised": normalise_rows(cm).tolist(),
     }
@@ -255,6 +269,11 @@ def flatten_metrics(report: Mapping) -> dict[str, float]:
         flat["accuracy"] = cls["accuracy"]
         for m, v in cls["macro"].items():
             flat[metric_key(m, "macro")] = v
+        flat["n_absent_classes"] = len(cls.get("absent_classes", []))
+        base = cls.get("majority_baseline") or {}
+        for m in ("accuracy", "f1_macro"):
+            if m in base:
+                flat[metric_key("baseline", m)] = base[m]
         for c, d in cls["per_class"].items():
             for m in ("precision", "recall", "f1", "auc", "support"):
                 flat[metric_key(m, c)] = d[m]
