@@ -9,26 +9,26 @@ import pandas as pd
 
 
 def cohen_kappa(a, b, categories=None) -> float:
-    """Cohen's kappa of two equally long label sequences: (p_o - p_e) / (1 - p_e).
+    """Cohen's kappa of two equally long label sequences (``sklearn.metrics.cohen_kappa_score``).
 
-    NaN when there are no items; 1.0 when both raters used a single identical category throughout.
+    NaN when there are no items; 1.0 when both raters used a single identical category throughout
+    (scikit-learn returns NaN there: p_e = 1).
     """
+    from sklearn.metrics import cohen_kappa_score
+
     a, b = np.asarray(a, dtype=object), np.asarray(b, dtype=object)
     if a.shape != b.shape:
         raise ValueError(f"label sequences differ in length ({a.size} vs {b.size})")
     if a.size == 0:
         return float("nan")
-    cats = list(categories) if categories is not None else sorted(set(a) | set(b))
-    idx = {c: i for i, c in enumerate(cats)}
-    m = np.zeros((len(cats), len(cats)))
-    for x, y in zip(a, b):
-        m[idx[x], idx[y]] += 1
-    n = m.sum()
-    po = np.trace(m) / n
-    pe = float((m.sum(axis=1) / n) @ (m.sum(axis=0) / n))
-    if pe >= 1.0:
-        return 1.0 if po >= 1.0 else 0.0
-    return float((po - pe) / (1 - pe))
+    a, b = a.astype(str), b.astype(str)
+    cats = [str(c) for c in categories] if categories is not None else sorted(set(a) | set(b))
+    unknown = (set(a) | set(b)) - set(cats)
+    if unknown:
+        raise ValueError(f"labels {sorted(unknown)} are not among the categories {cats}")
+    if len(set(a) | set(b)) == 1:
+        return 1.0
+    return float(cohen_kappa_score(a, b, labels=cats))
 
 
 def agreement_report(labels: pd.DataFrame, include_unsure: bool = False) -> dict:
