@@ -1,18 +1,34 @@
-"""One typed settings object for the whole platform.
+"""One typed settings object for the whole platform, and the one resolver of run settings.
 
-Every value can be overridden by an environment variable ``GALMORPH_<NAME>`` (for example
-``GALMORPH_DATA_ROOT``, ``GALMORPH_MLFLOW_PORT``) or by a ``.env`` file in the working directory.
-Nothing else in the library reads the environment: functions take explicit arguments and the CLI
-fills them from :func:`get_settings`.
+Every field can be set by an environment variable ``GALMORPH_<NAME>`` (``GALMORPH_DATA_ROOT``,
+``GALMORPH_MLFLOW_PORT``, ...) or by a ``.env`` file in the working directory.
+
+Precedence (highest first), the same for every command, pipeline component, DVC stage and MLflow
+Project entry, which all call :func:`resolve_settings`:
+
+1. the command-line flag (``--tracking-uri``, ``--data-root``, ``--state-dir``, ``--audit-log``),
+   i.e. the keyword arguments of :func:`resolve_settings` that are not ``None``;
+2. the environment variable ``GALMORPH_<NAME>`` (``GALMORPH_MLFLOW_TRACKING_URI``, ``GALMORPH_DATA_ROOT``,
+   ``GALMORPH_STATE_DIR``, ``GALMORPH_AUDIT_LOG``);
+3. ``MLFLOW_TRACKING_URI`` (MLflow's own variable; the tracking URI only);
+4. ``GALMORPH_<NAME>`` in the ``.env`` file of the working directory;
+5. the default: tracking URI ``http://<host>:<mlflow_port>`` (the local stack), data root
+   ``../shared/data`` when it exists, state dir ``<repo>/.galmorph``, audit log
+   ``<state_dir>/registry/audit.jsonl``.
+
+Library functions take explicit arguments; the callers named above fill them from the settings.
 """
 
 from __future__ import annotations
 
 import functools
+import os
 from pathlib import Path
+from typing import Any
 
 from pydantic import Field, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic.fields import FieldInfo
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 #: Repository root when running from a checkout (``src/galmorph/settings.py`` -> repo).
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -27,8 +43,20 @@ def _default_data_root() -> Path | None:
     return None
 
 
+class _MlflowTrackingUriEnv(PydanticBaseSettingsSource):
+    """``MLFLOW_TRACKING_URI`` from the environment as the tracking URI (below ``GALMORPH_*``, above
+    ``.env``)."""
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        uri = os.environ.get("MLFLOW_TRACKING_URI")
+        return {"mlflow_tracking_uri": uri} if uri else {}
+
+
 class Settings(BaseSettings):
-    """Platform settings (environment prefix ``GALMORPH_``)."""
+    """Platform settings (environment prefix ``GALMORPH_``; precedence in the module docstring)."""
 
     model_config = SettingsConfigDict(env_prefix="GALMORPH_", env_file=".env", extra="ignore")
 
@@ -51,9 +79,22 @@ class Settings(BaseSettings):
     evidently_port: int = Field(default=8085, ge=1, le=65535)
     label_port: int = Field(default=8765, ge=1, le=65535)
     label_db_url: str | None = Field(default=None, description="SQLAlchemy URL of the label database.")
+    audit_log: Path | None = Field(
+        default=None, description="JSON-lines promotion audit log; default <state_dir>/registry/audit.jsonl."
+    )
     params_file: Path = Field(default=REPO_ROOT / "params.yaml")
     num_workers: int = Field(default=0, ge=0, description="DataLoader worker processes.")
     kfp_host: str | None = Field(default=None, description="Kubeflow Pipelines endpoint for --host.")
+
+    @classmethod
+    def settings_customise_sources(cls, settings_cls: type[BaseSettings], init_settings: PydanticBaseSettingsSource,
+                                   env_settings: PydanticBaseSettingsSource,
+                                   dotenv_settings: PydanticBaseSettingsSource,
+                                   file_secret_settings: PydanticBaseSettingsSource,
+                                   ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # flag (init kwargs) > GALMORPH_* > MLFLOW_TRACKING_URI > .env > defaults
+        return (init_settings, env_settings, _MlflowTrackingUriEnv(settings_cls), dotenv_settings,
+                file_secret_settings)
 
     @model_validator(mode="after")
     def _fill_derived(self) -> "Settings":
@@ -66,6 +107,8 @@ class Settings(BaseSettings):
             self.mlflow_backend_uri = f"sqlite:///{self.state_dir / 'mlflow' / 'mlflow.db'}"
         if self.label_db_url is None:
             self.label_db_url = f"sqlite:///{self.state_dir / 'labels' / 'labels.db'}"
+        self.audit_log = (Path(self.audit_log).expanduser().resolve() if self.audit_log is not None
+                          else self.state_dir / "registry" / "audit.jsonl")
         return self
 
     # -- derived locations ------------------------------------------------------------------
@@ -95,3 +138,14 @@ class Settings(BaseSettings):
 def get_settings() -> Settings:
     """The process-wide settings (cached; call ``get_settings.cache_clear()`` after changing env)."""
     return Settings()
+
+
+def resolve_settings(tracking_uri: str | None = None, data_root: str | Path | None = None,
+                     state_dir: str | Path | None = None, audit_log: str | Path | None = None,
+                     **overrides: Any) -> Settings:
+    """The run settings in the documented order: the arguments given (command-line flags; ``None`` or
+    ``""`` means not given), then ``GALMORPH_*``, then ``MLFLOW_TRACKING_URI`` (tracking URI), then
+    ``.env``, then the defaults. Read afresh on every call (not cached)."""
+    given = {"mlflow_tracking_uri": tracking_uri, "data_root": data_root, "state_dir": state_dir,
+             "audit_log": audit_log, **overrides}
+    return Settings(**{k: v for k, v in given.items() if v is not None and v != ""})

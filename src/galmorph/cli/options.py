@@ -1,0 +1,68 @@
+"""Command-line options shared by several commands, defined once.
+
+``--tracking-uri``, ``--data-root``, ``--state-dir`` and ``--audit-log`` are the flags of
+:func:`galmorph.settings.resolve_settings` (flag > ``GALMORPH_*`` > ``MLFLOW_TRACKING_URI`` > ``.env`` >
+default); commands pass them to it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import click
+
+from galmorph.tasks import TASKS
+
+_ORDER = "flag > GALMORPH_{var} > {mlflow}.env > default"
+
+
+def _order(var: str, mlflow: bool = False) -> str:
+    return _ORDER.format(var=var, mlflow="MLFLOW_TRACKING_URI > " if mlflow else "")
+
+
+def tracking_uri_option() -> Callable:
+    """``--tracking-uri`` (parameter ``tracking_uri``)."""
+    return click.option("--tracking-uri", "tracking_uri", default=None, metavar="URI",
+                        help=f"MLflow tracking URI [{_order('MLFLOW_TRACKING_URI', mlflow=True)} "
+                             "(the local stack's server)].")
+
+
+def data_root_option() -> Callable:
+    """``--data-root`` (parameter ``data_root``)."""
+    return click.option("--data-root", "data_root", type=click.Path(path_type=Path, file_okay=False), default=None,
+                        help=f"Root of the real data and of data:// image URIs [{_order('DATA_ROOT')} "
+                             "(../shared/data)].")
+
+
+def state_dir_option() -> Callable:
+    """``--state-dir`` (parameter ``state_dir``)."""
+    return click.option("--state-dir", "state_dir", type=click.Path(path_type=Path, file_okay=False), default=None,
+                        help=f"Project-local state folder [{_order('STATE_DIR')} (.galmorph/)].")
+
+
+def audit_log_option() -> Callable:
+    """``--audit-log`` (parameter ``audit_log``)."""
+    return click.option("--audit-log", "audit_log", type=click.Path(path_type=Path, dir_okay=False), default=None,
+                        help=f"JSON-lines promotion audit log [{_order('AUDIT_LOG')} "
+                             "(<state_dir>/registry/audit.jsonl)].")
+
+
+def json_option(help: str = "Print the result as JSON.") -> Callable:  # noqa: A002 - click's name
+    """``--json`` (parameter ``as_json``)."""
+    return click.option("--json", "as_json", is_flag=True, help=help)
+
+
+def task_option(*, required: bool = False, default: str | None = None, multiple: bool = False,
+                name: str = "task", help: str = "Science task.") -> Callable:  # noqa: A002
+    """``--task`` with the choices of :data:`galmorph.tasks.TASKS` (parameter ``name``)."""
+    return click.option("--task", name, type=click.Choice(list(TASKS)), required=required, default=default,
+                        multiple=multiple, show_default=default is not None, help=help)
+
+
+def use_tracking_uri(settings) -> str:
+    """Point mlflow (this process) at the settings' tracking URI; returns it."""
+    import mlflow
+
+    mlflow.set_tracking_uri(settings.mlflow_tracking_uri)
+    return settings.mlflow_tracking_uri
