@@ -1,0 +1,1 @@
+"""The `cutout` KFP component: `galmorph_components.cutout.component.cutout`."""

@@ -1,0 +1,1 @@
+"""The `drift` KFP component: `galmorph_components.drift.component.drift`."""

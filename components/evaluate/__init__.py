@@ -1,0 +1,1 @@
+"""The `evaluate` KFP component: `galmorph_components.evaluate.component.evaluate`."""

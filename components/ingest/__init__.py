@@ -1,0 +1,1 @@
+"""The `ingest` KFP component: `galmorph_components.ingest.component.ingest`."""

@@ -1,0 +1,1 @@
+"""The `merge` KFP component: `galmorph_components.merge.component.merge`."""

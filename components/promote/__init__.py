@@ -1,0 +1,1 @@
+"""The `promote` KFP component: `galmorph_components.promote.component.promote`."""

@@ -1,0 +1,1 @@
+"""The `publish` KFP component: `galmorph_components.publish.component.publish`."""

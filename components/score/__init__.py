@@ -1,0 +1,1 @@
+"""The `score` KFP component: `galmorph_components.score.component.score`."""

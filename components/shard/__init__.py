@@ -1,0 +1,1 @@
+"""The `shard` KFP component: `galmorph_components.shard.component.shard`."""

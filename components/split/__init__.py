@@ -1,0 +1,1 @@
+"""The `split` KFP component: `galmorph_components.split.component.split`."""

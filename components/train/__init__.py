@@ -1,0 +1,1 @@
+"""The `train` KFP component: `galmorph_components.train.component.train`."""

@@ -1,0 +1,1 @@
+"""The `validate` KFP component: `galmorph_components.validate.component.validate`."""
