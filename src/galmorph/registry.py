@@ -45,6 +45,23 @@ log = logging.getLogger(__name__)
 CHAMPION, CHALLENGER, PREVIOUS = "champion", "challenger", "previous-champion"
 
 
+def model_uri(task: str, alias: str = CHAMPION) -> str:
+    """The registered model of ``task`` at ``alias``: ``models:/galmorph-<task>@<alias>``."""
+    from galmorph.models.io import registered_name
+
+    if not task or not alias:
+        raise ValueError(f"model URI needs a task and an alias, got task={task!r}, alias={alias!r}")
+    return f"models:/{registered_name(task)}@{alias}"
+
+
+def model_ref(text: str, alias: str = CHAMPION) -> str:
+    """A bare task name (``chirality``) -> :func:`model_uri` of that task at ``alias``; any other text
+    is a model URI or path and is returned unchanged."""
+    from galmorph.tasks import TASKS
+
+    return model_uri(text, alias) if text in TASKS else text
+
+
 class PromotionError(RuntimeError):
     """A promotion or rollback cannot be carried out (message says why)."""
 

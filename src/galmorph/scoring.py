@@ -36,6 +36,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from galmorph.evaluation.chirality import chirality_violation as cvs_null
 from galmorph.jsonsafe import json_default
 from galmorph.manifest import ManifestError, quarantine_record, write_quarantine
 
@@ -84,19 +85,20 @@ class MergeResult:
 # chirality violation
 # --------------------------------------------------------------------------------------------
 def chirality_violation(n_acw: int, n_cw: int) -> tuple[float, float]:
-    """CVS = (n_ACW - n_CW) / sqrt(n_ACW + n_CW) and its propagated 1-sigma uncertainty.
+    """CVS = (n_ACW - n_CW) / sqrt(n_ACW + n_CW) (:func:`galmorph.evaluation.chirality.chirality_violation`)
+    and its propagated 1-sigma uncertainty.
 
     The uncertainty propagates independent Poisson errors on both counts (sigma^2(n) = n); for
     n_ACW = n_CW it is exactly 1 (CVS is in units of the expected chance fluctuation under the null
     hypothesis, the convention of :mod:`galmorph.evaluation.chirality`, which reports sigma = 1).
     Returns ``(nan, nan)`` when there are no CW/ACW predictions.
     """
+    cvs, _ = cvs_null(n_acw, n_cw)
     a, c = float(n_acw), float(n_cw)
     s = a + c
     if s <= 0:
         return float("nan"), float("nan")
     d = a - c
-    cvs = d / math.sqrt(s)
     da = 1 / math.sqrt(s) - d / (2 * s ** 1.5)
     dc = -1 / math.sqrt(s) - d / (2 * s ** 1.5)
     sigma = math.sqrt(a * da * da + c * dc * dc)
@@ -107,15 +109,7 @@ def cvs_block(n_acw: int, n_cw: int) -> dict[str, float]:
     """CVS with both uncertainties: ``sigma_null`` (= 1, the scatter of CVS when there is no
     preferred handedness: the evaluation module's convention) and ``sigma`` (Poisson-propagated)."""
     cvs, sigma = chirality_violation(n_acw, n_cw)
-    try:  # one definition of CVS in the platform: the evaluation module's, when installed
-        from galmorph.evaluation.chirality import chirality_violation as ev_cvs
-
-        ev, ev_sigma = ev_cvs(int(n_acw), int(n_cw))
-        if not (math.isnan(ev) and math.isnan(cvs)) and not math.isclose(ev, cvs, rel_tol=1e-9, abs_tol=1e-12):
-            raise ScoringError(f"CVS definitions disagree: evaluation {ev} vs scoring {cvs}")
-        sigma_null = float(ev_sigma)
-    except ImportError:
-        sigma_null = 1.0 if n_acw + n_cw > 0 else float("nan")
+    sigma_null = cvs_null(n_acw, n_cw)[1]
     return {"cvs": cvs, "sigma": sigma, "sigma_null": sigma_null, "n_acw": int(n_acw), "n_cw": int(n_cw)}
 
 
@@ -528,20 +522,32 @@ def log_scoring_to_mlflow(summary: dict, catalogue_path: str | Path | None = Non
 # helpers for pipeline workers
 # --------------------------------------------------------------------------------------------
 def parse_shard_range(text: str) -> list[int]:
-    """``"3-7"`` -> [3, 4, 5, 6, 7]; ``"2"`` -> [2]; ``"0-1,5"`` -> [0, 1, 5]."""
-    out: list[int] = []
+    """``"3-7"`` -> [3, 4, 5, 6, 7]; ``"2"`` -> [2]; ``"0-1,5"`` -> [0, 1, 5] (each shard once, in order).
+
+    Raises ``ValueError`` naming the text for an empty list, an empty or reversed range (``5-2``),
+    a negative shard or anything that is not a non-negative integer."""
+    out: dict[int, None] = {}
+
+    def shard(s: str, part: str) -> int:
+        s = s.strip()
+        if not s.isdigit():
+            raise ValueError(f"shard range {part!r} in {text!r}: {s!r} is not a non-negative integer")
+        return int(s)
+
     for part in str(text).split(","):
         part = part.strip()
         if not part:
             continue
         if "-" in part:
-            a, b = part.split("-", 1)
-            if int(b) < int(a):
-                raise ValueError(f"shard range {part!r} is empty")
-            out.extend(range(int(a), int(b) + 1))
+            a, b = (shard(x, part) for x in part.split("-", 1))
+            if b < a:
+                raise ValueError(f"shard range {part!r} in {text!r} is reversed ({a} > {b}); write {b}-{a}")
+            out.update(dict.fromkeys(range(a, b + 1)))
         else:
-            out.append(int(part))
-    return out
+            out[shard(part, part)] = None
+    if not out:
+        raise ValueError(f"shard list {text!r} is empty; give shards such as 0-3,7")
+    return list(out)
 
 
 def pick_device(device: str = "auto") -> str:

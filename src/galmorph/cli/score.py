@@ -7,20 +7,19 @@ from pathlib import Path
 import click
 
 from galmorph.cli.base import echo_json, fail, main
+from galmorph.cli.options import data_root_option, json_option, tracking_uri_option, use_tracking_uri
 
 
-def _parse_shards(text: str | None) -> list[int] | None:
-    if not text:
+def _shards(ctx: click.Context, param: click.Parameter, text: str | None) -> list[int] | None:
+    """``--shards`` through :func:`galmorph.scoring.parse_shard_range` (None: all shards)."""
+    if text is None:
         return None
-    out: list[int] = []
-    for part in text.split(","):
-        part = part.strip()
-        if "-" in part:
-            a, b = part.split("-", 1)
-            out.extend(range(int(a), int(b) + 1))
-        elif part:
-            out.append(int(part))
-    return out
+    from galmorph.scoring import parse_shard_range
+
+    try:
+        return parse_shard_range(text)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), ctx=ctx, param=param) from None
 
 
 @main.command("score")
@@ -38,7 +37,8 @@ def _parse_shards(text: str | None) -> list[int] | None:
               help="Rows per output shard (the unit of resumption).")
 @click.option("--threshold", type=click.FloatRange(0, 1, min_open=True), default=0.85, show_default=True,
               help="P_pred at or above which a row is flagged high_confidence.")
-@click.option("--shards", default=None, help="Only these shards, e.g. 0-3,7 (used by pipeline workers).")
+@click.option("--shards", default=None, callback=_shards,
+              help="Only these shards, e.g. 0-3,7 (used by pipeline workers); an empty or reversed range is an error.")
 @click.option("--device", default="cpu", show_default=True, help="torch device (cpu, cuda, cuda:1).")
 @click.option("--release", default=None, help="Release name recorded in the summary and in MLflow.")
 @click.option("--no-merge", is_flag=True, help="Only write shards; do not merge into the catalogue.")
@@ -46,31 +46,31 @@ def _parse_shards(text: str | None) -> list[int] | None:
               help="Record the scored release (summary + catalogue) as an MLflow run.")
 @click.option("--overwrite", is_flag=True, help="Discard shards of an earlier, different scoring run in OUT.")
 @click.option("--no-progress", is_flag=True, help="Hide the progress bar.")
-@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@tracking_uri_option()
+@data_root_option()
+@json_option()
 def score_cmd(model_uri: str, manifest: Path, out_dir: Path, batch_size: int, num_workers: int | None,
-              shard_size: int, threshold: float, shards: str | None, device: str, release: str | None,
-              no_merge: bool, log_mlflow: bool, overwrite: bool, no_progress: bool, as_json: bool) -> None:
+              shard_size: int, threshold: float, shards: list[int] | None, device: str, release: str | None,
+              no_merge: bool, log_mlflow: bool, overwrite: bool, no_progress: bool, tracking_uri: str | None,
+              data_root: Path | None, as_json: bool) -> None:
     """Score a release manifest with a registered model into Parquet shards, then merge the catalogue.
 
     Resumable: after an interruption (even kill -9) run the same command again; completed shards are
     kept and the rest is scored. Unreadable images are quarantined with their reason. Chirality runs
     write the release's CVS = (n_ACW - n_CW)/sqrt(n_ACW + n_CW) with its uncertainty to summary.json.
     """
-    import mlflow
-
     from galmorph.manifest import ManifestError
+    from galmorph.registry import model_ref
     from galmorph.scoring import ScoringError, log_scoring_to_mlflow, merge_scores, score_manifest
-    from galmorph.settings import get_settings
-    from galmorph.tasks import TASKS
+    from galmorph.settings import resolve_settings
 
-    s = get_settings()
-    mlflow.set_tracking_uri(s.mlflow_tracking_uri)
-    if model_uri in TASKS:
-        model_uri = f"models:/galmorph-{model_uri}@champion"
+    s = resolve_settings(tracking_uri=tracking_uri, data_root=data_root)
+    use_tracking_uri(s)
+    model_uri = model_ref(model_uri)
     try:
         res = score_manifest(model_uri, manifest, out_dir, batch_size=batch_size,
                              num_workers=s.num_workers if num_workers is None else num_workers,
-                             shard_size=shard_size, threshold=threshold, shards=_parse_shards(shards),
+                             shard_size=shard_size, threshold=threshold, shards=shards,
                              data_root=s.data_root, device=device, overwrite=overwrite, progress=not no_progress)
         out: dict = {"scoring": res.to_dict()}
         if not no_merge:
