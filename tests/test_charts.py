@@ -722,7 +722,7 @@ def test_production_values_shape(rendered):
 
 
 def test_default_images_are_the_galmorph_images():
-    from galmorph import images
+    from galmorph import container_images as images
 
     for key, ref in (("app", images.APP_IMAGE), ("cpu", images.CPU_IMAGE)):
         img = DEFAULTS["images"][key]

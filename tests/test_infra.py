@@ -1,7 +1,7 @@
 """infra/: Dockerfiles, kustomize overlays for Kubeflow profile namespaces, GPU defaults.
 
 No Docker and no cluster here, so: the Dockerfiles are parsed (pinned bases, non-root final
-USER, uv.lock installs, image names matching galmorph.images); every overlay is built with
+USER, uv.lock installs, image names matching galmorph.container_images); every overlay is built with
 `kubectl kustomize` and each object validated against the Kubernetes 1.30 schemas (strict), the
 Kubeflow CRDs (PodDefault, Profile) against small local schemas in infra/kustomize/schemas/ with
 their embedded core types (env, envFrom, ResourceQuotaSpec) validated by the Kubernetes schemas;
@@ -65,91 +65,144 @@ def stages(instrs):
     return result
 
 
-IMAGES = {"cpu": "CPU_IMAGE", "gpu": "GPU_IMAGE", "app": "APP_IMAGE"}
+DOCKERFILES = {"project": DOCKER / "project" / "Dockerfile", "app": DOCKER / "app" / "Dockerfile"}
 PINNED_TAG = re.compile(r"^[^:@\s]+:(v?\d+\.\d+\.\d+[\w.\-]*)(@sha256:[0-9a-f]{64})?$")
 DIGEST = re.compile(r"^[^@\s]+@sha256:[0-9a-f]{64}$")
 
 
-@pytest.mark.parametrize("kind", list(IMAGES))
+def arg_defaults(instrs) -> dict[str, str]:
+    return dict(rest.split("=", 1) for instr, rest in instrs if instr == "ARG" and "=" in rest)
+
+
+def resolve_base(base: str, args: dict[str, str]) -> str:
+    m = re.fullmatch(r"\$\{?(\w+)\}?", base)
+    return args.get(m.group(1), base) if m else base
+
+
+@pytest.mark.parametrize("kind", list(DOCKERFILES))
 def test_dockerfile_bases_are_pinned(kind):
-    path = DOCKER / kind / "Dockerfile"
-    st = stages(dockerfile_instructions(path))
+    """Every base (after its build-argument default) is an exact tag or digest, never :latest."""
+    path = DOCKERFILES[kind]
+    instrs = dockerfile_instructions(path)
+    st = stages(instrs)
     assert st, f"{path}: no FROM"
     names = {n for _, n, _ in st if n}
+    args = arg_defaults(instrs)
     for base, _, _ in st:
         if base in names:
             continue  # a previous stage
-        assert PINNED_TAG.match(base) or DIGEST.match(base), f"{path}: base {base!r} is not pinned to an exact tag or digest"
+        base = resolve_base(base, args)
+        assert PINNED_TAG.match(base) or DIGEST.match(base), f"{path}: base {base!r} is not pinned"
         assert ":latest" not in base
-    # COPY --from= refers to pinned images or stages only
-    for _, _, body in st:
-        for instr, rest in body:
-            m = re.search(r"--from=(\S+)", rest) if instr == "COPY" else None
-            if m and m.group(1) not in names:
-                assert PINNED_TAG.match(m.group(1)) or DIGEST.match(m.group(1)), (path, m.group(1))
 
 
-@pytest.mark.parametrize("kind", list(IMAGES))
+def test_project_image_base_is_a_build_argument_and_app_image_layers_on_it():
+    """One project image (CPU and GPU steps) from a configurable base; the app image is a thin layer on
+    the project image, not a second copy of the environment."""
+    from galmorph import container_images
+
+    instrs = dockerfile_instructions(DOCKERFILES["project"])
+    assert all(b == "${BASE_IMAGE}" for b, _, _ in stages(instrs))
+    assert arg_defaults(instrs)["BASE_IMAGE"].startswith("docker.io/library/python:3.11")
+    app = dockerfile_instructions(DOCKERFILES["app"])
+    assert [b for b, _, _ in stages(app)] == ["${PROJECT_IMAGE}"]
+    assert arg_defaults(app)["PROJECT_IMAGE"] == container_images.CPU_IMAGE
+    assert not any(instr == "RUN" and "uv sync" in rest for instr, rest in app)
+
+
+@pytest.mark.parametrize("kind", list(DOCKERFILES))
 def test_dockerfile_final_stage_runs_as_non_root(kind):
-    path = DOCKER / kind / "Dockerfile"
+    path = DOCKERFILES[kind]
     _, _, body = stages(dockerfile_instructions(path))[-1]
     users = [rest for instr, rest in body if instr == "USER"]
     assert users, f"{path}: the final stage sets no USER"
     user = users[-1].split(":")[0]
     assert user not in {"root", "0"}, f"{path}: final USER is root"
     assert user.isdigit(), "numeric USER so Kubernetes runAsNonRoot can verify it"
-    # the uid matches what the chart's pods run as, and it is created in the image
+    # the uid matches what the chart's pods run as
     assert int(user) == CHART_VALUES["podSecurityContext"]["runAsUser"]
-    assert any(instr == "RUN" and f"--uid {user}" in rest for instr, rest in body), f"{path}: uid {user} not created"
-    # nothing after USER switches back
     after = body[[i for i, (ins, _) in enumerate(body) if ins == "USER"][-1]:]
     assert not any("sudo" in rest or "su " in rest for _, rest in after)
+    project = stages(dockerfile_instructions(DOCKERFILES["project"]))[-1][2]
+    assert any(instr == "RUN" and f"--uid {user}" in rest for instr, rest in project), f"uid {user} not created"
 
 
-@pytest.mark.parametrize("kind", list(IMAGES))
-def test_dockerfile_installs_project_from_uv_lock(kind):
-    instrs = dockerfile_instructions(DOCKER / kind / "Dockerfile")
+def test_dockerfile_installs_project_from_uv_lock():
+    instrs = dockerfile_instructions(DOCKERFILES["project"])
     copies = " ".join(rest for instr, rest in instrs if instr == "COPY")
     assert "uv.lock" in copies and "pyproject.toml" in copies
     syncs = [rest for instr, rest in instrs if instr == "RUN" and "uv sync" in rest]
     assert syncs and all("--frozen" in s and "--no-dev" in s for s in syncs), syncs
-    ignore = (DOCKER / kind / "Dockerfile.dockerignore").read_text().split()
+    # the dependency layer comes before the project sources (a src/ edit reuses it)
+    order = [rest for instr, rest in instrs if instr in ("COPY", "RUN")]
+    deps = next(i for i, r in enumerate(order) if "--no-install-project" in r)
+    assert deps < next(i for i, r in enumerate(order) if r.startswith("src "))
+    ignore = (DOCKERFILES["project"].parent / "Dockerfile.dockerignore").read_text().split()
     assert "*" in ignore and "!uv.lock" in ignore and "!src/" in ignore
+    # no CA bundle or secret is copied into the image (the host's bundle is a build-time mount)
+    assert "ca-certificates.crt" not in copies and "SSL_CERT_FILE=" not in " ".join(
+        rest for instr, rest in instrs if instr == "ENV")
 
 
-def test_gpu_image_has_a_cuda_base_and_cpu_app_images_do_not():
-    gpu_bases = [b for b, _, _ in stages(dockerfile_instructions(DOCKER / "gpu" / "Dockerfile"))]
-    assert any(b.startswith(("nvidia/cuda:", "pytorch/pytorch:", "nvcr.io/nvidia/")) for b in gpu_bases), gpu_bases
-    for kind in ("cpu", "app"):
-        bases = [b for b, _, _ in stages(dockerfile_instructions(DOCKER / kind / "Dockerfile"))]
-        assert not any("cuda" in b for b in bases), (kind, bases)
+def test_deps_pyproject_keeps_dependencies_and_drops_tool_settings(tmp_path):
+    """Editing pytest markers must not invalidate the image's dependency layer: the filtered pyproject
+    keeps [project], [dependency-groups], [build-system], [tool.uv] byte for byte and drops the rest."""
+    import sys
+    import tomllib
+
+    out = subprocess.run([sys.executable, str(DOCKER / "deps_pyproject.py"), str(REPO / "pyproject.toml")],
+                         capture_output=True, text=True, check=True).stdout
+    full, kept = tomllib.loads((REPO / "pyproject.toml").read_text()), tomllib.loads(out)
+    for key in ("project", "build-system", "dependency-groups"):
+        assert kept[key] == full[key]
+    assert kept["tool"].get("uv") == full["tool"].get("uv")
+    assert "pytest" not in kept["tool"] and "pytest" in full["tool"]
 
 
-def test_cpu_image_carries_the_pipeline_packages_for_the_upload_job():
-    """The upload Job's workingDir holds pipelines/ in the CPU image (the same layout as a checkout)."""
-    instrs = dockerfile_instructions(DOCKER / "cpu" / "Dockerfile")
+def test_project_image_carries_the_pipeline_packages_for_the_upload_job():
+    """The upload Job's workingDir holds pipelines/ in the project image (the layout of a checkout)."""
+    instrs = dockerfile_instructions(DOCKERFILES["project"])
     workdir = CHART_VALUES["pipelines"]["upload"]["workingDir"]
     assert ("WORKDIR", workdir) in instrs
-    assert any(instr == "COPY" and rest.split()[0] == "pipelines" for instr, rest in instrs)
-    assert "!pipelines/" in (DOCKER / "cpu" / "Dockerfile.dockerignore").read_text().split()
+    for folder in ("pipelines", "components", "monitoring"):  # src/ links to all three
+        assert any(instr == "COPY" and rest.split()[0] == folder for instr, rest in instrs), folder
+        assert f"!{folder}/" in (DOCKERFILES["project"].parent / "Dockerfile.dockerignore").read_text().split()
 
 
 def test_app_image_has_the_mlflow_server_extras():
     """basic-auth needs mlflow[auth] (locked), Postgres and S3 need their drivers in the app image."""
     pyproject = (REPO / "pyproject.toml").read_text()
     assert re.search(r'"mlflow\[auth\]', pyproject), "mlflow[auth] must be a project dependency"
-    runs = " ".join(rest for instr, rest in dockerfile_instructions(DOCKER / "app" / "Dockerfile") if instr == "RUN")
+    runs = " ".join(rest for instr, rest in dockerfile_instructions(DOCKERFILES["app"]) if instr == "RUN")
     assert re.search(r'psycopg2-binary==[\d.]+', runs) and re.search(r'boto3==[\d.]+', runs)
 
 
-@pytest.mark.parametrize("kind", list(IMAGES))
-def test_image_names_match_galmorph_images(kind):
-    from galmorph import images
+def test_image_names_come_from_the_settings(monkeypatch):
+    from galmorph.container_images import image_names
+    from galmorph.settings import get_settings
 
-    ref = getattr(images, IMAGES[kind])
-    assert ref == f"{images.REGISTRY}/galmorph-{kind}:{images.VERSION}"
-    text = (DOCKER / kind / "Dockerfile").read_text()
-    assert f"-t {ref} " in text, f"the build command in {kind}/Dockerfile should tag {ref}"
+    monkeypatch.setenv("GALMORPH_IMAGE_REGISTRY", "registry.example.org:5000/astro/")
+    monkeypatch.setenv("GALMORPH_IMAGE_TAG", "2026.1")
+    get_settings.cache_clear()
+    try:
+        names = image_names()
+    finally:
+        monkeypatch.undo()
+        get_settings.cache_clear()
+    assert names == {k: f"registry.example.org:5000/astro/galmorph-{k}:2026.1" for k in ("cpu", "gpu", "app")}
+    assert image_names("r.io/x", "t")["gpu"] == "r.io/x/galmorph-gpu:t"
+
+
+def test_build_script_tags_the_component_images():
+    """make images tags the one project image with both component names and builds the app on it."""
+    from galmorph import container_images
+
+    names = container_images.image_names()
+    assert names["cpu"] == container_images.CPU_IMAGE and names["gpu"] == container_images.GPU_IMAGE
+    script = (DOCKER / "build-images.sh").read_text()
+    assert '$PODMAN tag "$CPU_IMAGE" "$GPU_IMAGE"' in script
+    assert '--build-arg PROJECT_IMAGE="$CPU_IMAGE"' in script
+    assert "io.galmorph.inputs-hash" in script and "GIT_COMMIT" in script
 
 
 # ---------------------------------------------------------------------------------------------
@@ -282,9 +335,9 @@ def test_gpu_defaults_are_valid_kubernetes_placement():
     assert d["accelerator_type"] in {"nvidia.com/gpu", "NVIDIA_TESLA_T4", "NVIDIA_TESLA_V100", "NVIDIA_L4",
                                      "NVIDIA_TESLA_A100", "NVIDIA_H100_80GB"}
     assert isinstance(d["accelerator_limit"], int) and d["accelerator_limit"] >= 1
-    from galmorph import images
+    from galmorph import container_images
 
-    assert d["image"] == images.GPU_IMAGE
+    assert d["image"] == container_images.GPU_IMAGE
     # node selector, tolerations and the GPU resource limit form a valid Pod
     res = {"requests": {"cpu": d["cpu_request"], "memory": d["memory_request"]},
            "limits": {"memory": d["memory_limit"], d["accelerator_type"]: d["accelerator_limit"]}}
