@@ -4,8 +4,10 @@
 SHELL := /bin/bash
 # uv from PATH, else the Python package (installed by `setup` when missing)
 UV ?= $(shell command -v uv 2>/dev/null || echo "python3 -m uv")
+# podman settings that work on plain hosts (runc, explicit ulimits); used by builds, runs and tests
+export CONTAINERS_CONF ?= $(CURDIR)/infra/podman/containers.conf
 
-.PHONY: demo test setup browser stack-down lint benchmarks
+.PHONY: demo test setup browser stack-down lint benchmarks container-tools images push images-or-skip
 
 setup:
 	@$(UV) --version >/dev/null 2>&1 || python3 -m pip install --quiet uv
@@ -19,10 +21,31 @@ browser:
 	     sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null) ) || \
 	  echo "warning: could not install chromium; browser tests will be skipped"
 
+# podman, buildah, mmdebstrap, runc (Debian packages), installed once
+container-tools:
+	@command -v podman >/dev/null && command -v buildah >/dev/null && command -v mmdebstrap >/dev/null && \
+	  command -v runc >/dev/null || \
+	  ( (apt-get update -qq || sudo apt-get update -qq) && \
+	    (DEBIAN_FRONTEND=noninteractive apt-get install -y -qq podman buildah mmdebstrap runc >/dev/null || \
+	     sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq podman buildah mmdebstrap runc >/dev/null) )
+
+# the galmorph images (project image = galmorph-cpu = galmorph-gpu, app image on it); reused when their
+# inputs are unchanged. BASE_IMAGE=docker.io/library/python:3.11.7-slim-bookworm with a registry.
+images: setup container-tools
+	nice -n 19 infra/docker/build-images.sh
+
+# push the images to GALMORPH_IMAGE_REGISTRY (log in first: podman login REGISTRY)
+push: images
+	infra/docker/build-images.sh --push
+
+# for `make test`: build the images; where podman cannot work here the container tests skip
+images-or-skip:
+	@$(MAKE) --no-print-directory images || echo "warning: the images could not be built; container tests will fail or skip"
+
 demo: setup
 	$(UV) run galmorph demo
 
-test: setup browser
+test: setup browser images-or-skip
 	$(UV) run pytest -q $(PYTEST_ARGS)
 
 stack-down: setup
