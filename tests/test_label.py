@@ -226,7 +226,8 @@ def app_client(tmp_path, sim_lopsided):
     store = LabelStore(f"sqlite:///{tmp_path / 'app.db'}")
     app = create_app(q, store, "alice", data_root=tmp_path / "no-data-root",
                      image_roots=[Path(sim_lopsided["dir"])])
-    return TestClient(app, raise_server_exceptions=False), q, store
+    return (TestClient(app, raise_server_exceptions=False, base_url="http://127.0.0.1",
+                       headers={"X-Requested-With": "galmorph"}), q, store)
 
 
 def test_app_label_flow_and_tallies(app_client):
