@@ -147,3 +147,39 @@ def test_every_architecture_exports_with_dynamic_batch(task, kw):
         out = ep.module()(x5)
     assert out.shape == (5, len(cfg.classes()))
     assert torch.allclose(out, ref, atol=1e-4)
+
+
+def _imports_of(path) -> set[str]:
+    import ast
+
+    out: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            out.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            out.add(node.module)
+    return out
+
+
+def test_model_layer_does_not_import_training_and_has_no_cycles():
+    from pathlib import Path
+
+    import galmorph.models
+
+    root = Path(galmorph.models.__file__).parent
+    graph = {f"galmorph.models.{p.stem}": {m for m in _imports_of(p) if m.startswith("galmorph.")}
+             for p in root.glob("*.py") if p.stem != "__init__"}
+    offenders = {m: sorted(i for i in imps if i.startswith("galmorph.training")) for m, imps in graph.items()}
+    assert not any(offenders.values()), offenders
+
+    def reach(start: str) -> set[str]:
+        seen, todo = set(), [start]
+        while todo:
+            for nxt in graph.get(todo.pop(), ()):
+                if nxt in graph and nxt not in seen:
+                    seen.add(nxt)
+                    todo.append(nxt)
+        return seen
+
+    cycles = [m for m in graph if m in reach(m)]
+    assert not cycles, f"import cycles among model modules: {cycles}"

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from galmorph.models.networks import Normalize
+from galmorph.models.layers import Normalize
 
 
 def equivariant_size(size: int) -> int:

@@ -1,7 +1,7 @@
 """Networks that satisfy the galmorph model contract (0..1 images in, logits out, normalisation inside).
 
-``build_network(cfg)`` returns a :class:`GalaxyNet` for any architecture in
-:data:`galmorph.training.config.ARCHS`, wrapped in :class:`ChiralityEquivariant` when asked.
+``build_network(params)`` returns a :class:`~galmorph.models.layers.GalaxyNet` for any architecture in
+:data:`ARCHS`, wrapped in :class:`ChiralityEquivariant` when asked.
 Encoders are timm models created with ``pretrained=False`` (never downloaded); Zoobot-style encoder
 weights can be loaded from a local checkpoint or an MLflow URI.
 """
@@ -15,61 +15,11 @@ from typing import Any
 import torch
 from torch import nn
 
+from galmorph.models.layers import (IMAGENET_MEAN, IMAGENET_STD, GalaxyNet, Normalize, dense_head,  # noqa: F401
+                                    zoobot_head)
+from galmorph.models.params import ARCHS, NetworkParams, as_network_params  # noqa: F401
+
 log = logging.getLogger(__name__)
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
-class Normalize(nn.Module):
-    """``(x - mean) / std`` per channel (inputs scaled 0..1)."""
-
-    def __init__(self, in_chans: int):
-        super().__init__()
-        mean = IMAGENET_MEAN if in_chans == 3 else (sum(IMAGENET_MEAN) / 3,)
-        std = IMAGENET_STD if in_chans == 3 else (sum(IMAGENET_STD) / 3,)
-        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
-        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return (x - self.mean) / self.std
-
-
-class GalaxyNet(nn.Module):
-    """``normalize -> encoder -> head``: (B,C,S,S) in 0..1 -> logits (B, n_classes).
-
-    ``frozen_encoder=True`` keeps the encoder's weights fixed and its batch norm in eval mode.
-    """
-
-    def __init__(self, encoder: nn.Module, head: nn.Module, in_chans: int, frozen_encoder: bool = False):
-        super().__init__()
-        self.normalize = Normalize(in_chans)
-        self.encoder = encoder
-        self.head = head
-        self.frozen_encoder = frozen_encoder
-        if frozen_encoder:
-            for p in self.encoder.parameters():
-                p.requires_grad_(False)
-
-    def train(self, mode: bool = True) -> "GalaxyNet":
-        super().train(mode)
-        if self.frozen_encoder:
-            self.encoder.eval()
-        return self
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.encoder(self.normalize(x)))
-
-
-def zoobot_head(in_features: int, n_classes: int, dropout: float = 0.2, hidden: int = 128) -> nn.Sequential:
-    """Zoobot-style head after global pooling: Linear 128 -> Dropout -> ReLU -> Linear n."""
-    return nn.Sequential(nn.Linear(in_features, hidden), nn.Dropout(dropout), nn.ReLU(inplace=False),
-                         nn.Linear(hidden, n_classes))
-
-
-def dense_head(in_features: int, n_classes: int, hidden: int = 1028) -> nn.Sequential:
-    """Keras-style head of the arm-number study: Dense(hidden) + ReLU -> Dense(n) (softmax at inference)."""
-    return nn.Sequential(nn.Linear(in_features, hidden), nn.ReLU(inplace=False), nn.Linear(hidden, n_classes))
 
 
 def _timm(name: str, in_chans: int, **kw: Any) -> nn.Module:
@@ -176,12 +126,14 @@ def zoobot_param_groups(net: GalaxyNet, lr: float, finetune_blocks: int, lr_deca
     return [g for g in groups if g["params"]]
 
 
-def build_network(cfg) -> tuple[nn.Module, dict[str, str]]:
-    """The network for a :class:`~galmorph.training.config.TrainConfig`; returns ``(net, tags)`` where
-    ``tags`` describe the initialisation (e.g. ``encoder_init=random``)."""
+def build_network(params: NetworkParams | Any) -> tuple[nn.Module, dict[str, str]]:
+    """The network for :class:`~galmorph.models.params.NetworkParams` (or an object with
+    ``network_params()``, such as a training config); returns ``(net, tags)`` where ``tags`` describe
+    the initialisation (e.g. ``encoder_init=random``)."""
     from galmorph.models.chirality import ChiralityEquivariant
 
-    n, c = len(cfg.classes()), cfg.in_chans
+    cfg = as_network_params(params)
+    n, c = len(cfg.classes), cfg.in_chans
     tags: dict[str, str] = {}
     if cfg.arch == "zoobot_convnext_nano":
         net, init = build_zoobot(n, c, cfg.head_dropout, cfg.encoder_checkpoint)

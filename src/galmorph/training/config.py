@@ -14,16 +14,9 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from galmorph.models.params import ARCHS, NetworkParams
 from galmorph.tasks import ARM_MERGES, TASKS
 
-#: Architecture names understood by :func:`galmorph.models.build_network`.
-ARCHS: tuple[str, ...] = (
-    "zoobot_convnext_nano",       # Zoobot-style fine-tuning of a ConvNeXt-nano encoder
-    "efficientnet_b0_frozen",     # EfficientNet-B0 as a frozen feature extractor + dense head
-    "efficientnetv2_m_finetune",  # tf_efficientnetv2_m fine-tuned end to end + dense head
-    "resnet18", "resnet50",       # timm ResNets trained from scratch
-    "gresnet18", "gresnet50",     # escnn C_N-equivariant ResNets (group pooling before the classifier)
-)
 MONITORS = {"val_loss": "min", "val_acc": "max"}
 
 
@@ -96,6 +89,16 @@ class TrainConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    def network_params(self, class_weights: tuple[float, ...] = ()) -> NetworkParams:
+        """The model layer's parameters for this run (network, initialisation, optimiser)."""
+        return NetworkParams(
+            task=self.task, classes=self.classes(), arch=self.arch, in_chans=self.in_chans,
+            chirality_equivariant=self.chirality_equivariant, head_hidden=self.head_hidden,
+            head_dropout=self.head_dropout, encoder_checkpoint=self.encoder_checkpoint,
+            group_order=self.group_order, reflections=self.reflections, gresnet_width=self.gresnet_width,
+            optimizer=self.optimizer, lr=self.lr, weight_decay=self.weight_decay,
+            finetune_blocks=self.finetune_blocks, lr_decay=self.lr_decay, class_weights=tuple(class_weights))
 
     def validate(self) -> "TrainConfig":
         """Raise :class:`ConfigError` for inconsistent settings; returns ``self``."""

@@ -54,30 +54,21 @@ class TrainResult:
 # provenance
 # ----------------------------------------------------------------------------------------------
 def dataset_version(manifest_path: Path | None) -> dict[str, str]:
-    """Tags for the dataset version: the DVC hash via :func:`galmorph.dvcops.data_version` when that
-    module is available, else the manifest file's sha256 (tag names say which)."""
+    """Tags for the dataset version: the DVC md5 of the manifest (:func:`galmorph.dvcops.data_version_info`,
+    with where it came from), or the manifest file's sha256 when DVC cannot hash it (tag names say which)."""
     if manifest_path is None:
         return {"galmorph.data_version_source": "in-memory manifest (no file, no version)"}
-    try:
-        from galmorph.dvcops import data_version  # type: ignore[attr-defined]
-    except ImportError:
-        data_version = None
-    if data_version is not None:
-        try:
-            v = data_version(manifest_path)
-            tags = {"galmorph.data_version": str(v), "galmorph.data_version_source": "dvc"}
-            try:  # where the DVC md5 came from (dvc.lock, <name>.dvc or computed), when available
-                from galmorph.dvcops import data_version_info  # type: ignore[attr-defined]
+    from galmorph.dvcops import data_version_info
 
-                info = data_version_info(manifest_path)
-                tags["galmorph.data_version_source"] = f"dvc ({info.source})"
-                if getattr(info, "stale_record", None):
-                    tags["galmorph.data_version_stale_record"] = str(info.stale_record)
-            except Exception:  # noqa: BLE001 - the md5 alone is enough
-                pass
-            return tags
-        except Exception as exc:  # noqa: BLE001 - fall back, but say why
-            log.warning("dvcops.data_version(%s) failed (%s); using the manifest sha256", manifest_path, exc)
+    try:
+        info = data_version_info(manifest_path)
+    except Exception as exc:  # noqa: BLE001 - fall back, but say why
+        log.warning("dvcops.data_version_info(%s) failed (%s); using the manifest sha256", manifest_path, exc)
+    else:
+        tags = {"galmorph.data_version": str(info.md5), "galmorph.data_version_source": f"dvc ({info.source})"}
+        if info.stale_record:
+            tags["galmorph.data_version_stale_record"] = str(info.stale_record)
+        return tags
     h = hashlib.sha256(Path(manifest_path).read_bytes()).hexdigest()
     return {"galmorph.data_version": f"manifest-sha256:{h}",
             "galmorph.data_version_source": "manifest-sha256 (no DVC version available)",
@@ -170,7 +161,7 @@ def fit_trial(cfg: TrainConfig, manifest: pd.DataFrame, trial: int, out_dir: Pat
     counts = dm.class_counts()
     log.info("trial %d: train/val/test = %d/%d/%d images; class counts %s", trial, len(dm.dataset("train")),
              len(dm.dataset("val")), len(dm.dataset("test")), counts)
-    model = GalaxyClassifier(cfg.to_dict())
+    model = GalaxyClassifier(cfg.network_params())
     mode = MONITORS[cfg.monitor]
     ckpt_dir = out_dir / f"trial-{trial}" / "checkpoints"
     ckpt = ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor=cfg.monitor, mode=mode, save_top_k=1,
