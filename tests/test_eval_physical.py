@@ -9,18 +9,19 @@ import pandas as pd
 import pytest
 
 from galmorph.evaluation.physical import (class_property_summary, compare_samples, compare_to_parent,
-                                          match_property_table, parse_sdss_name, redshift_matched_resampling)
+                                          match_property_table, redshift_matched_resampling)
+from galmorph.ingest import parse_iau_name
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-def test_parse_sdss_name():
-    ra, dec = parse_sdss_name("SDSS J132008.30+302700.3")
+def test_parse_sdss_name():  # the one IAU-name parser (galmorph.ingest) reads the catalogue's SDSS names
+    ra, dec = parse_iau_name("SDSS J132008.30+302700.3")
     assert ra == pytest.approx(15 * (13 + 20 / 60 + 8.30 / 3600))
     assert dec == pytest.approx(30 + 27 / 60 + 0.3 / 3600)
-    assert parse_sdss_name("J225422.30-101025.8")[1] == pytest.approx(-(10 + 10 / 60 + 25.8 / 3600))
+    assert parse_iau_name("J225422.30-101025.8")[1] == pytest.approx(-(10 + 10 / 60 + 25.8 / 3600))
     with pytest.raises(ValueError, match="cannot parse"):
-        parse_sdss_name("NGC 4321")
+        parse_iau_name("NGC 4321")
 
 
 def test_summary_and_tests_on_known_samples():

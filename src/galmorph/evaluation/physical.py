@@ -12,34 +12,22 @@ example the Hart et al. 2017 spirals: stellar mass ``logMstar``, redshift ``Z``)
 
 :func:`load_lopsided_catalogue` reads the published lopsided catalogue (training labels + model
 predictions) and :func:`match_property_table` cross-matches any catalogue with RA/Dec to a property
-table (3" by default, via :mod:`galmorph.crossmatch` when present).
+table (3" by default, with :func:`galmorph.crossmatch.crossmatch`).
 """
 
 from __future__ import annotations
 
 import logging
-import re
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from galmorph.crossmatch import crossmatch
+from galmorph.ingest import parse_iau_name
+
 log = logging.getLogger(__name__)
-
-_IAU = re.compile(r"J(\d{2})(\d{2})(\d{2}(?:\.\d+)?)([+-])(\d{2})(\d{2})(\d{2}(?:\.\d+)?)")
-
-
-def parse_sdss_name(name: str) -> tuple[float, float]:
-    """RA, Dec in degrees of an IAU-style name ``SDSS Jhhmmss.ss+ddmmss.s`` (the prefix is optional)."""
-    m = _IAU.search(str(name))
-    if not m:
-        raise ValueError(f"cannot parse RA/Dec from name {name!r} (expected 'SDSS Jhhmmss.ss+ddmmss.s')")
-    hh, mm, ss, sign, dd, am, asec = m.groups()
-    ra = 15.0 * (int(hh) + int(mm) / 60 + float(ss) / 3600)
-    dec = int(dd) + int(am) / 60 + float(asec) / 3600
-    return ra, -dec if sign == "-" else dec
-
 
 # --------------------------------------------------------------------------------------------
 # the published lopsided catalogue
@@ -71,7 +59,7 @@ def load_lopsided_catalogue(folder: str | Path) -> pd.DataFrame:
         coords = []
         for i, n in enumerate(df["SDSS_name"]):
             try:
-                coords.append(parse_sdss_name(n))
+                coords.append(parse_iau_name(n))
             except ValueError as exc:
                 raise ValueError(f"{path} row {i + 2}: {exc}") from exc
         out = pd.DataFrame({
@@ -96,37 +84,21 @@ def match_property_table(catalogue: pd.DataFrame, properties: pd.DataFrame, radi
 
     Returns ``(matched, unmatched)``: ``matched`` = catalogue columns + the property columns +
     ``sep_arcsec``; ``unmatched`` = catalogue rows with a ``reason``. Each catalogue row is in exactly
-    one of them. Uses :func:`galmorph.crossmatch.crossmatch` when available, otherwise astropy.
+    one of them (:func:`galmorph.crossmatch.crossmatch`).
     """
     cat = catalogue.reset_index(drop=True).copy()
     cat["_row"] = np.arange(len(cat)).astype(str)
     props = properties.reset_index(drop=True).copy()
     props["_prow"] = np.arange(len(props)).astype(str)
     cols = list(prop_columns) if prop_columns is not None else [c for c in props.columns if c not in ("_prow",)]
-    try:
-        from galmorph.crossmatch import crossmatch
-    except ImportError:  # pragma: no cover - the shared module is optional
-        crossmatch = None
-    if crossmatch is not None:
-        res = crossmatch(cat, props, radius_arcsec=radius_arcsec, left_id="_row", right_id="_prow",
-                         left_name="catalogue", right_name="properties", ra="ra", dec="dec",
-                         right_ra=prop_ra, right_dec=prop_dec)
-        li = res.pairs["left_id"].astype(int).to_numpy()
-        ri = res.pairs["right_id"].astype(int).to_numpy()
-        sep = res.pairs["sep_arcsec"].to_numpy()
-        un = res.unmatched_left.rename(columns={"id": "_row"})
-        unmatched = cat.merge(un[["_row", "reason"]], on="_row", how="inner")
-    else:
-        from astropy import units as u
-        from astropy.coordinates import SkyCoord, match_coordinates_sky
-
-        c1 = SkyCoord(cat["ra"].to_numpy() * u.deg, cat["dec"].to_numpy() * u.deg)
-        c2 = SkyCoord(props[prop_ra].to_numpy(float) * u.deg, props[prop_dec].to_numpy(float) * u.deg)
-        idx, d2d, _ = match_coordinates_sky(c1, c2)
-        ok = d2d.arcsec <= radius_arcsec
-        li, ri, sep = np.flatnonzero(ok), idx[ok], d2d.arcsec[ok]
-        unmatched = cat[~ok].copy()
-        unmatched["reason"] = [f"nearest property row at {s:.2f}\" > {radius_arcsec}\"" for s in d2d.arcsec[~ok]]
+    res = crossmatch(cat, props, radius_arcsec=radius_arcsec, left_id="_row", right_id="_prow",
+                     left_name="catalogue", right_name="properties", ra="ra", dec="dec",
+                     right_ra=prop_ra, right_dec=prop_dec)
+    li = res.pairs["left_id"].astype(int).to_numpy()
+    ri = res.pairs["right_id"].astype(int).to_numpy()
+    sep = res.pairs["sep_arcsec"].to_numpy()
+    un = res.unmatched_left.rename(columns={"id": "_row"})
+    unmatched = cat.merge(un[["_row", "reason"]], on="_row", how="inner")
     left = cat.iloc[li].reset_index(drop=True)
     right = props.iloc[ri][cols].reset_index(drop=True)
     right.columns = [c if c not in left.columns else f"prop_{c}" for c in right.columns]

@@ -18,7 +18,6 @@ The manifest can be versioned with DVC (:func:`dvc_add`), which the training sta
 from __future__ import annotations
 
 import logging
-import subprocess
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -100,26 +99,15 @@ def export_labels(store: LabelStore, out_path: str | Path, task: str = "lopsided
 
 
 def dvc_add(path: str | Path) -> Path:
-    """``dvc add`` the file (in the DVC repository that contains it); returns the ``.dvc`` file.
+    """``dvc add`` the file (in the DVC repository that contains it, :func:`galmorph.dvcops.run_dvc`);
+    returns the ``.dvc`` file."""
+    from galmorph.dvcops import find_dvc_root, run_dvc
 
-    Uses :func:`galmorph.dvcops.run_dvc` when available, else the ``dvc`` executable.
-    """
     path = Path(path).resolve()
-    try:
-        from galmorph.dvcops import find_dvc_root, run_dvc
-    except ImportError:  # pragma: no cover - dvcops ships with galmorph
-        find_dvc_root = run_dvc = None
-    root = find_dvc_root(path.parent) if find_dvc_root else next(
-        (p for p in [path.parent, *path.parent.parents] if (p / ".dvc").is_dir()), None)
+    root = find_dvc_root(path.parent)
     if root is None:
         raise RuntimeError(f"{path} is not inside a DVC repository (run `dvc init` in the project first)")
-    args = ["add", str(path.relative_to(root))]
-    if run_dvc is not None:
-        run_dvc(args, cwd=root)
-    else:  # pragma: no cover
-        proc = subprocess.run(["dvc", *args], cwd=root, capture_output=True, text=True)
-        if proc.returncode != 0:
-            raise RuntimeError(f"`dvc add {path}` failed: {proc.stderr[-2000:]}")
+    run_dvc(["add", str(path.relative_to(root))], cwd=root)
     dvc_file = path.with_name(path.name + ".dvc")
     if not dvc_file.exists():
         raise RuntimeError(f"`dvc add {path}` did not write {dvc_file}")
