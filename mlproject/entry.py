@@ -1,9 +1,12 @@
 """MLflow Project entry points -> the galmorph CLI.
 
-``mlflow run`` starts a run and exports ``MLFLOW_RUN_ID``; the galmorph commands log into it (training
-makes it the parent of its trial runs). When no manifest is given, a small simulated, labelled set
-for the task is made first (seeded, under the state folder) so that ``mlflow run mlproject -e train``
-works on a fresh machine.
+``mlflow run`` starts a run and exports ``MLFLOW_RUN_ID`` and ``MLFLOW_TRACKING_URI``; the galmorph
+commands log into it (training makes it the parent of its trial runs). The commands resolve their run
+settings like every other caller (:func:`galmorph.settings.resolve_settings`: flag > ``GALMORPH_*`` >
+``MLFLOW_TRACKING_URI`` > ``.env`` > default); inside an ``mlflow run`` the project run's server is
+passed as ``--tracking-uri``, because the run it exported exists only there. When no manifest is
+given, a small simulated, labelled set for the task is made first (seeded, under the state folder) so
+that ``mlflow run mlproject -e train`` works on a fresh machine.
 """
 
 from __future__ import annotations
@@ -12,19 +15,20 @@ import argparse
 import os
 import subprocess
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 
 
 def _galmorph() -> list[str]:
     exe = Path(sys.executable).parent / "galmorph"
-    return [str(exe)] if exe.exists() else [sys.executable, "-m", "galmorph.cli"]
+    return [str(exe)] if exe.exists() else [sys.executable, "-c", "from galmorph.cli import main; main()"]
 
 
 def _simulated(task: str, n: int) -> str:
-    from galmorph.settings import get_settings
+    from galmorph.settings import resolve_settings
     from galmorph.simulate import simulate_dataset
 
-    out = get_settings().state_dir / "mlproject" / f"sim-{task}-{n}"
+    out = resolve_settings().state_dir / "mlproject" / f"sim-{task}-{n}"
     if not (out / "manifest.parquet").exists():
         simulate_dataset(out, n, seed=0, task=task, size=64, progress=False)
     return str(out / "manifest.parquet")
@@ -65,11 +69,17 @@ def main(argv: list[str] | None = None) -> int:
         cmd = [*_galmorph(), "score", "--model", a.model, "--manifest", a.manifest, "--out", a.out,
                "--batch-size", str(int(a.batch_size)), "--shard-size", str(int(a.shard_size)),
                "--threshold", str(a.threshold), "--log-mlflow"]
-    env = dict(os.environ)
-    if env.get("MLFLOW_TRACKING_URI") and not env.get("GALMORPH_MLFLOW_TRACKING_URI"):
-        env["GALMORPH_MLFLOW_TRACKING_URI"] = env["MLFLOW_TRACKING_URI"]  # log where `mlflow run` logs
+    cmd += project_run_tracking_uri(os.environ)
     print("+", " ".join(cmd), flush=True)
-    return subprocess.call(cmd, env=env)
+    return subprocess.call(cmd)
+
+
+def project_run_tracking_uri(env: Mapping[str, str]) -> list[str]:
+    """``["--tracking-uri", URI]`` inside an ``mlflow run`` (``MLFLOW_RUN_ID`` and ``MLFLOW_TRACKING_URI``
+    set: the project run exists only on that server), else ``[]`` (the command resolves the URI)."""
+    if env.get("MLFLOW_RUN_ID") and env.get("MLFLOW_TRACKING_URI"):
+        return ["--tracking-uri", env["MLFLOW_TRACKING_URI"]]
+    return []
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ from pathlib import Path
 import click
 
 from galmorph.cli.base import fail, main
+from galmorph.cli.options import data_root_option, json_option
 
 
 @main.command("a1")
@@ -30,7 +31,7 @@ from galmorph.cli.base import fail, main
               help="e-/count of the image: adds the galaxy's Poisson noise to the assumed pixel variance.")
 @click.option("--noise", "noise_model", type=click.Choice(["residual", "assumed", "chi2"]), default="residual",
               show_default=True, help="Pixel-noise model of the annulus fits (see docs/a1_labelling.md).")
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object per input (JSON lines).")
+@json_option("Print one JSON object per input (JSON lines).")
 @click.option("--no-profile", is_flag=True, help="Leave the per-annulus A_m profile out of the JSON.")
 @click.option("--manifest", "manifest_path", type=click.Path(path_type=Path, dir_okay=False), default=None,
               help="Measure every row of this manifest instead of FILEs (needs --out).")
@@ -40,8 +41,9 @@ from galmorph.cli.base import fail, main
               help="arcsec/px for r50_arcsec/r90_arcsec manifest columns.")
 @click.option("--workers", type=click.IntRange(1), default=1, show_default=True,
               help="Processes for --manifest (one per core; the measurement is single-threaded).")
+@data_root_option()
 def a1_cmd(files, r50, r90, x0, y0, ra, dec, no_mask, no_refine, bkg_mesh, search_radius, n_annuli, saturation,
-           gain, noise_model, as_json, no_profile, manifest_path, out_path, pixel_scale, workers) -> None:
+           gain, noise_model, as_json, no_profile, manifest_path, out_path, pixel_scale, workers, data_root) -> None:
     """Measure the lopsidedness A1 of the galaxy at the centre of each image FILE (FITS/PNG/JPEG).
 
     Sky subtracted with sep, other sources masked by interpolation, centre = brightest pixel near the
@@ -70,9 +72,10 @@ def a1_cmd(files, r50, r90, x0, y0, ra, dec, no_mask, no_refine, bkg_mesh, searc
         if out_path is None:
             fail("--manifest needs --out", 2)
         from galmorph.imaging.a1 import measure_a1_manifest
-        from galmorph.settings import get_settings
+        from galmorph.settings import resolve_settings
 
-        res = measure_a1_manifest(manifest_path, out_path, data_root=get_settings().data_root,
+        root = resolve_settings(data_root=data_root).data_root
+        res = measure_a1_manifest(manifest_path, out_path, data_root=root,
                                   pixel_scale=pixel_scale, workers=workers, **kwargs)
         click.echo(json.dumps({k: str(v) if isinstance(v, Path) else v for k, v in res.items()}))
         sys.exit(0 if res["quarantined"] == 0 and res["finite_a1"] == res["rows_out"] else 1)

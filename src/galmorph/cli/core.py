@@ -7,14 +7,34 @@ from pathlib import Path
 import click
 
 from galmorph.cli.base import echo_json, fail, main
+from galmorph.cli.options import (audit_log_option, data_root_option, json_option, state_dir_option, task_option,
+                                  tracking_uri_option)
 
 
 @main.command("settings")
-def settings_cmd() -> None:
-    """Print the resolved settings (after GALMORPH_* environment overrides)."""
-    from galmorph.settings import get_settings
+@tracking_uri_option()
+@data_root_option()
+@state_dir_option()
+@audit_log_option()
+def settings_cmd(tracking_uri: str | None, data_root: Path | None, state_dir: Path | None,
+                 audit_log: Path | None) -> None:
+    """Print the resolved settings as JSON.
 
-    echo_json(get_settings().model_dump(mode="json"))
+    Every command, pipeline component, DVC stage and MLflow Project entry resolves its run settings
+    (tracking URI, data root, state folder, audit log) in this order, highest first:
+
+    \b
+      1. the command-line flag (--tracking-uri, --data-root, --state-dir, --audit-log)
+      2. the environment variable GALMORPH_<NAME> (GALMORPH_MLFLOW_TRACKING_URI, GALMORPH_DATA_ROOT,
+         GALMORPH_STATE_DIR, GALMORPH_AUDIT_LOG; every other field likewise)
+      3. MLFLOW_TRACKING_URI (the tracking URI only)
+      4. GALMORPH_<NAME> in the .env file of the working directory
+      5. the default (tracking URI: the local stack's server http://<host>:<mlflow_port>)
+    """
+    from galmorph.settings import resolve_settings
+
+    echo_json(resolve_settings(tracking_uri=tracking_uri, data_root=data_root, state_dir=state_dir,
+                               audit_log=audit_log).model_dump(mode="json"))
 
 
 @main.group()
@@ -30,10 +50,10 @@ _SERVICES = click.option("--service", "services", multiple=True, type=click.Choi
 @_SERVICES
 def stack_up_cmd(services: tuple[str, ...]) -> None:
     """Start the stack (idempotent) and print the URLs."""
-    from galmorph.settings import get_settings
+    from galmorph.settings import resolve_settings
     from galmorph.stack import stack_up
 
-    s = get_settings()
+    s = resolve_settings()
     try:
         res = stack_up(s, services or ("mlflow", "evidently"))
     except (RuntimeError, TimeoutError) as exc:
@@ -47,24 +67,24 @@ def stack_up_cmd(services: tuple[str, ...]) -> None:
 @_SERVICES
 def stack_down_cmd(services: tuple[str, ...]) -> None:
     """Stop the services started by `stack up`."""
-    from galmorph.settings import get_settings
+    from galmorph.settings import resolve_settings
     from galmorph.stack import stack_down
 
-    for r in stack_down(get_settings(), services or ("mlflow", "evidently")):
+    for r in stack_down(resolve_settings(), services or ("mlflow", "evidently")):
         click.echo(f"{r['service']:10s} {'stopped' if r['stopped'] else 'not running'}")
 
 
 @stack.command("status")
 @_SERVICES
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@json_option("Print JSON.")
 def stack_status_cmd(services: tuple[str, ...], as_json: bool) -> None:
     """Health of each service; exit code 1 when any is down."""
     import sys
 
-    from galmorph.settings import get_settings
+    from galmorph.settings import resolve_settings
     from galmorph.stack import stack_status
 
-    res = stack_status(get_settings(), services or ("mlflow", "evidently"))
+    res = stack_status(resolve_settings(), services or ("mlflow", "evidently"))
     if as_json:
         echo_json(res)
     else:
@@ -77,8 +97,7 @@ def stack_status_cmd(services: tuple[str, ...], as_json: bool) -> None:
 @click.option("--out", "out_dir", type=click.Path(path_type=Path), required=True, help="Output folder.")
 @click.option("-n", "--n", "n", type=click.IntRange(1), default=100, show_default=True, help="Galaxies.")
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--task", type=click.Choice(["lopsided", "arms", "chirality"]), default=None,
-              help="Draw balanced classes and label the manifest for this task.")
+@task_option(help="Draw balanced classes and label the manifest for this task.")
 @click.option("--size", type=click.IntRange(32), default=128, show_default=True, help="Image size (px).")
 @click.option("--z-min", type=float, default=0.01, show_default=True)
 @click.option("--z-max", type=float, default=0.1, show_default=True)

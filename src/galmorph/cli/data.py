@@ -9,17 +9,14 @@ from pathlib import Path
 import click
 
 from galmorph.cli.base import echo_json, fail, main
-
-_DATA_ROOT = click.option("--data-root", type=click.Path(path_type=Path, file_okay=False), default=None,
-                          help="Root of the real data (default: settings, i.e. GALMORPH_DATA_ROOT or ../shared/data).")
+from galmorph.cli.options import data_root_option, json_option, task_option
 
 
 def _data_root(opt: Path | None) -> Path | None:
-    if opt is not None:
-        return opt
-    from galmorph.settings import get_settings
+    """--data-root through the settings resolver (flag > GALMORPH_DATA_ROOT > .env > default)."""
+    from galmorph.settings import resolve_settings
 
-    return get_settings().data_root
+    return resolve_settings(data_root=opt).data_root
 
 
 @main.command("ingest")
@@ -28,9 +25,8 @@ def _data_root(opt: Path | None) -> Path | None:
               help="Manifest to write (Parquet).")
 @click.option("--quarantine", type=click.Path(path_type=Path, dir_okay=False), default=None,
               help="Quarantine table (default: <out stem>.quarantine.parquet).")
-@_DATA_ROOT
-@click.option("--task", type=click.Choice(["lopsided", "arms", "chirality"]), default=None,
-              help="sim:/folder: sources: the task whose labels to use.")
+@data_root_option()
+@task_option(help="sim:/folder: sources: the task whose labels to use.")
 @click.option("--image", type=click.Choice(["jpg", "png", "fits"]), default="jpg", show_default=True,
               help="sim: sources: which rendering image_uri points at.")
 @click.option("--include-predicted", is_flag=True, help="lopsided: also the CNN-predicted (unlabelled) rows.")
@@ -41,7 +37,7 @@ def _data_root(opt: Path | None) -> Path | None:
               help="Override the source's image folder.")
 @click.option("--sim-dir", type=click.Path(path_type=Path, file_okay=False), default=Path("data/sim"),
               show_default=True, help="Folder the plain `sim` source reads (the DVC simulate stage's output).")
-@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+@json_option("Print the summary as JSON.")
 def ingest_cmd(source: str, out: Path, quarantine: Path | None, data_root: Path | None, task: str | None,
                image: str, include_predicted: bool, survey: str, catalogue: Path | None, images: Path | None,
                sim_dir: Path, as_json: bool) -> None:
@@ -87,8 +83,7 @@ def _size(s: str | None) -> tuple[int, int] | None:
 
 @main.command("validate")
 @click.argument("manifest", type=click.Path(path_type=Path, dir_okay=False))
-@click.option("--json", "as_json", is_flag=True,
-              help='Print {"rows": N, "passed": n, "quarantined": [{"id", "reason"}], ...}.')
+@json_option('Print {"rows": N, "passed": n, "quarantined": [{"id", "reason"}], ...}.')
 @click.option("--z-min", type=float, default=None, help="Selection: lowest z (rows with unknown z pass).")
 @click.option("--z-max", type=float, default=None, help="Selection: highest z.")
 @click.option("--max-failure-fraction", type=click.FloatRange(0, 1), default=0.05, show_default=True,
@@ -106,7 +101,7 @@ def _size(s: str | None) -> tuple[int, int] | None:
               help="Write the report (summary + great-expectations result) as JSON here.")
 @click.option("--workers", type=click.IntRange(1), default=1, show_default=True, help="Image-check threads.")
 @click.option("--no-fail", is_flag=True, help="Exit 0 even when validation fails.")
-@_DATA_ROOT
+@data_root_option()
 def validate_cmd(manifest: Path, as_json: bool, z_min: float | None, z_max: float | None,
                  max_failure_fraction: float, expected_size: str | None, min_size: int, require_coords: bool,
                  require_z: bool, no_images: bool, out: Path | None, quarantine: Path | None, report: Path | None,
@@ -159,8 +154,8 @@ def validate_cmd(manifest: Path, as_json: bool, z_min: float | None, z_max: floa
 @click.option("--greyscale", type=bool, is_flag=False, flag_value=True, default=False, show_default=True,
               help="Average colour to one channel (`--greyscale` or `--greyscale true|false`).")
 @click.option("--no-fits", is_flag=True, help="Do not write FITS cutouts for FITS sources.")
-@_DATA_ROOT
-@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+@data_root_option()
+@json_option("Print the summary as JSON.")
 def cutout_cmd(manifest: Path, out_dir: Path, size_arcsec: float | None, size_r90: float | None, r90_column: str,
                crop_fraction: float, size_px: int | None, greyscale: bool, no_fits: bool, data_root: Path | None,
                as_json: bool) -> None:
@@ -191,7 +186,7 @@ def cutout_cmd(manifest: Path, out_dir: Path, size_arcsec: float | None, size_r9
 @click.option("--one-to-one", is_flag=True, help="A RIGHT row matches at most one LEFT row (the closest).")
 @click.option("--out", type=click.Path(path_type=Path, dir_okay=False), default=None,
               help="Write the pairs (Parquet) and <stem>.unmatched.parquet.")
-@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+@json_option("Print the summary as JSON.")
 def crossmatch_cmd(left: Path, right: Path, radius: float, left_id: str, right_id: str, one_to_one: bool,
                    out: Path | None, as_json: bool) -> None:
     """Positional cross-match of LEFT and RIGHT (manifests or CSV/FITS catalogues) within --radius."""
@@ -276,7 +271,7 @@ def data_group() -> None:
 
 @data_group.command("version")
 @click.argument("path", type=click.Path(path_type=Path, exists=True))
-@click.option("--json", "as_json", is_flag=True, help="Print path, md5 and where it came from as JSON.")
+@json_option("Print path, md5 and where it came from as JSON.")
 def data_version_cmd(path: Path, as_json: bool) -> None:
     """Print the DVC md5 of PATH (dvc.lock / .dvc entry, else computed with DVC's hashing)."""
     from galmorph.dvcops import data_version_info

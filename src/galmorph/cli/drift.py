@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from galmorph.cli.base import echo_json, fail, main
+from galmorph.cli.options import data_root_option, json_option, tracking_uri_option, use_tracking_uri
 
 
 @main.command("drift")
@@ -26,6 +27,8 @@ from galmorph.cli.base import echo_json, fail, main
 @click.option("--project", default=None, help="Evidently project name [default: params drift.project].")
 @click.option("--no-workspace", is_flag=True, help="Do not add snapshots to an Evidently workspace.")
 @click.option("--mlflow-run-id", default=None, help="MLflow run (e.g. the scoring run) to log drift metrics to.")
+@tracking_uri_option()
+@data_root_option()
 @click.option("--params", "params_file", type=click.Path(path_type=Path, dir_okay=False), default=None,
               help="Params file holding the `drift:` thresholds [default: settings.params_file].")
 @click.option("--drift-share", type=click.FloatRange(0, 1, min_open=True), default=None,
@@ -36,12 +39,12 @@ from galmorph.cli.base import echo_json, fail, main
 @click.option("--num-workers", type=click.IntRange(0), default=None,
               help="Processes measuring image features [default: settings.num_workers].")
 @click.option("--no-fail", is_flag=True, help="Exit 0 even when drift is found (the verdict is still printed).")
-@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON instead of a table.")
+@json_option("Print the summary as JSON instead of a table.")
 def drift_cmd(reference: Path, current: Path, by: str | None, out_dir: Path | None, release: str | None,
               model_version: str | None, workspace: Path | None, project: str | None, no_workspace: bool,
-              mlflow_run_id: str | None, params_file: Path | None, drift_share: float | None,
-              max_drifted_columns: int | None, min_group_size: int | None, num_workers: int | None,
-              no_fail: bool, as_json: bool) -> None:
+              mlflow_run_id: str | None, tracking_uri: str | None, data_root: Path | None,
+              params_file: Path | None, drift_share: float | None, max_drifted_columns: int | None,
+              min_group_size: int | None, num_workers: int | None, no_fail: bool, as_json: bool) -> None:
     """Compare a CURRENT set with a REFERENCE set overall and per group (redshift bin, survey).
 
     Writes Evidently reports (HTML + JSON) per group, summary.json / summary.md / verdict.txt,
@@ -50,15 +53,14 @@ def drift_cmd(reference: Path, current: Path, by: str | None, out_dir: Path | No
 
     Exit code: 0 no drift, 3 drift (drift.exit_code_drift; --no-fail gives 0), 1 bad input.
     """
-    import os
     from datetime import datetime, timezone
 
     from galmorph.drift import DriftConfig, DriftInputError, run_drift
     from galmorph.manifest import ManifestError
-    from galmorph.settings import get_settings
+    from galmorph.settings import resolve_settings
     from galmorph.stack import healthy
 
-    s = get_settings()
+    s = resolve_settings(tracking_uri=tracking_uri, data_root=data_root)
     try:
         cfg = DriftConfig.from_params(params_file or s.params_file, drift_share=drift_share,
                                       max_drifted_columns=max_drifted_columns, min_group_size=min_group_size)
@@ -69,10 +71,8 @@ def drift_cmd(reference: Path, current: Path, by: str | None, out_dir: Path | No
     out = out_dir or (s.state_dir / "drift" / stamp)
     ws = None if no_workspace else (workspace or s.evidently_workspace)
     ui_url = f"http://{s.host}:{s.evidently_port}"
-    if mlflow_run_id and not os.environ.get("MLFLOW_TRACKING_URI"):
-        import mlflow
-
-        mlflow.set_tracking_uri(s.mlflow_tracking_uri)
+    if mlflow_run_id:
+        use_tracking_uri(s)
     try:
         res = run_drift(reference, current, by=groups, config=cfg, out_dir=out, release=release,
                         model_version=model_version, workspace=ws, project=project, mlflow_run_id=mlflow_run_id,

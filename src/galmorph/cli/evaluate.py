@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import click
 
 from galmorph.cli.base import echo_json, fail, main
+from galmorph.cli.options import data_root_option, json_option, tracking_uri_option, use_tracking_uri
 
 
 def parse_edges(text: str | None) -> tuple[float, ...] | None:
@@ -21,25 +21,6 @@ def parse_edges(text: str | None) -> tuple[float, ...] | None:
     if len(edges) < 2 or any(b <= a for a, b in zip(edges, edges[1:])):
         raise click.BadParameter(f"redshift edges must be >= 2 increasing values, got {edges}")
     return edges
-
-
-def resolve_tracking_uri(explicit: str | None) -> str:
-    """--tracking-uri, else $MLFLOW_TRACKING_URI, else the local stack's server from the settings."""
-    if explicit:
-        return explicit
-    if os.environ.get("MLFLOW_TRACKING_URI"):
-        return os.environ["MLFLOW_TRACKING_URI"]
-    from galmorph.settings import get_settings
-
-    return get_settings().mlflow_tracking_uri
-
-
-def model_uri_of(text: str) -> str:
-    """A bare task name (``chirality``) means ``models:/galmorph-<task>@champion``."""
-    from galmorph.models.io import registered_name
-    from galmorph.tasks import TASKS
-
-    return f"models:/{registered_name(text)}@champion" if text in TASKS else text
 
 
 @main.command("evaluate")
@@ -67,12 +48,11 @@ def model_uri_of(text: str) -> str:
 @click.option("--target-layer", default=None, help="Grad-CAM target layer (graph node or module name) "
                                                    "[default: the last convolution].")
 @click.option("--batch-size", type=click.IntRange(1), default=32, show_default=True)
-@click.option("--data-root", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Root for data:// image URIs [default: settings.data_root].")
+@data_root_option()
 @click.option("--no-mlflow", is_flag=True, help="Do not log to MLflow (report files only).")
-@click.option("--tracking-uri", default=None, help="MLflow tracking URI [default: $MLFLOW_TRACKING_URI or the local stack].")
+@tracking_uri_option()
 @click.option("--experiment", default="galmorph-evaluation", show_default=True)
-@click.option("--json", "as_json", is_flag=True, help="Print the flat metrics as JSON.")
+@json_option("Print the flat metrics as JSON.")
 def evaluate_cmd(models, manifest, out_dir, z_edges, thresholds, chirality_diagnostics, rotation_passes,
                  rotation_angles, rotation_max_objects, sweep_n, explain, explain_per_class, target_layer, batch_size,
                  data_root, no_mlflow, tracking_uri, experiment, as_json) -> None:
@@ -82,25 +62,24 @@ def evaluate_cmd(models, manifest, out_dir, z_edges, thresholds, chirality_diagn
     quarantine.parquet, report.json and report.html to OUT and logs them (and every number as a
     metric) to MLflow.
     """
-    import mlflow
-
     from galmorph.evaluation import evaluate, evaluate_trials
     from galmorph.manifest import DEFAULT_Z_EDGES, ManifestError
-    from galmorph.settings import get_settings
+    from galmorph.registry import model_ref
+    from galmorph.settings import resolve_settings
 
-    s = get_settings()
+    s = resolve_settings(tracking_uri=tracking_uri, data_root=data_root)
     edges = parse_edges(z_edges) or DEFAULT_Z_EDGES
     try:
         thr = tuple(float(x) for x in thresholds.split(",") if x.strip())
     except ValueError:
         fail(f"--thresholds must be comma-separated numbers, got {thresholds!r}")
     if not no_mlflow:
-        mlflow.set_tracking_uri(resolve_tracking_uri(tracking_uri))
-    uris = [model_uri_of(m) for m in models]
+        use_tracking_uri(s)
+    uris = [model_ref(m) for m in models]
     if out_dir is None:
         tag = uris[0].replace("models:/", "").replace("/", "_").replace("@", "_").replace(":", "_")
         out_dir = s.state_dir / "evaluations" / tag
-    kw = dict(z_edges=edges, thresholds=thr, data_root=data_root or s.data_root, log_to_mlflow=not no_mlflow,
+    kw = dict(z_edges=edges, thresholds=thr, data_root=s.data_root, log_to_mlflow=not no_mlflow,
               batch_size=batch_size, chirality_diagnostics_on=chirality_diagnostics, explain=explain,
               explain_per_class=explain_per_class, explain_target_layer=target_layer, sweep_n=sweep_n,
               rotation_passes=rotation_passes, rotation_angles=rotation_angles,

@@ -16,10 +16,9 @@ def monitor() -> None:
 
 def _settings(port: int | None):
     """The settings, with the Evidently port overridden when ``port`` is given."""
-    from galmorph.settings import get_settings
+    from galmorph.settings import resolve_settings
 
-    s = get_settings()
-    return s.model_copy(update={"evidently_port": port}) if port is not None else s
+    return resolve_settings(evidently_port=port)
 
 
 @monitor.command("serve")
@@ -63,10 +62,10 @@ def serve_cmd(port: int | None, project: str | None, foreground: bool) -> None:
 @monitor.command("stop")
 def stop_cmd() -> None:
     """Stop the Evidently UI started by `monitor serve` / `stack up`."""
-    from galmorph.settings import get_settings
+    from galmorph.settings import resolve_settings
     from galmorph.stack import stop_service
 
-    click.echo("stopped" if stop_service(get_settings(), "evidently") else "not running")
+    click.echo("stopped" if stop_service(resolve_settings(), "evidently") else "not running")
 
 
 @monitor.command("dashboard")
@@ -77,9 +76,9 @@ def dashboard_cmd(workspace: Path | None, project: str | None) -> None:
     """(Re)create the drift project's dashboard panels from monitoring/dashboards.py."""
     from galmorph.drift.config import DriftConfig
     from galmorph.drift.workspace import ensure_dashboard, get_or_create_project, open_workspace
-    from galmorph.settings import get_settings
+    from galmorph.settings import resolve_settings
 
-    s = get_settings()
+    s = resolve_settings()
     cfg = DriftConfig.from_params(s.params_file)
     ws = open_workspace(workspace or s.evidently_workspace)
     proj = get_or_create_project(ws, project or cfg.project)

@@ -14,38 +14,38 @@ import click
 
 from galmorph.tasks import TASKS
 
-_ORDER = "flag > GALMORPH_{var} > {mlflow}.env > default"
 
-
-def _order(var: str, mlflow: bool = False) -> str:
-    return _ORDER.format(var=var, mlflow="MLFLOW_TRACKING_URI > " if mlflow else "")
+def _order(var: str, default: str, mlflow: bool = False) -> str:
+    """The fallback chain of a flag, as its help shows it."""
+    chain = [f"GALMORPH_{var}", *(["MLFLOW_TRACKING_URI"] if mlflow else []), ".env", default]
+    return "[default: " + ", else ".join(chain) + "]"
 
 
 def tracking_uri_option() -> Callable:
     """``--tracking-uri`` (parameter ``tracking_uri``)."""
     return click.option("--tracking-uri", "tracking_uri", default=None, metavar="URI",
-                        help=f"MLflow tracking URI [{_order('MLFLOW_TRACKING_URI', mlflow=True)} "
-                             "(the local stack's server)].")
+                        help="MLflow tracking URI "
+                             + _order("MLFLOW_TRACKING_URI", "the local stack's server", mlflow=True))
 
 
 def data_root_option() -> Callable:
     """``--data-root`` (parameter ``data_root``)."""
     return click.option("--data-root", "data_root", type=click.Path(path_type=Path, file_okay=False), default=None,
-                        help=f"Root of the real data and of data:// image URIs [{_order('DATA_ROOT')} "
-                             "(../shared/data)].")
+                        help="Root of the real data and of data:// image URIs "
+                             + _order("DATA_ROOT", "../shared/data"))
 
 
 def state_dir_option() -> Callable:
     """``--state-dir`` (parameter ``state_dir``)."""
     return click.option("--state-dir", "state_dir", type=click.Path(path_type=Path, file_okay=False), default=None,
-                        help=f"Project-local state folder [{_order('STATE_DIR')} (.galmorph/)].")
+                        help="Project-local state folder " + _order("STATE_DIR", ".galmorph/"))
 
 
 def audit_log_option() -> Callable:
     """``--audit-log`` (parameter ``audit_log``)."""
     return click.option("--audit-log", "audit_log", type=click.Path(path_type=Path, dir_okay=False), default=None,
-                        help=f"JSON-lines promotion audit log [{_order('AUDIT_LOG')} "
-                             "(<state_dir>/registry/audit.jsonl)].")
+                        help="JSON-lines promotion audit log "
+                             + _order("AUDIT_LOG", "<state_dir>/registry/audit.jsonl"))
 
 
 def json_option(help: str = "Print the result as JSON.") -> Callable:  # noqa: A002 - click's name

@@ -8,6 +8,8 @@ from pathlib import Path
 import click
 
 from galmorph.cli.base import echo_json, fail, main
+from galmorph.cli.options import (audit_log_option, data_root_option, json_option, tracking_uri_option,
+                                use_tracking_uri)
 
 
 @main.command("promote")
@@ -24,14 +26,13 @@ from galmorph.cli.base import echo_json, fail, main
 @click.option("--min-bin-n", type=click.IntRange(1), default=None, help="Smallest bin compared [policy: 10].")
 @click.option("--params", "params_file", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="YAML whose 'promotion:' section holds the policy [default: settings.params_file].")
-@click.option("--audit-log", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="JSON-lines audit log [default: <state_dir>/registry/audit.jsonl].")
+@audit_log_option()
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Where the two evaluation reports go [default: <state_dir>/promotions].")
-@click.option("--data-root", type=click.Path(file_okay=False, path_type=Path), default=None)
-@click.option("--tracking-uri", default=None, help="MLflow tracking URI [default: $MLFLOW_TRACKING_URI or the local stack].")
+@data_root_option()
+@tracking_uri_option()
 @click.option("--fail-on-reject", is_flag=True, help="Exit with code 3 when the candidate is rejected.")
-@click.option("--json", "as_json", is_flag=True, help="Print the decision as JSON.")
+@json_option("Print the decision as JSON.")
 def promote_cmd(task, version, manifest, rollback, reason, primary_metric, delta, epsilon, min_bin_n, params_file,
                 audit_log, out_dir, data_root, tracking_uri, fail_on_reject, as_json) -> None:
     """Compare a candidate with the current @champion on the same evaluation manifest and move the
@@ -39,15 +40,12 @@ def promote_cmd(task, version, manifest, rollback, reason, primary_metric, delta
     reasons printed. The first model becomes champion. Every decision is appended to the audit log
     and tagged on the model versions. Concurrent promotions are serialised by a file lock.
     """
-    import mlflow
-
-    from galmorph.cli.evaluate import resolve_tracking_uri
     from galmorph.registry import PromotionError, PromotionPolicy, promote, rollback as do_rollback
-    from galmorph.settings import get_settings
+    from galmorph.settings import resolve_settings
 
-    s = get_settings()
-    mlflow.set_tracking_uri(resolve_tracking_uri(tracking_uri))
-    audit_log = audit_log or (s.state_dir / "registry" / "audit.jsonl")
+    s = resolve_settings(tracking_uri=tracking_uri, data_root=data_root, audit_log=audit_log)
+    use_tracking_uri(s)
+    audit_log = s.audit_log
     try:
         if rollback:
             dec = do_rollback(task, audit_log=audit_log, reason=reason)
@@ -57,7 +55,7 @@ def promote_cmd(task, version, manifest, rollback, reason, primary_metric, delta
             policy = PromotionPolicy.from_params(params_file or s.params_file, primary_metric=primary_metric,
                                                  min_improvement=delta, max_bin_auc_drop=epsilon, min_bin_n=min_bin_n)
             dec = promote(task, version, eval_manifest=manifest, audit_log=audit_log, policy=policy,
-                          out_dir=out_dir or (s.state_dir / "promotions"), data_root=data_root or s.data_root)
+                          out_dir=out_dir or (s.state_dir / "promotions"), data_root=s.data_root)
     except (PromotionError, ValueError) as exc:
         fail(str(exc))
     if as_json:

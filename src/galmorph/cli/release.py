@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from galmorph.cli.base import echo_json, fail, main, resolve_kfp_target
+from galmorph.cli.options import data_root_option, tracking_uri_option
 
 
 @main.group("release")
@@ -26,16 +27,18 @@ def release_group() -> None:
 @click.option("--cluster-path", default=None, help="Path of DIR as the pipeline pods see it (--host).")
 @click.option("--experiment", default="galmorph", show_default=True)
 @click.option("--namespace", default=None, help="Kubeflow namespace (multi-user installs; with --host).")
+@tracking_uri_option()
+@data_root_option()
 def watch_cmd(directory: Path, host: str | None, local_run: bool, once: bool, interval: float,
               params: tuple[str, ...], state_file: Path | None, cluster_path: str | None, experiment: str,
-              namespace: str | None) -> None:
+              namespace: str | None, tracking_uri: str | None, data_root: Path | None) -> None:
     """Watch DIRECTORY for release folders (DIR/<release>/release.json or manifest.parquet) and start
     exactly one rescoring run per release (idempotent across restarts and concurrent watchers)."""
     from galmorph.pipelines.run import PipelineRunError, parse_param_items
     from galmorph.release import host_starter, local_starter, watch
-    from galmorph.settings import get_settings
+    from galmorph.settings import resolve_settings
 
-    s = get_settings()
+    s = resolve_settings(tracking_uri=tracking_uri, data_root=data_root)
     host = resolve_kfp_target(local_run, host, s.kfp_host)
     try:
         raw = parse_param_items(params)

@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from galmorph.cli.base import echo_json, fail, main
+from galmorph.cli.options import data_root_option, task_option, tracking_uri_option
 
 
 def _preset_help() -> str:
@@ -16,7 +17,7 @@ def _preset_help() -> str:
 
 
 @main.command("train", epilog="Presets per task -- " + _preset_help())
-@click.option("--task", type=click.Choice(["lopsided", "arms", "chirality"]), required=True, help="Science task.")
+@task_option(required=True)
 @click.option("--preset", default="tiny", show_default=True,
               help="Named settings of the task (paper reproductions or tiny CI presets; see below).")
 @click.option("--manifest", "manifest", type=click.Path(path_type=Path, exists=True, dir_okay=False),
@@ -25,17 +26,18 @@ def _preset_help() -> str:
               help="Override a config key (type-checked), e.g. --set lr=1e-4 --set max_epochs=5. Repeatable.")
 @click.option("--trials", type=click.IntRange(1), default=None, help="Repeated random splits (child runs).")
 @click.option("--experiment", default=None, help="MLflow experiment (default galmorph-<task>).")
-@click.option("--tracking-uri", default=None, help="MLflow tracking URI (default from settings).")
+@tracking_uri_option()
+@data_root_option()
 @click.option("--no-register", is_flag=True, help="Log the model but do not register it.")
 @click.option("--out-dir", type=click.Path(path_type=Path, file_okay=False), default=None,
               help="Working folder for checkpoints (default <state_dir>/training/<task>-<preset>).")
 @click.option("--show-config", is_flag=True, help="Print the resolved config and exit (no training).")
 def train_cmd(task: str, preset: str, manifest: Path, sets: tuple[str, ...], trials: int | None,
-              experiment: str | None, tracking_uri: str | None, no_register: bool, out_dir: Path | None,
-              show_config: bool) -> None:
+              experiment: str | None, tracking_uri: str | None, data_root: Path | None, no_register: bool,
+              out_dir: Path | None, show_config: bool) -> None:
     """Train TASK with PRESET on MANIFEST; log params, per-epoch metrics, artifacts and the model to
     MLflow and register the best trial's model as galmorph-<task>."""
-    from galmorph.settings import get_settings
+    from galmorph.settings import resolve_settings
     from galmorph.training.config import ConfigError, config_to_yaml, parse_set_items, resolve_config
 
     try:
@@ -50,9 +52,9 @@ def train_cmd(task: str, preset: str, manifest: Path, sets: tuple[str, ...], tri
         return
     from galmorph.training.runner import train
 
-    s = get_settings()
+    s = resolve_settings(tracking_uri=tracking_uri, data_root=data_root)
     out = out_dir or (s.state_dir / "training" / f"{task}-{preset}")
-    res = train(task, preset, overrides, manifest=manifest, tracking_uri=tracking_uri or s.mlflow_tracking_uri,
+    res = train(task, preset, overrides, manifest=manifest, tracking_uri=s.mlflow_tracking_uri,
                 experiment=experiment, register=not no_register, data_root=s.data_root, out_dir=out)
     echo_json({"model_uri": res.model_uri, "registered_name": res.registered_name,
                "registered_version": res.registered_version, "run_id": res.run_id,

@@ -19,19 +19,20 @@ log = logging.getLogger(__name__)
 
 
 def setup(tracking_uri: str = "", data_root: str = "") -> tuple[str, Path | None]:
-    """Resolve the MLflow tracking URI (argument, else ``MLFLOW_TRACKING_URI``, else settings) and the data
-    root (argument, else settings), point mlflow at the URI and configure logging. Returns both."""
+    """Resolve the MLflow tracking URI and the data root with :func:`galmorph.settings.resolve_settings`
+    (argument, else ``GALMORPH_*``, else ``MLFLOW_TRACKING_URI`` for the URI, else ``.env``, else the
+    default; ``""`` means not given), point mlflow (and child processes) at the URI and configure
+    logging. Returns both."""
     import mlflow
 
-    from galmorph.settings import get_settings
+    from galmorph.settings import resolve_settings
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    s = get_settings()
-    uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or s.mlflow_tracking_uri
+    s = resolve_settings(tracking_uri=tracking_uri, data_root=data_root)
+    uri = s.mlflow_tracking_uri
     os.environ["MLFLOW_TRACKING_URI"] = uri
     mlflow.set_tracking_uri(uri)
-    root = Path(data_root) if data_root else s.data_root
-    return uri, root
+    return uri, s.data_root
 
 
 def as_dir(path: str | Path) -> Path:
