@@ -64,9 +64,11 @@ def served_queue(tmp_path):
                            "--per-bin", "2", "--seed", "1"]).strip().splitlines()[-1])
     assert out["rows_out"] >= 5
     db = f"sqlite:///{tmp_path / 'labels.db'}"
+    token = _run(["label", "token", "add", "tester", "--db", db]).strip()
+    assert len(token) >= 32
     port = _free_port()
     log = open(tmp_path / "serve.log", "w")
-    proc = subprocess.Popen([*CLI, "label", "serve", "--queue", str(queue), "--db", db, "--labeller", "tester",
+    proc = subprocess.Popen([*CLI, "label", "serve", "--queue", str(queue), "--db", db, "--auth", "token",
                              "--port", str(port)], stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     deadline = time.time() + 90
@@ -81,7 +83,7 @@ def served_queue(tmp_path):
             proc.kill()
             pytest.fail(f"label server did not start:\n{(tmp_path / 'serve.log').read_text()}")
         time.sleep(0.5)
-    yield {"url": url, "db": db, "queue": queue, "tmp": tmp_path}
+    yield {"url": url, "db": db, "queue": queue, "tmp": tmp_path, "token": token}
     proc.terminate()
     try:
         proc.wait(timeout=10)
@@ -94,8 +96,17 @@ def test_label_in_browser_then_export_with_dvc(driver, served_queue, artifacts_d
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
-    driver.get(served_queue["url"] + "/")
     wait = WebDriverWait(driver, 30)
+    # unauthenticated: the page sends the browser to the sign-in form; a wrong token is refused
+    driver.get(served_queue["url"] + "/")
+    wait.until(lambda d: d.find_elements(By.ID, "token"))
+    driver.find_element(By.ID, "token").send_keys("not-a-token")
+    driver.find_element(By.ID, "sign-in").click()
+    wait.until(lambda d: d.find_elements(By.ID, "login-error"))
+    driver.find_element(By.ID, "token").send_keys(served_queue["token"])
+    driver.find_element(By.ID, "sign-in").click()
+    wait.until(lambda d: d.find_elements(By.ID, "labeller"))
+    assert driver.find_element(By.ID, "labeller").text == "tester"
 
     def shown() -> str:
         return driver.find_element(By.ID, "object-id").text.strip()
