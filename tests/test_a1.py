@@ -11,11 +11,15 @@ import pytest
 from click.testing import CliRunner
 
 from galmorph.imaging.a1 import (
+    SDSS_PIXEL_SCALE,
     A1Error,
+    A1Options,
     annulus_snr,
     curve_of_growth_radii,
     debiased_mean_amplitude,
+    load_for_a1,
     lopsidedness_a1,
+    measure_a1_file,
     measure_a1_manifest,
     rice_mean,
 )
@@ -359,3 +363,84 @@ def test_annulus_snr_matches_the_formula():
     got = annulus_snr(light, 31.5, 31.5, 5, 12, sky_variance=4.0, gain=2.0)
     assert got == pytest.approx(10.0 * n / math.sqrt(4.0 * n + 10.0 * n / 2.0))
     assert annulus_snr(light, 31.5, 31.5, 5, 12, sky_variance=4.0) == pytest.approx(10.0 * n / math.sqrt(4.0 * n))
+
+
+# --------------------------------------------------------------------------------------------
+# options object and pixel scale
+# --------------------------------------------------------------------------------------------
+def test_options_object_is_the_one_set_of_options(radii):
+    r50, r90 = radii
+    _, img = galaxy(0.15, 3e5, seed=6)
+    opts = A1Options(noise="chi2", mask_dilate=3, n_annuli=3)
+    by_object = lopsidedness_a1(img, r50=r50, r90=r90, options=opts)
+    by_name = lopsidedness_a1(img, r50=r50, r90=r90, noise="chi2", mask_dilate=3, n_annuli=3)
+    default = lopsidedness_a1(img, r50=r50, r90=r90)
+    assert by_object.to_dict() == by_name.to_dict()
+    assert len(by_object.profile.radius) == 3 and by_object.a1_err != default.a1_err
+    # overrides apply on top of the object
+    assert lopsidedness_a1(img, r50=r50, r90=r90, options=opts, n_annuli=4).to_dict()["profile"]["radius"] == \
+        default.to_dict()["profile"]["radius"]
+    with pytest.raises(TypeError, match="bkg_meshh"):
+        lopsidedness_a1(img, bkg_meshh=32)
+    with pytest.raises(A1Error, match="mmax"):
+        A1Options(mmax=0)
+    with pytest.raises(AttributeError):
+        opts.noise = "assumed"  # frozen
+
+
+def _write_fits(path, img, cdelt_arcsec=None):
+    """``img`` (display orientation) as FITS, with a TAN WCS of ``cdelt_arcsec`` px scale when given."""
+    from astropy.io import fits
+
+    hdr = fits.Header()
+    if cdelt_arcsec is not None:
+        h, w = img.shape
+        hdr.update({"CTYPE1": "RA---TAN", "CTYPE2": "DEC--TAN", "CRVAL1": 150.0, "CRVAL2": 2.0,
+                    "CRPIX1": (w + 1) / 2, "CRPIX2": (h + 1) / 2, "CUNIT1": "deg", "CUNIT2": "deg",
+                    "CDELT1": -cdelt_arcsec / 3600, "CDELT2": cdelt_arcsec / 3600})
+    fits.PrimaryHDU(np.flipud(img), header=hdr).writeto(path)
+    return path
+
+
+def test_pixel_scale_from_the_wcs_else_the_stated_default(tmp_path):
+    from galmorph.cli import main
+    from galmorph.manifest import read_manifest, write_manifest
+
+    _, img = galaxy(0.1, 3e5, seed=4)
+    with_wcs = _write_fits(tmp_path / "wcs.fits", img, cdelt_arcsec=0.25)
+    plain = _write_fits(tmp_path / "plain.fits", img)
+    a = measure_a1_file(with_wcs, r50=8.0, r90=20.0)
+    b = measure_a1_file(plain, r50=8.0, r90=20.0)
+    assert (a.pixel_scale, a.pixel_scale_source) == (pytest.approx(0.25), "wcs")
+    assert (b.pixel_scale, b.pixel_scale_source) == (SDSS_PIXEL_SCALE, "default")
+    assert measure_a1_file(plain, r50=8.0, r90=20.0, pixel_scale=0.5).pixel_scale == 0.5
+    # the measurement in px does not depend on the scale; the radii in arcsec do
+    assert a.a1 == b.a1
+    assert a.to_dict()["r50_arcsec"] == pytest.approx(8.0 * 0.25)
+    assert b.to_dict()["r90_arcsec"] == pytest.approx(20.0 * 0.396)
+    bare = lopsidedness_a1(img, r50=8.0, r90=20.0).to_dict()
+    assert bare["pixel_scale_source"] is None and bare["r50_arcsec"] is None
+    # manifest radii in arcsec are converted with each image's own scale, which is recorded
+    man = pd.DataFrame([{"object_id": "wcs", "fits_path": str(with_wcs), "r50_arcsec": 2.0, "r90_arcsec": 5.0},
+                        {"object_id": "plain", "fits_path": str(plain), "r50_arcsec": 2.0, "r90_arcsec": 5.0}])
+    res = measure_a1_manifest(write_manifest(man, tmp_path / "in.parquet", kind="test"), tmp_path / "out.parquet",
+                              progress=False)
+    out = read_manifest(res["manifest"]).set_index("object_id")
+    assert out.loc["wcs", "a1_r50_px"] == pytest.approx(2.0 / 0.25)
+    assert out.loc["plain", "a1_r50_px"] == pytest.approx(2.0 / 0.396)
+    assert list(out.a1_pixel_scale_source) == ["wcs", "default"]
+    assert out.loc["wcs", "a1_pixel_scale"] == pytest.approx(0.25)
+    # and `galmorph a1 --json` states it
+    r = CliRunner().invoke(main, ["a1", "--json", "--no-profile", str(with_wcs), str(plain)])
+    objs = [json.loads(line) for line in r.output.strip().splitlines()]
+    assert [(o["pixel_scale_arcsec"], o["pixel_scale_source"]) for o in objs] == [
+        (pytest.approx(0.25), "wcs"), (0.396, "default")]
+
+
+@pytest.mark.realdata
+def test_real_sdss_cutouts_pixel_scale_from_wcs(data_root):
+    files = sorted((data_root / "sdss_fits" / "cutouts").glob("*.fits"))
+    assert files
+    for f in files[:5]:
+        image = load_for_a1(f)
+        assert image.pixel_scale_source == "wcs" and image.pixel_scale == pytest.approx(0.396, abs=1e-3), f
