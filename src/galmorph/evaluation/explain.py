@@ -11,7 +11,11 @@ Works on both kinds of loaded model:
 In both cases the gradient of the target class logit with respect to the activation is taken with
 ``torch.autograd.grad`` (no parameter gradients are accumulated, the model is unchanged).
 Maps are ``(B, H, W)`` arrays at the input resolution, non-negative, each scaled to max 1 (an
-all-zero map stays zero).
+all-zero map stays zero). The formulas follow the ``grad-cam`` package (pytorch_grad_cam), against
+which the tests compare the raw ``h x w`` maps. Models with test-time views (the
+chirality-equivariant wrapper runs its backbone on the image and on its mirror, and on rotations
+when it has them) evaluate the target layer once per view: each view gets its own map, transformed
+back to the input frame (:func:`grad_cam_views`).
 """
 
 from __future__ import annotations
@@ -62,47 +66,74 @@ def default_target_layer(module) -> str:
     return layers[-1]
 
 
-def _forward_with_activation(module, x, target_layer: str):
-    """Run the model and return ``(logits, activation)`` of ``target_layer``."""
+def layer_occurrences(module, target_layer: str) -> list[str]:
+    """Every evaluation of ``target_layer`` in one forward pass, in forward order.
+
+    A test-time-view model (the chirality-equivariant wrapper: image and mirror; rotations x mirror)
+    runs its backbone once per view, so the same layer is evaluated once per view. For an exported
+    graph these are the convolution nodes that share the target node's weight; for an
+    ``nn.Module`` the forward hook sees every call (the list holds the module name once per call,
+    resolved at run time)."""
+    if _is_graph(module):
+        nodes = {n.name: n for n in module.graph.nodes}
+        if target_layer not in nodes:
+            raise ValueError(f"target layer {target_layer!r} not found; candidates: {conv_layers(module)}")
+        tgt = nodes[target_layer]
+        if tgt.op == "call_function" and tgt.target in _conv_targets() and len(tgt.args) > 1:
+            w = tgt.args[1]
+            return [n.name for n in module.graph.nodes
+                    if n.op == "call_function" and n.target in _conv_targets() and len(n.args) > 1 and n.args[1] is w]
+        return [target_layer]
+    return [target_layer]
+
+
+def _forward_with_activations(module, x, target_layer: str):
+    """Run the model and return ``(logits, [activation of each evaluation of target_layer])``."""
     import torch
     import torch.fx
 
     if _is_graph(module):
+        names = layer_occurrences(module, target_layer)
         nodes = {n.name: n for n in module.graph.nodes}
-        if target_layer in nodes:
-            cache = module.__dict__.setdefault("_galmorph_cam_cache", {})
-            gm2 = cache.get(target_layer)
-            if gm2 is None:
-                g = torch.fx.Graph()
-                env: dict = {}
-                out_node = None
-                for n in module.graph.nodes:
-                    if n.op == "output":
-                        out_node = n
-                        continue
-                    env[n] = g.node_copy(n, lambda a: env[a])
-                res = torch.fx.map_arg(out_node.args[0], lambda a: env[a])
-                g.output((res, env[nodes[target_layer]]))
-                gm2 = torch.fx.GraphModule(module, g)
-                cache[target_layer] = gm2
-            out, act = gm2(x)
-            if isinstance(out, (tuple, list)):
-                out = out[0]
-            return out, act
+        cache = module.__dict__.setdefault("_galmorph_cam_cache", {})
+        gm2 = cache.get(target_layer)
+        if gm2 is None:
+            g = torch.fx.Graph()
+            env: dict = {}
+            out_node = None
+            for n in module.graph.nodes:
+                if n.op == "output":
+                    out_node = n
+                    continue
+                env[n] = g.node_copy(n, lambda a: env[a])
+            res = torch.fx.map_arg(out_node.args[0], lambda a: env[a])
+            g.output((res, tuple(env[nodes[nm]] for nm in names)))
+            gm2 = torch.fx.GraphModule(module, g)
+            cache[target_layer] = gm2
+        out, acts = gm2(x)
+        if isinstance(out, (tuple, list)):
+            out = out[0]
+        return out, list(acts)
     mods = dict(module.named_modules())
     if target_layer not in mods:
         raise ValueError(f"target layer {target_layer!r} not found; candidates: {conv_layers(module)}")
-    store = {}
+    store: list = []
 
     def hook(_m, _i, o):
-        store["act"] = o.tensor if hasattr(o, "tensor") else o
+        store.append(o.tensor if hasattr(o, "tensor") else o)
 
     h = mods[target_layer].register_forward_hook(hook)
     try:
         out = module(x)
     finally:
         h.remove()
-    return out, store["act"]
+    return out, store
+
+
+def _forward_with_activation(module, x, target_layer: str):
+    """``(logits, activation)`` of the last evaluation of ``target_layer`` (single-view helper)."""
+    out, acts = _forward_with_activations(module, x, target_layer)
+    return out, acts[-1]
 
 
 def _targets(logits, target_class) -> "object":
@@ -125,65 +156,178 @@ def _upsample_normalise(cam, size: tuple[int, int]) -> np.ndarray:
     return cam.detach().cpu().numpy()
 
 
-def grad_cam(module, x, target_class: int | Sequence[int] | None = None, target_layer: str | None = None,
-             plus_plus: bool = False) -> np.ndarray:
-    """Grad-CAM (Selvaraju et al. 2017) or, with ``plus_plus``, Grad-CAM++ (Chattopadhay et al. 2018)
-    maps ``(B, H, W)`` of the batch ``x`` for ``target_class`` (default: the predicted class).
+def cam_weights(act, grad, plus_plus: bool = False, eps: float = 1e-6):
+    """Channel weights ``(B, C, 1, 1)`` from the activation ``A`` and the gradient ``g = d logit / d A``.
 
-    Grad-CAM: channel weights = spatial mean of d logit / d A; map = ReLU(sum_k w_k A_k).
-    Grad-CAM++: pixel weights alpha = g^2 / (2 g^2 + sum_ij A g^3) (the closed form for an
-    exponential of the logit), channel weights = sum_ij alpha ReLU(g).
+    Grad-CAM: the spatial mean of g. Grad-CAM++ (Chattopadhay et al. 2018, eq. 19, the closed form for
+    an exponential of the logit): ``alpha = g^2 / (2 g^2 + (sum_ab A_ab) g^3 + eps)`` (zero where g = 0 or
+    the denominator vanishes; ``eps`` as in the ``grad-cam`` package), weights = ``sum_ij alpha ReLU(g)``.
+    """
+    import torch
+
+    if not plus_plus:
+        return grad.mean(dim=(2, 3), keepdim=True)
+    g2, g3 = grad.pow(2), grad.pow(3)
+    denom = 2 * g2 + act.sum(dim=(2, 3), keepdim=True) * g3 + eps
+    ok = (grad != 0) & (denom != 0)
+    alpha = torch.where(ok, g2 / torch.where(ok, denom, torch.ones_like(denom)), torch.zeros_like(g2))
+    return (alpha * torch.relu(grad)).sum(dim=(2, 3), keepdim=True)
+
+
+# the dihedral group of the square: name -> (forward transform, inverse) on (..., H, W) tensors
+def _d4():
+    import torch
+
+    def rot(k):
+        return lambda t: torch.rot90(t, k, dims=(-2, -1))
+
+    def flip(t):
+        return torch.flip(t, dims=[-1])
+
+    out = {"identity": (rot(0), rot(0)), "mirror": (flip, flip)}
+    for k in range(1, 4):
+        out[f"rot{90 * k}"] = (rot(k), rot(-k))
+    for k in range(1, 4):
+        out[f"mirror-rot{90 * k}"] = ((lambda t, k=k: rot(k)(flip(t))), (lambda t, k=k: flip(rot(-k)(t))))
+    return out
+
+
+def view_transforms(module, x, target_layer: str, rtol: float = 1e-4) -> list[str]:
+    """The test-time view of each evaluation of ``target_layer`` (see :func:`layer_occurrences`), found
+    by matching: view k applies transform T to the image when the first evaluation on ``T(x)``
+    reproduces the k-th evaluation on ``x``. T runs over the dihedral group (identity, mirror,
+    rotations by 90 degrees, mirror + rotations); the first evaluation is the identity view. A view
+    that matches none is named ``unknown``."""
+    import torch
+
+    with torch.no_grad():
+        _, acts = _forward_with_activations(module, x, target_layer)
+        if len(acts) == 1:
+            return ["identity"]
+        names = ["unknown"] * len(acts)
+        names[0] = "identity"
+        for name, (fwd, _inv) in _d4().items():
+            if name == "identity":
+                continue
+            xt = fwd(x)
+            if xt.shape != x.shape:
+                continue
+            _, acts_t = _forward_with_activations(module, xt, target_layer)
+            ref = acts_t[0]
+            for k in range(1, len(acts)):
+                a = acts[k]
+                if names[k] == "unknown" and a.shape == ref.shape:
+                    scale = float(a.abs().max().clamp_min(1e-12))
+                    if float((a - ref).abs().max()) <= rtol * scale:
+                        names[k] = name
+        return names
+
+
+def _view_inverse(name: str):
+    if name == "unknown":
+        return None
+    return _d4()[name][1]
+
+
+def grad_cam_views(module, x, target_class: int | Sequence[int] | None = None, target_layer: str | None = None,
+                   plus_plus: bool = False, raw: bool = False) -> tuple[np.ndarray, list[str]]:
+    """Grad-CAM (or Grad-CAM++) maps per test-time view: ``(maps (V, B, H, W), view names)``.
+
+    Each evaluation of the target layer (one per view of a chirality-equivariant / test-time-view
+    model; one for an ordinary model) gets its own map from its own activation and gradient,
+    transformed back to the input frame (a mirror view's map is mirrored back, a rotated view's map
+    rotated back). ``raw``: the ReLU'd ``(V, B, h, w)`` maps at the layer's resolution, before
+    upsampling and scaling; otherwise upsampled to the input size and scaled to max 1.
     """
     import torch
 
     target_layer = target_layer or default_target_layer(module)
+    names = view_transforms(module, x.detach(), target_layer) if len(layer_occurrences(module, target_layer)) > 1 \
+        or not _is_graph(module) else ["identity"]
     with torch.enable_grad():
-        x = x.detach().clone().requires_grad_(True)
-        logits, act = _forward_with_activation(module, x, target_layer)
-        if act.ndim != 4:
-            raise ValueError(f"target layer {target_layer!r} output has shape {tuple(act.shape)}; need (B, C, h, w)")
+        xg = x.detach().clone().requires_grad_(True)
+        logits, acts = _forward_with_activations(module, xg, target_layer)
+        for a in acts:
+            if a.ndim != 4:
+                raise ValueError(f"target layer {target_layer!r} output has shape {tuple(a.shape)}; need (B, C, h, w)")
         tgt = _targets(logits, target_class)
         score = logits.gather(1, tgt[:, None]).sum()
-        (g,) = torch.autograd.grad(score, act)
-    act, g = act.detach(), g.detach()
-    if plus_plus:
-        g2, g3 = g.pow(2), g.pow(3)
-        denom = 2 * g2 + (act * g3).sum(dim=(2, 3), keepdim=True)
-        alpha = torch.where(denom != 0, g2 / torch.where(denom != 0, denom, torch.ones_like(denom)),
-                            torch.zeros_like(g2))
-        w = (alpha * torch.relu(g)).sum(dim=(2, 3), keepdim=True)
-    else:
-        w = g.mean(dim=(2, 3), keepdim=True)
-    cam = torch.relu((w * act).sum(dim=1))
-    return _upsample_normalise(cam, tuple(x.shape[-2:]))
+        grads = torch.autograd.grad(score, acts, allow_unused=True)
+    if len(names) != len(acts):  # nn.Module: view_transforms saw the same number of calls
+        names = (names + ["unknown"] * len(acts))[:len(acts)]
+    maps, kept = [], []
+    for a, g, nm in zip(acts, grads, names):
+        a = a.detach()
+        g = torch.zeros_like(a) if g is None else g.detach()
+        cam = torch.relu((cam_weights(a, g, plus_plus) * a).sum(dim=1))
+        inv = _view_inverse(nm)
+        if inv is None:
+            log.warning("Grad-CAM: a test-time view of layer %s matches no flip/rotation; its map is left out",
+                        target_layer)
+            continue
+        cam = inv(cam)
+        maps.append(cam.detach().cpu().numpy() if raw else _upsample_normalise(cam, tuple(x.shape[-2:])))
+        kept.append(nm)
+    return np.stack(maps), kept
 
 
-def grad_cam_pp(module, x, target_class=None, target_layer: str | None = None) -> np.ndarray:
+def grad_cam(module, x, target_class: int | Sequence[int] | None = None, target_layer: str | None = None,
+             plus_plus: bool = False, raw: bool = False) -> np.ndarray:
+    """Grad-CAM (Selvaraju et al. 2017) or, with ``plus_plus``, Grad-CAM++ (Chattopadhay et al. 2018)
+    maps ``(B, H, W)`` of the batch ``x`` for ``target_class`` (default: the predicted class).
+
+    Map = ReLU(sum_k w_k A_k) with the weights of :func:`cam_weights`. For a model with several
+    test-time views the per-view maps (:func:`grad_cam_views`, each in the input frame) are summed
+    before scaling. ``raw``: ``(B, h, w)`` at the layer's resolution, unscaled.
+    """
+    import torch
+
+    maps, _ = grad_cam_views(module, x, target_class, target_layer, plus_plus, raw=True)
+    total = torch.from_numpy(maps.sum(axis=0))
+    if raw:
+        return total.numpy()
+    return _upsample_normalise(total, tuple(x.shape[-2:]))
+
+
+def grad_cam_pp(module, x, target_class=None, target_layer: str | None = None, raw: bool = False) -> np.ndarray:
     """Grad-CAM++ maps (see :func:`grad_cam`)."""
-    return grad_cam(module, x, target_class, target_layer, plus_plus=True)
+    return grad_cam(module, x, target_class, target_layer, plus_plus=True, raw=raw)
 
 
-def smoothgrad(module, x, target_class: int | Sequence[int] | None = None, n_samples: int = 25,
-               noise_level: float = 0.15, seed: int = 0) -> np.ndarray:
-    """SmoothGrad saliency (Smilkov et al. 2017): mean over ``n_samples`` noisy copies (Gaussian,
-    sigma = ``noise_level`` x the image's value range) of |d logit / d x|, max over channels,
-    scaled to max 1. Returns ``(B, H, W)``."""
+def smoothgrad_noise(x, n_samples: int = 25, noise_level: float = 0.15, seed: int = 0):
+    """The Gaussian noise SmoothGrad adds: ``(n_samples, B, C, H, W)``, sigma = ``noise_level`` x each
+    image's value range, drawn from a generator seeded with ``seed``."""
     import torch
 
     gen = torch.Generator().manual_seed(seed)
     x = x.detach()
-    with torch.no_grad():
-        tgt = _targets(module(x), target_class)
     rng = (x.flatten(1).max(dim=1).values - x.flatten(1).min(dim=1).values).clamp_min(1e-6)
     sigma = (noise_level * rng)[:, None, None, None]
+    return torch.stack([sigma * torch.randn(x.shape, generator=gen) for _ in range(n_samples)])
+
+
+def smoothgrad(module, x, target_class: int | Sequence[int] | None = None, n_samples: int = 25,
+               noise_level: float = 0.15, seed: int = 0, noise=None, raw: bool = False) -> np.ndarray:
+    """SmoothGrad saliency (Smilkov et al. 2017): mean over the noisy copies ``x + noise[i]`` (default
+    :func:`smoothgrad_noise`) of |d logit / d x|, max over channels, scaled to max 1 (``raw``: unscaled).
+    Returns ``(B, H, W)``; the target class is taken on the clean image."""
+    import torch
+
+    x = x.detach()
+    if noise is None:
+        noise = smoothgrad_noise(x, n_samples, noise_level, seed)
+    with torch.no_grad():
+        tgt = _targets(module(x), target_class)
     total = torch.zeros_like(x)
     with torch.enable_grad():
-        for _ in range(n_samples):
-            xn = (x + sigma * torch.randn(x.shape, generator=gen)).requires_grad_(True)
+        for eps in noise:
+            xn = (x + eps).requires_grad_(True)
             score = module(xn).gather(1, tgt[:, None]).sum()
             (g,) = torch.autograd.grad(score, xn)
             total += g.abs()
-    sal = (total / n_samples).amax(dim=1)
+    sal = (total / len(noise)).amax(dim=1)
+    if raw:
+        return sal.cpu().numpy()
     mx = sal.flatten(1).max(dim=1).values.clamp_min(1e-12)[:, None, None]
     return (sal / mx).cpu().numpy()
 
@@ -216,7 +360,9 @@ def explain_examples(module, images, examples: pd.DataFrame, classes: Sequence[s
                      target_layer: str | None = None, smoothgrad_samples: int = 16) -> dict[str, np.ndarray]:
     """Grad-CAM, Grad-CAM++ and SmoothGrad maps of the selected examples for their *predicted* class.
 
-    ``images``: tensor ``(len(examples), C, S, S)`` in the order of ``examples``."""
+    ``images``: tensor ``(len(examples), C, S, S)`` in the order of ``examples``. Models with several
+    test-time views (chirality-equivariant) also get one Grad-CAM / Grad-CAM++ map per view, in the
+    input frame, as ``gradcam[<view>]`` / ``gradcampp[<view>]``; ``views`` lists the view names."""
     classes = [str(c) for c in classes]
     tgt = [classes.index(str(p)) for p in examples["pred"]]
     layers = conv_layers(module)
@@ -227,7 +373,14 @@ def explain_examples(module, images, examples: pd.DataFrame, classes: Sequence[s
         out["skipped"] = "no convolution layer for Grad-CAM"
         return out
     layer = target_layer or layers[-1]
-    out["gradcam"] = grad_cam(module, images, tgt, layer)
-    out["gradcampp"] = grad_cam_pp(module, images, tgt, layer)
+    for key, pp in (("gradcam", False), ("gradcampp", True)):
+        raw, views = grad_cam_views(module, images, tgt, layer, plus_plus=pp, raw=True)
+        import torch
+
+        out[key] = _upsample_normalise(torch.from_numpy(raw.sum(axis=0)), tuple(images.shape[-2:]))
+        if len(views) > 1:
+            for v, r in zip(views, raw):
+                out[f"{key}[{v}]"] = _upsample_normalise(torch.from_numpy(r), tuple(images.shape[-2:]))
+        out["views"] = views
     out["target_layer"] = layer
     return out
