@@ -40,6 +40,9 @@ class ModelSpec:
     crop_fraction: float = 1.0
     chirality_equivariant: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
+    # temperature scaling fitted on the training run's validation split (galmorph.evaluation.calibration):
+    # LoadedModel divides the logits by it, so every predicted probability is the calibrated one
+    temperature: float = 1.0
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -65,13 +68,15 @@ class LoadedModel:
         import torch
 
         with torch.inference_mode():
-            return self.module(batch)
+            z = self.module(batch)
+            t = float(getattr(self.spec, "temperature", 1.0) or 1.0)
+            return z if t == 1.0 else z / t
 
     def predict_proba(self, batch) -> np.ndarray:
+        """Calibrated class probabilities: ``softmax(logits / spec.temperature)``."""
         import torch
 
-        with torch.inference_mode():
-            return torch.softmax(self.module(batch).float(), dim=1).cpu().numpy()
+        return torch.softmax(self.predict_logits(batch).float(), dim=1).cpu().numpy()
 
 
 def log_model(module, spec: ModelSpec, registered_model_name: str | None = None, name: str = "model",
