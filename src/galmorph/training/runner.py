@@ -342,6 +342,9 @@ def _train_runs(cfg: TrainConfig, task: str, preset: str, df: pd.DataFrame, data
                                 "trial": best_trial, "encoder_init": best["init_tags"].get("encoder_init", "")})
         reg_name = registered_name(task) if register else None
         plain = best["module"].export_for_inference()
+        from galmorph.evaluation.calibration import temperature_from_loader  # temperature scaling (#15)
+
+        spec.temperature = temperature_from_loader(plain, best["datamodule"].val_dataloader())
         t_model = time.perf_counter()
         with mlflow.start_run(run_id=trial_run_ids[best_trial], nested=True):
             info = log_model(plain, spec, registered_model_name=reg_name)
