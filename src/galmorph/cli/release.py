@@ -35,7 +35,7 @@ def watch_cmd(directory: Path, host: str | None, local_run: bool, once: bool, in
     """Watch DIRECTORY for release folders (DIR/<release>/release.json or manifest.parquet) and start
     exactly one rescoring run per release (idempotent across restarts and concurrent watchers)."""
     from galmorph.pipelines.run import PipelineRunError, parse_param_items
-    from galmorph.release import host_starter, local_starter, watch
+    from galmorph.release import StateError, host_starter, local_starter, watch
     from galmorph.settings import resolve_settings
 
     s = resolve_settings(tracking_uri=tracking_uri, data_root=data_root)
@@ -54,7 +54,7 @@ def watch_cmd(directory: Path, host: str | None, local_run: bool, once: bool, in
                                    namespace=namespace)
     try:
         done = watch(directory, state, start, find, once=once, interval=interval)
-    except FileNotFoundError as exc:
+    except (FileNotFoundError, StateError) as exc:
         fail(str(exc))
         return
     echo_json(done)
