@@ -27,7 +27,7 @@ from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
 
-from galmorph.imaging.a1 import annulus_snr, lopsidedness_a1  # noqa: E402
+from galmorph.imaging.a1 import A1Options, annulus_snr, lopsidedness_a1  # noqa: E402
 from galmorph.simulate import GalaxyParams, half_light_radii, render_galaxy  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -136,7 +136,7 @@ def main(argv=None) -> dict:
             vals = []
             for k in range(args.n):
                 _, img = draw_galaxy(srng, flux, amp, k)
-                vals.append(lopsidedness_a1(img, r50=r50, r90=r90, n_annuli=n_ann).a1)
+                vals.append(lopsidedness_a1(img, r50=r50, r90=r90, options=A1Options(n_annuli=n_ann)).a1)
             row["bias"][amp] = float(np.nanmean(vals) - amp)
         row["worst_abs_bias"] = max(abs(b) for b in row["bias"].values())
         scan.append(row)

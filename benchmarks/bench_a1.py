@@ -25,7 +25,7 @@ from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
 
-from galmorph.imaging.a1 import estimate_background, fill_masked, find_centre, lopsidedness_a1  # noqa: E402
+from galmorph.imaging.a1 import A1Options, estimate_background, fill_masked, find_centre, lopsidedness_a1  # noqa: E402
 from galmorph.simulate import GalaxyParams, half_light_radii, render_galaxy  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -150,7 +150,8 @@ def main(argv=None) -> dict:
     lopsidedness_a1(sample[0][0], r50=sample[0][1], r90=sample[0][2])
     fast_given, v_given = time_it(lambda s: lopsidedness_a1(s[0], r50=s[1], r90=s[2]).a1, sample, args.repeats)
     fast_cog, _ = time_it(lambda s: lopsidedness_a1(s[0]).a1, sample, args.repeats)
-    fast_bin, _ = time_it(lambda s: lopsidedness_a1(s[0], r50=s[1], r90=s[2], detect_bin=2).a1, sample, args.repeats)
+    binned = A1Options(detect_bin=2)
+    fast_bin, _ = time_it(lambda s: lopsidedness_a1(s[0], r50=s[1], r90=s[2], options=binned).a1, sample, args.repeats)
     machine = time_machine(sample, args.processes, args.repeats)
     base, v_base = time_it(lambda s: baseline_a1(s[0], s[1], s[2]), sample, max(1, args.repeats - 1))
     load1 = os.getloadavg()
