@@ -38,7 +38,8 @@ from galmorph.cli.options import data_root_option, json_option
 @click.option("--out", "out_path", type=click.Path(path_type=Path, dir_okay=False), default=None,
               help="Output manifest with the a1 columns added (with --manifest).")
 @click.option("--pixel-scale", type=float, default=0.396, show_default=True,
-              help="arcsec/px for r50_arcsec/r90_arcsec manifest columns.")
+              help="arcsec/px of images without a FITS WCS (else the WCS scale; the output states which) "
+                   "for r50_arcsec/r90_arcsec manifest columns and the radii in arcsec.")
 @click.option("--workers", type=click.IntRange(1), default=1, show_default=True,
               help="Processes for --manifest (one per core; the measurement is single-threaded).")
 @data_root_option()
@@ -84,7 +85,7 @@ def a1_cmd(files, r50, r90, x0, y0, ra, dec, no_mask, no_refine, bkg_mesh, searc
     n_failed = 0
     for f in files:
         try:
-            res = measure_a1_file(f, x0=x0, y0=y0, r50=r50, r90=r90, ra=ra, dec=dec, **kwargs)
+            res = measure_a1_file(f, x0=x0, y0=y0, r50=r50, r90=r90, ra=ra, dec=dec, pixel_scale=pixel_scale, **kwargs)
         except (ImageError, A1Error, OSError) as exc:
             n_failed += 1
             obj = {"file": str(f), "a1": None, "a1_err": None, "flags": ["unreadable"], "error": str(exc)}
