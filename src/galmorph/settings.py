@@ -85,6 +85,9 @@ class Settings(BaseSettings):
     params_file: Path = Field(default=REPO_ROOT / "params.yaml")
     num_workers: int = Field(default=0, ge=0, description="DataLoader worker processes.")
     kfp_host: str | None = Field(default=None, description="Kubeflow Pipelines endpoint for --host.")
+    mlflow_connect_timeout: float = Field(
+        default=10.0, gt=0, description="Seconds a command waits for the MLflow tracking server before failing."
+    )
     image_registry: str = Field(default="ghcr.io/galmorph",
                                 description="Registry (and namespace) of the galmorph container images.")
     image_tag: str = Field(default="0.1.0", description="Tag of the galmorph container images.")

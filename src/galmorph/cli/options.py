@@ -61,8 +61,18 @@ def task_option(*, required: bool = False, default: str | None = None, multiple:
 
 
 def use_tracking_uri(settings) -> str:
-    """Point mlflow (this process) at the settings' tracking URI; returns it."""
+    """Point mlflow (this process) at the settings' tracking URI, after checking that its server
+    answers within ``settings.mlflow_connect_timeout`` (a clear error naming the URI otherwise);
+    returns the URI."""
     import mlflow
 
+    from galmorph.cli.base import fail
+    from galmorph.tracking import DEFAULT_CONNECT_TIMEOUT, TrackingUnreachable, ensure_reachable
+
+    try:
+        ensure_reachable(settings.mlflow_tracking_uri,
+                         getattr(settings, "mlflow_connect_timeout", DEFAULT_CONNECT_TIMEOUT))
+    except TrackingUnreachable as exc:
+        fail(str(exc))
     mlflow.set_tracking_uri(settings.mlflow_tracking_uri)
     return settings.mlflow_tracking_uri

@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from galmorph.cli.base import echo_json, fail, main
-from galmorph.cli.options import data_root_option, task_option, tracking_uri_option
+from galmorph.cli.options import data_root_option, task_option, tracking_uri_option, use_tracking_uri
 
 
 def _preset_help() -> str:
@@ -53,6 +53,7 @@ def train_cmd(task: str, preset: str, manifest: Path, sets: tuple[str, ...], tri
     from galmorph.training.runner import train
 
     s = resolve_settings(tracking_uri=tracking_uri, data_root=data_root)
+    use_tracking_uri(s)  # fails fast when the tracking server is unreachable
     out = out_dir or (s.state_dir / "training" / f"{task}-{preset}")
     res = train(task, preset, overrides, manifest=manifest, tracking_uri=s.mlflow_tracking_uri,
                 experiment=experiment, register=not no_register, data_root=s.data_root, out_dir=out)

@@ -1,0 +1,59 @@
+"""Talking to the MLflow tracking server: fail fast, with a clear message, when it is unreachable.
+
+:func:`ensure_reachable` is called once by every command that needs the server before any MLflow
+client call: it sets MLflow's HTTP timeout and retry count (``MLFLOW_HTTP_REQUEST_TIMEOUT``,
+``MLFLOW_HTTP_REQUEST_MAX_RETRIES``; values already set in the environment win) and checks that the
+server answers within ``timeout`` seconds, instead of MLflow retrying for minutes and then
+reporting something misleading ("registered model not found").
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import urllib.error
+import urllib.request
+from urllib.parse import urlsplit
+
+#: Seconds to wait for the tracking server to answer.
+DEFAULT_CONNECT_TIMEOUT = 10.0
+#: MLflow's own per-request timeout (s) and retries after this module configured it.
+MLFLOW_REQUEST_TIMEOUT = 60
+MLFLOW_MAX_RETRIES = 2
+
+
+class TrackingUnreachable(RuntimeError):
+    """The tracking server did not answer; the message names the URI and the reason."""
+
+
+def configure_http(request_timeout: int = MLFLOW_REQUEST_TIMEOUT, max_retries: int = MLFLOW_MAX_RETRIES) -> None:
+    """Bound MLflow's HTTP requests (environment values already set are kept)."""
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", str(int(request_timeout)))
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", str(int(max_retries)))
+
+
+def ensure_reachable(uri: str | None, timeout: float = DEFAULT_CONNECT_TIMEOUT) -> None:
+    """Raise :class:`TrackingUnreachable` unless the tracking server at ``uri`` answers within
+    ``timeout`` seconds (``GET <uri>/health`` answers 2xx, or 401/403 behind authentication). Non-HTTP URIs (a local
+    ``file:`` or database store) need no server and pass."""
+    configure_http(request_timeout=max(MLFLOW_REQUEST_TIMEOUT, int(timeout)))
+    if not uri:
+        return
+    parts = urlsplit(uri)
+    if parts.scheme not in ("http", "https"):
+        return
+    url = uri.rstrip("/") + "/health"
+    hint = "start it with `galmorph stack up`, or point --tracking-uri / MLFLOW_TRACKING_URI at a running server"
+    try:
+        with urllib.request.urlopen(url, timeout=timeout):  # noqa: S310 - the configured tracking server
+            return
+    except urllib.error.HTTPError as exc:
+        if exc.code in (401, 403):
+            return  # a server behind authentication answered
+        raise TrackingUnreachable(f"MLflow tracking server {uri}: {url} answered HTTP {exc.code}; is this an "
+                                  f"MLflow tracking server? {hint}") from exc
+    except (urllib.error.URLError, socket.timeout, TimeoutError, ConnectionError, OSError, ValueError) as exc:
+        reason = getattr(exc, "reason", exc)
+        if isinstance(reason, (socket.timeout, TimeoutError)):
+            reason = f"no answer within {timeout:g} s"
+        raise TrackingUnreachable(f"MLflow tracking server {uri} is not reachable ({reason}); {hint}") from exc
