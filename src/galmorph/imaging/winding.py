@@ -39,7 +39,8 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -61,6 +62,7 @@ FLAG_DESCRIPTIONS: dict[str, str] = {
 }
 
 AGGREGATES = ("sin2a", "sign")
+STRETCHES = ("none", "asinh")
 WEIGHTS = ("coherence", "energy", "coherence_energy", "none")
 
 
@@ -75,7 +77,7 @@ class WindingOptions:
     Defaults were chosen on one half of the public GZ1 CW/ACW set (``benchmarks/winding.py``).
     """
 
-    sigma_low: float = 1.0  #: small Gaussian of the difference-of-Gaussians band-pass
+    sigma_low: float = 2.0  #: small Gaussian of the difference-of-Gaussians band-pass
     sigma_high: float = 12.0  #: large Gaussian of the band-pass
     tensor_sigma: float = 2.0  #: smoothing of the structure tensor
     profile_sigma: float = 2.0  #: smoothing for the peak and the brightness profile
@@ -84,9 +86,12 @@ class WindingOptions:
     min_inner_radius: float = 2.0  #: the annulus never starts closer to the centre than this
     search_radius: float = 10.0  #: peak search around the expected centre
     border_fraction: float = 0.05  #: width of the border used for the sky median (fraction of the size)
-    aggregate: str = "sin2a"  #: "sin2a" (sin of the doubled tilt) or "sign" (its sign)
-    weight: str = "coherence_energy"  #: "coherence", "energy", "coherence_energy" or "none"
-    deproject: bool = False  #: measure the tilt in the disc plane (second-moment axis ratio and angle)
+    stretch: str = "none"  #: "asinh": filter asinh(a x / peak) / asinh(a) of the sky-subtracted image
+    fits_stretch: str = "asinh"  #: stretch used instead for FITS files (linear counts) by the file helpers
+    stretch_softening: float = 8.0  #: ``a`` of the asinh stretch
+    aggregate: str = "sign"  #: "sign" (sign of the tilt) or "sin2a" (sin of the doubled tilt)
+    weight: str = "coherence"  #: "coherence", "energy", "coherence_energy" or "none"
+    deproject: bool = True  #: measure the tilt in the disc plane (second-moment axis ratio and angle)
     min_axis_ratio: float = 0.3  #: deprojection never stretches by more than 1 / this
     n_sectors: int = 16  #: angular sectors for the standard error
     min_pixels: int = 30  #: fewer annulus pixels: no measurement
@@ -104,6 +109,9 @@ class WindingOptions:
             raise WindingError(f"aggregate must be one of {AGGREGATES}, got {self.aggregate!r}")
         if self.weight not in WEIGHTS:
             raise WindingError(f"weight must be one of {WEIGHTS}, got {self.weight!r}")
+        for name in ("stretch", "fits_stretch"):
+            if getattr(self, name) not in STRETCHES:
+                raise WindingError(f"{name} must be one of {STRETCHES}, got {getattr(self, name)!r}")
         if self.n_sectors < 2:
             raise WindingError("n_sectors must be >= 2")
         if not (0 < self.min_axis_ratio <= 1):
@@ -175,18 +183,22 @@ def _smooth(img: np.ndarray, sigma: float) -> np.ndarray:
     return gaussian_filter(img, sigma, mode="nearest", truncate=3.0)
 
 
-def _profile(img: np.ndarray, x0: float, y0: float, r_max: int) -> np.ndarray:
-    """Azimuthal mean of ``img`` in 1-px rings around (x0, y0), radii 0..r_max (NaN where empty)."""
+@lru_cache(maxsize=4)
+def _ring_index(half: int) -> np.ndarray:
+    """Rounded distance from the centre of a (2 half + 1)^2 grid (read-only, cached)."""
+    o = np.arange(-half, half + 1)
+    r = np.rint(np.sqrt(o[:, None] ** 2 + o[None, :] ** 2)).astype(np.intp)
+    r.setflags(write=False)
+    return r
+
+
+def _profile(img: np.ndarray, ix: int, iy: int) -> np.ndarray:
+    """Azimuthal mean of ``img`` in 1-px rings around the pixel (ix, iy) (NaN where a ring is empty)."""
     h, w = img.shape
-    ys = slice(max(int(y0) - r_max, 0), min(int(y0) + r_max + 2, h))
-    xs = slice(max(int(x0) - r_max, 0), min(int(x0) + r_max + 2, w))
-    sub = img[ys, xs]
-    yy = np.arange(ys.start, ys.stop)[:, None] - y0
-    xx = np.arange(xs.start, xs.stop)[None, :] - x0
-    rb = np.rint(np.sqrt(yy * yy + xx * xx)).astype(np.int64).ravel()
-    keep = rb <= r_max
-    n = np.bincount(rb[keep], minlength=r_max + 1)
-    s = np.bincount(rb[keep], weights=sub.ravel()[keep], minlength=r_max + 1)
+    half = max(h, w)
+    rb = _ring_index(half)[half - iy:half - iy + h, half - ix:half - ix + w].ravel()
+    n = np.bincount(rb)
+    s = np.bincount(rb, weights=img.ravel())
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where(n > 0, s / np.maximum(n, 1), np.nan)
 
@@ -265,16 +277,24 @@ def winding_sense(image: np.ndarray, options: WindingOptions | None = None, x0: 
     k = int(np.argmax(np.where(within, cen, -np.inf)))
     ky, kx = divmod(k, cen.shape[1])
     peak = float(cen[ky, kx])
-    cy, cx = float(ya + ky), float(xa + kx)
+    iy, ix = ya + ky, xa + kx
+    cy, cx = float(iy), float(ix)
     if math.hypot(cy - yc, cx - xc) > opt.search_radius - 1.5:
         flags.append("centre_at_search_edge")
     if not (peak > 0):
         flags.append("no_signal")
         return WindingResult(x0=cx, y0=cy, flags=flags, **nan_result)
 
-    # annulus from the azimuthal profile (profile of the raw image, smoothed along the radius)
-    r_max = int(max(cx, cy, w - 1 - cx, h - 1 - cy))
-    prof = _profile(img, cx, cy, r_max)
+    # annulus from the azimuthal profile (smoothed along the radius); the fractions are of the
+    # stretched brightness: level(f) = S^-1(f S(peak))
+    a = opt.stretch_softening
+    if opt.stretch == "asinh":
+        def level(f: float) -> float:
+            return peak * math.sinh(f * math.asinh(a)) / a
+    else:
+        def level(f: float) -> float:
+            return f * peak
+    prof = _profile(img, ix, iy)
     if opt.profile_sigma > 0:
         from scipy.ndimage import gaussian_filter1d
 
@@ -282,9 +302,9 @@ def winding_sense(image: np.ndarray, options: WindingOptions | None = None, x0: 
         prof = gaussian_filter1d(np.where(good, prof, 0.0), opt.profile_sigma, mode="nearest")
         norm = gaussian_filter1d(good.astype(float), opt.profile_sigma, mode="nearest")
         prof = np.where(norm > 0, prof / np.maximum(norm, 1e-12), np.nan)
-    r_in = _crossing(prof, opt.inner_fraction * peak) or opt.min_inner_radius
+    r_in = _crossing(prof, level(opt.inner_fraction)) or opt.min_inner_radius
     r_in = max(r_in, opt.min_inner_radius)
-    r_out = _crossing(prof, opt.outer_fraction * peak, start=int(r_in))
+    r_out = _crossing(prof, level(opt.outer_fraction), start=int(r_in))
     r_edge = float(min(cx, cy, w - 1 - cx, h - 1 - cy))
     if r_out is None or r_out > r_edge:
         flags.append("annulus_truncated")
@@ -296,12 +316,13 @@ def winding_sense(image: np.ndarray, options: WindingOptions | None = None, x0: 
     # square cut around the annulus, padded for the filters (sky = 0 outside the image)
     half = int(math.ceil(r_out + 3 * opt.sigma_high + 3 * opt.tensor_sigma)) + 1
     n = sfft.next_fast_len(2 * half + 1, real=True)
-    iy, ix = int(round(cy)), int(round(cx))
     top, left = iy - n // 2, ix - n // 2
     cut = np.zeros((n, n))
     sy0, sy1 = max(top, 0), min(top + n, h)
     sx0, sx1 = max(left, 0), min(left + n, w)
     cut[sy0 - top:sy1 - top, sx0 - left:sx1 - left] = img[sy0:sy1, sx0:sx1]
+    if opt.stretch == "asinh":
+        cut = np.arcsinh(cut * (a / peak)) / math.asinh(a)
     # band-pass + gradient in Fourier space; y up on the display: d/dy = -d/drow
     fy, fx, g_lo = _gauss_ft(cut.shape, opt.sigma_low, real=True)
     g_hi = np.exp(-2 * math.pi**2 * opt.sigma_high**2 * (fy * fy + fx * fx))
@@ -391,3 +412,154 @@ def winding_sense(image: np.ndarray, options: WindingOptions | None = None, x0: 
     return WindingResult(winding=winding, score=score, z=float(z), confidence=float(conf), x0=cx, y0=cy,
                          r_inner=float(r_in), r_outer=float(r_out), n_pixels=n_pix, axis_ratio=float(q),
                          position_angle_deg=float(math.degrees(pa)), flags=flags)
+
+
+# ---------------------------------------------------------------------------------------------
+# files and manifests
+# ---------------------------------------------------------------------------------------------
+def load_for_winding(path: str | Path) -> tuple[np.ndarray, bool]:
+    """Greyscale image of a file in display orientation and whether it holds linear counts (FITS).
+
+    Raises :class:`galmorph.imaging.io.ImageError` naming the file and the reason.
+    """
+    from galmorph.imaging.io import ImageError, is_fits, load_image
+
+    path = Path(path)
+    linear = is_fits(path)
+    img = load_image(path, greyscale=True, allow_nan=linear)
+    if img.ndim != 2:
+        raise ImageError(f"{path}: expected a 2-D image, got shape {img.shape}")
+    if linear and not np.isfinite(img).any():
+        raise ImageError(f"{path}: no finite pixels")
+    return img, linear
+
+
+def options_for_file(options: WindingOptions, linear: bool) -> WindingOptions:
+    """``options`` with ``stretch`` set to ``fits_stretch`` for linear (FITS) images."""
+    if linear and options.stretch != options.fits_stretch:
+        return replace(options, stretch=options.fits_stretch)
+    return options
+
+
+def measure_winding_file(path: str | Path, options: WindingOptions | None = None, x0: float | None = None,
+                         y0: float | None = None) -> WindingResult:
+    """:func:`winding_sense` on an image file (FITS flipped to display orientation and measured with
+    ``options.fits_stretch``; JPEG/PNG as displayed, greyscaled)."""
+    opt = options or WindingOptions()
+    img, linear = load_for_winding(path)
+    try:
+        return winding_sense(img, options_for_file(opt, linear), x0=x0, y0=y0)
+    except WindingError as exc:
+        raise WindingError(f"{path}: {exc}") from exc
+
+
+#: Columns :func:`measure_winding_manifest` adds.
+WINDING_COLUMNS = ("winding", "winding_score", "winding_z", "winding_confidence", "winding_r_inner",
+                   "winding_r_outer", "winding_n_pixels", "winding_axis_ratio", "winding_flags",
+                   "winding_image_uri")
+
+
+def result_columns(res: WindingResult, uri: str | None = None) -> dict:
+    """The :data:`WINDING_COLUMNS` values of one result."""
+    return {"winding": res.winding, "winding_score": res.score, "winding_z": res.z,
+            "winding_confidence": res.confidence, "winding_r_inner": res.r_inner, "winding_r_outer": res.r_outer,
+            "winding_n_pixels": res.n_pixels, "winding_axis_ratio": res.axis_ratio,
+            "winding_flags": ",".join(res.flags), "winding_image_uri": uri}
+
+
+def _measure_rows(records: list[dict], data_root, options: WindingOptions, image_column: str,
+                  stage: str) -> tuple[list[dict], list[dict]]:
+    """Winding for manifest rows (dicts): ``(measured rows, quarantine records)``, in input order."""
+    from galmorph.imaging.io import ImageError
+    from galmorph.manifest import ManifestError, quarantine_record, resolve_image_uri
+
+    out_rows, quarantine = [], []
+    for row in records:
+        oid = row.get("object_id")
+        uri = row.get(image_column)
+        if uri is None or (isinstance(uri, float) and math.isnan(uri)) or str(uri) in ("", "<NA>"):
+            quarantine.append(quarantine_record(oid, stage, f"object {oid}: no image URI ({image_column})", row))
+            continue
+        try:
+            res = measure_winding_file(resolve_image_uri(str(uri), data_root), options)
+        except (ImageError, ManifestError, WindingError, OSError) as exc:
+            quarantine.append(quarantine_record(oid, stage, f"object {oid}: {exc}", row))
+            continue
+        out_rows.append({**row, **result_columns(res, str(uri))})
+    return out_rows, quarantine
+
+
+def _measure_rows_worker(args: tuple) -> tuple[list[dict], list[dict]]:
+    """Process-pool entry point (module level so that it pickles)."""
+    return _measure_rows(*args)
+
+
+def measure_winding_manifest(manifest_df, data_root: Path | str | None = None,
+                             options: WindingOptions | None = None, workers: int = 1,
+                             image_column: str = "image_uri", stage: str = "winding", progress: bool = False):
+    """Winding sense of every row of a manifest DataFrame: ``(measured_df, quarantine_records)``.
+
+    The image is the row's ``image_column`` (resolved with
+    :func:`galmorph.manifest.resolve_image_uri`). Rows whose image is missing or unreadable go to the
+    quarantine with the reason (:func:`galmorph.manifest.quarantine_record`); rows that are read stay,
+    with the :data:`WINDING_COLUMNS` added (``winding`` None and NaN score when nothing could be
+    measured; see ``winding_flags``). Rows in = rows out + rows quarantined. ``workers`` > 1 measures
+    chunks in that many spawned processes; order and content are the same as with one.
+    """
+    import pandas as pd
+    from tqdm import tqdm
+
+    opt = options or WindingOptions()
+    records = manifest_df.to_dict(orient="records")
+    workers = max(int(workers), 1)
+    size = max(8, math.ceil(len(records) / (workers * 8))) if workers > 1 else 64
+    chunks = [records[i:i + size] for i in range(0, len(records), size)]
+    args = [(c, data_root, opt, image_column, stage) for c in chunks]
+    out_rows: list[dict] = []
+    quarantine: list[dict] = []
+    with tqdm(total=len(records), desc="winding", disable=not progress) as bar:
+        if workers == 1 or len(records) < 2 * workers:
+            results = map(_measure_rows_worker, args)
+            pool = None
+        else:
+            import multiprocessing as mp
+            from concurrent.futures import ProcessPoolExecutor
+
+            # spawn: the caller may hold threads (torch, MLflow) that a fork would copy mid-state
+            pool = ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn"))
+            results = pool.map(_measure_rows_worker, args)
+        try:
+            for chunk, (rows, quar) in zip(chunks, results):
+                out_rows += rows
+                quarantine += quar
+                bar.update(len(chunk))
+        finally:
+            if pool is not None:
+                pool.shutdown()
+    cols = list(manifest_df.columns) + [c for c in WINDING_COLUMNS if c not in manifest_df.columns]
+    return pd.DataFrame(out_rows, columns=cols), quarantine
+
+
+def write_winding_manifest(manifest_path: str | Path, out_path: str | Path, quarantine_path: str | Path | None = None,
+                           data_root: Path | str | None = None, options: WindingOptions | None = None,
+                           workers: int = 1, image_column: str = "image_uri", progress: bool = False) -> dict:
+    """Read a manifest, add the winding columns (:func:`measure_winding_manifest`), write ``out_path``
+    (kind ``winding``) and the quarantine table (default ``<out>.quarantine.parquet``).
+    Returns counts and paths; rows in = rows out + rows quarantined."""
+    from galmorph.manifest import manifest_metadata, read_manifest, write_manifest, write_quarantine
+
+    opt = options or WindingOptions()
+    manifest_path, out_path = Path(manifest_path), Path(out_path)
+    df = read_manifest(manifest_path)
+    out, quarantine = measure_winding_manifest(df, data_root=data_root, options=opt, workers=workers,
+                                               image_column=image_column, progress=progress)
+    meta = {k: v for k, v in manifest_metadata(manifest_path).items() if k not in ("kind", "schema_version")}
+    meta["winding_source"] = str(manifest_path)
+    meta["winding_options"] = opt.to_dict()
+    write_manifest(out, out_path, kind="winding", extra_meta=meta)
+    qpath = Path(quarantine_path) if quarantine_path else out_path.with_name(out_path.stem + ".quarantine.parquet")
+    write_quarantine(quarantine, qpath)
+    n_dec = int(out["winding"].notna().sum()) if len(out) else 0
+    log.info("winding: %d rows in, %d out (%d decided), %d quarantined", len(df), len(out), n_dec, len(quarantine))
+    return {"rows_in": len(df), "rows_out": len(out), "decided": n_dec, "quarantined": len(quarantine),
+            "manifest": out_path, "quarantine": qpath}
