@@ -348,24 +348,29 @@ def lopsidedness_a1(image: np.ndarray, x0: float | None = None, y0: float | None
     if not (math.isfinite(start[0]) and math.isfinite(start[1])):
         raise A1Error(f"start position ({start[0]}, {start[1]}) is not finite")
 
-    sky = first_pass_sky(data, bad, start, r90, opts)                                     # 1. sky
-    cx, cy, centre_source, f = locate_centre(sky.subtracted, start, opts)                 # 3. centre
+    # 1. sky
+    sky = first_pass_sky(data, bad, start, r90, opts)
+    # 3. centre
+    cx, cy, centre_source, f = locate_centre(sky.subtracted, start, opts)
     flags += f
     gid = galaxy_segment(sky.segmentation, cx, cy)
     if sky.segmentation is not None and gid == 0:
         flags.append("galaxy_not_detected")
-    back, bkg_level, bkg_rms, f = second_pass_sky(data, bad, sky, gid, (cx, cy), opts)     # 1. sky, pass 2
+    # 1. sky, pass 2
+    back, bkg_level, bkg_rms, f = second_pass_sky(data, bad, sky, gid, (cx, cy), opts)
     flags += f
     if back is not None and opts.subtract_background:
         data = data - back
-    mask = bad.copy()                                                                      # 2. other sources
+    # 2. other sources
+    mask = bad.copy()
     n_masked_sources = 0
     if opts.mask_sources and sky.segmentation is not None:
         others, n_masked_sources = mask_other_sources(sky.segmentation, gid, (cx, cy), opts.mask_dilate)
         mask |= others
     if mask.any():
         data = fill_masked(data, mask, centre=(cx, cy))
-    r50, r90, radii_source, f = measurement_radii(data, (cx, cy), r50, r90)               # 4. radii
+    # 4. radii
+    r50, r90, radii_source, f = measurement_radii(data, (cx, cy), r50, r90)
     flags += f
 
     def result(a1=float("nan"), a1_err=float("nan"), a1_phase=float("nan"), masked_fraction=float("nan"),
@@ -385,12 +390,14 @@ def lopsidedness_a1(image: np.ndarray, x0: float | None = None, y0: float | None
         flags.append("annuli_truncated")
     if opts.saturation is not None and saturated_within(raw, (cx, cy), r90, opts.saturation):
         flags.append("saturated")
-    fit = fit_annulus_profile(data, bad, mask, (cx, cy), r50, r90, bkg_rms, opts)           # 5. annuli
+    # 5. annuli
+    fit = fit_annulus_profile(data, bad, mask, (cx, cy), r50, r90, bkg_rms, opts)
     flags += fit.flags
     ok = fit.profile.valid
     if not ok.any():
         flags.append("no_valid_annuli")
         return result(masked_fraction=fit.masked_fraction, profile=fit.profile)
-    a1, a1_err, a1_phase = combine_annuli(fit.coef[ok], fit.cov[ok], fit.profile.amp_err[ok, 0],   # 6. mean
+    # 6. mean
+    a1, a1_err, a1_phase = combine_annuli(fit.coef[ok], fit.cov[ok], fit.profile.amp_err[ok, 0],
                                           weighting=opts.weighting, debias=opts.debias)
     return result(a1, a1_err, a1_phase, fit.masked_fraction, fit.profile)
