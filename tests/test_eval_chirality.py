@@ -120,3 +120,28 @@ def test_mc_dropout_on_exported_graph_and_rotation_stability():
     assert rs2["prob_std_mean"] > 0  # the rotations still move the probabilities
     rs3 = rotation_stability(plain, x, ["CW", "ACW", "other"], n_passes=3, n_rotations=1)
     assert rs3["prob_std_mean"] == 0.0  # one angle, no dropout: every sample identical
+
+
+def test_mc_dropout_predictive_spread_and_refusal_without_dropout():
+    """A model with head dropout has a positive MC spread (eager and exported); one without is refused."""
+    import torch
+
+    from galmorph.evaluation.chirality import NoDropoutError, has_dropout, mc_dropout_predictive
+    from test_eval_support import ChiralityCE
+
+    x = torch.rand((4, 3, 32, 32), generator=torch.Generator().manual_seed(0))
+    drop = ChiralityCE(seed=2, dropout=0.5).eval()
+    gm = torch.export.export(drop, (x,), dynamic_shapes=({0: torch.export.Dim("batch")},)).module()
+    for m in (drop, gm):
+        assert has_dropout(m)
+        r = mc_dropout_predictive(m, x, n_passes=12, seed=1)
+        assert r["mean"].shape == (4, 3) and r["std"].shape == (4, 3)
+        assert r["spread"] > 1e-5 and (r["mutual_information"] > 0).all()
+        np.testing.assert_allclose(r["mean"].sum(1), 1.0, atol=1e-5)
+        # dropout is off again afterwards: deterministic predictions
+        with torch.no_grad():
+            assert torch.equal(m(x), m(x))
+    plain = ChiralityCE(seed=2, dropout=0.0).eval()
+    assert not has_dropout(plain)
+    with pytest.raises(NoDropoutError, match="no dropout layer"):
+        mc_dropout_predictive(plain, x)

@@ -314,3 +314,51 @@ def rotation_stability(module, images, classes: Sequence[str], n_passes: int = 1
             "mc_dropout": bool(active), "n_passes": int(n_passes), "n_rotations": int(n_rotations),
             "angles": angles, "n_galaxies": int(b), "per_galaxy": per_galaxy,
             "prob_std_mean": float(probs.std(axis=1).mean())}
+
+
+# --------------------------------------------------------------------------------------------
+# MC-dropout predictive spread
+# --------------------------------------------------------------------------------------------
+class NoDropoutError(ValueError):
+    """MC dropout was asked of a model that has no dropout to switch on."""
+
+
+def mc_dropout_predictive(module, images, n_passes: int = 20, seed: int = 0, batch_size: int = 64) -> dict:
+    """Monte-Carlo-dropout predictive distribution (Gal & Ghahramani 2016) of ``images`` ``(B, C, S, S)``.
+
+    The model's dropout is switched on (:func:`mc_dropout`) and every image scored ``n_passes`` times.
+    Returns ``mean`` ``(B, K)`` (the predictive probabilities), ``std`` ``(B, K)`` (their spread over
+    passes), ``spread`` (mean of ``std``), ``entropy`` ``(B,)`` of the mean, ``mutual_information``
+    ``(B,)`` (entropy of the mean minus the mean entropy: the model-uncertainty part) and
+    ``n_passes``. A model without dropout is refused (:class:`NoDropoutError`): its passes would all be
+    identical and the "spread" a meaningless zero.
+    """
+    import torch
+
+    if n_passes < 2:
+        raise ValueError(f"MC dropout needs n_passes >= 2, got {n_passes}")
+    if not has_dropout(module):
+        raise NoDropoutError(f"model {type(module).__name__} has no dropout layer with p > 0: MC-dropout predictive "
+                             "spread is undefined for it (every pass gives the same prediction); train it with "
+                             "head dropout (e.g. the chirality networks' dropout setting) or use rotation stability")
+    torch.manual_seed(seed)
+    b = images.shape[0]
+    probs = []
+    with mc_dropout(module) as active, torch.no_grad():
+        if not active:
+            raise NoDropoutError(f"model {type(module).__name__}: its dropout could not be switched on for MC dropout")
+        for _ in range(n_passes):
+            out = [torch.softmax(module(images[i:i + batch_size]).float(), dim=1).cpu().numpy()
+                   for i in range(0, b, batch_size)]
+            probs.append(np.concatenate(out))
+    p = np.stack(probs, axis=1)  # (B, T, K)
+    mean = p.mean(axis=1)
+
+    def _ent(q):
+        return -(q * np.log(np.clip(q, 1e-12, 1))).sum(axis=-1)
+
+    ent = _ent(mean)
+    mi = ent - _ent(p).mean(axis=1)
+    std = p.std(axis=1)
+    return {"mean": mean, "std": std, "spread": float(std.mean()), "entropy": ent, "mutual_information": mi,
+            "n_passes": int(n_passes)}
