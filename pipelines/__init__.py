@@ -8,4 +8,4 @@ IR YAML packages ``<name>.yaml`` sit beside it (:data:`PACKAGE_DIR`, shipped wit
 from pathlib import Path
 
 #: The folder of the compiled ``<name>.yaml`` packages (this package's folder).
-PACKAGE_DIR = Path(__file__).parent
+PACKAGE_DIR = Path(__file__).resolve().parent

@@ -6,16 +6,14 @@ Compiled to ``pipelines/labelling.yaml``; labellers then work in ``galmorph labe
 
 from kfp import dsl
 
-from galmorph.pipelines.loader import load_component
 from galmorph.pipelines.platform import data_volume, load_platform
+from galmorph_components.a1.component import a1
+from galmorph_components.ingest.component import ingest
+from galmorph_components.label_export.component import label_export
+from galmorph_components.label_queue.component import label_queue
+from galmorph_components.label_sample.component import label_sample
 
 PLATFORM = load_platform()
-
-ingest = load_component("ingest")
-label_sample = load_component("label_sample")
-a1 = load_component("a1")
-label_queue = load_component("label_queue")
-label_export = load_component("label_export")
 
 
 @dsl.pipeline(name="galmorph-labelling",

@@ -7,20 +7,18 @@ started per new release by ``galmorph release watch``.
 
 from kfp import dsl
 
-from galmorph.pipelines.loader import load_component
 from galmorph.pipelines.platform import data_volume, gpu_task, load_platform, mlflow_credentials
+from galmorph_components.cutout.component import cutout
+from galmorph_components.drift.component import drift
+from galmorph_components.ingest.component import ingest
+from galmorph_components.merge.component import merge
+from galmorph_components.publish.component import publish
+from galmorph_components.resolve_model.component import resolve_model
+from galmorph_components.score.component import score
+from galmorph_components.shard.component import shard
+from galmorph_components.validate.component import validate
 
 PLATFORM = load_platform()
-
-ingest = load_component("ingest")
-validate = load_component("validate")
-cutout = load_component("cutout")
-shard = load_component("shard")
-resolve_model = load_component("resolve_model")
-score = load_component("score")
-merge = load_component("merge")
-drift = load_component("drift")
-publish = load_component("publish")
 
 
 @dsl.pipeline(name="galmorph-rescoring",

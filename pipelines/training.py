@@ -7,19 +7,17 @@ Compiled to ``pipelines/training.yaml`` by ``galmorph pipeline compile``; run lo
 
 from kfp import dsl
 
-from galmorph.pipelines.loader import load_component
 from galmorph.pipelines.platform import data_volume, gpu_task, load_platform, mlflow_credentials
+from galmorph_components.a1.component import a1
+from galmorph_components.cutout.component import cutout
+from galmorph_components.evaluate.component import evaluate
+from galmorph_components.ingest.component import ingest
+from galmorph_components.promote.component import promote
+from galmorph_components.split.component import split
+from galmorph_components.train.component import train
+from galmorph_components.validate.component import validate
 
 PLATFORM = load_platform()
-
-ingest = load_component("ingest")
-validate = load_component("validate")
-cutout = load_component("cutout")
-a1 = load_component("a1")
-split = load_component("split")
-train = load_component("train")
-evaluate = load_component("evaluate")
-promote = load_component("promote")
 
 
 @dsl.pipeline(name="galmorph-training",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import yaml
 
-from galmorph.pipelines import PIPELINES, repo_dir
+from galmorph.pipelines import PIPELINES, compiled_dir
 from galmorph.pipelines.compile import compile_all, normalised, stale_packages
 from galmorph.pipelines.platform import load_platform
 
@@ -12,7 +12,7 @@ from galmorph.pipelines.platform import load_platform
 def test_committed_packages_are_not_stale(tmp_path):
     """Recompile into a temp dir and compare (normalised YAML) with the committed pipelines/*.yaml."""
     compile_all(tmp_path)
-    stale = stale_packages(repo_dir("pipelines"), tmp_path)
+    stale = stale_packages(compiled_dir(), tmp_path)
     assert not stale, "stale pipeline package(s); run `galmorph pipeline compile`:\n" + "\n".join(stale.values())
 
 
@@ -26,7 +26,7 @@ def test_stale_detection_notices_a_change(tmp_path):
 
 
 def _docs(name):
-    return list(yaml.safe_load_all((repo_dir("pipelines") / f"{name}.yaml").read_text()))
+    return list(yaml.safe_load_all((compiled_dir() / f"{name}.yaml").read_text()))
 
 
 def _executor(ir, comp):
@@ -78,4 +78,4 @@ def test_rescoring_package_fans_out_on_gpus():
 
 def test_every_pipeline_compiles_to_a_package():
     for n in PIPELINES:
-        assert (repo_dir("pipelines") / f"{n}.yaml").exists()
+        assert (compiled_dir() / f"{n}.yaml").exists()

@@ -111,10 +111,10 @@ def test_upload_is_idempotent_and_versions_by_content(tmp_path):
     # a changed package becomes a new version of the existing pipeline
     pkgs = tmp_path / "pk"
     pkgs.mkdir()
-    from galmorph.pipelines import repo_dir
+    from galmorph.pipelines import compiled_dir
 
     for n in ("training", "rescoring", "labelling"):
-        text = (repo_dir("pipelines") / f"{n}.yaml").read_text()
+        text = (compiled_dir() / f"{n}.yaml").read_text()
         if n == "training":
             text = text.replace("defaultValue: tiny", "defaultValue: small", 1)
         (pkgs / f"{n}.yaml").write_text(text)

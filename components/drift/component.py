@@ -5,7 +5,7 @@ from typing import NamedTuple
 from kfp import dsl
 from kfp.dsl import HTML, Artifact, Dataset, Input, Output
 
-from galmorph.images import CPU_IMAGE
+from galmorph.container_images import CPU_IMAGE
 
 
 @dsl.component(base_image=CPU_IMAGE, install_kfp_package=False)
@@ -16,14 +16,9 @@ def drift(catalogue: Input[Dataset], dataset: Input[Dataset], report: Output[HTM
     """galmorph.drift.run_drift; ``reference`` defaults to the training manifest recorded on the model's
     training run (tag ``galmorph.manifest``); thresholds from params.yaml ``drift:`` (``min_group_size``
     > 0 overrides). ``verdict`` is ``drift`` or ``no_drift`` (drives publish)."""
-    from collections import namedtuple
+    from galmorph.pipelines import steps
 
-    from galmorph.pipelines.runtime import as_dir, setup
-    from galmorph.pipelines.steps import drift_for_release
-
-    _, root = setup(tracking_uri, data_root)
-    res = drift_for_release(catalogue.path, dataset.path, as_dir(summary.path), report.path, reference=reference,
-                            model_uri=model_uri, by=by, release=release, mlflow_run_id=mlflow_run_id,
-                            workspace=workspace, data_root=root, min_group_size=min_group_size or None)
-    summary.metadata.update({"verdict": res["verdict"], "drifted_groups": res["drifted_groups"]})
-    return namedtuple("DriftOutputs", ["verdict", "n_drifted_groups"])(res["verdict"], len(res["drifted_groups"]))
+    return steps.drift(catalogue.path, dataset.path, summary.path, report.path, reference=reference,
+                       model_uri=model_uri, by=by, release=release, mlflow_run_id=mlflow_run_id, workspace=workspace,
+                       min_group_size=min_group_size, tracking_uri=tracking_uri, data_root=data_root,
+                       summary_metadata=summary.metadata)

@@ -2,7 +2,7 @@
 
 from kfp import dsl
 
-from galmorph.images import CPU_IMAGE
+from galmorph.container_images import CPU_IMAGE
 
 
 @dsl.component(base_image=CPU_IMAGE, install_kfp_package=False)
@@ -10,8 +10,6 @@ def resolve_model(task: str, model_alias: str = "champion", model_uri: str = "",
     """galmorph.scoring.resolve_model_version: ``model_uri`` (default ``models:/galmorph-<task>@<model_alias>``)
     resolved to ``models:/NAME/VERSION``, so that every scoring worker uses the same version even if the
     alias moves during the run."""
-    from galmorph.pipelines.runtime import setup
-    from galmorph.scoring import resolve_model_version
+    from galmorph.pipelines import steps
 
-    setup(tracking_uri)
-    return resolve_model_version(model_uri or f"models:/galmorph-{task}@{model_alias}")
+    return steps.resolve_model(task, model_alias=model_alias, model_uri=model_uri, tracking_uri=tracking_uri)

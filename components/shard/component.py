@@ -5,7 +5,7 @@ from typing import List
 from kfp import dsl
 from kfp.dsl import Dataset, Input
 
-from galmorph.images import CPU_IMAGE
+from galmorph.container_images import CPU_IMAGE
 
 
 @dsl.component(base_image=CPU_IMAGE, install_kfp_package=False)
@@ -14,8 +14,6 @@ def shard(dataset: Input[Dataset], model_uri: str, shard_size: int = 10000, n_wo
     ParallelFor. An item is a JSON object ``{"shards": "first-last", "model_uri": "models:/NAME/V",
     "shard_size": S}``; shard ``i`` is rows ``[i*S, (i+1)*S)``. Carrying the pinned model in the item
     keeps every worker on the same model version."""
-    from galmorph.pipelines.runtime import dataset_manifest_path, setup
-    from galmorph.scoring import manifest_rows, plan_work
+    from galmorph.pipelines import steps
 
-    setup()
-    return plan_work(manifest_rows(dataset_manifest_path(dataset.path)), shard_size, n_workers, model_uri)
+    return steps.shard(dataset.path, model_uri, shard_size=shard_size, n_workers=n_workers)

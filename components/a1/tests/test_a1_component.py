@@ -4,9 +4,7 @@ import numpy as np
 from kfp.dsl import Dataset
 
 from galmorph.manifest import read_manifest
-from galmorph.pipelines.loader import load_component
-
-a1 = load_component("a1")
+from galmorph_components.a1.component import a1
 
 
 def test_a1_component_measures_injection(sim_lopsided, tmp_path):

@@ -7,9 +7,7 @@ from kfp.dsl import Dataset
 from galmorph.imaging.io import load_image
 from galmorph.manifest import manifest_metadata, read_manifest
 from galmorph.pipelines.artifacts import open_dataset
-from galmorph.pipelines.loader import load_component
-
-cutout = load_component("cutout")
+from galmorph_components.cutout.component import cutout
 
 
 def test_cutout_dataset_is_relocatable(sim_chirality, tmp_path):

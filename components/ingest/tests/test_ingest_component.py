@@ -5,9 +5,7 @@ import json
 from kfp.dsl import Dataset
 
 from galmorph.manifest import read_manifest, read_quarantine
-from galmorph.pipelines.loader import load_component
-
-ingest = load_component("ingest")
+from galmorph_components.ingest.component import ingest
 
 
 def _ds(p):

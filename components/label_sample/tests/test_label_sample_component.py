@@ -4,11 +4,9 @@ from kfp.dsl import Dataset
 
 from galmorph.labelling.store import LabelStore
 from galmorph.manifest import read_manifest, write_manifest
-from galmorph.pipelines.loader import load_component
-
-label_sample = load_component("label_sample")
-label_queue = load_component("label_queue")
-label_export = load_component("label_export")
+from galmorph_components.label_export.component import label_export
+from galmorph_components.label_queue.component import label_queue
+from galmorph_components.label_sample.component import label_sample
 
 
 def test_sample_queue_export_roundtrip(sim_lopsided, tmp_path):

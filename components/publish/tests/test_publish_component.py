@@ -5,9 +5,7 @@ import json
 import pandas as pd
 from kfp.dsl import Artifact, Dataset
 
-from galmorph.pipelines.loader import load_component
-
-publish = load_component("publish")
+from galmorph_components.publish.component import publish
 
 
 def _catalogue(tmp_path):

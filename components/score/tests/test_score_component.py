@@ -6,13 +6,11 @@ import json
 import pandas as pd
 from kfp.dsl import Dataset, Metrics
 
-from galmorph.pipelines.loader import load_component
 from galmorph.scoring import plan_work, score_manifest
+from galmorph_components.merge.component import merge
+from galmorph_components.score.component import score
+from galmorph_components.shard.component import shard
 from test_scoring_helpers import TinyNet, register_model
-
-score = load_component("score")
-merge = load_component("merge")
-shard = load_component("shard")
 
 
 def test_score_work_items_then_merge(sim_chirality, mlflow_server, tmp_path):

@@ -2,11 +2,9 @@
 
 from kfp.dsl import Dataset
 
-from galmorph.pipelines.loader import load_component
 from galmorph.scoring import parse_work_item
-
-shard = load_component("shard")
-resolve_model = load_component("resolve_model")
+from galmorph_components.resolve_model.component import resolve_model
+from galmorph_components.shard.component import shard
 
 
 def test_shard_plan_covers_every_shard(sim_chirality):

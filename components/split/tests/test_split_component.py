@@ -4,9 +4,7 @@ from kfp.dsl import Dataset
 
 from galmorph.manifest import read_manifest
 from galmorph.pipelines.artifacts import open_dataset
-from galmorph.pipelines.loader import load_component
-
-split = load_component("split")
+from galmorph_components.split.component import split
 
 
 def test_split_stratified_disjoint(sim_chirality, tmp_path):

@@ -6,9 +6,7 @@ import pandas as pd
 from kfp.dsl import Artifact, Dataset, Metrics
 
 from galmorph.manifest import read_manifest, read_quarantine, write_manifest
-from galmorph.pipelines.loader import load_component
-
-validate = load_component("validate")
+from galmorph_components.validate.component import validate
 
 
 def _run(man, tmp_path, frac):

@@ -25,14 +25,14 @@ def compile_cmd(out_dir: Path | None, check: bool, names: tuple[str, ...]) -> No
     """Compile the pipelines to KFP IR YAML packages (upload them in the Kubeflow UI)."""
     import tempfile
 
-    from galmorph.pipelines import PIPELINES, repo_dir
+    from galmorph.pipelines import PIPELINES, compiled_dir
     from galmorph.pipelines.compile import compile_all, stale_packages
 
     names = names or PIPELINES
     if check:
         with tempfile.TemporaryDirectory() as tmp:
             compile_all(tmp, names)
-            stale = stale_packages(out_dir or repo_dir("pipelines"), tmp, names)
+            stale = stale_packages(out_dir or compiled_dir(), tmp, names)
         for n, diff in stale.items():
             click.echo(f"stale: {n}\n{diff}", err=True)
         if stale:

@@ -1,13 +1,12 @@
 """The Evidently workspace side of drift monitoring: project, snapshots, dashboard.
 
-The dashboard panels are defined in code in ``monitoring/dashboards.py`` (repository root);
-:func:`ensure_dashboard` loads that module and re-applies it after every run with the union of
-the group labels already on the dashboard and those of the new run.
+The dashboard panels are defined in code in ``galmorph_monitoring.dashboards`` (the top-level
+``monitoring/dashboards.py``, installed with galmorph); :func:`ensure_dashboard` re-applies them after
+every run with the union of the group labels already on the dashboard and those of the new run.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 import urllib.request
 from collections.abc import Sequence
@@ -15,23 +14,14 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from galmorph.settings import REPO_ROOT
-
 log = logging.getLogger(__name__)
 
-DASHBOARDS_FILE = REPO_ROOT / "monitoring" / "dashboards.py"
 
+def load_dashboards_module() -> ModuleType:
+    """The panel definitions: the module ``galmorph_monitoring.dashboards`` (``monitoring/dashboards.py``)."""
+    from galmorph_monitoring import dashboards
 
-def load_dashboards_module(path: str | Path = DASHBOARDS_FILE) -> ModuleType:
-    """Import ``monitoring/dashboards.py`` (the panel definitions) by path."""
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"dashboard definitions {path} not found (run from a galmorph checkout)")
-    spec = importlib.util.spec_from_file_location("galmorph_monitoring_dashboards", path)
-    mod = importlib.util.module_from_spec(spec)
-    assert spec.loader is not None
-    spec.loader.exec_module(mod)
-    return mod
+    return dashboards
 
 
 def open_workspace(path: str | Path):
@@ -69,12 +59,11 @@ def _labels_on_dashboard(project) -> dict[str, set[str]]:
 
 
 def ensure_dashboard(workspace, project, z_bins: Sequence[str] = (), surveys: Sequence[str] = (),
-                     classes: Sequence[str] = (), high_confidence: float = 0.85,
-                     dashboards_file: str | Path = DASHBOARDS_FILE) -> list[str]:
-    """(Re)create the project's dashboard from ``monitoring/dashboards.py``, keeping the labels
+                     classes: Sequence[str] = (), high_confidence: float = 0.85) -> list[str]:
+    """(Re)create the project's dashboard from ``galmorph_monitoring.dashboards``, keeping the labels
     already shown and adding new ones. Idempotent. Returns the panel titles."""
     seen = _labels_on_dashboard(project)
-    mod = load_dashboards_module(dashboards_file)
+    mod = load_dashboards_module()
     return mod.apply_dashboard(workspace, project, z_bins=sorted(seen["z_bin"] | set(z_bins)),
                                surveys=sorted(seen["survey"] | set(surveys)),
                                classes=sorted(seen["pred"] | set(classes)), high_confidence=high_confidence)

@@ -1,16 +1,16 @@
-"""Kubeflow Pipelines v2 integration: component loading, pipeline compilation, local and remote runs,
-schedules, and the small dataset helpers the components share.
+"""Kubeflow Pipelines v2 integration: the pipeline steps (one library call per component), pipeline
+compilation, local and remote runs, schedules, and the small dataset helpers the components share.
 
-The pipeline definitions live in ``pipelines/<name>.py`` and the components in
-``components/<name>/component.py`` at the repository root (the layout users browse); this package
-loads them by path. Compiled IR YAML packages are ``pipelines/<name>.yaml``.
+The pipeline definitions are the package ``galmorph_pipelines`` (the top-level ``pipelines/`` folder,
+``pipelines/<name>.py``) and the components the package ``galmorph_components``
+(``components/<name>/component.py``); both are installed with galmorph (editable or wheel) and imported
+normally (:mod:`galmorph.pipelines.loader` looks them up by name). Compiled IR YAML packages are
+``pipelines/<name>.yaml`` (:func:`compiled_dir`).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-
-from galmorph.settings import REPO_ROOT
 
 PIPELINES: tuple[str, ...] = ("training", "rescoring", "labelling")
 COMPONENTS: tuple[str, ...] = ("ingest", "validate", "cutout", "a1", "split", "train", "evaluate", "promote",
@@ -18,13 +18,12 @@ COMPONENTS: tuple[str, ...] = ("ingest", "validate", "cutout", "a1", "split", "t
                                "label_export")
 
 
-def repo_dir(name: str) -> Path:
-    """``components/`` or ``pipelines/`` of the checkout (or of the image's /opt/galmorph)."""
-    for base in (REPO_ROOT, Path.cwd()):
-        p = base / name
-        if p.is_dir():
-            return p
-    raise FileNotFoundError(f"no {name}/ folder beside {REPO_ROOT} or in {Path.cwd()}")
+def compiled_dir() -> Path:
+    """The folder of the compiled pipeline packages: the ``galmorph_pipelines`` package folder
+    (``pipelines/`` in a checkout, shipped with the wheel)."""
+    import galmorph_pipelines
+
+    return galmorph_pipelines.PACKAGE_DIR
 
 
-__all__ = ["COMPONENTS", "PIPELINES", "repo_dir"]
+__all__ = ["COMPONENTS", "PIPELINES", "compiled_dir"]

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import yaml
 
-from galmorph.pipelines import PIPELINES, repo_dir
+from galmorph.pipelines import PIPELINES, compiled_dir
 
 log = logging.getLogger(__name__)
 
@@ -17,12 +17,13 @@ VOLATILE_KEYS = ("sdkVersion",)
 
 
 def compile_pipeline(name: str, out_dir: str | Path | None = None) -> Path:
-    """Compile ``pipelines/<name>.py`` to ``<out_dir>/<name>.yaml`` (default: the pipelines folder)."""
+    """Compile ``galmorph_pipelines.<name>`` to ``<out_dir>/<name>.yaml`` (default: :func:`compiled_dir`,
+    ``pipelines/`` in a checkout)."""
     from kfp import compiler
 
     from galmorph.pipelines.loader import load_pipeline
 
-    out = Path(out_dir) if out_dir else repo_dir("pipelines")
+    out = Path(out_dir) if out_dir else compiled_dir()
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"{name}.yaml"
     compiler.Compiler().compile(load_pipeline(name), str(path))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import inspect
 from pathlib import Path
 
-from galmorph.pipelines import COMPONENTS, repo_dir
+from galmorph.pipelines import COMPONENTS
 
 EXAMPLES: dict[str, str] = {
     "ingest": 'ing = ingest(source="sim:/data/sim/chirality", task="chirality")',
@@ -31,24 +31,25 @@ EXAMPLES: dict[str, str] = {
     "label_export": 'label_export(task="lopsided", policy="majority")',
 }
 
+#: The library call of each component's body (always ``galmorph.pipelines.steps.<name>``) and what it wraps.
 LIBRARY: dict[str, str] = {
-    "ingest": "galmorph.pipelines.artifacts.ingest_source -> galmorph.ingest.ingest",
-    "validate": "galmorph.validation.validate_manifest",
-    "cutout": "galmorph.cutout.make_cutouts",
-    "a1": "galmorph.imaging.a1.measure_a1_manifest",
-    "split": "galmorph.pipelines.artifacts.holdout_split",
-    "train": "galmorph.training.train",
-    "evaluate": "galmorph.evaluation.core.evaluate",
-    "promote": "galmorph.registry.promote",
-    "shard": "galmorph.scoring.plan_work",
-    "resolve_model": "galmorph.scoring.resolve_model_version",
-    "score": "galmorph.scoring.score_manifest",
-    "merge": "galmorph.scoring.merge_scores + log_scoring_to_mlflow",
-    "drift": "galmorph.pipelines.steps.drift_for_release -> galmorph.drift.run_drift",
-    "publish": "galmorph.pipelines.artifacts.publish_release",
-    "label_sample": "galmorph.labelling.queue.sample_queue",
-    "label_queue": "galmorph.labelling.store.LabelStore.register_queue",
-    "label_export": "galmorph.labelling.export.export_labels",
+    "ingest": "galmorph.pipelines.steps.ingest -> galmorph.pipelines.artifacts.ingest_source -> galmorph.ingest.ingest",
+    "validate": "galmorph.pipelines.steps.validate -> galmorph.validation.validate_manifest",
+    "cutout": "galmorph.pipelines.steps.cutout -> galmorph.cutout.make_cutouts",
+    "a1": "galmorph.pipelines.steps.a1 -> galmorph.imaging.a1.measure_a1_manifest",
+    "split": "galmorph.pipelines.steps.split -> galmorph.pipelines.artifacts.holdout_split",
+    "train": "galmorph.pipelines.steps.train -> galmorph.training.train",
+    "evaluate": "galmorph.pipelines.steps.evaluate -> galmorph.evaluation.core.evaluate",
+    "promote": "galmorph.pipelines.steps.promote -> galmorph.registry.promote",
+    "shard": "galmorph.pipelines.steps.shard -> galmorph.scoring.plan_work",
+    "resolve_model": "galmorph.pipelines.steps.resolve_model -> galmorph.scoring.resolve_model_version",
+    "score": "galmorph.pipelines.steps.score -> galmorph.scoring.score_manifest",
+    "merge": "galmorph.pipelines.steps.merge -> galmorph.scoring.merge_scores + log_scoring_to_mlflow",
+    "drift": "galmorph.pipelines.steps.drift -> drift_for_release -> galmorph.drift.run_drift",
+    "publish": "galmorph.pipelines.steps.publish -> galmorph.pipelines.artifacts.publish_release",
+    "label_sample": "galmorph.pipelines.steps.label_sample -> galmorph.labelling.queue.sample_queue",
+    "label_queue": "galmorph.pipelines.steps.label_queue -> galmorph.labelling.store.LabelStore.register_queue",
+    "label_export": "galmorph.pipelines.steps.label_export -> galmorph.labelling.export.export_labels",
 }
 
 
@@ -75,16 +76,19 @@ def component_readme(name: str) -> str:
     lines += ["", "## Outputs", "", "| name | type |", "|---|---|"]
     for k, v in (cs.outputs or {}).items():
         lines.append(f"| `{k}` | {_type_name(v)} |")
-    lines += ["", "## Example", "", "```python", "from galmorph.pipelines.loader import load_component", "",
-              f'{name} = load_component("{name}")', EXAMPLES[name], "```", "",
+    lines += ["", "## Example", "", "```python", f"from galmorph_components.{name}.component import {name}", "",
+              EXAMPLES[name], "```", "",
               f"Tests: `components/{name}/tests/` (call `{name}.python_func` directly with real artifacts).", ""]
     return "\n".join(lines)
 
 
 def write_component_readmes(names=COMPONENTS) -> list[Path]:
+    """Write ``components/<name>/README.md`` (the ``galmorph_components`` package folder) for ``names``."""
+    import galmorph_components
+
     out = []
     for n in names:
-        p = repo_dir("components") / n / "README.md"
+        p = Path(galmorph_components.__file__).parent / n / "README.md"
         p.write_text(component_readme(n))
         out.append(p)
     return out

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from galmorph.pipelines import PIPELINES, repo_dir
+from galmorph.pipelines import PIPELINES, compiled_dir
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +68,7 @@ def parse_param_items(items: tuple[str, ...] | list[str]) -> dict[str, str]:
 
 
 def package_path(name: str, package_dir: str | Path | None = None) -> Path:
-    p = Path(package_dir or repo_dir("pipelines")) / f"{name}.yaml"
+    p = Path(package_dir or compiled_dir()) / f"{name}.yaml"
     if not p.exists():
         raise PipelineRunError(f"compiled package {p} not found; run `galmorph pipeline compile`")
     return p

@@ -1,9 +1,19 @@
-"""Multi-call pipeline steps that need a little glue between library functions."""
+"""The pipeline steps: one function per Kubeflow component (``galmorph_components.<name>``), so that a
+component's body is a single call of ``galmorph.pipelines.steps.<name>``.
+
+A step takes the local paths KFP hands the component, its parameters, and the ``metadata`` dicts of
+its output artifacts (filled in place: row counts, verdicts, metrics); it returns the component's
+outputs (a named tuple with the component's output names, or a single value). Nothing here imports kfp.
+"""
 
 from __future__ import annotations
 
+import json
 import logging
+import math
 import shutil
+import tempfile
+from collections import namedtuple
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +24,346 @@ from galmorph.pipelines.artifacts import open_dataset
 
 log = logging.getLogger(__name__)
 
+IngestOutputs = namedtuple("IngestOutputs", ["rows_in", "rows_out", "rows_quarantined"])
+CutoutOutputs = namedtuple("CutoutOutputs", ["rows_out", "rows_quarantined"])
+A1Outputs = namedtuple("A1Outputs", ["rows_out", "finite_a1"])
+SplitOutputs = namedtuple("SplitOutputs", ["n_train", "n_test"])
+TrainOutputs = namedtuple("TrainOutputs", ["model_uri", "registered_version", "run_id"])
+EvaluateOutputs = namedtuple("EvaluateOutputs", ["accuracy", "f1_macro", "run_id"])
+PromoteOutputs = namedtuple("PromoteOutputs", ["decision", "passed", "champion"])
+ScoreOutputs = namedtuple("ScoreOutputs", ["n_scored", "n_quarantined"])
+MergeOutputs = namedtuple("MergeOutputs", ["n_scored", "n_quarantined", "run_id", "cvs"])
+DriftOutputs = namedtuple("DriftOutputs", ["verdict", "n_drifted_groups"])
+PublishOutputs = namedtuple("PublishOutputs", ["status"])
+SampleOutputs = namedtuple("SampleOutputs", ["rows"])
+QueueOutputs = namedtuple("QueueOutputs", ["registered"])
+ExportOutputs = namedtuple("ExportOutputs", ["n_labelled"])
 
+
+def _fill(metadata: dict | None, values: dict[str, Any]) -> None:
+    """Add ``values`` to an output artifact's metadata (``None``: the caller keeps none)."""
+    if metadata is not None:
+        metadata.update(values)
+
+
+def _log_metrics(metrics: dict | None, values: dict[str, Any]) -> None:
+    """Finite numeric leaves of ``values`` into a KFP ``Metrics`` artifact's metadata."""
+    from galmorph.pipelines.runtime import flat_metrics
+
+    if metrics is not None:
+        metrics.update(flat_metrics(values))
+
+
+# --------------------------------------------------------------------------------------------
+# data: ingest, validate, cutout, A1, split
+# --------------------------------------------------------------------------------------------
+def ingest(source: str, manifest_path: str | Path, quarantine_path: str | Path, task: str = "", data_root: str = "",
+           manifest_metadata: dict | None = None, quarantine_metadata: dict | None = None) -> IngestOutputs:
+    """:func:`galmorph.pipelines.artifacts.ingest_source` of ``source`` (catalogue name, ``sim:<dir>``,
+    release folder or manifest) into ``manifest_path`` + ``quarantine_path``."""
+    from galmorph.pipelines.artifacts import ingest_source
+    from galmorph.pipelines.runtime import setup
+
+    _, root = setup(data_root=data_root)
+    res = ingest_source(source, manifest_path, quarantine_path, task=task or None, data_root=root)
+    _fill(manifest_metadata, {"rows": res["rows_out"], "source": source})
+    _fill(quarantine_metadata, {"rows": res["rows_quarantined"]})
+    return IngestOutputs(res["rows_in"], res["rows_out"], res["rows_quarantined"])
+
+
+def validate(manifest_path: str | Path, passed_path: str | Path, quarantine_path: str | Path,
+             report_path: str | Path, z_min: float = 0.01, z_max: float = 0.1, max_failure_fraction: float = 0.05,
+             check_images: bool = True, data_root: str = "", metrics: dict | None = None) -> bool:
+    """:func:`galmorph.validation.validate_manifest`: passed rows to ``passed_path``, failed rows to
+    ``quarantine_path``, the report to ``report_path``; row counts into ``metrics``. Returns success."""
+    from galmorph.manifest import write_manifest
+    from galmorph.pipelines.runtime import setup
+    from galmorph.validation import ValidationConfig, validate_manifest
+
+    _, root = setup(data_root=data_root)
+    cfg = ValidationConfig(z_min=z_min, z_max=z_max, max_failure_fraction=max_failure_fraction,
+                           check_images=check_images)
+    res = validate_manifest(manifest_path, cfg, data_root=root, out_manifest=passed_path,
+                            quarantine_path=quarantine_path, report_path=report_path, log_to_mlflow=False,
+                            progress=False)
+    if res.out_manifest is None and res.passed_manifest is not None:  # schema errors: still a valid output
+        write_manifest(res.passed_manifest, passed_path, kind="validated")
+    _fill(metrics, {"rows": float(res.rows), "passed": float(res.passed), "quarantined": float(res.n_quarantined),
+                    "failure_fraction": float(res.failure_fraction), "success": float(res.success)})
+    return bool(res.success)
+
+
+def cutout(manifest_path: str | Path, cutouts_dir: str | Path, quarantine_path: str | Path, size_px: int = 64,
+           crop_fraction: float = 1.0, greyscale: bool = False, size_r90: float = 0.0, data_root: str = "",
+           cutouts_metadata: dict | None = None) -> CutoutOutputs:
+    """:func:`galmorph.cutout.make_cutouts` into the dataset folder ``cutouts_dir`` (png/ +
+    manifest.parquet, image URIs relative to the folder); failed rows to ``quarantine_path``."""
+    from galmorph.cutout import CutoutConfig, make_cutouts
+    from galmorph.pipelines.artifacts import relativize_images
+    from galmorph.pipelines.runtime import as_dir, setup
+
+    _, root = setup(data_root=data_root)
+    cfg = CutoutConfig(size_px=size_px, crop_fraction=crop_fraction, greyscale=greyscale, size_r90=size_r90 or None)
+    out = as_dir(cutouts_dir)
+    res = make_cutouts(open_dataset(manifest_path), out, cfg, data_root=root, progress=False)
+    relativize_images(out)
+    shutil.copyfile(res.quarantine_path, quarantine_path)
+    _fill(cutouts_metadata, {"rows": res.n_out})
+    return CutoutOutputs(res.n_out, res.n_quarantined)
+
+
+def a1(manifest_path: str | Path, measured_path: str | Path, quarantine_path: str | Path, pixel_scale: float = 0.396,
+       data_root: str = "", workers: int = 1, measured_metadata: dict | None = None) -> A1Outputs:
+    """:func:`galmorph.imaging.a1.measure_a1_manifest`: the manifest with the A1 columns to ``measured_path``."""
+    from galmorph.imaging.a1 import measure_a1_manifest
+    from galmorph.pipelines.runtime import setup
+
+    _, root = setup(data_root=data_root)
+    res = measure_a1_manifest(open_dataset(manifest_path), measured_path, quarantine_path=quarantine_path,
+                              data_root=root, pixel_scale=pixel_scale, progress=False, workers=workers)
+    _fill(measured_metadata, {"rows": res["rows_out"], "finite_a1": res["finite_a1"]})
+    return A1Outputs(res["rows_out"], res["finite_a1"])
+
+
+def split(dataset: str | Path, train_dir: str | Path, test_dir: str | Path, test_fraction: float = 0.25,
+          seed: int = 0, train_metadata: dict | None = None, test_metadata: dict | None = None) -> SplitOutputs:
+    """:func:`galmorph.pipelines.artifacts.holdout_split` of ``dataset``; both parts are written as
+    self-contained dataset folders (``train_dir``, ``test_dir``)."""
+    from galmorph.pipelines.artifacts import holdout_split
+    from galmorph.pipelines.runtime import setup, subset_dataset
+
+    setup()
+    tmp = Path(tempfile.mkdtemp(prefix="split-"))
+    opened = open_dataset(dataset, work_dir=tmp / "all")
+    counts = holdout_split(opened, tmp / "train.parquet", tmp / "test.parquet", test_fraction, seed)
+    subset_dataset(opened, train_dir, manifest_path=tmp / "train.parquet")
+    subset_dataset(opened, test_dir, manifest_path=tmp / "test.parquet")
+    _fill(train_metadata, {"rows": counts["train"]})
+    _fill(test_metadata, {"rows": counts["test"]})
+    return SplitOutputs(counts["train"], counts["test"])
+
+
+# --------------------------------------------------------------------------------------------
+# models: train, evaluate, promote
+# --------------------------------------------------------------------------------------------
+def train(task: str, dataset: str | Path, model_dir: str | Path, preset: str = "tiny", overrides_json: str = "{}",
+          experiment: str = "", register: bool = True, tracking_uri: str = "", model_metadata: dict | None = None,
+          metrics: dict | None = None) -> TrainOutputs:
+    """:func:`galmorph.training.train` on ``dataset``; ``model_dir`` receives ``model.json`` and the
+    training manifest (``train_manifest/``, the drift reference of rescoring runs)."""
+    from galmorph.pipelines.runtime import as_dir, setup, write_json
+    from galmorph.training import train as train_model
+
+    uri, root = setup(tracking_uri=tracking_uri)
+    out = as_dir(model_dir)
+    manifest = open_dataset(dataset, work_dir=out / "train_manifest")
+    res = train_model(task, preset=preset, overrides=json.loads(overrides_json or "{}"), manifest=manifest,
+                      tracking_uri=uri, experiment=experiment or None, register=register, data_root=root,
+                      out_dir=out / "work")
+    info = {"model_uri": res.model_uri, "registered_name": res.registered_name,
+            "registered_version": res.registered_version, "run_id": res.run_id, "parent_run_id": res.parent_run_id,
+            "tracking_uri": uri, "train_manifest": str(manifest)}
+    write_json(out / "model.json", info)
+    _fill(model_metadata, info)
+    _log_metrics(metrics, res.metrics)
+    return TrainOutputs(res.model_uri, str(res.registered_version or ""), res.run_id)
+
+
+def evaluate(model_uri: str, dataset: str | Path, report_path: str | Path, predictions_path: str | Path,
+             tracking_uri: str = "", metrics: dict | None = None) -> EvaluateOutputs:
+    """:func:`galmorph.evaluation.core.evaluate` (logged to MLflow); copies its HTML report and predictions."""
+    from galmorph.evaluation.core import evaluate as evaluate_model
+    from galmorph.pipelines.runtime import setup
+
+    _, root = setup(tracking_uri=tracking_uri)
+    work = tempfile.mkdtemp(prefix="evaluate-")
+    res = evaluate_model(model_uri, open_dataset(dataset), work, data_root=root, rotation_passes=0)
+    shutil.copyfile(res.report_html, report_path)
+    shutil.copyfile(res.predictions_path, predictions_path)
+    _log_metrics(metrics, {k: v for k, v in res.metrics.items() if not isinstance(v, dict)})
+    return EvaluateOutputs(float(res.metrics.get("accuracy", math.nan)), float(res.metrics.get("f1_macro", math.nan)),
+                           str(res.run_id or ""))
+
+
+def promote(task: str, version: str, dataset: str | Path, record_path: str | Path, policy_json: str = "{}",
+            audit_log: str = "", tracking_uri: str = "", record_metadata: dict | None = None) -> PromoteOutputs:
+    """:func:`galmorph.registry.promote` of ``version`` against ``@champion`` on ``dataset`` under the
+    policy (params.yaml ``promotion:``, overridden by ``policy_json``); the audit record is appended to
+    ``audit_log`` (default: the platform state folder) and written to ``record_path``."""
+    from galmorph.pipelines.runtime import setup, write_json
+    from galmorph.registry import PromotionPolicy, promote as promote_version
+    from galmorph.settings import resolve_settings
+
+    _, root = setup(tracking_uri=tracking_uri)
+    s = resolve_settings(tracking_uri=tracking_uri, audit_log=audit_log)
+    policy = PromotionPolicy.from_params(s.params_file, **json.loads(policy_json or "{}"))
+    dec = promote_version(task, version or None, eval_manifest=open_dataset(dataset), audit_log=s.audit_log,
+                          policy=policy, data_root=root)
+    write_json(record_path, dec.to_dict())
+    _fill(record_metadata, {"decision": dec.decision, "champion": dec.champion_after, "reasons": dec.reasons})
+    log.info("%s", dec.summary())
+    return PromoteOutputs(dec.decision, bool(dec.passed), str(dec.champion_after or ""))
+
+
+# --------------------------------------------------------------------------------------------
+# rescoring: resolve the model, shard, score, merge, drift, publish
+# --------------------------------------------------------------------------------------------
+def resolve_model(task: str, model_alias: str = "champion", model_uri: str = "", tracking_uri: str = "") -> str:
+    """:func:`galmorph.scoring.resolve_model_version` of ``model_uri`` (default
+    ``models:/galmorph-<task>@<model_alias>``): ``models:/NAME/VERSION``."""
+    from galmorph.pipelines.runtime import setup
+    from galmorph.scoring import resolve_model_version
+
+    setup(tracking_uri=tracking_uri)
+    return resolve_model_version(model_uri or f"models:/galmorph-{task}@{model_alias}")
+
+
+def shard(dataset: str | Path, model_uri: str, shard_size: int = 10000, n_workers: int = 4) -> list[str]:
+    """:func:`galmorph.scoring.plan_work`: one JSON work item per scoring worker."""
+    from galmorph.pipelines.artifacts import dataset_manifest_path
+    from galmorph.pipelines.runtime import setup
+    from galmorph.scoring import manifest_rows, plan_work
+
+    setup()
+    return plan_work(manifest_rows(dataset_manifest_path(dataset)), shard_size, n_workers, model_uri)
+
+
+def score(dataset: str | Path, work: str, scores_dir: str | Path, batch_size: int = 64, num_workers: int = 2,
+          threshold: float = 0.85, device: str = "auto", tracking_uri: str = "",
+          scores_metadata: dict | None = None) -> ScoreOutputs:
+    """:func:`galmorph.scoring.score_manifest` of the shards of the work item ``work`` into ``scores_dir``
+    (resumable)."""
+    from galmorph.pipelines.runtime import as_dir, setup
+    from galmorph.scoring import parse_work_item, pick_device, score_manifest
+
+    _, root = setup(tracking_uri=tracking_uri)
+    item = parse_work_item(work)
+    res = score_manifest(item["model_uri"], open_dataset(dataset), as_dir(scores_dir), batch_size=batch_size,
+                         num_workers=num_workers, shard_size=item["shard_size"], threshold=threshold,
+                         shards=item["shards"], data_root=root, device=pick_device(device), progress=False)
+    _fill(scores_metadata, {"shards": item["shard_range"], "n_scored": res.n_scored,
+                            "images_per_s": res.images_per_s})
+    return ScoreOutputs(res.n_scored, res.n_quarantined)
+
+
+def merge(score_dirs: list[str | Path], catalogue_dir: str | Path, release: str = "", log_mlflow: bool = True,
+          tracking_uri: str = "", catalogue_metadata: dict | None = None,
+          metrics: dict | None = None) -> MergeOutputs:
+    """:func:`galmorph.scoring.merge_scores` into ``catalogue_dir`` (catalogue.parquet, quarantine.parquet,
+    summary.json), logged as an MLflow run tagged with the release when ``log_mlflow``."""
+    from galmorph.pipelines.runtime import as_dir, setup
+    from galmorph.scoring import log_scoring_to_mlflow, merge_scores
+
+    uri, _ = setup(tracking_uri=tracking_uri)
+    m = merge_scores(list(score_dirs), as_dir(catalogue_dir), release=release or None)
+    run_id = log_scoring_to_mlflow(m.summary_data, m.catalogue, tracking_uri=uri) if log_mlflow else ""
+    _log_metrics(metrics, {k: v for k, v in m.summary_data.items() if k != "shards_missing"})
+    _fill(catalogue_metadata, {"rows": m.n_scored, "release": release, "mlflow_run_id": run_id})
+    cvs = float((m.summary_data.get("cvs") or {}).get("cvs", math.nan))
+    return MergeOutputs(m.n_scored, m.n_quarantined, run_id, cvs)
+
+
+def drift(catalogue_dir: str | Path, dataset: str | Path, summary_dir: str | Path, report_html: str | Path,
+          reference: str = "", model_uri: str = "", by: str = "z_bin,survey", release: str = "",
+          mlflow_run_id: str = "", workspace: str = "", min_group_size: int = 0, tracking_uri: str = "",
+          data_root: str = "", summary_metadata: dict | None = None) -> DriftOutputs:
+    """:func:`drift_for_release` after resolving the tracking URI and data root; ``verdict`` is ``drift``
+    or ``no_drift``."""
+    from galmorph.pipelines.runtime import as_dir, setup
+
+    _, root = setup(tracking_uri=tracking_uri, data_root=data_root)
+    res = drift_for_release(catalogue_dir, dataset, as_dir(summary_dir), report_html, reference=reference,
+                            model_uri=model_uri, by=by, release=release, mlflow_run_id=mlflow_run_id,
+                            workspace=workspace, data_root=root, min_group_size=min_group_size or None)
+    _fill(summary_metadata, {"verdict": res["verdict"], "drifted_groups": res["drifted_groups"]})
+    return DriftOutputs(res["verdict"], len(res["drifted_groups"]))
+
+
+def publish(catalogue_dir: str | Path, verdict: str, release: str, published_path: str | Path,
+            publish_dir: str = "", hold_on_drift: bool = True, mlflow_run_id: str = "", tracking_uri: str = "",
+            published_metadata: dict | None = None) -> PublishOutputs:
+    """:func:`galmorph.pipelines.artifacts.publish_release` into ``publish_dir/<release>/`` (default: the
+    state folder's releases/), held on drift when ``hold_on_drift``; the status is tagged on the MLflow
+    run ``mlflow_run_id`` and written to ``published_path``."""
+    from galmorph.pipelines.artifacts import publish_release
+    from galmorph.pipelines.runtime import setup, write_json
+    from galmorph.settings import resolve_settings
+
+    setup(tracking_uri=tracking_uri)
+    dest = Path(publish_dir) if publish_dir else resolve_settings().state_dir / "releases"
+    cat = Path(catalogue_dir)
+    res = publish_release(cat / "catalogue.parquet", cat / "summary.json", dest, release or "release", verdict,
+                          hold_on_drift)
+    if mlflow_run_id:
+        import mlflow
+
+        mlflow.MlflowClient().set_tag(mlflow_run_id, "galmorph.publish", res["status"])
+    write_json(published_path, res)
+    _fill(published_metadata, res)
+    return PublishOutputs(res["status"])
+
+
+# --------------------------------------------------------------------------------------------
+# labelling: sample a queue, register it, export the labels
+# --------------------------------------------------------------------------------------------
+def label_sample(manifest_path: str | Path, queue_path: str | Path, per_bin: int = 250, n_bins: int = 4,
+                 z_min: float = 0.01, z_max: float = 0.1, seed: int = 0, task: str = "lopsided",
+                 label_db_url: str = "", queue_metadata: dict | None = None) -> SampleOutputs:
+    """:func:`galmorph.labelling.queue.sample_queue` (objects already labelled in the label database
+    excluded) written to ``queue_path``."""
+    from galmorph.labelling.queue import sample_queue, write_queue
+    from galmorph.labelling.store import LabelStore
+    from galmorph.pipelines.runtime import setup
+    from galmorph.settings import resolve_settings
+
+    setup()
+    store = LabelStore(resolve_settings(label_db_url=label_db_url).label_db_url)
+    q, summary = sample_queue(read_manifest(open_dataset(manifest_path)), per_bin=per_bin, n_bins=n_bins,
+                              z_min=z_min, z_max=z_max, seed=seed, task=task, exclude_ids=store.labelled_ids(task))
+    write_queue(q, queue_path, summary)
+    _fill(queue_metadata, {"rows": len(q), "chosen": summary["chosen"]})
+    return SampleOutputs(len(q))
+
+
+def label_queue(queue_path: str | Path, exported_path: str | Path, label_db_url: str = "", queue_name: str = "",
+                exported_metadata: dict | None = None) -> QueueOutputs:
+    """:meth:`galmorph.labelling.store.LabelStore.register_queue` of the queue (in ``queue_position``
+    order); the queue is copied to ``exported_path``."""
+    from galmorph.labelling.store import LabelStore
+    from galmorph.pipelines.runtime import setup
+    from galmorph.settings import resolve_settings
+
+    setup()
+    url = resolve_settings(label_db_url=label_db_url).label_db_url
+    q = read_manifest(queue_path)
+    if "queue_position" in q.columns:
+        q = q.sort_values("queue_position")
+    n = LabelStore(url).register_queue(q, queue_name or None)
+    shutil.copyfile(queue_path, exported_path)
+    _fill(exported_metadata, {"rows": n, "label_db": url})
+    return QueueOutputs(n)
+
+
+def label_export(labelled_path: str | Path, quarantine_path: str | Path, task: str = "lopsided",
+                 policy: str = "majority", label_db_url: str = "",
+                 labelled_metadata: dict | None = None) -> ExportOutputs:
+    """:func:`galmorph.labelling.export.export_labels` to ``labelled_path`` (objects with only 'unsure'
+    votes to ``quarantine_path``)."""
+    from galmorph.labelling.export import export_labels
+    from galmorph.labelling.store import LabelStore
+    from galmorph.pipelines.runtime import setup
+    from galmorph.settings import resolve_settings
+
+    setup()
+    store = LabelStore(resolve_settings(label_db_url=label_db_url).label_db_url)
+    res = export_labels(store, labelled_path, task=task, policy=policy, quarantine_path=quarantine_path)
+    _fill(labelled_metadata, {"rows": res["n_labelled"], "counts": res["counts"]})
+    return ExportOutputs(res["n_labelled"])
+
+
+# --------------------------------------------------------------------------------------------
+# drift glue
+# --------------------------------------------------------------------------------------------
 def training_manifest_of(model_uri: str) -> str | None:
     """The training manifest recorded on a model version's training run (tag ``galmorph.manifest``)."""
     import mlflow
@@ -44,9 +393,9 @@ def drift_for_release(catalogue_dir: str | Path, dataset: str | Path, summary_di
     to ``summary_dir``, the overall report to ``report_html``; returns the summary dict."""
     from galmorph.drift.config import DriftConfig
     from galmorph.drift.report import run_drift
-    from galmorph.settings import get_settings
+    from galmorph.settings import resolve_settings
 
-    s = get_settings()
+    s = resolve_settings()
     if not reference:
         reference = training_manifest_of(model_uri) if model_uri else None
         if not reference or not Path(reference).exists():
