@@ -1,4 +1,12 @@
-"""Shared fixtures: a real local MLflow server, the real data root, small simulated datasets."""
+"""Shared fixtures of every test folder (``tests/`` and ``components/*/tests/``): a real local MLflow
+server, the real data root, small simulated datasets; and the CI rule for real-data tests.
+
+CI rule: a test that skips because the real data is missing (the reason contains
+:data:`REAL_DATA_MISSING`, as the ``data_root`` fixture's does) is reported as a *failure* (an error
+when the skip happens in a fixture) when
+:func:`real_data_required` (``CI=true`` and ``../shared/data`` beside the checkout), so real-data tests
+cannot silently stop running in CI.
+"""
 
 from __future__ import annotations
 
@@ -10,8 +18,12 @@ import pytest
 
 from galmorph.settings import Settings, _default_data_root
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parent
 ARTIFACTS = REPO / "test-artifacts"
+#: The data root CI provides beside the checkout.
+SHARED_DATA = REPO.parent / "shared" / "data"
+#: Start of the skip reason of tests that need the real data (matched by the CI rule).
+REAL_DATA_MISSING = "real data not found"
 
 
 def free_port() -> int:
@@ -20,13 +32,37 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def real_data_required() -> bool:
+    """True in CI (``CI`` is true/1/yes) when the data root ``../shared/data`` is beside the checkout."""
+    return os.environ.get("CI", "").strip().lower() in ("true", "1", "yes") and SHARED_DATA.is_dir()
+
+
+def _skip_reason(report) -> str:
+    lr = report.longrepr
+    return str(lr[2]) if isinstance(lr, tuple) and len(lr) == 3 else str(lr or "")
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """Under :func:`real_data_required`, a skip for missing real data becomes a failure."""
+    outcome = yield
+    report = outcome.get_result()
+    if (report.skipped and not hasattr(report, "wasxfail") and REAL_DATA_MISSING in _skip_reason(report)
+            and real_data_required()):
+        report.outcome = "failed"
+        report.longrepr = (f"{_skip_reason(report)}\nCI=true and the data root {SHARED_DATA} exists: a test that "
+                           "skips for missing real data fails in CI (check GALMORPH_DATA_ROOT and the data layout)")
+
+
 @pytest.fixture(scope="session")
 def data_root() -> Path:
-    """The real survey data (../shared/data or GALMORPH_DATA_ROOT); skipped with a reason if absent."""
+    """The real survey data (../shared/data or GALMORPH_DATA_ROOT); skipped with a reason if absent
+    (a failure in CI, see :func:`real_data_required`)."""
     env = os.environ.get("GALMORPH_DATA_ROOT")
     root = Path(env) if env else _default_data_root()
     if root is None or not Path(root).is_dir():
-        pytest.skip("real data not found: set GALMORPH_DATA_ROOT or put shared/data beside the checkout")
+        pytest.skip(f"{REAL_DATA_MISSING}: set GALMORPH_DATA_ROOT or put shared/data beside the checkout"
+                    f" (looked at {root})")
     return Path(root)
 
 
