@@ -1,0 +1,117 @@
+"""Architecture checks: the import-linter contracts of pyproject.toml (models do not import training, no
+import cycles, the pipeline layer above the step library), no file-path loading of project code, every
+component one library call, and the pipeline layer imported from the users' folders."""
+
+from __future__ import annotations
+
+import ast
+import importlib
+import re
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from galmorph.pipelines import COMPONENTS, PIPELINES
+
+REPO = Path(__file__).resolve().parents[1]
+LINT_IMPORTS = Path(sys.executable).with_name("lint-imports")
+CONTRACTS = [c["id"] for c in tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["importlinter"]["contracts"]]
+
+#: Ways of loading code by file path (or of editing the import path) that project code must not use.
+PATH_LOADING = re.compile(r"spec_from_file_location|module_from_spec|importlib\.util|exec_module|"
+                          r"SourceFileLoader|runpy\.run_path|sys\.path\.(insert|append)")
+
+
+def _lint(config: Path, contract: str | None, cwd: Path, env: dict | None = None) -> subprocess.CompletedProcess:
+    args = [str(LINT_IMPORTS), "--no-cache", "--no-logo", str(config)]
+    if contract:
+        args += ["--contract", contract]
+    return subprocess.run(args, cwd=cwd, capture_output=True, text=True, timeout=300, env=env)
+
+
+@pytest.mark.parametrize("contract", CONTRACTS)
+def test_import_contract_is_kept(contract):
+    res = _lint(REPO / "pyproject.toml", contract, REPO)
+    assert res.returncode == 0 and "KEPT" in res.stdout, f"contract {contract} broken:\n{res.stdout}\n{res.stderr}"
+
+
+def test_contracts_catch_a_cycle_and_a_forbidden_import(tmp_path):
+    """The same contract types report a broken contract on a package that has a cycle and a forbidden
+    import (the checks above can fail)."""
+    pkg = tmp_path / "demo"
+    for sub, body in {"models/__init__.py": "", "models/net.py": "from demo.training import loop\n",
+                      "training/__init__.py": "", "training/loop.py": "from demo.models import net\n",
+                      "__init__.py": ""}.items():
+        (pkg / sub).parent.mkdir(parents=True, exist_ok=True)
+        (pkg / sub).write_text(body)
+    cfg = tmp_path / "contracts.toml"
+    cfg.write_text('[tool.importlinter]\nroot_packages = ["demo"]\n\n'
+                   '[[tool.importlinter.contracts]]\nid = "fwd"\nname = "models do not import training"\n'
+                   'type = "forbidden"\nsource_modules = ["demo.models"]\nforbidden_modules = ["demo.training"]\n\n'
+                   '[[tool.importlinter.contracts]]\nid = "cyc"\nname = "no cycles"\ntype = "acyclic_siblings"\n'
+                   'ancestors = ["demo"]\n')
+    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(tmp_path)}
+    for contract in ("fwd", "cyc"):
+        res = _lint(cfg, contract, tmp_path, env)
+        assert res.returncode == 1 and "BROKEN" in res.stdout, res.stdout + res.stderr
+
+
+def _project_sources() -> list[Path]:
+    files = [REPO / "conftest.py"]
+    for top in ("src", "components", "pipelines", "monitoring"):
+        files += sorted((REPO / top).rglob("*.py"))
+    return files
+
+
+def test_no_file_path_loading_of_project_code():
+    offenders = [f"{p.relative_to(REPO)}:{i}: {line.strip()}" for p in _project_sources()
+                 for i, line in enumerate(p.read_text().splitlines(), 1) if PATH_LOADING.search(line)]
+    assert not offenders, "file-path loading / sys.path edits in project code:\n" + "\n".join(offenders)
+
+
+def test_path_loading_pattern_matches_the_old_loaders():
+    for line in ('spec = importlib.util.spec_from_file_location("m", path)', "spec.loader.exec_module(mod)",
+                 'sys.path.insert(0, str(here / "tests"))'):
+        assert PATH_LOADING.search(line)
+    assert not PATH_LOADING.search('importlib.import_module(f"galmorph_components.{name}.component")')
+
+
+@pytest.mark.parametrize("name", COMPONENTS)
+def test_component_body_is_one_library_call(name):
+    """``components/<name>/component.py``: the body of ``<name>`` is ``from galmorph.pipelines import
+    steps`` and ``return steps.<name>(...)`` (after the docstring)."""
+    tree = ast.parse((REPO / "components" / name / "component.py").read_text())
+    func = next(n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == name)
+    body = func.body[1:] if isinstance(func.body[0], ast.Expr) and isinstance(func.body[0].value, ast.Constant) \
+        else func.body
+    assert len(body) == 2, ast.unparse(func)
+    imp, ret = body
+    assert isinstance(imp, ast.ImportFrom) and imp.module == "galmorph.pipelines" and \
+        [a.name for a in imp.names] == ["steps"], ast.unparse(imp)
+    call = ret.value if isinstance(ret, ast.Return) else None
+    assert isinstance(call, ast.Call) and ast.unparse(call.func) == f"steps.{name}", ast.unparse(ret)
+
+
+def test_pipeline_layer_imports_from_the_users_folders():
+    """``galmorph_components``, ``galmorph_pipelines`` and ``galmorph_monitoring`` are the top-level
+    ``components/``, ``pipelines/`` and ``monitoring/`` folders, and the by-name registry returns the
+    objects the normal imports do."""
+    from galmorph.pipelines import compiled_dir
+    from galmorph.pipelines.loader import load_component, load_pipeline
+
+    for n in COMPONENTS:
+        mod = importlib.import_module(f"galmorph_components.{n}.component")
+        assert Path(mod.__file__).resolve() == REPO / "components" / n / "component.py"
+        assert load_component(n) is getattr(mod, n)
+    for n in PIPELINES:
+        mod = importlib.import_module(f"galmorph_pipelines.{n}")
+        assert Path(mod.__file__).resolve() == REPO / "pipelines" / f"{n}.py"
+        assert load_pipeline(n) is mod.pipeline
+    assert compiled_dir() == REPO / "pipelines"
+    dashboards = importlib.import_module("galmorph_monitoring.dashboards")
+    assert Path(dashboards.__file__).resolve() == REPO / "monitoring" / "dashboards.py"
+    with pytest.raises(ValueError, match="unknown component 'nope'"):
+        load_component("nope")
