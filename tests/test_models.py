@@ -102,7 +102,7 @@ def test_zoobot_finetunes_top_blocks_with_layerwise_decay(tmp_path):
     ckpt = tmp_path / "zoobot.ckpt"
     torch.save({"state_dict": {f"model.encoder.{k}": v for k, v in donor.encoder.state_dict().items()}}, ckpt)
     net2, tags2 = build_network(dataclasses.replace(cfg, encoder_checkpoint=str(ckpt)))
-    assert tags2["encoder_init"].startswith("checkpoint:")
+    assert tags2["encoder_init"].startswith(f"file:{ckpt} (sha256:")
     for (k, a), b in zip(donor.encoder.state_dict().items(), net2.encoder.state_dict().values()):
         assert torch.equal(a, b), k
     with pytest.raises(ValueError, match="no tensor matches"):

@@ -2,7 +2,8 @@
 
 One random affine map per image: rotation, isotropic zoom and (optionally) flips, applied with
 bilinear resampling. The sampled 2x2 matrix is exposed so that tests can check that an augmentation
-never mirrors (``det > 0``) — mandatory for chirality, where a mirror image swaps CW and ACW.
+never mirrors (``det > 0``) — mandatory for chirality, where a mirror image swaps CW and ACW. Mirrors
+for chirality come only with their label swapped (:class:`RandomMirrorSwap`).
 """
 
 from __future__ import annotations
@@ -78,3 +79,24 @@ class RandomGalaxyAugment:
 def mirror(x: torch.Tensor) -> torch.Tensor:
     """Left-right mirror of a ``(..., H, W)`` tensor (the same flip the CE model uses)."""
     return torch.flip(x, dims=[-1])
+
+
+class RandomMirrorSwap:
+    """Callable ``(x (C,S,S), label index) -> (x, label)``: with probability ``p`` the image is
+    mirrored left-right and its label mapped through ``label_map`` (chirality: CW <-> ACW), so the
+    training set covers both handednesses with correct labels (never reflection invariance)."""
+
+    def __init__(self, label_map: list[int] | tuple[int, ...], p: float = 0.5, seed: int = 0):
+        if sorted(label_map) != list(range(len(label_map))):
+            raise ValueError(f"RandomMirrorSwap: label_map {list(label_map)} is not a permutation of the classes")
+        self.label_map = tuple(int(v) for v in label_map)
+        self.p = float(p)
+        self.rng = np.random.default_rng(seed)
+
+    def reseed(self, seed: int) -> None:
+        self.rng = np.random.default_rng(seed)
+
+    def __call__(self, x: torch.Tensor, label: int) -> tuple[torch.Tensor, int]:
+        if self.rng.uniform() < self.p:
+            return mirror(x), self.label_map[int(label)]
+        return x, int(label)

@@ -1,5 +1,6 @@
 """Lightning data modules over manifests: label preparation, class down-sampling, arm-class merges,
-stratified seeded splits (repeated for trials), per-task augmentation and mirrored chirality copies.
+stratified seeded splits (repeated for trials), per-task augmentation, mirrored chirality copies and
+random mirrors with CW/ACW swapped (``mirror_swap``), balanced class weights.
 
 Rows are never lost silently: every manifest row is either used (and assigned to one split) or listed
 in :attr:`GalaxyDataModule.excluded` with the reason (label missing / not a class of the task / other
@@ -18,7 +19,7 @@ import pandas as pd
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from galmorph.data.augment import AugmentSpec, RandomGalaxyAugment, augment_spec_for, mirror
+from galmorph.data.augment import AugmentSpec, RandomGalaxyAugment, RandomMirrorSwap, augment_spec_for, mirror
 from galmorph.data.images import ManifestImageDataset
 from galmorph.manifest import quarantine_record
 from galmorph.tasks import ARM_MERGES
@@ -145,13 +146,15 @@ class TaskImageDataset(Dataset):
 
     def __init__(self, frame: pd.DataFrame, classes: Sequence[str], image_size: int, in_chans: int,
                  crop_fraction: float, data_root: Path | str | None = None,
-                 augment: RandomGalaxyAugment | None = None, cache: dict | None = None):
+                 augment: RandomGalaxyAugment | None = None, cache: dict | None = None,
+                 mirror_swap: RandomMirrorSwap | None = None):
         self.frame = frame.reset_index(drop=True)
         self.base = ManifestImageDataset(self.frame, image_size, in_chans, crop_fraction, classes=classes,
                                          data_root=data_root, on_error="raise")
         self.mirrored = (self.frame["mirrored"].fillna(False).astype(bool).to_numpy()
                          if "mirrored" in self.frame.columns else np.zeros(len(self.frame), dtype=bool))
         self.augment = augment
+        self.mirror_swap = mirror_swap
         self.cache = cache
 
     def __len__(self) -> int:
@@ -172,7 +175,10 @@ class TaskImageDataset(Dataset):
             x = mirror(x)
         if self.augment is not None:
             x = self.augment(x)
-        return x.contiguous(), self.base.label_index(i)
+        y = self.base.label_index(i)
+        if self.mirror_swap is not None:
+            x, y = self.mirror_swap(x, y)
+        return x.contiguous(), y
 
     def labels(self) -> np.ndarray:
         return np.array([self.base.label_index(i) for i in range(len(self))])
@@ -183,6 +189,8 @@ def _worker_init(worker_id: int) -> None:
     ds = info.dataset
     if getattr(ds, "augment", None) is not None:
         ds.augment.reseed(torch.initial_seed() % (2**32))
+    if getattr(ds, "mirror_swap", None) is not None:
+        ds.mirror_swap.reseed((torch.initial_seed() + 1) % (2**32))
 
 
 class GalaxyDataModule(L.LightningDataModule):
@@ -192,10 +200,13 @@ class GalaxyDataModule(L.LightningDataModule):
                  in_chans: int = 3, crop_fraction: float = 1.0, batch_size: int = 32, num_workers: int = 0,
                  val_fraction: float = 0.1, test_fraction: float = 0.2, seed: int = 42, trial: int = 0,
                  max_per_class: int = 0, arm_merge: str = "none", augment: AugmentSpec | None = None,
-                 mirror_copies: bool = False, data_root: Path | str | None = None, cache_images: bool = False):
+                 mirror_copies: bool = False, data_root: Path | str | None = None, cache_images: bool = False,
+                 mirror_swap: bool = False):
         super().__init__()
         if mirror_copies and task != "chirality":
             raise ValueError("mirror_copies only applies to the chirality task")
+        if mirror_swap and task != "chirality":
+            raise ValueError("mirror_swap only applies to the chirality task")
         if augment is not None and task == "chirality" and augment.flips:
             raise ValueError("chirality augmentation must not flip images (a mirror swaps CW and ACW)")
         self.task, self.classes = task, list(classes)
@@ -203,6 +214,7 @@ class GalaxyDataModule(L.LightningDataModule):
         self.batch_size, self.num_workers = batch_size, num_workers
         self.seed, self.trial = seed, trial
         self.augment_spec, self.mirror_copies, self.data_root = augment, mirror_copies, data_root
+        self.mirror_swap = mirror_swap
         self.cache: dict | None = {} if cache_images else None
         usable, excluded = prepare_labels(manifest, task, self.classes, arm_merge)
         usable, dropped = downsample_per_class(usable, max_per_class, seed)
@@ -226,7 +238,8 @@ class GalaxyDataModule(L.LightningDataModule):
                    val_fraction=cfg.val_fraction, test_fraction=cfg.test_fraction, seed=cfg.seed, trial=trial,
                    max_per_class=cfg.max_per_class, arm_merge=cfg.arm_merge,
                    augment=augment_spec_for(cfg.task, cfg.rotation_deg, cfg.zoom, cfg.flips),
-                   mirror_copies=cfg.mirror_copies, data_root=data_root, cache_images=cfg.cache_images)
+                   mirror_copies=cfg.mirror_copies, data_root=data_root, cache_images=cfg.cache_images,
+                   mirror_swap=cfg.mirror_swap)
 
     # -- frames ---------------------------------------------------------------------------------
     def split_frame(self, name: str) -> pd.DataFrame:
@@ -244,6 +257,24 @@ class GalaxyDataModule(L.LightningDataModule):
             parts.append(d)
         return pd.concat(parts, ignore_index=True)
 
+    def mirror_label_map(self) -> list[int]:
+        """Class index of each class's mirror image (CW <-> ACW, others unchanged)."""
+        return [self.classes.index(MIRROR_LABEL.get(c, c)) if MIRROR_LABEL.get(c, c) in self.classes else i
+                for i, c in enumerate(self.classes)]
+
+    def class_weights(self) -> list[float]:
+        """Balanced cross-entropy weights ``N / (K n_c)`` from the training split (a class without
+        training examples gets 0); with ``mirror_swap`` CW and ACW share their counts."""
+        counts = self.split_frame("train")["label"].value_counts()
+        n = np.array([float(counts.get(c, 0)) for c in self.classes])
+        if self.mirror_swap:
+            m = self.mirror_label_map()
+            n = 0.5 * (n + n[m])
+        present = n > 0
+        w = np.zeros(len(n))
+        w[present] = n.sum() / (present.sum() * n[present])
+        return w.tolist()
+
     def class_counts(self) -> dict[str, dict[str, int]]:
         return {name: self.split_frame(name)["label"].value_counts().to_dict() for name in ("train", "val", "test")}
 
@@ -253,10 +284,13 @@ class GalaxyDataModule(L.LightningDataModule):
             return
         aug = (RandomGalaxyAugment(self.augment_spec, seed=self.seed + 1000 * self.trial)
                if self.augment_spec is not None and self.augment_spec.enabled else None)
+        swap = (RandomMirrorSwap(self.mirror_label_map(), 0.5, seed=self.seed + 1000 * self.trial + 1)
+                if self.mirror_swap else None)
         for name in ("train", "val", "test"):
             self._datasets[name] = TaskImageDataset(
                 self.split_frame(name), self.classes, self.image_size, self.in_chans, self.crop_fraction,
-                data_root=self.data_root, augment=aug if name == "train" else None, cache=self.cache)
+                data_root=self.data_root, augment=aug if name == "train" else None, cache=self.cache,
+                mirror_swap=swap if name == "train" else None)
 
     def dataset(self, name: str) -> TaskImageDataset:
         self.setup()

@@ -43,6 +43,12 @@ class ModelSpec:
     # temperature scaling fitted on the training run's validation split (galmorph.evaluation.calibration):
     # LoadedModel divides the logits by it, so every predicted probability is the calibrated one
     temperature: float = 1.0
+    # input normalisation applied inside the module (the encoder's pretrained configuration)
+    mean: list[float] = field(default_factory=list)
+    std: list[float] = field(default_factory=list)
+    encoder_init: str = ""          # random | package:<dist>==<version> (file, sha256) | file:/mlflow:<ref> (sha256)
+    tta_views: int = 1              # chirality test-time views inside the module (1, 2 = mirror pair, 8)
+    single_view_model: str = ""     # artifact (same run) of the 1-view network when tta_views > 1
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -119,8 +125,13 @@ def _spec_from_info(info) -> ModelSpec:
     return ModelSpec.from_dict(meta)
 
 
-def load_for_inference(uri: str, device: str = "cpu") -> LoadedModel:
-    """Load a galmorph model from any MLflow model URI (e.g. ``models:/galmorph-arms@champion``)."""
+def load_for_inference(uri: str, device: str = "cpu", tta_views: int | None = None) -> LoadedModel:
+    """Load a galmorph model from any MLflow model URI (e.g. ``models:/galmorph-arms@champion``).
+
+    ``tta_views`` (chirality): the number of test-time views to score with (1, 2 or 8); ``None`` keeps
+    the logged model's ``spec.tta_views``. Another number rebuilds the views around the run's 1-view
+    network (``spec.single_view_model``) and records the choice in the returned spec.
+    """
     import mlflow
     import mlflow.pytorch
     from mlflow.models import get_model_info
@@ -136,4 +147,31 @@ def load_for_inference(uri: str, device: str = "cpu") -> LoadedModel:
         name, _, ref = rest.partition("@") if "@" in rest else rest.partition("/")
         mv = client.get_model_version_by_alias(name, ref) if "@" in rest else client.get_model_version(name, ref)
         version, run_id = str(mv.version), mv.run_id
+    if tta_views is not None and int(tta_views) != spec.tta_views:
+        module, spec = _with_views(module, spec, int(tta_views), run_id, uri, device)
     return LoadedModel(module=module, spec=spec, uri=uri, version=version, run_id=run_id)
+
+
+def _with_views(module, spec: ModelSpec, views: int, run_id: str | None, uri: str, device: str):
+    """``(module, spec)`` scoring with ``views`` chirality test-time views instead of ``spec.tta_views``."""
+    import dataclasses
+
+    import mlflow.pytorch
+
+    from galmorph.models.chirality import VIEW_COUNTS, ChiralityViews
+
+    if views not in VIEW_COUNTS:
+        raise ValueError(f"model {uri}: tta_views must be one of {VIEW_COUNTS}, got {views}")
+    if spec.task != "chirality" and views > 1:
+        raise ValueError(f"model {uri}: test-time views swap CW/ACW and apply to chirality only (task {spec.task})")
+    if spec.tta_views == 1:
+        base = module
+    elif spec.single_view_model and run_id:
+        base_uri = f"runs:/{run_id}/{spec.single_view_model}"
+        base = mlflow.pytorch.load_model(base_uri, map_location=device) if device != "cpu" else \
+            mlflow.pytorch.load_model(base_uri)
+    else:
+        raise ValueError(f"model {uri} has {spec.tta_views} test-time views built in and no 1-view network "
+                         f"logged beside it; it cannot score with {views}")
+    out = base if views == 1 else ChiralityViews(base, views).eval()
+    return out, dataclasses.replace(spec, tta_views=views)

@@ -2,14 +2,14 @@
 
 ``build_network(params)`` returns a :class:`~galmorph.models.layers.GalaxyNet` for any architecture in
 :data:`ARCHS`, wrapped in :class:`ChiralityEquivariant` when asked.
-Encoders are timm models created with ``pretrained=False`` (never downloaded); Zoobot-style encoder
-weights can be loaded from a local checkpoint or an MLflow URI.
+Encoders are timm models created with ``pretrained=False`` (never downloaded); their weights come from
+:mod:`galmorph.models.pretrained` (``encoder_weights``: packaged EfficientNet-Lite0, a local file or an
+MLflow URI; strict, weights only).
 """
 
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -31,59 +31,15 @@ def _timm(name: str, in_chans: int, **kw: Any) -> nn.Module:
 # ----------------------------------------------------------------------------------------------
 # encoder weights
 # ----------------------------------------------------------------------------------------------
-def _resolve_checkpoint_path(ref: str) -> Path:
-    """A local file for ``ref``: a path, or an MLflow URI (``runs:/``, ``models:/``, ``mlflow-artifacts:``)
-    downloaded with ``mlflow.artifacts.download_artifacts`` (first ``.pt/.pth/.ckpt/.bin/.safetensors``
-    file when it is a folder)."""
-    p = Path(ref).expanduser()
-    if p.exists():
-        local = p
-    elif ":" in ref:
-        import mlflow
+def load_encoder_weights(encoder: nn.Module, ref: str, strict: bool = True) -> dict[str, int]:
+    """Load encoder weights from a local checkpoint or MLflow URI (legacy ``encoder_checkpoint``) into
+    ``encoder`` through :mod:`galmorph.models.pretrained` (weights only, prefixes stripped, greyscale
+    stem adapted, strict). Returns counts of loaded/missing/unexpected keys."""
+    from galmorph.models.pretrained import load_encoder_state, read_state_dict, resolve_encoder_source, \
+        spec_from_checkpoint_ref
 
-        local = Path(mlflow.artifacts.download_artifacts(ref))
-    else:
-        raise FileNotFoundError(f"encoder checkpoint {ref!r} does not exist (not a file, not an MLflow URI)")
-    if local.is_dir():
-        cands = sorted(q for q in local.rglob("*") if q.suffix in (".pt", ".pth", ".ckpt", ".bin", ".safetensors"))
-        if not cands:
-            raise FileNotFoundError(f"encoder checkpoint {ref!r}: no .pt/.pth/.ckpt/.bin/.safetensors file in {local}")
-        local = cands[0]
-    return local
-
-
-def load_encoder_weights(encoder: nn.Module, ref: str) -> dict[str, int]:
-    """Load encoder weights from a local checkpoint or MLflow URI into ``encoder``.
-
-    Accepts a plain state dict, a Lightning checkpoint (``state_dict``) or a Zoobot checkpoint; key
-    prefixes such as ``encoder.``, ``model.``, ``net.encoder.`` are stripped. Raises when no tensor
-    matches (wrong architecture); returns counts of loaded/missing/unexpected keys.
-    """
-    path = _resolve_checkpoint_path(ref)
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        state = load_file(str(path))
-    else:
-        state = torch.load(path, map_location="cpu", weights_only=False)
-    if isinstance(state, dict) and "state_dict" in state:
-        state = state["state_dict"]
-    if not isinstance(state, dict):
-        raise ValueError(f"encoder checkpoint {path}: expected a state dict, got {type(state).__name__}")
-    target = encoder.state_dict()
-    best: dict[str, torch.Tensor] = {}
-    for prefix in ("", "encoder.", "model.", "net.encoder.", "model.encoder.", "net.inner.encoder.",
-                   "module.encoder.", "module."):
-        cand = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
-        cand = {k: v for k, v in cand.items() if k in target and tuple(target[k].shape) == tuple(v.shape)}
-        if len(cand) > len(best):
-            best = cand
-    if not best:
-        raise ValueError(f"encoder checkpoint {path}: no tensor matches the encoder (wrong architecture?)")
-    res = encoder.load_state_dict(best, strict=False)
-    counts = {"loaded": len(best), "missing": len(res.missing_keys), "unexpected": len(state) - len(best)}
-    log.info("encoder weights from %s: %s", path, counts)
-    return counts
+    source = resolve_encoder_source(spec_from_checkpoint_ref(ref))
+    return load_encoder_state(encoder, read_state_dict(source.path), what=f"{ref} ({source.path})", strict=strict)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -91,17 +47,17 @@ def load_encoder_weights(encoder: nn.Module, ref: str) -> dict[str, int]:
 # ----------------------------------------------------------------------------------------------
 def build_zoobot(n_classes: int, in_chans: int, dropout: float = 0.2, encoder_checkpoint: str = ""
                  ) -> tuple[GalaxyNet, str]:
-    """ConvNeXt-nano encoder + Zoobot head; returns ``(net, encoder_init)`` where ``encoder_init`` is
-    ``checkpoint:<ref>`` or ``random``."""
+    """ConvNeXt-nano encoder + Zoobot head; returns ``(net, encoder_init)`` (``random`` without weights)."""
+    from galmorph.models.pretrained import load_pretrained_encoder, spec_from_checkpoint_ref
+
     enc = _timm("convnext_nano", in_chans)
-    if encoder_checkpoint:
-        load_encoder_weights(enc, encoder_checkpoint)
-        init = f"checkpoint:{encoder_checkpoint}"
-    else:
-        log.warning("Zoobot encoder: no encoder_checkpoint given -> RANDOM initialisation (no pretrained "
-                    "Zoobot weights; set encoder_checkpoint to a local file or MLflow URI to fine-tune them)")
-        init = "random"
-    return GalaxyNet(enc, zoobot_head(enc.num_features, n_classes, dropout), in_chans), init
+    source = load_pretrained_encoder(enc, spec_from_checkpoint_ref(encoder_checkpoint))
+    if source.kind == "none":
+        log.warning("Zoobot encoder: no encoder weights given -> RANDOM initialisation (no pretrained "
+                    "Zoobot weights; set encoder_weights=file:PATH or mlflow:URI to fine-tune them)")
+    mean, std = _stats("convnext_nano")
+    return GalaxyNet(enc, zoobot_head(enc.num_features, n_classes, dropout), in_chans, mean=mean, std=std), \
+        source.encoder_init
 
 
 def zoobot_blocks(net: GalaxyNet) -> list[nn.Module]:
@@ -126,58 +82,108 @@ def zoobot_param_groups(net: GalaxyNet, lr: float, finetune_blocks: int, lr_deca
     return [g for g in groups if g["params"]]
 
 
+#: timm encoder of each timm-based architecture and its default head.
+TIMM_ENCODERS = {
+    "zoobot_convnext_nano": ("convnext_nano", "zoobot"),
+    "efficientnet_b0_frozen": ("efficientnet_b0", "dense"),
+    "efficientnetv2_m_finetune": ("tf_efficientnetv2_m", "dense"),
+    "efficientnet_lite0": ("tf_efficientnet_lite0", "linear"),
+    "resnet18": ("resnet18", "linear"),
+    "resnet50": ("resnet50", "linear"),
+}
+
+
+def _stats(timm_name: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    from galmorph.models.pretrained import pretrained_stats
+
+    return pretrained_stats(timm_name)
+
+
+def make_head(kind: str, in_features: int, n_classes: int, hidden: int = 1028, dropout: float = 0.2) -> nn.Module:
+    """``linear``, ``dense`` (Dense hidden + ReLU -> n, the arm study's) or ``zoobot`` (Linear 128 ->
+    Dropout -> ReLU -> Linear n, the lopsided study's)."""
+    if kind == "linear":
+        return nn.Linear(in_features, n_classes)
+    if kind == "dense":
+        return dense_head(in_features, n_classes, hidden)
+    if kind == "zoobot":
+        return zoobot_head(in_features, n_classes, dropout)
+    raise ValueError(f"unknown head {kind!r}; expected linear, dense or zoobot")
+
+
 def build_network(params: NetworkParams | Any) -> tuple[nn.Module, dict[str, str]]:
     """The network for :class:`~galmorph.models.params.NetworkParams` (or an object with
     ``network_params()``, such as a training config); returns ``(net, tags)`` where ``tags`` describe
-    the initialisation (e.g. ``encoder_init=random``)."""
+    the initialisation (``encoder_init`` = ``random``, ``package:<dist>==<version> (...)`` or
+    ``<file|mlflow>:<ref> (sha256:...)``).
+
+    Timm encoders get the input normalisation of their pretrained configuration (EfficientNet-Lite:
+    mean = std = 0.5; ResNet/ConvNeXt/B0: ImageNet). ``tta_views > 1`` (chirality) wraps the trained
+    network in :class:`~galmorph.models.chirality.ChiralityViews` -- use :func:`with_views`.
+    """
     from galmorph.models.chirality import ChiralityEquivariant
+    from galmorph.models.pretrained import load_pretrained_encoder
 
     cfg = as_network_params(params)
     n, c = len(cfg.classes), cfg.in_chans
+    weights = cfg.encoder_weights_spec()
     tags: dict[str, str] = {}
-    if cfg.arch == "zoobot_convnext_nano":
-        net, init = build_zoobot(n, c, cfg.head_dropout, cfg.encoder_checkpoint)
-        tags["encoder_init"] = init
-    elif cfg.arch == "efficientnet_b0_frozen":
-        enc = _timm("efficientnet_b0", c)
-        net = GalaxyNet(enc, dense_head(enc.num_features, n, cfg.head_hidden), c, frozen_encoder=True)
-        tags["encoder_init"] = "random"
-    elif cfg.arch == "efficientnetv2_m_finetune":
-        enc = _timm("tf_efficientnetv2_m", c)
-        net = GalaxyNet(enc, dense_head(enc.num_features, n, cfg.head_hidden), c)
-        tags["encoder_init"] = "random"
-    elif cfg.arch in ("resnet18", "resnet50"):
-        enc = _timm(cfg.arch, c)
-        net = GalaxyNet(enc, nn.Linear(enc.num_features, n), c)
-        tags["encoder_init"] = "random"
+    if cfg.arch in TIMM_ENCODERS:
+        timm_name, default_head = TIMM_ENCODERS[cfg.arch]
+        enc = _timm(timm_name, c)
+        source = load_pretrained_encoder(enc, weights)
+        if source.kind == "none" and cfg.arch == "zoobot_convnext_nano":
+            log.warning("Zoobot encoder: no encoder weights given -> RANDOM initialisation (no pretrained "
+                        "Zoobot weights; set encoder_weights=file:PATH or mlflow:URI to fine-tune them)")
+        head = make_head(default_head if cfg.head == "auto" else cfg.head, enc.num_features, n, cfg.head_hidden,
+                         cfg.head_dropout)
+        mean, std = _stats(timm_name)
+        net = GalaxyNet(enc, head, c, frozen_encoder=cfg.arch == "efficientnet_b0_frozen", mean=mean, std=std)
+        tags.update(source.tags())
     elif cfg.arch in ("gresnet18", "gresnet50"):
         from galmorph.models.gresnet import GResNet
 
         if cfg.task == "chirality" and cfg.reflections:
             raise ValueError("reflection-equivariant G-ResNet refused for chirality (a reflection swaps CW/ACW)")
+        if weights != "none":
+            raise ValueError(f"G-ResNet ({cfg.arch}): no pretrained encoder weights exist; got {weights!r}")
         net = GResNet(depth=int(cfg.arch[len("gresnet"):]), n_classes=n, in_chans=c, group_order=cfg.group_order,
                       reflections=cfg.reflections, width=cfg.gresnet_width)
         tags["encoder_init"] = "random"
     else:
         raise ValueError(f"unknown arch {cfg.arch!r}")
-    if cfg.arch != "zoobot_convnext_nano" and cfg.encoder_checkpoint:
-        load_encoder_weights(net.encoder if hasattr(net, "encoder") else net, cfg.encoder_checkpoint)
-        tags["encoder_init"] = f"checkpoint:{cfg.encoder_checkpoint}"
     if cfg.chirality_equivariant:
         net = ChiralityEquivariant(net)
     return net, tags
+
+
+def with_views(net: nn.Module, views: int) -> nn.Module:
+    """``net`` wrapped in chirality test-time views (``views`` 1 returns ``net`` itself)."""
+    from galmorph.models.chirality import ChiralityViews
+
+    return net if views == 1 else ChiralityViews(net, views)
+
+
+def input_normalisation(net: nn.Module) -> tuple[list[float], list[float]]:
+    """``(mean, std)`` applied inside ``net`` (its first :class:`~galmorph.models.layers.Normalize`)."""
+    for m in net.modules():
+        if isinstance(m, Normalize):
+            return m.values()
+    raise ValueError(f"{type(net).__name__} has no Normalize layer (model contract: normalisation inside)")
 
 
 def export_plain(net: nn.Module) -> nn.Module:
     """A plain-torch, eval-mode copy suitable for ``torch.export`` (escnn modules exported)."""
     import copy
 
-    from galmorph.models.chirality import ChiralityEquivariant
+    from galmorph.models.chirality import ChiralityEquivariant, ChiralityViews
     from galmorph.models.gresnet import GResNet
 
     net = net.eval()
     if isinstance(net, ChiralityEquivariant):
         return ChiralityEquivariant(export_plain(net.backbone)).eval()
+    if isinstance(net, ChiralityViews):
+        return ChiralityViews(export_plain(net.backbone), net.views).eval()
     if isinstance(net, GResNet):
         return net.export().eval()
     return copy.deepcopy(net).eval()

@@ -21,7 +21,9 @@ ARCHS: tuple[str, ...] = (
     "efficientnetv2_m_finetune",  # tf_efficientnetv2_m fine-tuned end to end + dense head
     "resnet18", "resnet50",       # timm ResNets trained from scratch
     "gresnet18", "gresnet50",     # escnn C_N-equivariant ResNets (group pooling before the classifier)
+    "efficientnet_lite0",         # timm tf_efficientnet_lite0 (SAME padding), fine-tuned end to end
 )
+HEADS: tuple[str, ...] = ("auto", "linear", "dense", "zoobot")
 
 
 @dataclass(frozen=True)
@@ -35,7 +37,9 @@ class NetworkParams:
     chirality_equivariant: bool = False  # paper CE wrapper (image + mirror) around the backbone
     head_hidden: int = 1028              # EfficientNet dense head width
     head_dropout: float = 0.2            # Zoobot head dropout
-    encoder_checkpoint: str = ""         # local path or MLflow URI of encoder weights ("" = random)
+    encoder_checkpoint: str = ""         # legacy: local path or MLflow URI of encoder weights ("" = random)
+    encoder_weights: str = "none"        # none | package:efficientnet-lite0 | file:PATH | mlflow:URI
+    head: str = "auto"                   # auto (the arch's) | linear | dense | zoobot
     group_order: int = 8                 # G-ResNet rotations C_N
     reflections: bool = False            # G-ResNet D_N
     gresnet_width: float = 1.0
@@ -55,6 +59,16 @@ class NetworkParams:
         if self.class_weights and len(self.class_weights) != len(self.classes):
             raise ValueError(f"network params: {len(self.class_weights)} class weights for "
                              f"{len(self.classes)} classes {list(self.classes)}")
+
+    def encoder_weights_spec(self) -> str:
+        """The weights spec: ``encoder_weights``, else the legacy ``encoder_checkpoint`` as a spec."""
+        if self.encoder_weights and self.encoder_weights.lower() not in ("none", "random"):
+            return self.encoder_weights
+        if self.encoder_checkpoint:
+            from galmorph.models.pretrained import spec_from_checkpoint_ref
+
+            return spec_from_checkpoint_ref(self.encoder_checkpoint)
+        return "none"
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)

@@ -14,7 +14,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from galmorph.models.params import ARCHS, NetworkParams
+from galmorph.models.params import ARCHS, HEADS, NetworkParams
 from galmorph.tasks import ARM_MERGES, TASKS
 
 MONITORS = {"val_loss": "min", "val_acc": "max"}
@@ -40,7 +40,11 @@ class TrainConfig:
     head_dropout: float = 0.2            # Zoobot head dropout
     finetune_blocks: int = 2             # Zoobot: number of trailing encoder blocks that are trained
     lr_decay: float = 0.5                # Zoobot: layer-wise learning-rate decay per block
-    encoder_checkpoint: str = ""         # local path or MLflow URI of encoder weights ("" = random init)
+    encoder_checkpoint: str = ""         # legacy: local path or MLflow URI of encoder weights ("" = random init)
+    encoder_weights: str = "none"        # none | package:efficientnet-lite0 | file:PATH | mlflow:URI (strict load)
+    head: str = "auto"                   # auto (the arch's own) | linear | dense | zoobot
+    tta_views: int = 1                   # chirality: test-time views of the exported model (1, 2 = mirror pair,
+                                         # 8 = 4 rotations x mirror; CW/ACW swapped on mirrored views)
     group_order: int = 8                 # G-ResNet: rotations C_N
     reflections: bool = False            # G-ResNet: D_N instead of C_N (refused for chirality)
     gresnet_width: float = 1.0           # G-ResNet: width multiplier (fields = width * ResNet planes / sqrt(N))
@@ -71,6 +75,8 @@ class TrainConfig:
     zoom: float = 0.1                    # uniform zoom factor in [1-zoom, 1+zoom]
     flips: bool = True                   # random horizontal/vertical flips (never for chirality)
     mirror_copies: bool = False          # chirality: add a mirrored copy with CW/ACW swapped (train set)
+    mirror_swap: bool = False            # chirality: mirror half the training images at random, CW/ACW swapped
+    class_weights: str = "none"          # none | balanced (cross-entropy weights N / (K n_c) from the train split)
     num_workers: int = 0
     cache_images: bool = False           # keep prepared images in memory (num_workers=0 only)
     resume_from: str = ""                # Lightning checkpoint to resume (single-trial runs)
@@ -97,6 +103,7 @@ class TrainConfig:
             chirality_equivariant=self.chirality_equivariant, head_hidden=self.head_hidden,
             head_dropout=self.head_dropout, encoder_checkpoint=self.encoder_checkpoint,
             group_order=self.group_order, reflections=self.reflections, gresnet_width=self.gresnet_width,
+            encoder_weights=self.encoder_weights, head=self.head,
             optimizer=self.optimizer, lr=self.lr, weight_decay=self.weight_decay,
             finetune_blocks=self.finetune_blocks, lr_decay=self.lr_decay, class_weights=tuple(class_weights))
 
@@ -121,6 +128,29 @@ class TrainConfig:
         if self.task == "chirality" and self.reflections:
             bad("reflection-equivariant G-ResNet refused for chirality: a reflection maps CW onto ACW, so a "
                 "reflection-invariant model cannot tell them apart")
+        if self.mirror_swap and self.task != "chirality":
+            bad("mirror_swap only applies to the chirality task")
+        if self.tta_views not in (1, 2, 8):
+            bad(f"tta_views must be 1, 2 or 8, got {self.tta_views}")
+        if self.tta_views > 1 and self.task != "chirality":
+            bad("tta_views > 1 (chirality-equivariant test-time views) only applies to the chirality task")
+        if self.head not in HEADS:
+            bad(f"head must be one of {list(HEADS)}, got {self.head!r}")
+        if self.head != "auto" and self.arch.startswith("gresnet"):
+            bad("head applies to timm encoders, not to the G-ResNet")
+        if self.class_weights not in ("none", "balanced"):
+            bad(f"class_weights must be none or balanced, got {self.class_weights!r}")
+        try:
+            from galmorph.models.pretrained import parse_encoder_weights
+
+            kind, _ = parse_encoder_weights(self.encoder_weights)
+        except ValueError as exc:
+            bad(str(exc))
+        if kind != "none" and self.encoder_checkpoint:
+            bad("give encoder_weights or the legacy encoder_checkpoint, not both")
+        if kind == "package" and self.arch != "efficientnet_lite0":
+            bad(f"encoder_weights={self.encoder_weights} are EfficientNet-Lite0 weights; arch must be "
+                f"efficientnet_lite0, got {self.arch!r}")
         if self.mirror_copies and self.task != "chirality":
             bad("mirror_copies only applies to the chirality task")
         if self.chirality_equivariant and self.task != "chirality":
@@ -175,16 +205,33 @@ _CHIRALITY_PAPER = dict(
 _TINY = dict(image_size=64, batch_size=16, max_epochs=2, patience=2, trials=1, lr=1e-3, optimizer="adam",
              weight_decay=0.0, val_fraction=0.2, test_fraction=0.2, torch_threads=1, cache_images=True)
 
+#: Framing measured on the shared data (median radius where the azimuthal profile falls to 10 % of
+#: its peak, 60 images each): GZ1 SDSS JPEGs 51.5 px of 423 (0.12 of the frame), gz2_arms renderings
+#: 109 px of 512 (0.21). A crop of 0.40 (GZ1) / 0.70 (arms) puts the galaxy's diameter at ~0.6 of
+#: the model's input, i.e. ~78 px of 128 (arms: ~100 px of 160) -- the arms are resolved.
+GZ1_CROP, ARMS_CROP, LOPSIDED_CROP = 0.40, 0.70, 0.50
+#: Pretrained EfficientNet-Lite0, fine-tuned end to end on both cores: the ``reference`` presets.
+_REFERENCE = dict(arch="efficientnet_lite0", encoder_weights="package:efficientnet-lite0", image_size=128,
+                  batch_size=32, optimizer="adamw", lr=5e-4, weight_decay=1e-4, max_epochs=12, patience=4,
+                  monitor="val_loss", trials=1, val_fraction=0.1, test_fraction=0.2, rotation_deg=180.0,
+                  zoom=0.1, cache_images=True, class_weights="balanced")
+
 PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     "lopsided": {
         "paper": _LOPSIDED_PAPER,
         "zoobot": _LOPSIDED_PAPER,
+        # the paper's head (Zoobot: Linear 128 -> Dropout -> ReLU -> Linear) on the pretrained encoder
+        "reference": {**_REFERENCE, "head": "zoobot", "head_dropout": 0.2, "crop_fraction": LOPSIDED_CROP,
+                      "weight_decay": 0.05, "lr": 3e-4, "max_epochs": 20, "patience": 5, "flips": True},
         "tiny": {**_TINY, "arch": "zoobot_convnext_nano", "finetune_blocks": 2, "lr_decay": 0.5,
                  "weight_decay": 0.05, "optimizer": "adamw", "image_size": 32, "trials": 2, "max_epochs": 1,
                  "rotation_deg": 180.0, "zoom": 0.1, "flips": True},
     },
     "arms": {
         "paper": {**_ARMS_PAPER, "arch": "efficientnet_b0_frozen"},
+        # the paper's head (Dense 1028 + ReLU -> classes) on the pretrained encoder, <= 300 per class
+        "reference": {**_REFERENCE, "head": "dense", "head_hidden": 1028, "crop_fraction": ARMS_CROP,
+                      "image_size": 160, "max_per_class": 300, "max_epochs": 30, "patience": 6, "flips": True},
         "b0_frozen": {**_ARMS_PAPER, "arch": "efficientnet_b0_frozen"},
         "b0_frozen_grey": {**_ARMS_PAPER, "arch": "efficientnet_b0_frozen", "greyscale": True},
         "v2m_finetune": {**_ARMS_PAPER, "arch": "efficientnetv2_m_finetune"},
@@ -195,6 +242,9 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     },
     "chirality": {
         "paper": {**_CHIRALITY_PAPER, "arch": "resnet50", "chirality_equivariant": True},
+        # all CW/ACW of the public GZ1 set + 500 "other"; mirrors only with CW/ACW swapped; 8 CE views
+        "reference": {**_REFERENCE, "crop_fraction": GZ1_CROP, "flips": False, "mirror_swap": True,
+                      "max_per_class": 500, "tta_views": 8},
         "resnet18": {**_CHIRALITY_PAPER, "arch": "resnet18"},
         "resnet50": {**_CHIRALITY_PAPER, "arch": "resnet50"},
         "gresnet18": {**_CHIRALITY_PAPER, "arch": "gresnet18"},

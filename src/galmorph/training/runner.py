@@ -161,7 +161,10 @@ def fit_trial(cfg: TrainConfig, manifest: pd.DataFrame, trial: int, out_dir: Pat
     counts = dm.class_counts()
     log.info("trial %d: train/val/test = %d/%d/%d images; class counts %s", trial, len(dm.dataset("train")),
              len(dm.dataset("val")), len(dm.dataset("test")), counts)
-    model = GalaxyClassifier(cfg.network_params())
+    weights = tuple(dm.class_weights()) if cfg.class_weights == "balanced" else ()
+    if weights:
+        log.info("trial %d: class weights %s", trial, dict(zip(dm.classes, np.round(weights, 3))))
+    model = GalaxyClassifier(cfg.network_params(weights))
     mode = MONITORS[cfg.monitor]
     ckpt_dir = out_dir / f"trial-{trial}" / "checkpoints"
     ckpt = ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor=cfg.monitor, mode=mode, save_top_k=1,
@@ -181,7 +184,9 @@ def fit_trial(cfg: TrainConfig, manifest: pd.DataFrame, trial: int, out_dir: Pat
     trainer.fit(model, datamodule=dm, ckpt_path=cfg.resume_from or None)
     best_path = ckpt.best_model_path or ckpt.last_model_path
     best = GalaxyClassifier.load_from_checkpoint(best_path, map_location="cpu", weights_only=False).eval()
-    probs, y = predict_loader(best.net, dm.test_dataloader())
+    from galmorph.models.networks import with_views
+
+    probs, y = predict_loader(with_views(best.net, cfg.tta_views), dm.test_dataloader())
     pred = probs.argmax(axis=1) if len(probs) else np.zeros(0, dtype=int)
     metrics, report = classification_metrics(y, pred, dm.classes, prefix="test_")
     best_score = ckpt.best_model_score
@@ -314,6 +319,7 @@ def _train_runs(cfg: TrainConfig, task: str, preset: str, df: pd.DataFrame, data
                 log.info("trial %d trained and evaluated in %.1f s", trial, time.perf_counter() - t_fit)
                 t_log = time.perf_counter()
                 mlflow.set_tags({f"{k}": v for k, v in res["init_tags"].items()})
+                mlflow.log_param("encoder_init", res["init_tags"].get("encoder_init", ""))
                 if res["init_tags"].get("encoder_init") == "random" and cfg.arch == "zoobot_convnext_nano":
                     mlflow.set_tag("encoder_init_note", "no Zoobot weights given: encoder randomly initialised")
                 mlflow.log_metrics({k: v for k, v in res["metrics"].items() if math.isfinite(v)})
@@ -335,19 +341,31 @@ def _train_runs(cfg: TrainConfig, task: str, preset: str, df: pd.DataFrame, data
         scores = np.where(np.isfinite(scores), scores, np.inf if MONITORS[cfg.monitor] == "min" else -np.inf)
         best_trial = int(np.argmin(scores) if MONITORS[cfg.monitor] == "min" else np.argmax(scores))
         best = trial_results[best_trial]
+        from galmorph.models.networks import input_normalisation, with_views
+
+        plain = best["module"].export_for_inference()
+        mean, std = input_normalisation(plain)
+        encoder_init = best["init_tags"].get("encoder_init", "")
+        mlflow.set_tag("encoder_init", encoder_init)
         spec = ModelSpec(task=task, classes=list(best["datamodule"].classes), arch=cfg.arch,
                          image_size=cfg.image_size, in_chans=cfg.in_chans, crop_fraction=cfg.crop_fraction,
                          chirality_equivariant=cfg.chirality_equivariant,
                          extra={"preset": preset, "arm_merge": cfg.arm_merge, "parent_run_id": parent.info.run_id,
-                                "trial": best_trial, "encoder_init": best["init_tags"].get("encoder_init", "")})
+                                "trial": best_trial, "encoder_init": encoder_init},
+                         mean=mean, std=std, encoder_init=encoder_init, tta_views=cfg.tta_views,
+                         single_view_model="model_views1" if cfg.tta_views > 1 else "")
         reg_name = registered_name(task) if register else None
-        plain = best["module"].export_for_inference()
         from galmorph.evaluation.calibration import temperature_from_loader  # temperature scaling (#15)
 
         spec.temperature = temperature_from_loader(plain, best["datamodule"].val_dataloader())
         t_model = time.perf_counter()
         with mlflow.start_run(run_id=trial_run_ids[best_trial], nested=True):
-            info = log_model(plain, spec, registered_model_name=reg_name)
+            info = log_model(with_views(plain, cfg.tta_views), spec, registered_model_name=reg_name)
+            if cfg.tta_views > 1:  # the 1-view network, so that scoring can choose fewer views
+                import dataclasses
+
+                log_model(plain, dataclasses.replace(spec, tta_views=1, single_view_model=""),
+                          name=spec.single_view_model)
             mlflow.set_tag("galmorph.best_trial", "true")
         log.info("model exported (pt2) and logged in %.1f s", time.perf_counter() - t_model)
         version = getattr(info, "registered_model_version", None)
