@@ -3,6 +3,13 @@
 ``stack_up`` is idempotent: a service whose health check already answers is left alone. Each
 service runs detached (its own process session) with a pid file and a log under the state folder,
 so it survives the command that started it; ``stack_down`` stops what ``stack_up`` started.
+
+Ownership: at start the child's pid, its start time (``/proc/<pid>/stat``), command line and port
+are recorded in ``<state>/run/<service>.json``. A server answering on the port counts as ours only
+when that recorded process is still alive (same pid *and* start time); ``stack_down`` signals a
+process only under the same proof, so a stale pid file never makes it kill an unrelated process.
+Filesystem problems of the state folder (read-only, missing permissions) raise :class:`StackError`
+naming the path.
 """
 
 from __future__ import annotations
@@ -14,6 +21,7 @@ import signal
 import socket
 import subprocess
 import sys
+import json
 import time
 import urllib.error
 import urllib.request
@@ -23,6 +31,10 @@ from pathlib import Path
 from galmorph.settings import Settings
 
 log = logging.getLogger(__name__)
+
+
+class StackError(RuntimeError):
+    """A stack operation cannot proceed; the message names the service or path and the reason."""
 
 
 @dataclass
@@ -69,10 +81,66 @@ def services(settings: Settings) -> dict[str, Service]:
     return {"mlflow": mlflow, "evidently": evidently}
 
 
-def _run_dir(settings: Settings) -> Path:
+def _run_dir(settings: Settings, create: bool = True) -> Path:
     d = settings.state_dir / "run"
-    d.mkdir(parents=True, exist_ok=True)
+    if create:
+        _mkdir(d)
     return d
+
+
+def _mkdir(d: Path) -> None:
+    try:
+        d.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise StackError(f"state folder: cannot create {d} ({exc.strerror or exc}); set GALMORPH_STATE_DIR "
+                         "to a writable folder") from exc
+
+
+def _proc_start_time(pid: int) -> str | None:
+    """The process's start time in clock ticks since boot (``/proc/<pid>/stat`` field 22), or None."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        pass
+    try:
+        import psutil
+
+        return repr(psutil.Process(pid).create_time())
+    except Exception:  # noqa: BLE001 - no psutil, or no such process
+        return None
+
+
+def _record_path(settings: Settings, name: str) -> Path:
+    return _run_dir(settings, create=False) / f"{name}.json"
+
+
+def _read_record(settings: Settings, name: str) -> dict | None:
+    try:
+        rec = json.loads(_record_path(settings, name).read_text())
+        return rec if isinstance(rec, dict) else None
+    except (OSError, ValueError):
+        return None
+
+
+def owned_pid(settings: Settings, name: str) -> int | None:
+    """The pid of the ``name`` server started by this state folder, when that very process is
+    still alive (pid, start time and command line as recorded); None otherwise."""
+    rec = _read_record(settings, name)
+    if not rec or not isinstance(rec.get("pid"), int):
+        return None
+    pid = rec["pid"]
+    if not _pid_alive(pid) or _proc_start_time(pid) != rec.get("start_time"):
+        return None
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            argv = [a.decode(errors="replace") for a in f.read().split(b"\0") if a]
+    except OSError:
+        argv = None
+    if argv is not None and rec.get("argv") and not any(Path(a).name == Path(rec["argv"][0]).name
+                                                        or a == rec["argv"][0] for a in argv[:2]):
+        return None
+    return pid
 
 
 def healthy(url: str, timeout: float = 2.0) -> bool:
@@ -110,13 +178,15 @@ def port_in_use(host: str, port: int) -> bool:
 
 def service_status(settings: Settings, name: str) -> dict:
     svc = services(settings)[name]
-    pid = _read_pid(_run_dir(settings) / f"{name}.pid")
     url = svc.url(settings.host)
+    pid = owned_pid(settings, name)
+    up = healthy(url + svc.health_path)
     return {
         "service": name,
         "url": url,
-        "pid": pid if pid and _pid_alive(pid) else None,
-        "healthy": healthy(url + svc.health_path),
+        "pid": pid,
+        "healthy": up,
+        "ours": pid is not None,
         "log": str(settings.logs_dir / f"{name}.log"),
     }
 
@@ -125,21 +195,46 @@ def start_service(settings: Settings, name: str, timeout: float = 120.0) -> dict
     svc = services(settings)[name]
     url = svc.url(settings.host)
     if healthy(url + svc.health_path):
+        if owned_pid(settings, name) is None:
+            raise StackError(f"{name}: a server answers {url}{svc.health_path} but it was not started by this "
+                             f"state folder ({settings.state_dir}); stop it or choose another port "
+                             f"(GALMORPH_{name.upper()}_PORT)")
         log.info("%s already running at %s", name, url)
         return {**service_status(settings, name), "started": False}
     if port_in_use(settings.host, svc.port):
-        raise RuntimeError(f"{name}: port {svc.port} on {settings.host} is taken by another program "
-                           f"that does not answer {svc.health_path}; choose another port "
-                           f"(GALMORPH_{name.upper()}_PORT)")
-    settings.logs_dir.mkdir(parents=True, exist_ok=True)
-    settings.mlflow_artifacts_dir.mkdir(parents=True, exist_ok=True)
-    (settings.state_dir / "mlflow").mkdir(parents=True, exist_ok=True)
-    settings.evidently_workspace.mkdir(parents=True, exist_ok=True)
-    logf = open(settings.logs_dir / f"{name}.log", "ab")  # noqa: SIM115 - handed to the child
+        raise StackError(f"{name}: port {svc.port} on {settings.host} is taken by another program "
+                         f"that does not answer {svc.health_path}; choose another port "
+                         f"(GALMORPH_{name.upper()}_PORT)")
+    for d in (settings.logs_dir, settings.mlflow_artifacts_dir, settings.state_dir / "mlflow",
+              settings.evidently_workspace):
+        _mkdir(d)
+    run = _run_dir(settings)
+    try:
+        logf = open(settings.logs_dir / f"{name}.log", "ab")  # noqa: SIM115 - handed to the child
+        probe = run / f".{name}.write-test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as exc:
+        raise StackError(f"{name}: state folder {settings.state_dir} is not writable ({exc.strerror or exc}); "
+                         "set GALMORPH_STATE_DIR to a writable folder") from exc
     env = {**os.environ, **svc.env}
-    proc = subprocess.Popen(svc.argv, stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                            env=env, start_new_session=True, cwd=settings.state_dir)
-    (_run_dir(settings) / f"{name}.pid").write_text(str(proc.pid))
+    try:
+        proc = subprocess.Popen(svc.argv, stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                env=env, start_new_session=True, cwd=settings.state_dir)
+    except OSError as exc:
+        logf.close()
+        raise StackError(f"{name}: cannot start {svc.argv[0]} ({exc.strerror or exc})") from exc
+    logf.close()
+    rec = {"pid": proc.pid, "start_time": _proc_start_time(proc.pid), "argv": svc.argv, "port": svc.port,
+           "host": settings.host, "started_at": time.time()}
+    try:
+        (run / f"{name}.pid").write_text(str(proc.pid))
+        tmp = run / f".{name}.json.tmp"
+        tmp.write_text(json.dumps(rec))
+        os.replace(tmp, _record_path(settings, name))
+    except OSError as exc:
+        _terminate(proc.pid)
+        raise StackError(f"{name}: cannot record the server in {run} ({exc.strerror or exc})") from exc
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -154,16 +249,14 @@ def start_service(settings: Settings, name: str, timeout: float = 120.0) -> dict
                        f"see {settings.logs_dir / (name + '.log')}")
 
 
-def stop_service(settings: Settings, name: str, timeout: float = 20.0) -> bool:
-    pidfile = _run_dir(settings) / f"{name}.pid"
-    pid = _read_pid(pidfile)
-    if pid is None or not _pid_alive(pid):
-        pidfile.unlink(missing_ok=True)
-        return False
+def _terminate(pid: int, timeout: float = 20.0) -> None:
     try:
         os.killpg(pid, signal.SIGTERM)
     except OSError:
-        os.kill(pid, signal.SIGTERM)
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except OSError:
+            return
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and _pid_alive(pid):
         time.sleep(0.2)
@@ -172,8 +265,32 @@ def stop_service(settings: Settings, name: str, timeout: float = 20.0) -> bool:
             os.killpg(pid, signal.SIGKILL)
         except OSError:
             pass
-    pidfile.unlink(missing_ok=True)
+
+
+def stop_service(settings: Settings, name: str, timeout: float = 20.0) -> bool:
+    """Stop the ``name`` server this state folder started; True when one was stopped. A pid file
+    whose process cannot be proven ours (see :func:`owned_pid`) is removed, never signalled."""
+    run = _run_dir(settings, create=False)
+    pidfile, record = run / f"{name}.pid", _record_path(settings, name)
+    pid = owned_pid(settings, name)
+    stale = _read_pid(pidfile)
+    if pid is None:
+        if stale is not None and _pid_alive(stale):
+            log.warning("%s: pid file names process %d, which this state folder did not start (or no longer "
+                        "runs); not signalled", name, stale)
+        _unlink(pidfile, record)
+        return False
+    _terminate(pid, timeout)
+    _unlink(pidfile, record)
     return True
+
+
+def _unlink(*paths: Path) -> None:
+    for p in paths:
+        try:
+            p.unlink(missing_ok=True)
+        except OSError as exc:
+            raise StackError(f"cannot remove {p} ({exc.strerror or exc})") from exc
 
 
 def stack_up(settings: Settings, which: tuple[str, ...] = ("mlflow", "evidently")) -> list[dict]:

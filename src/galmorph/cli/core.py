@@ -68,9 +68,13 @@ def stack_up_cmd(services: tuple[str, ...]) -> None:
 def stack_down_cmd(services: tuple[str, ...]) -> None:
     """Stop the services started by `stack up`."""
     from galmorph.settings import resolve_settings
-    from galmorph.stack import stack_down
+    from galmorph.stack import StackError, stack_down
 
-    for r in stack_down(resolve_settings(), services or ("mlflow", "evidently")):
+    try:
+        res = stack_down(resolve_settings(), services or ("mlflow", "evidently"))
+    except StackError as exc:
+        fail(str(exc))
+    for r in res:
         click.echo(f"{r['service']:10s} {'stopped' if r['stopped'] else 'not running'}")
 
 
@@ -84,13 +88,17 @@ def stack_status_cmd(services: tuple[str, ...], as_json: bool) -> None:
     from galmorph.settings import resolve_settings
     from galmorph.stack import stack_status
 
-    res = stack_status(resolve_settings(), services or ("mlflow", "evidently"))
+    try:
+        res = stack_status(resolve_settings(), services or ("mlflow", "evidently"))
+    except (OSError, RuntimeError) as exc:
+        fail(f"stack status: {exc}")
     if as_json:
         echo_json(res)
     else:
         for r in res:
-            click.echo(f"{r['service']:10s} {'healthy' if r['healthy'] else 'DOWN':8s} {r['url']}")
-    sys.exit(0 if all(r["healthy"] for r in res) else 1)
+            state = "healthy" if r["healthy"] and r.get("ours", True) else ("FOREIGN" if r["healthy"] else "DOWN")
+            click.echo(f"{r['service']:10s} {state:8s} {r['url']}")
+    sys.exit(0 if all(r["healthy"] and r.get("ours", True) for r in res) else 1)
 
 
 @main.command("simulate")
