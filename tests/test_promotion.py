@@ -10,6 +10,7 @@ import threading
 from pathlib import Path
 
 import pytest
+import torch
 from click.testing import CliRunner
 
 from galmorph.registry import (CHALLENGER, CHAMPION, PREVIOUS, PromotionError, PromotionPolicy, aliases, promote,
@@ -129,10 +130,44 @@ def test_chirality_equivariant_models_must_pass_mirror_test(mlflow_server, sim_c
     assert d.decision == "rejected" and "mirror test" in d.reasons[0]
     assert aliases("galmorph-" + task) == {CHALLENGER: fake}
     real = _register(task, ChiralityCE(seed=1), classes=classes, size=32, chirality_equivariant=True, arch="ce")
+    # (an untrained net: the quality floor is switched off here, this test is about the mirror test)
     d2 = promote(task, real, eval_manifest=sim_chirality["manifest"], audit_log=audit,
+                 policy=PromotionPolicy(min_margin_over_majority=None),
                  log_evaluations=False, evaluate_kwargs={"sweep_realisations": 2, "html": False})
     assert d2.decision == "first-champion" and d2.checks["mirror_test"]["passed"]
     assert d2.checks["mirror_test"]["label_swap_fraction"] == 1.0
+
+
+class MajorityNet(torch.nn.Module):
+    """Always predicts class 0 (the majority-class predictor of a set whose first class is the largest)."""
+
+    def forward(self, x):
+        z = torch.zeros((x.shape[0], 2), dtype=x.dtype) + x.mean() * 0
+        return z + torch.tensor([2.0, 0.0])
+
+
+def test_quality_floor_refuses_a_majority_class_model_even_as_first_champion(mlflow_server, coded, tmp_path):
+    task = "ptest-floor"
+    audit = tmp_path / "audit.jsonl"
+    v1 = _register(task, MajorityNet())
+    d = promote(task, v1, eval_manifest=coded, audit_log=audit, **FAST)
+    assert d.decision == "rejected" and not d.passed
+    fl = d.checks["quality_floor"]
+    assert fl["passed"] is False and fl["majority_class"] == "symmetric" and fl["margin"] == 0.05
+    assert fl["f1_macro"] == pytest.approx(fl["majority_f1_macro"])  # it *is* the majority predictor
+    assert any("quality floor" in r and "majority-class" in r for r in d.reasons)
+    assert aliases("galmorph-" + task) == {CHALLENGER: v1}  # no champion at all
+    # a model that learned something clears the floor and becomes the first champion
+    v2 = _register(task, OracleNet(2, error_rate=0.35))
+    d2 = promote(task, v2, eval_manifest=coded, audit_log=audit, **FAST)
+    assert d2.decision == "first-champion" and d2.checks["quality_floor"]["passed"]
+    assert d2.checks["quality_floor"]["f1_macro"] >= d2.checks["quality_floor"]["majority_f1_macro"] + 0.05
+    # the margin is read from params.yaml's promotion section
+    params = tmp_path / "params.yaml"
+    params.write_text("promotion:\n  min_margin_over_majority: 0.9\n")
+    assert PromotionPolicy.from_params(params).min_margin_over_majority == 0.9
+    repo_params = Path(__file__).resolve().parents[1] / "params.yaml"
+    assert PromotionPolicy.from_params(repo_params).min_margin_over_majority > 0
 
 
 def test_registry_lock_is_exclusive(tmp_path):

@@ -6,12 +6,14 @@ same evaluation manifest and applies a :class:`PromotionPolicy`:
 * the primary metric (default macro F1) must improve by at least ``min_improvement`` (delta);
 * no redshift-bin AUC (bins with at least ``min_bin_n`` objects in both evaluations) may drop by more
   than ``max_bin_auc_drop`` (epsilon);
-* chirality-equivariant models must pass the mirror test.
+* chirality-equivariant models must pass the mirror test;
+* quality floor (also for the first champion): the candidate's macro-F1 must beat the majority-class
+  predictor's macro-F1 on the same evaluation set by ``min_margin_over_majority``.
 
 Pass: alias ``champion`` moves to the candidate and the old champion becomes ``previous-champion``;
 both versions are tagged with the decision and metrics. Fail: the candidate gets the ``challenger``
 alias and the reasons are returned (and printed by the CLI). With no champion the candidate becomes
-the first champion (the mirror test still applies). :func:`rollback` restores ``previous-champion``.
+the first champion (the mirror test and the quality floor still apply). :func:`rollback` restores ``previous-champion``.
 
 Every decision is recorded in MLflow model-version tags (``galmorph.decision*`` and a
 ``galmorph.audit.<time>`` history entry) and appended as one JSON line to the audit log.
@@ -78,6 +80,9 @@ class PromotionPolicy:
     min_bin_n: int = 10  # bins with fewer evaluated objects (in either evaluation) are not compared
     require_mirror_test: bool = True  # for chirality-equivariant candidates
     bin_metric: str = "auc_macro"
+    # quality floor: the candidate's macro-F1 must beat the majority-class predictor's macro-F1 on the same
+    # evaluation set by at least this margin (also for the first champion); None switches the floor off
+    min_margin_over_majority: float | None = 0.05
 
     @classmethod
     def from_params(cls, params: dict | str | Path | None, **overrides) -> "PromotionPolicy":
@@ -242,6 +247,30 @@ def _tag(client, name: str, version: str | None, tags: dict[str, Any]) -> None:
 # --------------------------------------------------------------------------------------------
 # the policy
 # --------------------------------------------------------------------------------------------
+def quality_floor(report: dict, margin: float | None) -> dict | None:
+    """The quality floor of an evaluation report: its macro-F1 (mean over the classes with support,
+    :func:`galmorph.evaluation.metrics.macro_f1`) must exceed the majority-class predictor's macro-F1 on
+    the same objects by at least ``margin``. Returns the check (``passed``, ``f1_macro``,
+    ``majority_f1_macro``, ``majority_class``, ``margin``, ``reason``) or None when ``margin`` is None."""
+    if margin is None:
+        return None
+    cls = report.get("classification") or {}
+    base = cls.get("majority_baseline")
+    f1 = float((cls.get("macro") or {}).get("f1", float("nan")))
+    if not base:
+        return {"passed": False, "margin": float(margin), "f1_macro": f1,
+                "reason": "quality floor: the evaluation has no majority-class baseline (re-evaluate with this version)"}
+    b = float(base["f1_macro"])
+    ok = math.isfinite(f1) and math.isfinite(b) and f1 >= b + float(margin)
+    out = {"passed": bool(ok), "f1_macro": f1, "majority_f1_macro": b, "majority_class": base.get("class"),
+           "margin": float(margin), "absent_classes": list(cls.get("absent_classes", []))}
+    if not ok:
+        out["reason"] = (f"quality floor: macro-F1 {f1:.4f} does not beat the majority-class predictor (always "
+                         f"{base.get('class')!r}: macro-F1 {b:.4f}) by the required margin {float(margin):g} on the "
+                         f"held-out set (needs >= {b + float(margin):.4f})")
+    return out
+
+
 def compare(candidate: dict, champion: dict | None, policy: PromotionPolicy, chirality_equivariant: bool = False,
             ) -> tuple[bool, list[str], dict]:
     """Apply the policy to two evaluation reports (``EvaluationResult.report``; ``champion`` None for the
@@ -263,6 +292,11 @@ def compare(candidate: dict, champion: dict | None, policy: PromotionPolicy, chi
             reasons.append("chirality-equivariant model fails the mirror test" + (
                 f" (label swap fraction {mirror['label_swap_fraction']:.4f}, max |dp| {mirror['max_prob_diff']:.2e})"
                 if mirror else " (not run)"))
+    floor = quality_floor(candidate, policy.min_margin_over_majority)
+    if floor is not None:
+        checks["quality_floor"] = floor
+        if not floor["passed"]:
+            reasons.append(floor["reason"])
     if champion is not None:
         a, b = float(cm[pm]), float(champion["metrics"].get(pm, float("nan")))
         diff = a - b
@@ -309,7 +343,8 @@ def _stamp() -> str:
 
 
 def _key_metrics(metrics: dict[str, float], policy: PromotionPolicy) -> dict[str, float]:
-    keep = {"accuracy", "f1_macro", "auc_macro", "precision_macro", "recall_macro", "n", policy.primary_metric}
+    keep = {"accuracy", "f1_macro", "auc_macro", "precision_macro", "recall_macro", "n", policy.primary_metric,
+            "baseline_f1_macro", "baseline_accuracy", "n_absent_classes"}
     out = {k: v for k, v in metrics.items() if k in keep or (k.startswith("zbin_") and k.endswith("_auc_macro"))}
     for k in ("chirality_mirror_passed", "chirality_cvs_cvs_pred", "chirality_sweep_slope", "chirality_sweep_intercept"):
         if k in metrics:
@@ -378,6 +413,10 @@ def promote(task: str, version: str | int | None = None, *, eval_manifest, audit
             decision = "promoted" if champ is not None else "first-champion"
             if champ is None:
                 reasons = ["no champion existed: the candidate becomes the first champion"]
+            fl = checks.get("quality_floor")
+            if fl:
+                reasons = reasons + [f"quality floor passed: macro-F1 {fl['f1_macro']:.4f} >= majority-class "
+                                     f"{fl['majority_f1_macro']:.4f} + {fl['margin']:g}"]
         else:
             c.set_registered_model_alias(name, CHALLENGER, version)
             decision = "rejected"
