@@ -42,7 +42,7 @@ def _shards(ctx: click.Context, param: click.Parameter, text: str | None) -> lis
 @click.option("--device", default="cpu", show_default=True, help="torch device (cpu, cuda, cuda:1).")
 @click.option("--release", default=None, help="Release name recorded in the summary and in MLflow.")
 @click.option("--no-merge", is_flag=True, help="Only write shards; do not merge into the catalogue.")
-@click.option("--log-mlflow/--no-log-mlflow", default=False, show_default=True,
+@click.option("--log-mlflow/--no-log-mlflow", default=True, show_default=True,
               help="Record the scored release (summary + catalogue) as an MLflow run.")
 @click.option("--overwrite", is_flag=True, help="Discard shards of an earlier, different scoring run in OUT.")
 @click.option("--no-progress", is_flag=True, help="Hide the progress bar.")

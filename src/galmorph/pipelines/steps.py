@@ -177,7 +177,7 @@ def evaluate(model_uri: str, dataset: str | Path, report_path: str | Path, predi
 
     _, root = setup(tracking_uri=tracking_uri)
     work = tempfile.mkdtemp(prefix="evaluate-")
-    res = evaluate_model(model_uri, open_dataset(dataset), work, data_root=root, rotation_passes=0)
+    res = evaluate_model(model_uri, open_dataset(dataset), work, data_root=root, rotation_max_objects=200)
     shutil.copyfile(res.report_html, report_path)
     shutil.copyfile(res.predictions_path, predictions_path)
     _log_metrics(metrics, {k: v for k, v in res.metrics.items() if not isinstance(v, dict)})
