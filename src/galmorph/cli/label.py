@@ -9,6 +9,7 @@ from pathlib import Path
 import click
 
 from galmorph.cli.base import echo_json, fail, main
+from galmorph.cli.options import data_root_option, json_option, task_option, tracking_uri_option, use_tracking_uri
 
 
 @main.group("label")
@@ -24,9 +25,9 @@ def label_group() -> None:
 
 
 def _db_url(db: str | None) -> str:
-    from galmorph.settings import get_settings
+    from galmorph.settings import resolve_settings
 
-    url = db or get_settings().label_db_url
+    url = db or resolve_settings().label_db_url
     if "://" not in url:  # a plain file path means a sqlite file
         url = f"sqlite:///{Path(url).expanduser().resolve()}"
     return url
@@ -60,15 +61,16 @@ def _labelled_ids(source: str, task: str) -> set[str]:
               help="Label database (SQLAlchemy URL or .db file) or labelled manifest whose objects to skip; repeatable.")
 @click.option("--rank-by-uncertainty", is_flag=True,
               help="Pick and order the most uncertain objects (entropy of --model-uri's prediction).")
-@click.option("--model-uri", default="models:/galmorph-lopsided@champion", show_default=True,
-              help="Model for --rank-by-uncertainty (MLflow model URI).")
-@click.option("--tracking-uri", default=None,
-              help="MLflow tracking URI [$MLFLOW_TRACKING_URI, else settings.mlflow_tracking_uri].")
+@click.option("--model-uri", default=None,
+              help="Model for --rank-by-uncertainty (MLflow model URI, or a task name for its champion) "
+                   "[the task's champion, models:/galmorph-<task>@champion].")
+@tracking_uri_option()
+@data_root_option()
 @click.option("--measure-a1/--no-measure-a1", default=True, show_default=True,
               help="Measure A1 (centre, R50/R90) for the queued objects now, for the app's overlay.")
-@click.option("--task", default="lopsided", show_default=True)
+@task_option(default="lopsided", help="Labelling task.")
 def sample_cmd(manifest_path, out_path, per_bin, n_bins, z_min, z_max, seed, exclude, rank_by_uncertainty, model_uri,
-               tracking_uri, measure_a1, task) -> None:
+               tracking_uri, data_root, measure_a1, task) -> None:
     """Draw a redshift-stratified labelling queue from a manifest.
 
     Equal-width z bins over [--z-min, --z-max], up to --per-bin objects each, uniformly at random
@@ -77,11 +79,13 @@ def sample_cmd(manifest_path, out_path, per_bin, n_bins, z_min, z_max, seed, exc
     """
     from galmorph.labelling.queue import add_a1, sample_queue, score_entropy, write_queue
     from galmorph.manifest import ManifestError, read_manifest
-    from galmorph.settings import get_settings
+    from galmorph.registry import model_ref
+    from galmorph.settings import resolve_settings
 
     if not z_min < z_max:
         fail(f"--z-min ({z_min}) must be below --z-max ({z_max})", 2)
-    s = get_settings()
+    s = resolve_settings(tracking_uri=tracking_uri, data_root=data_root)
+    model_uri = model_ref(model_uri or task)
     try:
         df = read_manifest(manifest_path)
         excl: set[str] = set()
@@ -91,11 +95,7 @@ def sample_cmd(manifest_path, out_path, per_bin, n_bins, z_min, z_max, seed, exc
         fail(str(exc))
     scores = None
     if rank_by_uncertainty:
-        import os
-
-        import mlflow
-
-        mlflow.set_tracking_uri(tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or s.mlflow_tracking_uri)
+        use_tracking_uri(s)
         z = df["z"].astype(float)
         cand = df[(z >= z_min) & (z <= z_max) & ~df["object_id"].astype(str).isin(excl)]
         try:
@@ -119,13 +119,28 @@ def sample_cmd(manifest_path, out_path, per_bin, n_bins, z_min, z_max, seed, exc
 @label_group.command("serve")
 @click.option("--queue", "queue_path", type=click.Path(path_type=Path, dir_okay=False, exists=True), required=True)
 @click.option("--db", default=None, help="SQLAlchemy URL of the label database [settings.label_db_url].")
-@click.option("--labeller", required=True, help="Your name; labels are stored per labeller.")
+@click.option("--labeller", default=None,
+              help="Without auth: your name (default: your login name). With auth the labeller is the token's owner.")
 @click.option("--port", type=click.IntRange(1, 65535), default=None, help="Port [settings.label_port].")
-@click.option("--host", default=None, help="Interface [settings.host = 127.0.0.1].")
+@click.option("--host", default=None,
+              help="Interface [settings.host = 127.0.0.1]; anything but loopback needs --auth token or a proxy header.")
+@click.option("--auth", "auth_mode", type=click.Choice(["none", "token"]), default="none", show_default=True,
+              help="token: every labeller signs in with their token (`galmorph label token add NAME`).")
+@click.option("--tokens-file", type=click.Path(path_type=Path, dir_okay=False), default=None,
+              help="Extra tokens, one NAME:sha256:HEX (or NAME:TOKEN) a line, e.g. a mounted Secret (implies --auth token).")
+@click.option("--trust-proxy-header", default=None, metavar="HEADER",
+              help="Take the labeller from this header set by a trusted auth proxy (e.g. X-Forwarded-User). Off by default.")
+@click.option("--allowed-host", "allowed_hosts", multiple=True,
+              help="Host header value the app answers to (repeatable) [loopback names + --host].")
+@click.option("--max-body-bytes", type=click.IntRange(1), default=1_000_000, show_default=True,
+              help="Request body limit.")
+@click.option("--secure-cookies", is_flag=True, help="Mark the sign-in cookie Secure (served behind TLS).")
 @click.option("--image-root", "image_roots", multiple=True, type=click.Path(path_type=Path, file_okay=False),
               help="Extra folder images may be served from (besides the data root and the queue's folder).")
-@click.option("--task", default="lopsided", show_default=True)
-def serve_cmd(queue_path, db, labeller, port, host, image_roots, task) -> None:
+@data_root_option()
+@task_option(default="lopsided", help="Labelling task.")
+def serve_cmd(queue_path, db, labeller, port, host, auth_mode, tokens_file, trust_proxy_header, allowed_hosts,
+              max_body_bytes, secure_cookies, image_roots, data_root, task) -> None:
     """Serve the labelling app (keys L/S/U/Z, O toggles the centre/R50/R90 overlay)."""
     import uvicorn
 
@@ -133,29 +148,98 @@ def serve_cmd(queue_path, db, labeller, port, host, image_roots, task) -> None:
     from galmorph.labelling.queue import read_queue
     from galmorph.labelling.store import LabelStore
     from galmorph.manifest import ManifestError
-    from galmorph.settings import get_settings
+    from galmorph.settings import resolve_settings
 
-    s = get_settings()
+    s = resolve_settings(data_root=data_root)
     try:
         queue = read_queue(queue_path)
     except ManifestError as exc:
         fail(str(exc))
+    from galmorph.labelling.app import LOOPBACK_HOSTS, AuthError, LabelAuth, read_tokens_file
+
     host = host or s.host
-    if host not in ("127.0.0.1", "localhost", "::1"):
-        click.echo(f"warning: serving on {host}, not only on this machine", err=True)
-    store = LabelStore(_db_url(db))
-    app = create_app(queue, store, labeller, data_root=s.data_root,
-                     image_roots=[queue_path.resolve().parent, *image_roots], task=task, queue_name=str(queue_path))
+    auth = None
+    try:
+        if auth_mode == "token" or tokens_file is not None or trust_proxy_header:
+            auth = LabelAuth(tokens=auth_mode == "token" or tokens_file is not None,
+                             token_hashes=read_tokens_file(tokens_file) if tokens_file else {},
+                             proxy_header=trust_proxy_header)
+    except AuthError as exc:
+        fail(str(exc), 2)
+    if auth is None and host not in LOOPBACK_HOSTS:
+        fail(f"refusing to serve on {host} without authentication: use --auth token (labellers sign in with "
+             "`galmorph label token add NAME` tokens) or --trust-proxy-header behind an auth proxy, "
+             "or serve on 127.0.0.1", 2)
+    if auth is not None and labeller:
+        fail("--labeller is not used with authentication: each labeller is the owner of their token", 2)
+    if auth is None:
+        import getpass
+
+        labeller = labeller or getpass.getuser()
+    hosts = list(allowed_hosts) or [*LOOPBACK_HOSTS, *([host] if host not in ("0.0.0.0", "::") else [])]
+    try:
+        store = LabelStore(_db_url(db))
+        app = create_app(queue, store, labeller, data_root=s.data_root,
+                         image_roots=[queue_path.resolve().parent, *image_roots], task=task, queue_name=str(queue_path),
+                         auth=auth, allowed_hosts=hosts, max_body_bytes=max_body_bytes, secure_cookies=secure_cookies)
+    except Exception as exc:  # noqa: BLE001 - database/state-dir problems (read-only, unreachable) are reported
+        fail(f"label database {_db_url(db)}: {type(exc).__name__}: {exc}")
     port = port or s.label_port
-    click.echo(f"labelling {len(queue)} objects as {labeller!r}: http://{host}:{port}/  (db {store.url})", err=True)
+    who = f"as {labeller!r}" if auth is None else "with sign-in"
+    click.echo(f"labelling {len(queue)} objects {who}: http://{host}:{port}/  (db {store.url})", err=True)
     uvicorn.run(app, host=host, port=port, log_level="warning")
+
+
+@label_group.group("token")
+def token_group() -> None:
+    """Labeller access tokens for `label serve --auth token` (only their hashes are stored)."""
+
+
+@token_group.command("add")
+@click.argument("name")
+@click.option("--db", default=None, help="SQLAlchemy URL of the label database [settings.label_db_url].")
+@click.option("--tokens-file", type=click.Path(path_type=Path, dir_okay=False), default=None,
+              help="Append NAME:sha256:HEX to this file (e.g. to build the chart's Secret) instead of the database.")
+def token_add_cmd(name, db, tokens_file) -> None:
+    """Create a token for labeller NAME and print it once (store it now: it cannot be shown again)."""
+    from galmorph.labelling.store import LabelError, LabelStore, hash_token, new_token
+
+    name = name.strip()
+    if not name or len(name) > 100 or ":" in name or "\n" in name:
+        fail("labeller name must have 1 to 100 characters and no ':'", 2)
+    if tokens_file is not None:
+        token = new_token()
+        try:
+            with open(tokens_file, "a") as fh:
+                fh.write(f"{name}:sha256:{hash_token(token)}\n")
+        except OSError as exc:
+            fail(f"tokens file {tokens_file}: {exc.strerror or exc}")
+    else:
+        try:
+            token = LabelStore(_db_url(db)).add_token(name)
+        except LabelError as exc:
+            fail(str(exc), 2)
+        except Exception as exc:  # noqa: BLE001 - database problems are reported, not traced
+            fail(f"label database {_db_url(db)}: {type(exc).__name__}: {exc}")
+    click.echo(token)
+
+
+@token_group.command("revoke")
+@click.argument("name")
+@click.option("--db", default=None, help="SQLAlchemy URL of the label database [settings.label_db_url].")
+def token_revoke_cmd(name, db) -> None:
+    """Revoke every database token of labeller NAME."""
+    from galmorph.labelling.store import LabelStore
+
+    n = LabelStore(_db_url(db)).revoke_tokens(name)
+    click.echo(f"revoked {n} token(s) of {name!r}", err=True)
 
 
 @label_group.command("agreement")
 @click.option("--db", default=None, help="SQLAlchemy URL of the label database [settings.label_db_url].")
-@click.option("--task", default="lopsided", show_default=True)
+@task_option(default="lopsided", help="Labelling task.")
 @click.option("--include-unsure", is_flag=True, help="Treat 'unsure' as a third category.")
-@click.option("--json", "as_json", is_flag=True)
+@json_option("Print the report as JSON.")
 def agreement_cmd(db, task, include_unsure, as_json) -> None:
     """Agreement between labellers: Cohen's kappa per pair on the objects both labelled."""
     from galmorph.labelling.agreement import agreement_report
@@ -182,7 +266,7 @@ def agreement_cmd(db, task, include_unsure, as_json) -> None:
 @click.option("--labeller", default=None, help="Export only this labeller's labels.")
 @click.option("--queue", "queue_path", type=click.Path(path_type=Path, dir_okay=False, exists=True), default=None,
               help="Only objects of this queue.")
-@click.option("--task", default="lopsided", show_default=True)
+@task_option(default="lopsided", help="Labelling task.")
 @click.option("--dvc", "dvc", is_flag=True, help="`dvc add` the exported manifest (it must lie in a DVC repo).")
 def export_cmd(db, out_path, policy, labeller, queue_path, task, dvc) -> None:
     """Export labels to a manifest for training (label = majority/latest per --policy)."""
