@@ -235,8 +235,8 @@ def test_default_render_contains_each_component(rendered):
 def test_components_switch_off(rendered):
     docs = render(ALL_OFF)
     assert workloads(docs) == []
-    # with everything off only the ServiceAccount and the default-deny policy remain
-    assert sorted(d["kind"] for d in docs) == ["NetworkPolicy", "ServiceAccount"]
+    # with everything off only the default-deny policy remains (no workload: no ServiceAccount, no RBAC)
+    assert sorted(d["kind"] for d in docs) == ["NetworkPolicy"]
     only_mlflow = render({**ALL_OFF, "mlflow": {"enabled": True}})
     assert {component_of(d) for d in workloads(only_mlflow)} == {"mlflow"}
 
@@ -588,12 +588,18 @@ def test_labelling_command_exists_in_the_cli(rendered):
     (c,) = pod_template(dep)["spec"]["containers"]
     lab = DEFAULTS["labelling"]
     assert c["command"] == ["galmorph"]
+    name = f"galmorph-labelling-{lab['labellers'][0]}"
     assert c["args"] == ["label", "serve", "--queue", f"/queue/{lab['queue']['path']}",
-                         "--labeller", lab["labellers"][0], "--task", lab["task"],
+                         "--auth", "token", "--tokens-file", f"/etc/galmorph/label-tokens/{lab['auth']['tokensKey']}",
+                         "--allowed-host", name, "--allowed-host", f"{name}.{NAMESPACE}.svc",
+                         "--allowed-host", "127.0.0.1", "--allowed-host", "localhost",
+                         "--max-body-bytes", str(lab["auth"]["maxBodyBytes"]), "--task", lab["task"],
                          "--host", "0.0.0.0", "--port", str(lab["port"])]
+    assert "--labeller" not in c["args"]  # the labeller is whoever signs in
     res = _invoke(c["args"] + ["--help"])
     assert res.exit_code == 0, f"`galmorph {' '.join(c['args'])}` does not parse:\n{res.output}"
-    for opt in ("--queue", "--labeller", "--task", "--host", "--port"):
+    for opt in ("--queue", "--auth", "--tokens-file", "--allowed-host", "--max-body-bytes", "--task", "--host",
+                "--port"):
         assert opt in res.output
     # the database URL comes from the Secret through the settings variable the CLI falls back to
     env = {e["name"]: e for e in c["env"]}
@@ -711,8 +717,11 @@ def test_production_values_shape(rendered):
     assert [r["host"] for r in rules] == [f"{n}.{PRODUCTION['labelling']['ingress']['host']}" for n in labellers]
     assert [r["http"]["paths"][0]["backend"]["service"]["name"] for r in rules] == [f"galmorph-labelling-{n}" for n in labellers]
     apps = [d for d in workloads(docs) if component_of(d) == "labelling"]
-    assert [pod_template(d)["spec"]["containers"][0]["args"][pod_template(d)["spec"]["containers"][0]["args"].index("--labeller") + 1]
-            for d in apps] == labellers
+    assert [d["metadata"]["labels"]["galmorph.io/labeller"] for d in apps] == labellers
+    for d, n in zip(apps, labellers):  # each instance answers its own Ingress host only (plus in-cluster names)
+        args = pod_template(d)["spec"]["containers"][0]["args"]
+        hosts = [args[i + 1] for i, a in enumerate(args) if a == "--allowed-host"]
+        assert f"{n}.{PRODUCTION['labelling']['ingress']['host']}" in hosts and "--secure-cookies" in args
     selectors = [json.dumps(d["spec"]["selector"], sort_keys=True) for d in apps]
     assert len(set(selectors)) == len(apps), "Deployments must not share selectors"
     args = pod_template(mlflow)["spec"]["containers"][0]["args"]
@@ -727,3 +736,101 @@ def test_default_images_are_the_galmorph_images():
     for key, ref in (("app", images.APP_IMAGE), ("cpu", images.CPU_IMAGE)):
         img = DEFAULTS["images"][key]
         assert f"{img['repository']}:{img['tag']}" == ref
+
+
+# ---------------------------------------------------------------------------------------------
+# authentication, ServiceAccounts, RBAC, database users (issue #17)
+# ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("name", list(VALUE_SETS))
+def test_labelling_runs_with_token_auth_from_a_secret(rendered, name):
+    vals = merged(name)
+    lab = vals["labelling"]
+    for dep in (d for d in workloads(rendered[name]) if component_of(d) == "labelling"):
+        spec = pod_template(dep)["spec"]
+        (c,) = spec["containers"]
+        args = c["args"]
+        assert args[args.index("--host") + 1] == "0.0.0.0"
+        assert args[args.index("--auth") + 1] == "token"
+        tokens = args[args.index("--tokens-file") + 1]
+        mount = next(m for m in c["volumeMounts"] if tokens.startswith(m["mountPath"] + "/"))
+        vol = next(v for v in spec["volumes"] if v["name"] == mount["name"])
+        assert vol["secret"]["secretName"] == lab["auth"]["existingSecret"] and mount["readOnly"]
+        # probes reach /healthz (exempt from the Host check) rather than the signed-in page
+        assert c["readinessProbe"]["httpGet"]["path"] == "/healthz"
+
+
+def test_proxy_mode_puts_the_auth_proxy_on_the_ingress():
+    docs = render(deep_merge(PRODUCTION, {"labelling": {"auth": {
+        "mode": "proxy", "oauth2Proxy": {"authUrl": "https://auth.example.org/oauth2/auth",
+                                         "signinUrl": "https://auth.example.org/oauth2/start"}}}}))
+    ing = next(d for d in docs if d["kind"] == "Ingress" and d["metadata"]["name"] == "galmorph-labelling")
+    ann = ing["metadata"]["annotations"]
+    assert ann["nginx.ingress.kubernetes.io/auth-url"] == "https://auth.example.org/oauth2/auth"
+    assert ann["nginx.ingress.kubernetes.io/auth-response-headers"] == "X-Auth-Request-User"
+    dep = next(d for d in workloads(docs) if component_of(d) == "labelling")
+    args = pod_template(dep)["spec"]["containers"][0]["args"]
+    assert args[args.index("--trust-proxy-header") + 1] == "X-Auth-Request-User" and "--auth" not in args
+    # proxy mode without a proxy is refused
+    with pytest.raises(Exception, match="oauth2Proxy.authUrl"):
+        render(deep_merge(PRODUCTION, {"labelling": {"auth": {"mode": "proxy"}}}))
+
+
+def test_evidently_ingress_has_authentication(rendered):
+    ing = next(d for d in rendered["production"] if d["kind"] == "Ingress" and d["metadata"]["name"] == "galmorph-evidently")
+    ann = ing["metadata"]["annotations"]
+    auth = merged("production")["evidently"]["ingressAuth"]
+    assert ann["nginx.ingress.kubernetes.io/auth-type"] == "basic"
+    assert ann["nginx.ingress.kubernetes.io/auth-secret"] == auth["existingSecret"]
+    docs = render(deep_merge(PRODUCTION, {"evidently": {"ingressAuth": {
+        "type": "oauth2-proxy", "oauth2Proxy": {"authUrl": "https://auth.example.org/oauth2/auth"}}}}))
+    ing = next(d for d in docs if d["kind"] == "Ingress" and d["metadata"]["name"] == "galmorph-evidently")
+    assert ing["metadata"]["annotations"]["nginx.ingress.kubernetes.io/auth-url"] == "https://auth.example.org/oauth2/auth"
+    assert "nginx.ingress.kubernetes.io/auth-type" not in ing["metadata"]["annotations"]
+
+
+@pytest.mark.parametrize("name", list(VALUE_SETS))
+def test_one_service_account_per_workload_and_least_privilege_rbac(rendered, name):
+    docs = rendered[name]
+    sas = {d["metadata"]["name"]: d for d in docs if d["kind"] == "ServiceAccount"}
+    pods = [(component_of(d), pod_template(d)["spec"]) for d in workloads(docs)]
+    used = {}
+    for comp, spec in pods:
+        assert spec["automountServiceAccountToken"] is False, comp
+        used.setdefault(spec["serviceAccountName"], set()).add(comp)
+    assert set(used) == set(sas), "every pod has its own ServiceAccount and every ServiceAccount is used"
+    assert all(len(comps) == 1 for comps in used.values()), used
+    assert all(sa["automountServiceAccountToken"] is False for sa in sas.values())
+    # only the two KFP clients are bound, to a Role on pipelines.kubeflow.org resources only
+    bindings = [d for d in docs if d["kind"] in ("RoleBinding", "ClusterRoleBinding")]
+    bound = {s["name"] for b in bindings for s in b["subjects"]}
+    assert bound == {"galmorph-pipelines-upload", "galmorph-release-watcher"}
+    assert all(b["kind"] == "RoleBinding" and b["roleRef"]["kind"] == "Role" for b in bindings)
+    assert all(b["roleRef"]["name"] != "kubeflow-edit" for b in bindings)
+    (role,) = [d for d in docs if d["kind"] == "Role"]
+    assert {g for r in role["rules"] for g in r["apiGroups"]} == {"pipelines.kubeflow.org"}
+    assert not any("*" in r["verbs"] or "*" in r["resources"] for r in role["rules"])
+    assert not [d for d in docs if d["kind"] == "ClusterRole"]
+
+
+def test_each_database_has_its_own_user(rendered):
+    docs = rendered["all-on"]
+    vals = merged("all-on")["postgres"]
+    init = next(d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"].endswith("-init"))
+    script = "\n".join(init["data"].values())
+    users = [db["user"] for db in vals["databases"]]
+    assert len(set(users)) == len(users) == 3 and vals["user"] not in users
+    assert {db["name"] for db in vals["databases"]} == {"mlflow", "mlflow_auth", "labels"}
+    for db in vals["databases"]:
+        assert '-v db="%s" -v usr="%s"' % (db["name"], db["user"]) in script
+    assert script.count("CREATE ROLE") == 3 and script.count("REVOKE ALL ON DATABASE") == 3
+    sts = next(d for d in docs if d["kind"] == "StatefulSet")
+    env = {e["name"]: e for e in pod_template(sts)["spec"]["containers"][0]["env"]}
+    for db in vals["databases"]:
+        ref = env[f"GALMORPH_PW_{db['name'].upper()}"]["valueFrom"]["secretKeyRef"]
+        assert ref == {"name": vals["existingSecret"], "key": db["passwordKey"]}
+    # the README's connection URLs use those users, never the superuser
+    readme = (CHART / "README.md").read_text()
+    for db in vals["databases"]:
+        assert f"postgresql://{db['user']}:" in readme and f"/{db['name']}" in readme
+    assert "postgresql://postgres:" not in readme
+    assert "postgresql://mlflow:$PG_PW@galmorph-postgres:5432/labels" not in readme

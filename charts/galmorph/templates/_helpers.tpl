@@ -66,13 +66,24 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- printf "%s:%s" .image.repository .image.tag }}
 {{- end }}
 
-{{/* Pod spec fields common to every galmorph pod; call with the root context. */}}
+{{/* The ServiceAccount of one workload; call with (dict "root" $ "component" "mlflow"). */}}
+{{- define "galmorph.componentServiceAccountName" -}}
+{{- if .root.Values.serviceAccount.create }}
+{{- printf "%s-%s" (include "galmorph.fullname" .root) .component | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- default "default" .root.Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{/* Pod spec fields common to every galmorph pod; call with (dict "root" $ "component" "mlflow"):
+     each workload runs as its own ServiceAccount, without the Kubernetes API token. */}}
 {{- define "galmorph.podCommon" -}}
-serviceAccountName: {{ include "galmorph.serviceAccountName" . }}
-automountServiceAccountToken: {{ .Values.serviceAccount.automountToken }}
+{{- $root := .root }}
+serviceAccountName: {{ include "galmorph.componentServiceAccountName" . }}
+automountServiceAccountToken: {{ $root.Values.serviceAccount.automountToken }}
 securityContext:
-  {{- toYaml .Values.podSecurityContext | nindent 2 }}
-{{- with .Values.imagePullSecrets }}
+  {{- toYaml $root.Values.podSecurityContext | nindent 2 }}
+{{- with $root.Values.imagePullSecrets }}
 imagePullSecrets:
   {{- range . }}
   - name: {{ . }}
