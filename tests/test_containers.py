@@ -9,7 +9,6 @@ start a container on the machine; a missing image is a failure (the build step f
 * the chart's Deployments under ``podman kube play`` (see test_chart_pods below).
 """
 
-from __future__ import annotations
 
 import json
 import os
