@@ -2,8 +2,8 @@
 
 Outputs in ``out_dir``: ``predictions.parquet`` (every manifest row: probabilities, prediction, label,
 z, z_bin, error), ``quarantine.parquet`` (rows that could not be evaluated, with the reason),
-``report.json`` (every number), ``report.html`` (plots and tables) and, with explanations,
-``explanations.npz``. With ``log_to_mlflow`` all of them are logged as artifacts and every number as
+``report.json`` (every number), ``report.html`` (plots and tables), ``model_card.json`` / ``.md``
+(:mod:`galmorph.evaluation.card`) and, with explanations, ``explanations.npz``. With ``log_to_mlflow`` all of them are logged as artifacts and every number as
 an MLflow metric, in the active run or in a new run of the ``galmorph-evaluation`` experiment tagged
 with the model name and version.
 """
@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 
 from galmorph.evaluation import chirality as chir
+from galmorph.evaluation.calibration import calibration_report
 from galmorph.evaluation.metrics import (aggregate_trials, classification_metrics, flatten_metrics,
                                          redshift_bin_metrics, threshold_metrics)
 from galmorph.jsonsafe import finite_json, json_default
@@ -70,6 +71,20 @@ def _model_name_version(loaded, uri: str) -> tuple[str | None, str | None]:
 
 
 
+def _encoder_init(spec) -> str:
+    """Where the model's encoder weights came from (ModelSpec ``encoder_init``, else ``extra``)."""
+    v = getattr(spec, "encoder_init", None) or (spec.extra or {}).get("encoder_init")
+    if isinstance(v, dict):
+        return json.dumps(v, sort_keys=True)
+    return str(v) if v else ""
+
+
+def mlflow_client():
+    import mlflow
+
+    return mlflow.MlflowClient()
+
+
 def _load_images(manifest: pd.DataFrame, rows: Sequence[int], spec, data_root):
     import torch
 
@@ -115,11 +130,11 @@ def chirality_diagnostics(loaded, manifest: pd.DataFrame, pred: pd.DataFrame, va
 def evaluate(model_uri, manifest, out_dir: str | Path, *, z_edges: Sequence[float] = DEFAULT_Z_EDGES,
              thresholds: Sequence[float] = (0.5, 0.85), data_root: str | Path | None = None,
              log_to_mlflow: bool = True, batch_size: int = 32, chirality_diagnostics_on: bool | None = None,
-             explain: bool = False, explain_per_class: int = 2, explain_target_layer: str | None = None,
+             explain: bool | None = None, explain_per_class: int = 2, explain_target_layer: str | None = None,
              sweep_n: int | None = None, sweep_realisations: int = 10, rotation_passes: int = 10,
-             rotation_angles: int = 8, rotation_max_objects: int = 32, mirror_atol: float = 1e-5,
+             rotation_angles: int = 8, rotation_max_objects: int = 200, mirror_atol: float = 1e-5,
              experiment: str = EVALUATION_EXPERIMENT, run_name: str | None = None, seed: int = 0,
-             html: bool = True) -> EvaluationResult:
+             html: bool = True, calibration_bins: int = 10, card: bool = True) -> EvaluationResult:
     """Evaluate a model (MLflow model URI or :class:`~galmorph.models.io.LoadedModel`) on a labelled
     manifest (path or DataFrame).
 
@@ -127,8 +142,12 @@ def evaluate(model_uri, manifest, out_dir: str | Path, *, z_edges: Sequence[floa
     matrices (counts, normalised); per-redshift-bin accuracy/F1/AUC/ROC (``z_edges``); coverage and
     accuracy at each probability threshold. Chirality models (classes CW/ACW, or
     ``chirality_diagnostics_on=True``) also get the CVS, mirror, sweep and rotation-stability
-    diagnostics; ``explain=True`` adds Grad-CAM / Grad-CAM++ / SmoothGrad maps of the most confident
-    correct and wrong examples per class.
+    diagnostics (rotation stability on at most ``rotation_max_objects`` spirals); ``explain`` (default:
+    whenever an HTML report is written) adds Grad-CAM / Grad-CAM++ / SmoothGrad maps of the most
+    confident correct and wrong examples per class, one panel per class in the report. Calibration:
+    reliability diagram and ECE overall and per redshift bin of the (temperature-scaled) probabilities.
+    ``card``: the model card (written next to the report; attached to the registered model version
+    when logging to MLflow).
 
     Rows whose image cannot be read or whose label is not one of the model's classes go to the
     quarantine table with the reason; unlabelled rows are scored but not counted in the metrics.
@@ -185,12 +204,18 @@ def evaluate(model_uri, manifest, out_dir: str | Path, *, z_edges: Sequence[floa
         "meta": {"model_uri": uri, "model_name": name, "model_version": version, "run_id_model": loaded.run_id,
                  "task": loaded.spec.task, "arch": loaded.spec.arch, "classes": classes,
                  "chirality_equivariant": bool(loaded.spec.chirality_equivariant), "manifest": manifest_name,
+                 "image_size": loaded.spec.image_size, "crop_fraction": loaded.spec.crop_fraction,
+                 "temperature": float(getattr(loaded.spec, "temperature", 1.0) or 1.0),
+                 "encoder_init": _encoder_init(loaded.spec),
                  "manifest_fingerprint": manifest_fingerprint(manifest), "z_edges": list(map(float, z_edges)),
                  "thresholds": list(map(float, thresholds))},
         "counts": counts,
         "classification": classification_metrics(y, proba, classes),
         "redshift_bins": redshift_bin_metrics(y, proba, classes, ev["z"].to_numpy(dtype=float), z_edges),
         "thresholds": threshold_metrics(y, proba, classes, thresholds),
+        "calibration": calibration_report(y, proba, classes, ev["z"].to_numpy(dtype=float), z_edges,
+                                          n_bins=calibration_bins,
+                                          temperature=float(getattr(loaded.spec, "temperature", 1.0) or 1.0)),
     }
     if chirality_diagnostics_on is None:
         chirality_diagnostics_on = {chir.CW, chir.ACW} <= set(classes)
@@ -201,6 +226,8 @@ def evaluate(model_uri, manifest, out_dir: str | Path, *, z_edges: Sequence[floa
             rotation_max_objects=rotation_max_objects, mirror_atol=mirror_atol, seed=seed)
     explanations = None
     extra: dict[str, Path] = {}
+    if explain is None:
+        explain = html
     if explain:
         from galmorph.evaluation.explain import explain_examples, select_examples
 
@@ -215,11 +242,21 @@ def evaluate(model_uri, manifest, out_dir: str | Path, *, z_edges: Sequence[floa
             np.savez_compressed(extra["explanations"], object_id=ex["object_id"].to_numpy(dtype=str),
                                 kind=ex["kind"].to_numpy(dtype=str), images=x.numpy(),
                                 **{k: v for k, v in maps.items() if isinstance(v, np.ndarray)})
-            report["explanations"] = {"target_layer": maps["target_layer"], "examples": ex.to_dict(orient="records"),
+            report["explanations"] = {"target_layer": maps["target_layer"], "views": maps.get("views", []),
+                                      "examples": ex.to_dict(orient="records"),
                                       **({"skipped": maps["skipped"]} if "skipped" in maps else {})}
         else:
             report["explanations"] = {"skipped": "no evaluated examples"}
 
+    training = {}
+    if card and log_to_mlflow:
+        from galmorph.evaluation.card import training_record
+
+        training = training_record(loaded.run_id)
+    if card:
+        from galmorph.evaluation.card import build_model_card
+
+        report["model_card"] = build_model_card(report, training)
     metrics = flatten_metrics(report)
     report["metrics"] = metrics
     pred_path = out_dir / "predictions.parquet"
@@ -232,10 +269,27 @@ def evaluate(model_uri, manifest, out_dir: str | Path, *, z_edges: Sequence[floa
         from galmorph.evaluation.report import build_report_html
 
         html_path.write_text(build_report_html(report, explanations), encoding="utf-8")
+    card_paths: list[Path] = []
+    if card:
+        from galmorph.evaluation.card import card_markdown
+
+        card_paths = [out_dir / "model_card.json", out_dir / "model_card.md"]
+        card_paths[0].write_text(json.dumps(finite_json(report["model_card"]), indent=1, default=json_default))
+        card_paths[1].write_text(card_markdown(report["model_card"]), encoding="utf-8")
+        extra["model_card"] = card_paths[0]
+        extra["model_card_md"] = card_paths[1]
     run_id = None
     if log_to_mlflow:
         run_id = log_evaluation(metrics, [pred_path, q_path, json_path] + ([html_path] if html else [])
                                 + list(extra.values()), report["meta"], experiment=experiment, run_name=run_name)
+        if card and name and version:
+            from galmorph.evaluation.card import attach_card
+
+            try:
+                attach_card(report["model_card"], name, version, run_id=None)
+                mlflow_client().set_model_version_tag(name, str(version), "galmorph.card_run_id", run_id)
+            except Exception as exc:  # noqa: BLE001 - the evaluation stands without the registry update
+                log.warning("model card not attached to %s v%s: %s", name, version, exc)
     log.info("evaluation of %s: accuracy %.4f, macro F1 %.4f, macro AUC %.4f (report %s)", uri,
              metrics.get("accuracy", float("nan")), metrics.get("f1_macro", float("nan")),
              metrics.get("auc_macro", float("nan")), html_path)

@@ -288,6 +288,13 @@ def flatten_metrics(report: Mapping) -> dict[str, float]:
     for t, d in report.get("thresholds", {}).items():
         for m in ("n", "coverage", "accuracy", "f1_macro"):
             flat[metric_key(f"thr{t}", m)] = d[m]
+    cal = report.get("calibration") or {}
+    if cal:
+        flat["temperature"] = cal.get("temperature")
+        flat["ece"] = (cal.get("overall") or {}).get("ece")
+        flat["mce"] = (cal.get("overall") or {}).get("mce")
+        for b, d in (cal.get("redshift_bins") or {}).items():
+            flat[metric_key("zbin", b, "ece")] = d.get("ece")
     for name, v in _walk(report.get("chirality", {}), "chirality"):
         flat[name] = v
     for k2, v in report.get("counts", {}).items():

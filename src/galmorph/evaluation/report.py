@@ -1,11 +1,10 @@
-"""The evaluation report: matplotlib figures embedded as base64 PNG plus tables, in one HTML file."""
+"""The evaluation report: matplotlib figures embedded as base64 PNG plus tables, in one HTML file rendered
+from the jinja2 templates in ``galmorph/evaluation/templates/`` (package data)."""
 
 from __future__ import annotations
 
 import base64
-import html
 import io
-import math
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
@@ -98,20 +97,49 @@ def plot_sweep(sweep: Mapping) -> str:
     return fig_to_base64(fig)
 
 
-def plot_explanations(images: np.ndarray, maps: Mapping[str, np.ndarray], examples: pd.DataFrame) -> str:
+def plot_reliability(rel: Mapping, title: str = "reliability diagram") -> str:
     plt = _plt()
-    kinds = [k for k in ("gradcam", "gradcampp", "smoothgrad") if k in maps]
-    n = len(examples)
+    edges = np.asarray(rel["edges"], float)
+    mids = (edges[1:] + edges[:-1]) / 2
+    acc = np.asarray(rel["accuracy"], float)
+    fig, ax = plt.subplots(figsize=(4, 4))
+    ax.bar(mids, np.nan_to_num(acc), width=np.diff(edges), edgecolor="k", alpha=0.7, label="accuracy")
+    ax.plot([0, 1], [0, 1], "k:", lw=0.8, label="perfect calibration")
+    conf = np.asarray(rel["confidence"], float)
+    ax.plot(conf, acc, "ro", ms=3, label="mean confidence")
+    ax.set_xlabel("confidence (top-class probability)")
+    ax.set_ylabel("accuracy")
+    ax.set_title(f"{title} (ECE {rel['ece']:.3f})")
+    ax.legend(fontsize=7, loc="upper left")
+    return fig_to_base64(fig)
+
+
+def explanation_columns(maps: Mapping) -> list[str]:
+    """Map names shown in the panel: combined Grad-CAM / Grad-CAM++, per-view maps, SmoothGrad."""
+    keys = [k for k in ("gradcam", "gradcampp") if k in maps]
+    keys += sorted(k for k in maps if isinstance(k, str) and "[" in k and isinstance(maps[k], np.ndarray))
+    return keys + (["smoothgrad"] if "smoothgrad" in maps else [])
+
+
+def plot_explanations(images: np.ndarray, maps: Mapping[str, np.ndarray], examples: pd.DataFrame,
+                      rows: Sequence[int] | None = None) -> str:
+    """One row per example (``rows``: positions in ``examples``/``images``; default all): the image and
+    each explanation map over it."""
+    plt = _plt()
+    kinds = explanation_columns(maps)
+    rows = list(range(len(examples))) if rows is None else list(rows)
+    n = len(rows)
     fig, axes = plt.subplots(n, 1 + len(kinds), figsize=(1.8 * (1 + len(kinds)), 1.9 * n), squeeze=False)
-    for i, (_, r) in enumerate(examples.iterrows()):
-        img = images[i]
+    for i, pos in enumerate(rows):
+        r = examples.iloc[pos]
+        img = images[pos]
         img = img.transpose(1, 2, 0) if img.shape[0] in (1, 3) else img
         img = img[..., 0] if img.shape[-1] == 1 else img
         axes[i, 0].imshow(np.clip(img, 0, 1), cmap="gray" if img.ndim == 2 else None)
         axes[i, 0].set_title(f"{r['kind']}: {r['true_class']}->{r['pred']} ({r['p_pred']:.2f})", fontsize=6)
         for j, k in enumerate(kinds):
             axes[i, j + 1].imshow(np.clip(img, 0, 1).mean(axis=-1) if img.ndim == 3 else img, cmap="gray")
-            axes[i, j + 1].imshow(maps[k][i], cmap="jet", alpha=0.45, vmin=0, vmax=1)
+            axes[i, j + 1].imshow(maps[k][pos], cmap="jet", alpha=0.45, vmin=0, vmax=1)
             axes[i, j + 1].set_title(k, fontsize=6)
         for a in axes[i]:
             a.axis("off")
@@ -119,97 +147,98 @@ def plot_explanations(images: np.ndarray, maps: Mapping[str, np.ndarray], exampl
 
 
 # --------------------------------------------------------------------------------------------
-# HTML
+# HTML (jinja2 templates)
 # --------------------------------------------------------------------------------------------
-def _fmt(v) -> str:
-    if isinstance(v, float):
-        return "nan" if math.isnan(v) else f"{v:.4g}"
-    return html.escape(str(v))
+def template_env(autoescape: bool = True):
+    """The jinja2 environment of the package templates (``galmorph/evaluation/templates``)."""
+    import jinja2
+
+    return jinja2.Environment(loader=jinja2.PackageLoader("galmorph.evaluation", "templates"),
+                              autoescape=autoescape, extensions=["jinja2.ext.do"], trim_blocks=False)
 
 
-def dict_table(rows: Mapping[str, Mapping], first: str = "") -> str:
-    cols: list[str] = []
-    for r in rows.values():
-        for c in r:
-            if c not in cols and not isinstance(r[c], (dict, list)):
-                cols.append(c)
-    head = "".join(f"<th>{html.escape(c)}</th>" for c in [first] + cols)
-    body = "".join("<tr><th>" + html.escape(str(k)) + "</th>" + "".join(f"<td>{_fmt(r.get(c, ''))}</td>" for c in cols)
-                   + "</tr>" for k, r in rows.items())
-    return f"<table><tr>{head}</tr>{body}</table>"
+def _b64(b64: str, alt: str) -> dict:
+    return {"b64": b64, "alt": alt}
 
 
-def render_html(title: str, sections: Sequence[tuple[str, str]], meta: Mapping[str, str]) -> str:
-    """A self-contained HTML page; ``sections`` are ``(heading, html body)``."""
-    css = ("body{font-family:sans-serif;margin:2em;max-width:1200px}table{border-collapse:collapse;margin:0.5em 0}"
-           "td,th{border:1px solid #ccc;padding:2px 6px;font-size:12px;text-align:right}th{background:#f4f4f4}"
-           "img{max-width:100%;margin:4px}.figs{display:flex;flex-wrap:wrap;align-items:flex-start}")
-    meta_rows = "".join(f"<tr><th>{html.escape(k)}</th><td style='text-align:left'>{html.escape(str(v))}</td></tr>"
-                        for k, v in meta.items())
-    body = "".join(f"<h2>{html.escape(h)}</h2>{b}" for h, b in sections)
-    return (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
-            f"<style>{css}</style></head><body><h1>{html.escape(title)}</h1>"
-            f"<table>{meta_rows}</table>{body}"
-            f"<p><small>generated {datetime.now(timezone.utc).isoformat(timespec='seconds')} by galmorph.evaluation"
-            f"</small></p></body></html>")
+def render_card_html(card: Mapping) -> str:
+    """The model card as an HTML fragment (its markdown rendered as preformatted text)."""
+    from markupsafe import escape
 
+    from galmorph.evaluation.card import card_markdown
 
-def img_tag(b64: str, alt: str) -> str:
-    return f"<img alt='{html.escape(alt)}' src='data:image/png;base64,{b64}'/>"
+    return f"<pre style='white-space:pre-wrap'>{escape(card_markdown(card))}</pre>"
 
 
 def build_report_html(report: Mapping, explanations: Mapping | None = None) -> str:
     """The HTML report of one evaluation (see :func:`galmorph.evaluation.core.evaluate`)."""
     cls = report["classification"]
     classes = list(cls["per_class"])
-    sections: list[tuple[str, str]] = []
-    summary = {"all": {"n": cls["n"], "accuracy": cls["accuracy"], **{f"{k}_macro": v for k, v in cls["macro"].items()}}}
-    counts = report.get("counts") or {}
-    sections.append(("Summary", dict_table(summary) + (dict_table({"rows": counts}) if counts else "")))
-    sections.append(("Per class", dict_table(cls["per_class"], "class")))
-    figs = [img_tag(plot_confusion(cls["confusion"], classes, "confusion (counts)"), "confusion counts"),
-            img_tag(plot_confusion(cls["confusion_normalised"], classes, "confusion (normalised)", fmt=".2f"),
-                    "confusion normalised"),
-            img_tag(plot_roc(cls.get("roc", {}), {c: cls["per_class"][c]["auc"] for c in classes},
-                             "ROC (one-vs-rest)"), "roc")]
-    sections.append(("Confusion matrices and ROC", f"<div class='figs'>{''.join(figs)}</div>"))
+    ctx: dict = {"meta": {k: str(v) for k, v in report.get("meta", {}).items()}}
+    ctx["title"] = f"galmorph evaluation: {ctx['meta'].get('model_uri', '')}"
+    ctx["generated"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    base = cls.get("majority_baseline") or {}
+    ctx["summary"] = {"all": {"n": cls["n"], "accuracy": cls["accuracy"],
+                              **{f"{k}_macro": v for k, v in cls["macro"].items()}},
+                      **({f"majority class ({base['class']})": {"n": cls["n"], "accuracy": base["accuracy"],
+                                                                "f1_macro": base["f1_macro"]}} if base else {})}
+    ctx["counts"] = report.get("counts") or {}
+    ctx["absent_classes"] = cls.get("absent_classes", [])
+    ctx["per_class"] = cls["per_class"]
+    ctx["figs"] = [_b64(plot_confusion(cls["confusion"], classes, "confusion (counts)"), "confusion counts"),
+                   _b64(plot_confusion(cls["confusion_normalised"], classes, "confusion (normalised)", fmt=".2f"),
+                        "confusion normalised"),
+                   _b64(plot_roc(cls.get("roc", {}), {c: cls["per_class"][c]["auc"] for c in classes},
+                                 "ROC (one-vs-rest)"), "roc")]
     zb = report.get("redshift_bins", {})
+    ctx["zbins"] = zb
     if zb:
-        zfigs = [img_tag(plot_zbin_auc(zb), "zbins")]
-        for b, d in zb.items():
-            if d.get("roc"):
-                zfigs.append(img_tag(plot_roc(d["roc"], d.get("auc", {}), f"ROC z {b} (n={d['n']})"), f"roc {b}"))
-        sections.append(("Redshift bins", dict_table(zb, "z bin") + f"<div class='figs'>{''.join(zfigs)}</div>"))
-    th = report.get("thresholds", {})
-    if th:
-        sections.append(("Probability thresholds", dict_table(th, "threshold")))
+        ctx["zfigs"] = [_b64(plot_zbin_auc(zb), "zbins")] + [
+            _b64(plot_roc(d["roc"], d.get("auc", {}), f"ROC z {b} (n={d['n']})"), f"roc {b}")
+            for b, d in zb.items() if d.get("roc")]
+    cal = report.get("calibration")
+    ctx["calibration"] = cal
+    if cal and cal.get("overall", {}).get("n"):
+        ctx["calibration_fig"] = plot_reliability(cal["overall"])
+    ctx["thresholds"] = report.get("thresholds", {})
     ch = report.get("chirality")
     if ch:
         parts = []
         if "cvs" in ch:
-            parts.append(dict_table({"CVS": ch["cvs"]}))
+            parts.append({"heading": "", "rows": {"CVS": ch["cvs"]}, "first": ""})
         if "mirror" in ch:
-            parts.append("<h3>Mirror test</h3>" + dict_table({"mirror": ch["mirror"]}))
+            parts.append({"heading": "Mirror test", "rows": {"mirror": ch["mirror"]}, "first": ""})
         if "sweep" in ch:
-            parts.append("<h3>Sweep test</h3>" + dict_table({"sweep": ch["sweep"]})
-                         + img_tag(plot_sweep(ch["sweep"]), "sweep"))
+            parts.append({"heading": "Sweep test", "rows": {"sweep": ch["sweep"]}, "first": "",
+                          "fig": plot_sweep(ch["sweep"])})
         if "rotation" in ch:
             rot = ch["rotation"]
-            parts.append("<h3>Rotation stability (MC dropout)</h3>"
-                         + dict_table({"rotation": {k: rot[k] for k in ("eta_mean", "mc_dropout", "n_passes",
-                                                                       "n_rotations", "n_galaxies")}})
-                         + dict_table(rot["eta"], "class pair"))
-        sections.append(("Chirality diagnostics", "".join(parts)))
+            parts.append({"heading": "Rotation stability (MC dropout)", "first": "",
+                          "rows": {"rotation": {k: rot[k] for k in ("eta_mean", "mc_dropout", "n_passes",
+                                                                    "n_rotations", "n_galaxies") if k in rot}}})
+            parts.append({"heading": "", "rows": rot["eta"], "first": "class pair"})
+        if ch.get("skipped"):
+            parts.append({"heading": "Skipped", "rows": {k: {"reason": v} for k, v in ch["skipped"].items()},
+                          "first": "test"})
+        ctx["chirality"] = parts
     if explanations:
         ex = explanations["examples"]
-        sections.append((f"Explanations (target layer {explanations['maps']['target_layer']})",
-                         ex.drop(columns=["row"]).to_html(index=False)
-                         + img_tag(plot_explanations(explanations["images"], explanations["maps"], ex),
-                                   "explanations")))
+        maps = explanations["maps"]
+        panels = []
+        for c in dict.fromkeys(ex["true_class"].astype(str)):
+            rows = np.flatnonzero(ex["true_class"].astype(str).to_numpy() == c)
+            panels.append({"cls": c, "b64": plot_explanations(explanations["images"], maps, ex, rows)})
+        ctx["explanations"] = {"target_layer": maps.get("target_layer"), "views": maps.get("views", []),
+                               "table": ex.drop(columns=["row"]).to_html(index=False), "panels": panels}
+    elif report.get("explanations", {}).get("skipped"):
+        ctx["explanations_skipped"] = report["explanations"]["skipped"]
     if "trials" in report:
-        sections.append(("Mean ± σ over trials", dict_table(report["trials"], "metric")))
-    meta = {k: str(v) for k, v in report.get("meta", {}).items()}
-    return render_html(f"galmorph evaluation: {meta.get('model_uri', '')}", sections, meta)
+        ctx["trials"] = report["trials"]
+    card = report.get("model_card")
+    if card:
+        ctx["card"] = card
+        ctx["card_html"] = render_card_html(card)
+    return template_env().get_template("report.html.j2").render(**ctx)
 
 
 def write_text(path: Path, text: str) -> Path:
