@@ -37,6 +37,7 @@ from galmorph.imaging.winding import WindingOptions, measure_winding_file, windi
 
 HERE = Path(__file__).resolve().parent
 COVERAGES = (0.5, 0.8, 0.9, 1.0)
+THRESHOLDS = (1.0, 2.0, 3.0, 4.0, 5.0)
 
 #: The issue's recipe: the starting point of the search.
 RECIPE = dict(sigma_low=1.0, sigma_high=12.0, tensor_sigma=2.0, inner_fraction=0.85, outer_fraction=0.10,
@@ -65,6 +66,17 @@ def load_set(data_root: Path):
     imgs = [load_image(p, greyscale=True) for p in paths]
     y = np.where(df["label"] == "CW", 1, -1)
     return df["object_id"].astype(str).tolist(), y, paths, imgs
+
+
+def load_other(data_root: Path, n: int, seed: int):
+    """A seeded sample of ``n`` public GZ1 galaxies labelled "other" (elliptical, edge-on, merger, don't know)."""
+    from galmorph.ingest import load_source
+    from galmorph.manifest import resolve_image_uri
+
+    df, _, _ = load_source("gz1_chirality", data_root)
+    df = df[df["label"] == "other"]
+    df = df.iloc[np.sort(np.random.default_rng(seed).permutation(len(df))[:n])]
+    return df["gz1_class"].tolist(), [load_image(resolve_image_uri(u, data_root), greyscale=True) for u in df["image_uri"]]
 
 
 def split_halves(y: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -216,11 +228,19 @@ def main(argv=None) -> int:
             s, c, w = measure(imgs, idx, opt)
             decided = np.array([x is not None for x in w])
             correct = np.sign(np.nan_to_num(s)) == y[idx]
-            per[half] = {"n": len(idx), "coverage": coverage_table(s, c, y[idx]),
+            thr = {f"{t:g}": {"decided_fraction": float(np.mean(np.nan_to_num(c) >= t)),
+                              "accuracy": float(correct[np.nan_to_num(c) >= t].mean()) if (np.nan_to_num(c) >= t).any()
+                              else None} for t in THRESHOLDS}
+            per[half] = {"n": len(idx), "coverage": coverage_table(s, c, y[idx]), "thresholds": thr,
                          "decided_fraction": float(decided.mean()),
                          "decided_accuracy": float(correct[decided].mean()) if decided.any() else None,
                          "unmeasured": int(np.isnan(s).sum())}
         results[name] = per
+    other_cls, other_imgs = load_other(Path(data_root), 300, args.seed)
+    _, oc, _ = measure(other_imgs, range(len(other_imgs)), chosen_opt)
+    oc = np.nan_to_num(oc)
+    other = {"n": len(oc), "classes": {k: other_cls.count(k) for k in sorted(set(other_cls))},
+             "decided_fraction": {f"{t:g}": float(np.mean(oc >= t)) for t in THRESHOLDS}}
     sim = simulator_check()
     sp = speed(paths, imgs, defaults)
     load_end = os.getloadavg()
@@ -231,7 +251,7 @@ def main(argv=None) -> int:
         "tuning_ids": [ids[i] for i in tune_idx], "recipe": RECIPE, "grid": GRID, "chosen": chosen,
         "library_defaults": defaults.to_dict(), "chosen_equals_library_defaults": matches_defaults,
         "tuning_seconds": tune_s, "n_trials": len(trace), "trace": trace,
-        "results": results, "simulator": sim, "speed": sp,
+        "results": results, "other": other, "simulator": sim, "speed": sp,
     }
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "winding.json").write_text(json.dumps(out, indent=1))
@@ -260,6 +280,15 @@ def markdown(r: dict) -> str:
             b = "**" if (name, half) == ("chosen", "test") else ""
             L.append(f"| {name} | {half} | {v['n']} | {b}{c['50']['accuracy']:.3f}{b} | {b}{c['80']['accuracy']:.3f}{b} "
                      f"| {b}{c['90']['accuracy']:.3f}{b} | {b}{c['100']['accuracy']:.3f}{b} | {dec} |")
+    th = r["results"]["chosen"]["test"]["thresholds"]
+    L += ["", "Test half, chosen settings, by `min_confidence` (winding null below it):", "",
+          "| min_confidence | " + " | ".join(th) + " |", "|---|" + "---:|" * len(th),
+          "| decided fraction | " + " | ".join(f"{v['decided_fraction']:.2f}" for v in th.values()) + " |",
+          "| accuracy of the decided | " + " | ".join("-" if v["accuracy"] is None else f"{v['accuracy']:.3f}"
+                                                    for v in th.values()) + " |"]
+    o = r["other"]
+    L.append("| decided among " + f"{o['n']} GZ1 \"other\" galaxies (no CW/ACW label) | "
+             + " | ".join(f"{o['decided_fraction'][k]:.2f}" for k in th) + " |")
     s = r["simulator"]
     L += ["", "Simulator (`galmorph.simulate.draw_params`, 128 px, library defaults; linear counts measured with "
           "`fits_stretch`):", "",

@@ -5,10 +5,13 @@ The measurement (:func:`winding_sense`), step by step:
 1. **Grey image, sky, centre.** Colour images are averaged to grey. The sky is the median of the
    image border (``border_fraction`` of the size) and is subtracted. The centre is the brightest
    pixel of the image smoothed with a Gaussian of ``profile_sigma`` px within ``search_radius`` px
-   of the expected position (default: the image centre).
-2. **Annulus.** The azimuthally averaged profile of the smoothed image around the centre gives the
-   radii where the brightness falls to ``inner_fraction`` and ``outer_fraction`` of the peak
-   (``r_inner`` >= ``min_inner_radius``). Only pixels between them are used.
+   of the expected position (default: the image centre). With ``stretch="asinh"`` (the file
+   helpers use ``fits_stretch`` for FITS files, i.e. linear counts) the image is measured as
+   ``asinh(a x / peak) / asinh(a)``, like the display renderings (JPEG/PNG) the defaults were tuned on.
+2. **Annulus.** The azimuthally averaged profile around the centre (smoothed along the radius with
+   ``profile_sigma``) gives the radii where the brightness falls to ``inner_fraction`` and ``outer_fraction`` of the peak
+   (``r_inner`` >= ``min_inner_radius``; with a stretch, fractions of the stretched brightness).
+   Only pixels between them are used.
 3. **Orientation field.** On a square cut around the annulus (padded by 3 ``sigma_high`` +
    3 ``tensor_sigma``), the image is band-pass filtered with a difference of Gaussians
    ``G(sigma_low) - G(sigma_high)`` and differentiated, both in Fourier space (one real FFT, one
@@ -77,19 +80,19 @@ class WindingOptions:
     Defaults were chosen on one half of the public GZ1 CW/ACW set (``benchmarks/winding.py``).
     """
 
-    sigma_low: float = 2.0  #: small Gaussian of the difference-of-Gaussians band-pass
+    sigma_low: float = 2.5  #: small Gaussian of the difference-of-Gaussians band-pass
     sigma_high: float = 12.0  #: large Gaussian of the band-pass
-    tensor_sigma: float = 2.0  #: smoothing of the structure tensor
+    tensor_sigma: float = 3.0  #: smoothing of the structure tensor
     profile_sigma: float = 2.0  #: smoothing for the peak and the brightness profile
-    inner_fraction: float = 0.85  #: annulus starts where the profile falls to this fraction of the peak
+    inner_fraction: float = 0.95  #: annulus starts where the profile falls to this fraction of the peak
     outer_fraction: float = 0.10  #: and ends where it falls to this fraction
     min_inner_radius: float = 2.0  #: the annulus never starts closer to the centre than this
     search_radius: float = 10.0  #: peak search around the expected centre
     border_fraction: float = 0.05  #: width of the border used for the sky median (fraction of the size)
-    stretch: str = "none"  #: "asinh": filter asinh(a x / peak) / asinh(a) of the sky-subtracted image
+    stretch: str = "none"  #: "asinh": measure asinh(a x / peak) / asinh(a) of the sky-subtracted image
     fits_stretch: str = "asinh"  #: stretch used instead for FITS files (linear counts) by the file helpers
     stretch_softening: float = 8.0  #: ``a`` of the asinh stretch
-    aggregate: str = "sign"  #: "sign" (sign of the tilt) or "sin2a" (sin of the doubled tilt)
+    aggregate: str = "sin2a"  #: "sin2a" (sin of the doubled tilt) or "sign" (its sign)
     weight: str = "coherence"  #: "coherence", "energy", "coherence_energy" or "none"
     deproject: bool = True  #: measure the tilt in the disc plane (second-moment axis ratio and angle)
     min_axis_ratio: float = 0.3  #: deprojection never stretches by more than 1 / this
