@@ -13,14 +13,19 @@ from click.testing import CliRunner
 from galmorph.settings import REPO_ROOT, _default_data_root, resolve_settings
 
 FLAG, GALMORPH, MLFLOW, DOTENV = "http://flag:1", "http://galmorph-env:2", "http://mlflow-env:3", "http://dotenv:4"
+CHECKED: list[str] = []  # URIs the commands checked for a reachable server
 
 
 @pytest.fixture()
 def clean_env(tmp_path, monkeypatch):
     """No GALMORPH_* / MLFLOW_TRACKING_URI in the environment, the working directory (.env) in tmp_path,
-    and mlflow's process-wide tracking URI put back afterwards."""
+    no server behind the test URIs (the reachability check only records what it was asked), and
+    mlflow's process-wide tracking URI put back afterwards."""
     from mlflow.tracking._tracking_service import utils
 
+    import galmorph.tracking
+
+    monkeypatch.setattr(galmorph.tracking, "ensure_reachable", lambda uri, timeout=None: CHECKED.append(uri))
     for k in list(os.environ):
         if k.startswith("GALMORPH_") or k == "MLFLOW_TRACKING_URI":
             monkeypatch.delenv(k)
@@ -189,6 +194,7 @@ def test_train_follows_the_environment(clean_env, monkeypatch):
     r = _cli(["train", "--task", "chirality", "--manifest", str(man)])
     assert isinstance(r.exception, _Called), r.output
     assert seen["tracking_uri"] == MLFLOW and seen["data_root"] == clean_env / "env-root"
+    assert CHECKED[-1] == MLFLOW  # the server checked is the one resolved
     r = _cli(["train", "--task", "chirality", "--manifest", str(man), "--tracking-uri", FLAG,
               "--data-root", str(clean_env / "flag-root")])
     assert isinstance(r.exception, _Called), r.output
