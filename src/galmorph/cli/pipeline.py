@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from galmorph.cli.base import echo_json, fail, main, resolve_kfp_target
+from galmorph.cli.options import data_root_option, json_option, tracking_uri_option
 
 _NAMES = click.Choice(["training", "rescoring", "labelling"])
 
@@ -52,14 +53,17 @@ def compile_cmd(out_dir: Path | None, check: bool, names: tuple[str, ...]) -> No
               help="Local runs: where task outputs go [default: <state>/kfp].")
 @click.option("--experiment", default="galmorph", show_default=True, help="Kubeflow experiment (--host).")
 @click.option("--run-name", default=None, help="Run name (--host).")
-@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@tracking_uri_option()
+@data_root_option()
+@json_option()
 def run_cmd(name: str, local_run: bool, host: str | None, params: tuple[str, ...], pipeline_root: Path | None,
-            experiment: str, run_name: str | None, as_json: bool) -> None:
+            experiment: str, run_name: str | None, tracking_uri: str | None, data_root: Path | None,
+            as_json: bool) -> None:
     """Run pipeline NAME locally (--local, against the local MLflow server) or submit it (--host URL)."""
     from galmorph.pipelines.run import PipelineRunError, parse_param_items, run_local, submit
-    from galmorph.settings import get_settings
+    from galmorph.settings import resolve_settings
 
-    s = get_settings()
+    s = resolve_settings(tracking_uri=tracking_uri, data_root=data_root)
     host = resolve_kfp_target(local_run, host, s.kfp_host)
     try:
         raw = parse_param_items(params)
@@ -88,9 +92,9 @@ def run_cmd(name: str, local_run: bool, host: str | None, params: tuple[str, ...
 def upload_cmd(host: str | None, package_dir: Path | None, namespace: str | None) -> None:
     """Upload every compiled package, or a new version of it (named by its content hash); idempotent."""
     from galmorph.pipelines.run import PipelineRunError, upload_all
-    from galmorph.settings import get_settings
+    from galmorph.settings import resolve_settings
 
-    host = host or get_settings().kfp_host
+    host = host or resolve_settings().kfp_host
     if not host:
         fail("--host URL (or GALMORPH_KFP_HOST) is required")
     try:
@@ -112,9 +116,9 @@ def schedule_cmd(name: str, cron: str, host: str | None, params: tuple[str, ...]
                  job_name: str | None, namespace: str | None) -> None:
     """Create the recurring run of pipeline NAME (replaced when its cron or package changed)."""
     from galmorph.pipelines.run import PipelineRunError, parse_param_items, schedule
-    from galmorph.settings import get_settings
+    from galmorph.settings import resolve_settings
 
-    host = host or get_settings().kfp_host
+    host = host or resolve_settings().kfp_host
     if not host:
         fail("--host URL (or GALMORPH_KFP_HOST) is required")
     try:
