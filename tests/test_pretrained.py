@@ -174,28 +174,30 @@ def test_reference_presets_use_the_pretrained_encoder_and_data_framing():
 
 
 def test_model_learns_from_scratch_on_simulator_data(tmp_path):
-    """A small random-init network trained a few epochs beats chance by >= 0.2 on held-out galaxies."""
+    """A random-init ResNet18 trained a few epochs on simulated CW / ACW / other galaxies (48 px, mirrors
+    with CW/ACW swapped) beats chance (1/3) by >= 0.2 on held-out galaxies."""
     import lightning as L
+    import pandas as pd
 
+    from galmorph.data.augment import AugmentSpec
     from galmorph.data.datamodule import GalaxyDataModule
     from galmorph.models.classifier import GalaxyClassifier
     from galmorph.simulate import simulate_dataset
     from galmorph.training.metrics import predict_loader
 
-    import pandas as pd
-
-    out = simulate_dataset(tmp_path / "sim", n=120, seed=11, task="lopsided", size=64, progress=False)
+    out = simulate_dataset(tmp_path / "sim", n=150, seed=11, task="chirality", size=64, progress=False,
+                           write_fits=False)
     man = pd.read_parquet(out["manifest"])
+    classes = ["CW", "ACW", "other"]
     L.seed_everything(0, verbose=False)
-    dm = GalaxyDataModule(man, "lopsided", ["symmetric", "lopsided"], image_size=32, in_chans=1, batch_size=16,
-                          val_fraction=0.15, test_fraction=0.25, seed=0, data_root=tmp_path / "sim",
-                          cache_images=True)
-    params = NetworkParams(task="lopsided", classes=("symmetric", "lopsided"), arch="resnet18", in_chans=1,
-                           lr=2e-3)
-    model = GalaxyClassifier(params)
-    trainer = L.Trainer(max_epochs=8, accelerator="cpu", logger=False, enable_checkpointing=False,
+    dm = GalaxyDataModule(man, "chirality", classes, image_size=48, in_chans=1, batch_size=16, val_fraction=0.1,
+                          test_fraction=0.3, seed=0, data_root=tmp_path / "sim", cache_images=True,
+                          augment=AugmentSpec(rotation_deg=180.0, zoom=0.0, flips=False), mirror_swap=True)
+    model = GalaxyClassifier(NetworkParams(task="chirality", classes=tuple(classes), arch="resnet18", in_chans=1,
+                                           lr=2e-3))
+    trainer = L.Trainer(max_epochs=10, accelerator="cpu", logger=False, enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0)
     trainer.fit(model, datamodule=dm)
     probs, y = predict_loader(model.net, dm.test_dataloader())
     acc = float((probs.argmax(1) == y).mean())
-    assert len(y) >= 25 and acc >= 0.5 + 0.2, acc
+    assert len(y) >= 40 and acc >= 1 / 3 + 0.2, acc
