@@ -455,6 +455,16 @@ def promote(task: str, version: str | int | None = None, *, eval_manifest, audit
             dec.checks["tagging_error"] = f"{type(exc).__name__}: {exc}"
             append_audit(audit_log, dec.to_dict())
             raise
+        card = cand.report.get("model_card")
+        if card:  # the candidate's model card, updated with this decision
+            from galmorph.evaluation.card import attach_card, with_decision
+
+            try:
+                attach_card(with_decision(card, {**summary, "compared_to": champ, "checks": finite_json(checks)}),
+                            name, version, run_id=cand.run_id, client=c)
+            except Exception as exc:  # noqa: BLE001 - the decision stands; the card is documentation
+                log.warning("model card of %s v%s not updated: %s", name, version, exc)
+                dec.checks["card_error"] = f"{type(exc).__name__}: {exc}"
         append_audit(audit_log, dec.to_dict())
     log.info(dec.summary())
     return dec
