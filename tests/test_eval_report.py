@@ -90,8 +90,8 @@ def test_evaluate_chirality_ce_model_with_diagnostics(mlflow_server, sim_chirali
     info = log_test_model(ChiralityCE(seed=5, dropout=0.3), "chirality", ["CW", "ACW", "other"], 32,
                           registered_name="galmorph-test-eval-ce", chirality_equivariant=True, arch="ce")
     res = evaluate(f"models:/galmorph-test-eval-ce/{info.registered_model_version}", sim_chirality["manifest"],
-                   tmp_path / "ev", explain=True, rotation_passes=3, rotation_angles=3, rotation_max_objects=6,
-                   sweep_realisations=3, log_to_mlflow=True)
+                   tmp_path / "ev", rotation_passes=3, rotation_angles=3, rotation_max_objects=6,
+                   sweep_realisations=3, log_to_mlflow=True)  # explanations: on by default with the HTML report
     ch = res.report["chirality"]
     assert ch["mirror"]["passed"] and ch["mirror"]["max_prob_diff"] <= 1e-5
     assert res.metrics["chirality_mirror_passed"] == 1.0
@@ -102,8 +102,15 @@ def test_evaluate_chirality_ce_model_with_diagnostics(mlflow_server, sim_chirali
     assert ch["cvs"]["n_acw_labels"] == int((lab["label"] == "ACW").sum())
     npz = np.load(res.extra_paths["explanations"])
     assert npz["gradcam"].shape[1:] == (32, 32) and (npz["gradcam"] >= 0).all()
+    # one Grad-CAM map per test-time view (image, mirror), each in the input frame, and a panel per class
+    assert res.report["explanations"]["views"] == ["identity", "mirror"]
+    assert npz["gradcam[mirror]"].shape == npz["gradcam"].shape
     html = res.report_html.read_text()
-    assert "Chirality diagnostics" in html and "Explanations" in html
+    assert "Chirality diagnostics" in html and "Explanations" in html and "views identity, mirror" in html
+    shown = {c for c in ("CW", "ACW", "other") if f"<h3>class {c}</h3>" in html}
+    assert shown == set(res.report["explanations"]["examples"][i]["true_class"]
+                        for i in range(len(res.report["explanations"]["examples"])))
+    assert "Calibration" in html and "mirror test passed" in html  # the card's failure-mode list
 
 
 def test_trials_and_cli(mlflow_server, coded_with_bad_rows, tmp_path):
