@@ -40,9 +40,11 @@ def parse_edges(text: str | None) -> tuple[float, ...] | None:
               help="MC-dropout passes per rotation (0 skips the rotation test).")
 @click.option("--rotation-angles", type=click.IntRange(1), default=8, show_default=True,
               help="Rotations evenly spaced in 0-180 degrees.")
-@click.option("--rotation-max-objects", type=click.IntRange(1), default=32, show_default=True)
+@click.option("--rotation-max-objects", type=click.IntRange(1), default=200, show_default=True,
+              help="At most this many spirals in the rotation-stability test.")
 @click.option("--sweep-n", type=click.IntRange(1), default=None, help="N of the CVS sweep sets [default: max(spirals, 144)].")
-@click.option("--explain", is_flag=True, help="Grad-CAM, Grad-CAM++ and SmoothGrad maps of the most confident "
+@click.option("--explain/--no-explain", default=None,
+              help="[default: on with the HTML report] Grad-CAM, Grad-CAM++ and SmoothGrad maps of the most confident "
                                               "correct and wrong examples per class.")
 @click.option("--explain-per-class", type=click.IntRange(1), default=2, show_default=True)
 @click.option("--target-layer", default=None, help="Grad-CAM target layer (graph node or module name) "
