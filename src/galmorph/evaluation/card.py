@@ -170,7 +170,7 @@ def card_summary(card: Mapping) -> str:
 
 def card_markdown(card: Mapping) -> str:
     """The card as markdown (template ``card.md.j2``)."""
-    from galmorph.evaluation.report import template_env
+    from galmorph.evaluation.templating import template_env
 
     return template_env(autoescape=False).get_template("card.md.j2").render(c=card)
 

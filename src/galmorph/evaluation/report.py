@@ -12,6 +12,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from galmorph.evaluation.templating import template_env  # noqa: F401 - re-exported
+
 
 def _plt():
     import matplotlib
@@ -149,14 +151,6 @@ def plot_explanations(images: np.ndarray, maps: Mapping[str, np.ndarray], exampl
 # --------------------------------------------------------------------------------------------
 # HTML (jinja2 templates)
 # --------------------------------------------------------------------------------------------
-def template_env(autoescape: bool = True):
-    """The jinja2 environment of the package templates (``galmorph/evaluation/templates``)."""
-    import jinja2
-
-    return jinja2.Environment(loader=jinja2.PackageLoader("galmorph.evaluation", "templates"),
-                              autoescape=autoescape, extensions=["jinja2.ext.do"], trim_blocks=False)
-
-
 def _b64(b64: str, alt: str) -> dict:
     return {"b64": b64, "alt": alt}
 
