@@ -255,3 +255,50 @@ def test_sdss_query_sql_and_offline_result(tmp_path):
     except ImportError:
         with pytest.raises(RuntimeError, match="needs astroquery.*--extra fetch"):
             fetch(sql)
+
+
+# ------------------------------------------------------------------------------------------ CSV faults
+def test_ragged_line_is_quarantined_under_its_own_id_or_line(tmp_path):
+    """The first data line has a field too many: pandas would take the ids as the index and shift every
+    column; the ragged line is quarantined under its own id, a short line without an id under its line."""
+    csv = _write(tmp_path / "labels.csv", "dr7objid,gz1_class\n101,clockwise,EXTRA\n102,anticlockwise\n"
+                 "103,spiral\n\n")
+    (tmp_path / "short.csv").write_text("gz1_class,dr7objid\n201,x\nclockwise\n")
+    res = ingest("gz1_chirality", tmp_path / "m.parquet", data_root=tmp_path, labels=csv, images=tmp_path)
+    _balanced(res)
+    m = read_manifest(res.manifest_path)
+    assert list(m["object_id"]) == ["102", "103"] and list(m["label"]) == ["ACW", "other"]
+    q = read_quarantine(res.quarantine_path)
+    assert list(q["object_id"]) == ["101"] and "labels.csv line 2: 3 field(s), the header has 2" in q["reason"][0]
+    res2 = ingest("gz1_chirality", tmp_path / "m2.parquet", data_root=tmp_path, labels=tmp_path / "short.csv",
+                  images=tmp_path)
+    q2 = read_quarantine(res2.quarantine_path)
+    assert q2["object_id"].isna().all() and "short.csv line 3" in q2["reason"][0]
+    assert res2.n_in == res2.n_out + res2.n_quarantined == 2
+
+
+def test_generic_catalogue_source_with_column_map(tmp_path):
+    from galmorph.cli import main
+
+    (tmp_path / "img").mkdir()
+    csv = _write(tmp_path / "cat.csv", "objid,file,RA,DEC,redshift,mag\n0042,img/a.png,10.5,-3,0.02,17\n"
+                 "0043,img/b.png,abc,1,0.03,18\n0044,/abs/c.png,,,,19\n0042,img/d.png,1,1,0.05,20\n")
+    r = CliRunner().invoke(main, ["ingest", "catalogue", "--path", str(csv), "--out", str(tmp_path / "m.parquet"),
+                                  "--map", "object_id=objid", "--map", "image_uri=file", "--map", "ra=RA",
+                                  "--map", "dec=DEC", "--map", "z=redshift", "--survey", "mine", "--json"])
+    assert r.exit_code == 0, r.output
+    doc = json.loads(r.output)
+    assert doc["rows_in"] == 4 and doc["rows_out"] == 2 and doc["rows_quarantined"] == 2
+    m = read_manifest(tmp_path / "m.parquet").set_index("object_id")
+    assert list(m.index) == ["0042", "0044"] and m.loc["0042", "ra"] == 10.5 and m.loc["0042", "z_bin"] == "0.01-0.03"
+    assert resolve_image_uri(m.loc["0042", "image_uri"]) == (tmp_path / "img/a.png").resolve()
+    assert m.loc["0044", "image_uri"] == "/abs/c.png" and np.isnan(m.loc["0044", "ra"])
+    assert m.loc["0044", "z_bin"] == "unknown" and (m["survey"] == "mine").all() and "mag" in m.columns
+    q = read_quarantine(tmp_path / "m.quarantine.parquet").set_index("object_id")
+    assert "non-numeric ra 'abc'" in q.loc["0043", "reason"] and "duplicate object_id" in q.loc["0042", "reason"]
+    bad = CliRunner().invoke(main, ["ingest", "catalogue", "--path", str(csv), "--out", str(tmp_path / "x.parquet"),
+                                    "--map", "object_id=nope"])
+    assert bad.exit_code == 1 and "missing column(s) ['nope']" in bad.output
+    bad = CliRunner().invoke(main, ["ingest", "catalogue", "--path", str(csv), "--out", str(tmp_path / "x.parquet"),
+                                    "--map", "colour=mag"])
+    assert bad.exit_code == 1 and "'colour' is not a manifest column" in bad.output

@@ -50,10 +50,14 @@ def test_z_bins_edges_unknown_and_out_of_range():
 
 
 def test_missing_columns_and_unreadable_files_are_named(tmp_path):
-    bad = _df().drop(columns=["survey", "z"])
-    bad.to_parquet(tmp_path / "bad.parquet")
-    with pytest.raises(ManifestError, match=r"bad.parquet.*missing required column.*survey"):
-        read_manifest(tmp_path / "bad.parquet")
+    thin = _df().drop(columns=["survey", "z"])
+    thin.to_parquet(tmp_path / "thin.parquet")
+    back = read_manifest(tmp_path / "thin.parquet")  # optional columns are filled
+    assert back["survey"].isna().all() and back["z"].isna().all() and (back["z_bin"] == "unknown").all()
+    for col in ("object_id", "image_uri"):
+        _df().drop(columns=[col]).to_parquet(tmp_path / "bad.parquet")
+        with pytest.raises(ManifestError, match=rf"bad.parquet.*no '{col}' column"):
+            read_manifest(tmp_path / "bad.parquet")
     (tmp_path / "junk.parquet").write_text("not parquet")
     with pytest.raises(ManifestError, match="junk.parquet.*not a readable Parquet"):
         read_manifest(tmp_path / "junk.parquet")
@@ -94,3 +98,27 @@ def test_settings_env_override_of_data_root(tmp_path, monkeypatch):
     missing = Settings(data_root=tmp_path / "nope")
     with pytest.raises(FileNotFoundError, match="GALMORPH_DATA_ROOT"):
         missing.require_data_root()
+
+
+def test_csv_manifest_reads_ids_as_strings_and_fills_the_rest(tmp_path):
+    p = tmp_path / "m.csv"
+    p.write_text("object_id,image_uri,ra,z,mag\n007,a.png,10.5,0.02,1\n587739609160417293,b.png,,,2\n")
+    df = read_manifest(p)
+    assert list(df["object_id"]) == ["007", "587739609160417293"]
+    assert df["ra"].dtype == np.float64 and np.isnan(df["ra"][1]) and np.isnan(df["dec"]).all()
+    assert list(df["z_bin"]) == ["0.01-0.03", "unknown"] and df["survey"].isna().all()
+    assert list(df.columns[: len(REQUIRED_COLUMNS)]) != [] and "mag" in df.columns
+
+
+def test_ragged_csv_rows_are_named_by_their_own_id_or_line(tmp_path):
+    p = tmp_path / "m.csv"
+    # the first data line has an extra field (pandas would take column 1 as the index and shift ids)
+    p.write_text("object_id,image_uri,label\nA1,a.png,CW,extra\nA2,b.png,ACW\n,c.png\nA4,d.png,other\n")
+    with pytest.raises(ManifestError, match=r"2 unreadable row\(s\).*line 2"):
+        read_manifest(p)
+    bad: list = []
+    df = read_manifest(p, bad_rows=bad)
+    assert list(df["object_id"]) == ["A2", "A4"] and list(df["label"]) == ["ACW", "other"]
+    assert [r["object_id"] for r in bad] == ["A1", None]
+    assert "line 2: 4 field(s)" in bad[0]["reason"] and "line 4: 2 field(s)" in bad[1]["reason"]
+    assert "named by its line" in bad[1]["reason"]

@@ -18,6 +18,8 @@ Sources (``SOURCES``)::
     sdss_fits       sdss_fits/cutouts/*.fits                              (RA/Dec from CRVAL)
     sim:<dir>       a `galmorph simulate` output folder
     folder:<dir>    any image folder (JPEG/PNG/FITS), ids from file names
+    catalogue       any table (--path FILE) with an id and an image column, columns mapped with
+                    ``columns={"object_id": "objid", "image_uri": "file"}`` (``--map object_id=objid``)
 """
 
 from __future__ import annotations
@@ -121,14 +123,20 @@ def parse_iau_name(name: str) -> tuple[float, float]:
     return ra, dec
 
 
-def read_table(path: str | Path) -> pd.DataFrame:
-    """Read a catalogue (CSV, CSV.gz, Parquet or FITS table) with ids kept as strings."""
+def read_table(path: str | Path, bad_rows: Records | None = None, id_column: str | None = None) -> pd.DataFrame:
+    """Read a catalogue (CSV, CSV.gz, TSV, Parquet or FITS table) with ids kept as strings.
+
+    Ragged CSV lines (wrong number of fields) are appended to ``bad_rows`` as quarantine records under
+    the value at ``id_column``'s position (or their line number); without ``bad_rows`` they are an error."""
+    from galmorph.manifest import ManifestError, is_csv, read_csv_rows
+
     path = Path(path)
     if not path.exists():
         raise IngestError(f"catalogue {path} does not exist")
     if path.stat().st_size == 0:
         raise IngestError(f"catalogue {path} is empty (zero bytes)")
     name = path.name.lower()
+    ragged: Records = []
     try:
         if name.endswith(".parquet"):
             df = pd.read_parquet(path)
@@ -136,14 +144,21 @@ def read_table(path: str | Path) -> pd.DataFrame:
             from astropy.table import Table
 
             df = Table.read(path).to_pandas()
-        else:
-            df = pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[""])
-    except pd.errors.EmptyDataError:
-        raise IngestError(f"catalogue {path} is empty (no header)") from None
+        elif is_csv(path) or not name.endswith((".parquet", ".fits", ".fit")):
+            df, ragged = read_csv_rows(path, id_column)
+            df = df.fillna(np.nan)
+    except ManifestError as exc:
+        raise IngestError(str(exc).replace("table ", "catalogue ", 1)) from exc
     except Exception as exc:  # noqa: BLE001
         raise IngestError(f"catalogue {path} is unreadable: {type(exc).__name__}: {exc}") from exc
     df.columns = [str(c).strip() for c in df.columns]
-    if df.empty:
+    if ragged:
+        if bad_rows is None:
+            raise IngestError(f"catalogue {path}: {len(ragged)} ragged line(s) ({ragged[0]['reason']})")
+        for r in ragged:
+            r["stage"] = STAGE
+        bad_rows.extend(ragged)
+    if df.empty and not ragged:
         raise IngestError(f"catalogue {path} has no rows")
     return df
 
@@ -223,10 +238,11 @@ def ingest_gz1_chirality(labels_csv: str | Path, images_dir: str | Path, data_ro
                          image_suffix: str = ".jpeg") -> tuple[pd.DataFrame, Records]:
     """GZ1 classes -> chirality labels (clockwise = CW, anticlockwise = ACW, every other class = other).
     No coordinates are available: ra/dec/z are NaN."""
-    df = read_table(labels_csv)
+    q: Records = []
+    df = read_table(labels_csv, q, "dr7objid")
     require_columns(df, ["dr7objid", "gz1_class"], labels_csv)
     images_dir = Path(images_dir)
-    rows, q = [], []
+    rows = []
     for i in range(len(df)):
         oid = str(df["dr7objid"].iat[i]).strip()
         cls = str(df["gz1_class"].iat[i]).strip() if pd.notna(df["gz1_class"].iat[i]) else ""
@@ -269,10 +285,11 @@ def ingest_gz2_arms(labels_csv: str | Path, images_dir: str | Path, data_root: P
                     image_suffix: str = ".png") -> tuple[pd.DataFrame, Records]:
     """GZ2 spirals with Galaxy Builder arm counts: label = round(n_arms_mean) (1..4, 5+), falling
     back to the single set GZ2 ``t11`` flag when the mean is missing (else unlabelled)."""
-    df = read_table(labels_csv)
+    q: Records = []
+    df = read_table(labels_csv, q, "dr7objid")
     require_columns(df, ["dr7objid", "ra", "dec", "z", "n_arms_mean"], labels_csv)
     images_dir = Path(images_dir)
-    rows, q = [], []
+    rows = []
     for i in range(len(df)):
         r = _row_dict(df, i)
         oid = str(r["dr7objid"]).strip()
@@ -361,10 +378,11 @@ def ingest_decals(catalog_csv: str | Path, images_dir: str | Path, data_root: Pa
                   image_suffix: str = ".jpg") -> tuple[pd.DataFrame, Records]:
     """DECaLS JPEGs named by IAU name; RA/Dec parsed from the name. Ring flag and GZ DECaLS vote
     fractions kept as columns (no task label)."""
-    df = read_table(catalog_csv)
+    q: Records = []
+    df = read_table(catalog_csv, q, "iauname")
     require_columns(df, ["iauname"], catalog_csv)
     images_dir = Path(images_dir)
-    rows, q = [], []
+    rows = []
     for i in range(len(df)):
         r = _row_dict(df, i)
         name = str(r["iauname"]).strip()
@@ -408,7 +426,7 @@ def ingest_lopsided(catalogue_dir: str | Path, include_predicted: bool = False) 
     n_in = 0
     for fname, info in files:
         path = catalogue_dir / fname
-        df = read_table(path)
+        df = read_table(path, q, "objID")
         need = ["SDSS_name", "objID"] + (["A1"] if "label" in info else [info["pred"][1]])
         require_columns(df, need, path)
         n_in += len(df)
@@ -441,9 +459,10 @@ def ingest_lopsided(catalogue_dir: str | Path, include_predicted: bool = False) 
 def ingest_hart(catalogue_csv: str | Path) -> tuple[pd.DataFrame, Records]:
     """The Hart et al. (2017) GZ2 spirals: z from ``Z``, ``logMstar``; arm-number label from the GZ2
     clean flags (when exactly one is set; else unlabelled)."""
-    df = read_table(catalogue_csv)
+    q: Records = []
+    df = read_table(catalogue_csv, q, "dr7objid")
     require_columns(df, ["dr7objid", "ra", "dec", "Z"], catalogue_csv)
-    rows, q = [], []
+    rows = []
     extra = [c for c in ("logMstar", "PETRO_THETA", "SERSIC_BA", "p_bar", "psi_gz2", "psi_sparcfire",
                          "t04_spiral_a08_spiral_debiased", *ARM_FLAG_COLUMNS.values()) if c in df.columns]
     for i in range(len(df)):
@@ -545,11 +564,78 @@ def ingest_sim(sim_dir: str | Path, task: str | None = None, image: str = "jpg")
     return _finalise(rows, [], len(truth), "sim")
 
 
+CATALOGUE_FIELDS = ("object_id", "image_uri", "ra", "dec", "z", "label", "task", "survey")
+
+
+def parse_column_map(items: Any) -> dict[str, str]:
+    """``["object_id=objid", "image_uri=file"]`` (or a dict) -> ``{manifest column: catalogue column}``."""
+    if isinstance(items, dict):
+        pairs = list(items.items())
+    else:
+        pairs = []
+        for it in items or ():
+            if "=" not in str(it):
+                raise IngestError(f"column map {it!r} must be MANIFEST_COLUMN=CATALOGUE_COLUMN")
+            a, b = str(it).split("=", 1)
+            pairs.append((a.strip(), b.strip()))
+    out: dict[str, str] = {}
+    for a, b in pairs:
+        if a not in CATALOGUE_FIELDS:
+            raise IngestError(f"column map {a}={b}: {a!r} is not a manifest column; map one of {CATALOGUE_FIELDS}")
+        if not b:
+            raise IngestError(f"column map {a}=: the catalogue column is empty")
+        out[a] = b
+    return out
+
+
+def ingest_catalogue(path: str | Path, columns: dict[str, str] | None = None, data_root: Path | None = None,
+                     images_dir: str | Path | None = None, survey: str = "unknown", task: str | None = None,
+                     coords_required: bool = False) -> tuple[pd.DataFrame, Records]:
+    """Any catalogue table (CSV/TSV/Parquet/FITS) with an id and an image column.
+
+    ``columns`` maps manifest columns to the catalogue's (``{"object_id": "objid", "image_uri": "file"}``);
+    unmapped manifest columns are taken from same-named catalogue columns when present. A relative image
+    path is resolved under ``images_dir`` (default: the catalogue's folder); ``data://``, ``file://`` and
+    absolute paths are kept. Every other catalogue column is kept. RA/Dec/z that are present but not
+    numbers are quarantined; missing ones stay NaN unless ``coords_required``."""
+    path = Path(path)
+    cmap = {c: c for c in CATALOGUE_FIELDS}
+    cmap.update(parse_column_map(columns or {}))
+    q: Records = []
+    df = read_table(path, q, cmap["object_id"])
+    require_columns(df, [cmap["object_id"]], path)
+    if "image_uri" in (columns or {}):
+        require_columns(df, [cmap["image_uri"]], path)
+    for k in ("ra", "dec", "z", "label", "task", "survey"):
+        if k in (columns or {}):
+            require_columns(df, [cmap[k]], path)
+    img_root = Path(images_dir) if images_dir is not None else path.parent
+    mapped = set(cmap.values())
+    rows = []
+    for i in range(len(df)):
+        r = _row_dict(df, i)
+        oid = r.get(cmap["object_id"])
+        prov = f"{path.name} row {i + 2}"
+        img = r.get(cmap["image_uri"])
+        img = "" if img is None or (isinstance(img, float) and math.isnan(img)) else str(img).strip()
+        if img and not (img.startswith(("data://", "file://", "s3://", "gs://")) or Path(img).is_absolute()):
+            img = image_uri_for(img_root / img, data_root)
+        out = {"object_id": None if oid is None or (isinstance(oid, float) and math.isnan(oid)) else str(oid),
+               "survey": r.get(cmap["survey"]) or survey, "ra": r.get(cmap["ra"]), "dec": r.get(cmap["dec"]),
+               "z": r.get(cmap["z"]), "image_uri": img, "label": r.get(cmap["label"]),
+               "task": r.get(cmap["task"]) or task, "provenance": prov}
+        for c, v in r.items():
+            if c not in mapped and c not in out:
+                out[c] = v
+        rows.append(out)
+    return _finalise(rows, q, len(df), "catalogue", coords_required=coords_required)
+
+
 # --------------------------------------------------------------------------------------------
 # dispatcher
 # --------------------------------------------------------------------------------------------
 SOURCES = ("gz1_chirality", "gz2_arms", "gz2_table", "decals", "lopsided", "hart", "sdss_fits", "sim:<dir>",
-           "folder:<dir>")
+           "folder:<dir>", "catalogue")
 
 
 def _root(data_root: Path | None, source: str) -> Path:
@@ -569,6 +655,13 @@ def load_source(source: str, data_root: Path | str | None = None, **opts: Any) -
         return (*ingest_image_folder(source[7:], dr, survey=opts.get("survey", "unknown"),
                                      pattern=opts.get("pattern", "*"), task=opts.get("task"),
                                      label=opts.get("label")), "images")
+    if source == "catalogue" or source.startswith("catalogue:"):
+        path = opts.get("path") or (source.split(":", 1)[1] if ":" in source else None)
+        if not path:
+            raise IngestError("source 'catalogue' needs the table: --path FILE (or catalogue:FILE)")
+        return (*ingest_catalogue(path, opts.get("columns"), dr, images_dir=opts.get("images"),
+                                  survey=opts.get("survey") or "unknown", task=opts.get("task"),
+                                  coords_required=bool(opts.get("coords_required", False))), "catalogue")
     if source == "gz1_chirality":
         root = _root(dr, source)
         return (*ingest_gz1_chirality(opts.get("labels", root / "gz1_chirality/labels.csv"),

@@ -54,6 +54,9 @@ DEFAULT_Z_EDGES: tuple[float, ...] = (0.01, 0.03, 0.05, 0.07, 0.10, 0.12, 0.14, 
 
 DATA_SCHEME = "data://"
 
+#: Highest plausible redshift of a galaxy in a manifest; above it a z value is an error, not a selection.
+Z_MAX_PHYSICAL = 15.0
+
 
 class ManifestError(ValueError):
     """A manifest (or a row in it) is unusable; the message names the object and the reason."""
@@ -157,18 +160,157 @@ def write_manifest(df: pd.DataFrame, path: str | Path, kind: str, extra_meta: di
     return path
 
 
-def read_manifest(path: str | Path) -> pd.DataFrame:
-    """Read a manifest and check its schema; the error names the file and the reason."""
+CSV_SUFFIXES = (".csv", ".csv.gz", ".tsv", ".tsv.gz", ".txt")
+
+
+def is_csv(path: str | Path) -> bool:
+    """Whether ``path`` names a delimited-text table (CSV/TSV, optionally gzipped)."""
+    return Path(path).name.lower().endswith(CSV_SUFFIXES)
+
+
+def read_csv_rows(path: str | Path, id_column: str | None = "object_id") -> tuple[pd.DataFrame, list[dict]]:
+    """Read a CSV/TSV with every cell as a string (ids keep their leading zeros and full precision).
+
+    A ragged line (more or fewer fields than the header) is not parsed into the table (pandas would
+    shift its fields or take the first column as the index); it comes back as a quarantine record
+    under the value of ``id_column`` at that column's position, or under ``line N`` when the line is
+    too short to hold it. Returns ``(table, ragged_records)``; the error names the file otherwise."""
+    import csv
+    import gzip
+    import io
+
+    path = Path(path)
+    if not path.exists():
+        raise ManifestError(f"table {path} does not exist")
+    opener = gzip.open if path.name.lower().endswith(".gz") else open
+    delim = "\t" if ".tsv" in path.name.lower() else ","
+    try:
+        with opener(path, "rt", newline="", encoding="utf-8-sig") as fh:
+            text = fh.read()
+    except (OSError, UnicodeDecodeError, EOFError) as exc:
+        raise ManifestError(f"table {path} is unreadable: {type(exc).__name__}: {exc}") from exc
+    reader = csv.reader(io.StringIO(text), delimiter=delim)
+    try:
+        header = next(reader)
+    except StopIteration:
+        raise ManifestError(f"table {path} is empty (no header)") from None
+    except csv.Error as exc:
+        raise ManifestError(f"table {path}: unreadable header: {exc}") from exc
+    header = [h.strip() for h in header]
+    dup = sorted({h for h in header if header.count(h) > 1})
+    if dup:
+        raise ManifestError(f"table {path}: duplicate column name(s) {dup}")
+    pos = header.index(id_column) if id_column in header else None
+    rows: list[list[str]] = []
+    ragged: list[dict] = []
+    while True:
+        try:
+            fields = next(reader)
+        except StopIteration:
+            break
+        except csv.Error as exc:
+            raise ManifestError(f"table {path} line {reader.line_num}: {exc}") from exc
+        line = reader.line_num
+        if not fields or all(f.strip() == "" for f in fields):
+            if len(fields) <= 1:
+                continue  # blank line
+        if len(fields) != len(header):
+            oid = fields[pos].strip() if pos is not None and pos < len(fields) else ""
+            where = f"{path.name} line {line}"
+            ragged.append(quarantine_record(
+                oid or None, "read",
+                f"{where}: {len(fields)} field(s), the header has {len(header)}"
+                + ("" if oid else f" (no readable {id_column}; object named by its line)"),
+                {"line": line, "fields": fields}))
+            continue
+        rows.append(fields)
+    df = pd.DataFrame(rows, columns=header, dtype="object")
+    df = df.replace({"": None})
+    return df, ragged
+
+
+def _fill_columns(df: pd.DataFrame, name: str) -> pd.DataFrame:
+    """Require ``object_id`` and ``image_uri``; add the other required columns (NaN / null, ``z_bin`` from
+    ``z``) and coerce numbers, so a CSV with just ``object_id,image_uri`` is a manifest."""
+    if "object_id" not in df.columns:
+        raise ManifestError(f"{name}: no 'object_id' column (columns: {list(df.columns)[:20]}); "
+                            "every manifest row needs an object id")
+    if "image_uri" not in df.columns:
+        raise ManifestError(f"{name}: no 'image_uri' column (columns: {list(df.columns)[:20]}); "
+                            "add one (empty for catalogue-only rows)")
+    df = df.copy()
+    for c in FLOAT_COLUMNS:
+        if c not in df.columns:
+            df[c] = np.nan
+    if "z_bin" not in df.columns:
+        df["z_bin"] = assign_z_bin(pd.to_numeric(df["z"], errors="coerce"))
+    for c in REQUIRED_COLUMNS:
+        if c not in df.columns:
+            df[c] = None
+    return df
+
+
+def numeric_problems(df: pd.DataFrame, columns: Sequence[str] = FLOAT_COLUMNS) -> dict[int, list[str]]:
+    """Row position -> ``["ra 'abc' is not a number", ...]`` for cells present but not numbers."""
+    out: dict[int, list[str]] = {}
+    for c in columns:
+        if c not in df.columns or pd.api.types.is_numeric_dtype(df[c].dtype):
+            continue
+        raw = df[c]
+        num = pd.to_numeric(raw, errors="coerce")
+        present = raw.notna() & (raw.astype("string").str.strip() != "")
+        for i in np.flatnonzero((present & num.isna()).to_numpy()):
+            out.setdefault(int(i), []).append(f"{c} {raw.iat[i]!r} is not a number")
+    return out
+
+
+def read_manifest_table(path: str | Path) -> tuple[pd.DataFrame, list[dict]]:
+    """A manifest (Parquet, or CSV/TSV) as stored: ``(frame, ragged_line_records)``.
+
+    Only ``object_id`` and ``image_uri`` are required; missing optional columns are added. Numeric
+    columns of a CSV stay text here (see :func:`numeric_problems`); :func:`read_manifest` converts them."""
     path = Path(path)
     if not path.exists():
         raise ManifestError(f"manifest {path} does not exist")
-    try:
-        df = pd.read_parquet(path)
-    except Exception as exc:  # noqa: BLE001 - reraised with the file named
-        raise ManifestError(f"manifest {path} is not a readable Parquet file: {exc}") from exc
-    check_schema(df, str(path))
+    ragged: list[dict] = []
+    if is_csv(path):
+        df, ragged = read_csv_rows(path)
+    else:
+        try:
+            df = pd.read_parquet(path)
+        except Exception as exc:  # noqa: BLE001 - reraised with the file named
+            raise ManifestError(f"manifest {path} is not a readable Parquet file (or a .csv): {exc}") from exc
+    df = _fill_columns(df, f"manifest {path}")
     for c in STRING_COLUMNS:
         df[c] = df[c].astype("string")
+    return df, ragged
+
+
+def read_manifest(path: str | Path, bad_rows: list[dict] | None = None) -> pd.DataFrame:
+    """Read a manifest (Parquet or CSV/TSV); the error names the file and the reason.
+
+    ``object_id`` (read as a string) and ``image_uri`` are required, the other schema columns are
+    filled when absent. Rows that cannot be read (ragged CSV lines) are appended to ``bad_rows`` as
+    quarantine records; without ``bad_rows`` they are an error naming their lines. ``ra``/``dec``/``z``
+    cells that are not numbers become NaN with a warning (``galmorph validate`` quarantines them)."""
+    df, ragged = read_manifest_table(path)
+    if ragged:
+        if bad_rows is None:
+            lines = ", ".join(r["reason"].split(":", 1)[0] for r in ragged[:5])
+            raise ManifestError(f"manifest {path}: {len(ragged)} unreadable row(s) ({lines}"
+                                f"{', ...' if len(ragged) > 5 else ''}); run `galmorph validate` to quarantine them")
+        bad_rows.extend(ragged)
+    probs = numeric_problems(df)
+    if probs:
+        import logging
+
+        first = next(iter(probs))
+        logging.getLogger(__name__).warning(
+            "manifest %s: %d row(s) with non-numeric ra/dec/z read as NaN (first: object %s, %s)", path,
+            len(probs), df["object_id"].iat[first], probs[first][0])
+    for c in FLOAT_COLUMNS:
+        if not pd.api.types.is_float_dtype(df[c].dtype):
+            df[c] = pd.to_numeric(df[c], errors="coerce").astype("float64")
     return df
 
 

@@ -37,21 +37,38 @@ def _data_root(opt: Path | None) -> Path | None:
               help="Override the source's image folder.")
 @click.option("--sim-dir", type=click.Path(path_type=Path, file_okay=False), default=Path("data/sim"),
               show_default=True, help="Folder the plain `sim` source reads (the DVC simulate stage's output).")
+@click.option("--path", "table_path", type=click.Path(path_type=Path, exists=True, dir_okay=False), default=None,
+              help="catalogue: the table to ingest (CSV/TSV/Parquet/FITS).")
+@click.option("--map", "column_map", multiple=True, metavar="COLUMN=CATALOGUE_COLUMN",
+              help="catalogue: manifest column from a catalogue column, e.g. --map object_id=objid "
+                   "--map image_uri=file (repeatable; object_id image_uri ra dec z label task survey).")
+@click.option("--require-coords", is_flag=True, help="catalogue: rows without RA/Dec are quarantined.")
 @json_option("Print the summary as JSON.")
 def ingest_cmd(source: str, out: Path, quarantine: Path | None, data_root: Path | None, task: str | None,
                image: str, include_predicted: bool, survey: str, catalogue: Path | None, images: Path | None,
-               sim_dir: Path, as_json: bool) -> None:
+               sim_dir: Path, table_path: Path | None, column_map: tuple[str, ...], require_coords: bool,
+               as_json: bool) -> None:
     """Ingest SOURCE into a Parquet manifest (+ quarantine of rejected rows).
 
     SOURCE is one of gz1_chirality, gz2_arms, gz2_table, decals, lopsided, hart, sdss_fits (under the
     data root), sim:<folder> (a `galmorph simulate` output; plain `sim` reads --sim-dir) or
-    folder:<folder> (any image folder).
+    folder:<folder> (any image folder) or catalogue (any table: --path FILE --map object_id=COL
+    --map image_uri=COL ...; relative image paths under --images, else beside the table).
     """
-    from galmorph.ingest import IngestError, ingest
+    from galmorph.ingest import IngestError, ingest, parse_column_map
 
     if source == "sim":
         source = f"sim:{sim_dir}"
     opts: dict = {"task": task, "image": image, "include_predicted": include_predicted, "survey": survey}
+    if source == "catalogue":
+        try:
+            opts.update(path=table_path or catalogue, columns=parse_column_map(column_map),
+                        coords_required=require_coords)
+        except IngestError as exc:
+            fail(str(exc))
+        catalogue = None
+    elif table_path is not None or column_map:
+        fail(f"--path/--map are options of the catalogue source, not of {source!r}")
     if catalogue is not None:
         key = {"gz1_chirality": "labels", "gz2_arms": "labels", "gz2_table": "table", "decals": "catalog",
                "hart": "catalogue", "lopsided": "catalogue_dir"}.get(source)
@@ -64,6 +81,8 @@ def ingest_cmd(source: str, out: Path, quarantine: Path | None, data_root: Path 
         res = ingest(source, out, quarantine, data_root=_data_root(data_root), **opts)
     except (IngestError, FileNotFoundError) as exc:
         fail(str(exc))
+    except OSError as exc:
+        fail(f"cannot write {out}: {exc.strerror or exc}")
     if as_json:
         echo_json(res.summary())
     else:
