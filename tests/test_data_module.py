@@ -150,3 +150,29 @@ def test_set_overrides_are_type_checked():
         "zoobot_convnext_nano", 64, 10, 1e-5, 0.2)
     arms = resolve_config("arms", "b0_frozen")
     assert arms.crop_fraction == pytest.approx(224 / 424) and arms.max_per_class == 300 and arms.patience == 30
+
+
+def test_mirror_swap_mirrors_only_with_cw_acw_swapped_and_class_weights_balance():
+    from galmorph.data.augment import RandomMirrorSwap, mirror
+
+    labels = ["CW"] * 40 + ["ACW"] * 20 + ["other"] * 60
+    dm = GalaxyDataModule(_frame(labels, "chirality"), "chirality", ["CW", "ACW", "other"], image_size=16,
+                          val_fraction=0.1, test_fraction=0.2, seed=0, mirror_swap=True)
+    assert dm.mirror_label_map() == [1, 0, 2]
+    w = np.array(dm.class_weights())
+    n = np.array([28, 14, 42], dtype=float)  # training counts (70 %)
+    n_sym = np.array([21, 21, 42], dtype=float)  # CW/ACW share their counts under mirror_swap
+    assert np.allclose(w, n.sum() / (3 * n_sym)) and np.isclose((w * n_sym).sum(), n.sum())
+    swap = RandomMirrorSwap(dm.mirror_label_map(), seed=1)
+    x = torch.rand(1, 8, 8)
+    seen = set()
+    for _ in range(40):
+        for y in (0, 1, 2):
+            out, y2 = swap(x, y)
+            mirrored = torch.equal(out, mirror(x))
+            assert mirrored or torch.equal(out, x)
+            assert y2 == ([1, 0, 2][y] if mirrored else y)
+            seen.add(mirrored)
+    assert seen == {True, False}
+    with pytest.raises(ValueError, match="only applies to the chirality"):
+        GalaxyDataModule(_frame(["1", "2"] * 5), "arms", ["1", "2"], image_size=16, mirror_swap=True)
