@@ -2,7 +2,8 @@
 
 Layout of a scoring output folder ``OUT``::
 
-    OUT/scoring.json                 what is being scored (manifest, rows, shard size, model) -- resume guard
+    OUT/scoring.json                 what is being scored (manifest + its sha256, rows, shard size, model,
+                                     threshold) -- resume guard: another input is refused unless overwrite
     OUT/shards/part-00000.parquet    scores of rows [0, shard_size)            (written atomically)
     OUT/shards/quarantine-00000.parquet  rows of that shard whose image could not be read, with the reason
     ...
@@ -20,6 +21,8 @@ summary JSON (class counts, high-confidence counts, and for chirality the CVS wi
 
 from __future__ import annotations
 
+import errno
+import hashlib
 import json
 import logging
 import math
@@ -38,7 +41,7 @@ import pyarrow.parquet as pq
 
 from galmorph.evaluation.chirality import chirality_violation as cvs_null
 from galmorph.jsonsafe import json_default
-from galmorph.manifest import ManifestError, quarantine_record, write_quarantine
+from galmorph.manifest import ManifestError, is_csv, quarantine_record, read_manifest, write_quarantine
 
 log = logging.getLogger(__name__)
 
@@ -125,6 +128,30 @@ def manifest_rows(manifest_path: str | Path) -> int:
         return pq.ParquetFile(path).metadata.num_rows
     except Exception as exc:  # noqa: BLE001
         raise ManifestError(f"manifest {path} is not a readable Parquet file: {exc}") from exc
+
+
+def manifest_digest(manifest_path: str | Path, chunk: int = 1 << 20) -> str:
+    """sha256 of the manifest file's bytes (what a resumed scoring run must be reading again)."""
+    h = hashlib.sha256()
+    try:
+        with open(manifest_path, "rb") as fh:
+            while block := fh.read(chunk):
+                h.update(block)
+    except OSError as exc:
+        raise ManifestError(f"manifest {manifest_path} is unreadable: {exc.strerror or exc}") from exc
+    return h.hexdigest()
+
+
+def parquet_manifest(manifest_path: str | Path, out_dir: str | Path) -> Path:
+    """The Parquet file to stream: the manifest itself, or for a CSV/TSV manifest its conversion
+    (:func:`galmorph.manifest.read_manifest`) written to ``OUT/input-manifest.parquet``."""
+    path = Path(manifest_path)
+    if not is_csv(path):
+        return path
+    df = read_manifest(path)
+    dest = Path(out_dir) / "input-manifest.parquet"
+    _guard_write(dest, lambda tmp: df.to_parquet(tmp, index=False))
+    return dest
 
 
 def n_shards_for(n_rows: int, shard_size: int) -> int:
@@ -221,13 +248,33 @@ def completed_shards(out_dir: str | Path) -> set[int]:
     return {int(m.group(1)) for p in d.iterdir() if (m := SHARD_RE.match(p.name))}
 
 
-def _atomic_parquet(df: pd.DataFrame, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
+def _write_parquet(df: pd.DataFrame, path: Path) -> None:
+    df.to_parquet(path, index=False)
+
+
+def _guard_write(path: Path, write) -> None:
+    """``write(tmp)`` then fsync and rename onto ``path``; a failure removes the temporary file and
+    becomes a :class:`ScoringError` naming ``path`` (``disk full while writing <path>`` for ENOSPC)."""
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    df.to_parquet(tmp, index=False)
-    with open(tmp, "rb") as fh:  # make the content durable before the rename commits the shard
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write(tmp)
+        with open(tmp, "rb") as fh:  # make the content durable before the rename commits the file
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except OSError as exc:
+        try:
+            tmp.unlink(missing_ok=True)
+        except OSError:
+            pass
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise ScoringError(f"disk full while writing {path}; free space (or use another --out) and run "
+                               "the same command again to resume") from exc
+        raise ScoringError(f"cannot write {path}: {exc.strerror or exc}") from exc
+
+
+def _atomic_parquet(df: pd.DataFrame, path: Path) -> None:
+    _guard_write(path, lambda tmp: _write_parquet(df, tmp))
 
 
 def _load_model(model, device: str):
@@ -238,22 +285,65 @@ def _load_model(model, device: str):
     return load_for_inference(str(model), device=device)
 
 
+#: What binds a scoring folder to its inputs: a resume must agree on all of them.
+RESUME_KEYS: tuple[str, ...] = ("manifest_sha256", "manifest_rows", "shard_size", "model_uri", "model_version",
+                                "threshold", "classes")
+_OUR_FILES = re.compile(r"^\.?(part|quarantine)-\d{5,}\.parquet(\.tmp-\d+)?$")
+
+
+def _clear_outputs(out_dir: Path) -> None:
+    """Remove what an earlier scoring run wrote in ``out_dir`` (its ``scoring.json`` first, so that a
+    kill during the clean-up leaves a folder that is refused rather than resumed), and nothing else."""
+    (out_dir / "scoring.json").unlink(missing_ok=True)
+    sd = out_dir / "shards"
+    if sd.is_dir():
+        for f in sd.iterdir():
+            if f.is_file() and _OUR_FILES.match(f.name):
+                f.unlink()
+    for name in ("catalogue.parquet", "summary.json", "quarantine.parquet"):
+        (out_dir / name).unlink(missing_ok=True)
+
+
 def _check_resume(out_dir: Path, spec: dict, overwrite: bool) -> None:
+    """Refuse to add shards to a folder holding another scoring run (a different manifest content, model
+    version, shard size or threshold: the catalogue would mix them) unless ``overwrite``, which clears
+    the earlier run's outputs; then record ``spec`` in ``OUT/scoring.json``."""
     p = out_dir / "scoring.json"
-    if p.exists() and not overwrite:
-        old = json.loads(p.read_text())
-        for key in ("manifest_rows", "shard_size", "model_uri", "model_version", "threshold", "classes"):
-            if old.get(key) != spec.get(key):
+    try:
+        if overwrite:
+            _clear_outputs(out_dir)
+        elif p.exists():
+            try:
+                old = json.loads(p.read_text())
+                if not isinstance(old, dict):
+                    raise ValueError("not a JSON object")
+            except (ValueError, UnicodeDecodeError) as exc:
+                raise ScoringError(f"{p} is unreadable ({exc}); use another output folder or --overwrite") from exc
+            diffs = []
+            for key in RESUME_KEYS:
+                if key == "manifest_sha256" and key not in old:  # written before the digest was recorded
+                    if old.get("manifest") != spec.get("manifest"):
+                        diffs.append(f"manifest {old.get('manifest')} -> {spec.get('manifest')}")
+                    continue
+                if old.get(key) != spec.get(key):
+                    what = "manifest content (sha256)" if key == "manifest_sha256" else key
+                    o, n = old.get(key), spec.get(key)
+                    if key == "manifest_sha256":
+                        o, n = f"{str(o)[:12]} of {old.get('manifest')}", f"{str(n)[:12]} of {spec.get('manifest')}"
+                    diffs.append(f"{what} {o!r} -> {n!r}" if key != "manifest_sha256" else f"{what} {o} -> {n}")
+            if diffs:
+                n_done = len(completed_shards(out_dir))
                 raise ScoringError(
-                    f"{out_dir} holds a scoring run with {key}={old.get(key)!r}, this call has "
-                    f"{spec.get(key)!r}; use another output folder or overwrite=True (--overwrite)")
-    if overwrite and (out_dir / "shards").is_dir():
-        for f in (out_dir / "shards").iterdir():
-            f.unlink()
-    out_dir.mkdir(parents=True, exist_ok=True)
-    tmp = p.with_name(f".{p.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(spec, indent=2))
-    os.replace(tmp, p)
+                    f"{out_dir} holds {n_done} shard(s) of a different scoring run; this call differs in: "
+                    + "; ".join(diffs) + ". Resuming would mix the two in one catalogue: use another output "
+                    "folder, or --overwrite (overwrite=True) to discard the earlier run's shards")
+        elif completed_shards(out_dir):
+            raise ScoringError(f"{out_dir}/shards holds shards but no scoring.json says what they score; "
+                               "use another output folder or --overwrite")
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ScoringError(f"cannot use output folder {out_dir}: {exc.strerror or exc}") from exc
+    _guard_write(p, lambda tmp: tmp.write_text(json.dumps(spec, indent=2, default=json_default)))
 
 
 def score_frame_probs(probs: np.ndarray, classes: Sequence[str], threshold: float) -> dict[str, Any]:
@@ -291,7 +381,14 @@ def score_manifest(model, manifest_path: str | Path, out_dir: str | Path, batch_
         raise ValueError(f"batch size must be >= 1, got {batch_size}")
     t0 = time.perf_counter()
     out = Path(out_dir)
+    source = Path(manifest_path)
+    if not source.exists():
+        raise ManifestError(f"manifest {source} does not exist")
+    digest = manifest_digest(source)
+    manifest_path = parquet_manifest(source, out)
     n_rows = manifest_rows(manifest_path)
+    if n_rows == 0:
+        raise ScoringError(f"manifest {source} has no rows; nothing to score")
     schema_names = pq.ParquetFile(manifest_path).schema_arrow.names
     for c in ("object_id", "image_uri"):
         if c not in schema_names:
@@ -301,8 +398,15 @@ def score_manifest(model, manifest_path: str | Path, out_dir: str | Path, batch_
     classes = list(spec.classes)
     n_sh = n_shards_for(n_rows, shard_size)
     wanted = sorted(set(range(n_sh) if shards is None else (int(s) for s in shards)))
+    if not wanted:
+        raise ScoringError("no shards to score (an empty shard list); give shards such as 0-3,7 or none for all")
+    outside = [s for s in wanted if not 0 <= s < n_sh]
+    if outside:
+        raise ScoringError(f"shard(s) {outside} outside 0..{n_sh - 1} of {source} ({n_rows} rows, "
+                           f"shard size {shard_size})")
     _check_resume(out, {
-        "manifest": str(Path(manifest_path).resolve()), "manifest_rows": n_rows, "shard_size": int(shard_size),
+        "manifest": str(source.resolve()), "manifest_sha256": digest, "manifest_rows": n_rows,
+        "shard_size": int(shard_size),
         "model_uri": lm.uri, "model_version": lm.version, "model_run_id": lm.run_id, "task": spec.task,
         "classes": classes, "threshold": float(threshold),
     }, overwrite)
@@ -350,7 +454,7 @@ def score_manifest(model, manifest_path: str | Path, out_dir: str | Path, batch_
         res["row"] = (first + np.flatnonzero(ok)).astype(np.int64)
         for c in pass_cols:
             res[c] = good[c].to_numpy()
-        write_quarantine(q, quarantine_path(out, s))
+        _guard_write(quarantine_path(out, s), lambda tmp, _q=q: write_quarantine(_q, tmp))
         _atomic_parquet(res, shard_path(out, s))
         n_scored += len(res)
         n_quar += len(q)
@@ -401,7 +505,7 @@ def merge_scores(score_dirs: str | Path | Sequence[str | Path], out_dir: str | P
     specs = [json.loads((d / "scoring.json").read_text()) for d in score_dirs if (d / "scoring.json").exists()]
     if not specs:
         raise ScoringError(f"no scoring.json in {', '.join(map(str, score_dirs))}")
-    for key in ("manifest_rows", "shard_size", "model_uri", "model_version", "classes"):
+    for key in ("manifest_sha256", "manifest_rows", "shard_size", "model_uri", "model_version", "classes"):
         vals = {json.dumps(sp.get(key)) for sp in specs}
         if len(vals) > 1:
             raise ScoringError(f"scoring folders disagree on {key}: {sorted(vals)}")

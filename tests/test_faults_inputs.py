@@ -1,0 +1,119 @@
+"""Fault injection, inputs and outputs (#17, failure classes 3 and 7): scoring resume bound to its inputs,
+disk full, empty manifests and shard lists, CSV manifests, coordinates/redshifts, pipeline parameters,
+strict single-document --json, --no-mlflow with a registry URI, unusable state dirs."""
+
+from __future__ import annotations
+
+import errno
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+
+from galmorph.manifest import read_manifest, write_manifest
+from galmorph.models.io import LoadedModel, ModelSpec
+from galmorph.scoring import ScoringError, merge_scores, score_manifest
+from test_scoring_helpers import TinyNet
+
+CHIR = ["CW", "ACW", "other"]
+
+
+def _strict(text: str):
+    """``json.loads`` that refuses NaN/Infinity (strict JSON) and anything but one document."""
+    def bad(tok):
+        raise ValueError(f"non-standard JSON constant {tok}")
+    return json.loads(text, parse_constant=bad)
+
+
+@pytest.fixture(scope="module")
+def tiny_model():
+    spec = ModelSpec(task="chirality", classes=CHIR, arch="TinyNet", image_size=32)
+    return LoadedModel(module=TinyNet(3, seed=1).eval(), spec=spec, uri="test://tiny", version="1")
+
+
+@pytest.fixture()
+def two_releases(sim_chirality, tmp_path):
+    """Two manifests of the same 48 rows count: the simulated release and a second one (other ids)."""
+    a = read_manifest(sim_chirality["manifest"])
+    b = a.copy()
+    b["object_id"] = b["object_id"] + "-r2"
+    pb = write_manifest(b, tmp_path / "release2.parquet", kind="test")
+    return Path(sim_chirality["manifest"]), pb
+
+
+# ------------------------------------------------------------------------------------ 3: scoring resume
+def test_resume_with_another_manifest_of_the_same_size_is_refused(two_releases, tiny_model, tmp_path):
+    """kill after 5 of 12 shards (= only shards 0-4 done), then resume with another release of the same row
+    count into the same folder: refused naming the manifest content; --overwrite starts over cleanly."""
+    r1, r2 = two_releases
+    out = tmp_path / "out"
+    score_manifest(tiny_model, r1, out, shard_size=4, shards=range(5), progress=False)
+    with pytest.raises(ScoringError, match=r"manifest content \(sha256\).*release2.parquet.*--overwrite"):
+        score_manifest(tiny_model, r2, out, shard_size=4, progress=False)
+    assert len(list((out / "shards").glob("part-*.parquet"))) == 5  # nothing written by the refused call
+    res = score_manifest(tiny_model, r2, out, shard_size=4, overwrite=True, progress=False)
+    assert res.shards_skipped == [] and res.n_scored + res.n_quarantined == 48
+    cat = pd.read_parquet(merge_scores(out, out).catalogue)
+    assert len(cat) == 48 and cat["object_id"].str.endswith("-r2").all()
+    # the same input resumes
+    out2 = tmp_path / "out2"
+    score_manifest(tiny_model, r1, out2, shard_size=4, shards=range(5), progress=False)
+    res = score_manifest(tiny_model, r1, out2, shard_size=4, progress=False)
+    assert res.shards_skipped == [0, 1, 2, 3, 4]
+    assert set(pd.read_parquet(merge_scores(out2, out2).catalogue)["object_id"]) == set(read_manifest(r1)["object_id"])
+
+
+def test_resume_refuses_other_model_version_and_threshold(two_releases, tiny_model, tmp_path):
+    r1, _ = two_releases
+    out = tmp_path / "out"
+    score_manifest(tiny_model, r1, out, shard_size=16, shards=[0], progress=False)
+    v2 = LoadedModel(tiny_model.module, tiny_model.spec, tiny_model.uri, version="2")
+    with pytest.raises(ScoringError, match=r"model_version '1' -> '2'"):
+        score_manifest(v2, r1, out, shard_size=16, progress=False)
+    with pytest.raises(ScoringError, match=r"threshold 0.85 -> 0.5"):
+        score_manifest(tiny_model, r1, out, shard_size=16, threshold=0.5, progress=False)
+
+
+def test_disk_full_is_a_clear_error_and_leaves_no_partial_shard(two_releases, tiny_model, tmp_path, monkeypatch):
+    import galmorph.scoring as scoring
+
+    def full(df, path):
+        Path(path).write_bytes(b"partial")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(scoring, "_write_parquet", full)
+    out = tmp_path / "out"
+    with pytest.raises(ScoringError, match=r"disk full while writing .*part-00000.parquet"):
+        score_manifest(tiny_model, two_releases[0], out, shard_size=16, progress=False)
+    assert sorted(p.name for p in (out / "shards").iterdir()) == ["quarantine-00000.parquet"]
+    monkeypatch.undo()
+    res = score_manifest(tiny_model, two_releases[0], out, shard_size=16, progress=False)  # resumes after
+    assert res.n_scored + res.n_quarantined == 48
+
+
+def test_empty_manifest_empty_and_outside_shard_lists(sim_chirality, tiny_model, tmp_path):
+    empty = write_manifest(read_manifest(sim_chirality["manifest"]).head(0), tmp_path / "empty.parquet", kind="t")
+    with pytest.raises(ScoringError, match=r"empty.parquet has no rows; nothing to score"):
+        score_manifest(tiny_model, empty, tmp_path / "o", progress=False)
+    with pytest.raises(ScoringError, match="no shards to score"):
+        score_manifest(tiny_model, sim_chirality["manifest"], tmp_path / "o", shards=[], progress=False)
+    with pytest.raises(ScoringError, match=r"shard\(s\) \[7\] outside 0..4"):
+        score_manifest(tiny_model, sim_chirality["manifest"], tmp_path / "o", shard_size=10, shards=[7],
+                       progress=False)
+    assert not (tmp_path / "o" / "scoring.json").exists()
+
+
+def test_csv_manifest_scores_like_its_parquet(sim_chirality, tiny_model, tmp_path):
+    man = read_manifest(sim_chirality["manifest"])
+    csv = tmp_path / "release.csv"
+    man[["object_id", "image_uri", "z"]].to_csv(csv, index=False)
+    a = score_manifest(tiny_model, sim_chirality["manifest"], tmp_path / "p", shard_size=20, progress=False)
+    b = score_manifest(tiny_model, csv, tmp_path / "c", shard_size=20, progress=False)
+    assert a.n_scored == b.n_scored == 48
+    ca = pd.read_parquet(merge_scores(tmp_path / "p", tmp_path / "p").catalogue).set_index("object_id")
+    cb = pd.read_parquet(merge_scores(tmp_path / "c", tmp_path / "c").catalogue).set_index("object_id")
+    np.testing.assert_allclose(cb.loc[ca.index, "p_CW"], ca["p_CW"], rtol=1e-6)
+    assert list(cb["z_bin"].loc[ca.index]) == list(ca["z_bin"])
