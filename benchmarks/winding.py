@@ -76,7 +76,8 @@ def load_other(data_root: Path, n: int, seed: int):
     df, _, _ = load_source("gz1_chirality", data_root)
     df = df[df["label"] == "other"]
     df = df.iloc[np.sort(np.random.default_rng(seed).permutation(len(df))[:n])]
-    return df["gz1_class"].tolist(), [load_image(resolve_image_uri(u, data_root), greyscale=True) for u in df["image_uri"]]
+    imgs = [load_image(resolve_image_uri(u, data_root), greyscale=True) for u in df["image_uri"]]
+    return df["gz1_class"].tolist(), imgs
 
 
 def split_halves(y: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -278,8 +279,8 @@ def markdown(r: dict) -> str:
             dec = (f"{v['decided_fraction']:.2f}, {v['decided_accuracy']:.3f}" if v["decided_accuracy"] is not None
                    else f"{v['decided_fraction']:.2f}, -")
             b = "**" if (name, half) == ("chosen", "test") else ""
-            L.append(f"| {name} | {half} | {v['n']} | {b}{c['50']['accuracy']:.3f}{b} | {b}{c['80']['accuracy']:.3f}{b} "
-                     f"| {b}{c['90']['accuracy']:.3f}{b} | {b}{c['100']['accuracy']:.3f}{b} | {dec} |")
+            accs = " | ".join(f"{b}{c[k]['accuracy']:.3f}{b}" for k in ("50", "80", "90", "100"))
+            L.append(f"| {name} | {half} | {v['n']} | {accs} | {dec} |")
     th = r["results"]["chosen"]["test"]["thresholds"]
     L += ["", "Test half, chosen settings, by `min_confidence` (winding null below it):", "",
           "| min_confidence | " + " | ".join(th) + " |", "|---|" + "---:|" * len(th),
@@ -300,7 +301,8 @@ def markdown(r: dict) -> str:
     L += ["", f"Featureless galaxies (no arms): median confidence {f['median_confidence']:.2f}, "
           f"decided {f['decided_fraction']:.2f} of {f['n']}.", "",
           f"Speed, one core, 423 px JPEGs (best of 2 passes over 200 images; load average "
-          f"{r['load_average_start'][0]:.2f} at start, {r['load_average_end'][0]:.2f} at end, {r['cpus']} CPUs shared):", "",
+          f"{r['load_average_start'][0]:.2f} at start, {r['load_average_end'][0]:.2f} at end, "
+          f"{r['cpus']} CPUs shared):", "",
           "| path | images/s (CPU) | images/s (wall) | ms/image (CPU) |", "|---|---:|---:|---:|"]
     for k, v in r["speed"].items():
         L.append(f"| {k} | {v['images_per_s_cpu']:.0f} | {v['images_per_s_wall']:.0f} | {v['ms_per_image_cpu']:.1f} |")

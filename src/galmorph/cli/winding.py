@@ -44,7 +44,11 @@ def winding_cmd(files, x0, y0, min_confidence, extra, as_json, manifest_path, ou
     cannot be read go to <out>.quarantine.parquet and the exit code is 1 if any did.
     """
     from galmorph.imaging.io import ImageError
-    from galmorph.imaging.winding import WindingError, WindingOptions, measure_winding_file
+    from galmorph.imaging.winding import (
+        WindingError,
+        WindingOptions,
+        measure_winding_file,
+    )
 
     opts = {}
     for item in extra:

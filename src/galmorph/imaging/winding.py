@@ -9,9 +9,9 @@ The measurement (:func:`winding_sense`), step by step:
    helpers use ``fits_stretch`` for FITS files, i.e. linear counts) the image is measured as
    ``asinh(a x / peak) / asinh(a)``, like the display renderings (JPEG/PNG) the defaults were tuned on.
 2. **Annulus.** The azimuthally averaged profile around the centre (smoothed along the radius with
-   ``profile_sigma``) gives the radii where the brightness falls to ``inner_fraction`` and ``outer_fraction`` of the peak
-   (``r_inner`` >= ``min_inner_radius``; with a stretch, fractions of the stretched brightness).
-   Only pixels between them are used.
+   ``profile_sigma``) gives the radii where the brightness falls to ``inner_fraction`` and
+   ``outer_fraction`` of the peak (``r_inner`` >= ``min_inner_radius``; with a stretch, fractions
+   of the stretched brightness). Only pixels between them are used.
 3. **Orientation field.** On a square cut around the annulus (padded by 3 ``sigma_high`` +
    3 ``tensor_sigma``), the image is band-pass filtered with a difference of Gaussians
    ``G(sigma_low) - G(sigma_high)`` and differentiated, both in Fourier space (one real FFT, one
@@ -45,7 +45,6 @@ import math
 from dataclasses import asdict, dataclass, field, fields, replace
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 from scipy import fft as sfft
@@ -134,7 +133,10 @@ class WindingOptions:
 
 @dataclass
 class WindingResult:
-    """Result of :func:`winding_sense`. ``score`` > 0: Z-wise = CW; ``confidence`` = ``|z|``."""
+    """Result of :func:`winding_sense`. ``score`` in [-1, 1], > 0: Z-wise = CW; ``z`` = score / its
+    standard error over the sectors; ``confidence`` = ``|z|``. ``x0, y0``: centre used (column, row from
+    the top); ``r_inner, r_outer``: annulus radii (px); ``axis_ratio, position_angle_deg``: disc shape
+    used for the deprojection (1 and 0 when ``deproject`` is off). NaN/None when not measured."""
 
     winding: str | None
     score: float
@@ -549,7 +551,12 @@ def write_winding_manifest(manifest_path: str | Path, out_path: str | Path, quar
     """Read a manifest, add the winding columns (:func:`measure_winding_manifest`), write ``out_path``
     (kind ``winding``) and the quarantine table (default ``<out>.quarantine.parquet``).
     Returns counts and paths; rows in = rows out + rows quarantined."""
-    from galmorph.manifest import manifest_metadata, read_manifest, write_manifest, write_quarantine
+    from galmorph.manifest import (
+        manifest_metadata,
+        read_manifest,
+        write_manifest,
+        write_quarantine,
+    )
 
     opt = options or WindingOptions()
     manifest_path, out_path = Path(manifest_path), Path(out_path)
