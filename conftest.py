@@ -74,9 +74,12 @@ def artifacts_dir() -> Path:
 
 @pytest.fixture(scope="session")
 def stack_settings(tmp_path_factory) -> Settings:
-    """Settings pointing at a private state folder and free ports (no clash with a running demo)."""
+    """Settings pointing at a private state folder and free ports (no clash with a running demo); the
+    tracking URI is the private server's whatever ``MLFLOW_TRACKING_URI`` an earlier test left behind."""
     state = tmp_path_factory.mktemp("galmorph-state")
-    return Settings(state_dir=state, mlflow_port=free_port(), evidently_port=free_port(), label_port=free_port())
+    host, mlflow_port = "127.0.0.1", free_port()
+    return Settings(state_dir=state, host=host, mlflow_port=mlflow_port, evidently_port=free_port(),
+                    label_port=free_port(), mlflow_tracking_uri=f"http://{host}:{mlflow_port}")
 
 
 @pytest.fixture(scope="session")
