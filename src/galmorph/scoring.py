@@ -68,6 +68,8 @@ class ScoreResult:
     model_version: str | None
     seconds: float
     images_per_s: float
+    precision: str = "fp32"  # inference path used (galmorph.accel)
+    decode: str = "full"  # JPEG decode used (full or draft)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -361,13 +363,22 @@ def score_manifest(model, manifest_path: str | Path, out_dir: str | Path, batch_
                    num_workers: int = 0, shard_size: int = 10_000, threshold: float = DEFAULT_THRESHOLD,
                    shards: Sequence[int] | None = None, data_root: str | Path | None = None,
                    device: str = "cpu", passthrough: Sequence[str] = PASSTHROUGH_COLUMNS,
-                   overwrite: bool = False, progress: bool = True) -> ScoreResult:
+                   overwrite: bool = False, progress: bool = True, precision: str = "fp32",
+                   decode: str = "full", agreement: pd.DataFrame | None = None,
+                   image_check=None) -> ScoreResult:
     """Score every row of ``manifest_path`` (or only ``shards``) into Parquet shards under ``out_dir``.
 
     ``model`` is a model URI (``models:/galmorph-chirality@champion``, ``runs:/...``, a local path) or a
     :class:`~galmorph.models.io.LoadedModel`. Images are decoded and prepared in ``num_workers``
     DataLoader processes while the main process runs batched inference under ``torch.inference_mode``.
     Completed shards are skipped (resume); see the module docstring for the output layout.
+
+    ``precision`` (``fp32``, ``auto``, ``channels_last``, ``bf16``, ``onnx``, ``int8``) and ``decode``
+    (``full``, ``draft``, ``auto``) choose the inference path through :func:`galmorph.accel.prepare_for_scoring`
+    (a path is used only when it agrees with fp32 on ``agreement`` images); the choice and the agreement
+    results are recorded under ``inference`` in ``scoring.json``, hence in the merged summary and MLflow.
+    ``image_check(row, image) -> reason | None`` runs on every decoded image (the release path's
+    validation checks); a reason quarantines the row like an unreadable image.
     """
     import torch
     from torch.utils.data import DataLoader
@@ -404,11 +415,13 @@ def score_manifest(model, manifest_path: str | Path, out_dir: str | Path, batch_
     if outside:
         raise ScoringError(f"shard(s) {outside} outside 0..{n_sh - 1} of {source} ({n_rows} rows, "
                            f"shard size {shard_size})")
+    path, choice = _inference_path(lm, precision, decode, device, data_root, manifest_path, out, overwrite,
+                                   agreement)
     _check_resume(out, {
         "manifest": str(source.resolve()), "manifest_sha256": digest, "manifest_rows": n_rows,
         "shard_size": int(shard_size),
         "model_uri": lm.uri, "model_version": lm.version, "model_run_id": lm.run_id, "task": spec.task,
-        "classes": classes, "threshold": float(threshold),
+        "classes": classes, "threshold": float(threshold), "inference": choice.to_dict(),
     }, overwrite)
     done_before = completed_shards(out)
     todo = [s for s in wanted if s not in done_before]
@@ -421,12 +434,12 @@ def score_manifest(model, manifest_path: str | Path, out_dir: str | Path, batch_
     n_scored = n_quar = 0
     model_version = lm.version
     bar = tqdm(total=rows_todo, desc=f"score {spec.task}", unit="img", disable=not progress, smoothing=0.1)
-    torch_device = torch.device(device)
-    module = lm.module
+    temperature = float(getattr(spec, "temperature", 1.0) or 1.0)  # calibrated, as LoadedModel.predict_proba
     for s, first, frame in iter_shards(manifest_path, shard_size, read_cols, shards=todo):
         n = len(frame)
+        check = None if image_check is None else (lambda i, img, _f=frame: image_check(_f.iloc[i], img))
         ds = ManifestImageDataset(frame, spec.image_size, spec.in_chans, spec.crop_fraction,
-                                  data_root=data_root, on_error="skip")
+                                  data_root=data_root, on_error="skip", decode=choice.decode, check=check)
         dl = DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=num_workers,
                         collate_fn=collate_skip, pin_memory=device.startswith("cuda"),
                         prefetch_factor=4 if num_workers > 0 else None)
@@ -437,7 +450,9 @@ def score_manifest(model, manifest_path: str | Path, out_dir: str | Path, batch_
                 for p, reason in failures:
                     failed[int(p)] = reason
                 if len(pos):
-                    logits = module(x.to(torch_device, non_blocking=True))
+                    logits = path.run(x)
+                    if temperature != 1.0:
+                        logits = logits / temperature
                     probs[pos.numpy()] = torch.softmax(logits.float(), dim=1).cpu().numpy()
                 bar.update(len(pos) + len(failures))
         ok = np.array([i not in failed for i in range(n)], dtype=bool)
@@ -464,7 +479,33 @@ def score_manifest(model, manifest_path: str | Path, out_dir: str | Path, batch_
     dt = time.perf_counter() - t0
     return ScoreResult(out_dir=str(out), n_rows=n_rows, n_shards=n_sh, shards_done=wanted, shards_skipped=skipped,
                        n_scored=n_scored, n_quarantined=n_quar, model_uri=lm.uri, model_version=model_version,
-                       seconds=dt, images_per_s=(n_scored + n_quar) / dt if dt > 0 else float("nan"))
+                       seconds=dt, images_per_s=(n_scored + n_quar) / dt if dt > 0 else float("nan"),
+                       precision=choice.chosen, decode=choice.decode)
+
+
+def _inference_path(lm, precision: str, decode: str, device: str, data_root, manifest_path, out: Path,
+                    overwrite: bool, agreement: pd.DataFrame | None):
+    """:func:`galmorph.accel.prepare_for_scoring`, reusing the choice recorded by an interrupted run of the
+    same model in ``out`` and sampling the release for agreement images when the data root has none."""
+    from galmorph.accel import prepare_for_scoring
+
+    previous = None
+    p = out / "scoring.json"
+    if p.exists() and not overwrite:
+        try:
+            old = json.loads(p.read_text())
+        except (OSError, json.JSONDecodeError):
+            old = {}
+        if old.get("model_uri") == lm.uri and old.get("model_version") == lm.version:
+            previous = old.get("inference")
+    sample = None
+    if precision != "fp32" or decode != "full":
+        cols = [c for c in ("object_id", "image_uri", "label") if c in pq.ParquetFile(manifest_path).schema_arrow.names]
+        sample = pq.ParquetFile(manifest_path).iter_batches(batch_size=512, columns=cols)
+        sample = next(sample, None)
+        sample = sample.to_pandas() if sample is not None else None
+    return prepare_for_scoring(lm, precision, decode, device, data_root=data_root, release_sample=sample,
+                               previous=previous, agreement=agreement, workdir=out / ".accel")
 
 
 # --------------------------------------------------------------------------------------------
@@ -530,7 +571,8 @@ def merge_scores(score_dirs: str | Path | Sequence[str | Path], out_dir: str | P
         for s in sorted(parts):
             t = pq.read_table(parts[s])
             if writer is None:
-                writer = pq.ParquetWriter(tmp, t.schema)
+                meta = {**(t.schema.metadata or {}), b"galmorph.inference": json.dumps(spec.get("inference"))}
+                writer = pq.ParquetWriter(tmp, t.schema.with_metadata(meta))
             elif t.schema != writer.schema:
                 t = t.cast(writer.schema)
             writer.write_table(t)
@@ -568,6 +610,7 @@ def merge_scores(score_dirs: str | Path | Sequence[str | Path], out_dir: str | P
         "class_counts": counts, "high_confidence_counts": hc_counts,
         "high_confidence_fraction": (sum(hc_counts.values()) / n_scored) if n_scored else float("nan"),
         "catalogue": str(cat_path), "quarantine": str(q_path),
+        "inference": spec.get("inference"),
     }
     if spec.get("task") == "chirality":
         cv = cvs_block(counts.get("ACW", 0), counts.get("CW", 0))
@@ -603,6 +646,12 @@ def log_scoring_to_mlflow(summary: dict, catalogue_path: str | Path | None = Non
                          "galmorph.model_uri": str(summary.get("model_uri"))})
         mlflow.log_params({"threshold": summary.get("threshold"), "model_uri": summary.get("model_uri"),
                            "n_shards": summary.get("n_shards")})
+        if summary.get("inference"):  # the inference path and its agreement with fp32 (galmorph.accel)
+            from galmorph.accel import PathChoice
+
+            pc = PathChoice.from_dict(summary["inference"])
+            mlflow.log_params(pc.mlflow_params())
+            mlflow.log_metrics(pc.mlflow_metrics())
         metrics = {"n_rows": summary["n_rows"], "n_scored": summary["n_scored"],
                    "n_quarantined": summary["n_quarantined"]}
         hcf = summary.get("high_confidence_fraction")

@@ -14,19 +14,68 @@ from galmorph.imaging.io import ImageError, load_image
 from galmorph.imaging.preprocess import prepare_image
 from galmorph.manifest import ManifestError, resolve_image_uri
 
+JPEG_SUFFIXES = (".jpg", ".jpeg")
+
+
+def draft_side(image_size: int, crop_fraction: float = 1.0) -> int:
+    """Smallest side a JPEG may be draft-decoded to so that the crop still has ``image_size`` pixels."""
+    return int(np.ceil(int(image_size) / float(crop_fraction)))
+
+
+def load_image_draft(path: str | Path, min_side: int) -> np.ndarray:
+    """:func:`~galmorph.imaging.io.load_image` for JPEGs decoded at reduced scale (PIL ``draft``: the
+    decoder's 1/2, 1/4, 1/8 DCT scaling) so that both sides stay >= ``min_side``; other formats and
+    JPEGs too small to reduce are loaded in full. Same errors and scaling as ``load_image``."""
+    from PIL import Image, UnidentifiedImageError
+
+    from galmorph.imaging.io import MAX_IMAGE_PIXELS, _check_file, _check_pixels, _raster_to_float
+
+    path = Path(path)
+    if path.suffix.lower() not in JPEG_SUFFIXES:
+        return load_image(path)
+    _check_file(path)
+    try:
+        with Image.open(path) as im:
+            _check_pixels(path, im.size[0], im.size[1], MAX_IMAGE_PIXELS)
+            if im.format == "JPEG" and min(im.size) >= 2 * min_side:
+                im.draft(im.mode, (min_side, min_side))
+            im.load()
+            arr = _raster_to_float(im, path)
+    except ImageError:
+        raise
+    except Image.DecompressionBombError as exc:
+        raise ImageError(f"{path}: oversize image or decompression bomb, not decoded ({exc})") from exc
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, MemoryError) as exc:
+        raise ImageError(f"{path}: cannot decode image ({exc})") from exc
+    return np.ascontiguousarray(arr, dtype=np.float32)
+
 
 class ManifestImageDataset(Dataset):
     """Items are ``(image tensor (C,S,S), label index or -1, row position)``.
 
     Unreadable images raise :class:`ImageError` naming the object; callers that must not lose rows
     (scoring) catch it per item via ``on_error="skip"``, which returns ``None`` for the image and
-    records the reason in ``self.errors`` (in that worker) -- use :func:`collate_skip` then.
+    the reason as a fourth element -- use :func:`collate_skip` then.
+
+    ``decode="draft"`` decodes JPEGs at reduced scale (:func:`load_image_draft`; scoring uses it only
+    after :mod:`galmorph.accel`'s agreement check). ``check`` (``row -> image -> reason or None``) runs
+    on the decoded image before preparation; a reason makes the item fail like an unreadable image
+    (the release path validates and scores on the same decoded pixels).
     """
 
     def __init__(self, manifest: pd.DataFrame, image_size: int, in_chans: int = 3, crop_fraction: float = 1.0,
                  classes: list[str] | tuple[str, ...] | None = None, data_root: Path | str | None = None,
-                 transform: Callable[[np.ndarray], np.ndarray] | None = None, on_error: str = "raise"):
+                 transform: Callable[[np.ndarray], np.ndarray] | None = None, on_error: str = "raise",
+                 decode: str = "full", check: Callable[[int, np.ndarray], str | None] | None = None):
         self.df = manifest.reset_index(drop=True)
+        # plain lists: per-item pandas indexing costs more than decoding a small JPEG
+        self._uris = self.df["image_uri"].tolist()
+        self._ids = self.df["object_id"].astype(str).tolist() if "object_id" in self.df.columns else \
+            [str(i) for i in range(len(self.df))]
+        if decode not in ("full", "draft"):
+            raise ValueError(f"decode must be 'full' or 'draft', got {decode!r}")
+        self.decode = decode
+        self.check = check
         self.image_size, self.in_chans, self.crop_fraction = int(image_size), int(in_chans), float(crop_fraction)
         self.classes = list(classes) if classes is not None else None
         self.class_index = {c: i for i, c in enumerate(self.classes or [])}
@@ -50,12 +99,18 @@ class ManifestImageDataset(Dataset):
         return self.class_index[lab]
 
     def load(self, i: int) -> np.ndarray:
-        row = self.df.iloc[i]
         try:
-            path = resolve_image_uri(row["image_uri"], self.data_root)
-            img = load_image(path)
+            path = resolve_image_uri(self._uris[i], self.data_root)
+            if self.decode == "draft":
+                img = load_image_draft(path, draft_side(self.image_size, self.crop_fraction))
+            else:
+                img = load_image(path)
         except (ImageError, ManifestError) as exc:
-            raise ImageError(f"object {row['object_id']}: {exc}") from exc
+            raise ImageError(f"object {self._ids[i]}: {exc}") from exc
+        if self.check is not None:
+            reason = self.check(i, img)
+            if reason:
+                raise ImageError(f"object {self._ids[i]}: {reason}")
         return img
 
     def __getitem__(self, i: int):
