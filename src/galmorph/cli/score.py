@@ -40,6 +40,13 @@ def _shards(ctx: click.Context, param: click.Parameter, text: str | None) -> lis
 @click.option("--shards", default=None, callback=_shards,
               help="Only these shards, e.g. 0-3,7 (used by pipeline workers); an empty or reversed range is an error.")
 @click.option("--device", default="cpu", show_default=True, help="torch device (cpu, cuda, cuda:1).")
+@click.option("--precision", type=click.Choice(["auto", "fp32", "channels_last", "bf16", "onnx", "int8"]),
+              default="fp32", show_default=True,
+              help="Inference path; any other than fp32 is used only when its predictions agree with fp32 on the "
+                   "agreement images (auto: the fastest that agrees). Recorded in scoring.json and MLflow.")
+@click.option("--decode", type=click.Choice(["full", "draft", "auto"]), default="full", show_default=True,
+              help="JPEG decoding: draft = reduced-scale DCT decode when the model input is much smaller "
+                   "(checked against the full decode like a precision).")
 @click.option("--release", default=None, help="Release name recorded in the summary and in MLflow.")
 @click.option("--no-merge", is_flag=True, help="Only write shards; do not merge into the catalogue.")
 @click.option("--log-mlflow/--no-log-mlflow", default=True, show_default=True,
@@ -50,7 +57,8 @@ def _shards(ctx: click.Context, param: click.Parameter, text: str | None) -> lis
 @data_root_option()
 @json_option()
 def score_cmd(model_uri: str, manifest: Path, out_dir: Path, batch_size: int, num_workers: int | None,
-              shard_size: int, threshold: float, shards: list[int] | None, device: str, release: str | None,
+              shard_size: int, threshold: float, shards: list[int] | None, device: str, precision: str, decode: str,
+              release: str | None,
               no_merge: bool, log_mlflow: bool, overwrite: bool, no_progress: bool, tracking_uri: str | None,
               data_root: Path | None, as_json: bool) -> None:
     """Score a release manifest with a registered model into Parquet shards, then merge the catalogue.
@@ -71,7 +79,8 @@ def score_cmd(model_uri: str, manifest: Path, out_dir: Path, batch_size: int, nu
         res = score_manifest(model_uri, manifest, out_dir, batch_size=batch_size,
                              num_workers=s.num_workers if num_workers is None else num_workers,
                              shard_size=shard_size, threshold=threshold, shards=shards,
-                             data_root=s.data_root, device=device, overwrite=overwrite, progress=not no_progress)
+                             data_root=s.data_root, device=device, overwrite=overwrite, progress=not no_progress,
+                             precision=precision, decode=decode)
         out: dict = {"scoring": res.to_dict()}
         if not no_merge:
             m = merge_scores([out_dir], out_dir, release=release)
