@@ -390,8 +390,12 @@ def test_rolebinding_grants_the_charts_kfp_clients(overlay):
     with helm.Chart.load(str(REPO / "charts" / "galmorph")) as chart:
         files = chart.render({}, name="galmorph", namespace="galmorph")
     job = next(d for d in yaml.safe_load_all(files["galmorph/templates/pipelines-upload-job.yaml"]) if d)
-    sa = job["spec"]["template"]["spec"]["serviceAccountName"]
+    cron = next(d for d in yaml.safe_load_all(files["galmorph/templates/release-watcher.yaml"])
+                if d and d["kind"] == "CronJob")
+    sas = {job["spec"]["template"]["spec"]["serviceAccountName"],
+           cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]["serviceAccountName"]}
     (rb,) = [d for d in kustomize(overlay) if d["kind"] == "RoleBinding"]
     assert rb["metadata"]["namespace"] == OVERLAYS[overlay]
     assert rb["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "kubeflow-edit"}
-    assert rb["subjects"] == [{"kind": "ServiceAccount", "name": sa, "namespace": "galmorph"}]
+    assert sorted(rb["subjects"], key=lambda s: s["name"]) == [
+        {"kind": "ServiceAccount", "name": sa, "namespace": "galmorph"} for sa in sorted(sas)]
