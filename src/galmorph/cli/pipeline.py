@@ -53,12 +53,14 @@ def compile_cmd(out_dir: Path | None, check: bool, names: tuple[str, ...]) -> No
               help="Local runs: where task outputs go [default: <state>/kfp].")
 @click.option("--experiment", default="galmorph", show_default=True, help="Kubeflow experiment (--host).")
 @click.option("--run-name", default=None, help="Run name (--host).")
+@click.option("--runner", type=click.Choice(["subprocess", "docker"]), default="subprocess", show_default=True,
+              help="Local runs: components as subprocesses here, or in their images (podman; make images).")
 @tracking_uri_option()
 @data_root_option()
 @json_option()
 def run_cmd(name: str, local_run: bool, host: str | None, params: tuple[str, ...], pipeline_root: Path | None,
-            experiment: str, run_name: str | None, tracking_uri: str | None, data_root: Path | None,
-            as_json: bool) -> None:
+            experiment: str, run_name: str | None, runner: str, tracking_uri: str | None,
+            data_root: Path | None, as_json: bool) -> None:
     """Run pipeline NAME locally (--local, against the local MLflow server) or submit it (--host URL)."""
     from galmorph.pipelines.run import PipelineRunError, parse_param_items, run_local, submit
     from galmorph.settings import resolve_settings
@@ -67,7 +69,16 @@ def run_cmd(name: str, local_run: bool, host: str | None, params: tuple[str, ...
     host = resolve_kfp_target(local_run, host, s.kfp_host)
     try:
         raw = parse_param_items(params)
-        if local_run:
+        if local_run and runner == "docker":
+            from galmorph.pipelines.docker_runner import ContainerRunError, run_local_docker
+
+            try:
+                res = run_local_docker(name, raw, pipeline_root or s.state_dir / "kfp",
+                                       tracking_uri=s.mlflow_tracking_uri, data_root=s.data_root,
+                                       state_dir=s.state_dir)
+            except ContainerRunError as exc:
+                raise PipelineRunError(str(exc)) from exc
+        elif local_run:
             res = run_local(name, raw, pipeline_root or s.state_dir / "kfp", tracking_uri=s.mlflow_tracking_uri,
                             data_root=s.data_root)
         else:
