@@ -371,3 +371,33 @@ def test_chart_pods_run_non_root_with_a_read_only_root(chart_pods):
         assert ro == "true", name
         write = podman("exec", name, "touch", "/opt/galmorph/probe", check=False)
         assert write.returncode != 0, f"{name}: the root filesystem is writable"
+
+
+# ---------------------------------------------------------------------------------------------
+# run settings -> container settings (no podman needed)
+# ---------------------------------------------------------------------------------------------
+def test_container_settings_come_from_arguments_only(tmp_path, monkeypatch):
+    from galmorph.pipelines.docker_runner import ContainerRunError, container_settings, host_mounts_for_params
+
+    root = tmp_path / "kfp"
+    (root / "sub").mkdir(parents=True)
+    src, data = tmp_path / "sim", tmp_path / "data"
+    src.mkdir()
+    data.mkdir()
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://caller:1")
+    monkeypatch.setenv("GALMORPH_DATA_ROOT", "/caller/data")
+    params = {"source": f"sim:{src}", "label_db_url": f"sqlite:///{tmp_path / 'db' / 'labels.db'}",
+              "audit_log": str(tmp_path / "audit.jsonl"), "inside_root": str(root / "sub"), "task": "arms",
+              "n": 3}
+    (tmp_path / "db").mkdir()
+    s = container_settings(params, root, "http://127.0.0.1:5055", data, user="1000:1000")
+    assert s.environment["MLFLOW_TRACKING_URI"] == "http://127.0.0.1:5055"
+    assert s.environment["GALMORPH_DATA_ROOT"] == str(data.resolve())
+    assert s.mounts == {str(src.resolve()): "rw", str((tmp_path / "db").resolve()): "rw",
+                        str(tmp_path.resolve()): "rw", str(data.resolve()): "ro"}
+    args = s.run_args()
+    assert args["network_mode"] == "host" and args["user"] == "1000:1000" and args["cap_drop"] == ["ALL"]
+    bare = container_settings({}, root, None, None)
+    assert "MLFLOW_TRACKING_URI" not in bare.environment and bare.mounts == {}
+    with pytest.raises(ContainerRunError, match="cannot mount"):
+        host_mounts_for_params({"publish_dir": "/nonexistent-galmorph/out/x"}, root)
