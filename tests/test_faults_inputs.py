@@ -117,3 +117,52 @@ def test_csv_manifest_scores_like_its_parquet(sim_chirality, tiny_model, tmp_pat
     cb = pd.read_parquet(merge_scores(tmp_path / "c", tmp_path / "c").catalogue).set_index("object_id")
     np.testing.assert_allclose(cb.loc[ca.index, "p_CW"], ca["p_CW"], rtol=1e-6)
     assert list(cb["z_bin"].loc[ca.index]) == list(ca["z_bin"])
+
+
+# ------------------------------------------------------------------------------------ 7: manifests
+def test_validate_reads_csv_and_quarantines_bad_coordinates_and_ragged_lines(sim_chirality, tmp_path):
+    """A CSV manifest: a non-numeric RA, a Dec of 95, z = -0.1 / 40 / 'abc', an infinite RA and a ragged
+    line are quarantined with their reasons; missing RA/Dec/z stay (z_bin unknown) unless required."""
+    from galmorph.cli import main
+
+    man = read_manifest(sim_chirality["manifest"]).head(10)[["object_id", "image_uri", "label", "task"]]
+    man["ra"], man["dec"], man["z"] = "10.0", "5.0", "0.02"
+    man.loc[1, "ra"] = "abc"
+    man.loc[2, "dec"] = "95"
+    man.loc[3, "z"] = "-0.1"
+    man.loc[4, "z"] = "40"
+    man.loc[5, "z"] = "abc"
+    man.loc[6, "ra"] = "inf"
+    man.loc[7, ["ra", "dec", "z"]] = ""
+    p = tmp_path / "m.csv"
+    man.to_csv(p, index=False)
+    with open(p, "a") as fh:
+        fh.write(f"ragged-1,{man.image_uri[0]},CW\n")
+    out = tmp_path / "passed.parquet"
+    r = CliRunner().invoke(main, ["validate", str(p), "--json", "--no-images", "--no-fail", "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    doc = _strict(r.stdout)
+    q = {d["id"]: d["reason"] for d in doc["quarantined"]}
+    ids = list(man.object_id)
+    assert doc["rows"] == 11 and doc["passed"] == 4 and len(q) == 7
+    assert "ra 'abc' is not a number" in q[ids[1]] and "dec 95.0 outside [-90, 90]" in q[ids[2]]
+    assert "negative redshift" in q[ids[3]] and "above the physical limit" in q[ids[4]]
+    assert "z 'abc' is not a number" in q[ids[5]] and "outside [0, 360)" in q[ids[6]]
+    assert "m.csv line 12: 3 field(s), the header has 7" in q["ragged-1"]
+    passed = read_manifest(out).set_index("object_id")
+    assert ids[7] in passed.index and passed.loc[ids[7], "z_bin"] == "unknown" and np.isnan(passed.loc[ids[7], "ra"])
+    req = CliRunner().invoke(main, ["validate", str(p), "--json", "--no-images", "--no-fail", "--require-coords",
+                                    "--require-z"])
+    q2 = {d["id"]: d["reason"] for d in _strict(req.stdout)["quarantined"]}
+    assert "ra missing" in q2[ids[7]] and "redshift missing" in q2[ids[7]]
+
+
+def test_manifest_without_object_id_is_a_clear_error(sim_chirality, tmp_path):
+    from galmorph.cli import main
+
+    man = read_manifest(sim_chirality["manifest"]).head(5).drop(columns=["object_id"])
+    man.to_parquet(tmp_path / "noid.parquet")
+    man.to_csv(tmp_path / "noid.csv", index=False)
+    for f in ("noid.parquet", "noid.csv"):
+        r = CliRunner().invoke(main, ["validate", str(tmp_path / f), "--json", "--no-images"])
+        assert r.exit_code == 1 and "no 'object_id' column" in r.stderr and r.stdout == ""

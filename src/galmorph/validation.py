@@ -21,13 +21,18 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from galmorph.jsonsafe import finite_json, json_default
 from galmorph.manifest import (
+    FLOAT_COLUMNS,
     REQUIRED_COLUMNS,
+    Z_MAX_PHYSICAL,
     ManifestError,
+    is_csv,
     manifest_metadata,
+    numeric_problems,
     quarantine_frame,
     quarantine_record,
-    read_manifest,
+    read_manifest_table,
     resolve_image_uri,
     write_manifest,
     write_quarantine,
@@ -42,7 +47,7 @@ STAGE = "validate"
 class ValidationConfig:
     """What a manifest must satisfy. ``None`` disables a check."""
 
-    z_min: float | None = None  # selection (rows with unknown z pass unless require_z)
+    z_min: float | None = None  # selection (rows with unknown z pass unless require_z: GZ1/DECaLS have no z)
     z_max: float | None = None
     require_z: bool = False
     require_coords: bool = False  # rows with NaN ra/dec fail
@@ -54,6 +59,7 @@ class ValidationConfig:
     blank_std: float = 1e-6  # an image whose pixel std is below this (after scaling) is blank
     require_wcs: bool = True  # FITS images must carry a usable celestial WCS
     max_failure_fraction: float = 0.05
+    z_physical_max: float = Z_MAX_PHYSICAL  # a z above this is an error (quarantined), not a selection
 
     def __post_init__(self) -> None:
         if self.z_min is not None and self.z_max is not None and not self.z_min < self.z_max:
@@ -94,7 +100,8 @@ class ValidationResult:
         return {
             "rows": self.rows,
             "passed": self.passed,
-            "quarantined": [{"id": r.object_id, "reason": r.reason} for r in self.quarantine.itertuples()],
+            "quarantined": [{"id": None if pd.isna(r.object_id) else str(r.object_id), "reason": r.reason}
+                            for r in self.quarantine.itertuples()],
             "success": self.success,
             "failure_fraction": self.failure_fraction,
             "max_failure_fraction": self.max_failure_fraction,
@@ -146,7 +153,8 @@ def build_suite(df: pd.DataFrame, cfg: ValidationConfig, name: str = "manifest")
     if cfg.require_coords:
         for c in ("ra", "dec"):
             suite.add_expectation(gxe.ExpectColumnValuesToNotBeNull(column=c, meta={"check": f"{c}_null"}))
-    suite.add_expectation(gxe.ExpectColumnValuesToBeBetween(column="z", min_value=0, meta={"check": "z_physical"}))
+    suite.add_expectation(gxe.ExpectColumnValuesToBeBetween(column="z", min_value=0, max_value=cfg.z_physical_max,
+                                                            meta={"check": "z_physical"}))
     if cfg.z_min is not None or cfg.z_max is not None:
         suite.add_expectation(gxe.ExpectColumnValuesToBeBetween(
             column="z", min_value=cfg.z_min, max_value=cfg.z_max, meta={"check": "z_selection"}))
@@ -174,7 +182,8 @@ _REASONS = {
     "dec_range": lambda r: f"dec {r.get('dec')} outside [-90, 90]",
     "ra_null": lambda r: "ra missing",
     "dec_null": lambda r: "dec missing",
-    "z_physical": lambda r: f"negative redshift z={r.get('z')}",
+    "z_physical": lambda r: (f"negative redshift z={r.get('z')}" if not r.get("z") >= 0
+                             else f"redshift z={r.get('z')} above the physical limit"),
     "z_null": lambda r: "redshift missing",
     "task_domain": lambda r: f"unknown task {r.get('task')!r}",
 }
@@ -315,23 +324,38 @@ def _row_failures(gx_result, df: pd.DataFrame, cfg: ValidationConfig) -> tuple[d
 
 
 def validate_frame(df: pd.DataFrame, cfg: ValidationConfig | None = None, data_root: Path | str | None = None,
-                   name: str = "manifest", progress: bool = True, workers: int = 1) -> ValidationResult:
-    """Validate a manifest DataFrame (no files written)."""
+                   name: str = "manifest", progress: bool = True, workers: int = 1,
+                   unreadable: list[dict] | None = None) -> ValidationResult:
+    """Validate a manifest DataFrame (no files written).
+
+    ``ra``/``dec``/``z`` cells that are present but not numbers are quarantined (their reason says so);
+    missing ones pass unless ``require_coords``/``require_z``. ``unreadable`` are quarantine records of
+    rows that could not be parsed at all (ragged CSV lines); they count as input rows."""
     cfg = cfg or ValidationConfig()
     dr = Path(data_root) if data_root is not None else None
     df = df.reset_index(drop=True)
+    unreadable = [{**r, "stage": STAGE} for r in (unreadable or [])]
     n = len(df)
     missing = [c for c in REQUIRED_COLUMNS if c not in df.columns]
     if n == 0:
-        return ValidationResult(name=name, rows=0, passed=0, success=False, failure_fraction=0.0,
-                                max_failure_fraction=cfg.max_failure_fraction, quarantine=quarantine_frame([]),
-                                schema_errors=[f"{name}: manifest has no rows"])
+        return ValidationResult(name=name, rows=len(unreadable), passed=0, success=False,
+                                failure_fraction=1.0 if unreadable else 0.0,
+                                max_failure_fraction=cfg.max_failure_fraction, quarantine=quarantine_frame(unreadable),
+                                schema_errors=[f"{name}: manifest has no {'readable ' if unreadable else ''}rows"])
+    not_numbers = numeric_problems(df)
+    df = df.copy()
+    for c in FLOAT_COLUMNS:
+        if c in df.columns and not pd.api.types.is_float_dtype(df[c].dtype):
+            df[c] = pd.to_numeric(df[c], errors="coerce").astype("float64")
     work = df.copy()
     work["_row"] = np.arange(n)
     for c in missing:  # so that the suite still runs and reports every problem at once
         work[c] = None
     gx_res = run_gx(work, cfg, name)
     reasons, schema_errors, counts = _row_failures(gx_res, work, cfg)
+    for i, msgs in not_numbers.items():
+        reasons[i][:0] = msgs
+        counts["not_a_number"] = counts.get("not_a_number", 0) + 1
     if missing:
         schema_errors.insert(0, f"{name}: missing required column(s) {missing}")
     img_fail: dict[str, int] = {}
@@ -344,10 +368,11 @@ def validate_frame(df: pd.DataFrame, cfg: ValidationConfig | None = None, data_r
     for i in sorted(reasons):
         row = df.iloc[i]
         q.append(quarantine_record(row.get("object_id"), STAGE, "; ".join(reasons[i]), row.to_dict()))
-    qdf = quarantine_frame(q)
+    qdf = quarantine_frame(unreadable + q)
     bad = set(reasons)
     passed_df = df.iloc[[i for i in range(n) if i not in bad]].reset_index(drop=True)
-    frac = len(bad) / n
+    n += len(unreadable)
+    frac = (len(bad) + len(unreadable)) / n
     success = not schema_errors and frac <= cfg.max_failure_fraction
     gx_json = stable_gx_json(gx_res.to_json_dict())
     res = ValidationResult(name=name, rows=n, passed=len(passed_df), success=success, failure_fraction=frac,
@@ -368,24 +393,16 @@ def validate_manifest(manifest: str | Path | pd.DataFrame, cfg: ValidationConfig
 
     The report JSON holds the summary, the config and the full GX validation result; it is logged to
     MLflow (artifact ``validation/<name>.json`` + metrics) when a run is active."""
+    unreadable: list[dict] = []
     if isinstance(manifest, pd.DataFrame):
         df, name, kind = manifest, "manifest", "manifest"
     else:
         path = Path(manifest)
-        if not path.exists():
-            raise ManifestError(f"manifest {path} does not exist")
-        try:
-            df = pd.read_parquet(path)
-        except Exception as exc:  # noqa: BLE001
-            raise ManifestError(f"manifest {path} is not a readable Parquet file: {exc}") from exc
-        name = path.stem
-        kind = manifest_metadata(path).get("kind", "manifest")
-        try:
-            df = read_manifest(path)
-        except ManifestError:
-            pass  # reported as schema errors by validate_frame
+        df, unreadable = read_manifest_table(path)  # Parquet or CSV; object_id + image_uri required
+        name = Path(path.stem).stem if path.name.lower().endswith(".gz") else path.stem
+        kind = "manifest" if is_csv(path) else manifest_metadata(path).get("kind", "manifest")
     cfg = cfg or ValidationConfig()
-    res = validate_frame(df, cfg, data_root, name=name, progress=progress, workers=workers)
+    res = validate_frame(df, cfg, data_root, name=name, progress=progress, workers=workers, unreadable=unreadable)
     if out_manifest is not None and res.passed_manifest is not None and not res.schema_errors:
         write_manifest(res.passed_manifest, out_manifest, kind=kind,
                        extra_meta={"validated": True, "validation": res.summary()})
@@ -399,7 +416,7 @@ def validate_manifest(manifest: str | Path | pd.DataFrame, cfg: ValidationConfig
         report_path = Path(report_path)
         report_path.parent.mkdir(parents=True, exist_ok=True)
         tmp = report_path.with_name(f".{report_path.name}.tmp-{os.getpid()}")
-        tmp.write_text(json.dumps(report, indent=2, default=str))
+        tmp.write_text(json.dumps(finite_json(report), indent=2, default=json_default))
         os.replace(tmp, report_path)
         res.report_path = report_path
     if log_to_mlflow:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
@@ -101,7 +100,7 @@ def _size(s: str | None) -> tuple[int, int] | None:
 
 
 @main.command("validate")
-@click.argument("manifest", type=click.Path(path_type=Path, dir_okay=False))
+@click.argument("manifest", type=click.Path(path_type=Path, dir_okay=False))  # Parquet or CSV/TSV
 @json_option('Print {"rows": N, "passed": n, "quarantined": [{"id", "reason"}], ...}.')
 @click.option("--z-min", type=float, default=None, help="Selection: lowest z (rows with unknown z pass).")
 @click.option("--z-max", type=float, default=None, help="Selection: highest z.")
@@ -125,7 +124,7 @@ def validate_cmd(manifest: Path, as_json: bool, z_min: float | None, z_max: floa
                  max_failure_fraction: float, expected_size: str | None, min_size: int, require_coords: bool,
                  require_z: bool, no_images: bool, out: Path | None, quarantine: Path | None, report: Path | None,
                  workers: int, no_fail: bool, data_root: Path | None) -> None:
-    """Validate MANIFEST (great-expectations suite + image checks); exit 1 when it fails.
+    """Validate MANIFEST (Parquet or CSV; great-expectations suite + image checks); exit 1 when it fails.
 
     Failing rows go to the quarantine (with reasons); the run fails only when more than
     --max-failure-fraction of the rows fail, or the schema is broken.
@@ -142,8 +141,10 @@ def validate_cmd(manifest: Path, as_json: bool, z_min: float | None, z_max: floa
                                 workers=workers)
     except (ManifestError, ValueError) as exc:
         fail(str(exc))
+    except OSError as exc:
+        fail(f"cannot write the validation outputs: {exc}")
     if as_json:
-        click.echo(json.dumps(res.to_json(), indent=2))
+        echo_json(res.to_json())
     else:
         click.echo(f"{manifest}: {res.rows} rows, {res.passed} passed, {res.n_quarantined} quarantined "
                    f"({100 * res.failure_fraction:.2f}% > limit {100 * max_failure_fraction:.2f}%? "
