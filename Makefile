@@ -51,5 +51,13 @@ test: setup browser images-or-skip
 stack-down: setup
 	$(UV) run galmorph stack down
 
+# all benchmarks (results in benchmarks/results/; only runs on a quiet machine are results);
+# QUICK=1: smoke-test sizes, written to benchmarks/results/quick/. One target per benchmark: bench-<name>.
+BENCH_FLAGS = $(if $(QUICK),--quick,)
+BENCH_NAMES = scoring release train data a1 a1_injection physical winding
+.PHONY: $(addprefix bench-,$(BENCH_NAMES))
 benchmarks: setup
-	$(UV) run python -m benchmarks.run_all
+	$(UV) run python benchmarks/run_all.py $(BENCH_FLAGS)
+
+$(addprefix bench-,$(BENCH_NAMES)): bench-%: setup
+	$(UV) run python benchmarks/run_all.py $(BENCH_FLAGS) --only $*

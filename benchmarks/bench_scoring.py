@@ -1,13 +1,20 @@
-"""Batch-scoring benchmarks (galmorph.scoring), written to benchmarks/results/scoring.{json,md}.
+"""Batch-scoring benchmark (galmorph.scoring + galmorph.accel), written to results/scoring.{json,md}.
 
-1. Throughput: `score_manifest` (streaming Parquet -> DataLoader workers decoding PNGs -> batched
-   inference -> atomic Parquet shards) against the same model's forward-only throughput on
-   pre-decoded tensors, measured in the same run. Goal: ratio >= 0.9.
-2. Memory: RSS sampled every 0.2 s while scoring a 200 000-row manifest (rows cycle over a small pool
-   of real PNG files; a tiny CNN keeps the run short) vs a 20 000-row one: streaming keeps the peak flat.
-3. Extrapolation to 8.7 M DESI galaxies with N GPU shards from the measured per-image costs.
+1. Throughput of ``score_manifest`` on real GZ1 JPEGs (423 px -> 128 px) with a ResNet-18 loaded the
+   way MLflow's pt2 flavour loads it (a torch.export GraphModule), against the **ceiling measured in the
+   same run**: the eager fp32 forward of the same architecture at the same size and batch on in-memory
+   tensors. Settings: decode workers 0/1/2, full vs JPEG draft decode, every inference path
+   (channels_last, bf16, onnx, int8; each with its agreement check against fp32, timed apart), and the
+   chirality test-time views (1, 2, 8) with fp32 and with the fastest accepted path.
+2. Memory: peak RSS while scoring a manifest of 200 000 rows (``--quick``: 20 000) *completely*
+   (tiny images reused under distinct object ids, a tiny CNN at 32 px), against one of a tenth the size.
+3. Extrapolation to 8.7 M DESI galaxies from the measured per-image cost (the release benchmark's
+   end-to-end figure when results/release.json exists); a GPU figure only where one was measured,
+   otherwise an assumption labelled as such.
 
-    uv run python benchmarks/bench_scoring.py [--quick]
+    uv run python benchmarks/bench_scoring.py [--quick] [--data-root PATH]
+
+Every figure carries the load average at the start; only ``quiet`` runs (< 0.5) are results.
 """
 
 from __future__ import annotations
@@ -15,7 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
+import sys
 import tempfile
 import threading
 import time
@@ -26,36 +33,150 @@ import pandas as pd
 import psutil
 import torch
 
-OUT = Path(__file__).resolve().parent / "results"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import forward_ceiling, machine, quiet_line  # noqa: E402
+
+OUT = Path(os.environ.get("GALMORPH_BENCH_OUT") or Path(__file__).resolve().parent / "results")
 N_DESI = 8_700_000
+CLASSES = ["CW", "ACW", "other"]
 
 
-def make_pool(out: Path, n: int, size: int) -> pd.DataFrame:
+# --------------------------------------------------------------------------------------------
+# inputs
+# --------------------------------------------------------------------------------------------
+def gz1_pool(data_root: Path | None, n: int, tmp: Path) -> tuple[pd.DataFrame, str]:
+    """``n`` real GZ1 JPEGs (seeded sample), else simulated colour JPEGs when the data is absent."""
+    if data_root is not None and (data_root / "gz1_chirality" / "images").is_dir():
+        files = sorted((data_root / "gz1_chirality" / "images").glob("*.jpeg"))
+        rng = np.random.default_rng(0)
+        files = [files[i] for i in sorted(rng.choice(len(files), size=min(n, len(files)), replace=False))]
+        return pd.DataFrame({"object_id": [f.stem for f in files], "image_uri": [str(f) for f in files]}), \
+            f"{len(files)} real GZ1 JPEGs (423 px)"
     from galmorph.manifest import read_manifest
     from galmorph.simulate import simulate_dataset
 
-    res = simulate_dataset(out, n, seed=5, task="chirality", size=size, write_fits=False, progress=False)
+    res = simulate_dataset(tmp / "sim", n, seed=5, task="chirality", size=424, write_fits=False, progress=False)
     df = read_manifest(res["manifest"])
-    df["image_uri"] = [str(Path(p)) for p in df["png_path"]]  # greyscale PNG renderings
-    return df
+    return df[["object_id", "image_uri"]], f"{n} simulated JPEGs (424 px; real data absent)"
 
 
-def big_manifest(pool: pd.DataFrame, n_rows: int, path: Path) -> Path:
+def write_release(pool: pd.DataFrame, n_rows: int, path: Path) -> Path:
+    """A release manifest of ``n_rows`` rows cycling over the pool's images (distinct object ids)."""
     from galmorph.manifest import write_manifest
 
     idx = np.arange(n_rows) % len(pool)
-    df = pool.iloc[idx].reset_index(drop=True)
-    df["object_id"] = [f"b{i:07d}" for i in range(n_rows)]
-    return write_manifest(df[["object_id", "survey", "ra", "dec", "z", "z_bin", "image_uri", "label", "task",
-                              "provenance"]], path, kind="bench")
+    df = pd.DataFrame({"object_id": [f"b{i:07d}" for i in range(n_rows)], "survey": "bench", "ra": 0.0,
+                       "dec": 0.0, "z": np.nan, "z_bin": None, "image_uri": pool["image_uri"].to_numpy()[idx],
+                       "label": None, "task": "chirality", "provenance": "bench"})
+    return write_manifest(df, path, kind="bench")
 
 
-def resnet18(n_classes: int = 3):
+def resnet18():
     import timm
 
-    return timm.create_model("resnet18", pretrained=False, num_classes=n_classes).eval()
+    torch.manual_seed(0)
+    return timm.create_model("resnet18", pretrained=False, num_classes=len(CLASSES)).eval()
 
 
+def as_loaded(module, image_size: int, views: int = 1):
+    """The module as scoring gets it from MLflow: torch.export GraphModule (dynamic batch) + spec."""
+    from galmorph.models.chirality import ChiralityViews
+    from galmorph.models.io import LoadedModel, ModelSpec
+
+    gm = torch.export.export(module.eval(), (torch.rand(2, 3, image_size, image_size),),
+                             dynamic_shapes=({0: torch.export.Dim("b", min=1, max=4096)},)).module()
+    if views > 1:
+        gm = ChiralityViews(gm, views).eval()
+    spec = ModelSpec(task="chirality", classes=CLASSES, arch="resnet18", image_size=image_size, tta_views=views)
+    return LoadedModel(module=gm, spec=spec, uri=f"bench:resnet18:{views}v", version="bench")
+
+
+# --------------------------------------------------------------------------------------------
+# 1. throughput
+# --------------------------------------------------------------------------------------------
+def score_once(lm, man: Path, out: Path, batch: int, workers: int, precision: str = "fp32",
+               decode: str = "full", agreement: pd.DataFrame | None = None) -> dict:
+    """Choose the path (timed apart: shards=[] writes only scoring.json), then score every row."""
+    from galmorph.scoring import score_manifest
+
+    t0 = time.perf_counter()
+    score_manifest(lm, man, out, batch_size=batch, num_workers=workers, shard_size=4096, shards=[],
+                   progress=False, overwrite=True, precision=precision, decode=decode, agreement=agreement)
+    check_s = time.perf_counter() - t0
+    rec = json.loads((out / "scoring.json").read_text())["inference"]
+    t0 = time.perf_counter()
+    res = score_manifest(lm, man, out, batch_size=batch, num_workers=workers, shard_size=4096, progress=False,
+                         precision=precision, decode=decode, agreement=agreement)
+    dt = time.perf_counter() - t0
+    mine = [a for a in rec["candidates"] if a["path"] == precision]
+    return {"precision_requested": precision, "precision": res.precision, "decode": res.decode,
+            "workers": workers, "rows": res.n_scored + res.n_quarantined, "seconds": round(dt, 2),
+            "img_s": round((res.n_scored + res.n_quarantined) / dt, 1), "check_s": round(check_s, 1),
+            "agreement_top1": mine[0]["top1_agreement"] if mine else None,
+            "agreement_passed": mine[0]["passed"] if mine else None,
+            "refused": rec.get("refused", [])}
+
+
+def throughput(pool: pd.DataFrame, tmp: Path, data_root: Path | None, quick: bool, size: int = 128,
+               batch: int = 64) -> dict:
+    from galmorph.accel import agreement_frame
+
+    n_rows = 256 if quick else 1024
+    man = write_release(pool, n_rows, tmp / "tp.parquet")
+    eager = resnet18()
+    lm = as_loaded(eager, size)
+    secs = 2.0 if quick else 5.0
+    ceil0 = forward_ceiling(eager, size, batch, secs)
+    ceil_loaded = forward_ceiling(lm.module, size, batch, secs)
+    agree, agree_name = agreement_frame(data_root, "chirality", CLASSES, n_gz1=64 if quick else 400,
+                                        fallback=pool.assign(label=None))
+    if quick:
+        agree = agree.groupby(agree["object_id"].str.split(":").str[0]).head(64).reset_index(drop=True)
+        agree_name += " (quick: <= 64 per set)"
+    rows = []
+    cores = os.cpu_count() or 2
+    for w in sorted({0, 1, min(2, cores)}):
+        rows.append(score_once(lm, man, tmp / f"s-fp32-{w}", batch, w))
+        print("scoring", rows[-1], flush=True)
+    best_w = max(rows, key=lambda r: r["img_s"])["workers"]
+    rows.append(score_once(lm, man, tmp / "s-fp32-draft", batch, best_w, decode="draft", agreement=agree))
+    print("scoring", rows[-1], flush=True)
+    dec = rows[-1]["decode"]
+    for p in ("channels_last", "bf16", "onnx", "int8"):
+        rows.append(score_once(lm, man, tmp / f"s-{p}", batch, best_w, precision=p, decode=dec, agreement=agree))
+        print("scoring", rows[-1], flush=True)
+    rows.append(score_once(lm, man, tmp / "s-auto", batch, best_w, precision="auto", decode="auto", agreement=agree))
+    print("scoring", rows[-1], flush=True)
+    ceil1 = forward_ceiling(eager, size, batch, secs)
+    ceiling = (ceil0 + ceil1) / 2
+    for r in rows:
+        r["ratio"] = round(r["img_s"] / ceiling, 3)
+    # test-time views: each multiplies the forward cost
+    best = max((r for r in rows if r["precision"] != "fp32"), key=lambda r: r["img_s"], default=rows[0])
+    views = []
+    from galmorph.models.chirality import ChiralityViews
+
+    n_v = 128 if quick else 512
+    man_v = write_release(pool, n_v, tmp / "views.parquet")
+    for v in (1, 2, 8):
+        lmv = as_loaded(eager, size, v)
+        ceil_v = forward_ceiling(ChiralityViews(eager, v).eval() if v > 1 else eager, size, batch, secs)
+        for prec in dict.fromkeys(["fp32", best["precision"]]):
+            r = score_once(lmv, man_v, tmp / f"v{v}-{prec}", batch, best_w, precision=prec, decode=dec,
+                           agreement=agree)
+            r.update(views=v, ceiling_img_s=round(ceil_v, 1), ratio=round(r["img_s"] / ceil_v, 3))
+            views.append(r)
+            print("views", r, flush=True)
+    return {"image_size": size, "batch": batch, "rows": n_rows, "images": pool.attrs.get("desc", ""),
+            "agreement_set": agree_name, "ceiling_eager_fp32_img_s": round(ceiling, 1),
+            "ceiling_before_after": [round(ceil0, 1), round(ceil1, 1)],
+            "forward_loaded_graphmodule_img_s": round(ceil_loaded, 1), "best_workers": best_w,
+            "settings": rows, "views": views}
+
+
+# --------------------------------------------------------------------------------------------
+# 2. memory
+# --------------------------------------------------------------------------------------------
 class Tiny(torch.nn.Module):
     def __init__(self):
         super().__init__()
@@ -66,52 +187,28 @@ class Tiny(torch.nn.Module):
         return self.fc(torch.relu(self.conv(x)).mean(dim=(2, 3)))
 
 
-def loaded(module, image_size: int, arch: str):
+def tiny_pool(tmp: Path, n: int = 64, size: int = 32) -> pd.DataFrame:
+    from PIL import Image
+
+    rng = np.random.default_rng(1)
+    d = tmp / "tiny"
+    d.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i in range(n):
+        p = d / f"t{i:03d}.png"
+        Image.fromarray(rng.integers(0, 255, (size, size, 3), dtype=np.uint8)).save(p)
+        paths.append(str(p))
+    return pd.DataFrame({"object_id": [f"t{i}" for i in range(n)], "image_uri": paths})
+
+
+def memory(pool: pd.DataFrame, tmp: Path, n_rows: int, workers: int, shard_size: int) -> dict:
+    """Peak RSS (this process + its workers, sampled every 0.2 s) while scoring *every* row."""
     from galmorph.models.io import LoadedModel, ModelSpec
+    from galmorph.scoring import merge_scores, score_manifest
 
-    spec = ModelSpec(task="chirality", classes=["CW", "ACW", "other"], arch=arch, image_size=image_size)
-    return LoadedModel(module=module, spec=spec, uri=f"bench:{arch}", version="bench")
-
-
-def forward_only(module, image_size: int, batch: int, n_batches: int) -> float:
-    x = torch.rand(batch, 3, image_size, image_size)
-    with torch.inference_mode():
-        module(x)  # warm-up
-        t0 = time.perf_counter()
-        for _ in range(n_batches):
-            torch.softmax(module(x), dim=1)
-        dt = time.perf_counter() - t0
-    return batch * n_batches / dt
-
-
-def throughput(pool: pd.DataFrame, tmp: Path, image_size: int, n_rows: int, batch: int, workers: int) -> dict:
-    from galmorph.scoring import score_manifest
-
-    man = big_manifest(pool, n_rows, tmp / f"tp-{image_size}.parquet")
-    module = resnet18()
-    lm = loaded(module, image_size, "resnet18")
-    fwd_before = forward_only(module, image_size, batch, max(2, n_rows // batch // 2))
-    out = tmp / f"scores-{image_size}"
-    t0 = time.perf_counter()
-    res = score_manifest(lm, man, out, batch_size=batch, num_workers=workers, shard_size=max(batch * 4, 512),
-                         progress=False, overwrite=True)
-    dt = time.perf_counter() - t0
-    fwd_after = forward_only(module, image_size, batch, max(2, n_rows // batch // 2))
-    fwd = (fwd_before + fwd_after) / 2
-    score_rate = res.n_scored / dt
-    return {"image_size": image_size, "rows": n_rows, "batch_size": batch, "num_workers": workers,
-            "forward_only_img_s": round(fwd, 1), "scoring_img_s": round(score_rate, 1),
-            "ratio": round(score_rate / fwd, 3), "forward_ms_per_img": round(1000 / fwd, 3),
-            "scoring_ms_per_img": round(1000 / score_rate, 3)}
-
-
-def memory(pool: pd.DataFrame, tmp: Path, n_rows: int, workers: int, shard_size: int, every: int = 1) -> dict:
-    """Score every ``every``-th shard of an ``n_rows`` manifest (the selected shards span the whole file)."""
-    from galmorph.scoring import score_manifest
-
-    man = big_manifest(pool, n_rows, tmp / f"mem-{n_rows}.parquet")
+    man = write_release(pool, n_rows, tmp / f"mem-{n_rows}.parquet")
     proc = psutil.Process()
-    samples: list[tuple[float, float]] = []
+    samples: list[float] = []
     stop = threading.Event()
 
     def rss() -> float:
@@ -124,112 +221,134 @@ def memory(pool: pd.DataFrame, tmp: Path, n_rows: int, workers: int, shard_size:
         return total / 2**20
 
     def sampler():
-        t0 = time.perf_counter()
         while not stop.is_set():
-            samples.append((time.perf_counter() - t0, rss()))
+            samples.append(rss())
             time.sleep(0.2)
 
-    th = threading.Thread(target=sampler, daemon=True)
+    lm = LoadedModel(module=Tiny().eval(), spec=ModelSpec(task="chirality", classes=CLASSES, arch="tiny",
+                                                          image_size=32), uri="bench:tiny", version="bench")
     base = rss()
+    th = threading.Thread(target=sampler, daemon=True)
     th.start()
     t0 = time.perf_counter()
-    shards = list(range(0, -(-n_rows // shard_size), every))
-    res = score_manifest(loaded(Tiny().eval(), 32, "tiny-cnn"), man, tmp / f"mem-scores-{n_rows}", batch_size=256,
-                         num_workers=workers, shard_size=shard_size, shards=shards, progress=False, overwrite=True)
+    res = score_manifest(lm, man, tmp / f"mem-scores-{n_rows}", batch_size=256, num_workers=workers,
+                         shard_size=shard_size, progress=False, overwrite=True)
+    m = merge_scores([tmp / f"mem-scores-{n_rows}"], tmp / f"mem-cat-{n_rows}")
     dt = time.perf_counter() - t0
     stop.set()
     th.join()
-    r = np.array([s[1] for s in samples])
-    q = len(r) // 10 or 1
-    return {"rows": n_rows, "shards_scored": f"{len(shards)} of {-(-n_rows // shard_size)} (every {every})",
-            "scored": res.n_scored, "seconds": round(dt, 1), "img_s": round(res.n_scored / dt, 1),
+    r = np.array(samples)
+    q = max(1, len(r) // 10)
+    return {"rows": n_rows, "scored": res.n_scored, "quarantined": res.n_quarantined, "merged_rows": m.n_scored,
+            "shards": res.n_shards, "seconds": round(dt, 1), "img_s": round(n_rows / dt, 1),
             "rss_before_mib": round(base, 1), "rss_peak_mib": round(float(r.max()), 1),
-            "rss_median_mib": round(float(np.median(r)), 1),
             "rss_first_decile_peak_mib": round(float(r[:q].max()), 1),
             "rss_last_decile_peak_mib": round(float(r[-q:].max()), 1), "samples": len(r),
             "manifest_mib": round(os.path.getsize(man) / 2**20, 2)}
 
 
-def extrapolate(per_img_ms_cpu: float, gpu_assumed_img_s: float, decode_ms_per_core: float,
-                cores_per_gpu: int = 8) -> list[dict]:
+# --------------------------------------------------------------------------------------------
+# 3. extrapolation
+# --------------------------------------------------------------------------------------------
+def extrapolate(per_img_ms: dict[str, float], gpu_img_s: float | None, gpu_measured: bool) -> dict:
+    """Hours for 8.7 M galaxies on N nodes from measured per-image costs (ms/img on one node)."""
     rows = []
-    for n_gpu in (1, 4, 8, 16, 32):
-        decode_rate = cores_per_gpu * 1000 / decode_ms_per_core  # images/s one node's CPU workers decode
-        per_node = min(gpu_assumed_img_s, decode_rate)
-        hours = N_DESI / (per_node * n_gpu) / 3600
-        rows.append({"gpu_shards": n_gpu, "per_shard_img_s": round(per_node), "hours": round(hours, 2),
-                     "bound": "GPU forward" if gpu_assumed_img_s <= decode_rate else "CPU decode"})
-    cpu_hours = N_DESI * per_img_ms_cpu / 1000 / 3600
-    return rows + [{"gpu_shards": 0, "per_shard_img_s": round(1000 / per_img_ms_cpu), "hours": round(cpu_hours, 1),
-                    "bound": "this 2-core CPU (measured)"}]
+    for label, ms in per_img_ms.items():
+        for n in (1, 8, 32):
+            rows.append({"setting": label, "nodes": n, "ms_per_img": round(ms, 3),
+                         "hours": round(N_DESI * ms / 1000 / 3600 / n, 2), "measured": True})
+    if gpu_img_s:
+        for n in (1, 8, 32):
+            rows.append({"setting": "GPU node (forward " + ("MEASURED" if gpu_measured else "ASSUMED, not measured")
+                         + f": {gpu_img_s:.0f} img/s)", "nodes": n, "ms_per_img": round(1000 / gpu_img_s, 3),
+                         "hours": round(N_DESI / gpu_img_s / 3600 / n, 2), "measured": gpu_measured})
+    return {"n_galaxies": N_DESI, "table": rows}
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="smaller runs (smoke test)")
-    ap.add_argument("--workers", type=int, default=1)
+    ap.add_argument("--data-root", type=Path, default=None)
+    ap.add_argument("--workers", type=int, default=1, help="decode workers of the memory benchmark")
     a = ap.parse_args()
-    torch.set_num_threads(max(1, (os.cpu_count() or 2)))
+    m = machine()
+    from galmorph.settings import get_settings
+
+    data_root = a.data_root or get_settings().data_root
+    data_root = Path(data_root) if data_root and Path(data_root).is_dir() else None
     tmp = Path(tempfile.mkdtemp(prefix="bench-scoring-"))
-    pool = make_pool(tmp / "pool", 64 if a.quick else 128, 128)
-    res: dict = {"machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "torch": torch.__version__,
-                             "load_avg_at_start": os.getloadavg()}, "throughput": [], "memory": []}
-    for size in ((64,) if a.quick else (64, 128)):
-        r = throughput(pool, tmp, size, 512 if a.quick else 768, 64, a.workers)
-        print("throughput", r, flush=True)
-        res["throughput"].append(r)
-    for n, every in (((2_000, 1), (20_000, 10)) if a.quick else ((20_000, 1), (200_000, 10))):
-        r = memory(pool, tmp, n, a.workers, 2_000 if not a.quick else 200, every)
-        print("memory", r, flush=True)
-        res["memory"].append(r)
-    # decode+prepare cost per image on one core (from the memory run: tiny model, cost = decode + I/O)
-    big = res["memory"][0]
-    decode_ms = 1000 / big["img_s"] * max(1, a.workers)
-    cpu_ms = res["throughput"][-1]["scoring_ms_per_img"]
-    gpu_assumed = 4000.0
-    res["extrapolation"] = {
-        "n_galaxies": N_DESI,
-        "assumptions": {
-            "gpu_forward_img_s": gpu_assumed,
-            "gpu_note": ("ASSUMED, not measured (no GPU was available to this run): ResNet-18 at 128 px, fp16, "
-                         "batch 256 on one A100/H100-class GPU, conservatively 4000 img/s"),
-            "decode_ms_per_image_per_core": round(decode_ms, 3),
-            "decode_note": "measured here: PNG decode + resize + collate per image on one DataLoader worker",
-            "cpu_workers_per_gpu": 8,
-            "cpu_note": f"last row: this machine's measured scoring cost ({cpu_ms} ms/img, resnet18 at "
-                        f"{res['throughput'][-1]['image_size']} px) on its 2 shared cores",
-        },
-        "table": extrapolate(cpu_ms, gpu_assumed, decode_ms),
-    }
-    OUT.mkdir(parents=True, exist_ok=True)
-    (OUT / "scoring.json").write_text(json.dumps(res, indent=2))
-    lines = ["# Batch scoring benchmark", "",
-             f"Machine: {res['machine']['cpus']} CPUs (shared; load average at start "
-             f"{res['machine']['load_avg_at_start'][0]:.1f}), torch {res['machine']['torch']}. "
-             "`uv run python benchmarks/bench_scoring.py`.", "",
-             "## Throughput: scoring vs forward-only (same model, same run)", "",
-             "| model | px | rows | batch | workers | forward-only img/s | scoring img/s | ratio |",
-             "|---|---|---|---|---|---|---|---|"]
-    for r in res["throughput"]:
-        lines.append(f"| resnet18 | {r['image_size']} | {r['rows']} | {r['batch_size']} | {r['num_workers']} | "
-                     f"{r['forward_only_img_s']} | {r['scoring_img_s']} | **{r['ratio']:.2f}** |")
-    lines += ["", "## Memory: streaming a large manifest (tiny CNN, 32 px)", "",
-              "| manifest rows | shards scored | rows scored | seconds | img/s | RSS before MiB | RSS peak MiB | "
-              "peak first 10 % | peak last 10 % |",
-              "|---|---|---|---|---|---|---|---|---|"]
+    pool, desc = gz1_pool(data_root, 256 if a.quick else 1024, tmp)
+    pool.attrs["desc"] = desc
+    res: dict = {"machine": m, "quick": a.quick}
+    res["throughput"] = throughput(pool, tmp, data_root, a.quick)
+    tp = tiny_pool(tmp)
+    res["memory"] = [memory(tp, tmp, n, a.workers, 2_000) for n in ((2_000, 20_000) if a.quick else
+                                                                      (20_000, 200_000))]
     for r in res["memory"]:
-        lines.append(f"| {r['rows']:,} | {r['shards_scored']} | {r['scored']:,} | {r['seconds']} | {r['img_s']} | {r['rss_before_mib']} | "
-                     f"{r['rss_peak_mib']} | {r['rss_first_decile_peak_mib']} | {r['rss_last_decile_peak_mib']} |")
+        print("memory", r, flush=True)
+    # extrapolation: end-to-end release cost when measured (bench_release), else scoring alone
+    per_img: dict[str, float] = {}
+    rel = OUT / "release.json"
+    if rel.exists():
+        try:
+            rj = json.loads(rel.read_text())
+            for k, v in rj.get("per_image_ms", {}).items():
+                per_img[f"release end to end, {k} (this machine, results/release.json)"] = float(v)
+        except (OSError, ValueError):
+            pass
+    s = res["throughput"]["settings"]
+    fp = max((r for r in s if r["precision"] == "fp32"), key=lambda r: r["img_s"])
+    best = max(s, key=lambda r: r["img_s"])
+    per_img[f"scoring only, fp32 (this machine, {fp['decode']} decode)"] = 1000 / fp["img_s"]
+    per_img[f"scoring only, {best['precision']} (this machine)"] = 1000 / best["img_s"]
+    cuda = torch.cuda.is_available()
+    res["extrapolation"] = extrapolate(per_img, None if cuda else 4000.0, cuda)
+    res["extrapolation"]["gpu_note"] = (
+        "no GPU was available to this run: the GPU rows ASSUME 4000 img/s for ResNet-18 at 128 px with mixed "
+        "precision on one A100/H100-class GPU and enough decode cores to feed it; they are not a measurement"
+        if not cuda else "GPU rows measured in this run")
+    OUT.mkdir(parents=True, exist_ok=True)
+    (OUT / "scoring.json").write_text(json.dumps(res, indent=2, default=str))
+    (OUT / "scoring.md").write_text(to_markdown(res))
+    print(to_markdown(res))
+
+
+def to_markdown(res: dict) -> str:
+    t = res["throughput"]
+    m = res["machine"]
+    lines = ["# Batch scoring benchmark", "", quiet_line(m) + f"; {m['cpus']} CPUs, torch {m.get('torch')}"
+             f"{' (quick mode: smoke test)' if res['quick'] else ''}. `uv run python benchmarks/bench_scoring.py`.", "",
+             f"## Throughput: `score_manifest` vs the eager fp32 forward ceiling ({t['image_size']} px, batch "
+             f"{t['batch']}, {t['rows']} rows over {t['images']})", "",
+             f"Ceiling (eager fp32 forward of ResNet-18 on in-memory tensors, mean of before/after): "
+             f"**{t['ceiling_eager_fp32_img_s']} img/s** {t['ceiling_before_after']}; the pt2 GraphModule as "
+             f"loaded from MLflow: {t['forward_loaded_graphmodule_img_s']} img/s. Agreement set: "
+             f"{t['agreement_set']}.", "",
+             "| requested | used | decode | workers | img/s | ratio to ceiling | agreement top-1 | check s | refused |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in t["settings"]:
+        ag = "-" if r["agreement_top1"] is None else f"{r['agreement_top1']:.4f}"
+        lines.append(f"| {r['precision_requested']} | {r['precision']} | {r['decode']} | {r['workers']} | "
+                     f"{r['img_s']} | **{r['ratio']:.2f}** | {ag} | {r['check_s']} | "
+                     f"{', '.join(r['refused']) or '-'} |")
+    lines += ["", "### Test-time views (chirality mirror/rotation views; ceiling = eager views module)", "",
+              "| views | path | img/s | ceiling img/s | ratio |", "|---|---|---|---|---|"]
+    for r in t["views"]:
+        lines.append(f"| {r['views']} | {r['precision']} | {r['img_s']} | {r['ceiling_img_s']} | {r['ratio']:.2f} |")
+    lines += ["", "## Memory: every row of a large manifest scored (tiny CNN, 32 px images reused under distinct ids)",
+              "", "| manifest rows | scored | merged | shards | seconds | img/s | RSS before MiB | RSS peak MiB | "
+              "peak first 10 % | peak last 10 % |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in res["memory"]:
+        lines.append(f"| {r['rows']:,} | {r['scored']:,} | {r['merged_rows']:,} | {r['shards']} | {r['seconds']} | "
+                     f"{r['img_s']} | {r['rss_before_mib']} | {r['rss_peak_mib']} | {r['rss_first_decile_peak_mib']} | "
+                     f"{r['rss_last_decile_peak_mib']} |")
     ex = res["extrapolation"]
-    lines += ["", f"## Extrapolation to {N_DESI:,} DESI galaxies", "",
-              "Assumptions (clearly not all measured here):", ""]
-    lines += [f"- {v}" for k, v in ex["assumptions"].items() if k.endswith("note")]
-    lines += ["", "| GPU shards | img/s per shard | hours | bound |", "|---|---|---|---|"]
+    lines += ["", f"## Extrapolation to {ex['n_galaxies']:,} DESI galaxies", "", ex["gpu_note"] + ".", "",
+              "| setting | nodes | ms/img | hours | measured |", "|---|---|---|---|---|"]
     for r in ex["table"]:
-        lines.append(f"| {r['gpu_shards'] or 'CPU (this machine)'} | {r['per_shard_img_s']} | {r['hours']} | "
-                     f"{r['bound']} |")
-    (OUT / "scoring.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+        lines.append(f"| {r['setting']} | {r['nodes']} | {r['ms_per_img']} | {r['hours']} | "
+                     f"{'yes' if r['measured'] else '**no (assumed)**'} |")
+    return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":

@@ -30,7 +30,7 @@ import torch
 from galmorph.manifest import write_manifest
 from galmorph.settings import REPO_ROOT, Settings, get_settings
 
-RESULTS = REPO_ROOT / "benchmarks" / "results"
+RESULTS = Path(os.environ.get("GALMORPH_BENCH_OUT") or REPO_ROOT / "benchmarks" / "results")  # quick runs: results/quick
 log = logging.getLogger("bench_train")
 
 PUBLISHED = {
@@ -119,13 +119,17 @@ def write_markdown(results: list[dict], meta: dict, path: Path) -> None:
     lines = ["# Training benchmark (real data, reduced setting, CPU)", "",
              f"Measured {meta['date']} on {meta['machine']} ({meta['threads']} torch threads, machine shared "
              f"with other jobs: load average at start {meta['load_start']}). Script: `benchmarks/bench_train.py`.",
+             "", ("Quiet run (load average < 0.5 at the start)." if meta.get("quiet") else
+                  "**UNDER LOAD -- not a result** (load average >= 0.5 at the start)."),
              "", "**Reduced setting (honest note):** " + meta["note"], "",
-             "| case | arch | px | epochs | test n | accuracy | macro F1 | train img/s | fwd+bwd ceiling img/s | wall s |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "| case | arch | px | epochs | test n | accuracy | macro F1 | train img/s | fwd+bwd ceiling img/s | "
+             "ratio | wall s |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in results:
         lines.append(f"| {r['case']} | {r['arch']}{' + CE' if r['chirality_equivariant'] else ''} | {r['image_size']} | "
                      f"{int(r['epochs'])} | {int(r['test_n'])} | {r['test_accuracy']:.3f} | {r['test_f1_macro']:.3f} | "
-                     f"{r['train_images_per_s']:.1f} | {r['fwd_bwd_ceiling_images_per_s']:.1f} | {r['wall_s']:.0f} |")
+                     f"{r['train_images_per_s']:.1f} | {r['fwd_bwd_ceiling_images_per_s']:.1f} | "
+                     f"**{r['train_images_per_s'] / r['fwd_bwd_ceiling_images_per_s']:.2f}** | {r['wall_s']:.0f} |")
     lines += ["", "Per-class held-out precision / recall / F1 (support):", ""]
     for r in results:
         lines += [f"**{r['case']}** — published: {PUBLISHED[r['task']]}", "",
@@ -178,7 +182,7 @@ def main() -> None:
         stop_service(st, "mlflow")
     meta = {"date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
             "machine": f"{platform.machine()} CPU, {os.cpu_count()} cores, no GPU", "threads": torch.get_num_threads(),
-            "load_start": round(load_start, 1),
+            "load_start": round(load_start, 2), "quiet": load_start < 0.5,
             "note": (f"chirality on a class-balanced subset of gz1_chirality ({args.per_class} per class of "
                      f"CW/ACW/other, stratified 65/15/20 split), {args.size} px instead of 224 px, at most "
                      f"{args.epochs} epochs, ResNet18 instead of ResNet50, random initialisation; arms on the 167 "
