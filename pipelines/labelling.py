@@ -1,7 +1,9 @@
-"""The labelling pipeline: ingest -> redshift-stratified sample -> A1 -> queue export to the label database
-(-> optional export of the labels collected so far).
+"""The labelling pipeline: ingest -> redshift-stratified sample -> measurement (winding sense for chirality
+queues, A1 otherwise) -> queue export to the label database (-> optional export of the labels collected so
+far).
 
-Compiled to ``pipelines/labelling.yaml``; labellers then work in ``galmorph label serve``.
+Compiled to ``pipelines/labelling.yaml``; labellers then work in ``galmorph label serve``, which shows the
+measurement as an overlay (A1 for lopsided queues, winding sense + annulus for chirality queues).
 """
 
 from kfp import dsl
@@ -12,23 +14,31 @@ from galmorph_components.ingest.component import ingest
 from galmorph_components.label_export.component import label_export
 from galmorph_components.label_queue.component import label_queue
 from galmorph_components.label_sample.component import label_sample
+from galmorph_components.winding.component import winding
 
 PLATFORM = load_platform()
 
 
 @dsl.pipeline(name="galmorph-labelling",
-              description="Draw a labelling queue with A1 measurements for the labelling app.")
+              description="Draw a labelling queue with A1 (or, for chirality, winding) measurements for the "
+                          "labelling app.")
 def pipeline(source: str = "sdss_fits", task: str = "lopsided", per_bin: int = 250, n_bins: int = 4,
              z_min: float = 0.01, z_max: float = 0.1, seed: int = 0, label_db_url: str = "",
-             queue_name: str = "", export_labels: bool = False, data_root: str = ""):
+             queue_name: str = "", export_labels: bool = False, winding_min_confidence: float = 2.0,
+             data_root: str = ""):
     ing = ingest(source=source, data_root=data_root)
     data_volume(ing, PLATFORM)
     smp = label_sample(manifest=ing.outputs["manifest"], per_bin=per_bin, n_bins=n_bins, z_min=z_min, z_max=z_max,
                        seed=seed, task=task, label_db_url=label_db_url)
     smp.set_caching_options(False)  # excludes objects labelled meanwhile
-    meas = a1(manifest=smp.outputs["queue"], data_root=data_root)
-    data_volume(meas, PLATFORM)
-    q = label_queue(queue=meas.outputs["measured"], label_db_url=label_db_url, queue_name=queue_name)
+    with dsl.If(task == "chirality", name="chirality-winding"):
+        wind = winding(manifest=smp.outputs["queue"], min_confidence=winding_min_confidence, data_root=data_root)
+        data_volume(wind, PLATFORM)
+    with dsl.Else(name="a1-measurement"):
+        meas = a1(manifest=smp.outputs["queue"], data_root=data_root)
+        data_volume(meas, PLATFORM)
+    q = label_queue(queue=dsl.OneOf(wind.outputs["measured"], meas.outputs["measured"]), label_db_url=label_db_url,
+                    queue_name=queue_name)
     q.set_caching_options(False)
     with dsl.If(export_labels == True, name="export-labels"):  # noqa: E712 - KFP condition
         ex = label_export(task=task, label_db_url=label_db_url)

@@ -13,7 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 
 PIPELINES: tuple[str, ...] = ("training", "rescoring", "labelling")
-COMPONENTS: tuple[str, ...] = ("ingest", "validate", "cutout", "a1", "split", "train", "evaluate", "promote",
+COMPONENTS: tuple[str, ...] = ("ingest", "validate", "cutout", "a1", "winding", "split", "train", "evaluate", "promote",
                                "shard", "resolve_model", "score", "merge", "drift", "publish", "label_sample", "label_queue",
                                "label_export")
 

@@ -13,6 +13,7 @@ EXAMPLES: dict[str, str] = {
                 'with dsl.If(val.outputs["success"] == True):\n    ...',
     "cutout": 'cut = cutout(manifest=val.outputs["passed"], size_px=64)',
     "a1": 'meas = a1(manifest=val.outputs["passed"])',
+    "winding": 'wind = winding(manifest=smp.outputs["queue"], min_confidence=2.0)',
     "split": 'sp = split(dataset=cut.outputs["cutouts"], test_fraction=0.25, seed=0)',
     "train": 'tr = train(task="chirality", dataset=sp.outputs["train"], preset="tiny")\n'
              'tr.set_accelerator_type("nvidia.com/gpu").set_accelerator_limit(1)',
@@ -37,6 +38,7 @@ LIBRARY: dict[str, str] = {
     "validate": "galmorph.pipelines.steps.validate -> galmorph.validation.validate_manifest",
     "cutout": "galmorph.pipelines.steps.cutout -> galmorph.cutout.make_cutouts",
     "a1": "galmorph.pipelines.steps.a1 -> galmorph.imaging.a1.measure_a1_manifest",
+    "winding": "galmorph.pipelines.steps.winding -> galmorph.imaging.winding.write_winding_manifest",
     "split": "galmorph.pipelines.steps.split -> galmorph.pipelines.artifacts.holdout_split",
     "train": "galmorph.pipelines.steps.train -> galmorph.training.train",
     "evaluate": "galmorph.pipelines.steps.evaluate -> galmorph.evaluation.core.evaluate",

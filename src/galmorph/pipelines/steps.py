@@ -27,6 +27,7 @@ log = logging.getLogger(__name__)
 IngestOutputs = namedtuple("IngestOutputs", ["rows_in", "rows_out", "rows_quarantined"])
 CutoutOutputs = namedtuple("CutoutOutputs", ["rows_out", "rows_quarantined"])
 A1Outputs = namedtuple("A1Outputs", ["rows_out", "finite_a1"])
+WindingOutputs = namedtuple("WindingOutputs", ["rows_out", "decided"])
 SplitOutputs = namedtuple("SplitOutputs", ["n_train", "n_test"])
 TrainOutputs = namedtuple("TrainOutputs", ["model_uri", "registered_version", "run_id"])
 EvaluateOutputs = namedtuple("EvaluateOutputs", ["accuracy", "f1_macro", "run_id"])
@@ -123,6 +124,25 @@ def a1(manifest_path: str | Path, measured_path: str | Path, quarantine_path: st
                               data_root=root, pixel_scale=pixel_scale, progress=False, workers=workers)
     _fill(measured_metadata, {"rows": res["rows_out"], "finite_a1": res["finite_a1"]})
     return A1Outputs(res["rows_out"], res["finite_a1"])
+
+
+def winding(manifest_path: str | Path, measured_path: str | Path, quarantine_path: str | Path,
+            min_confidence: float = 2.0, options_json: str = "{}", data_root: str = "", workers: int = 1,
+            measured_metadata: dict | None = None) -> WindingOutputs:
+    """:func:`galmorph.imaging.winding.write_winding_manifest`: the manifest with the winding columns
+    (``winding`` CW/ACW/None, ``winding_score``, ``winding_z``, ``winding_confidence``, the annulus) to
+    ``measured_path``; unreadable images to ``quarantine_path``. ``options_json``: further
+    :class:`~galmorph.imaging.winding.WindingOptions` fields."""
+    from galmorph.imaging.winding import WindingOptions, write_winding_manifest
+    from galmorph.pipelines.runtime import setup
+
+    _, root = setup(data_root=data_root)
+    opts = WindingOptions.from_dict({**json.loads(options_json or "{}"), "min_confidence": float(min_confidence)})
+    res = write_winding_manifest(open_dataset(manifest_path), measured_path, quarantine_path=quarantine_path,
+                                 data_root=root, options=opts, workers=workers)
+    _fill(measured_metadata, {"rows": res["rows_out"], "decided": res["decided"],
+                              "quarantined": res["quarantined"]})
+    return WindingOutputs(res["rows_out"], res["decided"])
 
 
 def split(dataset: str | Path, train_dir: str | Path, test_dir: str | Path, test_fraction: float = 0.25,

@@ -1,0 +1,1 @@
+"""The `winding` KFP component: `galmorph_components.winding.component.winding`."""
