@@ -166,3 +166,29 @@ def test_manifest_without_object_id_is_a_clear_error(sim_chirality, tmp_path):
     for f in ("noid.parquet", "noid.csv"):
         r = CliRunner().invoke(main, ["validate", str(tmp_path / f), "--json", "--no-images"])
         assert r.exit_code == 1 and "no 'object_id' column" in r.stderr and r.stdout == ""
+
+
+# ------------------------------------------------------------------------------------ 7: pipeline parameters
+@pytest.mark.parametrize("param, says", [
+    ("task=galaxyzoo", "task='galaxyzoo': expected one of ['arms', 'chirality', 'lopsided']"),
+    ("z_min=abc", "z_min='abc': expected a finite float"),
+    ("z_min=0.3", "z_min=0.3 must be below z_max=0.1"),
+    ("test_fraction=1", "test_fraction=1.0: expected a number in (0, 1)"),
+    ("overrides_json={bad", "overrides_json='{bad': expected a JSON object"),
+    ("nosuch=1", "'nosuch' is not a parameter of pipeline 'training'"),
+])
+def test_bad_pipeline_parameters_exit_2_before_anything_runs(param, says, tmp_path, monkeypatch):
+    import galmorph.pipelines.run as run
+    from galmorph.cli import main
+
+    def must_not_run(*a, **k):
+        raise AssertionError("the pipeline was started")
+
+    monkeypatch.setattr("kfp.local.init", must_not_run)
+    monkeypatch.setattr(run, "make_client", must_not_run)
+    r = CliRunner().invoke(main, ["pipeline", "run", "training", "--local", "--param", param,
+                                  "--pipeline-root", str(tmp_path / "kfp")])
+    assert r.exit_code == 2, r.output
+    assert says in r.stderr and "Traceback" not in r.output and not (tmp_path / "kfp").exists()
+    r = CliRunner().invoke(main, ["pipeline", "run", "training", "--host", "http://kfp.invalid", "--param", param])
+    assert r.exit_code == 2 and says in r.stderr

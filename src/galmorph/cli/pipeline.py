@@ -62,7 +62,7 @@ def run_cmd(name: str, local_run: bool, host: str | None, params: tuple[str, ...
             experiment: str, run_name: str | None, runner: str, tracking_uri: str | None,
             data_root: Path | None, as_json: bool) -> None:
     """Run pipeline NAME locally (--local, against the local MLflow server) or submit it (--host URL)."""
-    from galmorph.pipelines.run import PipelineRunError, parse_param_items, run_local, submit
+    from galmorph.pipelines.run import PipelineParamError, PipelineRunError, parse_param_items, run_local, submit
     from galmorph.settings import resolve_settings
 
     s = resolve_settings(tracking_uri=tracking_uri, data_root=data_root)
@@ -83,6 +83,9 @@ def run_cmd(name: str, local_run: bool, host: str | None, params: tuple[str, ...
                             data_root=s.data_root)
         else:
             res = submit(name, host, raw, run_name=run_name, experiment=experiment)
+    except PipelineParamError as exc:  # a usage error: nothing was run or submitted
+        fail(str(exc), 2)
+        return
     except PipelineRunError as exc:
         fail(str(exc))
         return

@@ -34,26 +34,94 @@ def pipeline_parameters(name: str) -> dict[str, tuple[type, Any]]:
     return out
 
 
+class PipelineParamError(PipelineRunError):
+    """Pipeline parameters are invalid (every bad one is named with what it allows); nothing was run."""
+
+
+def _fraction(lo_open: bool = False, hi_open: bool = False):
+    def check(v):
+        ok = (v > 0 if lo_open else v >= 0) and (v < 1 if hi_open else v <= 1)
+        return None if ok else f"a number in {'(' if lo_open else '['}0, 1{')' if hi_open else ']'}"
+    return check
+
+
+def _at_least(m):
+    return lambda v: None if v >= m else f"an integer >= {m}"
+
+
+def _json_object(v):
+    import json
+
+    try:
+        return None if isinstance(json.loads(v), dict) else "a JSON object"
+    except (TypeError, ValueError):
+        return "a JSON object"
+
+
+def _choice(values):
+    return lambda v: None if v in values else f"one of {sorted(values)}"
+
+
+def _value_rules() -> dict[str, Any]:
+    from galmorph.tasks import TASKS
+
+    return {
+        "task": _choice(set(TASKS)), "z_min": lambda v: None if v >= 0 else "a redshift >= 0",
+        "z_max": lambda v: None if v > 0 else "a redshift > 0",
+        "max_failure_fraction": _fraction(), "test_fraction": _fraction(True, True),
+        "crop_fraction": _fraction(lo_open=True), "threshold": _fraction(lo_open=True),
+        "cutout_size_px": _at_least(8), "shard_size": _at_least(1), "n_workers": _at_least(1),
+        "batch_size": _at_least(1), "per_bin": _at_least(1), "n_bins": _at_least(1),
+        "drift_min_group_size": _at_least(0), "overrides_json": _json_object, "policy_json": _json_object,
+        "model_alias": _choice({"champion", "challenger", "previous-champion"}),
+    }
+
+
 def coerce_params(name: str, raw: dict[str, Any]) -> dict[str, Any]:
-    """Convert ``--param k=v`` strings to the pipeline's parameter types; unknown names are an error."""
+    """Convert ``--param k=v`` strings to the pipeline's parameter types and check their values
+    (task names, fractions, sizes, JSON, z_min < z_max) before anything runs; raises
+    :class:`PipelineParamError` listing every bad parameter with its allowed values or type."""
     known = pipeline_parameters(name)
     out: dict[str, Any] = {}
+    errors: list[str] = []
     for k, v in raw.items():
         if k not in known:
-            raise PipelineRunError(f"pipeline {name!r} has no parameter {k!r}; parameters: {sorted(known)}")
+            errors.append(f"{k!r} is not a parameter of pipeline {name!r} (parameters: {', '.join(sorted(known))})")
+            continue
         typ = known[k][0]
-        if not isinstance(v, str):
-            out[k] = v
-        elif typ is bool or typ == "bool":
-            if v.lower() not in ("true", "false", "1", "0", "yes", "no"):
-                raise PipelineRunError(f"parameter {k!r} must be true/false, got {v!r}")
-            out[k] = v.lower() in ("true", "1", "yes")
-        elif typ is int or typ == "int":
-            out[k] = int(v)
-        elif typ is float or typ == "float":
-            out[k] = float(v)
-        else:
-            out[k] = v
+        tname = getattr(typ, "__name__", str(typ))
+        try:
+            if not isinstance(v, str):
+                out[k] = v
+            elif typ is bool or typ == "bool":
+                if v.lower() not in ("true", "false", "1", "0", "yes", "no"):
+                    raise ValueError
+                out[k] = v.lower() in ("true", "1", "yes")
+            elif typ is int or typ == "int":
+                out[k] = int(v)
+            elif typ is float or typ == "float":
+                out[k] = float(v)
+                if out[k] != out[k] or out[k] in (float("inf"), float("-inf")):
+                    raise ValueError
+            else:
+                out[k] = v
+        except ValueError:
+            allowed = "true or false" if tname == "bool" else f"an {tname}" if tname == "int" else f"a finite {tname}"
+            errors.append(f"{k}={v!r}: expected {allowed}")
+    rules = _value_rules()
+    for k, v in out.items():
+        rule = rules.get(k)
+        if k == "model_alias" and "model_uri" in out and out["model_uri"]:
+            continue
+        if rule is not None and (msg := rule(v)) is not None:
+            errors.append(f"{k}={v!r}: expected {msg}")
+    lo = out.get("z_min", known.get("z_min", (None, None))[1])
+    hi = out.get("z_max", known.get("z_max", (None, None))[1])
+    if isinstance(lo, (int, float)) and isinstance(hi, (int, float)) and ("z_min" in out or "z_max" in out) \
+            and not lo < hi:
+        errors.append(f"z_min={lo} must be below z_max={hi}")
+    if errors:
+        raise PipelineParamError(f"invalid parameter(s) for pipeline {name!r}, nothing was run: " + "; ".join(errors))
     return out
 
 
@@ -149,8 +217,8 @@ def submit(name: str, host: str, params: dict[str, Any] | None = None, run_name:
            experiment: str = "galmorph", package_dir: str | Path | None = None, client=None,
            namespace: str | None = None) -> dict[str, Any]:
     """Submit a compiled package to a Kubeflow Pipelines endpoint; returns the run id."""
+    params = coerce_params(name, params or {})  # before any connection: bad parameters submit nothing
     client = client or make_client(host, namespace)
-    params = coerce_params(name, params or {})
     pkg = package_path(name, package_dir)
     res = client.create_run_from_pipeline_package(str(pkg), arguments=params,
                                                   run_name=run_name or f"{name}-{time.strftime('%Y%m%d-%H%M%S')}",
@@ -220,8 +288,8 @@ def schedule(name: str, cron: str, host: str, params: dict[str, Any] | None = No
              experiment: str = "galmorph", job_name: str | None = None, max_concurrency: int = 1,
              package_dir: str | Path | None = None, client=None, namespace: str | None = None) -> dict[str, Any]:
     """Create (or replace, when its cron or package changed) the recurring run ``job_name`` of a pipeline."""
+    params = coerce_params(name, params or {})  # before any connection: bad parameters submit nothing
     client = client or make_client(host, namespace)
-    params = coerce_params(name, params or {})
     pkg = package_path(name, package_dir)
     job_name = job_name or f"galmorph-{name}-recurring"
     cron6 = kfp_cron(cron)
