@@ -289,7 +289,7 @@ def _load_model(model, device: str):
 
 #: What binds a scoring folder to its inputs: a resume must agree on all of them.
 RESUME_KEYS: tuple[str, ...] = ("manifest_sha256", "manifest_rows", "shard_size", "model_uri", "model_version",
-                                "threshold", "classes")
+                                "threshold", "classes", "winding_ensemble")
 _OUR_FILES = re.compile(r"^\.?(part|quarantine)-\d{5,}\.parquet(\.tmp-\d+)?$")
 
 
@@ -365,7 +365,7 @@ def score_manifest(model, manifest_path: str | Path, out_dir: str | Path, batch_
                    device: str = "cpu", passthrough: Sequence[str] = PASSTHROUGH_COLUMNS,
                    overwrite: bool = False, progress: bool = True, precision: str = "fp32",
                    decode: str = "full", agreement: pd.DataFrame | None = None,
-                   image_check=None) -> ScoreResult:
+                   image_check=None, winding_ensemble=None) -> ScoreResult:
     """Score every row of ``manifest_path`` (or only ``shards``) into Parquet shards under ``out_dir``.
 
     ``model`` is a model URI (``models:/galmorph-chirality@champion``, ``runs:/...``, a local path) or a
@@ -379,6 +379,8 @@ def score_manifest(model, manifest_path: str | Path, out_dir: str | Path, batch_
     results are recorded under ``inference`` in ``scoring.json``, hence in the merged summary and MLflow.
     ``image_check(row, image) -> reason | None`` runs on every decoded image (the release path's
     validation checks); a reason quarantines the row like an unreadable image.
+    ``winding_ensemble`` (a :class:`galmorph.ensemble.WindingEnsemble`, chirality models) combines each
+    shard's probabilities with the winding measurement (:func:`galmorph.ensemble.apply_winding_ensemble`).
     """
     import torch
     from torch.utils.data import DataLoader
@@ -422,6 +424,7 @@ def score_manifest(model, manifest_path: str | Path, out_dir: str | Path, batch_
         "shard_size": int(shard_size),
         "model_uri": lm.uri, "model_version": lm.version, "model_run_id": lm.run_id, "task": spec.task,
         "classes": classes, "threshold": float(threshold), "inference": choice.to_dict(),
+        "winding_ensemble": winding_ensemble.to_dict() if winding_ensemble is not None else None,
     }, overwrite)
     done_before = completed_shards(out)
     todo = [s for s in wanted if s not in done_before]
@@ -469,6 +472,10 @@ def score_manifest(model, manifest_path: str | Path, out_dir: str | Path, batch_
         res["row"] = (first + np.flatnonzero(ok)).astype(np.int64)
         for c in pass_cols:
             res[c] = good[c].to_numpy()
+        if winding_ensemble is not None:  # network + winding measurement (galmorph.ensemble)
+            from galmorph.ensemble import apply_winding_ensemble
+
+            res = apply_winding_ensemble(res, good, classes, winding_ensemble, threshold, data_root=data_root)
         _guard_write(quarantine_path(out, s), lambda tmp, _q=q: write_quarantine(_q, tmp))
         _atomic_parquet(res, shard_path(out, s))
         n_scored += len(res)
