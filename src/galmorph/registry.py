@@ -8,7 +8,11 @@ same evaluation manifest and applies a :class:`PromotionPolicy`:
   than ``max_bin_auc_drop`` (epsilon);
 * chirality-equivariant models must pass the mirror test;
 * quality floor (also for the first champion): the candidate's macro-F1 must beat the majority-class
-  predictor's macro-F1 on the same evaluation set by ``min_margin_over_majority``.
+  predictor's macro-F1 on the same evaluation set by ``min_margin_over_majority``;
+* winding check (chirality): the candidate's disagreement with the physical winding measurement (on the
+  galaxies where the measurement is confident, ``|z| >= winding_min_confidence``, and the model predicts
+  CW or ACW) may exceed the champion's by at most ``winding_margin``; a larger excess is flagged in the
+  decision, and blocks the promotion when ``winding_blocks``.
 
 Pass: alias ``champion`` moves to the candidate and the old champion becomes ``previous-champion``;
 both versions are tagged with the decision and metrics. Fail: the candidate gets the ``challenger``
@@ -83,6 +87,11 @@ class PromotionPolicy:
     # quality floor: the candidate's macro-F1 must beat the majority-class predictor's macro-F1 on the same
     # evaluation set by at least this margin (also for the first champion); None switches the floor off
     min_margin_over_majority: float | None = 0.05
+    # winding check (chirality): challenger disagreement with the winding measurement - champion's > margin
+    # is flagged (and blocks when winding_blocks); None switches the check off
+    winding_margin: float | None = 0.02
+    winding_min_confidence: float = 2.0
+    winding_blocks: bool = True
 
     @classmethod
     def from_params(cls, params: dict | str | Path | None, **overrides) -> "PromotionPolicy":
@@ -271,6 +280,34 @@ def quality_floor(report: dict, margin: float | None) -> dict | None:
     return out
 
 
+def winding_check(candidate: dict, champion: dict | None, policy: PromotionPolicy) -> dict | None:
+    """The winding check of two evaluation reports (their ``winding`` blocks,
+    :func:`galmorph.ensemble.winding_report`): ``flagged`` when the candidate's disagreement with the
+    measurement exceeds the champion's by more than ``policy.winding_margin``; ``blocking`` when it is
+    flagged and ``policy.winding_blocks``. None when the check is off or the candidate has no block."""
+    cw = candidate.get("winding")
+    if policy.winding_margin is None or not cw:
+        return None
+    hw = (champion or {}).get("winding") or {}
+    a, b = float(cw.get("disagreement", math.nan)), float(hw.get("disagreement", math.nan))
+    out = {"candidate_disagreement": a, "champion_disagreement": b, "candidate_n_compared": cw.get("n_compared"),
+           "champion_n_compared": hw.get("n_compared"), "margin": float(policy.winding_margin),
+           "min_confidence": cw.get("min_confidence"), "compared": False, "flagged": False, "blocking": False}
+    if champion is None or not (math.isfinite(a) and math.isfinite(b)):
+        out["note"] = ("no champion to compare with" if champion is None else
+                       "no galaxy with a confident measurement and a CW/ACW prediction in one of the evaluations")
+        return out
+    excess = a - b
+    flagged = excess > float(policy.winding_margin) + 1e-12
+    out.update(compared=True, excess=excess, flagged=bool(flagged), blocking=bool(flagged and policy.winding_blocks))
+    if flagged:
+        out["reason"] = (f"winding check: the candidate disagrees with the winding measurement on {a:.1%} of its "
+                         f"confident CW/ACW galaxies (n={cw.get('n_compared')}) vs the champion's {b:.1%} "
+                         f"(n={hw.get('n_compared')}): +{excess:.3f} > margin {float(policy.winding_margin):g}"
+                         + ("" if policy.winding_blocks else " (flagged, not blocking)"))
+    return out
+
+
 def compare(candidate: dict, champion: dict | None, policy: PromotionPolicy, chirality_equivariant: bool = False,
             ) -> tuple[bool, list[str], dict]:
     """Apply the policy to two evaluation reports (``EvaluationResult.report``; ``champion`` None for the
@@ -322,6 +359,11 @@ def compare(candidate: dict, champion: dict | None, policy: PromotionPolicy, chi
                 reasons.append(f"redshift bin {zb}: {policy.bin_metric} {ca:.4f} vs champion {ch:.4f} drops by "
                                f"{drop:.4f} > epsilon={policy.max_bin_auc_drop}")
         checks["redshift_bins"] = bins
+    wind = winding_check(candidate, champion, policy)
+    if wind is not None:
+        checks["winding"] = wind
+        if wind["blocking"]:
+            reasons.append(wind["reason"])
     return not reasons, reasons, checks
 
 
@@ -344,7 +386,8 @@ def _stamp() -> str:
 
 def _key_metrics(metrics: dict[str, float], policy: PromotionPolicy) -> dict[str, float]:
     keep = {"accuracy", "f1_macro", "auc_macro", "precision_macro", "recall_macro", "n", policy.primary_metric,
-            "baseline_f1_macro", "baseline_accuracy", "n_absent_classes"}
+            "baseline_f1_macro", "baseline_accuracy", "n_absent_classes", "winding_disagreement",
+            "winding_n_compared"}
     out = {k: v for k, v in metrics.items() if k in keep or (k.startswith("zbin_") and k.endswith("_auc_macro"))}
     for k in ("chirality_mirror_passed", "chirality_cvs_cvs_pred", "chirality_sweep_slope", "chirality_sweep_intercept"):
         if k in metrics:
@@ -395,6 +438,12 @@ def promote(task: str, version: str | int | None = None, *, eval_manifest, audit
         ev_kw = dict(data_root=data_root, log_to_mlflow=log_evaluations, experiment="galmorph-promotion", **ekw)
         if ce:
             ev_kw["chirality_diagnostics_on"] = True
+        if policy.winding_margin is not None and {"CW", "ACW"} <= set(map(str, cand_model.spec.classes)):
+            from galmorph.ensemble import measure_winding_table
+
+            # one measurement of the evaluation images, shared by both evaluations
+            ev_kw.update(winding=True, winding_min_confidence=policy.winding_min_confidence,
+                         winding_table=measure_winding_table(manifest_df, data_root=data_root))
         cand = evaluate(cand_model, manifest_df, out_dir / f"candidate-v{version}-{stamp}",
                         run_name=f"promotion-{name}-v{version}-candidate", **ev_kw)
         champ_ev = None
@@ -413,6 +462,9 @@ def promote(task: str, version: str | int | None = None, *, eval_manifest, audit
             decision = "promoted" if champ is not None else "first-champion"
             if champ is None:
                 reasons = ["no champion existed: the candidate becomes the first champion"]
+            wd = checks.get("winding") or {}
+            if wd.get("flagged"):
+                reasons = reasons + [wd["reason"]]
             fl = checks.get("quality_floor")
             if fl:
                 reasons = reasons + [f"quality floor passed: macro-F1 {fl['f1_macro']:.4f} >= majority-class "

@@ -134,7 +134,8 @@ def evaluate(model_uri, manifest, out_dir: str | Path, *, z_edges: Sequence[floa
              sweep_n: int | None = None, sweep_realisations: int = 10, rotation_passes: int = 10,
              rotation_angles: int = 8, rotation_max_objects: int = 200, mirror_atol: float = 1e-5,
              experiment: str = EVALUATION_EXPERIMENT, run_name: str | None = None, seed: int = 0,
-             html: bool = True, calibration_bins: int = 10, card: bool = True) -> EvaluationResult:
+             html: bool = True, calibration_bins: int = 10, card: bool = True, winding: bool | None = None,
+             winding_table: pd.DataFrame | None = None, winding_min_confidence: float = 2.0) -> EvaluationResult:
     """Evaluate a model (MLflow model URI or :class:`~galmorph.models.io.LoadedModel`) on a labelled
     manifest (path or DataFrame).
 
@@ -147,7 +148,10 @@ def evaluate(model_uri, manifest, out_dir: str | Path, *, z_edges: Sequence[floa
     confident correct and wrong examples per class, one panel per class in the report. Calibration:
     reliability diagram and ECE overall and per redshift bin of the (temperature-scaled) probabilities.
     ``card``: the model card (written next to the report; attached to the registered model version
-    when logging to MLflow).
+    when logging to MLflow). ``winding`` (default: chirality models) adds the agreement of the predicted
+    CW/ACW with the winding measurement on its confident galaxies (:func:`galmorph.ensemble.winding_report`;
+    ``winding_table``: a measurement of the same objects to reuse) as ``report["winding"]`` and
+    ``winding_*`` metrics.
 
     Rows whose image cannot be read or whose label is not one of the model's classes go to the
     quarantine table with the reason; unlabelled rows are scored but not counted in the metrics.
@@ -224,6 +228,11 @@ def evaluate(model_uri, manifest, out_dir: str | Path, *, z_edges: Sequence[floa
             loaded, manifest, pred, valid, data_root=data_root, batch_size=batch_size, sweep_n=sweep_n,
             sweep_realisations=sweep_realisations, rotation_passes=rotation_passes, rotation_angles=rotation_angles,
             rotation_max_objects=rotation_max_objects, mirror_atol=mirror_atol, seed=seed)
+    if winding if winding is not None else {chir.CW, chir.ACW} <= set(classes):
+        from galmorph.ensemble import winding_report
+
+        report["winding"] = winding_report(pred, manifest, data_root=data_root, table=winding_table,
+                                           min_confidence=winding_min_confidence)
     explanations = None
     extra: dict[str, Path] = {}
     if explain is None:
@@ -258,6 +267,10 @@ def evaluate(model_uri, manifest, out_dir: str | Path, *, z_edges: Sequence[floa
 
         report["model_card"] = build_model_card(report, training)
     metrics = flatten_metrics(report)
+    if "winding" in report:
+        from galmorph.ensemble import winding_metrics
+
+        metrics.update(winding_metrics(report["winding"]))
     report["metrics"] = metrics
     pred_path = out_dir / "predictions.parquet"
     pred.to_parquet(pred_path, index=False)
