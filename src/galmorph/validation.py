@@ -222,17 +222,24 @@ def check_image(path: Path, cfg: ValidationConfig) -> str | None:
             arr = load_image(path, allow_nan=True)
     except ImageError as exc:
         return str(exc).replace(str(path), path.name)
+    return check_decoded(arr, cfg, path.name)
+
+
+def check_decoded(arr: np.ndarray, cfg: ValidationConfig, name: str) -> str | None:
+    """The per-image checks on already decoded pixels (size, NaN/inf, blank): ``None`` or the reason,
+    prefixed with ``name``. Shared by :func:`check_image` and the decode-once release path, which runs
+    them on the pixels it scores (:mod:`galmorph.release_path`)."""
     if arr.ndim not in (2, 3) or min(arr.shape[:2]) < cfg.min_size:
-        return f"{path.name}: image {arr.shape} smaller than {cfg.min_size} px"
+        return f"{name}: image {arr.shape} smaller than {cfg.min_size} px"
     if cfg.expected_size is not None and tuple(arr.shape[:2]) != tuple(cfg.expected_size):
-        return f"{path.name}: size {arr.shape[0]}x{arr.shape[1]} != expected {cfg.expected_size[0]}x{cfg.expected_size[1]}"
+        return f"{name}: size {arr.shape[0]}x{arr.shape[1]} != expected {cfg.expected_size[0]}x{cfg.expected_size[1]}"
     finite = np.isfinite(arr)
     if not finite.all():
-        return f"{path.name}: {int((~finite).sum())} NaN/inf pixel(s)"
+        return f"{name}: {int((~finite).sum())} NaN/inf pixel(s)"
     a = arr.astype(np.float64)
     span = float(a.max() - a.min())
     if span <= 0 or float(a.std()) / max(abs(float(a.max())), 1e-12) < cfg.blank_std:
-        return f"{path.name}: blank image (constant value {float(a.flat[0]):g})"
+        return f"{name}: blank image (constant value {float(a.flat[0]):g})"
     return None
 
 
