@@ -357,14 +357,16 @@ def _train_runs(cfg: TrainConfig, task: str, preset: str, df: pd.DataFrame, data
         reg_name = registered_name(task) if register else None
         from galmorph.evaluation.calibration import temperature_from_loader  # temperature scaling (#15)
 
-        spec.temperature = temperature_from_loader(plain, best["datamodule"].val_dataloader())
+        exported = with_views(plain, cfg.tta_views)  # the logged module: its own temperature
+        spec.temperature = temperature_from_loader(exported, best["datamodule"].val_dataloader())
         t_model = time.perf_counter()
         with mlflow.start_run(run_id=trial_run_ids[best_trial], nested=True):
-            info = log_model(with_views(plain, cfg.tta_views), spec, registered_model_name=reg_name)
+            info = log_model(exported, spec, registered_model_name=reg_name)
             if cfg.tta_views > 1:  # the 1-view network, so that scoring can choose fewer views
                 import dataclasses
 
-                log_model(plain, dataclasses.replace(spec, tta_views=1, single_view_model=""),
+                t1 = temperature_from_loader(plain, best["datamodule"].val_dataloader())
+                log_model(plain, dataclasses.replace(spec, tta_views=1, single_view_model="", temperature=t1),
                           name=spec.single_view_model)
             mlflow.set_tag("galmorph.best_trial", "true")
         log.info("model exported (pt2) and logged in %.1f s", time.perf_counter() - t_model)
