@@ -192,3 +192,76 @@ def test_bad_pipeline_parameters_exit_2_before_anything_runs(param, says, tmp_pa
     assert says in r.stderr and "Traceback" not in r.output and not (tmp_path / "kfp").exists()
     r = CliRunner().invoke(main, ["pipeline", "run", "training", "--host", "http://kfp.invalid", "--param", param])
     assert r.exit_code == 2 and says in r.stderr
+
+
+# ------------------------------------------------------------------------------------ 7: --json on stdout
+def _json_commands():
+    import click
+
+    from galmorph.cli import main
+
+    def walk(cmd, path):
+        if isinstance(cmd, click.Group):
+            for name, sub in cmd.commands.items():
+                yield from walk(sub, [*path, name])
+        elif any(p.name == "as_json" for p in cmd.params):
+            yield " ".join(path), cmd
+
+    return list(walk(main, []))
+
+
+def test_every_json_command_keeps_stdout_for_one_document():
+    """Every command with --json (except the documented JSON Lines ones) diverts other stdout writes."""
+    cmds = dict(_json_commands())
+    assert {"train", "evaluate", "promote", "score", "drift", "validate", "ingest"} <= set(cmds)
+    for name, cmd in cmds.items():
+        opt = next(p for p in cmd.params if p.name == "as_json")
+        lines = "json lines" in (opt.help or "").lower()
+        assert lines == (name in ("a1", "winding")), name
+        assert opt.callback is not None, f"{name} --json does not divert stray stdout"
+
+
+def test_json_document_is_strict_and_alone_on_stdout():
+    import math
+    import sys
+
+    import click
+
+    from galmorph.cli.base import echo_json
+    from galmorph.cli.options import json_option
+
+    @click.command()
+    @json_option()
+    def noisy(as_json):
+        sys.stdout.write("🏃 View run silent-owl at: http://x/#/runs/1\n")  # what MLflow does
+        click.echo("progress 50%")
+        echo_json({"f1": math.nan, "auc": float("inf"), "n": np.int64(3), "path": Path("/a"), "x": pd.NA})
+
+    r = CliRunner().invoke(noisy, ["--json"])
+    assert r.exit_code == 0, r.output
+    assert _strict(r.stdout) == {"f1": None, "auc": None, "n": 3, "path": "/a", "x": None}
+    assert "View run" in r.stderr and "progress 50%" in r.stderr
+    plain = CliRunner().invoke(noisy, [])
+    assert "View run" in plain.stdout  # without --json nothing is diverted
+
+
+def test_ingest_and_validate_json_are_single_strict_documents(sim_chirality, tmp_path):
+    from galmorph.cli import main
+
+    r = CliRunner().invoke(main, ["ingest", f"sim:{sim_chirality['dir']}", "--out", str(tmp_path / "m.parquet"),
+                                  "--json"])
+    assert r.exit_code == 0 and _strict(r.stdout)["rows_out"] == 48
+    r = CliRunner().invoke(main, ["validate", str(tmp_path / "m.parquet"), "--json", "--no-images"])
+    assert r.exit_code == 0 and _strict(r.stdout)["passed"] == 48
+
+
+def test_evaluate_no_mlflow_refuses_a_registry_uri_and_writes_nothing(sim_chirality, tmp_path, monkeypatch):
+    from galmorph.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    for model in ("models:/galmorph-chirality/1", "chirality", "runs:/abc/model"):
+        r = CliRunner().invoke(main, ["evaluate", "--model", model, "--manifest", str(sim_chirality["manifest"]),
+                                      "--no-mlflow", "--out", str(tmp_path / "ev"), "--json"])
+        assert r.exit_code == 2, r.output
+        assert "--no-mlflow cannot load a registry URI" in r.stderr and r.stdout == ""
+    assert list(tmp_path.iterdir()) == []

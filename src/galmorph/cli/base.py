@@ -29,9 +29,10 @@ def main(log_level: str) -> None:
 def echo_json(obj) -> None:
     """Print ``obj`` as ONE strict JSON document on stdout (NaN/inf -> null, numpy/paths/NA handled by
     :mod:`galmorph.jsonsafe`); logs and progress go to stderr."""
+    from galmorph.cli.options import json_stdout
     from galmorph.jsonsafe import finite_json, json_default
 
-    click.echo(json.dumps(finite_json(obj), indent=2, default=json_default, allow_nan=False))
+    click.echo(json.dumps(finite_json(obj), indent=2, default=json_default, allow_nan=False), file=json_stdout())
 
 
 def fail(msg: str, code: int = 1) -> None:

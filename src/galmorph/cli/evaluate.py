@@ -75,9 +75,13 @@ def evaluate_cmd(models, manifest, out_dir, z_edges, thresholds, chirality_diagn
         thr = tuple(float(x) for x in thresholds.split(",") if x.strip())
     except ValueError:
         fail(f"--thresholds must be comma-separated numbers, got {thresholds!r}")
+    uris = [model_ref(m) for m in models]
+    registry = [u for u in uris if u.startswith(("models:/", "runs:/"))]
+    if no_mlflow and registry:
+        fail(f"--no-mlflow cannot load a registry URI ({registry[0]}); give a local model path or drop "
+             "--no-mlflow", 2)
     if not no_mlflow:
         use_tracking_uri(s)
-    uris = [model_ref(m) for m in models]
     if out_dir is None:
         tag = uris[0].replace("models:/", "").replace("/", "_").replace("@", "_").replace(":", "_")
         out_dir = s.state_dir / "evaluations" / tag

@@ -7,6 +7,7 @@ default); commands pass them to it.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -48,9 +49,35 @@ def audit_log_option() -> Callable:
                              + _order("AUDIT_LOG", "<state_dir>/registry/audit.jsonl"))
 
 
-def json_option(help: str = "Print the result as JSON.") -> Callable:  # noqa: A002 - click's name
-    """``--json`` (parameter ``as_json``)."""
-    return click.option("--json", "as_json", is_flag=True, help=help)
+_json_stdout: list = []  # the real stdout while a --json command runs (see json_option)
+
+
+def json_stdout():
+    """Where :func:`galmorph.cli.base.echo_json` writes: the command's real stdout."""
+    return _json_stdout[-1] if _json_stdout else sys.stdout
+
+
+def json_option(help: str = "Print the result as JSON.", lines: bool | None = None) -> Callable:  # noqa: A002
+    """``--json`` (parameter ``as_json``).
+
+    Unless the command prints JSON Lines (``lines``, default: its help says "JSON lines"), ``--json``
+    makes stdout hold exactly one JSON document: while the command runs, everything else written to
+    ``sys.stdout`` (MLflow's "View run" lines, prints of libraries) goes to stderr, and ``echo_json``
+    writes to the real stdout."""
+    lines = ("json lines" in help.lower()) if lines is None else lines
+
+    def divert(ctx: click.Context, param: click.Parameter, value: bool) -> bool:
+        if value and not lines:
+            _json_stdout.append(sys.stdout)
+            sys.stdout = sys.stderr
+
+            def restore() -> None:
+                sys.stdout = _json_stdout.pop()
+
+            ctx.call_on_close(restore)
+        return value
+
+    return click.option("--json", "as_json", is_flag=True, help=help, callback=divert)
 
 
 def task_option(*, required: bool = False, default: str | None = None, multiple: bool = False,

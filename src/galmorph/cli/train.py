@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from galmorph.cli.base import echo_json, fail, main
-from galmorph.cli.options import data_root_option, task_option, tracking_uri_option, use_tracking_uri
+from galmorph.cli.options import data_root_option, json_option, task_option, tracking_uri_option, use_tracking_uri
 
 
 def _preset_help() -> str:
@@ -32,9 +32,10 @@ def _preset_help() -> str:
 @click.option("--out-dir", type=click.Path(path_type=Path, file_okay=False), default=None,
               help="Working folder for checkpoints (default <state_dir>/training/<task>-<preset>).")
 @click.option("--show-config", is_flag=True, help="Print the resolved config and exit (no training).")
+@json_option("The result is always one JSON document on stdout (training logs go to stderr).")
 def train_cmd(task: str, preset: str, manifest: Path, sets: tuple[str, ...], trials: int | None,
               experiment: str | None, tracking_uri: str | None, data_root: Path | None, no_register: bool,
-              out_dir: Path | None, show_config: bool) -> None:
+              out_dir: Path | None, show_config: bool, as_json: bool) -> None:
     """Train TASK with PRESET on MANIFEST; log params, per-epoch metrics, artifacts and the model to
     MLflow and register the best trial's model as galmorph-<task>."""
     from galmorph.settings import resolve_settings
@@ -55,8 +56,12 @@ def train_cmd(task: str, preset: str, manifest: Path, sets: tuple[str, ...], tri
     s = resolve_settings(tracking_uri=tracking_uri, data_root=data_root)
     use_tracking_uri(s)  # fails fast when the tracking server is unreachable
     out = out_dir or (s.state_dir / "training" / f"{task}-{preset}")
-    res = train(task, preset, overrides, manifest=manifest, tracking_uri=s.mlflow_tracking_uri,
-                experiment=experiment, register=not no_register, data_root=s.data_root, out_dir=out)
+    import contextlib
+    import sys
+
+    with contextlib.redirect_stdout(sys.stderr):  # MLflow's "View run" lines; stdout holds only the result
+        res = train(task, preset, overrides, manifest=manifest, tracking_uri=s.mlflow_tracking_uri,
+                    experiment=experiment, register=not no_register, data_root=s.data_root, out_dir=out)
     echo_json({"model_uri": res.model_uri, "registered_name": res.registered_name,
                "registered_version": res.registered_version, "run_id": res.run_id,
                "parent_run_id": res.parent_run_id, "best_trial": res.best_trial,
