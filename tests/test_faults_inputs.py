@@ -265,3 +265,18 @@ def test_evaluate_no_mlflow_refuses_a_registry_uri_and_writes_nothing(sim_chiral
         assert r.exit_code == 2, r.output
         assert "--no-mlflow cannot load a registry URI" in r.stderr and r.stdout == ""
     assert list(tmp_path.iterdir()) == []
+
+
+# ------------------------------------------------------------------------------------ 6: unusable state dir
+def test_drift_into_an_unusable_state_dir_is_a_clear_error(sim_chirality, tmp_path):
+    """The state dir lies under a file (mkdir fails with ENOTDIR, as a read-only one fails with EROFS;
+    tests run as root, where chmod does not stop writes)."""
+    from galmorph.cli import main
+
+    (tmp_path / "file.txt").write_text("x")
+    env = {"GALMORPH_STATE_DIR": str(tmp_path / "file.txt" / "state")}
+    r = CliRunner(env=env).invoke(main, ["drift", "--reference", str(sim_chirality["manifest"]),
+                                         "--current", str(sim_chirality["manifest"]), "--no-workspace", "--json"])
+    assert r.exit_code == 1, r.output
+    assert "error: cannot write the drift outputs under" in r.stderr and "Not a directory" in r.stderr
+    assert r.exception is None or isinstance(r.exception, SystemExit)

@@ -80,6 +80,9 @@ def drift_cmd(reference: Path, current: Path, by: str | None, out_dir: Path | No
                         ui_url=ui_url if ws is not None and healthy(ui_url + "/") else None)
     except (DriftInputError, ManifestError, FileNotFoundError) as exc:
         fail(str(exc))
+    except OSError as exc:  # an unwritable output/state folder (read-only, not a folder, disk full)
+        fail(f"cannot write the drift outputs under {out}: {exc.strerror or exc}"
+             + (f" ({exc.filename})" if exc.filename else ""))
     if as_json:
         echo_json(res.to_dict())
     else:

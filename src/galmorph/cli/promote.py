@@ -58,6 +58,9 @@ def promote_cmd(task, version, manifest, rollback, reason, primary_metric, delta
                           out_dir=out_dir or (s.state_dir / "promotions"), data_root=s.data_root)
     except (PromotionError, ValueError) as exc:
         fail(str(exc))
+    except OSError as exc:  # an unwritable state dir / audit log (read-only, not a folder, disk full)
+        fail(f"cannot write the promotion state (audit log {audit_log}, state dir {s.state_dir}): "
+             f"{exc.strerror or exc}" + (f" ({exc.filename})" if exc.filename else ""))
     if as_json:
         echo_json(dec.to_dict())
     else:
