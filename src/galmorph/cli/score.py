@@ -27,7 +27,7 @@ def _shards(ctx: click.Context, param: click.Parameter, text: str | None) -> lis
               help="Model URI: models:/galmorph-<task>@champion, models:/NAME/VERSION, runs:/ID/model or a path. "
                    "A bare task name (chirality) means models:/galmorph-<task>@champion.")
 @click.option("--manifest", "manifest", type=click.Path(exists=True, dir_okay=False, path_type=Path), required=True,
-              help="Parquet manifest of the release to score.")
+              help="Manifest of the release to score (Parquet, or CSV with object_id and image_uri).")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), required=True,
               help="Output folder (shards/, scoring.json; the merged catalogue goes to OUT/catalogue.parquet).")
 @click.option("--batch-size", type=click.IntRange(1), default=64, show_default=True)
