@@ -131,9 +131,10 @@ def container_runs(podman_ready, mlflow_server, tmp_path_factory):
     train = run_local_docker("training", {"task": "chirality", "source": f"sim:{sim['dir']}",
                                           "test_fraction": "0.34", "cutout_size_px": "32",
                                           "max_failure_fraction": "0.2",
-                                          # 36 tiny galaxies cannot clear the quality floor; this test is
-                                          # about the steps in their images, not the model's quality
-                                          "policy_json": '{"min_margin_over_majority": null}'},
+                                          # 36 tiny galaxies cannot clear the quality floor (a margin over
+                                          # the majority-class predictor); this test is about the steps in
+                                          # their images, not the model's quality: margin -1 passes always
+                                          "policy_json": '{"min_margin_over_majority": -1.0}'},
                              pipeline_root=root, tracking_uri=mlflow_server, state_dir=state)
     rel = simulate_dataset(tmp_path_factory.mktemp("ctr-release"), 30, seed=22, task="chirality", size=48,
                            progress=False)
