@@ -20,7 +20,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from galmorph.data.augment import AugmentSpec, RandomGalaxyAugment, RandomMirrorSwap, augment_spec_for, mirror
-from galmorph.data.images import ManifestImageDataset
+from galmorph.data.images import DecodedImageCache, ManifestImageDataset
 from galmorph.manifest import quarantine_record
 from galmorph.tasks import ARM_MERGES
 
@@ -141,12 +141,13 @@ class TaskImageDataset(Dataset):
     """``(image (C,S,S), class index)`` items for training, over :class:`ManifestImageDataset`.
 
     Rows with ``mirrored=True`` are left-right mirrored before augmentation (their label is already
-    swapped by :func:`add_mirror_copies`). ``cache=True`` keeps prepared images in memory.
+    swapped by :func:`add_mirror_copies`). ``cache`` (a :class:`~galmorph.data.images.DecodedImageCache`)
+    serves the decoded images from its memory-mapped file instead of decoding them every epoch.
     """
 
     def __init__(self, frame: pd.DataFrame, classes: Sequence[str], image_size: int, in_chans: int,
                  crop_fraction: float, data_root: Path | str | None = None,
-                 augment: RandomGalaxyAugment | None = None, cache: dict | None = None,
+                 augment: RandomGalaxyAugment | None = None, cache: DecodedImageCache | None = None,
                  mirror_swap: RandomMirrorSwap | None = None):
         self.frame = frame.reset_index(drop=True)
         self.base = ManifestImageDataset(self.frame, image_size, in_chans, crop_fraction, classes=classes,
@@ -156,18 +157,13 @@ class TaskImageDataset(Dataset):
         self.augment = augment
         self.mirror_swap = mirror_swap
         self.cache = cache
+        self.base.decoded = cache
 
     def __len__(self) -> int:
         return len(self.frame)
 
     def _image(self, i: int) -> torch.Tensor:
-        key = str(self.frame.at[i, "image_uri"])
-        if self.cache is not None and key in self.cache:
-            return self.cache[key]
-        x = self.base[i][0]
-        if self.cache is not None:
-            self.cache[key] = x
-        return x
+        return self.base[i][0]
 
     def __getitem__(self, i: int):
         x = self._image(i)
@@ -193,6 +189,18 @@ def _worker_init(worker_id: int) -> None:
         ds.mirror_swap.reseed((torch.initial_seed() + 1) % (2**32))
 
 
+def loader_settings(num_workers: int | None = None) -> dict:
+    """DataLoader settings from the machine: ``num_workers`` (``None``: one per core beyond the one the
+    training step uses, at most 4), persistent workers when there are any (no re-fork each epoch),
+    pinned memory when a GPU is visible."""
+    import os
+
+    if num_workers is None:
+        num_workers = max(0, min(4, (os.cpu_count() or 1) - 1))
+    return {"num_workers": int(num_workers), "persistent_workers": int(num_workers) > 0,
+            "pin_memory": torch.cuda.is_available()}
+
+
 class GalaxyDataModule(L.LightningDataModule):
     """Train/val/test loaders of one trial of one task over a manifest."""
 
@@ -201,7 +209,7 @@ class GalaxyDataModule(L.LightningDataModule):
                  val_fraction: float = 0.1, test_fraction: float = 0.2, seed: int = 42, trial: int = 0,
                  max_per_class: int = 0, arm_merge: str = "none", augment: AugmentSpec | None = None,
                  mirror_copies: bool = False, data_root: Path | str | None = None, cache_images: bool = False,
-                 mirror_swap: bool = False):
+                 mirror_swap: bool = False, cache_dir: Path | str | None = None):
         super().__init__()
         if mirror_copies and task != "chirality":
             raise ValueError("mirror_copies only applies to the chirality task")
@@ -215,7 +223,8 @@ class GalaxyDataModule(L.LightningDataModule):
         self.seed, self.trial = seed, trial
         self.augment_spec, self.mirror_copies, self.data_root = augment, mirror_copies, data_root
         self.mirror_swap = mirror_swap
-        self.cache: dict | None = {} if cache_images else None
+        self.cache_images, self.cache_dir = cache_images, cache_dir
+        self.cache: DecodedImageCache | None = None
         usable, excluded = prepare_labels(manifest, task, self.classes, arm_merge)
         usable, dropped = downsample_per_class(usable, max_per_class, seed)
         self.frame = usable
@@ -282,6 +291,14 @@ class GalaxyDataModule(L.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self._datasets:
             return
+        if self.cache_images and self.cache is None:
+            root = self.cache_dir
+            if root is None:
+                from galmorph.settings import get_settings
+
+                root = Path(get_settings().state_dir) / "cache" / "images"
+            self.cache = DecodedImageCache(root, self.frame["image_uri"].astype(str).tolist(),
+                                           self.data_root).build()
         aug = (RandomGalaxyAugment(self.augment_spec, seed=self.seed + 1000 * self.trial)
                if self.augment_spec is not None and self.augment_spec.enabled else None)
         swap = (RandomMirrorSwap(self.mirror_label_map(), 0.5, seed=self.seed + 1000 * self.trial + 1)
@@ -302,9 +319,8 @@ class GalaxyDataModule(L.LightningDataModule):
         ds = self.dataset(name)
         # a last training batch of one image would break batch norm: drop it when there is more
         drop_last = shuffle and len(ds) % self.batch_size == 1 and len(ds) > self.batch_size
-        return DataLoader(ds, batch_size=self.batch_size, shuffle=shuffle,
-                          num_workers=self.num_workers, worker_init_fn=_worker_init if self.num_workers else None,
-                          generator=g, persistent_workers=False, drop_last=drop_last)
+        return DataLoader(ds, batch_size=self.batch_size, shuffle=shuffle, **loader_settings(self.num_workers),
+                          worker_init_fn=_worker_init if self.num_workers else None, generator=g, drop_last=drop_last)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", True)

@@ -76,6 +76,7 @@ class ManifestImageDataset(Dataset):
             raise ValueError(f"decode must be 'full' or 'draft', got {decode!r}")
         self.decode = decode
         self.check = check
+        self.decoded: DecodedImageCache | None = None  # set by training (decoded-image cache)
         self.image_size, self.in_chans, self.crop_fraction = int(image_size), int(in_chans), float(crop_fraction)
         self.classes = list(classes) if classes is not None else None
         self.class_index = {c: i for i, c in enumerate(self.classes or [])}
@@ -100,6 +101,8 @@ class ManifestImageDataset(Dataset):
 
     def load(self, i: int) -> np.ndarray:
         try:
+            if self.decoded is not None:
+                return self.decoded.get(self._uris[i])
             path = resolve_image_uri(self._uris[i], self.data_root)
             if self.decode == "draft":
                 img = load_image_draft(path, draft_side(self.image_size, self.crop_fraction))
@@ -138,3 +141,125 @@ def collate_skip(batch):
     else:
         x, y, pos = torch.empty(0), torch.empty(0, dtype=torch.long), torch.empty(0, dtype=torch.long)
     return x, y, pos, failures
+
+
+# --------------------------------------------------------------------------------------------
+# decoded-image cache (training): every image decoded once per dataset version
+# --------------------------------------------------------------------------------------------
+def dataset_version(uris: list[str], data_root: Path | str | None = None) -> str:
+    """Hash of a dataset's images: the sorted unique image URIs with each file's size and mtime (a
+    changed manifest or a rewritten file gives another version)."""
+    import hashlib
+    import os
+
+    h = hashlib.sha256()
+    for u in sorted({str(u) for u in uris}):
+        try:
+            st = os.stat(resolve_image_uri(u, data_root))
+            h.update(f"{u}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+        except (OSError, ManifestError):
+            h.update(f"{u}\0missing\n".encode())
+    return h.hexdigest()[:24]
+
+
+class DecodedImageCache:
+    """Decoded images (as :func:`~galmorph.imaging.io.load_image` returns them) in one memory-mapped file
+    under ``root/<version>/``, at native resolution (augmentations such as rotations work on the full
+    image, nothing is clipped), keyed by :func:`dataset_version`.
+
+    8-bit rasters are stored as uint8 and restored bit-identically (``u8 / 255`` in float32, exactly what
+    ``load_image`` computes); other images (FITS, 16-bit) as float32. :meth:`build` decodes every image
+    once (atomically: a half-built cache is never used); :meth:`get` maps the file read-only, so
+    DataLoader worker processes share the pages and epochs after the first decode nothing.
+    """
+
+    def __init__(self, root: str | Path, uris: list[str], data_root: Path | str | None = None):
+        self.uris = [str(u) for u in uris]
+        self.data_root = data_root
+        self.version = dataset_version(self.uris, data_root)
+        self.dir = Path(root) / self.version
+        self._index: dict[str, tuple[int, tuple[int, ...], str]] | None = None
+        self._mm: np.memmap | None = None
+
+    @property
+    def complete(self) -> bool:
+        return (self.dir / "index.json").exists() and (self.dir / "images.bin").exists()
+
+    def build(self, on_error: str = "raise") -> "DecodedImageCache":
+        """Decode every image once into the cache (no-op when this version is already cached).
+
+        Unreadable images raise :class:`ImageError` naming the object (``on_error="skip"``: left out, and
+        :meth:`get` decodes them, raising there)."""
+        import json
+        import os
+        import shutil
+        import tempfile
+
+        if self.complete:
+            return self
+        self.dir.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{self.version}-", dir=self.dir.parent))
+        index: dict[str, list] = {}
+        off = 0
+        try:
+            with open(tmp / "images.bin", "wb") as fh:
+                for u in dict.fromkeys(self.uris):
+                    try:
+                        a = load_image(resolve_image_uri(u, self.data_root))
+                    except (ImageError, ManifestError) as exc:
+                        if on_error == "raise":
+                            raise ImageError(f"image {u}: {exc}") from exc
+                        continue
+                    q = np.rint(a * 255.0)
+                    if a.dtype == np.float32 and a.size and 0.0 <= float(a.min()) and float(a.max()) <= 1.0 \
+                            and np.array_equal(q.astype(np.float32) / 255.0, a):
+                        b, kind = q.astype(np.uint8), "u1"
+                    else:
+                        b, kind = np.ascontiguousarray(a, dtype=np.float32), "f4"
+                    pad = (-off) % 4 if kind == "f4" else 0
+                    if pad:
+                        fh.write(b"\0" * pad)
+                        off += pad
+                    fh.write(b.tobytes())
+                    index[u] = [off, list(b.shape), kind]
+                    off += b.nbytes
+                fh.flush()
+                os.fsync(fh.fileno())
+            (tmp / "index.json").write_text(json.dumps(index))
+            try:
+                os.replace(tmp, self.dir)
+            except OSError:  # another process built it first
+                shutil.rmtree(tmp, ignore_errors=True)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        return self
+
+    def _open(self) -> None:
+        import json
+
+        idx = json.loads((self.dir / "index.json").read_text())
+        self._index = {u: (int(o), tuple(s), k) for u, (o, s, k) in idx.items()}
+        size = (self.dir / "images.bin").stat().st_size
+        self._mm = np.memmap(self.dir / "images.bin", dtype=np.uint8, mode="r", shape=(max(size, 1),)) \
+            if size else np.zeros(1, dtype=np.uint8)
+
+    def get(self, uri: str) -> np.ndarray:
+        """The decoded image of ``uri`` (float32, as ``load_image``); decodes it when not cached."""
+        if self._index is None:
+            if not self.complete:
+                return load_image(resolve_image_uri(uri, self.data_root))
+            self._open()
+        ent = self._index.get(str(uri))
+        if ent is None:
+            return load_image(resolve_image_uri(uri, self.data_root))
+        off, shape, kind = ent
+        n = int(np.prod(shape))
+        if kind == "u1":
+            return np.asarray(self._mm[off:off + n]).reshape(shape).astype(np.float32) / 255.0
+        return np.frombuffer(self._mm, dtype=np.float32, count=n, offset=off).reshape(shape).copy()
+
+    def __getstate__(self):  # workers re-open the map
+        d = dict(self.__dict__)
+        d["_mm"], d["_index"] = None, None
+        return d
