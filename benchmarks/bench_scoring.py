@@ -96,18 +96,14 @@ def as_loaded(module, image_size: int, views: int = 1):
 # --------------------------------------------------------------------------------------------
 def score_once(lm, man: Path, out: Path, batch: int, workers: int, precision: str = "fp32",
                decode: str = "full", agreement: pd.DataFrame | None = None) -> dict:
-    """Choose the path (timed apart: shards=[] writes only scoring.json), then score every row."""
+    """Score every row; the path choice (agreement check, ONNX export) is timed apart (``check_s``)."""
     from galmorph.scoring import score_manifest
 
-    t0 = time.perf_counter()
-    score_manifest(lm, man, out, batch_size=batch, num_workers=workers, shard_size=4096, shards=[],
-                   progress=False, overwrite=True, precision=precision, decode=decode, agreement=agreement)
-    check_s = time.perf_counter() - t0
-    rec = json.loads((out / "scoring.json").read_text())["inference"]
-    t0 = time.perf_counter()
     res = score_manifest(lm, man, out, batch_size=batch, num_workers=workers, shard_size=4096, progress=False,
-                         precision=precision, decode=decode, agreement=agreement)
-    dt = time.perf_counter() - t0
+                         overwrite=True, precision=precision, decode=decode, agreement=agreement)
+    rec = json.loads((out / "scoring.json").read_text())["inference"]
+    check_s = res.path_seconds
+    dt = res.seconds - check_s
     mine = [a for a in rec["candidates"] if a["path"] == precision]
     return {"precision_requested": precision, "precision": res.precision, "decode": res.decode,
             "workers": workers, "rows": res.n_scored + res.n_quarantined, "seconds": round(dt, 2),

@@ -70,6 +70,7 @@ class ScoreResult:
     images_per_s: float
     precision: str = "fp32"  # inference path used (galmorph.accel)
     decode: str = "full"  # JPEG decode used (full or draft)
+    path_seconds: float = 0.0  # of ``seconds``: choosing the path (agreement check, export)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -417,8 +418,10 @@ def score_manifest(model, manifest_path: str | Path, out_dir: str | Path, batch_
     if outside:
         raise ScoringError(f"shard(s) {outside} outside 0..{n_sh - 1} of {source} ({n_rows} rows, "
                            f"shard size {shard_size})")
+    t_path = time.perf_counter()
     path, choice = _inference_path(lm, precision, decode, device, data_root, manifest_path, out, overwrite,
                                    agreement)
+    t_path = time.perf_counter() - t_path
     _check_resume(out, {
         "manifest": str(source.resolve()), "manifest_sha256": digest, "manifest_rows": n_rows,
         "shard_size": int(shard_size),
@@ -487,7 +490,7 @@ def score_manifest(model, manifest_path: str | Path, out_dir: str | Path, batch_
     return ScoreResult(out_dir=str(out), n_rows=n_rows, n_shards=n_sh, shards_done=wanted, shards_skipped=skipped,
                        n_scored=n_scored, n_quarantined=n_quar, model_uri=lm.uri, model_version=model_version,
                        seconds=dt, images_per_s=(n_scored + n_quar) / dt if dt > 0 else float("nan"),
-                       precision=choice.chosen, decode=choice.decode)
+                       precision=choice.chosen, decode=choice.decode, path_seconds=t_path)
 
 
 def _inference_path(lm, precision: str, decode: str, device: str, data_root, manifest_path, out: Path,
