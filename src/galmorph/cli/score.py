@@ -22,6 +22,15 @@ def _shards(ctx: click.Context, param: click.Parameter, text: str | None) -> lis
         raise click.BadParameter(str(exc), ctx=ctx, param=param) from None
 
 
+def _ensemble(on: bool, weight: float, min_confidence: float):
+    """The :class:`galmorph.ensemble.WindingEnsemble` of the ``--winding-*`` options (None when off)."""
+    if not on:
+        return None
+    from galmorph.ensemble import WindingEnsemble
+
+    return WindingEnsemble(weight=weight, min_confidence=min_confidence)
+
+
 @main.command("score")
 @click.option("--model", "model_uri", required=True,
               help="Model URI: models:/galmorph-<task>@champion, models:/NAME/VERSION, runs:/ID/model or a path. "
@@ -51,6 +60,13 @@ def _shards(ctx: click.Context, param: click.Parameter, text: str | None) -> lis
 @click.option("--no-merge", is_flag=True, help="Only write shards; do not merge into the catalogue.")
 @click.option("--log-mlflow/--no-log-mlflow", default=True, show_default=True,
               help="Record the scored release (summary + catalogue) as an MLflow run.")
+@click.option("--winding-ensemble", is_flag=True,
+              help="Chirality: combine the network's CW/ACW odds with the winding measurement where it is confident "
+                   "(galmorph.ensemble; recorded in scoring.json and the catalogue metadata).")
+@click.option("--winding-weight", type=click.FloatRange(0), default=0.5, show_default=True,
+              help="Ensemble weight: log-odds added per unit of winding z.")
+@click.option("--winding-min-confidence", type=click.FloatRange(0), default=2.0, show_default=True,
+              help="Ensemble: |winding z| below this leaves the network's output unchanged.")
 @click.option("--overwrite", is_flag=True, help="Discard shards of an earlier, different scoring run in OUT.")
 @click.option("--no-progress", is_flag=True, help="Hide the progress bar.")
 @tracking_uri_option()
@@ -59,7 +75,8 @@ def _shards(ctx: click.Context, param: click.Parameter, text: str | None) -> lis
 def score_cmd(model_uri: str, manifest: Path, out_dir: Path, batch_size: int, num_workers: int | None,
               shard_size: int, threshold: float, shards: list[int] | None, device: str, precision: str, decode: str,
               release: str | None,
-              no_merge: bool, log_mlflow: bool, overwrite: bool, no_progress: bool, tracking_uri: str | None,
+              no_merge: bool, log_mlflow: bool, winding_ensemble: bool, winding_weight: float,
+              winding_min_confidence: float, overwrite: bool, no_progress: bool, tracking_uri: str | None,
               data_root: Path | None, as_json: bool) -> None:
     """Score a release manifest with a registered model into Parquet shards, then merge the catalogue.
 
@@ -80,7 +97,8 @@ def score_cmd(model_uri: str, manifest: Path, out_dir: Path, batch_size: int, nu
                              num_workers=s.num_workers if num_workers is None else num_workers,
                              shard_size=shard_size, threshold=threshold, shards=shards,
                              data_root=s.data_root, device=device, overwrite=overwrite, progress=not no_progress,
-                             precision=precision, decode=decode)
+                             precision=precision, decode=decode,
+                             winding_ensemble=_ensemble(winding_ensemble, winding_weight, winding_min_confidence))
         out: dict = {"scoring": res.to_dict()}
         if not no_merge:
             m = merge_scores([out_dir], out_dir, release=release)

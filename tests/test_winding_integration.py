@@ -1,0 +1,151 @@
+"""The winding measurement in the platform: the ensemble rule (mirror invariance, where it applies), the
+agreement statistic of the promotion check, the ensemble applied to a scored table of simulated spirals,
+``galmorph score --winding-ensemble`` (recorded in the catalogue), the labelling overlay, and framing."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from galmorph.ensemble import (
+    EnsembleError,
+    WindingEnsemble,
+    apply_winding_ensemble,
+    combine_winding,
+    ensemble_settings,
+    fit_winding_weight,
+    winding_agreement,
+)
+
+CLASSES = ["CW", "ACW", "other"]
+SWAP = [1, 0, 2]  # CW <-> ACW
+
+
+def _random_probs(n, seed=0):
+    rng = np.random.default_rng(seed)
+    p = rng.dirichlet([1.0, 1.0, 1.0], size=n)
+    return p
+
+
+def test_combination_is_mirror_invariant_and_only_where_it_applies():
+    p = _random_probs(400, seed=1)
+    z = np.random.default_rng(2).normal(0, 4, size=400)
+    z[::17] = np.nan
+    comb, applied = combine_winding(p, z, CLASSES, weight=0.7, min_confidence=2.0, max_p_other=0.5)
+    # mirror: the network swaps p_CW/p_ACW, the measurement flips its sign -> the combined output swaps
+    comb_m, applied_m = combine_winding(p[:, SWAP], -z, CLASSES, weight=0.7, min_confidence=2.0, max_p_other=0.5)
+    np.testing.assert_allclose(comb_m, comb[:, SWAP], atol=1e-12)
+    assert (applied == applied_m).all()
+    # applied exactly where the network calls a spiral and the measurement is confident
+    expect = np.isfinite(z) & (np.abs(np.nan_to_num(z)) >= 2.0) & (p[:, 2] < 0.5)
+    assert (applied == expect).all() and 0 < applied.sum() < len(p)
+    np.testing.assert_array_equal(comb[~applied], p[~applied])
+    # p_other and the spiral mass are kept; the CW share moves the way z points
+    np.testing.assert_allclose(comb[:, 2], p[:, 2])
+    np.testing.assert_allclose(comb[:, 0] + comb[:, 1], p[:, 0] + p[:, 1])
+    share, share0 = comb[applied, 0] / (comb[applied, 0] + comb[applied, 1]), p[applied, 0] / (p[applied, 0] + p[applied, 1])
+    assert (np.sign(share - share0) == np.sign(z[applied])).all()
+    # weight 0 is the network alone; a non-chirality model is refused
+    np.testing.assert_allclose(combine_winding(p, z, CLASSES, weight=0.0)[0], p, atol=1e-12)
+    with pytest.raises(EnsembleError, match="chirality model"):
+        combine_winding(p[:, :2], z, ["symmetric", "lopsided"])
+    with pytest.raises(EnsembleError, match="weight"):
+        WindingEnsemble(weight=-1)
+
+
+def test_agreement_counts_only_confident_spiral_predictions():
+    pred = ["CW", "CW", "ACW", "ACW", "other", "CW", None]
+    z = np.array([3.0, -5.0, -2.5, 1.0, 9.0, np.nan, 4.0])
+    a = winding_agreement(pred, z, min_confidence=2.0)
+    # compared: rows 0 (agree), 1 (disagree), 2 (agree); row 3 not confident, 4 'other', 5 unmeasured, 6 no pred
+    assert a["n_compared"] == 3 and a["n_disagree"] == 1 and a["n_confident"] == 5
+    assert a["disagreement"] == pytest.approx(1 / 3)
+    mirrored = winding_agreement(["ACW" if p == "CW" else "CW" if p == "ACW" else p for p in pred], z)
+    assert mirrored["disagreement"] == pytest.approx(2 / 3)
+    assert np.isnan(winding_agreement(["other"] * 3, np.array([5.0, 5.0, 5.0]))["disagreement"])
+
+
+def test_weight_fit_prefers_the_measurement_when_the_network_is_noisy():
+    rng = np.random.default_rng(5)
+    n = 300
+    labels = np.where(rng.random(n) < 0.5, "CW", "ACW")
+    sign = np.where(labels == "CW", 1.0, -1.0)
+    z = sign * rng.uniform(2, 8, n) * np.where(rng.random(n) < 0.95, 1, -1)  # 95 % right
+    net_right = rng.random(n) < 0.7
+    pcw = np.where((labels == "CW") == net_right, 0.6, 0.3)
+    p = np.stack([pcw, 0.9 - pcw, np.full(n, 0.1)], axis=1)
+    w, table = fit_winding_weight(p, z, labels, CLASSES)
+    assert w > 0
+    acc = table.set_index("weight")["accuracy"]
+    assert acc[w] > acc[0.0] + 0.1
+
+
+def _mirrored_copy(man: pd.DataFrame, out_dir) -> pd.DataFrame:
+    from galmorph.imaging.io import load_image, save_raster
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for r in man.itertuples():
+        img = load_image(r.image_uri)
+        p = out_dir / f"{r.object_id}.png"
+        save_raster(np.ascontiguousarray(np.fliplr(img)), p)
+        rows.append({"object_id": r.object_id, "image_uri": str(p)})
+    return pd.DataFrame(rows)
+
+
+def test_ensemble_on_simulated_spirals_follows_the_mirror(sim_chirality, tmp_path):
+    """An undecided network (p = 0.35 / 0.35 / 0.30) takes the measured sense where it is confident; the
+    mirrored images give the CW/ACW-swapped combined output."""
+    from galmorph.manifest import read_manifest
+
+    man = read_manifest(sim_chirality["manifest"])
+    man = man[man["label"].isin(["CW", "ACW"])].reset_index(drop=True)
+    n = len(man)
+    scores = pd.DataFrame({"object_id": man["object_id"].astype(str), "p_CW": np.full(n, 0.35, np.float32),
+                           "p_ACW": np.full(n, 0.35, np.float32), "p_other": np.full(n, 0.30, np.float32)})
+    scores["pred"], scores["p_pred"], scores["high_confidence"] = "CW", np.float32(0.35), False
+    ens = WindingEnsemble(weight=1.0, min_confidence=2.0)
+    out = apply_winding_ensemble(scores, man, CLASSES, ens, threshold=0.6)
+    applied = out["winding_ensemble"].to_numpy()
+    assert applied.sum() >= n // 2
+    assert (out.loc[applied, "pred"] == man.loc[applied, "label"]).all()  # the measured sense is the truth here
+    assert (out.loc[applied, "p_pred"] >= 0.6).all() and out.loc[applied, "high_confidence"].all()
+    assert (out.loc[~applied, "p_CW"] == 0.35).all() and (out["p_CW_network"] == 0.35).all()
+    assert out.attrs["galmorph.winding_ensemble"]["weight"] == 1.0
+    mirrored = apply_winding_ensemble(scores, _mirrored_copy(man, tmp_path / "mirror"), CLASSES, ens, threshold=0.6)
+    both = applied & mirrored["winding_ensemble"].to_numpy()
+    assert both.sum() >= n // 2
+    assert (np.sign(mirrored["winding_z"][both]) == -np.sign(out["winding_z"][both])).all()
+    swapped = out.loc[both, "pred"].map({"CW": "ACW", "ACW": "CW"})
+    assert (mirrored.loc[both, "pred"] == swapped).all()
+    with pytest.raises(EnsembleError, match="scored rows"):
+        apply_winding_ensemble(scores.iloc[:3], man, CLASSES, ens, threshold=0.6)
+
+
+def test_score_with_winding_ensemble_records_it_in_the_catalogue(mlflow_server, sim_chirality, tmp_path):
+    """``galmorph score --winding-ensemble`` combines and records the rule; a resume with other settings is
+    refused."""
+    from click.testing import CliRunner
+    from test_eval_support import ChiralityCE, log_test_model
+
+    from galmorph.cli.base import main
+
+    info = log_test_model(ChiralityCE(seed=2), "chirality", CLASSES, 32, chirality_equivariant=True, arch="ce",
+                          registered_name="galmorph-wtest-score")
+    out = tmp_path / "scored"
+    args = ["score", "--model", f"models:/galmorph-wtest-score/{info.registered_model_version}", "--manifest", str(sim_chirality["manifest"]), "--out", str(out),
+            "--no-progress", "--no-log-mlflow", "--num-workers", "0", "--json"]
+    r = CliRunner().invoke(main, args + ["--winding-ensemble", "--winding-weight", "0.8"])
+    assert r.exit_code == 0, r.output
+    cat = pd.read_parquet(out / "catalogue.parquet")
+    rec = ensemble_settings(out / "catalogue.parquet")
+    assert rec is not None and rec["weight"] == 0.8 and "product of experts" in rec["rule"]
+    assert {"p_CW_network", "winding_z", "winding_ensemble"} <= set(cat.columns)
+    assert len(cat) == 48 and cat["winding_ensemble"].any()
+    np.testing.assert_allclose(cat[["p_CW", "p_ACW", "p_other"]].sum(axis=1), 1.0, atol=1e-5)
+    assert json.loads((out / "scoring.json").read_text())["winding_ensemble"]["weight"] == 0.8
+    r2 = CliRunner().invoke(main, args + ["--winding-ensemble", "--winding-weight", "0.3"])
+    assert r2.exit_code != 0 and "winding_ensemble" in r2.output
