@@ -247,3 +247,19 @@ def test_choice_with_decode_auto_checks_the_draft(data_root, tmp_path):
     assert draft.n_images == 32
     assert choice.decode == ("draft" if draft.passed else "full")
     assert isinstance(draft, Agreement)
+
+
+def test_device_jpeg_decode_matches_the_cpu_preparation(sim_chirality):
+    """The GPU-node path (torchvision decode_jpeg + on-device preparation), run with device='cpu'."""
+    from galmorph.data.images import prepare_jpeg_batch
+    from galmorph.imaging.io import load_image
+    from galmorph.imaging.preprocess import prepare_image
+    from galmorph.manifest import read_manifest
+
+    uris = read_manifest(sim_chirality["manifest"])["image_uri"].astype(str).tolist()[:6]
+    for chans, crop in ((3, 1.0), (1, 0.75)):
+        x = prepare_jpeg_batch([open(u, "rb").read() for u in uris], 32, chans, crop, device="cpu")
+        ref = torch.stack([torch.from_numpy(prepare_image(load_image(u), 32, chans, crop)) for u in uris])
+        assert x.shape == ref.shape == (6, chans, 32, 32) and x.dtype == torch.float32
+        assert float((x - ref).abs().max()) < 2 / 255  # same decoder family, same preparation
+    assert prepare_jpeg_batch([], 32).shape == (0, 3, 32, 32)

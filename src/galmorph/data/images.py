@@ -263,3 +263,38 @@ class DecodedImageCache:
         d = dict(self.__dict__)
         d["_mm"], d["_index"] = None, None
         return d
+
+
+# --------------------------------------------------------------------------------------------
+# JPEG decoding on the device (GPU nodes: nvJPEG through torchvision)
+# --------------------------------------------------------------------------------------------
+def prepare_jpeg_batch(encoded: list[bytes], image_size: int, in_chans: int = 3, crop_fraction: float = 1.0,
+                       device: str = "cpu") -> torch.Tensor:
+    """Encoded JPEGs -> model input ``(B, C, S, S)`` float32 (0..1) on ``device``, decoded there with
+    ``torchvision.io.decode_jpeg`` (nvJPEG on a CUDA device) and prepared like
+    :func:`~galmorph.imaging.preprocess.prepare_image` (centre crop, antialiased bilinear resize,
+    channels) without a round trip through host memory."""
+    import torch.nn.functional as F
+    from torchvision.io import ImageReadMode, decode_jpeg
+
+    if not encoded:
+        return torch.empty(0, in_chans, image_size, image_size, device=device)
+    datas = [torch.frombuffer(bytearray(b), dtype=torch.uint8) for b in encoded]
+    imgs = decode_jpeg(datas, mode=ImageReadMode.UNCHANGED, device=device)
+    out = []
+    for im in imgs:
+        x = im.to(torch.float32) / 255.0  # (C, H, W)
+        h, w = x.shape[1:]
+        if crop_fraction < 1.0:
+            sh, sw = max(1, int(round(h * crop_fraction))), max(1, int(round(w * crop_fraction)))
+            top, left = (h - sh) // 2, (w - sw) // 2
+            x = x[:, top:top + sh, left:left + sw]
+        if x.shape[1] != image_size or x.shape[2] != image_size:
+            x = F.interpolate(x[None], size=(image_size, image_size), mode="bilinear", align_corners=False,
+                              antialias=True)[0]
+        if in_chans == 1 and x.shape[0] != 1:
+            x = x.mean(dim=0, keepdim=True)
+        elif in_chans == 3 and x.shape[0] == 1:
+            x = x.expand(3, -1, -1)
+        out.append(x.contiguous())
+    return torch.stack(out)
