@@ -230,3 +230,66 @@ def test_concurrent_promotions_leave_a_consistent_registry(mlflow_server, coded,
         assert [first["decision"], second["decision"]] == ["promoted", "rejected"]
         assert al[PREVIOUS] == v1 and al[CHALLENGER] == v2
     assert Path(audit.parent / ".galmorph-ptest-concurrent.promotion.lock").exists()
+
+
+class LookupNet(torch.nn.Module):
+    """Memorises an evaluation set: the logits of the stored image whose per-channel means are nearest to
+    the input's (exportable; mirror-invariant key, so swapping the CW/ACW logits gives the mirrored model)."""
+
+    def __init__(self, keys: torch.Tensor, logits: torch.Tensor):
+        super().__init__()
+        self.register_buffer("keys", keys)
+        self.register_buffer("table", logits)
+
+    def forward(self, x):
+        k = x.mean(dim=(2, 3))
+        d = ((k[:, None, :] - self.keys[None, :, :]) ** 2).sum(-1)
+        return self.table[d.argmin(dim=1)]
+
+
+def _lookup_nets(manifest, size, classes):
+    """A correct and a mirrored (CW <-> ACW) memorising chirality model of ``manifest``'s labels."""
+    from galmorph.data.images import ManifestImageDataset
+    from galmorph.manifest import read_manifest
+
+    man = read_manifest(manifest)
+    ds = ManifestImageDataset(man, size, 3, 1.0, classes=classes)
+    keys = torch.stack([ds[i][0].mean(dim=(1, 2)) for i in range(len(ds))])
+    idx = torch.tensor([classes.index(str(c)) for c in man["label"]])
+    logits = torch.nn.functional.one_hot(idx, len(classes)).float() * 6.0
+    return LookupNet(keys, logits), LookupNet(keys, logits[:, [1, 0, 2]])
+
+
+def test_winding_check_flags_a_mirrored_chirality_challenger(mlflow_server, sim_chirality, tmp_path):
+    """A challenger with CW/ACW swapped disagrees with the winding measurement on its confident galaxies; the
+    correct champion does not. With the other checks opened wide, the winding check alone rejects it (and
+    only records it when ``winding_blocks`` is off)."""
+    task = "ptest-wind"
+    audit = tmp_path / "audit.jsonl"
+    classes = ["CW", "ACW", "other"]
+    good, mirrored = _lookup_nets(sim_chirality["manifest"], 32, classes)
+    kw = {"log_evaluations": False, "evaluate_kwargs": {"sweep_realisations": 2, "html": False, "card": False}}
+    open_policy = dict(min_margin_over_majority=None, min_improvement=-1.0, max_bin_auc_drop=1.0)
+    v1 = _register(task, good, classes=classes, size=32)
+    d1 = promote(task, v1, eval_manifest=sim_chirality["manifest"], audit_log=audit,
+                 policy=PromotionPolicy(**open_policy), **kw)
+    assert d1.decision == "first-champion"
+    w1 = d1.checks["winding"]
+    assert w1["candidate_disagreement"] == 0.0 and w1["candidate_n_compared"] >= 10 and not w1["flagged"]
+    v2 = _register(task, mirrored, classes=classes, size=32)
+    d2 = promote(task, v2, eval_manifest=sim_chirality["manifest"], audit_log=audit,
+                 policy=PromotionPolicy(**open_policy), **kw)
+    w2 = d2.checks["winding"]
+    assert d2.decision == "rejected" and w2["flagged"] and w2["blocking"]
+    assert w2["candidate_disagreement"] == 1.0 and w2["champion_disagreement"] == 0.0
+    assert d2.reasons == [w2["reason"]] and "winding check" in w2["reason"]
+    assert d2.candidate_metrics["winding_disagreement"] == 1.0
+    assert aliases("galmorph-" + task)[CHAMPION] == v1
+    # recorded, not blocking
+    d3 = promote(task, v2, eval_manifest=sim_chirality["manifest"], audit_log=audit,
+                 policy=PromotionPolicy(**open_policy, winding_blocks=False), **kw)
+    assert d3.decision == "promoted" and d3.checks["winding"]["flagged"] and not d3.checks["winding"]["blocking"]
+    assert any("not blocking" in r for r in d3.reasons)
+    assert read_audit(audit)[-1]["checks"]["winding"]["flagged"] is True
+    # the margin comes from params.yaml
+    assert PromotionPolicy.from_params(Path(__file__).resolve().parents[1] / "params.yaml").winding_margin == 0.02
