@@ -29,7 +29,8 @@ def resize(img: np.ndarray, size: int) -> np.ndarray:
     import torch.nn.functional as F
 
     t = torch.from_numpy(np.ascontiguousarray(img, dtype=np.float32))
-    t = t[None, None] if t.ndim == 2 else t.permute(2, 0, 1)[None]
+    # planar (contiguous NCHW) input: the antialiased kernel is ~1.5-2x slower on the HWC view, same values
+    t = t[None, None] if t.ndim == 2 else t.permute(2, 0, 1)[None].contiguous()
     t = F.interpolate(t, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
     out = t[0, 0] if img.ndim == 2 else t[0].permute(1, 2, 0)
     return out.numpy()
