@@ -25,8 +25,9 @@ PLATFORM = load_platform()
               description="Score a survey release with the champion model, monitor drift, publish the catalogue.")
 def pipeline(release_uri: str = "/data/releases/latest", release: str = "latest", task: str = "chirality",
              model_alias: str = "champion", model_uri: str = "", z_min: float = 0.01, z_max: float = 0.2,
-             max_failure_fraction: float = 0.05, cutout_size_px: int = 64, crop_fraction: float = 1.0,
+             max_failure_fraction: float = 0.05, cutout_size_px: int = 0, crop_fraction: float = 1.0,
              shard_size: int = 10000, n_workers: int = 4, batch_size: int = 64, threshold: float = 0.85,
+             winding_ensemble: bool = False, winding_weight: float = 0.5, winding_min_confidence: float = 2.0,
              drift_reference: str = "", drift_by: str = "z_bin,survey", drift_min_group_size: int = 0, hold_on_drift: bool = True,
              publish_dir: str = "", tracking_uri: str = "", data_root: str = ""):
     ing = ingest(source=release_uri, task=task, data_root=data_root)
@@ -35,17 +36,20 @@ def pipeline(release_uri: str = "/data/releases/latest", release: str = "latest"
                    max_failure_fraction=max_failure_fraction, data_root=data_root)
     data_volume(val, PLATFORM)
     with dsl.If(val.outputs["Output"] == True, name="release-valid"):  # noqa: E712 - KFP condition
-        cut = cutout(manifest=val.outputs["passed"], size_px=cutout_size_px, crop_fraction=crop_fraction,
-                     data_root=data_root)
-        data_volume(cut, PLATFORM)
         model = resolve_model(task=task, model_alias=model_alias, model_uri=model_uri, tracking_uri=tracking_uri)
         model.set_caching_options(False)  # pins the version the alias points at now
         mlflow_credentials(model, PLATFORM)
+        # framing from the resolved model's ModelSpec: full-frame cutouts (size 0: image_size / crop)
+        cut = cutout(manifest=val.outputs["passed"], size_px=cutout_size_px, crop_fraction=crop_fraction,
+                     model_uri=model.output, tracking_uri=tracking_uri, data_root=data_root)
+        data_volume(cut, PLATFORM)
+        mlflow_credentials(cut, PLATFORM)
         plan = shard(dataset=cut.outputs["cutouts"], model_uri=model.output, shard_size=shard_size,
                      n_workers=n_workers)
         with dsl.ParallelFor(plan.output, parallelism=8, name="score-shards") as work:
             sc = score(dataset=cut.outputs["cutouts"], work=work, batch_size=batch_size, threshold=threshold,
-                       tracking_uri=tracking_uri)
+                       tracking_uri=tracking_uri, winding_ensemble=winding_ensemble, winding_weight=winding_weight,
+                       winding_min_confidence=winding_min_confidence)
             gpu_task(sc, PLATFORM)
             mlflow_credentials(sc, PLATFORM)
             sc.set_retry(num_retries=3, backoff_duration="30s", backoff_factor=2.0)

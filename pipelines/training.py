@@ -24,7 +24,7 @@ PLATFORM = load_platform()
               description="Train, evaluate and (guardedly) promote a galmorph model for one task.")
 def pipeline(task: str = "chirality", source: str = "gz1_chirality", preset: str = "tiny",
              overrides_json: str = "{}", z_min: float = 0.01, z_max: float = 0.1,
-             max_failure_fraction: float = 0.05, cutout_size_px: int = 64, crop_fraction: float = 1.0,
+             max_failure_fraction: float = 0.05, cutout_size_px: int = 0, crop_fraction: float = 1.0,
              test_fraction: float = 0.25, split_seed: int = 0, policy_json: str = "{}", audit_log: str = "",
              tracking_uri: str = "", data_root: str = ""):
     ing = ingest(source=source, task=task, data_root=data_root)
@@ -33,8 +33,9 @@ def pipeline(task: str = "chirality", source: str = "gz1_chirality", preset: str
                    max_failure_fraction=max_failure_fraction, data_root=data_root)
     data_volume(val, PLATFORM)
     with dsl.If(val.outputs["Output"] == True, name="data-valid"):  # noqa: E712 - KFP condition
+        # framing from the preset: full-frame cutouts (size 0: image_size / crop), the model crops
         cut = cutout(manifest=val.outputs["passed"], size_px=cutout_size_px, crop_fraction=crop_fraction,
-                     data_root=data_root)
+                     task=task, preset=preset, overrides_json=overrides_json, data_root=data_root)
         data_volume(cut, PLATFORM)
         with dsl.If(task == "lopsided", name="lopsided-a1"):
             # A1 on the original images (catalogue R50/R90 refer to them), kept beside the model

@@ -149,3 +149,49 @@ def test_score_with_winding_ensemble_records_it_in_the_catalogue(mlflow_server, 
     assert json.loads((out / "scoring.json").read_text())["winding_ensemble"]["weight"] == 0.8
     r2 = CliRunner().invoke(main, args + ["--winding-ensemble", "--winding-weight", "0.3"])
     assert r2.exit_code != 0 and "winding_ensemble" in r2.output
+
+
+def test_framing_full_frame_for_a_cropping_model_and_no_double_crop():
+    from galmorph.cutout import CutoutError, check_framing, model_framing
+
+    assert model_framing(128, 0.40) == (320, 1.0)  # the model's crop of a 320 px frame holds 128 px
+    assert model_framing(64, 1.0) == (64, 1.0)
+    check_framing(1.0, 0.4)
+    check_framing(0.4, 1.0)
+    with pytest.raises(CutoutError, match="cropped twice"):
+        check_framing(0.4, 0.4, "cutouts for model m")
+
+
+def test_small_extent_is_measured_and_warned(tmp_path):
+    """A compact and an extended simulated galaxy: 2 R90 follows the truth, and in a 32 px model input
+    of the full frame the compact one falls under 40 px (counted, flagged, in the manifest metadata)."""
+    from galmorph.cutout import CutoutConfig, galaxy_extent_px, make_cutouts
+    from galmorph.imaging.io import save_raster
+    from galmorph.manifest import manifest_metadata, read_manifest
+    from galmorph.simulate import GalaxyParams, half_light_radii, render_galaxy
+
+    rows, truth = [], []
+    for i, disc in enumerate((4.0, 22.0)):
+        p = GalaxyParams(size=160, n_arms=2, winding="Z", disc_scale=disc, flux=3e5, colour=False)
+        img = render_galaxy(p, i)["r"]
+        img = (img - img.min()) / (img.max() - img.min())
+        path = tmp_path / f"g{i}.png"
+        save_raster(img.astype(np.float32), path)
+        truth.append(2 * half_light_radii(p)[1])
+        rows.append({"object_id": f"g{i}", "image_uri": str(path), "survey": "sim", "ra": 1.0, "dec": 1.0,
+                     "z": 0.05})
+    ext = [galaxy_extent_px(render_galaxy(GalaxyParams(size=160, n_arms=2, winding="Z", disc_scale=d, flux=3e5,
+                                                       colour=False), i)["r"]) for i, d in enumerate((4.0, 22.0))]
+    assert ext[1] > 2.5 * ext[0]
+    for e, t in zip(ext, truth):
+        assert 0.6 * t < e < 1.6 * t, (ext, truth)
+    res = make_cutouts(pd.DataFrame(rows), tmp_path / "cut",
+                       CutoutConfig(size_px=160, model_image_size=64, model_crop_fraction=1.0), progress=False)
+    man = read_manifest(res.manifest_path)
+    assert res.n_small_extent == 1 and list(man["small_extent"]) == [True, False]
+    assert manifest_metadata(res.manifest_path)["n_small_extent"] == 1
+    # a tighter crop at the same input size resolves the compact one better (4x the pixels across)
+    res2 = make_cutouts(pd.DataFrame(rows), tmp_path / "cut2",
+                        CutoutConfig(size_px=160, model_image_size=64, model_crop_fraction=0.25), progress=False)
+    m2 = read_manifest(res2.manifest_path)
+    assert m2["extent_model_px"].iloc[0] == pytest.approx(4 * man["extent_model_px"].iloc[0], rel=1e-6)

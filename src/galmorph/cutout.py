@@ -54,6 +54,11 @@ class CutoutConfig:
     greyscale: bool = False
     percentiles: tuple[float, float] = (0.5, 99.5)  # FITS linear scaling to 0-1
     write_fits: bool = True
+    # framing check: the model's input size and crop; each row's galaxy extent (2 R90 from the light's
+    # growth curve) is scaled into the model input and rows below min_extent_px are counted and flagged
+    model_image_size: int | None = None
+    model_crop_fraction: float = 1.0
+    min_extent_px: float = 40.0
 
     def __post_init__(self) -> None:
         if self.size_arcsec is not None and self.size_arcsec <= 0:
@@ -91,11 +96,13 @@ class CutoutResult:
     n_partial: int
     manifest: pd.DataFrame | None = field(default=None, repr=False)
     quarantine: pd.DataFrame | None = field(default=None, repr=False)
+    n_small_extent: int = 0  # galaxies below CutoutConfig.min_extent_px in the model's input
 
     def summary(self) -> dict:
         return {"out_dir": str(self.out_dir), "manifest": str(self.manifest_path),
                 "quarantine": str(self.quarantine_path), "rows_in": self.n_in, "rows_out": self.n_out,
-                "rows_quarantined": self.n_quarantined, "partial": self.n_partial}
+                "rows_quarantined": self.n_quarantined, "partial": self.n_partial,
+                "n_small_extent": self.n_small_extent}
 
 
 def linear_scale(data: np.ndarray, percentiles: tuple[float, float] = (0.5, 99.5)) -> np.ndarray:
@@ -200,6 +207,64 @@ def cutout_row(row: dict, cfg: CutoutConfig, data_root: Path | None = None) -> C
     return c
 
 
+#: Below this many pixels across in the model's input the arms of a galaxy are not resolved (#12).
+MIN_EXTENT_PX = 40.0
+
+
+def model_framing(image_size: int, crop_fraction: float) -> tuple[int, float]:
+    """Cutout ``(size_px, crop_fraction)`` for a model that crops ``crop_fraction`` of its input and resizes
+    to ``image_size``: the full frame (crop 1.0, the model crops) at ``ceil(image_size / crop_fraction)``
+    px, so that the model's crop holds about ``image_size`` px and nothing is cropped twice."""
+    if not 0 < crop_fraction <= 1 or image_size < 1:
+        raise CutoutError(f"bad model framing: image_size {image_size}, crop_fraction {crop_fraction}")
+    return int(math.ceil(image_size / crop_fraction - 1e-9)), 1.0
+
+
+def check_framing(cutout_crop_fraction: float, model_crop_fraction: float, what: str = "framing") -> None:
+    """Refuse a galaxy cropped twice: cutouts already cropped (``cutout_crop_fraction`` < 1) fed to a model
+    that crops again (``model_crop_fraction`` < 1)."""
+    if float(cutout_crop_fraction) < 1 and float(model_crop_fraction) < 1:
+        raise CutoutError(
+            f"{what}: the cutouts are already cropped to {float(cutout_crop_fraction):g} of the frame and the model "
+            f"crops {float(model_crop_fraction):g} again, so the galaxy would be cropped twice (the model sees "
+            f"{float(cutout_crop_fraction) * float(model_crop_fraction):.3g} of the frame); make the cutouts with "
+            "crop_fraction 1.0 (the pipelines take the framing from the preset or the model) or use a model "
+            "that does not crop")
+
+
+def galaxy_extent_px(image: np.ndarray, fraction: float = 0.9) -> float:
+    """Quick galaxy extent in pixels of ``image``: twice the radius enclosing ``fraction`` of the
+    sky-subtracted light above twice the sky noise (border median and MAD) around the light-weighted
+    centre (about 2 R90). NaN when there is no light above the sky."""
+    img = np.asarray(image, dtype=np.float64)
+    if img.ndim == 3:
+        img = img.mean(axis=2)
+    img = np.where(np.isfinite(img), img, np.nan)
+    b = max(1, int(0.05 * min(img.shape)))
+    border = np.concatenate([img[:b].ravel(), img[-b:].ravel(), img[:, :b].ravel(), img[:, -b:].ravel()])
+    sky = np.nanmedian(border)
+    noise = 1.4826 * np.nanmedian(np.abs(border - sky))
+    w = np.nan_to_num(img - sky, nan=0.0)
+    w[w < 2.0 * noise] = 0.0  # light above twice the sky noise (noise alone would inflate the growth curve)
+    tot = w.sum()
+    if not tot > 0:
+        return float("nan")
+    yy, xx = np.indices(w.shape)
+    x0, y0 = (w * xx).sum() / tot, (w * yy).sum() / tot
+    r = np.hypot(xx - x0, yy - y0).ravel()
+    order = np.argsort(r)
+    cum = np.cumsum(w.ravel()[order])
+    return float(2.0 * r[order][np.searchsorted(cum, fraction * cum[-1])])
+
+
+def extent_in_model_px(extent_px: float, cutout_size_px: int, model_image_size: int,
+                       model_crop_fraction: float = 1.0) -> float:
+    """A cutout extent (px) as seen in the model's input (the model crops ``model_crop_fraction`` and
+    resizes to ``model_image_size``), at most the input size."""
+    scale = model_image_size / (cutout_size_px * model_crop_fraction)
+    return float(min(extent_px * scale, model_image_size))
+
+
 def make_cutouts(manifest: str | Path | pd.DataFrame, out_dir: str | Path, cfg: CutoutConfig | None = None,
                  data_root: Path | str | None = None, progress: bool = True) -> CutoutResult:
     """Cut every row of a manifest into ``out_dir`` (``png/``, ``fits/``, ``manifest.parquet``,
@@ -221,7 +286,7 @@ def make_cutouts(manifest: str | Path | pd.DataFrame, out_dir: str | Path, cfg: 
     out = Path(out_dir)
     (out / "png").mkdir(parents=True, exist_ok=True)
     rows, q = [], []
-    n_partial = 0
+    n_partial = n_small = 0
     for row in tqdm(df.to_dict("records"), desc="cutouts", disable=not progress):
         oid = row.get("object_id")
         try:
@@ -239,6 +304,12 @@ def make_cutouts(manifest: str | Path | pd.DataFrame, out_dir: str | Path, cfg: 
         new["cutout_fill_fraction"] = c.fill_fraction
         new["cutout_size_px"] = int(c.image.shape[0])
         new["cutout_size_arcsec"] = c.size_arcsec if c.size_arcsec is not None else np.nan
+        if cfg.model_image_size:
+            ext = extent_in_model_px(galaxy_extent_px(c.image), int(c.image.shape[0]), cfg.model_image_size,
+                                     cfg.model_crop_fraction)
+            new["extent_model_px"] = ext
+            new["small_extent"] = bool(ext < cfg.min_extent_px)
+            n_small += int(ext < cfg.min_extent_px)
         if c.fits_data is not None and cfg.write_fits:
             (out / "fits").mkdir(exist_ok=True)
             fpath = out / "fits" / f"{name}.fits"
@@ -251,10 +322,15 @@ def make_cutouts(manifest: str | Path | pd.DataFrame, out_dir: str | Path, cfg: 
     man = pd.DataFrame(rows) if rows else df.iloc[0:0].copy()
     mpath = write_manifest(man, out / "manifest.parquet", kind=kind,
                            extra_meta={"cutout": {k: v for k, v in cfg.__dict__.items()}, "rows_in": len(df),
-                                       "rows_quarantined": len(q)})
+                                       "rows_quarantined": len(q), "n_small_extent": n_small})
+    if n_small:
+        log.warning("cutouts: %d of %d galaxies are smaller than %g px across in the model's input (%d px, crop "
+                    "%g): their arms are probably not resolved; use a tighter crop or a larger input",
+                    n_small, len(rows), cfg.min_extent_px, cfg.model_image_size, cfg.model_crop_fraction)
     qdf = quarantine_frame(q)
     qpath = write_quarantine(qdf, out / "quarantine.parquet")
     log.info("cutouts: %d rows in, %d written, %d quarantined, %d partial -> %s", len(df), len(rows), len(q),
              n_partial, out)
     return CutoutResult(out_dir=out, manifest_path=mpath, quarantine_path=qpath, n_in=len(df), n_out=len(rows),
-                        n_quarantined=len(q), n_partial=n_partial, manifest=man, quarantine=qdf)
+                        n_quarantined=len(q), n_partial=n_partial, manifest=man, quarantine=qdf,
+                        n_small_extent=n_small)

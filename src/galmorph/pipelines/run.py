@@ -70,7 +70,7 @@ def _value_rules() -> dict[str, Any]:
         "z_max": lambda v: None if v > 0 else "a redshift > 0",
         "max_failure_fraction": _fraction(), "test_fraction": _fraction(True, True),
         "crop_fraction": _fraction(lo_open=True), "threshold": _fraction(lo_open=True),
-        "cutout_size_px": _at_least(8), "shard_size": _at_least(1), "n_workers": _at_least(1),
+        "cutout_size_px": lambda v: None if v == 0 or v >= 8 else "0 (framing from the preset or model) or >= 8", "shard_size": _at_least(1), "n_workers": _at_least(1),
         "batch_size": _at_least(1), "per_bin": _at_least(1), "n_bins": _at_least(1),
         "drift_min_group_size": _at_least(0), "overrides_json": _json_object, "policy_json": _json_object,
         "model_alias": _choice({"champion", "challenger", "previous-champion"}),

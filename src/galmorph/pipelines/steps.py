@@ -94,23 +94,77 @@ def validate(manifest_path: str | Path, passed_path: str | Path, quarantine_path
     return bool(res.success)
 
 
+def model_input_framing(task: str = "", preset: str = "", overrides_json: str = "{}",
+                        model_uri: str = "") -> tuple[int, float, str] | None:
+    """``(image_size, crop_fraction, source)`` of the model the cutouts are for: the resolved model's
+    ModelSpec (``model_uri``, rescoring) or the training preset (``task`` + ``preset``); None for neither."""
+    if model_uri:
+        from galmorph.models.io import load_for_inference
+
+        spec = load_for_inference(model_uri).spec
+        return int(spec.image_size), float(spec.crop_fraction), f"model {model_uri}"
+    if task and preset:
+        from galmorph.training.config import resolve_config
+
+        cfg = resolve_config(task, preset, json.loads(overrides_json or "{}"))
+        return int(cfg.image_size), float(cfg.crop_fraction), f"preset {task}/{preset}"
+    return None
+
+
 def cutout(manifest_path: str | Path, cutouts_dir: str | Path, quarantine_path: str | Path, size_px: int = 64,
            crop_fraction: float = 1.0, greyscale: bool = False, size_r90: float = 0.0, data_root: str = "",
-           cutouts_metadata: dict | None = None) -> CutoutOutputs:
+           task: str = "", preset: str = "", overrides_json: str = "{}", model_uri: str = "",
+           min_extent_px: float = 40.0, tracking_uri: str = "", cutouts_metadata: dict | None = None) -> CutoutOutputs:
     """:func:`galmorph.cutout.make_cutouts` into the dataset folder ``cutouts_dir`` (png/ +
-    manifest.parquet, image URIs relative to the folder); failed rows to ``quarantine_path``."""
-    from galmorph.cutout import CutoutConfig, make_cutouts
+    manifest.parquet, image URIs relative to the folder); failed rows to ``quarantine_path``.
+
+    Framing: with ``model_uri`` (the resolved model's ModelSpec) or ``task`` + ``preset`` (training) the
+    model crops, so the cutouts keep the full frame (a ``crop_fraction`` < 1 as well is refused: cropped
+    twice) at :func:`galmorph.cutout.model_framing`'s size unless ``size_px`` > 0; galaxies smaller than
+    ``min_extent_px`` in the model's input are counted (``n_small_extent`` in the metadata, a warning)."""
+    from galmorph.cutout import CutoutConfig, check_framing, make_cutouts, model_framing
     from galmorph.pipelines.artifacts import relativize_images
     from galmorph.pipelines.runtime import as_dir, setup
 
-    _, root = setup(data_root=data_root)
-    cfg = CutoutConfig(size_px=size_px, crop_fraction=crop_fraction, greyscale=greyscale, size_r90=size_r90 or None)
+    _, root = setup(tracking_uri=tracking_uri, data_root=data_root)
+    framing = model_input_framing(task, preset, overrides_json, model_uri)
+    extra: dict = {}
+    if framing is not None:
+        image_size, model_crop, source = framing
+        check_framing(crop_fraction, model_crop, f"cutouts for {source}")
+        size_px = size_px if size_px > 0 else model_framing(image_size, model_crop)[0]
+        extra = {"model_image_size": image_size, "model_crop_fraction": model_crop, "min_extent_px": min_extent_px}
+        log.info("cutouts framed for %s: %d px, crop %g (the model crops %g to %d px)", source, size_px,
+                 crop_fraction, model_crop, image_size)
+    elif size_px <= 0:
+        raise ValueError("cutout size_px must be > 0 when neither a model nor a preset gives the framing")
+    cfg = CutoutConfig(size_px=size_px, crop_fraction=crop_fraction, greyscale=greyscale, size_r90=size_r90 or None,
+                       **extra)
     out = as_dir(cutouts_dir)
     res = make_cutouts(open_dataset(manifest_path), out, cfg, data_root=root, progress=False)
     relativize_images(out)
     shutil.copyfile(res.quarantine_path, quarantine_path)
-    _fill(cutouts_metadata, {"rows": res.n_out})
+    meta = {"rows": res.n_out, "size_px": size_px, "crop_fraction": crop_fraction}
+    if framing is not None:
+        meta.update(n_small_extent=res.n_small_extent, model_image_size=framing[0], model_crop_fraction=framing[1])
+        if res.n_small_extent:
+            meta["warning"] = (f"{res.n_small_extent} of {res.n_out} galaxies are smaller than {min_extent_px:g} px "
+                               f"across in the model's input")
+    _fill(cutouts_metadata, meta)
     return CutoutOutputs(res.n_out, res.n_quarantined)
+
+
+def dataset_framing_check(dataset: str | Path, model_crop_fraction: float, what: str) -> int:
+    """Refuse a dataset whose cutouts were cropped already (manifest metadata ``cutout.crop_fraction``)
+    for a model that crops again; returns the dataset's ``n_small_extent`` (0 when not measured)."""
+    from galmorph.cutout import check_framing
+    from galmorph.manifest import manifest_metadata
+    from galmorph.pipelines.artifacts import dataset_manifest_path
+
+    meta = manifest_metadata(dataset_manifest_path(dataset))
+    crop = float((meta.get("cutout") or {}).get("crop_fraction", 1.0) or 1.0)
+    check_framing(crop, model_crop_fraction, what)
+    return int(meta.get("n_small_extent", 0) or 0)
 
 
 def a1(manifest_path: str | Path, measured_path: str | Path, quarantine_path: str | Path, pixel_scale: float = 0.396,
@@ -176,10 +230,20 @@ def train(task: str, dataset: str | Path, model_dir: str | Path, preset: str = "
 
     uri, root = setup(tracking_uri=tracking_uri)
     out = as_dir(model_dir)
+    framing = model_input_framing(task, preset, overrides_json)
+    n_small = dataset_framing_check(dataset, framing[1], f"training {task}/{preset}") if framing else 0
     manifest = open_dataset(dataset, work_dir=out / "train_manifest")
     res = train_model(task, preset=preset, overrides=json.loads(overrides_json or "{}"), manifest=manifest,
                       tracking_uri=uri, experiment=experiment or None, register=register, data_root=root,
                       out_dir=out / "work")
+    if res.run_id:  # the framing warning, on the training run
+        import mlflow
+
+        client = mlflow.MlflowClient()
+        client.log_metric(res.run_id, "n_small_extent", n_small)
+        if n_small:
+            client.set_tag(res.run_id, "galmorph.warning.small_extent",
+                           f"{n_small} training galaxies are smaller than 40 px across in the model's input")
     info = {"model_uri": res.model_uri, "registered_name": res.registered_name,
             "registered_version": res.registered_version, "run_id": res.run_id, "parent_run_id": res.parent_run_id,
             "tracking_uri": uri, "train_manifest": str(manifest)}
@@ -249,18 +313,28 @@ def shard(dataset: str | Path, model_uri: str, shard_size: int = 10000, n_worker
 
 
 def score(dataset: str | Path, work: str, scores_dir: str | Path, batch_size: int = 64, num_workers: int = 2,
-          threshold: float = 0.85, device: str = "auto", tracking_uri: str = "",
+          threshold: float = 0.85, device: str = "auto", tracking_uri: str = "", winding_ensemble: bool = False,
+          winding_weight: float = 0.5, winding_min_confidence: float = 2.0,
           scores_metadata: dict | None = None) -> ScoreOutputs:
     """:func:`galmorph.scoring.score_manifest` of the shards of the work item ``work`` into ``scores_dir``
-    (resumable)."""
+    (resumable); the dataset's framing is checked against the model's (never cropped twice);
+    ``winding_ensemble`` combines the chirality network with the winding measurement
+    (:class:`galmorph.ensemble.WindingEnsemble`)."""
     from galmorph.pipelines.runtime import as_dir, setup
     from galmorph.scoring import parse_work_item, pick_device, score_manifest
 
+    from galmorph.ensemble import WindingEnsemble
+    from galmorph.models.io import load_for_inference
+
     _, root = setup(tracking_uri=tracking_uri)
     item = parse_work_item(work)
-    res = score_manifest(item["model_uri"], open_dataset(dataset), as_dir(scores_dir), batch_size=batch_size,
+    model = load_for_inference(item["model_uri"], device=pick_device(device))
+    dataset_framing_check(dataset, model.spec.crop_fraction, f"scoring with {item['model_uri']}")
+    ens = WindingEnsemble(weight=winding_weight, min_confidence=winding_min_confidence) if winding_ensemble else None
+    res = score_manifest(model, open_dataset(dataset), as_dir(scores_dir), batch_size=batch_size,
                          num_workers=num_workers, shard_size=item["shard_size"], threshold=threshold,
-                         shards=item["shards"], data_root=root, device=pick_device(device), progress=False)
+                         shards=item["shards"], data_root=root, device=pick_device(device), progress=False,
+                         winding_ensemble=ens)
     _fill(scores_metadata, {"shards": item["shard_range"], "n_scored": res.n_scored,
                             "images_per_s": res.images_per_s})
     return ScoreOutputs(res.n_scored, res.n_quarantined)
