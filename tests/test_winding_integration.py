@@ -195,3 +195,40 @@ def test_small_extent_is_measured_and_warned(tmp_path):
                         CutoutConfig(size_px=160, model_image_size=64, model_crop_fraction=0.25), progress=False)
     m2 = read_manifest(res2.manifest_path)
     assert m2["extent_model_px"].iloc[0] == pytest.approx(4 * man["extent_model_px"].iloc[0], rel=1e-6)
+
+
+def test_labelling_overlay_for_chirality_queues(tmp_path, sim_chirality):
+    """A chirality queue's objects carry the measured winding (sense, confidence, centre, annulus, image
+    size): measured on demand, or the queue's own columns when the labelling pipeline measured them."""
+    from fastapi.testclient import TestClient
+
+    from galmorph.imaging.winding import measure_winding_manifest
+    from galmorph.labelling.app import create_app
+    from galmorph.labelling.queue import sample_queue
+    from galmorph.labelling.store import LabelStore
+    from galmorph.manifest import read_manifest
+
+    man = read_manifest(sim_chirality["manifest"])
+    truth = dict(zip(man["object_id"].astype(str), man["label"].astype(str)))
+    man["label"] = None
+    q, _ = sample_queue(man, per_bin=6, seed=0, task="chirality")
+    q = q.reset_index(drop=True)
+
+    def objects(queue, db):
+        app = create_app(queue, LabelStore(f"sqlite:///{tmp_path / db}"), "alice", task="chirality",
+                         image_roots=[sim_chirality["dir"]], measure_missing_a1=False)
+        client = TestClient(app, base_url="http://127.0.0.1", headers={"X-Requested-With": "galmorph"})
+        page = client.get("/")
+        assert page.status_code == 200 and "w-arrow" in page.text and "winding-line" in page.text
+        return {oid: client.get(f"/api/object/{oid}").json()["winding"] for oid in queue["object_id"].astype(str)}
+
+    live = objects(q, "a.db")
+    decided = {oid: w for oid, w in live.items() if w["winding"]}
+    assert len(decided) >= 3 and all(w["winding"] == truth[oid] for oid, w in decided.items())
+    for w in live.values():
+        assert w["source"] == "measured" and w["width"] == 64 and 0 < w["r_inner"] < w["r_outer"]
+    measured, _ = measure_winding_manifest(q)
+    stored = objects(measured, "b.db")
+    for oid, w in stored.items():
+        assert w["source"] == "queue" and w["winding"] == live[oid]["winding"]
+        assert w["winding_confidence"] == pytest.approx(live[oid]["winding_confidence"])

@@ -138,6 +138,31 @@ def _clean(v):
     return v.item() if hasattr(v, "item") else v
 
 
+def winding_info(row: dict, data_root: Path | str | None = None) -> dict:
+    """The chirality queue overlay of one queue row: the measured winding sense (``CW``/``ACW``/None),
+    score and confidence (the queue's ``winding*`` columns when the labelling pipeline measured them,
+    else measured now), the centre and annulus radii and the image size (measured on the image)."""
+    from galmorph.imaging.io import ImageError
+    from galmorph.imaging.winding import WindingError, WindingOptions, load_for_winding, options_for_file, winding_sense
+    from galmorph.manifest import ManifestError, resolve_image_uri
+
+    info: dict = {"winding": None, "winding_score": None, "winding_confidence": None, "x0": None, "y0": None,
+                  "r_inner": None, "r_outer": None, "width": None, "height": None, "error": None, "source": None}
+    try:
+        img, linear = load_for_winding(resolve_image_uri(str(row.get("image_uri")), data_root))
+        res = winding_sense(img, options_for_file(WindingOptions(), linear))
+    except (ImageError, ManifestError, WindingError, OSError) as exc:
+        info["error"] = str(exc)
+        return info
+    info.update(winding=res.winding, winding_score=_clean(res.score), winding_confidence=_clean(res.confidence),
+                x0=_clean(res.x0), y0=_clean(res.y0), r_inner=_clean(res.r_inner), r_outer=_clean(res.r_outer),
+                width=int(img.shape[1]), height=int(img.shape[0]), source="measured")
+    if _clean(row.get("winding_score")) is not None:  # the queue's own measurement wins
+        info.update(winding=_clean(row.get("winding")), winding_score=_clean(row.get("winding_score")),
+                    winding_confidence=_clean(row.get("winding_confidence")), source="queue")
+    return info
+
+
 def _is_within(path: Path, roots: list[Path]) -> bool:
     p = path.resolve()
     return any(p == r or r in p.parents for r in roots)
@@ -179,6 +204,7 @@ def create_app(queue: pd.DataFrame, store: LabelStore, labeller: str | None = No
     if data_root is not None:
         roots.append(Path(data_root).resolve())
     a1_cache: dict[str, dict] = {}
+    winding_cache: dict[str, dict] = {}
     templates = _templates()
 
     app = FastAPI(title="galmorph labelling", docs_url=None, redoc_url=None, openapi_url=None)
@@ -275,6 +301,12 @@ def create_app(queue: pd.DataFrame, store: LabelStore, labeller: str | None = No
         a1_cache[oid] = info
         return info
 
+    def winding_overlay(row: dict) -> dict:
+        oid = row["object_id"]
+        if oid not in winding_cache:
+            winding_cache[oid] = winding_info(row, data_root)
+        return winding_cache[oid]
+
     def state(name: str) -> dict:
         lab = store.labels(task, name)
         lab = lab[lab.object_id.isin(rows)]
@@ -345,6 +377,7 @@ def create_app(queue: pd.DataFrame, store: LabelStore, labeller: str | None = No
             "queue_position": _clean(row.get("queue_position")), "survey": _clean(row.get("survey")),
             "image_url": f"/image/{object_id}", "a1": info, "my_label": mine.label.iloc[0] if len(mine) else None,
             "entropy": _clean(row.get("entropy")),
+            **({"winding": winding_overlay(row)} if task == "chirality" else {}),
         }
 
     @app.post("/api/label")
