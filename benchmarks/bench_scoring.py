@@ -86,7 +86,8 @@ def as_loaded(module, image_size: int, views: int = 1):
     gm = torch.export.export(module.eval(), (torch.rand(2, 3, image_size, image_size),),
                              dynamic_shapes=({0: torch.export.Dim("b", min=1, max=4096)},)).module()
     if views > 1:
-        gm = ChiralityViews(gm, views).eval()
+        gm = ChiralityViews(gm, views)
+        gm.training = False  # .eval() would recurse into the GraphModule, which refuses train()/eval()
     spec = ModelSpec(task="chirality", classes=CLASSES, arch="resnet18", image_size=image_size, tta_views=views)
     return LoadedModel(module=gm, spec=spec, uri=f"bench:resnet18:{views}v", version="bench")
 
@@ -114,21 +115,22 @@ def score_once(lm, man: Path, out: Path, batch: int, workers: int, precision: st
 
 
 def throughput(pool: pd.DataFrame, tmp: Path, data_root: Path | None, quick: bool, size: int = 128,
-               batch: int = 64) -> dict:
+               batch: int = 64, smoke: bool = False) -> dict:
     from galmorph.accel import agreement_frame
 
-    n_rows = 256 if quick else 1024
+    n_rows = 32 if smoke else 256 if quick else 1024
     man = write_release(pool, n_rows, tmp / "tp.parquet")
     eager = resnet18()
     lm = as_loaded(eager, size)
-    secs = 2.0 if quick else 5.0
+    secs = 0.5 if smoke else 2.0 if quick else 5.0
     ceil0 = forward_ceiling(eager, size, batch, secs)
     ceil_loaded = forward_ceiling(lm.module, size, batch, secs)
     agree, agree_name = agreement_frame(data_root, "chirality", CLASSES, n_gz1=64 if quick else 400,
                                         fallback=pool.assign(label=None))
-    if quick:
-        agree = agree.groupby(agree["object_id"].str.split(":").str[0]).head(64).reset_index(drop=True)
-        agree_name += " (quick: <= 64 per set)"
+    if quick or smoke:
+        k = 16 if smoke else 64
+        agree = agree.groupby(agree["object_id"].str.split(":").str[0]).head(k).reset_index(drop=True)
+        agree_name += f" (quick: <= {k} per set)"
     rows = []
     cores = os.cpu_count() or 2
     for w in sorted({0, 1, min(2, cores)}):
@@ -152,7 +154,7 @@ def throughput(pool: pd.DataFrame, tmp: Path, data_root: Path | None, quick: boo
     views = []
     from galmorph.models.chirality import ChiralityViews
 
-    n_v = 128 if quick else 512
+    n_v = 32 if smoke else 128 if quick else 512
     man_v = write_release(pool, n_v, tmp / "views.parquet")
     for v in (1, 2, 8):
         lmv = as_loaded(eager, size, v)
@@ -266,20 +268,22 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="smaller runs (smoke test)")
     ap.add_argument("--data-root", type=Path, default=None)
     ap.add_argument("--workers", type=int, default=1, help="decode workers of the memory benchmark")
+    ap.add_argument("--smoke", action="store_true", help="tiny sizes: checks the code paths only")
     a = ap.parse_args()
+    a.quick = a.quick or a.smoke
     m = machine()
     from galmorph.settings import get_settings
 
     data_root = a.data_root or get_settings().data_root
     data_root = Path(data_root) if data_root and Path(data_root).is_dir() else None
     tmp = Path(tempfile.mkdtemp(prefix="bench-scoring-"))
-    pool, desc = gz1_pool(data_root, 256 if a.quick else 1024, tmp)
+    pool, desc = gz1_pool(data_root, 32 if a.smoke else 256 if a.quick else 1024, tmp)
     pool.attrs["desc"] = desc
     res: dict = {"machine": m, "quick": a.quick}
-    res["throughput"] = throughput(pool, tmp, data_root, a.quick)
+    res["throughput"] = throughput(pool, tmp, data_root, a.quick, smoke=a.smoke)
     tp = tiny_pool(tmp)
-    res["memory"] = [memory(tp, tmp, n, a.workers, 2_000) for n in ((2_000, 20_000) if a.quick else
-                                                                      (20_000, 200_000))]
+    sizes = (500, 2_000) if a.smoke else (2_000, 20_000) if a.quick else (20_000, 200_000)
+    res["memory"] = [memory(tp, tmp, n, a.workers, 2_000) for n in sizes]
     for r in res["memory"]:
         print("memory", r, flush=True)
     # extrapolation: end-to-end release cost when measured (bench_release), else scoring alone

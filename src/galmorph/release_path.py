@@ -134,6 +134,7 @@ def score_release(manifest: str | Path, model, out_dir: str | Path, cfg=None, da
                            n_quarantined_score=m.n_quarantined, failure_fraction=frac,
                            max_failure_fraction=cfg.max_failure_fraction, success=frac <= cfg.max_failure_fraction,
                            seconds={"validate_table": round(t1 - t0, 3), "score": round(t2 - t1, 3),
+                                    "choose_path": round(res.path_seconds, 3),
                                     "merge": round(t3 - t2, 3), "total": round(t3 - t0, 3)},
                            precision=res.precision)
     tmp = out / f".release.json.tmp-{os.getpid()}"
