@@ -323,7 +323,9 @@ def to_markdown(res: dict) -> str:
              f"Ceiling (eager fp32 forward of ResNet-18 on in-memory tensors, mean of before/after): "
              f"**{t['ceiling_eager_fp32_img_s']} img/s** {t['ceiling_before_after']}; the pt2 GraphModule as "
              f"loaded from MLflow: {t['forward_loaded_graphmodule_img_s']} img/s. Agreement set: "
-             f"{t['agreement_set']}.", "",
+             f"{t['agreement_set']}. The ResNet-18 is randomly initialised (no weights can be downloaded here): "
+             "its agreement with fp32 says little about a trained model's, which `galmorph score --precision "
+             "auto` checks on that model at scoring time; the speeds do not depend on the weights.", "",
              "| requested | used | decode | workers | img/s | ratio to ceiling | agreement top-1 | check s | refused |",
              "|---|---|---|---|---|---|---|---|---|"]
     for r in t["settings"]:
