@@ -33,10 +33,7 @@ def _lint(config: Path, contract: str | None, cwd: Path, env: dict | None = None
 
 
 #: Contracts broken by code of another area when this test was written (strict: remove once kept).
-KNOWN_BROKEN = {
-    "no-cycles": "galmorph.cli.base <-> galmorph.cli.options (function-level imports of echo_json/json_stdout "
-                 "and fail, commit af9ae60)",
-}
+KNOWN_BROKEN: dict[str, str] = {}
 
 
 @pytest.mark.parametrize("contract", [pytest.param(c, marks=pytest.mark.xfail(strict=True, reason=KNOWN_BROKEN[c]))

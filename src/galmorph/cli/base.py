@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import sys
 
 import click
+
+from galmorph.cli.output import echo_json, fail
+
+__all__ = ["echo_json", "fail", "main", "resolve_kfp_target"]
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -24,20 +27,6 @@ def main(log_level: str) -> None:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for noisy in ("urllib3", "git", "alembic", "matplotlib", "PIL", "fsspec"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-
-
-def echo_json(obj) -> None:
-    """Print ``obj`` as ONE strict JSON document on stdout (NaN/inf -> null, numpy/paths/NA handled by
-    :mod:`galmorph.jsonsafe`); logs and progress go to stderr."""
-    from galmorph.cli.options import json_stdout
-    from galmorph.jsonsafe import finite_json, json_default
-
-    click.echo(json.dumps(finite_json(obj), indent=2, default=json_default, allow_nan=False), file=json_stdout())
-
-
-def fail(msg: str, code: int = 1) -> None:
-    click.echo(f"error: {msg}", err=True)
-    sys.exit(code)
 
 
 def resolve_kfp_target(local_run: bool, host: str | None, default_host: str | None) -> str | None:

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import click
 
+from galmorph.cli.output import _json_stdout, fail, json_stdout  # noqa: F401 (json_stdout re-exported)
 from galmorph.tasks import TASKS
 
 
@@ -47,14 +48,6 @@ def audit_log_option() -> Callable:
     return click.option("--audit-log", "audit_log", type=click.Path(path_type=Path, dir_okay=False), default=None,
                         help="JSON-lines promotion audit log "
                              + _order("AUDIT_LOG", "<state_dir>/registry/audit.jsonl"))
-
-
-_json_stdout: list = []  # the real stdout while a --json command runs (see json_option)
-
-
-def json_stdout():
-    """Where :func:`galmorph.cli.base.echo_json` writes: the command's real stdout."""
-    return _json_stdout[-1] if _json_stdout else sys.stdout
 
 
 def json_option(help: str = "Print the result as JSON.", lines: bool | None = None) -> Callable:  # noqa: A002
@@ -93,7 +86,6 @@ def use_tracking_uri(settings) -> str:
     returns the URI."""
     import mlflow
 
-    from galmorph.cli.base import fail
     from galmorph.tracking import DEFAULT_CONNECT_TIMEOUT, TrackingUnreachable, ensure_reachable
 
     try:
