@@ -31,16 +31,22 @@ def pipeline(source: str = "sdss_fits", task: str = "lopsided", per_bin: int = 2
     smp = label_sample(manifest=ing.outputs["manifest"], per_bin=per_bin, n_bins=n_bins, z_min=z_min, z_max=z_max,
                        seed=seed, task=task, label_db_url=label_db_url)
     smp.set_caching_options(False)  # excludes objects labelled meanwhile
-    with dsl.If(task == "chirality", name="chirality-winding"):
-        wind = winding(manifest=smp.outputs["queue"], min_confidence=winding_min_confidence, data_root=data_root)
-        data_volume(wind, PLATFORM)
-    with dsl.Else(name="a1-measurement"):
+    # two exclusive branches, each ending in its own queue export (kfp's local runner has no artifact OneOf)
+    with dsl.If(task != "chirality", name="a1-queue"):
         meas = a1(manifest=smp.outputs["queue"], data_root=data_root)
         data_volume(meas, PLATFORM)
-    q = label_queue(queue=dsl.OneOf(wind.outputs["measured"], meas.outputs["measured"]), label_db_url=label_db_url,
-                    queue_name=queue_name)
-    q.set_caching_options(False)
-    with dsl.If(export_labels == True, name="export-labels"):  # noqa: E712 - KFP condition
-        ex = label_export(task=task, label_db_url=label_db_url)
-        ex.after(q)
-        ex.set_caching_options(False)
+        q = label_queue(queue=meas.outputs["measured"], label_db_url=label_db_url, queue_name=queue_name)
+        q.set_caching_options(False)
+        with dsl.If(export_labels == True, name="export-labels"):  # noqa: E712 - KFP condition
+            ex = label_export(task=task, label_db_url=label_db_url)
+            ex.after(q)
+            ex.set_caching_options(False)
+    with dsl.If(task == "chirality", name="chirality-winding-queue"):
+        wind = winding(manifest=smp.outputs["queue"], min_confidence=winding_min_confidence, data_root=data_root)
+        data_volume(wind, PLATFORM)
+        qw = label_queue(queue=wind.outputs["measured"], label_db_url=label_db_url, queue_name=queue_name)
+        qw.set_caching_options(False)
+        with dsl.If(export_labels == True, name="export-chirality-labels"):  # noqa: E712 - KFP condition
+            exw = label_export(task=task, label_db_url=label_db_url)
+            exw.after(qw)
+            exw.set_caching_options(False)

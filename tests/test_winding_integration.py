@@ -5,6 +5,7 @@ agreement statistic of the promotion check, the ensemble applied to a scored tab
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -232,3 +233,27 @@ def test_labelling_overlay_for_chirality_queues(tmp_path, sim_chirality):
     for oid, w in stored.items():
         assert w["source"] == "queue" and w["winding"] == live[oid]["winding"]
         assert w["winding_confidence"] == pytest.approx(live[oid]["winding_confidence"])
+
+
+@pytest.mark.slow
+def test_labelling_pipeline_measures_winding_for_chirality_queues(tmp_path, monkeypatch):
+    """sample -> winding (not A1) -> queue: the chirality queue in the label database carries the winding
+    columns (kfp's local runner, dsl.If/Else + dsl.OneOf)."""
+    from galmorph.labelling.store import LabelStore
+    from galmorph.manifest import read_manifest
+    from galmorph.pipelines.run import run_local
+    from galmorph.settings import get_settings
+    from galmorph.simulate import simulate_dataset
+
+    monkeypatch.setenv("GALMORPH_STATE_DIR", str(tmp_path / "state"))
+    get_settings.cache_clear()
+    sim = simulate_dataset(tmp_path / "sim", 16, seed=3, size=64, progress=False)  # no task: unlabelled
+    db = f"sqlite:///{tmp_path / 'labels.db'}"
+    res = run_local("labelling", {"source": f"sim:{sim['dir']}", "task": "chirality", "per_bin": "3",
+                                  "label_db_url": db}, pipeline_root=tmp_path / "kfp")
+    run = Path(res["run_dir"])
+    assert not (run / "a1").exists()
+    queue = read_manifest(run / "winding" / "measured")
+    assert 0 < len(queue) <= 12 and queue["winding_score"].notna().all()
+    assert set(LabelStore(db).objects()["object_id"].astype(str)) == set(queue["object_id"].astype(str))
+    get_settings.cache_clear()
