@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import typing
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
+
+import pydantic
 
 from galmorph.models.params import ARCHS, HEADS, NetworkParams
 from galmorph.tasks import ARM_MERGES, TASKS
@@ -271,8 +274,8 @@ def preset_names(task: str) -> list[str]:
 # ----------------------------------------------------------------------------------------------
 # overrides
 # ----------------------------------------------------------------------------------------------
-_TRUE = {"1", "true", "yes", "y", "on"}
-_FALSE = {"0", "false", "no", "n", "off"}
+_EXPECTS = {bool: "a boolean (true/false, yes/no, on/off, 1/0)", int: "an integer", float: "a number",
+            str: "a string"}
 
 
 def _field_types() -> dict[str, type]:
@@ -280,53 +283,54 @@ def _field_types() -> dict[str, type]:
     return {f.name: hints[f.name] for f in fields(TrainConfig)}
 
 
-def coerce_value(key: str, value: Any) -> Any:
-    """Convert ``value`` (often a string from the command line) to the type of field ``key``."""
+@functools.cache
+def _overrides_model() -> type[pydantic.BaseModel]:
+    """The pydantic model of :class:`TrainConfig`'s fields (all optional) that types overrides."""
+    cfg = pydantic.ConfigDict(extra="forbid", coerce_numbers_to_str=True, str_strip_whitespace=True)
+    return pydantic.create_model("TrainConfigOverrides", __config__=cfg,
+                                 **{k: (t, None) for k, t in _field_types().items()})
+
+
+def coerce_values(values: dict[str, Any]) -> dict[str, Any]:
+    """``values`` (often strings from the command line or YAML) typed by the pydantic model of the config;
+    a :class:`ConfigError` names every unknown key (with close matches) and every key whose value does
+    not fit its field's type."""
     types = _field_types()
-    if key not in types:
-        close = difflib.get_close_matches(key, list(types), n=3)
-        hint = f"; did you mean {', '.join(close)}?" if close else ""
-        raise ConfigError(f"unknown training config key {key!r}{hint} (known keys: {', '.join(types)})")
-    typ = types[key]
-    if typ is bool:
-        if isinstance(value, bool):
-            return value
-        s = str(value).strip().lower()
-        if s in _TRUE:
-            return True
-        if s in _FALSE:
-            return False
-        raise ConfigError(f"config key {key!r} expects a boolean (true/false), got {value!r}")
-    if typ is int:
-        if isinstance(value, bool):
-            raise ConfigError(f"config key {key!r} expects an integer, got {value!r}")
-        if isinstance(value, int):
-            return value
+    problems = []
+    for key in values:
+        if key not in types:
+            close = difflib.get_close_matches(key, list(types), n=3)
+            hint = f"; did you mean {', '.join(close)}?" if close else ""
+            problems.append(f"unknown training config key {key!r}{hint} (known keys: {', '.join(types)})")
+        elif isinstance(values[key], bool) and types[key] in (int, float):
+            problems.append(f"config key {key!r} expects {_EXPECTS[types[key]]}, got {values[key]!r}")
+    if not problems:
         try:
-            f = float(str(value))
-        except ValueError:
-            raise ConfigError(f"config key {key!r} expects an integer, got {value!r}") from None
-        if not f.is_integer():
-            raise ConfigError(f"config key {key!r} expects an integer, got {value!r}")
-        return int(f)
-    if typ is float:
-        try:
-            return float(value)
-        except (TypeError, ValueError):
-            raise ConfigError(f"config key {key!r} expects a number, got {value!r}") from None
-    return str(value)
+            model = _overrides_model().model_validate(values)
+        except pydantic.ValidationError as exc:
+            for err in exc.errors():
+                key = str(err["loc"][0])
+                problems.append(f"config key {key!r} expects {_EXPECTS.get(types[key], types[key].__name__)}, "
+                                f"got {values[key]!r} ({err['msg']})")
+    if problems:
+        raise ConfigError("; ".join(problems))
+    return {k: getattr(model, k) for k in values}
+
+
+def coerce_value(key: str, value: Any) -> Any:
+    """``value`` converted to the type of field ``key`` (see :func:`coerce_values`)."""
+    return coerce_values({key: value})[key]
 
 
 def parse_set_items(items: list[str] | tuple[str, ...]) -> dict[str, Any]:
     """``["lr=1e-4", "trials=3"]`` -> typed dict (errors name the offending item)."""
-    out: dict[str, Any] = {}
+    out: dict[str, str] = {}
     for item in items:
         if "=" not in item:
             raise ConfigError(f"--set {item!r}: expected key=value")
         k, v = item.split("=", 1)
-        k = k.strip()
-        out[k] = coerce_value(k, v.strip())
-    return out
+        out[k.strip()] = v.strip()
+    return coerce_values(out)
 
 
 def resolve_config(task: str, preset: str = "tiny", overrides: dict[str, Any] | None = None) -> TrainConfig:
@@ -335,10 +339,10 @@ def resolve_config(task: str, preset: str = "tiny", overrides: dict[str, Any] | 
     if preset not in PRESETS[task]:
         raise ConfigError(f"unknown preset {preset!r} for task {task!r}; expected one of {names}")
     values: dict[str, Any] = {"task": task, "preset": preset, **PRESETS[task][preset]}
-    for k, v in (overrides or {}).items():
+    for k in overrides or {}:
         if k in ("task", "preset"):
             raise ConfigError(f"override {k!r} is not allowed; pass it as the task/preset argument")
-        values[k] = coerce_value(k, v)
+    values.update(coerce_values(dict(overrides or {})))
     return TrainConfig(**values).validate()
 
 
@@ -352,8 +356,8 @@ def config_from_yaml(text: str) -> TrainConfig:
     import yaml
 
     d = yaml.safe_load(text) or {}
-    return TrainConfig(**{k: coerce_value(k, v) for k, v in d.items()}).validate()
+    return TrainConfig(**coerce_values(d)).validate()
 
 
-__all__ = ["ARCHS", "ConfigError", "PRESETS", "TrainConfig", "coerce_value", "config_from_yaml",
+__all__ = ["ARCHS", "ConfigError", "PRESETS", "TrainConfig", "coerce_value", "coerce_values", "config_from_yaml",
            "config_to_yaml", "parse_set_items", "preset_names", "resolve_config"]

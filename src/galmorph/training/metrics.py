@@ -28,17 +28,22 @@ def predict_loader(net: torch.nn.Module, loader: DataLoader, device: str = "cpu"
 def classification_metrics(y_true: Sequence[int], y_pred: Sequence[int], classes: Sequence[str],
                            prefix: str = "test_") -> tuple[dict[str, float], dict]:
     """Flat metrics (accuracy, macro F1, per-class precision/recall/F1/support) and a report dict with
-    the confusion matrix (rows = true class, columns = predicted)."""
+    the confusion matrix (rows = true class, columns = predicted). Macro F1 is the project's one
+    definition, :func:`galmorph.evaluation.metrics.macro_f1` (classes with support; the others listed in
+    the report's ``absent_classes``)."""
     from sklearn.metrics import accuracy_score, confusion_matrix, precision_recall_fscore_support
+
+    from galmorph.evaluation.metrics import macro_f1
 
     y_true, y_pred = np.asarray(y_true, dtype=int), np.asarray(y_pred, dtype=int)
     labels = list(range(len(classes)))
     p, r, f, s = precision_recall_fscore_support(y_true, y_pred, labels=labels, zero_division=0)
     cm = confusion_matrix(y_true, y_pred, labels=labels)
-    present = s > 0
+    names = np.asarray([str(c) for c in classes], dtype=object)
+    f1_macro, absent = macro_f1(names[y_true].tolist(), names[y_pred].tolist(), classes)
     m: dict[str, float] = {
         f"{prefix}accuracy": float(accuracy_score(y_true, y_pred)) if len(y_true) else float("nan"),
-        f"{prefix}f1_macro": float(f[present].mean()) if present.any() else float("nan"),
+        f"{prefix}f1_macro": f1_macro,
         f"{prefix}n": float(len(y_true)),
     }
     for i, c in enumerate(classes):
@@ -50,7 +55,7 @@ def classification_metrics(y_true: Sequence[int], y_pred: Sequence[int], classes
     report = {"classes": list(classes), "confusion_matrix": cm.tolist(),
               "per_class": {c: {"precision": float(p[i]), "recall": float(r[i]), "f1": float(f[i]),
                                 "support": int(s[i])} for i, c in enumerate(classes)},
-              "accuracy": m[f"{prefix}accuracy"], "f1_macro": m[f"{prefix}f1_macro"]}
+              "accuracy": m[f"{prefix}accuracy"], "f1_macro": m[f"{prefix}f1_macro"], "absent_classes": absent}
     return m, report
 
 

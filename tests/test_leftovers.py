@@ -1,0 +1,45 @@
+"""Small leftovers of #15/#17: --set overrides typed by the config's pydantic model, one macro-F1,
+η-ranked label queues, test-time views at scoring, the configurable pixel limit."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from galmorph.training.config import ConfigError, config_from_yaml, config_to_yaml, parse_set_items, resolve_config
+
+
+def test_set_overrides_typed_by_the_config_model():
+    assert parse_set_items(["lr=1e-4", "max_epochs= 7", "flips=off", "arch=resnet18"]) == {
+        "lr": 1e-4, "max_epochs": 7, "flips": False, "arch": "resnet18"}
+    # every bad key named with the type it expects, in one error
+    with pytest.raises(ConfigError) as err:
+        parse_set_items(["lr=fast", "patience=2.5"])
+    assert "'lr' expects a number" in str(err.value) and "'patience' expects an integer" in str(err.value)
+    # a Python bool is not a number
+    with pytest.raises(ConfigError, match="'trials' expects an integer, got True"):
+        resolve_config("chirality", "tiny", {"trials": True})
+    cfg = resolve_config("chirality", "tiny", {"lr": 1, "seed": "3"})
+    assert isinstance(cfg.lr, float) and cfg.seed == 3
+    assert config_from_yaml(config_to_yaml(cfg)) == cfg
+
+
+def test_training_macro_f1_is_the_evaluation_definition():
+    from sklearn.metrics import f1_score
+
+    from galmorph.evaluation.metrics import macro_f1
+    from galmorph.training.metrics import classification_metrics
+
+    rng = np.random.default_rng(0)
+    classes = ["1", "2", "3", "4+"]  # names that look like indices: the labels must not be confused
+    y_true = rng.integers(0, 3, 60)  # class "4+" absent
+    y_pred = rng.integers(0, 4, 60)
+    m, report = classification_metrics(y_true, y_pred, classes)
+    ref = f1_score(y_true, y_pred, labels=[0, 1, 2], average="macro", zero_division=0)
+    assert m["test_f1_macro"] == pytest.approx(ref)
+    assert report["absent_classes"] == ["4+"]
+    names = [classes[i] for i in y_true], [classes[i] for i in y_pred]
+    assert m["test_f1_macro"] == macro_f1(*names, classes)[0]
+    # the absent class is left out, not averaged in as F1 = 0
+    assert m["test_f1_macro"] != pytest.approx(f1_score(y_true, y_pred, labels=[0, 1, 2, 3], average="macro",
+                                                        zero_division=0))
