@@ -43,3 +43,40 @@ def test_training_macro_f1_is_the_evaluation_definition():
     # the absent class is left out, not averaged in as F1 = 0
     assert m["test_f1_macro"] != pytest.approx(f1_score(y_true, y_pred, labels=[0, 1, 2, 3], average="macro",
                                                         zero_division=0))
+
+
+@pytest.fixture
+def restore_image_limit():
+    from galmorph.imaging import io
+
+    yield
+    io.set_max_image_pixels(io.MAX_IMAGE_PIXELS)
+
+
+def test_max_image_pixels_from_the_environment_via_the_cli(tmp_path, monkeypatch, restore_image_limit):
+    from click.testing import CliRunner
+    from PIL import Image
+
+    from galmorph.cli import main
+    from galmorph.imaging.io import MAX_IMAGE_PIXELS, ImageError, load_image, max_image_pixels
+
+    yy, xx = np.mgrid[:64, :64]
+    disc = (255 * np.exp(-((xx - 32.0) ** 2 + (yy - 32.0) ** 2) / 60.0)).astype(np.uint8)
+    path = tmp_path / "galaxy.png"
+    Image.fromarray(disc).save(path)
+
+    monkeypatch.delenv("GALMORPH_MAX_IMAGE_PIXELS", raising=False)
+    ok = CliRunner().invoke(main, ["a1", str(path), "--json"])
+    assert max_image_pixels() == MAX_IMAGE_PIXELS and "over the limit" not in ok.output
+
+    monkeypatch.setenv("GALMORPH_MAX_IMAGE_PIXELS", "1000")  # a 64x64 image is 4096 pixels
+    res = CliRunner().invoke(main, ["a1", str(path), "--json"])
+    assert "4096 pixels is over the limit of 1000 pixels" in res.output, res.output
+    assert max_image_pixels() == 1000
+    with pytest.raises(ImageError, match="over the limit of 1000"):
+        load_image(path)
+    assert load_image(path, max_pixels=None).shape == (64, 64)  # an explicit limit wins
+
+    monkeypatch.setenv("GALMORPH_MAX_IMAGE_PIXELS", "lots")
+    bad = CliRunner().invoke(main, ["a1", str(path), "--json"])
+    assert bad.exit_code == 2 and "GALMORPH_MAX_IMAGE_PIXELS" in bad.output

@@ -28,6 +28,7 @@ from typing import Any
 
 from pydantic import Field, model_validator
 from pydantic.fields import FieldInfo
+from galmorph.imaging.io import MAX_IMAGE_PIXELS
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 #: Repository root when running from a checkout (``src/galmorph/settings.py`` -> repo).
@@ -91,6 +92,11 @@ class Settings(BaseSettings):
     image_registry: str = Field(default="ghcr.io/galmorph",
                                 description="Registry (and namespace) of the galmorph container images.")
     image_tag: str = Field(default="0.1.0", description="Tag of the galmorph container images.")
+    max_image_pixels: int = Field(
+        default=MAX_IMAGE_PIXELS, ge=1,
+        description="Largest image (width x height pixels) any stage decodes; larger ones are refused as "
+                    "oversize or decompression bombs (GALMORPH_MAX_IMAGE_PIXELS; set for the process by the "
+                    "CLI through galmorph.imaging.io.set_max_image_pixels).")
 
     @classmethod
     def settings_customise_sources(cls, settings_cls: type[BaseSettings], init_settings: PydanticBaseSettingsSource,

@@ -21,12 +21,32 @@ def main(log_level: str) -> None:
     """galmorph: galaxy-morphology deep learning from survey catalogue to monitored model.
 
     Every command reads its defaults from the settings object (environment variables
-    GALMORPH_*; see `galmorph settings`).
+    GALMORPH_*; see `galmorph settings`). GALMORPH_MAX_IMAGE_PIXELS bounds the size of every image
+    read (default 50000000 pixels).
     """
     logging.basicConfig(level=log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for noisy in ("urllib3", "git", "alembic", "matplotlib", "PIL", "fsspec"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    _apply_image_limit()
+
+
+def _apply_image_limit() -> None:
+    """The process's image pixel limit from the resolved settings (``GALMORPH_MAX_IMAGE_PIXELS``, .env);
+    a bad value of it is a clear error; other bad settings are left to the commands that read them."""
+    import pydantic
+
+    from galmorph.imaging.io import set_max_image_pixels
+    from galmorph.settings import resolve_settings
+
+    try:
+        settings = resolve_settings()
+    except pydantic.ValidationError as exc:
+        bad = [e for e in exc.errors() if e["loc"] and e["loc"][0] == "max_image_pixels"]
+        if bad:
+            fail(f"GALMORPH_MAX_IMAGE_PIXELS: {bad[0]['msg']} (got {bad[0].get('input')!r})", 2)
+        return
+    set_max_image_pixels(settings.max_image_pixels)
 
 
 def resolve_kfp_target(local_run: bool, host: str | None, default_host: str | None) -> str | None:

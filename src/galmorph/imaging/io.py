@@ -4,8 +4,9 @@ Conventions: arrays are ``(H, W)`` for single-band data or ``(H, W, 3)`` for col
 row 0 at the *top* of the displayed image (as PIL shows it). FITS data (row 0 at the bottom) is
 flipped on read so that both formats share one orientation; ``wcs_for`` gives the matching WCS.
 
-Size limit: an image whose header declares more than ``max_pixels`` pixels (default
-:data:`MAX_IMAGE_PIXELS`, well below Pillow's decompression-bomb limit) is refused with an
+Size limit: an image whose header declares more than ``max_pixels`` pixels (default: the process's
+limit, :data:`MAX_IMAGE_PIXELS` = 50 Mpx unless :func:`set_max_image_pixels` changed it - the CLI sets
+it from ``GALMORPH_MAX_IMAGE_PIXELS``; well below Pillow's decompression-bomb limit) is refused with an
 :class:`ImageError` *before* any pixel is decoded, so a 99-byte PNG claiming 20000x20000 pixels
 costs no memory. Scaling: 8-bit rasters / 255, 16-bit rasters / 65535, float rasters by their
 finite range; an image without a single finite pixel is an :class:`ImageError`.
@@ -25,6 +26,31 @@ RASTER_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff")
 #: Default pixel limit (width x height) of one image; Pillow's own bomb warning starts at ~89 Mpx.
 MAX_IMAGE_PIXELS = 50_000_000
 
+_max_image_pixels = [MAX_IMAGE_PIXELS]  # the process's limit (set_max_image_pixels)
+
+
+class _ProcessLimit:
+    """Default of ``max_pixels``: the process's limit (:func:`max_image_pixels`)."""
+
+    def __repr__(self) -> str:
+        return "<process max_image_pixels>"
+
+
+PROCESS_LIMIT = _ProcessLimit()
+
+
+def set_max_image_pixels(n: int) -> None:
+    """Set the pixel limit that :func:`load_image` and :func:`read_fits` use when not given one
+    (called once by the CLI from ``Settings.max_image_pixels``)."""
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"max_image_pixels must be a positive integer, got {n!r}")
+    _max_image_pixels[0] = n
+
+
+def max_image_pixels() -> int:
+    """The process's pixel limit (:data:`MAX_IMAGE_PIXELS` unless :func:`set_max_image_pixels` changed it)."""
+    return _max_image_pixels[0]
+
 
 class ImageError(ValueError):
     """An image cannot be used; the message names the file and the reason."""
@@ -43,7 +69,7 @@ class FitsImage:
 
 
 def read_fits(path: str | Path, hdu: int | None = None, require_wcs: bool = False,
-              max_pixels: int | None = MAX_IMAGE_PIXELS) -> FitsImage:
+              max_pixels: int | None | _ProcessLimit = PROCESS_LIMIT) -> FitsImage:
     """Read the first image HDU of a FITS file with its celestial WCS (if usable).
 
     The HDU's size is checked from its header against ``max_pixels`` (None: no limit) before the
@@ -100,7 +126,9 @@ def _check_file(path: Path) -> None:
         raise ImageError(f"{path}: zero-byte file")
 
 
-def _check_pixels(path: Path, width: int, height: int, max_pixels: int | None) -> None:
+def _check_pixels(path: Path, width: int, height: int, max_pixels: int | None | _ProcessLimit) -> None:
+    if isinstance(max_pixels, _ProcessLimit):
+        max_pixels = max_image_pixels()
     if max_pixels is not None and width * height > max_pixels:
         raise ImageError(f"{path}: image of {width}x{height} = {width * height} pixels is over the limit of "
                          f"{max_pixels} pixels (oversize image or decompression bomb); not decoded")
@@ -133,7 +161,7 @@ def _finite_range(a: np.ndarray, path: Path) -> np.ndarray:
 
 
 def load_image(path: str | Path, greyscale: bool = False, allow_nan: bool = False,
-               max_pixels: int | None = MAX_IMAGE_PIXELS) -> np.ndarray:
+               max_pixels: int | None | _ProcessLimit = PROCESS_LIMIT) -> np.ndarray:
     """Load an image as float32: rasters scaled to 0..1 (8-bit / 255, 16-bit / 65535, float by
     their finite range), FITS as stored (flipped to display order).
 
