@@ -33,6 +33,7 @@ BENCHMARKS: dict[str, tuple[str, list[str], list[str]]] = {
     "a1_injection": ("a1_injection.py", [], ["--n", "10"]),
     "physical": ("physical_lopsided.py", [], []),
     "winding": ("winding.py", [], []),
+    "reference": ("reference.py", [], ["--quick"]),
 }
 
 

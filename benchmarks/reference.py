@@ -1,0 +1,278 @@
+"""The ``reference`` presets on the public real data vs the same presets from random weights (#12.8).
+
+    uv run python benchmarks/reference.py [--splits 5] [--max-epochs N] [--tasks chirality,arms] [--quick]
+
+For each of ``--splits`` seeded random splits, each task's labelled public set is split 75/25
+(stratified). The test quarter keeps the catalogue's class proportions (GZ1: ~88 % "other"); the
+training part is what the preset takes (chirality: all CW/ACW + <= 500 "other"; arms: <= 300 a class).
+Both ``encoder_weights`` settings (the preset's ``package:efficientnet-lite0`` and ``none``) are trained
+on the same training part with :func:`galmorph.training.train` (``register=False``, a local sqlite MLflow
+store unless ``--tracking-uri``) and scored on the same test quarter. Reported as mean ± σ over splits:
+accuracy, macro-F1, per-class F1, training minutes; for chirality also the error reduction against the
+majority-class predictor, CW-vs-ACW accuracy on the catalogued spirals (all, 80 % most confident) and
+accuracy vs coverage of the network, the winding measurement (no training) and their combination
+(:func:`galmorph.ensemble.combine_winding`) on the test spirals outside the winding benchmark's tuning
+half (benchmarks/results/winding.json). Results: benchmarks/results/reference.{json,md} (``--quick``:
+benchmarks/results/quick/), with the load average and ``quiet``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from _common import machine, quiet_line  # noqa: E402
+
+COVERAGES = (1.0, 0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2, 0.1)
+WEIGHTS = {"pretrained": None, "random": "none"}  # None: the preset's own encoder_weights
+
+
+def macro_f1(y, p, classes) -> tuple[float, dict[str, float]]:
+    from sklearn.metrics import f1_score
+
+    per = f1_score(y, p, labels=list(classes), average=None, zero_division=0)
+    return float(np.mean(per)), {c: float(f) for c, f in zip(classes, per)}
+
+
+def accuracy_vs_coverage(correct: np.ndarray, confidence: np.ndarray) -> dict[str, float | None]:
+    """Accuracy on the most confident fraction ``c`` of the rows, for every coverage in COVERAGES."""
+    correct, confidence = np.asarray(correct, bool), np.asarray(confidence, float)
+    order = np.argsort(-np.nan_to_num(confidence, nan=-np.inf), kind="stable")
+    out = {}
+    for c in COVERAGES:
+        k = int(round(c * len(order)))
+        out[f"{int(c * 100)}"] = float(correct[order[:k]].mean()) if k else None
+    return out
+
+
+def split_frame(df: pd.DataFrame, seed: int, test_fraction: float = 0.25) -> tuple[pd.DataFrame, pd.DataFrame]:
+    rng = np.random.default_rng(seed)
+    test = np.zeros(len(df), bool)
+    for _lab, idx in df.groupby("label").indices.items():
+        idx = rng.permutation(idx)
+        test[idx[:max(1, int(round(test_fraction * len(idx))))]] = True
+    return df[~test].reset_index(drop=True), df[test].reset_index(drop=True)
+
+
+def load_task(task: str, data_root: Path) -> pd.DataFrame:
+    from galmorph.ingest import load_source
+
+    df, _q, _k = load_source({"chirality": "gz1_chirality", "arms": "gz2_arms"}[task], data_root, task=task)
+    return df[df["label"].notna() & (df["label"].astype(str) != "")].reset_index(drop=True)
+
+
+def quick_subset(df: pd.DataFrame, n: int, seed: int) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    keep = np.concatenate([rng.permutation(idx)[:n] for idx in df.groupby("label").indices.values()])
+    return df.iloc[np.sort(keep)].reset_index(drop=True)
+
+
+def chirality_block(pred: pd.DataFrame, test: pd.DataFrame, classes: list[str], data_root: Path,
+                    tuning_ids: set[str], workers: int) -> dict:
+    """Three-class accuracy vs the majority class; CW-vs-ACW on the catalogued spirals; coverage curves of
+    the network, the winding measurement and their combination on spirals outside the tuning half."""
+    from galmorph.ensemble import combine_winding, measure_winding_table
+
+    y = test["label"].astype(str).to_numpy()
+    acc = float((pred["pred"].to_numpy() == y).mean())
+    major = pd.Series(y).value_counts().idxmax()
+    acc_major = float((y == major).mean())
+    err_red = 1 - (1 - acc) / (1 - acc_major) if acc_major < 1 else None
+    sp = np.isin(y, ["CW", "ACW"])
+    p = pred[[f"p_{c}" for c in classes]].to_numpy(float)[sp]
+    icw, iacw = classes.index("CW"), classes.index("ACW")
+    ys = y[sp]
+    net_sense = np.where(p[:, icw] >= p[:, iacw], "CW", "ACW")
+    net_conf = np.maximum(p[:, icw], p[:, iacw]) / np.maximum(p[:, icw] + p[:, iacw], 1e-12)
+    net_ok = net_sense == ys
+    k80 = int(round(0.8 * len(ys)))
+    order = np.argsort(-net_conf, kind="stable")
+    block = {"three_class_accuracy": acc, "majority_class": major, "majority_accuracy": acc_major,
+             "error_reduction_vs_majority": err_red, "n_spirals": int(sp.sum()),
+             "cw_acw_accuracy": float(net_ok.mean()) if len(ys) else None,
+             "cw_acw_accuracy_top80": float(net_ok[order[:k80]].mean()) if k80 else None}
+    # winding measurement and combination on test spirals outside the measurement's tuning half
+    ids = test["object_id"].astype(str).to_numpy()[sp]
+    held = np.array([i not in tuning_ids for i in ids])
+    if held.any():
+        rows = test[sp].reset_index(drop=True)[held].reset_index(drop=True)
+        z = measure_winding_table(rows, data_root=data_root, workers=workers)["winding_z"].to_numpy(float)
+        ph, yh = p[held], ys[held]
+        w_sense = np.where(z > 0, "CW", np.where(z < 0, "ACW", None))
+        comb, _applied = combine_winding(ph, z, classes, weight=0.5, min_confidence=0.0)
+        c_sense = np.where(comb[:, icw] >= comb[:, iacw], "CW", "ACW")
+        c_conf = np.maximum(comb[:, icw], comb[:, iacw]) / np.maximum(comb[:, icw] + comb[:, iacw], 1e-12)
+        block["winding_held_out"] = {
+            "n": int(held.sum()),
+            "network": accuracy_vs_coverage(net_ok[held], net_conf[held]),
+            "winding": accuracy_vs_coverage(w_sense == yh, np.abs(z)),
+            "combined": accuracy_vs_coverage(c_sense == yh, c_conf),
+            "winding_unmeasured": int((~np.isfinite(z)).sum())}
+    return block
+
+
+def run_case(task: str, weights: str, train_df: pd.DataFrame, test_df: pd.DataFrame, seed: int, args,
+             data_root: Path, tracking_uri: str, tuning_ids: set[str]) -> dict:
+    from galmorph.inference import predict_manifest
+    from galmorph.models.io import load_for_inference
+    from galmorph.training import train
+
+    overrides: dict = {"seed": seed, "trials": 1}
+    if WEIGHTS[weights] is not None:
+        overrides["encoder_weights"] = WEIGHTS[weights]
+    if args.max_epochs:
+        overrides["max_epochs"] = args.max_epochs
+    if args.quick:
+        overrides.update(max_per_class=args.quick_n)
+    t0 = time.perf_counter()
+    res = train(task, "reference", overrides=overrides, manifest=train_df, tracking_uri=tracking_uri,
+                experiment=f"bench-reference-{task}", register=False, data_root=data_root)
+    minutes = (time.perf_counter() - t0) / 60
+    # unregistered: the best trial run's logged model
+    model = load_for_inference(f"runs:/{res.run_id}/model")
+    classes = list(model.spec.classes)
+    pred = predict_manifest(model, test_df, data_root=data_root)
+    ok = pred["error"].isna().to_numpy()
+    y, yp = test_df["label"].astype(str).to_numpy()[ok], pred["pred"].astype(str).to_numpy()[ok]
+    mf1, per = macro_f1(y, yp, classes)
+    out = {"task": task, "weights": weights, "split": seed, "train_minutes": minutes, "n_train": len(train_df),
+           "n_test": int(ok.sum()), "accuracy": float((y == yp).mean()), "macro_f1": mf1, "f1": per,
+           "model_uri": res.model_uri}
+    if task == "chirality":
+        out["chirality"] = chirality_block(pred[ok].reset_index(drop=True), test_df[ok].reset_index(drop=True),
+                                           classes, data_root, tuning_ids, args.workers)
+    return out
+
+
+def _flat(r: dict, prefix: str = "") -> dict[str, float]:
+    out = {}
+    for k, v in r.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        elif isinstance(v, (int, float)) and not isinstance(v, bool) and v is not None:
+            out[f"{prefix}{k}"] = float(v)
+    return out
+
+
+def summarise(cases: list[dict]) -> dict:
+    """mean ± σ over splits of every numeric field, per (task, weights)."""
+    out: dict = {}
+    for task in sorted({c["task"] for c in cases}):
+        for w in WEIGHTS:
+            rows = [_flat(c) for c in cases if c["task"] == task and c["weights"] == w]
+            if not rows:
+                continue
+            keys = sorted(set().union(*rows) - {"split"})
+            out.setdefault(task, {})[w] = {
+                k: {"mean": float(np.mean(v)), "std": float(np.std(v, ddof=1)) if len(v) > 1 else 0.0, "n": len(v)}
+                for k in keys if (v := [r[k] for r in rows if k in r and np.isfinite(r[k])])}
+    return out
+
+
+def fmt(s: dict, key: str, digits: int = 3) -> str:
+    v = s.get(key)
+    return "–" if v is None else f"{v['mean']:.{digits}f} ± {v['std']:.{digits}f}"
+
+
+def write_md(result: dict, path: Path) -> None:
+    m, summ = result["machine"], result["summary"]
+    lines = ["# `reference` presets vs random weights on the public real data", "",
+             f"{quiet_line(m)}; {m['cpus']} CPUs, {m['date']}. Splits: {result['splits']} "
+             f"(mean ± σ), max_epochs override: {result['max_epochs']}{' — QUICK smoke run, not a result' if result['quick'] else ''}.",
+             "", "| task | encoder | accuracy | macro-F1 | per-class F1 | training min |", "|---|---|---|---|---|---|"]
+    for task, by_w in summ.items():
+        for w, s in by_w.items():
+            per = ", ".join(f"{k[3:]} {fmt(s, k, 2)}" for k in s if k.startswith("f1."))
+            lines.append(f"| {task} | {w} | {fmt(s, 'accuracy')} | {fmt(s, 'macro_f1')} | {per} | "
+                         f"{fmt(s, 'train_minutes', 1)} |")
+    if "chirality" in summ:
+        lines += ["", "## Chirality (test quarter as catalogued)", "",
+                  "| encoder | 3-class acc | majority acc | error reduction | CW/ACW acc (spirals) | top 80 % |",
+                  "|---|---|---|---|---|---|"]
+        for w, s in summ["chirality"].items():
+            c = "chirality."
+            lines.append(f"| {w} | {fmt(s, c + 'three_class_accuracy')} | {fmt(s, c + 'majority_accuracy')} | "
+                         f"{fmt(s, c + 'error_reduction_vs_majority')} | {fmt(s, c + 'cw_acw_accuracy')} | "
+                         f"{fmt(s, c + 'cw_acw_accuracy_top80')} |")
+        lines += ["", "Accuracy vs coverage on test spirals outside the winding measurement's tuning half:", "",
+                  "| encoder | method | " + " | ".join(f"{int(c * 100)} %" for c in COVERAGES) + " |",
+                  "|---|---|" + "---|" * len(COVERAGES)]
+        for w, s in summ["chirality"].items():
+            for meth in ("network", "winding", "combined"):
+                cells = [fmt(s, f"chirality.winding_held_out.{meth}.{int(c * 100)}") for c in COVERAGES]
+                lines.append(f"| {w} | {meth} | " + " | ".join(cells) + " |")
+    lines += ["", f"Load average at the end: {result['load_avg_at_end']}. Total {result['total_minutes']:.1f} min.", ""]
+    path.write_text("\n".join(lines))
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--splits", type=int, default=5)
+    ap.add_argument("--max-epochs", type=int, default=None, help="override the presets' max_epochs")
+    ap.add_argument("--tasks", default="chirality,arms")
+    ap.add_argument("--weights", default="pretrained,random")
+    ap.add_argument("--quick", action="store_true", help="smoke run: 1 split, 1 epoch, a few images a class")
+    ap.add_argument("--quick-n", type=int, default=12, help="--quick: images a class (train and test)")
+    ap.add_argument("--workers", type=int, default=1, help="winding measurement processes")
+    ap.add_argument("--data-root", type=Path, default=None)
+    ap.add_argument("--tracking-uri", default=None, help="[a local file store under a temporary folder]")
+    ap.add_argument("--out", type=Path, default=None)
+    args = ap.parse_args(argv)
+    if args.quick:
+        args.splits, args.max_epochs = 1, 1
+    from galmorph.settings import resolve_settings
+
+    data_root = args.data_root or resolve_settings().data_root
+    if data_root is None or not Path(data_root).is_dir():
+        print(f"reference benchmark: the shared data is missing ({data_root}); set GALMORPH_DATA_ROOT", file=sys.stderr)
+        return 2
+    data_root = Path(data_root)
+    env_out = os.environ.get("GALMORPH_BENCH_OUT")
+    out_dir = args.out or (Path(env_out) if env_out else HERE / "results" / ("quick" if args.quick else ""))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tracking = args.tracking_uri or f"sqlite:///{Path(tempfile.mkdtemp(prefix='bench-reference-')) / 'mlflow.db'}"
+    wj = HERE / "results" / "winding.json"
+    tuning_ids = set(json.loads(wj.read_text())["tuning_ids"]) if wj.exists() else set()
+    m = machine()
+    t_all = time.perf_counter()
+    cases: list[dict] = []
+    tasks = [t for t in args.tasks.split(",") if t]
+    weights = [w for w in args.weights.split(",") if w]
+    for task in tasks:
+        full = load_task(task, data_root)
+        for s in range(args.splits):
+            train_df, test_df = split_frame(full, seed=1000 + s)
+            if task == "chirality":  # what the preset trains on: all CW/ACW + a sample of "other"
+                from galmorph.demo import select_real_training_set
+
+                train_df = select_real_training_set(train_df, n_other=500, seed=s)
+            if args.quick:
+                train_df, test_df = quick_subset(train_df, args.quick_n, s), quick_subset(test_df, args.quick_n, s)
+            for w in weights:
+                print(f"[{task} split {s} {w}] train {len(train_df)} test {len(test_df)}", flush=True)
+                r = run_case(task, w, train_df, test_df, 1000 + s, args, data_root, tracking, tuning_ids)
+                print(f"    acc {r['accuracy']:.3f} macro-F1 {r['macro_f1']:.3f} {r['train_minutes']:.1f} min",
+                      flush=True)
+                cases.append(r)
+    result = {"machine": m, "load_avg_at_end": [round(x, 2) for x in os.getloadavg()], "quiet": m["quiet"],
+              "splits": args.splits, "max_epochs": args.max_epochs, "quick": args.quick, "tasks": tasks,
+              "tracking_uri": tracking, "n_winding_tuning_ids": len(tuning_ids),
+              "total_minutes": (time.perf_counter() - t_all) / 60, "summary": summarise(cases), "cases": cases}
+    (out_dir / "reference.json").write_text(json.dumps(result, indent=2, default=str))
+    write_md(result, out_dir / "reference.md")
+    print((out_dir / "reference.md").read_text())
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
