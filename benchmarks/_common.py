@@ -53,7 +53,10 @@ def forward_ceiling(module, image_size: int, batch: int, seconds: float = 3.0, i
             torch.nn.functional.cross_entropy(m(x), y).backward()
             opt.step()
     else:
-        m.eval()
+        try:
+            m.eval()
+        except NotImplementedError:  # a torch.export GraphModule (as loaded from MLflow) is already in eval
+            pass
 
         def step():
             with torch.inference_mode():
