@@ -80,3 +80,51 @@ def test_max_image_pixels_from_the_environment_via_the_cli(tmp_path, monkeypatch
     monkeypatch.setenv("GALMORPH_MAX_IMAGE_PIXELS", "lots")
     bad = CliRunner().invoke(main, ["a1", str(path), "--json"])
     assert bad.exit_code == 2 and "GALMORPH_MAX_IMAGE_PIXELS" in bad.output
+
+
+def test_score_tta_views_takes_the_one_view_temperature(mlflow_server, sim_chirality, tmp_path):
+    import json
+
+    import mlflow
+    import pandas as pd
+    import torch
+    from click.testing import CliRunner
+
+    from galmorph.cli import main
+    from galmorph.inference import predict_manifest
+    from galmorph.models.chirality import ChiralityViews
+    from galmorph.models.io import ModelSpec, load_for_inference, log_model
+
+    torch.manual_seed(0)
+    plain = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU(), torch.nn.Flatten(),
+                                torch.nn.Linear(4 * 14 * 14, 3)).eval()
+    spec = ModelSpec(task="chirality", classes=["CW", "ACW", "other"], arch="tiny", image_size=16,
+                     temperature=1.5, tta_views=8, single_view_model="model_views1")
+    mlflow.set_experiment("leftovers-tta")
+    with mlflow.start_run() as run:
+        log_model(ChiralityViews(plain, 8).eval(), spec, name="model")
+        log_model(plain, ModelSpec(**{**spec.to_dict(), "tta_views": 1, "single_view_model": "",
+                                      "temperature": 2.5}), name="model_views1")
+    uri = f"runs:/{run.info.run_id}/model"
+    one = load_for_inference(uri, tta_views=1)
+    assert (one.spec.tta_views, one.spec.temperature) == (1, 2.5)
+    assert load_for_inference(uri).spec.temperature == 1.5
+
+    man = pd.read_parquet(sim_chirality["manifest"]).head(12)
+    man_path = tmp_path / "m.parquet"
+    man.to_parquet(man_path)
+    for views in ("1", "8"):
+        out = tmp_path / f"v{views}"
+        res = CliRunner().invoke(main, ["score", "--model", uri, "--manifest", str(man_path), "--out", str(out),
+                                        "--tta-views", views, "--no-log-mlflow", "--no-progress"])
+        assert res.exit_code == 0, res.output
+        meta = json.loads((out / "scoring.json").read_text())
+        assert meta["tta_views"] == int(views) and meta["temperature"] == (2.5 if views == "1" else 1.5)
+
+    eight = load_for_inference(uri, tta_views=8)
+    kw: dict = {}
+    p, pm = predict_manifest(eight, man, **kw), predict_manifest(eight, man, mirror=True, **kw)
+    np.testing.assert_allclose(pm["p_CW"], p["p_ACW"], atol=1e-5)
+    np.testing.assert_allclose(pm["p_other"], p["p_other"], atol=1e-5)
+    q, qm = predict_manifest(one, man, **kw), predict_manifest(one, man, mirror=True, **kw)
+    assert np.abs(qm["p_CW"] - q["p_ACW"]).max() > 1e-4  # the 1-view net alone is not mirror-consistent

@@ -426,6 +426,7 @@ def score_manifest(model, manifest_path: str | Path, out_dir: str | Path, batch_
         "manifest": str(source.resolve()), "manifest_sha256": digest, "manifest_rows": n_rows,
         "shard_size": int(shard_size),
         "model_uri": lm.uri, "model_version": lm.version, "model_run_id": lm.run_id, "task": spec.task,
+        "tta_views": int(getattr(spec, "tta_views", 1) or 1), "temperature": float(spec.temperature),
         "classes": classes, "threshold": float(threshold), "inference": choice.to_dict(),
         "winding_ensemble": winding_ensemble.to_dict() if winding_ensemble is not None else None,
     }, overwrite)

@@ -67,6 +67,9 @@ def _ensemble(on: bool, weight: float, min_confidence: float):
               help="Ensemble weight: log-odds added per unit of winding z.")
 @click.option("--winding-min-confidence", type=click.FloatRange(0), default=2.0, show_default=True,
               help="Ensemble: |winding z| below this leaves the network's output unchanged.")
+@click.option("--tta-views", "tta_views", type=click.Choice(["1", "2", "8"]), default=None,
+              help="Chirality: test-time views to score with (1, 2 = mirror pair, 8 = 4 rotations x mirror) "
+                   "[default: the registered model's own]; recorded in scoring.json.")
 @click.option("--overwrite", is_flag=True, help="Discard shards of an earlier, different scoring run in OUT.")
 @click.option("--no-progress", is_flag=True, help="Hide the progress bar.")
 @tracking_uri_option()
@@ -76,7 +79,7 @@ def score_cmd(model_uri: str, manifest: Path, out_dir: Path, batch_size: int, nu
               shard_size: int, threshold: float, shards: list[int] | None, device: str, precision: str, decode: str,
               release: str | None,
               no_merge: bool, log_mlflow: bool, winding_ensemble: bool, winding_weight: float,
-              winding_min_confidence: float, overwrite: bool, no_progress: bool, tracking_uri: str | None,
+              winding_min_confidence: float, tta_views: str | None, overwrite: bool, no_progress: bool, tracking_uri: str | None,
               data_root: Path | None, as_json: bool) -> None:
     """Score a release manifest with a registered model into Parquet shards, then merge the catalogue.
 
@@ -93,7 +96,12 @@ def score_cmd(model_uri: str, manifest: Path, out_dir: Path, batch_size: int, nu
     use_tracking_uri(s)
     model_uri = model_ref(model_uri)
     try:
-        res = score_manifest(model_uri, manifest, out_dir, batch_size=batch_size,
+        model = model_uri
+        if tta_views is not None:
+            from galmorph.models.io import load_for_inference
+
+            model = load_for_inference(model_uri, device=device, tta_views=int(tta_views))
+        res = score_manifest(model, manifest, out_dir, batch_size=batch_size,
                              num_workers=s.num_workers if num_workers is None else num_workers,
                              shard_size=shard_size, threshold=threshold, shards=shards,
                              data_root=s.data_root, device=device, overwrite=overwrite, progress=not no_progress,

@@ -130,7 +130,9 @@ def load_for_inference(uri: str, device: str = "cpu", tta_views: int | None = No
 
     ``tta_views`` (chirality): the number of test-time views to score with (1, 2 or 8); ``None`` keeps
     the logged model's ``spec.tta_views``. Another number rebuilds the views around the run's 1-view
-    network (``spec.single_view_model``) and records the choice in the returned spec.
+    network (``spec.single_view_model``) and records the choice in the returned spec; with 1 view the
+    spec takes that network's own temperature (other counts keep the logged model's,
+    ``spec.extra["temperature_fitted_for_views"]`` says for how many views it was fitted).
     """
     import mlflow
     import mlflow.pytorch
@@ -164,14 +166,21 @@ def _with_views(module, spec: ModelSpec, views: int, run_id: str | None, uri: st
         raise ValueError(f"model {uri}: tta_views must be one of {VIEW_COUNTS}, got {views}")
     if spec.task != "chirality" and views > 1:
         raise ValueError(f"model {uri}: test-time views swap CW/ACW and apply to chirality only (task {spec.task})")
+    temperature = spec.temperature
     if spec.tta_views == 1:
         base = module
     elif spec.single_view_model and run_id:
+        from mlflow.models import get_model_info
+
         base_uri = f"runs:/{run_id}/{spec.single_view_model}"
         base = mlflow.pytorch.load_model(base_uri, map_location=device) if device != "cpu" else \
             mlflow.pytorch.load_model(base_uri)
+        if views == 1:  # the 1-view network's own temperature (fitted on the same validation split)
+            temperature = _spec_from_info(get_model_info(base_uri)).temperature
     else:
         raise ValueError(f"model {uri} has {spec.tta_views} test-time views built in and no 1-view network "
                          f"logged beside it; it cannot score with {views}")
     out = base if views == 1 else ChiralityViews(base, views).eval()
-    return out, dataclasses.replace(spec, tta_views=views)
+    extra = {**spec.extra, "logged_tta_views": spec.tta_views,
+             "temperature_fitted_for_views": views if views in (1, spec.tta_views) else spec.tta_views}
+    return out, dataclasses.replace(spec, tta_views=views, temperature=temperature, extra=extra)
