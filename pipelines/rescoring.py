@@ -7,6 +7,7 @@ started per new release by ``galmorph release watch``.
 
 from kfp import dsl
 
+from galmorph.drift.workspace import WORKSPACE_MOUNT, WORKSPACE_PVC
 from galmorph.pipelines.platform import data_volume, gpu_task, load_platform, mlflow_credentials
 from galmorph_components.cutout.component import cutout
 from galmorph_components.drift.component import drift
@@ -59,7 +60,12 @@ def pipeline(release_uri: str = "/data/releases/latest", release: str = "latest"
         dr = drift(catalogue=mg.outputs["catalogue"], dataset=cut.outputs["cutouts"], reference=drift_reference,
                    model_uri=model.output, by=drift_by, release=release,
                    mlflow_run_id=mg.outputs["run_id"], min_group_size=drift_min_group_size,
-                   tracking_uri=tracking_uri, data_root=data_root)
+                   tracking_uri=tracking_uri, data_root=data_root,
+                   workspace=WORKSPACE_MOUNT if PLATFORM.kubernetes else "")
+        if PLATFORM.kubernetes:  # the Evidently UI's workspace volume (chart: evidently.workspace)
+            from kfp import kubernetes
+
+            kubernetes.mount_pvc(dr, pvc_name=WORKSPACE_PVC, mount_path=WORKSPACE_MOUNT)
         mlflow_credentials(dr, PLATFORM)
         dr.set_caching_options(False)
         pub = publish(catalogue=mg.outputs["catalogue"], verdict=dr.outputs["verdict"], release=release,

@@ -71,3 +71,77 @@ def test_drift_reference_missing_is_a_clear_error(sim_chirality, mlflow_server, 
         fetch_drift_reference(uri, tmp_path)
     with pytest.raises(DriftReferenceError, match="not a registered model URI"):
         fetch_drift_reference(str(tmp_path / "model"), tmp_path)
+
+
+# ---------------------------------------------------------------------------------------------
+# (c) the Evidently workspace the drift step writes is the one the Evidently UI serves
+# ---------------------------------------------------------------------------------------------
+def _drift_task(spec: dict) -> dict:
+    """The drift task of the compiled rescoring pipeline (inside its release-valid condition)."""
+    found = []
+
+    def walk(node):
+        if isinstance(node, dict):
+            for k, v in node.items():
+                if k == "drift" and isinstance(v, dict) and v.get("componentRef", {}).get("name") == "comp-drift":
+                    found.append(v)
+                walk(v)
+        elif isinstance(node, list):
+            for v in node:
+                walk(v)
+
+    walk(spec)
+    assert len(found) == 1, f"expected one drift task, found {len(found)}"
+    return found[0]
+
+
+def test_drift_step_mounts_the_workspace_the_evidently_ui_serves():
+    import yaml
+
+    pytest.importorskip("helm_python", reason="helm-python-sdk (dev group) is not installed")
+    from test_charts import CHART, render
+
+    from galmorph.drift.workspace import WORKSPACE_MOUNT, WORKSPACE_PVC
+
+    values = yaml.safe_load((CHART / "values.yaml").read_text())["evidently"]["workspace"]
+    assert (values["claimName"], values["mountPath"]) == (WORKSPACE_PVC, WORKSPACE_MOUNT)
+    docs = render()
+    dep = next(d for d in docs if d["kind"] == "Deployment" and d["metadata"]["name"].endswith("evidently"))
+    pod = dep["spec"]["template"]["spec"]
+    claims = {v["name"]: v["persistentVolumeClaim"]["claimName"] for v in pod["volumes"] if "persistentVolumeClaim" in v}
+    (ui,) = [c for c in pod["containers"] if c["name"] == "evidently"]
+    mounts = {m["name"]: m["mountPath"] for m in ui["volumeMounts"]}
+    served = ui["args"][ui["args"].index("--workspace") + 1]
+    pvcs = {d["metadata"]["name"]: d for d in docs if d["kind"] == "PersistentVolumeClaim"}
+    assert claims["workspace"] == WORKSPACE_PVC and WORKSPACE_PVC in pvcs
+    assert mounts["workspace"] == served == WORKSPACE_MOUNT
+    assert "ReadWriteMany" in pvcs[WORKSPACE_PVC]["spec"]["accessModes"]  # UI and drift pods on any nodes
+
+    # the committed compiled pipeline: the drift executor mounts that PVC there and writes there
+    from galmorph.pipelines import compiled_dir
+
+    spec, platform = list(yaml.safe_load_all((compiled_dir() / "rescoring.yaml").read_text()))
+    (mount,) = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]["exec-drift"]["pvcMount"]
+    assert mount["pvcNameParameter"]["runtimeValue"]["constant"] == WORKSPACE_PVC
+    assert mount["mountPath"] == WORKSPACE_MOUNT
+    params = _drift_task(spec)["inputs"]["parameters"]
+    assert params["workspace"]["runtimeValue"]["constant"] == WORKSPACE_MOUNT
+
+    # a release that renames the PVC / path moves the UI with it (the pipeline's are the defaults)
+    docs = render({"evidently": {"workspace": {"claimName": "drift-ws", "mountPath": "/ws"}}})
+    dep = next(d for d in docs if d["kind"] == "Deployment" and d["metadata"]["name"].endswith("evidently"))
+    (ui,) = dep["spec"]["template"]["spec"]["containers"]
+    assert ui["args"][ui["args"].index("--workspace") + 1] == "/ws"
+    assert any(d["kind"] == "PersistentVolumeClaim" and d["metadata"]["name"] == "drift-ws" for d in docs)
+
+
+def test_step_workspace_falls_back_only_when_the_pod_volume_is_absent(tmp_path):
+    from galmorph.drift.workspace import WORKSPACE_MOUNT, step_workspace
+
+    default = tmp_path / "state" / "evidently"
+    assert step_workspace("", default) == default
+    assert step_workspace(str(tmp_path / "mine"), default) == tmp_path / "mine"  # a new folder is created later
+    if not Path(WORKSPACE_MOUNT).is_dir():  # a local run of the Kubernetes package: nothing mounted
+        assert step_workspace(WORKSPACE_MOUNT, default) == default
+    else:
+        assert step_workspace(WORKSPACE_MOUNT, default) == Path(WORKSPACE_MOUNT)

@@ -13,8 +13,8 @@ def drift(catalogue: Input[Dataset], dataset: Input[Dataset], report: Output[HTM
           reference: str = "", model_uri: str = "", by: str = "z_bin,survey", release: str = "",
           mlflow_run_id: str = "", workspace: str = "", min_group_size: int = 0, tracking_uri: str = "",
           data_root: str = "") -> NamedTuple("DriftOutputs", [("verdict", str), ("n_drifted_groups", int)]):
-    """galmorph.drift.run_drift; ``reference`` defaults to the training manifest recorded on the model's
-    training run (tag ``galmorph.manifest``); thresholds from params.yaml ``drift:`` (``min_group_size``
+    """galmorph.drift.run_drift; ``reference`` defaults to the drift reference logged in MLflow with the
+    model version (``drift_reference/features.parquet`` of its training run); thresholds from params.yaml ``drift:`` (``min_group_size``
     > 0 overrides). ``verdict`` is ``drift`` or ``no_drift`` (drives publish)."""
     from galmorph.pipelines import steps
 

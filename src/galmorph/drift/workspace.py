@@ -16,6 +16,25 @@ from typing import Any
 
 log = logging.getLogger(__name__)
 
+#: The Evidently workspace volume shared by the drift step's pod and the Evidently UI: the PVC name and the
+#: mount path (the chart's ``evidently.workspace.claimName`` / ``mountPath`` defaults; checked by a test).
+WORKSPACE_PVC = "galmorph-evidently-workspace"
+WORKSPACE_MOUNT = "/evidently"
+
+
+def step_workspace(workspace: str | Path | None, default: str | Path) -> Path:
+    """The workspace a drift step writes: ``workspace`` when given, ``default`` (the platform state
+    folder's) when not. ``workspace`` = :data:`WORKSPACE_MOUNT` with nothing there is a run of the
+    Kubernetes package outside Kubernetes (kfp's local runners do not mount volumes): ``default``, with a
+    warning."""
+    if not workspace:
+        return Path(default)
+    if str(workspace) == WORKSPACE_MOUNT and not Path(workspace).is_dir():
+        log.warning("the Evidently workspace volume is not mounted at %s (a local run?): writing to %s instead",
+                    WORKSPACE_MOUNT, default)
+        return Path(default)
+    return Path(workspace)
+
 
 def load_dashboards_module() -> ModuleType:
     """The panel definitions: the module ``galmorph_monitoring.dashboards`` (``monitoring/dashboards.py``)."""

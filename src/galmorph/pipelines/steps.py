@@ -498,6 +498,7 @@ def drift_for_release(catalogue_dir: str | Path, dataset: str | Path, summary_di
     from galmorph.drift.config import DriftConfig
     from galmorph.drift.reference import DriftReferenceError, fetch_drift_reference
     from galmorph.drift.report import run_drift
+    from galmorph.drift.workspace import step_workspace
     from galmorph.settings import resolve_settings
 
     s = resolve_settings()
@@ -517,7 +518,7 @@ def drift_for_release(catalogue_dir: str | Path, dataset: str | Path, summary_di
     by_cols = tuple(b.strip() for b in by.split(",") if b.strip())
     res = run_drift(ref_path, current, by=by_cols, config=cfg, out_dir=summary_dir, release=release or None,
                     model_version=str(cat["model_version"].iloc[0]) if len(cat) else None,
-                    workspace=workspace or s.evidently_workspace, mlflow_run_id=mlflow_run_id or None,
+                    workspace=step_workspace(workspace, s.evidently_workspace), mlflow_run_id=mlflow_run_id or None,
                     data_root=data_root, progress=False)
     overall = res.per_group.get("overall") or next(iter(res.per_group.values()), None)
     if overall is not None and overall.report_html:
