@@ -145,3 +145,97 @@ def test_step_workspace_falls_back_only_when_the_pod_volume_is_absent(tmp_path):
         assert step_workspace(WORKSPACE_MOUNT, default) == default
     else:
         assert step_workspace(WORKSPACE_MOUNT, default) == Path(WORKSPACE_MOUNT)
+
+
+# ---------------------------------------------------------------------------------------------
+# (b) promotions: one shared lock, audit records in MLflow
+# ---------------------------------------------------------------------------------------------
+def test_select_lock_backends(tmp_path, monkeypatch):
+    from galmorph.registry import (LOCK_URL_ENV, FileLock, PostgresAdvisoryLock, PromotionError, select_lock)
+
+    monkeypatch.delenv(LOCK_URL_ENV, raising=False)
+    audit = tmp_path / "pod-a" / "audit.jsonl"
+    assert select_lock(None, audit).path("m") == tmp_path / "pod-a" / ".m.promotion.lock"  # local default
+    monkeypatch.setenv(LOCK_URL_ENV, f"file://{tmp_path / 'shared'}")
+    assert select_lock(None, audit).path("m") == tmp_path / "shared" / ".m.promotion.lock"
+    pg = select_lock("postgresql+psycopg2://u:secret@db:5432/mlflow", audit)
+    assert isinstance(pg, PostgresAdvisoryLock) and "secret" not in repr(pg)
+    monkeypatch.delenv(LOCK_URL_ENV)
+    assert isinstance(select_lock(None, audit, tracking_uri="postgresql://u@db/mlflow"), PostgresAdvisoryLock)
+    assert isinstance(select_lock(None, audit, tracking_uri="http://mlflow:5000"), FileLock)
+    with pytest.raises(PromotionError, match="unsupported promotion lock URL"):
+        select_lock("redis://x", audit)
+    k = PostgresAdvisoryLock.key("galmorph-chirality")
+    assert k == PostgresAdvisoryLock.key("galmorph-chirality") != PostgresAdvisoryLock.key("galmorph-arms")
+    assert -(2 ** 63) <= k < 2 ** 63  # a Postgres bigint
+
+
+_PROMOTE_SCRIPT = """
+import json, os, sys, time
+import galmorph.registry as reg
+
+real = reg._record
+def timed(audit_log, dec, client=None):  # inside the lock: record the window, hold it a while
+    t0 = time.time(); time.sleep(1.0); real(audit_log, dec, client)
+    with open(sys.argv[3], "a") as fh:
+        fh.write(json.dumps({"pid": os.getpid(), "t0": t0, "t1": time.time()}) + "\\n")
+reg._record = timed
+print("ready", flush=True)
+d = reg.promote("arms", "1", eval_manifest=sys.argv[1], audit_log=sys.argv[2], log_evaluations=False)
+print(d.decision, flush=True)
+"""
+
+
+def test_promotions_in_separate_processes_share_one_lock_and_audit_in_mlflow(sim_arms, mlflow_server, tmp_path):
+    import os
+    import subprocess
+    import sys
+    import time
+
+    import mlflow
+
+    from galmorph.registry import LOCK_URL_ENV, read_mlflow_audit, select_lock
+    from test_scoring_helpers import TinyNet, register_model
+
+    from galmorph.tasks import arm_classes
+
+    classes = list(arm_classes())
+    uri = register_model(TinyNet(len(classes), seed=1), "arms", classes, "galmorph-arms")
+    version = uri.rsplit("/", 1)[1]
+    assert version == "1"
+    client = mlflow.MlflowClient()
+    client.set_registered_model_alias("galmorph-arms", "champion", version)
+
+    shared = f"file://{tmp_path / 'shared-lock'}"
+    windows = tmp_path / "windows.jsonl"
+    procs = []
+    holder = select_lock(shared).hold("galmorph-arms", timeout=60)
+    holder.__enter__()  # a third party holds the shared lock while both pods start
+    try:
+        for pod in ("pod-a", "pod-b"):
+            env = {**os.environ, LOCK_URL_ENV: shared, "GALMORPH_STATE_DIR": str(tmp_path / pod),
+                   "MLFLOW_TRACKING_URI": mlflow_server}
+            procs.append(subprocess.Popen(
+                [sys.executable, "-c", _PROMOTE_SCRIPT, str(sim_arms["manifest"]),
+                 str(tmp_path / pod / "audit.jsonl"), str(windows)], env=env, stdout=subprocess.PIPE, text=True))
+        for p in procs:
+            assert p.stdout.readline().strip() == "ready"
+        time.sleep(1.0)
+        released = time.time()
+    finally:
+        holder.__exit__(None, None, None)
+    outs = [p.communicate(timeout=600)[0] for p in procs]
+    assert all(p.returncode == 0 for p in procs), outs
+    assert all(o.strip().endswith("already-champion") for o in outs)
+    w = sorted((json.loads(line) for line in windows.read_text().splitlines()), key=lambda d: d["t0"])
+    assert len(w) == 2 and w[0]["t0"] >= released  # both waited for the shared lock
+    assert w[1]["t0"] >= w[0]["t1"]  # serialised: the second entered after the first left
+
+    # the audit is readable from MLflow alone: the pods' local state is gone
+    shutil.rmtree(tmp_path / "pod-a")
+    shutil.rmtree(tmp_path / "pod-b")
+    records = read_mlflow_audit("galmorph-arms")
+    assert [r["decision"] for r in records] == ["already-champion", "already-champion"]
+    assert {r["pid"] for r in records} == {d["pid"] for d in w}
+    tag = client.get_model_version("galmorph-arms", version).tags["galmorph.decision_audit_run"]
+    assert tag in {r["audit_run_id"] for r in records}

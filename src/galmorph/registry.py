@@ -19,13 +19,19 @@ both versions are tagged with the decision and metrics. Fail: the candidate gets
 alias and the reasons are returned (and printed by the CLI). With no champion the candidate becomes
 the first champion (the mirror test and the quality floor still apply). :func:`rollback` restores ``previous-champion``.
 
-Every decision is recorded in MLflow model-version tags (``galmorph.decision*`` and a
-``galmorph.audit.<time>`` history entry) and appended as one JSON line to the audit log.
+Every decision is recorded where every pod and a person can read it: MLflow model-version tags
+(``galmorph.decision*``, a ``galmorph.audit.<time>`` history entry and ``galmorph.decision_audit_run``)
+plus one audit run per decision in the MLflow experiment ``galmorph-promotion-audit`` holding the full
+record as the artifact ``audit/decision.json`` (:func:`read_mlflow_audit` reads them back). The record is
+also appended as one JSON line to the local audit log (a convenience of the machine that decided).
 
-Concurrency: the whole read-evaluate-compare-write sequence of one registered model runs under an
-exclusive ``fcntl.flock`` on a lock file (one per registered model, beside the audit log), so two
-promotions on the same machine/shared filesystem are serialised; after writing, the aliases are read
-back and checked (:class:`RegistryConsistencyError` if someone changed them outside the lock).
+Concurrency: the whole read-evaluate-compare-write sequence of one registered model runs under one
+exclusive lock per registered model, from :func:`select_lock`: a Postgres advisory lock
+(``pg_advisory_lock`` through SQLAlchemy) when the lock URL (``GALMORPH_LOCK_URL``, or a ``postgresql``
+tracking URI) is a Postgres database — e.g. the tracking server's backend store, shared by every pod —
+else an ``fcntl.flock`` file lock in the folder of a ``file://`` lock URL (a shared filesystem) or beside
+the audit log. After writing, the aliases are read back and checked (:class:`RegistryConsistencyError`
+if someone changed them outside the lock).
 """
 
 from __future__ import annotations
@@ -203,6 +209,155 @@ def read_audit(audit_log: str | Path) -> list[dict]:
 
 def default_lock_path(audit_log: str | Path, model_name: str) -> Path:
     return Path(audit_log).parent / f".{model_name}.promotion.lock"
+
+
+#: Environment variable naming the lock every promoting pod shares (``postgresql://...`` or ``file:///dir``).
+LOCK_URL_ENV = "GALMORPH_LOCK_URL"
+
+
+class FileLock:
+    """Promotion lock backend: ``fcntl.flock`` on ``<folder>/.<model>.promotion.lock`` (one machine, or a
+    filesystem every promoting process mounts)."""
+
+    kind = "file"
+
+    def __init__(self, folder: str | Path):
+        self.folder = Path(folder)
+
+    def path(self, model_name: str) -> Path:
+        return self.folder / f".{model_name}.promotion.lock"
+
+    def hold(self, model_name: str, timeout: float = 3600.0):
+        return registry_lock(self.path(model_name), timeout=timeout)
+
+    def __repr__(self) -> str:
+        return f"FileLock({str(self.folder)!r})"
+
+
+class PostgresAdvisoryLock:
+    """Promotion lock backend: a session-level Postgres advisory lock (``pg_try_advisory_lock`` polled up
+    to the timeout, ``pg_advisory_unlock`` after) keyed by the registered model name, on the database of
+    ``url`` (e.g. the MLflow backend store every pod reaches)."""
+
+    kind = "postgres"
+
+    def __init__(self, url: str):
+        self.url = url
+
+    @staticmethod
+    def key(model_name: str) -> int:
+        """A stable signed 64-bit advisory-lock key of ``model_name``."""
+        import hashlib
+
+        return int.from_bytes(hashlib.sha256(f"galmorph.promotion:{model_name}".encode()).digest()[:8], "big",
+                              signed=True)
+
+    @contextlib.contextmanager
+    def hold(self, model_name: str, timeout: float = 3600.0, poll: float = 0.5):
+        import sqlalchemy as sa
+
+        engine = sa.create_engine(self.url, poolclass=sa.pool.NullPool)
+        k = self.key(model_name)
+        t0 = time.monotonic()
+        try:
+            with engine.connect() as conn:
+                while not conn.execute(sa.text("SELECT pg_try_advisory_lock(:k)"), {"k": k}).scalar():
+                    if time.monotonic() - t0 > timeout:
+                        raise PromotionError(f"could not take the Postgres advisory lock of {model_name} (key {k}) "
+                                             f"within {timeout:.0f}s (another promotion running?)")
+                    time.sleep(poll)
+                try:
+                    yield
+                finally:
+                    conn.execute(sa.text("SELECT pg_advisory_unlock(:k)"), {"k": k})
+        finally:
+            engine.dispose()
+
+    def __repr__(self) -> str:
+        import sqlalchemy as sa
+
+        return f"PostgresAdvisoryLock({sa.engine.make_url(self.url).render_as_string(hide_password=True)!r})"
+
+
+def select_lock(lock_url: str | None, audit_log: str | Path | None = None, tracking_uri: str | None = None):
+    """The promotion lock backend: ``lock_url`` (default: ``$GALMORPH_LOCK_URL``; then a ``postgresql``
+    ``tracking_uri``) ``postgresql[+driver]://...`` -> :class:`PostgresAdvisoryLock`; ``file:///dir`` or a
+    plain folder -> :class:`FileLock` there; none -> :class:`FileLock` beside ``audit_log``."""
+    url = lock_url or os.environ.get(LOCK_URL_ENV) or ""
+    if not url and tracking_uri and tracking_uri.startswith("postgresql"):
+        url = tracking_uri
+    if url.startswith(("postgresql:", "postgresql+", "postgres:")):
+        return PostgresAdvisoryLock(url.replace("postgres://", "postgresql://", 1))
+    if url.startswith("file://"):
+        return FileLock(url[len("file://"):])
+    if "://" in url:
+        raise PromotionError(f"unsupported promotion lock URL {url!r}: use postgresql://... or file:///folder")
+    if url:
+        return FileLock(url)
+    if audit_log is None:
+        raise PromotionError(f"no promotion lock: set {LOCK_URL_ENV} or pass an audit log folder")
+    return FileLock(Path(audit_log).parent)
+
+
+AUDIT_EXPERIMENT = "galmorph-promotion-audit"
+AUDIT_ARTIFACT = "audit/decision.json"
+
+
+def log_mlflow_audit(record: dict, client=None) -> str:
+    """One MLflow run per decision in the experiment ``galmorph-promotion-audit``: tags
+    ``galmorph.model``, ``galmorph.version``, ``galmorph.decision``, ``galmorph.action``, the record as
+    the artifact ``audit/decision.json``. Returns the run id."""
+    import tempfile
+
+    c = _client(client)
+    exp = c.get_experiment_by_name(AUDIT_EXPERIMENT)
+    exp_id = exp.experiment_id if exp is not None else c.create_experiment(AUDIT_EXPERIMENT)
+    tags = {"galmorph.model": str(record.get("model_name")), "galmorph.version": str(record.get("candidate_version")),
+            "galmorph.decision": str(record.get("decision")), "galmorph.action": str(record.get("action")),
+            "galmorph.user": str(record.get("user")), "galmorph.host": str(record.get("host"))}
+    run = c.create_run(exp_id, run_name=f"{record.get('model_name')}-v{record.get('candidate_version')}-"
+                                        f"{record.get('decision')}", tags=tags)
+    with tempfile.TemporaryDirectory(prefix="audit-") as tmp:
+        p = Path(tmp) / Path(AUDIT_ARTIFACT).name
+        p.write_text(json.dumps(finite_json(record), default=json_default, sort_keys=True, indent=1))
+        c.log_artifact(run.info.run_id, str(p), artifact_path=str(Path(AUDIT_ARTIFACT).parent))
+    c.set_terminated(run.info.run_id)
+    return run.info.run_id
+
+
+def read_mlflow_audit(model_name: str, client=None) -> list[dict]:
+    """Every audit record of ``model_name`` from MLflow alone (oldest first)."""
+    import tempfile
+
+    from mlflow.artifacts import download_artifacts
+
+    c = _client(client)
+    exp = c.get_experiment_by_name(AUDIT_EXPERIMENT)
+    if exp is None:
+        return []
+    runs = c.search_runs([exp.experiment_id], filter_string=f"tags.`galmorph.model` = '{model_name}'",
+                         order_by=["attributes.start_time ASC"], max_results=10000)
+    out = []
+    with tempfile.TemporaryDirectory(prefix="audit-read-") as tmp:
+        for r in runs:
+            p = download_artifacts(run_id=r.info.run_id, artifact_path=AUDIT_ARTIFACT, dst_path=f"{tmp}/{r.info.run_id}")
+            out.append({**json.loads(Path(p).read_text()), "audit_run_id": r.info.run_id})
+    return out
+
+
+def _record(audit_log: str | Path | None, dec: "PromotionDecision", client=None) -> None:
+    """The decision into MLflow (an audit run; its id tagged on the version) and the local audit log."""
+    try:
+        run_id = log_mlflow_audit(dec.to_dict(), client)
+        dec.checks["audit_run_id"] = run_id
+        if dec.candidate_version is not None:
+            _client(client).set_model_version_tag(dec.model_name, str(dec.candidate_version),
+                                                  "galmorph.decision_audit_run", run_id)
+    except Exception as exc:  # noqa: BLE001 - the local record below still holds it; say so loudly
+        log.error("audit record of %s v%s not written to MLflow: %s", dec.model_name, dec.candidate_version, exc)
+        dec.checks["audit_error"] = f"{type(exc).__name__}: {exc}"
+    if audit_log is not None:
+        append_audit(audit_log, dec.to_dict())
 
 
 # --------------------------------------------------------------------------------------------
@@ -395,10 +550,22 @@ def _key_metrics(metrics: dict[str, float], policy: PromotionPolicy) -> dict[str
     return out
 
 
+def _lock(lock_path, lock_url, audit_log, model_name: str, timeout: float):
+    """An explicit ``lock_path`` file lock, else the :func:`select_lock` backend's lock of ``model_name``."""
+    if lock_path:
+        return registry_lock(lock_path, timeout=timeout)
+    import mlflow
+
+    backend = select_lock(lock_url, audit_log, mlflow.get_tracking_uri())
+    log.debug("promotion lock of %s: %r", model_name, backend)
+    return backend.hold(model_name, timeout=timeout)
+
+
 def promote(task: str, version: str | int | None = None, *, eval_manifest, audit_log: str | Path,
             policy: PromotionPolicy | None = None, out_dir: str | Path | None = None,
             data_root: str | Path | None = None, lock_path: str | Path | None = None, lock_timeout: float = 3600.0,
-            client=None, log_evaluations: bool = True, evaluate_kwargs: dict | None = None) -> PromotionDecision:
+            client=None, log_evaluations: bool = True, evaluate_kwargs: dict | None = None,
+            lock_url: str | None = None) -> PromotionDecision:
     """Promote ``version`` (default: the latest) of ``galmorph-<task>`` if it beats ``@champion`` on
     ``eval_manifest`` under ``policy``; see the module docstring. Returns the decision (also in the
     audit log and the model-version tags)."""
@@ -417,10 +584,10 @@ def promote(task: str, version: str | int | None = None, *, eval_manifest, audit
     manifest_df = read_manifest(eval_manifest) if isinstance(eval_manifest, (str, Path)) else eval_manifest
     mname = str(eval_manifest) if isinstance(eval_manifest, (str, Path)) else "<DataFrame>"
     out_dir = Path(out_dir) if out_dir is not None else Path(tempfile.mkdtemp(prefix="galmorph-promote-"))
-    lock_path = Path(lock_path) if lock_path else default_lock_path(audit_log, name)
+    lock = _lock(lock_path, lock_url, audit_log, name, lock_timeout)
     ekw = {"rotation_passes": 0, "html": True, **(evaluate_kwargs or {})}
 
-    with registry_lock(lock_path, timeout=lock_timeout):
+    with lock:
         before = aliases(name, c)
         champ = before.get(CHAMPION)
         who = _who()
@@ -430,7 +597,7 @@ def promote(task: str, version: str | int | None = None, *, eval_manifest, audit
             dec = PromotionDecision(**base, decision="already-champion", passed=True, champion_after=champ,
                                     previous_champion_after=before.get(PREVIOUS), challenger_after=before.get(CHALLENGER),
                                     reasons=[f"version {version} is already the champion"])
-            append_audit(audit_log, dec.to_dict())
+            _record(audit_log, dec, c)
             return dec
         cand_model = load_for_inference(f"models:/{name}/{version}")
         ce = bool(cand_model.spec.chirality_equivariant)
@@ -486,7 +653,7 @@ def promote(task: str, version: str | int | None = None, *, eval_manifest, audit
         if bad:
             dec.decision = "inconsistent"
             dec.reasons = reasons + [f"alias {k} expected v{e} but the registry holds v{g}" for k, (e, g) in bad.items()]
-            append_audit(audit_log, dec.to_dict())
+            _record(audit_log, dec, c)
             raise RegistryConsistencyError("; ".join(dec.reasons))
         summary = {"decision": decision, "time": who["timestamp"], "candidate": version, "champion_before": champ,
                    "reasons": reasons}
@@ -505,7 +672,7 @@ def promote(task: str, version: str | int | None = None, *, eval_manifest, audit
                 _tag(c, name, champ, old_tags)
         except Exception as exc:
             dec.checks["tagging_error"] = f"{type(exc).__name__}: {exc}"
-            append_audit(audit_log, dec.to_dict())
+            _record(audit_log, dec, c)
             raise
         card = cand.report.get("model_card")
         if card:  # the candidate's model card, updated with this decision
@@ -517,13 +684,13 @@ def promote(task: str, version: str | int | None = None, *, eval_manifest, audit
             except Exception as exc:  # noqa: BLE001 - the decision stands; the card is documentation
                 log.warning("model card of %s v%s not updated: %s", name, version, exc)
                 dec.checks["card_error"] = f"{type(exc).__name__}: {exc}"
-        append_audit(audit_log, dec.to_dict())
+        _record(audit_log, dec, c)
     log.info(dec.summary())
     return dec
 
 
 def rollback(task: str, *, audit_log: str | Path, reason: str = "", lock_path: str | Path | None = None,
-             lock_timeout: float = 3600.0, client=None) -> PromotionDecision:
+             lock_timeout: float = 3600.0, client=None, lock_url: str | None = None) -> PromotionDecision:
     """Restore ``@previous-champion`` as ``@champion``. The demoted version is tagged
     ``galmorph.decision=rolled-back`` and the ``previous-champion`` alias is removed (so a second
     rollback cannot flip back to the demoted model). Recorded like a promotion."""
@@ -531,8 +698,7 @@ def rollback(task: str, *, audit_log: str | Path, reason: str = "", lock_path: s
 
     name = registered_name(task)
     c = _client(client)
-    lock_path = Path(lock_path) if lock_path else default_lock_path(audit_log, name)
-    with registry_lock(lock_path, timeout=lock_timeout):
+    with _lock(lock_path, lock_url, audit_log, name, lock_timeout):
         before = aliases(name, c)
         prev, champ = before.get(PREVIOUS), before.get(CHAMPION)
         if prev is None:
@@ -555,6 +721,6 @@ def rollback(task: str, *, audit_log: str | Path, reason: str = "", lock_path: s
                                 candidate_version=prev, champion_before=champ, champion_after=after.get(CHAMPION),
                                 previous_champion_after=after.get(PREVIOUS), challenger_after=after.get(CHALLENGER),
                                 reasons=reasons, **who)
-        append_audit(audit_log, dec.to_dict())
+        _record(audit_log, dec, c)
     log.info(dec.summary())
     return dec
