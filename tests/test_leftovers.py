@@ -128,3 +128,9 @@ def test_score_tta_views_takes_the_one_view_temperature(mlflow_server, sim_chira
     np.testing.assert_allclose(pm["p_other"], p["p_other"], atol=1e-5)
     q, qm = predict_manifest(one, man, **kw), predict_manifest(one, man, mirror=True, **kw)
     assert np.abs(qm["p_CW"] - q["p_ACW"]).max() > 1e-4  # the 1-view net alone is not mirror-consistent
+
+    # 2 views (mirror pair) wrap the exported 1-view GraphModule, which refuses train()/eval()
+    two = load_for_inference(uri, tta_views=2)
+    assert two.spec.tta_views == 2
+    r, rm = predict_manifest(two, man, **kw), predict_manifest(two, man, mirror=True, **kw)
+    np.testing.assert_allclose(rm["p_CW"], r["p_ACW"], atol=1e-5)

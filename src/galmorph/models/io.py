@@ -180,7 +180,11 @@ def _with_views(module, spec: ModelSpec, views: int, run_id: str | None, uri: st
     else:
         raise ValueError(f"model {uri} has {spec.tta_views} test-time views built in and no 1-view network "
                          f"logged beside it; it cannot score with {views}")
-    out = base if views == 1 else ChiralityViews(base, views).eval()
+    if views == 1:
+        out = base
+    else:  # an exported (pt2) GraphModule refuses train()/eval(): mark the wrapper alone as inference
+        out = ChiralityViews(base, views)
+        out.training = False
     extra = {**spec.extra, "logged_tta_views": spec.tta_views,
              "temperature_fitted_for_views": views if views in (1, spec.tta_views) else spec.tta_views}
     return out, dataclasses.replace(spec, tta_views=views, temperature=temperature, extra=extra)
