@@ -120,9 +120,9 @@ def lineage(ref: str, client=None) -> dict:
     out: dict[str, Any] = {"query": ref}
     p = Path(ref)
     if ref in TASKS:
-        from galmorph.models.io import registered_name
+        from galmorph.registry import model_uri
 
-        ref = f"models:/{registered_name(ref)}@champion"
+        ref = model_uri(ref)
     elif not ref.startswith("models:/") and p.suffix in (".parquet", ".json") or p.is_file():
         if not p.exists():
             raise LineageError(f"catalogue {p} does not exist")

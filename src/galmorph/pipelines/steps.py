@@ -305,10 +305,11 @@ def resolve_model(task: str, model_alias: str = "champion", model_uri: str = "",
     """:func:`galmorph.scoring.resolve_model_version` of ``model_uri`` (default
     ``models:/galmorph-<task>@<model_alias>``): ``models:/NAME/VERSION``."""
     from galmorph.pipelines.runtime import setup
+    from galmorph.registry import model_uri as task_model_uri
     from galmorph.scoring import resolve_model_version
 
     setup(tracking_uri=tracking_uri)
-    return resolve_model_version(model_uri or f"models:/galmorph-{task}@{model_alias}")
+    return resolve_model_version(model_uri or task_model_uri(task, model_alias))
 
 
 def shard(dataset: str | Path, model_uri: str, shard_size: int = 10000, n_workers: int = 4) -> list[str]:
