@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from galmorph.training.config import ConfigError, config_from_yaml, config_to_yaml, parse_set_items, resolve_config
@@ -134,3 +135,47 @@ def test_score_tta_views_takes_the_one_view_temperature(mlflow_server, sim_chira
     assert two.spec.tta_views == 2
     r, rm = predict_manifest(two, man, **kw), predict_manifest(two, man, mirror=True, **kw)
     np.testing.assert_allclose(rm["p_CW"], r["p_ACW"], atol=1e-5)
+
+
+def test_label_sample_ranks_rotation_unstable_galaxies_first(tmp_path):
+    """Chirality queues rank by rotation-stability eta: a galaxy whose CW/ACW call flips under rotation
+    comes before one the model calls the same way at every angle, whatever their entropy at 0 deg."""
+    import torch
+    from PIL import Image
+
+    from galmorph.labelling.queue import sample_queue, score_uncertainty
+    from galmorph.models.io import ModelSpec
+
+    class LeftRight(torch.nn.Module):
+        """CW - ACW logit = k * (left half - right half) brightness; other = total brightness offset."""
+
+        def forward(self, x):
+            g = x.mean(dim=1)
+            w = g.shape[-1] // 2
+            d = 40.0 * (g[..., :w].mean(dim=(-1, -2)) - g[..., w:].mean(dim=(-1, -2)))
+            other = 20.0 * (g.mean(dim=(-1, -2)) - 0.5)
+            return torch.stack([d, -d, other], dim=1)
+
+    yy, xx = np.mgrid[:32, :32]
+    blob = np.exp(-((xx - 15.5) ** 2 + (yy - 15.5) ** 2) / 60.0)
+    stable = np.clip(0.7 + 0.3 * blob, 0, 1)           # symmetric, bright: "other" at every angle
+    flipping = np.where(xx < 16, 0.45, 0.05) * 1.0      # bright left half: CW at 0 deg, ACW at 180 deg
+    rows = []
+    for oid, arr in (("stable", stable), ("flip", flipping)):
+        path = tmp_path / f"{oid}.png"
+        Image.fromarray((np.repeat(arr[..., None], 3, axis=2) * 255).astype(np.uint8)).save(path)
+        rows.append({"object_id": oid, "image_uri": str(path), "z": 0.05})
+    man = pd.DataFrame(rows)
+    spec = ModelSpec(task="chirality", classes=["CW", "ACW", "other"], arch="toy", image_size=32)
+    module = LeftRight().eval()
+    with torch.no_grad():
+        x = torch.from_numpy(np.stack([np.repeat(a[None], 3, axis=0) for a in (stable, flipping)]).astype("float32"))
+        p = torch.softmax(module(x), dim=1).numpy()
+    scores = pd.DataFrame({"object_id": ["stable", "flip"], "p_CW": p[:, 0], "p_ACW": p[:, 1], "p_other": p[:, 2]})
+    scores["entropy"] = [5.0, 0.0]  # entropy alone would rank "stable" first
+    scores = score_uncertainty(scores, module, spec, man, n_passes=1, n_rotations=8)
+    eta = dict(zip(scores["object_id"], scores["uncertainty"]))
+    assert eta["flip"] > eta["stable"] + 0.3, eta
+    q, summary = sample_queue(man, per_bin=5, n_bins=1, z_min=0.01, z_max=0.1, task="chirality", scores=scores)
+    assert summary["ranked_by"] == "rotation_eta"
+    assert q["object_id"].tolist() == ["flip", "stable"]

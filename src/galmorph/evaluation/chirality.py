@@ -313,7 +313,8 @@ def rotation_stability(module, images, classes: Sequence[str], n_passes: int = 1
     return {"eta": eta, "eta_mean": float(np.mean([v["mean"] for v in eta.values()])) if eta else float("nan"),
             "mc_dropout": bool(active), "n_passes": int(n_passes), "n_rotations": int(n_rotations),
             "angles": angles, "n_galaxies": int(b), "per_galaxy": per_galaxy,
-            "prob_std_mean": float(probs.std(axis=1).mean())}
+            "prob_std_mean": float(probs.std(axis=1).mean()),
+            "mean_probs": probs.mean(axis=1).tolist()}  # per galaxy, over rotations and passes
 
 
 # --------------------------------------------------------------------------------------------

@@ -92,11 +92,17 @@ def sample_queue(
         "rows_in": len(df), "outside_z_range": int(df["queue_bin"].isna().sum()),
         "excluded_labelled_elsewhere": int((excluded_db & df["queue_bin"].notna()).sum()),
         "excluded_labelled_in_manifest": int((already.astype(bool) & df["queue_bin"].notna() & ~excluded_db).sum()),
-        "available": {}, "chosen": {}, "ranked_by": "entropy" if scores is not None else "random",
+        "available": {}, "chosen": {}, "ranked_by": "random",
     }
     rng = np.random.default_rng(seed)
+    rank_col = "entropy"
     if scores is not None:
-        sc = scores[["object_id", "entropy"] + [c for c in scores.columns if c.startswith("p_")]].copy()
+        # chirality models: the rotation-stability overlap index eta (score_uncertainty) when present
+        rank_col = "uncertainty" if "uncertainty" in scores.columns else "entropy"
+        summary["ranked_by"] = str(scores["uncertainty_measure"].iloc[0]) if (
+            rank_col == "uncertainty" and "uncertainty_measure" in scores.columns and len(scores)) else rank_col
+        keep = ["object_id", "entropy"] + (["uncertainty"] if rank_col == "uncertainty" else [])
+        sc = scores[keep + [c for c in scores.columns if c.startswith("p_")]].copy()
         sc["object_id"] = sc["object_id"].astype(str)
         df = df.drop(columns=[c for c in sc.columns if c != "object_id" and c in df.columns]).merge(
             sc, on="object_id", how="left")
@@ -108,7 +114,7 @@ def sample_queue(
         if scores is not None:
             # random tie-break key, then entropy (NaN = could not be scored: last)
             key = rng.random(len(cand))
-            ent = cand["entropy"].fillna(-np.inf).to_numpy()
+            ent = cand[rank_col].fillna(-np.inf).to_numpy()
             pick = cand.iloc[np.lexsort((key, -ent))[:k]]
         else:
             pick = cand.iloc[np.sort(rng.choice(len(cand), size=k, replace=False))] if k else cand.iloc[:0]
@@ -118,7 +124,7 @@ def sample_queue(
         chosen.append(pick)
     q = pd.concat(chosen, ignore_index=True) if chosen else df.iloc[:0]
     if scores is not None:
-        order = np.lexsort((rng.random(len(q)), -q["entropy"].fillna(-np.inf).to_numpy()))
+        order = np.lexsort((rng.random(len(q)), -q[rank_col].fillna(-np.inf).to_numpy()))
     else:
         order = rng.permutation(len(q))
     q = q.iloc[order].reset_index(drop=True)
@@ -142,7 +148,56 @@ def score_entropy(manifest: pd.DataFrame, model_uri: str, data_root: Path | str 
     pred["entropy"] = predictive_entropy(pred[pcols].to_numpy())
     pred["model_uri"] = model_uri
     pred["model_version"] = model.version
-    return pred[["object_id", *pcols, "entropy", "error"]]
+    out = pred[["object_id", *pcols, "entropy", "error"]]
+    if model.spec.task == "chirality":
+        out = score_uncertainty(out, model.module, model.spec, manifest.reset_index(drop=True), data_root=data_root)
+    return out
+
+
+def score_uncertainty(scores: pd.DataFrame, module, spec, manifest: pd.DataFrame,
+                      data_root: Path | str | None = None, n_rotations: int = 8, n_passes: int = 5,
+                      max_objects: int | None = None, batch_size: int = 32) -> pd.DataFrame:
+    """Add ``uncertainty`` = the rotation-stability overlap index eta of each galaxy and
+    ``uncertainty_measure = "rotation_eta"``: the overlap, over rotations (and MC-dropout passes when
+    the model has dropout), of the probability distributions of the galaxy's two most probable classes
+    (by their mean probability over the rotations; :func:`galmorph.evaluation.chirality.rotation_stability`'s
+    per-galaxy value of that pair). 1 = the
+    winner is not separated from the runner-up under rotation (unstable), 0 = always separated. Rows whose
+    image could not be read (or beyond ``max_objects``) get NaN and rank last."""
+    import torch
+
+    from galmorph.evaluation.chirality import rotation_stability
+    from galmorph.imaging.io import ImageError, load_image
+    from galmorph.imaging.preprocess import prepare_image
+    from galmorph.manifest import resolve_image_uri
+
+    out = scores.copy()
+    out["uncertainty"] = np.nan
+    out["uncertainty_measure"] = "rotation_eta"
+    ids = scores["object_id"].astype(str).tolist()
+    uris = dict(zip(manifest["object_id"].astype(str), manifest["image_uri"]))
+    rows, imgs = [], []
+    for i, oid in enumerate(ids):
+        if max_objects is not None and len(rows) >= max_objects:
+            break
+        try:
+            img = load_image(resolve_image_uri(uris[oid], data_root), greyscale=spec.in_chans == 1)
+        except (ImageError, KeyError, FileNotFoundError, OSError, ValueError):
+            continue
+        imgs.append(prepare_image(img, spec.image_size, spec.in_chans, spec.crop_fraction))
+        rows.append(i)
+    if not rows:
+        return out
+    res = rotation_stability(module, torch.from_numpy(np.stack(imgs)), spec.classes, n_passes=n_passes,
+                             n_rotations=n_rotations, batch_size=batch_size)
+    classes = [str(c) for c in spec.classes]
+    mean_probs = np.asarray(res["mean_probs"], dtype=float)
+    eta = []
+    for g in range(len(rows)):
+        a, b = sorted(np.argsort(-mean_probs[g])[:2])
+        eta.append(res["per_galaxy"][f"{classes[a]}-{classes[b]}"][g])
+    out.loc[out.index[rows], "uncertainty"] = np.asarray(eta, dtype=float)
+    return out
 
 
 def write_queue(queue: pd.DataFrame, path: str | Path, summary: dict) -> Path:
