@@ -131,7 +131,7 @@ def test_trials_and_cli(mlflow_server, coded_with_bad_rows, tmp_path):
     res = CliRunner().invoke(main, ["evaluate", "--model", uris[0], "--manifest", str(path), "--out", str(out),
                                     "--z-edges", "0.01,0.05,0.10", "--json"])
     assert res.exit_code == 0, res.output
-    js = json.loads(res.output[res.output.index("{"):])
+    js = json.loads(res.stdout)  # --json: stdout is exactly one JSON document (MLflow's lines go to stderr)
     assert js["metrics"]["accuracy"] == pytest.approx(accs[0])
     assert "zbin_0.01-0.05_auc_macro" in js["metrics"] and (out / "report.html").exists()
     bad = CliRunner().invoke(main, ["evaluate", "--model", uris[0], "--manifest", str(path), "--z-edges", "0.1,0.05"])

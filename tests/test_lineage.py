@@ -14,13 +14,6 @@ from test_eval_support import OracleNet, write_coded_dataset
 CLASSES = ["symmetric", "lopsided"]
 
 
-def _json(output: str) -> dict:
-    """The JSON document of a command's output (MLflow's download progress may precede it)."""
-    lines = output.splitlines()
-    start = next(i for i, line in enumerate(lines) if line.startswith("{"))
-    return json.loads("\n".join(lines[start:]))
-
-
 @pytest.fixture(scope="module")
 def chain(mlflow_server, tmp_path_factory):
     from galmorph.evaluation import evaluate
@@ -82,12 +75,12 @@ def test_lineage_chain_from_model_and_from_catalogue(chain, mlflow_server):
     r = runner.invoke(main, ["score", "--model", f"models:/{name}@champion", "--manifest", str(chain["manifest"]),
                              "--out", str(out), "--release", "rel-1", "--no-progress", "--num-workers", "0", "--json"])
     assert r.exit_code == 0, r.output
-    score_run = _json(r.output)["mlflow_run_id"]
+    score_run = json.loads(r.stdout)["mlflow_run_id"]
     # the drift step tags the scoring run with its verdict (galmorph.drift.report._log_mlflow)
     mlflow.MlflowClient().set_tag(score_run, "drift.verdict", "drift")
     r = runner.invoke(main, ["lineage", f"models:/{name}@champion", "--json"])
     assert r.exit_code == 0, r.output
-    c = _json(r.output)
+    c = json.loads(r.stdout)  # --json: stdout is exactly one JSON document
     assert c["data"]["manifest"] == str(chain["manifest"])
     assert c["data"]["data_version"] == chain["tags"]["galmorph.data_version"]
     assert c["data"]["changed_since_training"] is False

@@ -87,6 +87,9 @@ def test_quarantine_roundtrip_keeps_row_as_json(tmp_path):
 def test_settings_env_override_of_data_root(tmp_path, monkeypatch):
     monkeypatch.setenv("GALMORPH_DATA_ROOT", str(tmp_path))
     monkeypatch.setenv("GALMORPH_MLFLOW_PORT", "5999")
+    # MLFLOW_TRACKING_URI (set by the session's MLflow fixture) outranks the port-derived default
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("GALMORPH_MLFLOW_TRACKING_URI", raising=False)
     s = Settings()
     assert s.data_root == tmp_path.resolve() and s.mlflow_tracking_uri.endswith(":5999")
     get_settings.cache_clear()

@@ -98,7 +98,7 @@ def test_submit_coerces_parameters():
     run = c.runs[0]
     assert res["run_id"] == run.run_id and run.arguments == {"release_uri": "/data/r1", "shard_size": 500,
                                                              "hold_on_drift": False}
-    with pytest.raises(PipelineRunError, match="no parameter 'nope'"):
+    with pytest.raises(PipelineRunError, match="'nope' is not a parameter of pipeline 'rescoring'"):
         submit("rescoring", "http://kfp", {"nope": "1"}, client=c)
 
 

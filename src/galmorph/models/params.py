@@ -88,6 +88,9 @@ class NetworkParams:
                 raise ValueError(f"network params: unknown task {task!r}; expected one of {sorted(TASKS)}")
             d["classes"] = (arm_classes(d.get("arm_merge", "none"), d.get("include_cant_tell", True))
                             if task == "arms" else TASKS[task].classes)
+        if isinstance(d.get("class_weights"), str):
+            # a flat TrainConfig holds the weighting policy ("none"/"balanced"); numbers come from training
+            d.pop("class_weights")
         if "in_chans" not in d and "greyscale" in d:
             d["in_chans"] = 1 if d["greyscale"] else 3
         return cls(**{k: v for k, v in d.items() if k in names})
