@@ -25,29 +25,8 @@ def draft_side(image_size: int, crop_fraction: float = 1.0) -> int:
 def load_image_draft(path: str | Path, min_side: int) -> np.ndarray:
     """:func:`~galmorph.imaging.io.load_image` for JPEGs decoded at reduced scale (PIL ``draft``: the
     decoder's 1/2, 1/4, 1/8 DCT scaling) so that both sides stay >= ``min_side``; other formats and
-    JPEGs too small to reduce are loaded in full. Same errors and scaling as ``load_image``."""
-    from PIL import Image, UnidentifiedImageError
-
-    from galmorph.imaging.io import MAX_IMAGE_PIXELS, _check_file, _check_pixels, _raster_to_float
-
-    path = Path(path)
-    if path.suffix.lower() not in JPEG_SUFFIXES:
-        return load_image(path)
-    _check_file(path)
-    try:
-        with Image.open(path) as im:
-            _check_pixels(path, im.size[0], im.size[1], MAX_IMAGE_PIXELS)
-            if im.format == "JPEG" and min(im.size) >= 2 * min_side:
-                im.draft(im.mode, (min_side, min_side))
-            im.load()
-            arr = _raster_to_float(im, path)
-    except ImageError:
-        raise
-    except Image.DecompressionBombError as exc:
-        raise ImageError(f"{path}: oversize image or decompression bomb, not decoded ({exc})") from exc
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, MemoryError) as exc:
-        raise ImageError(f"{path}: cannot decode image ({exc})") from exc
-    return np.ascontiguousarray(arr, dtype=np.float32)
+    JPEGs too small to reduce are loaded in full. Same errors, pixel limit and scaling as ``load_image``."""
+    return load_image(path, draft_min_side=int(min_side))
 
 
 class ManifestImageDataset(Dataset):

@@ -161,13 +161,17 @@ def _finite_range(a: np.ndarray, path: Path) -> np.ndarray:
 
 
 def load_image(path: str | Path, greyscale: bool = False, allow_nan: bool = False,
-               max_pixels: int | None | _ProcessLimit = PROCESS_LIMIT) -> np.ndarray:
+               max_pixels: int | None | _ProcessLimit = PROCESS_LIMIT,
+               draft_min_side: int | None = None) -> np.ndarray:
     """Load an image as float32: rasters scaled to 0..1 (8-bit / 255, 16-bit / 65535, float by
     their finite range), FITS as stored (flipped to display order).
 
     Raises :class:`ImageError` for missing, empty, truncated or undecodable files, for images over
     ``max_pixels`` pixels (checked from the header, before decoding; None: no limit), for images
     without any finite pixel and, unless ``allow_nan``, for any non-finite pixel.
+
+    ``draft_min_side``: JPEGs at least twice that size are decoded at reduced scale (PIL ``draft``:
+    the decoder's 1/2, 1/4, 1/8 DCT scaling) with both sides kept >= ``draft_min_side``.
     """
     path = Path(path)
     _check_file(path)
@@ -179,6 +183,8 @@ def load_image(path: str | Path, greyscale: bool = False, allow_nan: bool = Fals
         try:
             with Image.open(path) as im:
                 _check_pixels(path, im.size[0], im.size[1], max_pixels)
+                if draft_min_side and im.format == "JPEG" and min(im.size) >= 2 * draft_min_side:
+                    im.draft(im.mode, (draft_min_side, draft_min_side))
                 im.load()  # forces a full decode: truncated files fail here
                 arr = _raster_to_float(im, path)
         except ImageError:
