@@ -14,7 +14,6 @@ from galmorph.imaging.io import ImageError, load_image
 from galmorph.imaging.preprocess import prepare_image
 from galmorph.manifest import ManifestError, resolve_image_uri
 
-JPEG_SUFFIXES = (".jpg", ".jpeg")
 
 
 def draft_side(image_size: int, crop_fraction: float = 1.0) -> int:
