@@ -9,7 +9,7 @@ from pathlib import Path
 import click
 
 from galmorph.cli.base import fail, main
-from galmorph.cli.options import data_root_option, json_option
+from galmorph.cli.options import check_measure_mode, data_root_option, json_option
 
 
 @main.command("a1")
@@ -61,17 +61,12 @@ def a1_cmd(files, r50, r90, x0, y0, ra, dec, no_mask, no_refine, bkg_mesh, searc
 
     if (r50 is None) != (r90 is None):
         fail("give both --r50 and --r90, or neither", 2)
-    if (x0 is None) != (y0 is None):
-        fail("give both --x0 and --y0, or neither", 2)
+    check_measure_mode(files, manifest_path, out_path, x0, y0)
     kwargs = dict(mask_sources=not no_mask, refine_centre=not no_refine, bkg_mesh=bkg_mesh,
                   search_radius=search_radius, n_annuli=n_annuli, gain=gain, noise=noise_model)
     if saturation is not None:
         kwargs["saturation"] = saturation
     if manifest_path is not None:
-        if files:
-            fail("give FILEs or --manifest, not both", 2)
-        if out_path is None:
-            fail("--manifest needs --out", 2)
         from galmorph.imaging.a1 import measure_a1_manifest
         from galmorph.settings import resolve_settings
 

@@ -95,3 +95,15 @@ def use_tracking_uri(settings) -> str:
         fail(str(exc))
     mlflow.set_tracking_uri(settings.mlflow_tracking_uri)
     return settings.mlflow_tracking_uri
+
+
+def check_measure_mode(files, manifest_path, out_path, x0=None, y0=None) -> None:
+    """Usage errors (exit 2) shared by the per-file measurement commands (`a1`, `winding`): FILEs or
+    ``--manifest`` (which needs ``--out``), and a centre given as both ``--x0``/``--y0`` or neither."""
+    if (x0 is None) != (y0 is None):
+        fail("give both --x0 and --y0, or neither", 2)
+    if manifest_path is not None:
+        if files:
+            fail("give FILEs or --manifest, not both", 2)
+        if out_path is None:
+            fail("--manifest needs --out", 2)

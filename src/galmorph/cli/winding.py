@@ -9,7 +9,7 @@ from pathlib import Path
 import click
 
 from galmorph.cli.base import fail, main
-from galmorph.cli.options import data_root_option, json_option
+from galmorph.cli.options import check_measure_mode, data_root_option, json_option
 
 
 @main.command("winding")
@@ -65,14 +65,8 @@ def winding_cmd(files, x0, y0, min_confidence, extra, as_json, manifest_path, ou
         options = WindingOptions.from_dict(opts)
     except (WindingError, TypeError) as exc:
         fail(f"bad winding options: {exc}", 2)
-    if (x0 is None) != (y0 is None):
-        fail("give both --x0 and --y0, or neither", 2)
-
+    check_measure_mode(files, manifest_path, out_path, x0, y0)
     if manifest_path is not None:
-        if files:
-            fail("give FILEs or --manifest, not both", 2)
-        if out_path is None:
-            fail("--manifest needs --out", 2)
         from galmorph.imaging.winding import write_winding_manifest
         from galmorph.manifest import ManifestError
         from galmorph.settings import resolve_settings
