@@ -334,3 +334,22 @@ def test_unusable_state_dir_is_a_clear_error(tmp_path, fake_stack, monkeypatch):
         assert "Traceback" not in p.stderr, (args, p.stderr[-2000:])
     p = subprocess.run([*CLI, "label", "token", "add", "x"], capture_output=True, text=True, timeout=240, env=env)
     assert p.returncode != 0 and "Traceback" not in p.stderr and "label database" in p.stderr
+
+
+def test_using_tracking_uri_is_scoped(tmp_path):
+    """A library call with an explicit tracking URI does not leave the process's MLflow pointed at it
+    (a registry call after it once went to another server's registry with this store's run: HTTP 500)."""
+    import mlflow
+
+    from galmorph.tracking import using_tracking_uri
+
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'caller.db'}")
+    mlflow.set_registry_uri(f"sqlite:///{tmp_path / 'caller.db'}")
+    caller = (mlflow.get_tracking_uri(), mlflow.get_registry_uri())
+    other = f"sqlite:///{tmp_path / 'other.db'}"
+    with pytest.raises(RuntimeError), using_tracking_uri(other):
+        assert mlflow.get_tracking_uri() == other and mlflow.get_registry_uri() == other
+        raise RuntimeError("restored even when the block fails")
+    assert (mlflow.get_tracking_uri(), mlflow.get_registry_uri()) == caller
+    with using_tracking_uri(None):
+        assert mlflow.get_tracking_uri() == caller[0]

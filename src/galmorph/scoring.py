@@ -645,10 +645,15 @@ def log_scoring_to_mlflow(summary: dict, catalogue_path: str | Path | None = Non
     Returns the run id. The run is tagged with the release and the model version so that the scored
     catalogue of a release can be found with ``MlflowClient.search_runs``.
     """
+    from galmorph.tracking import using_tracking_uri
+
+    with using_tracking_uri(tracking_uri):
+        return _log_scoring_run(summary, catalogue_path, run_name, experiment, log_catalogue)
+
+
+def _log_scoring_run(summary: dict, catalogue_path, run_name, experiment: str, log_catalogue: bool) -> str:
     import mlflow
 
-    if tracking_uri:
-        mlflow.set_tracking_uri(tracking_uri)
     mlflow.set_experiment(experiment)
     with mlflow.start_run(run_name=run_name or f"score-{summary.get('release') or 'release'}") as run:
         mlflow.set_tags({"galmorph.kind": "scoring", "galmorph.release": str(summary.get("release")),

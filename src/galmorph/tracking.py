@@ -9,8 +9,10 @@ reporting something misleading ("registered model not found").
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
+from collections.abc import Iterator
 import urllib.error
 import urllib.request
 from urllib.parse import urlsplit
@@ -57,3 +59,26 @@ def ensure_reachable(uri: str | None, timeout: float = DEFAULT_CONNECT_TIMEOUT) 
         if isinstance(reason, (socket.timeout, TimeoutError)):
             reason = f"no answer within {timeout:g} s"
         raise TrackingUnreachable(f"MLflow tracking server {uri} is not reachable ({reason}); {hint}") from exc
+
+
+@contextlib.contextmanager
+def using_tracking_uri(uri: str | None) -> Iterator[None]:
+    """Within the block MLflow's fluent API (``mlflow.start_run`` ...) tracks to and registers on
+    ``uri``; afterwards the caller's tracking and registry URIs are back as they were.
+
+    Library functions that take an explicit ``tracking_uri`` use this instead of
+    ``mlflow.set_tracking_uri`` so that a call does not redirect the process's later MLflow calls
+    (no hidden global). ``None`` or ``""`` changes nothing."""
+    import mlflow
+
+    if not uri:
+        yield
+        return
+    old_tracking, old_registry = mlflow.get_tracking_uri(), mlflow.get_registry_uri()
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    try:
+        yield
+    finally:
+        mlflow.set_tracking_uri(old_tracking)
+        mlflow.set_registry_uri(old_registry)

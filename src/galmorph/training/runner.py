@@ -261,6 +261,15 @@ def train(task: str, preset: str = "tiny", overrides: dict[str, Any] | None = No
     (plain torch, pt2) with :func:`galmorph.models.io.log_model` into its child run and, when
     ``register``, registered as ``galmorph-<task>``.
     """
+    from galmorph.tracking import using_tracking_uri
+
+    with using_tracking_uri(tracking_uri):  # the caller's MLflow URIs are untouched afterwards
+        return _train(task, preset, overrides, manifest, experiment, register, data_root, out_dir)
+
+
+def _train(task: str, preset: str, overrides: dict[str, Any] | None, manifest: str | Path | pd.DataFrame | None,
+           experiment: str | None, register: bool, data_root: str | Path | None,
+           out_dir: str | Path | None) -> TrainResult:
     import mlflow
 
     from galmorph.manifest import read_manifest
@@ -275,8 +284,6 @@ def train(task: str, preset: str = "tiny", overrides: dict[str, Any] | None = No
     else:
         manifest_path = Path(manifest)
         df = read_manifest(manifest_path)
-    if tracking_uri:
-        mlflow.set_tracking_uri(tracking_uri)
     experiment = experiment or f"galmorph-{task}"
     mlflow.set_experiment(experiment)
     work = Path(out_dir) if out_dir else Path(tempfile.mkdtemp(prefix=f"galmorph-train-{task}-"))
