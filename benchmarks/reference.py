@@ -139,7 +139,10 @@ def run_case(task: str, weights: str, train_df: pd.DataFrame, test_df: pd.DataFr
                 experiment=f"bench-reference-{task}", register=False, data_root=data_root)
     minutes = (time.perf_counter() - t0) / 60
     # unregistered: the best trial run's logged model
-    model = load_for_inference(f"runs:/{res.run_id}/model")
+    from galmorph.tracking import using_tracking_uri
+
+    with using_tracking_uri(tracking_uri):
+        model = load_for_inference(f"runs:/{res.run_id}/model")
     classes = list(model.spec.classes)
     pred = predict_manifest(model, test_df, data_root=data_root)
     ok = pred["error"].isna().to_numpy()
@@ -188,7 +191,8 @@ def write_md(result: dict, path: Path) -> None:
     m, summ = result["machine"], result["summary"]
     lines = ["# `reference` presets vs random weights on the public real data", "",
              f"{quiet_line(m)}; {m['cpus']} CPUs, {m['date']}. Splits: {result['splits']} "
-             f"(mean ± σ), max_epochs override: {result['max_epochs']}{' — QUICK smoke run, not a result' if result['quick'] else ''}.",
+             f"(mean ± σ), max_epochs override: {result['max_epochs']}{' — QUICK smoke run, not a result' if result['quick'] else ''}"
+             f"{'' if result.get('complete', True) else ' — INCOMPLETE: cut short after '+str(len(result['cases']))+' cases'}.",
              "", "| task | encoder | accuracy | macro-F1 | per-class F1 | training min |", "|---|---|---|---|---|---|"]
     for task, by_w in summ.items():
         for w, s in by_w.items():
@@ -248,6 +252,16 @@ def main(argv=None) -> int:
     cases: list[dict] = []
     tasks = [t for t in args.tasks.split(",") if t]
     weights = [w for w in args.weights.split(",") if w]
+
+    def write_result(cases: list[dict], complete: bool) -> None:
+        result = {"machine": m, "load_avg_at_end": [round(x, 2) for x in os.getloadavg()], "quiet": m["quiet"],
+                  "complete": complete, "splits": args.splits, "max_epochs": args.max_epochs,
+                  "quick": args.quick, "tasks": tasks, "tracking_uri": tracking,
+                  "n_winding_tuning_ids": len(tuning_ids), "total_minutes": (time.perf_counter() - t_all) / 60,
+                  "summary": summarise(cases), "cases": cases}
+        (out_dir / "reference.json").write_text(json.dumps(result, indent=2, default=str))
+        write_md(result, out_dir / "reference.md")
+
     for task in tasks:
         full = load_task(task, data_root)
         for s in range(args.splits):
@@ -264,12 +278,9 @@ def main(argv=None) -> int:
                 print(f"    acc {r['accuracy']:.3f} macro-F1 {r['macro_f1']:.3f} {r['train_minutes']:.1f} min",
                       flush=True)
                 cases.append(r)
-    result = {"machine": m, "load_avg_at_end": [round(x, 2) for x in os.getloadavg()], "quiet": m["quiet"],
-              "splits": args.splits, "max_epochs": args.max_epochs, "quick": args.quick, "tasks": tasks,
-              "tracking_uri": tracking, "n_winding_tuning_ids": len(tuning_ids),
-              "total_minutes": (time.perf_counter() - t_all) / 60, "summary": summarise(cases), "cases": cases}
-    (out_dir / "reference.json").write_text(json.dumps(result, indent=2, default=str))
-    write_md(result, out_dir / "reference.md")
+                # written after every case: a run cut short keeps what it measured ("complete": false)
+                write_result(cases, complete=False)
+    write_result(cases, complete=True)
     print((out_dir / "reference.md").read_text())
     return 0
 
