@@ -141,3 +141,57 @@ def test_hart_validation_catches_the_negative_redshift(data_root, tmp_path, mlfl
     assert r.data.metrics["validation.hart.quarantined"] == 1 and r.data.metrics["validation.hart.rows"] == 6222
     arts = [a.path for a in client.list_artifacts(run.info.run_id, "validation")]
     assert "validation/hart.json" in arts
+
+
+def _gaussian_galaxy(size: int, sigma: float, seed: int) -> np.ndarray:
+    yy, xx = np.indices((size, size))
+    c = (size - 1) / 2
+    img = 20 + 200 * np.exp(-((xx - c) ** 2 + (yy - c) ** 2) / (2 * sigma**2))
+    return np.clip(img + np.random.default_rng(seed).normal(0, 2, img.shape), 0, 255).astype(np.uint8)
+
+
+def test_framing_check_warns_about_galaxies_too_small_in_the_model_input(tmp_path, mlflow_server):
+    """Validation measures each galaxy's extent (~2 R90; a 2-D Gaussian of sigma s has R90 = 2.146 s) in the
+    model's input and warns (report, MLflow, extra columns) about those below 40 px, without quarantining.
+    A 256 px frame read by a 128 px model: sigma 25 -> ~107 px native -> ~53 px in the input (fine);
+    sigma 12 -> ~51 px native -> ~26 px (small) unless the model crops 0.5 of the frame (-> ~51 px);
+    sigma 5 -> ~11 px (small either way). A wrong scale (e.g. ignoring the crop) changes the counts."""
+    import mlflow
+    from PIL import Image
+
+    rows = []
+    for i, sigma in enumerate((25.0, 12.0, 5.0)):
+        path = tmp_path / f"g{i}.png"
+        Image.fromarray(_gaussian_galaxy(256, sigma, i)).save(path)
+        rows.append({"object_id": f"g{i}", "image_uri": str(path), "ra": 150.0 + i, "dec": 2.0, "z": 0.05,
+                     "label": "CW"})
+    df = pd.DataFrame(rows)
+    df["survey"], df["z_bin"], df["task"], df["provenance"] = "test", "x", "chirality", "unit test"
+    full = validate_frame(df, ValidationConfig(model_image_size=128), name="framing", progress=False)
+    assert full.success and full.passed == 3 and full.n_extent_measured == 3
+    ext = full.passed_manifest.set_index("object_id")["extent_model_px"]
+    for oid, sigma in (("g0", 25.0), ("g1", 12.0), ("g2", 5.0)):
+        assert ext[oid] == pytest.approx(2 * 2.146 * sigma * 0.5, rel=0.2), (oid, ext[oid])
+    assert full.passed_manifest["small_extent"].tolist() == [False, True, True]
+    assert full.n_small_extent == 2 and "2 of 3 galaxies are smaller than 40 px" in full.warnings[0]
+    cropped = validate_frame(df, ValidationConfig(model_image_size=128, model_crop_fraction=0.5), progress=False)
+    assert cropped.passed_manifest["small_extent"].tolist() == [False, False, True]
+    assert validate_frame(df, ValidationConfig(), progress=False).warnings == []  # no framing: no check
+    # the report and MLflow carry the warning
+    manifest = tmp_path / "m.csv"
+    df.to_csv(manifest, index=False)
+    mlflow.set_experiment("validation-framing")
+    with mlflow.start_run() as run:
+        res = validate_manifest(manifest, ValidationConfig(model_image_size=128), report_path=tmp_path / "r.json",
+                                progress=False)
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["summary"]["n_small_extent"] == 2 and report["summary"]["warnings"] == res.warnings
+    got = mlflow.get_run(run.info.run_id).data
+    assert got.metrics["validation.m.n_small_extent"] == 2
+    assert "smaller than 40 px" in got.tags["galmorph.warning.validation.m"]
+    # and the CLI prints it
+    from galmorph.cli import main
+
+    out = CliRunner().invoke(main, ["validate", str(manifest), "--model-image-size", "128",
+                                    "--model-crop-fraction", "0.5"])
+    assert out.exit_code == 0 and "warning: m: 1 of 3 galaxies are smaller than 40 px" in out.output

@@ -234,18 +234,35 @@ def check_framing(cutout_crop_fraction: float, model_crop_fraction: float, what:
 
 def galaxy_extent_px(image: np.ndarray, fraction: float = 0.9) -> float:
     """Quick galaxy extent in pixels of ``image``: twice the radius enclosing ``fraction`` of the
-    sky-subtracted light above twice the sky noise (border median and MAD) around the light-weighted
-    centre (about 2 R90). NaN when there is no light above the sky."""
+    sky-subtracted light around the light-weighted centre (about 2 R90), counting only the connected
+    region of the central source that stands above three times the sky noise after a light smoothing
+    (border median and MAD). Noise peaks and other sources elsewhere in the frame are not counted, so
+    a small galaxy in a large noisy frame is not made larger by its sky. NaN when no light is above the sky."""
+    from scipy import ndimage
+
     img = np.asarray(image, dtype=np.float64)
     if img.ndim == 3:
         img = img.mean(axis=2)
     img = np.where(np.isfinite(img), img, np.nan)
     b = max(1, int(0.05 * min(img.shape)))
-    border = np.concatenate([img[:b].ravel(), img[-b:].ravel(), img[:, :b].ravel(), img[:, -b:].ravel()])
-    sky = np.nanmedian(border)
-    noise = 1.4826 * np.nanmedian(np.abs(border - sky))
-    w = np.nan_to_num(img - sky, nan=0.0)
-    w[w < 2.0 * noise] = 0.0  # light above twice the sky noise (noise alone would inflate the growth curve)
+
+    def sky_noise(a: np.ndarray) -> tuple[float, float]:
+        border = np.concatenate([a[:b].ravel(), a[-b:].ravel(), a[:, :b].ravel(), a[:, -b:].ravel()])
+        sky = float(np.nanmedian(border))
+        return sky, float(1.4826 * np.nanmedian(np.abs(border - sky)))
+
+    sky, _ = sky_noise(img)
+    smooth = ndimage.gaussian_filter(np.nan_to_num(img, nan=sky), 1.5)
+    s_sky, s_noise = sky_noise(smooth)
+    mask = smooth - s_sky > 3.0 * s_noise
+    if not mask.any():
+        return float("nan")
+    labels, _n = ndimage.label(mask)
+    # the source: the detected region with the most light, i.e. the galaxy rather than a noise peak
+    sums = ndimage.sum(smooth - s_sky, labels, index=np.arange(1, labels.max() + 1))
+    keep = labels == (int(np.argmax(sums)) + 1)
+    w = np.where(keep, np.nan_to_num(img - sky, nan=0.0), 0.0)
+    w[w < 0] = 0.0
     tot = w.sum()
     if not tot > 0:
         return float("nan")

@@ -60,6 +60,12 @@ class ValidationConfig:
     require_wcs: bool = True  # FITS images must carry a usable celestial WCS
     max_failure_fraction: float = 0.05
     z_physical_max: float = Z_MAX_PHYSICAL  # a z above this is an error (quarantined), not a selection
+    # framing check (a warning, not a quarantine): with model_image_size set, every readable image's
+    # galaxy extent (galmorph.cutout.galaxy_extent_px) is scaled into the model's input (the model crops
+    # model_crop_fraction and resizes to model_image_size); galaxies below min_extent_px are counted
+    model_image_size: int | None = None
+    model_crop_fraction: float = 1.0
+    min_extent_px: float = 40.0
 
     def __post_init__(self) -> None:
         if self.z_min is not None and self.z_max is not None and not self.z_min < self.z_max:
@@ -68,6 +74,10 @@ class ValidationConfig:
             raise ValueError(f"max_failure_fraction must be in [0, 1], got {self.max_failure_fraction}")
         if self.expected_size is not None:
             self.expected_size = (int(self.expected_size[0]), int(self.expected_size[1]))
+        if self.model_image_size is not None and (int(self.model_image_size) < 1
+                                                  or not 0 < self.model_crop_fraction <= 1):
+            raise ValueError(f"bad model framing: model_image_size {self.model_image_size}, "
+                             f"model_crop_fraction {self.model_crop_fraction}")
 
 
 @dataclass
@@ -90,6 +100,9 @@ class ValidationResult:
     report_path: Path | None = None
     out_manifest: Path | None = None
     quarantine_path: Path | None = None
+    n_extent_measured: int = 0  # images whose extent in the model's input was measured (framing check)
+    n_small_extent: int = 0  # of those, below ValidationConfig.min_extent_px
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def n_quarantined(self) -> int:
@@ -106,6 +119,8 @@ class ValidationResult:
             "failure_fraction": self.failure_fraction,
             "max_failure_fraction": self.max_failure_fraction,
             "schema_errors": self.schema_errors,
+            "n_small_extent": self.n_small_extent,
+            "warnings": self.warnings,
         }
 
     def summary(self) -> dict[str, Any]:
@@ -113,7 +128,8 @@ class ValidationResult:
                 "success": self.success, "failure_fraction": self.failure_fraction,
                 "max_failure_fraction": self.max_failure_fraction, "schema_errors": self.schema_errors,
                 "expectation_failures": self.expectation_failures, "image_failures": self.image_failures,
-                "gx_success": self.gx_success}
+                "gx_success": self.gx_success, "n_extent_measured": self.n_extent_measured,
+                "n_small_extent": self.n_small_extent, "warnings": self.warnings}
 
 
 # --------------------------------------------------------------------------------------------
@@ -210,6 +226,12 @@ def run_gx(df: pd.DataFrame, cfg: ValidationConfig, name: str = "manifest"):
 # --------------------------------------------------------------------------------------------
 def check_image(path: Path, cfg: ValidationConfig) -> str | None:
     """``None`` when the image is usable, else the reason (file named)."""
+    return inspect_image(path, cfg)[0]
+
+
+def inspect_image(path: Path, cfg: ValidationConfig) -> tuple[str | None, float | None]:
+    """``(reason, extent)``: the reason the image is unusable (``None`` when usable) and, for a usable
+    image when ``cfg.model_image_size`` is set, the galaxy's extent in the model's input (px)."""
     from galmorph.imaging.io import ImageError, is_fits, load_image, read_fits
 
     try:
@@ -217,12 +239,24 @@ def check_image(path: Path, cfg: ValidationConfig) -> str | None:
             im = read_fits(path)
             arr = im.data
             if cfg.require_wcs and im.wcs is None:
-                return f"{path.name}: FITS header has no usable celestial WCS"
+                return f"{path.name}: FITS header has no usable celestial WCS", None
         else:
             arr = load_image(path, allow_nan=True)
     except ImageError as exc:
-        return str(exc).replace(str(path), path.name)
-    return check_decoded(arr, cfg, path.name)
+        return str(exc).replace(str(path), path.name), None
+    reason = check_decoded(arr, cfg, path.name)
+    return reason, (model_extent(arr, cfg) if reason is None else None)
+
+
+def model_extent(arr: np.ndarray, cfg: ValidationConfig) -> float | None:
+    """The galaxy's extent (about 2 R90, :func:`galmorph.cutout.galaxy_extent_px`) in the model's input
+    described by ``cfg`` (None without ``cfg.model_image_size``; NaN when no light is above the sky)."""
+    if not cfg.model_image_size:
+        return None
+    from galmorph.cutout import extent_in_model_px, galaxy_extent_px
+
+    return extent_in_model_px(galaxy_extent_px(arr), int(min(arr.shape[:2])), int(cfg.model_image_size),
+                              cfg.model_crop_fraction)
 
 
 def check_decoded(arr: np.ndarray, cfg: ValidationConfig, name: str) -> str | None:
@@ -244,8 +278,10 @@ def check_decoded(arr: np.ndarray, cfg: ValidationConfig, name: str) -> str | No
 
 
 def image_checks(df: pd.DataFrame, cfg: ValidationConfig, data_root: Path | None = None,
-                 progress: bool = True, workers: int = 1) -> dict[int, str]:
-    """Row position -> reason for every row whose image fails."""
+                 progress: bool = True, workers: int = 1,
+                 extents: dict[int, float] | None = None) -> dict[int, str]:
+    """Row position -> reason for every row whose image fails; with ``extents`` (and
+    ``cfg.model_image_size``) also row position -> the galaxy's extent in the model's input."""
     from tqdm import tqdm
 
     out: dict[int, str] = {}
@@ -263,13 +299,15 @@ def image_checks(df: pd.DataFrame, cfg: ValidationConfig, data_root: Path | None
         from concurrent.futures import ThreadPoolExecutor
 
         with ThreadPoolExecutor(workers) as ex:
-            res = list(tqdm(ex.map(lambda t: check_image(t[1], cfg), todo), total=len(todo),
+            res = list(tqdm(ex.map(lambda t: inspect_image(t[1], cfg), todo), total=len(todo),
                             desc="image checks", disable=not progress))
     else:
-        res = [check_image(p, cfg) for _, p in tqdm(todo, desc="image checks", disable=not progress)]
-    for (i, _), r in zip(todo, res):
+        res = [inspect_image(p, cfg) for _, p in tqdm(todo, desc="image checks", disable=not progress)]
+    for (i, _), (r, ext) in zip(todo, res):
         if r:
             out[i] = r
+        elif extents is not None and ext is not None:
+            extents[i] = ext
     return out
 
 
@@ -366,8 +404,9 @@ def validate_frame(df: pd.DataFrame, cfg: ValidationConfig | None = None, data_r
     if missing:
         schema_errors.insert(0, f"{name}: missing required column(s) {missing}")
     img_fail: dict[str, int] = {}
+    extents: dict[int, float] = {}
     if cfg.check_images and "image_uri" not in missing:
-        for i, msg in image_checks(work, cfg, dr, progress=progress, workers=workers).items():
+        for i, msg in image_checks(work, cfg, dr, progress=progress, workers=workers, extents=extents).items():
             reasons[i].append(msg)
             key = msg.split(": ", 1)[-1].split(" (")[0].split(" ")[0] if ": " in msg else msg
             img_fail[key] = img_fail.get(key, 0) + 1
@@ -377,7 +416,22 @@ def validate_frame(df: pd.DataFrame, cfg: ValidationConfig | None = None, data_r
         q.append(quarantine_record(row.get("object_id"), STAGE, "; ".join(reasons[i]), row.to_dict()))
     qdf = quarantine_frame(unreadable + q)
     bad = set(reasons)
-    passed_df = df.iloc[[i for i in range(n) if i not in bad]].reset_index(drop=True)
+    keep = [i for i in range(n) if i not in bad]
+    passed_df = df.iloc[keep].reset_index(drop=True)
+    warnings: list[str] = []
+    n_small = 0
+    if cfg.model_image_size and cfg.check_images:
+        ext = np.array([extents.get(i, np.nan) for i in keep], dtype=float)
+        small = np.isfinite(ext) & (ext < cfg.min_extent_px)
+        n_small = int(small.sum())
+        passed_df["extent_model_px"] = ext
+        passed_df["small_extent"] = small
+        if n_small:
+            warnings.append(f"{name}: {n_small} of {int(np.isfinite(ext).sum())} galaxies are smaller than "
+                            f"{cfg.min_extent_px:g} px across in the model's input ({cfg.model_image_size} px, "
+                            f"crop {cfg.model_crop_fraction:g}): their arms are probably not resolved; use a "
+                            "tighter crop or a larger input")
+            log.warning("validate %s", warnings[-1])
     n += len(unreadable)
     frac = (len(bad) + len(unreadable)) / n
     success = not schema_errors and frac <= cfg.max_failure_fraction
@@ -385,7 +439,8 @@ def validate_frame(df: pd.DataFrame, cfg: ValidationConfig | None = None, data_r
     res = ValidationResult(name=name, rows=n, passed=len(passed_df), success=success, failure_fraction=frac,
                            max_failure_fraction=cfg.max_failure_fraction, quarantine=qdf,
                            schema_errors=schema_errors, expectation_failures=counts, image_failures=img_fail,
-                           gx_success=bool(gx_res.success), gx_result=gx_json, passed_manifest=passed_df)
+                           gx_success=bool(gx_res.success), gx_result=gx_json, passed_manifest=passed_df,
+                           n_extent_measured=len(extents), n_small_extent=n_small, warnings=warnings)
     assert res.passed + len(qdf) == n
     log.info("validate %s: %d rows, %d passed, %d quarantined (%.1f%%) -> %s", name, n, res.passed, len(qdf),
              100 * frac, "OK" if success else "FAILED")
@@ -443,3 +498,7 @@ def _log_mlflow(res: ValidationResult, report: dict) -> None:
                         f"validation.{res.name}.quarantined": res.n_quarantined,
                         f"validation.{res.name}.failure_fraction": res.failure_fraction,
                         f"validation.{res.name}.success": float(res.success)})
+    if res.n_extent_measured:
+        mlflow.log_metric(f"validation.{res.name}.n_small_extent", res.n_small_extent)
+    if res.warnings:
+        mlflow.set_tag(f"galmorph.warning.validation.{res.name}", "; ".join(res.warnings)[:5000])

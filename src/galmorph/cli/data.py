@@ -118,12 +118,20 @@ def _size(s: str | None) -> tuple[int, int] | None:
 @click.option("--report", type=click.Path(path_type=Path, dir_okay=False), default=None,
               help="Write the report (summary + great-expectations result) as JSON here.")
 @click.option("--workers", type=click.IntRange(1), default=1, show_default=True, help="Image-check threads.")
+@click.option("--model-image-size", type=click.IntRange(1), default=None,
+              help="Framing check: the model's input size (px); galaxies smaller than --min-extent-px across "
+                   "in that input are counted and warned about (not quarantined).")
+@click.option("--model-crop-fraction", type=click.FloatRange(0, 1, min_open=True), default=1.0,
+              show_default=True, help="Framing check: the fraction of the image the model crops before resizing.")
+@click.option("--min-extent-px", type=click.FloatRange(0, min_open=True), default=40.0, show_default=True,
+              help="Framing check: the smallest galaxy extent (about 2 R90) in the model's input.")
 @click.option("--no-fail", is_flag=True, help="Exit 0 even when validation fails.")
 @data_root_option()
 def validate_cmd(manifest: Path, as_json: bool, z_min: float | None, z_max: float | None,
                  max_failure_fraction: float, expected_size: str | None, min_size: int, require_coords: bool,
                  require_z: bool, no_images: bool, out: Path | None, quarantine: Path | None, report: Path | None,
-                 workers: int, no_fail: bool, data_root: Path | None) -> None:
+                 workers: int, model_image_size: int | None, model_crop_fraction: float, min_extent_px: float,
+                 no_fail: bool, data_root: Path | None) -> None:
     """Validate MANIFEST (Parquet or CSV; great-expectations suite + image checks); exit 1 when it fails.
 
     Failing rows go to the quarantine (with reasons); the run fails only when more than
@@ -135,7 +143,8 @@ def validate_cmd(manifest: Path, as_json: bool, z_min: float | None, z_max: floa
     try:
         cfg = ValidationConfig(z_min=z_min, z_max=z_max, require_z=require_z, require_coords=require_coords,
                                check_images=not no_images, expected_size=_size(expected_size), min_size=min_size,
-                               max_failure_fraction=max_failure_fraction)
+                               max_failure_fraction=max_failure_fraction, model_image_size=model_image_size,
+                               model_crop_fraction=model_crop_fraction, min_extent_px=min_extent_px)
         res = validate_manifest(manifest, cfg, data_root=_data_root(data_root), out_manifest=out,
                                 quarantine_path=quarantine, report_path=report, progress=not as_json,
                                 workers=workers)
@@ -152,6 +161,8 @@ def validate_cmd(manifest: Path, as_json: bool, z_min: float | None, z_max: floa
                    f"{'PASSED' if res.success else 'FAILED'}")
         for e in res.schema_errors:
             click.echo(f"  schema: {e}")
+        for w in res.warnings:
+            click.echo(f"  warning: {w}")
         for r in res.quarantine.head(20).itertuples():
             click.echo(f"  {r.object_id}: {r.reason}")
         if res.n_quarantined > 20:
