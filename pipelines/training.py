@@ -7,7 +7,7 @@ Compiled to ``pipelines/training.yaml`` by ``galmorph pipeline compile``; run lo
 
 from kfp import dsl
 
-from galmorph.pipelines.platform import data_volume, gpu_task, load_platform, mlflow_credentials
+from galmorph.pipelines.platform import data_volume, gpu_task, load_platform, mlflow_credentials, promotion_lock
 from galmorph_components.a1.component import a1
 from galmorph_components.cutout.component import cutout
 from galmorph_components.evaluate.component import evaluate
@@ -54,5 +54,6 @@ def pipeline(task: str = "chirality", source: str = "gz1_chirality", preset: str
         pr = promote(task=task, version=tr.outputs["registered_version"], dataset=sp.outputs["test"],
                      policy_json=policy_json, audit_log=audit_log, tracking_uri=tracking_uri)
         mlflow_credentials(pr, PLATFORM)
+        promotion_lock(pr, PLATFORM)  # one lock for every promoting pod (Postgres advisory lock)
         pr.after(ev)
         pr.set_caching_options(False)  # a promotion depends on the registry's state, never cache it

@@ -454,10 +454,13 @@ def test_network_policies_allow_only_needed_traffic(rendered):
         rules = _policy(docs, comp)["spec"].get("ingress", [])
         return [peer for r in rules for peer in r.get("from", [])], [pt["port"] for r in rules for pt in r["ports"]]
 
-    # postgres: only mlflow and labelling, only the postgres port, no egress
+    # postgres: only mlflow and labelling of the release, and labelled pipeline pods (the promotion lock),
+    # only the postgres port, no egress
     peers, ports = ingress_peers("postgres")
     allowed = {c for c, lab in pods.items() if any(selector_matches(p["podSelector"], lab) for p in peers)}
     assert allowed == {"mlflow", "labelling"} and ports == [5432]
+    client = {"galmorph.io/platform-client": "true"}
+    assert any(selector_matches(p["podSelector"], client) for p in peers)
     assert _policy(docs, "postgres")["spec"]["egress"] == []
     # mlflow / evidently: labelled client pods in, nothing else of the release (no ingress enabled)
     for comp, port in (("mlflow", 5000), ("evidently", 8000)):
@@ -818,11 +821,11 @@ def test_each_database_has_its_own_user(rendered):
     init = next(d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"].endswith("-init"))
     script = "\n".join(init["data"].values())
     users = [db["user"] for db in vals["databases"]]
-    assert len(set(users)) == len(users) == 3 and vals["user"] not in users
-    assert {db["name"] for db in vals["databases"]} == {"mlflow", "mlflow_auth", "labels"}
+    assert len(set(users)) == len(users) == 4 and vals["user"] not in users
+    assert {db["name"] for db in vals["databases"]} == {"mlflow", "mlflow_auth", "labels", "promotion_lock"}
     for db in vals["databases"]:
         assert '-v db="%s" -v usr="%s"' % (db["name"], db["user"]) in script
-    assert script.count("CREATE ROLE") == 3 and script.count("REVOKE ALL ON DATABASE") == 3
+    assert script.count("CREATE ROLE") == 4 and script.count("REVOKE ALL ON DATABASE") == 4
     sts = next(d for d in docs if d["kind"] == "StatefulSet")
     env = {e["name"]: e for e in pod_template(sts)["spec"]["containers"][0]["env"]}
     for db in vals["databases"]:

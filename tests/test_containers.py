@@ -123,9 +123,11 @@ def container_runs(podman_ready, mlflow_server, tmp_path_factory):
     client = mlflow.MlflowClient()
     before = {v.version for v in client.search_model_versions("name='galmorph-chirality'")}
     state = tmp_path_factory.mktemp("ctr-state")
-    # one pipeline root for both runs (a shared volume): the drift reference of the rescoring run is the
-    # training run's split until the reference lives in MLflow (issue #13, item 4)
-    root = tmp_path_factory.mktemp("ctr-kfp")
+    # nothing shared between the runs but MLflow (as between pods): separate pipeline roots, so the
+    # rescoring drift step cannot read the training split and must fetch the reference from MLflow; each
+    # container has its own /tmp and state folder; the promotion lock is the shared one of GALMORPH_LOCK_URL
+    root_train, root_rescore = tmp_path_factory.mktemp("ctr-kfp-train"), tmp_path_factory.mktemp("ctr-kfp-rescore")
+    lock_dir = tmp_path_factory.mktemp("ctr-shared-lock")
     sim = simulate_dataset(tmp_path_factory.mktemp("ctr-train-sim"), 36, seed=21, task="chirality", size=48,
                            progress=False)
     train = run_local_docker("training", {"task": "chirality", "source": f"sim:{sim['dir']}",
@@ -134,8 +136,11 @@ def container_runs(podman_ready, mlflow_server, tmp_path_factory):
                                           # 36 tiny galaxies cannot clear the quality floor (a margin over
                                           # the majority-class predictor); this test is about the steps in
                                           # their images, not the model's quality: margin -1 passes always
-                                          "policy_json": '{"min_margin_over_majority": -1.0}'},
-                             pipeline_root=root, tracking_uri=mlflow_server, state_dir=state)
+                                          "policy_json": '{"min_margin_over_majority": -1.0}',
+                                          # a path parameter mounts its folder: the shared lock folder
+                                          "audit_log": str(lock_dir / "audit.jsonl")},
+                             pipeline_root=root_train, tracking_uri=mlflow_server, state_dir=state,
+                             extra_env={"GALMORPH_LOCK_URL": f"file://{lock_dir / 'locks'}"})
     rel = simulate_dataset(tmp_path_factory.mktemp("ctr-release"), 30, seed=22, task="chirality", size=48,
                            progress=False)
     pub = tmp_path_factory.mktemp("ctr-published")
@@ -143,8 +148,8 @@ def container_runs(podman_ready, mlflow_server, tmp_path_factory):
                                              "z_max": "0.1", "shard_size": "8", "n_workers": "2",
                                              "cutout_size_px": "32", "publish_dir": str(pub),
                                              "drift_min_group_size": "10", "hold_on_drift": "false"},
-                               pipeline_root=root, tracking_uri=mlflow_server, state_dir=state)
-    return {"train": train, "rescore": rescore, "before": before, "publish": pub}
+                               pipeline_root=root_rescore, tracking_uri=mlflow_server, state_dir=state)
+    return {"train": train, "rescore": rescore, "before": before, "publish": pub, "lock_dir": lock_dir}
 
 
 def test_training_pipeline_in_containers_registers_and_sets_an_alias(container_runs):
@@ -168,6 +173,18 @@ def test_training_pipeline_in_containers_registers_and_sets_an_alias(container_r
     tr = read_manifest(open_dataset(run_dir / "split" / "train"))
     te = read_manifest(open_dataset(run_dir / "split" / "test"))
     assert len(tr) + len(te) == 36 and not set(tr["object_id"]) & set(te["object_id"])
+    # item 4: the promotion took the lock named by GALMORPH_LOCK_URL (a folder every container mounts),
+    # not a file in its own /tmp, and its audit record is in MLflow, where every pod and a person read it
+    from galmorph.registry import read_mlflow_audit
+
+    assert (container_runs["lock_dir"] / "locks" / ".galmorph-chirality.promotion.lock").exists()
+    audit = [r for r in read_mlflow_audit("galmorph-chirality")
+             if r.get("candidate_version") == model_info["registered_version"]]
+    assert len(audit) == 1 and audit[0]["decision"] == decision["decision"]
+    tags = client.get_model_version("galmorph-chirality", model_info["registered_version"]).tags
+    assert tags["galmorph.decision_audit_run"] == audit[0]["audit_run_id"]
+    # and the drift reference of this version was logged to MLflow by the train container
+    assert tags["galmorph.drift_reference"].endswith("drift_reference/features.parquet")
 
 
 def test_rescoring_pipeline_in_containers_scores_and_publishes(container_runs, tmp_path):
@@ -190,6 +207,13 @@ def test_rescoring_pipeline_in_containers_scores_and_publishes(container_runs, t
     summary = json.loads((pub / "ctr-r22" / "summary.json").read_text())
     assert summary["n_rows"] == 30
     assert pd.read_parquet(pub / "ctr-r22" / "catalogue.parquet").equals(cat)
+    # item 4: the drift step ran in its own container with its own pipeline root: its reference came from
+    # MLflow (the champion's training run), not from the training run's files
+    rescore_dir = Path(container_runs["rescore"]["run_dir"])
+    train_dir = Path(container_runs["train"]["run_dir"])
+    assert not rescore_dir.is_relative_to(train_dir.parent)
+    ref = json.loads((rescore_dir / "drift" / "summary" / "reference.json").read_text())
+    assert ref["reference_source"].startswith("mlflow:models:/galmorph-chirality/")
 
 
 # ---------------------------------------------------------------------------------------------

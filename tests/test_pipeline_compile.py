@@ -60,6 +60,12 @@ def test_training_package_settings():
     assert k8s["exec-train"]["tolerations"][0]["key"] == gpu["tolerations"][0]["key"]
     assert k8s["exec-train"]["secretAsEnv"][0]["secretName"] == "galmorph-mlflow-credentials"
     assert k8s["exec-ingest"]["pvcMount"][0]["mountPath"] == "/data"
+    # promotions of every pod are serialised by one lock: GALMORPH_LOCK_URL from the Secret (optional)
+    lock = {e["secretName"]: e for e in k8s["exec-promote"]["secretAsEnv"]}["galmorph-promotion-lock"]
+    assert lock["keyToEnv"] == [{"secretKey": "url", "envVar": "GALMORPH_LOCK_URL"}] and lock["optional"]
+    # every MLflow client step is labelled so the chart's NetworkPolicies admit it
+    for ex in ("exec-train", "exec-evaluate", "exec-promote"):
+        assert k8s[ex]["podMetadata"]["labels"]["galmorph.io/platform-client"] == "true", ex
 
 
 def test_rescoring_package_fans_out_on_gpus():

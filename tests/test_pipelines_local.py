@@ -120,6 +120,9 @@ def test_rescoring_pipeline_scores_and_publishes(trained, platform_env, mlflow_s
     assert pd.read_parquet(pub / "sim-r12" / "catalogue.parquet").equals(cat)
     drift = json.loads((Path(res["run_dir"]) / "drift" / "summary" / "summary.json").read_text())
     assert drift["verdict"] in ("drift", "no_drift") and any(g["key"] == "overall" for g in drift["groups"])
+    # the reference is the champion's, fetched from MLflow (separate pipeline root: no training files here)
+    ref = json.loads((Path(res["run_dir"]) / "drift" / "summary" / "reference.json").read_text())
+    assert ref["reference_source"] == f"mlflow:models:/galmorph-chirality/{champion.version}"
 
 
 def test_labelling_pipeline_fills_the_label_queue(platform_env, tmp_path):

@@ -83,6 +83,11 @@ class Settings(BaseSettings):
     audit_log: Path | None = Field(
         default=None, description="JSON-lines promotion audit log; default <state_dir>/registry/audit.jsonl."
     )
+    lock_url: str | None = Field(
+        default=None, description="Promotion lock every promoting pod shares (GALMORPH_LOCK_URL): postgresql://... "
+        "(advisory lock, e.g. on the tracking database) or file:///shared/folder; unset: a file lock beside "
+        "the audit log (one machine)."
+    )
     params_file: Path = Field(default=REPO_ROOT / "params.yaml")
     num_workers: int = Field(default=0, ge=0, description="DataLoader worker processes.")
     kfp_host: str | None = Field(default=None, description="Kubeflow Pipelines endpoint for --host.")

@@ -33,6 +33,10 @@ FALLBACK_GPU_DEFAULTS: dict[str, Any] = {
 #: Secret holding the MLflow credentials (created by the Helm chart / profile overlay).
 MLFLOW_SECRET = "galmorph-mlflow-credentials"
 MLFLOW_SECRET_KEYS = {"username": "MLFLOW_TRACKING_USERNAME", "password": "MLFLOW_TRACKING_PASSWORD"}
+#: Secret holding the promotion lock URL shared by every promoting pod (``postgresql://...``: a Postgres
+#: advisory lock, e.g. on the tracking database; see galmorph.registry.select_lock).
+LOCK_SECRET = "galmorph-promotion-lock"
+LOCK_SECRET_KEYS = {"url": "GALMORPH_LOCK_URL"}
 #: PVC with the survey releases / data root, mounted read-only in ingest-like steps.
 DATA_PVC = "galmorph-data"
 DATA_MOUNT = "/data"
@@ -83,12 +87,41 @@ def gpu_task(task, platform: Platform):
     return task
 
 
-def mlflow_credentials(task, platform: Platform):
-    """Inject the MLflow credentials from the cluster Secret as environment variables."""
+#: Pod label the chart's NetworkPolicies (and the PodDefault) admit as a platform client
+#: (values ``clients.podLabel``).
+CLIENT_POD_LABEL = ("galmorph.io/platform-client", "true")
+
+
+def platform_client(task, platform: Platform):
+    """Label the step's pod as a platform client so the chart's NetworkPolicies let it reach MLflow,
+    Evidently and (for the promotion lock) Postgres."""
     if platform.kubernetes:
         from kfp import kubernetes
 
+        kubernetes.add_pod_label(task, label_key=CLIENT_POD_LABEL[0], label_value=CLIENT_POD_LABEL[1])
+    return task
+
+
+def mlflow_credentials(task, platform: Platform):
+    """Inject the MLflow credentials from the cluster Secret as environment variables (and label the
+    pod a platform client: :func:`platform_client`)."""
+    if platform.kubernetes:
+        from kfp import kubernetes
+
+        platform_client(task, platform)
         kubernetes.use_secret_as_env(task, secret_name=MLFLOW_SECRET, secret_key_to_env=dict(MLFLOW_SECRET_KEYS),
+                                     optional=True)
+    return task
+
+
+def promotion_lock(task, platform: Platform):
+    """Give a promoting step the cluster-wide promotion lock (``GALMORPH_LOCK_URL`` from the Secret
+    ``galmorph-promotion-lock``): without it each pod would lock a file in its own ``/tmp``, which
+    serialises nothing between pods. Optional: without the Secret the step falls back to a file lock."""
+    if platform.kubernetes:
+        from kfp import kubernetes
+
+        kubernetes.use_secret_as_env(task, secret_name=LOCK_SECRET, secret_key_to_env=dict(LOCK_SECRET_KEYS),
                                      optional=True)
     return task
 

@@ -291,7 +291,7 @@ def promote(task: str, version: str, dataset: str | Path, record_path: str | Pat
     s = resolve_settings(tracking_uri=tracking_uri, audit_log=audit_log)
     policy = PromotionPolicy.from_params(s.params_file, **json.loads(policy_json or "{}"))
     dec = promote_version(task, version or None, eval_manifest=open_dataset(dataset), audit_log=s.audit_log,
-                          policy=policy, data_root=root)
+                          policy=policy, data_root=root, lock_url=s.lock_url)
     write_json(record_path, dec.to_dict())
     _fill(record_metadata, {"decision": dec.decision, "champion": dec.champion_after, "reasons": dec.reasons})
     log.info("%s", dec.summary())
@@ -379,7 +379,8 @@ def drift(catalogue_dir: str | Path, dataset: str | Path, summary_dir: str | Pat
     res = drift_for_release(catalogue_dir, dataset, as_dir(summary_dir), report_html, reference=reference,
                             model_uri=model_uri, by=by, release=release, mlflow_run_id=mlflow_run_id,
                             workspace=workspace, data_root=root, min_group_size=min_group_size or None)
-    _fill(summary_metadata, {"verdict": res["verdict"], "drifted_groups": res["drifted_groups"]})
+    _fill(summary_metadata, {"verdict": res["verdict"], "drifted_groups": res["drifted_groups"],
+                             "reference_source": res.get("reference_source", "")})
     return DriftOutputs(res["verdict"], len(res["drifted_groups"]))
 
 
@@ -508,8 +509,11 @@ def drift_for_release(catalogue_dir: str | Path, dataset: str | Path, summary_di
             raise DriftReferenceError("no drift reference: pass `reference` or the scored `model_uri` (whose "
                                       "training run logged drift_reference/features.parquet)")
         reference = str(fetch_drift_reference(model_uri, tempfile.mkdtemp(prefix="drift-reference-")))
+        source = f"mlflow:{model_uri}"  # the artifact logged with the model version, not a path of another pod
     elif not Path(reference).exists():
         raise DriftReferenceError(f"drift reference {reference!r} does not exist")
+    else:
+        source = str(reference)
     ref_path = open_dataset(reference) if Path(reference).is_dir() else Path(reference)
     cat = pd.read_parquet(Path(catalogue_dir) / "catalogue.parquet")
     man = read_manifest(open_dataset(dataset))
@@ -527,4 +531,6 @@ def drift_for_release(catalogue_dir: str | Path, dataset: str | Path, summary_di
     else:
         Path(report_html).write_text(f"<html><body><h1>Drift: {res.verdict}</h1><pre>{res.table()}</pre>"
                                      "</body></html>")
-    return res.to_dict()
+    # where the reference came from, beside the summary (a person or a test can check it was not a local path)
+    (Path(summary_dir) / "reference.json").write_text(json.dumps({"reference_source": source}))
+    return {**res.to_dict(), "reference_source": source}
