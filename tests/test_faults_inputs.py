@@ -194,6 +194,16 @@ def test_bad_pipeline_parameters_exit_2_before_anything_runs(param, says, tmp_pa
     assert r.exit_code == 2 and says in r.stderr
 
 
+def test_rescoring_inference_path_parameters_are_checked():
+    from galmorph.pipelines.run import PipelineParamError, coerce_params
+
+    ok = coerce_params("rescoring", {"precision": "auto", "decode": "draft"})
+    assert ok == {"precision": "auto", "decode": "draft"}
+    with pytest.raises(PipelineParamError, match=r"precision='fp16': expected one of \['auto', 'bf16'.*"
+                                                 r"decode='jpeg': expected one of \['auto', 'draft', 'full'\]"):
+        coerce_params("rescoring", {"precision": "fp16", "decode": "jpeg"})
+
+
 # ------------------------------------------------------------------------------------ 7: --json on stdout
 def _json_commands():
     import click

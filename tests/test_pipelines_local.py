@@ -98,7 +98,7 @@ def test_rescoring_pipeline_scores_and_publishes(trained, platform_env, mlflow_s
     res = run_local("rescoring", {"release_uri": str(rel["dir"]), "release": "sim-r12", "z_max": "0.1",
                                   "shard_size": "8", "n_workers": "2", "cutout_size_px": "32",
                                   "publish_dir": str(pub), "drift_min_group_size": "10",
-                                  "hold_on_drift": "false"},
+                                  "hold_on_drift": "false", "precision": "channels_last"},
                     pipeline_root=tmp_path_factory.mktemp("kfp-root2"), tracking_uri=mlflow_server)
     client = mlflow.MlflowClient()
     champion = client.get_model_version_by_alias("galmorph-chirality", "champion")
@@ -109,6 +109,9 @@ def test_rescoring_pipeline_scores_and_publishes(trained, platform_env, mlflow_s
     assert run.data.tags["galmorph.model_version"] == champion.version
     assert run.data.metrics["n_scored"] + run.data.metrics["n_quarantined"] == 30
     assert run.data.tags.get("galmorph.publish") == "published"
+    # the requested inference path reached the scoring workers; its agreement check is in MLflow
+    assert run.data.params["precision_requested"] == "channels_last"
+    assert run.data.params["precision"] in ("channels_last", "fp32")  # fp32 only if it disagreed
     local = mlflow.artifacts.download_artifacts(run_id=run.info.run_id, artifact_path="catalogue/catalogue.parquet",
                                                 dst_path=str(tmp_path_factory.mktemp("dl")))
     cat = pd.read_parquet(local)

@@ -63,6 +63,7 @@ def _choice(values):
 
 
 def _value_rules() -> dict[str, Any]:
+    from galmorph.accel import DECODES, REQUESTS
     from galmorph.tasks import TASKS
 
     return {
@@ -74,6 +75,7 @@ def _value_rules() -> dict[str, Any]:
         "batch_size": _at_least(1), "per_bin": _at_least(1), "n_bins": _at_least(1),
         "drift_min_group_size": _at_least(0), "overrides_json": _json_object, "policy_json": _json_object,
         "model_alias": _choice({"champion", "challenger", "previous-champion"}),
+        "precision": _choice(set(REQUESTS)), "decode": _choice(set(DECODES)),
     }
 
 

@@ -324,12 +324,14 @@ def shard(dataset: str | Path, model_uri: str, shard_size: int = 10000, n_worker
 
 def score(dataset: str | Path, work: str, scores_dir: str | Path, batch_size: int = 64, num_workers: int = 2,
           threshold: float = 0.85, device: str = "auto", tracking_uri: str = "", winding_ensemble: bool = False,
-          winding_weight: float = 0.5, winding_min_confidence: float = 2.0,
-          scores_metadata: dict | None = None) -> ScoreOutputs:
+          winding_weight: float = 0.5, winding_min_confidence: float = 2.0, precision: str = "fp32",
+          decode: str = "full", scores_metadata: dict | None = None) -> ScoreOutputs:
     """:func:`galmorph.scoring.score_manifest` of the shards of the work item ``work`` into ``scores_dir``
     (resumable); the dataset's framing is checked against the model's (never cropped twice);
     ``winding_ensemble`` combines the chirality network with the winding measurement
-    (:class:`galmorph.ensemble.WindingEnsemble`)."""
+    (:class:`galmorph.ensemble.WindingEnsemble`). ``precision``/``decode``: the inference path
+    (:mod:`galmorph.accel`; an accelerated path only where it agrees with fp32, recorded in the shard summaries
+    and, through the merge, in MLflow)."""
     from galmorph.pipelines.runtime import as_dir, setup
     from galmorph.scoring import parse_work_item, pick_device, score_manifest
 
@@ -344,9 +346,9 @@ def score(dataset: str | Path, work: str, scores_dir: str | Path, batch_size: in
     res = score_manifest(model, open_dataset(dataset), as_dir(scores_dir), batch_size=batch_size,
                          num_workers=num_workers, shard_size=item["shard_size"], threshold=threshold,
                          shards=item["shards"], data_root=root, device=pick_device(device), progress=False,
-                         winding_ensemble=ens)
+                         winding_ensemble=ens, precision=precision, decode=decode)
     _fill(scores_metadata, {"shards": item["shard_range"], "n_scored": res.n_scored,
-                            "images_per_s": res.images_per_s})
+                            "images_per_s": res.images_per_s, "precision": res.precision})
     return ScoreOutputs(res.n_scored, res.n_quarantined)
 
 
