@@ -77,17 +77,43 @@ def quick_subset(df: pd.DataFrame, n: int, seed: int) -> pd.DataFrame:
     return df.iloc[np.sort(keep)].reset_index(drop=True)
 
 
+def prior_adjusted(p: np.ndarray, classes: list[str], trained_prior: dict[str, float],
+                   target_prior: dict[str, float]) -> np.ndarray:
+    """Probabilities re-weighted from the class prior the network was trained under to the catalogue's
+    (Saerens et al. 2002): p'_c ∝ p_c π_target(c) / π_trained(c)."""
+    w = np.array([target_prior.get(c, 0.0) / max(trained_prior.get(c, 0.0), 1e-12) for c in classes])
+    q = p * w
+    return q / np.maximum(q.sum(axis=1, keepdims=True), 1e-12)
+
+
+def three_class(y: np.ndarray, yp: np.ndarray, classes: list[str]) -> dict:
+    acc = float((yp == y).mean())
+    major = pd.Series(y).value_counts().idxmax()
+    acc_major = float((y == major).mean())
+    mf1, per = macro_f1(y, yp, classes)
+    return {"three_class_accuracy": acc, "majority_class": major, "majority_accuracy": acc_major,
+            "error_reduction_vs_majority": 1 - (1 - acc) / (1 - acc_major) if acc_major < 1 else None,
+            "macro_f1": mf1, "f1": per}
+
+
 def chirality_block(pred: pd.DataFrame, test: pd.DataFrame, classes: list[str], data_root: Path,
-                    tuning_ids: set[str], workers: int) -> dict:
-    """Three-class accuracy vs the majority class; CW-vs-ACW on the catalogued spirals; coverage curves of
-    the network, the winding measurement and their combination on spirals outside the tuning half."""
+                    tuning_ids: set[str], workers: int, trained_prior: dict[str, float] | None = None,
+                    catalogue_prior: dict[str, float] | None = None) -> dict:
+    """Three-class accuracy vs the majority class (as predicted, and with the probabilities moved from the
+    training prior to the catalogue's prior of the training part); CW-vs-ACW on the catalogued spirals;
+    coverage curves of the network, the winding measurement and their combination on spirals outside
+    the tuning half."""
     from galmorph.ensemble import combine_winding, measure_winding_table
 
     y = test["label"].astype(str).to_numpy()
-    acc = float((pred["pred"].to_numpy() == y).mean())
-    major = pd.Series(y).value_counts().idxmax()
-    acc_major = float((y == major).mean())
-    err_red = 1 - (1 - acc) / (1 - acc_major) if acc_major < 1 else None
+    tc = three_class(y, pred["pred"].to_numpy().astype(str), classes)
+    acc, major, acc_major, err_red = (tc["three_class_accuracy"], tc["majority_class"], tc["majority_accuracy"],
+                                      tc["error_reduction_vs_majority"])
+    adjusted = None
+    if trained_prior and catalogue_prior:
+        pa = prior_adjusted(pred[[f"p_{c}" for c in classes]].to_numpy(float), classes, trained_prior,
+                            catalogue_prior)
+        adjusted = three_class(y, np.array(classes)[pa.argmax(axis=1)], classes)
     sp = np.isin(y, ["CW", "ACW"])
     p = pred[[f"p_{c}" for c in classes]].to_numpy(float)[sp]
     icw, iacw = classes.index("CW"), classes.index("ACW")
@@ -101,6 +127,8 @@ def chirality_block(pred: pd.DataFrame, test: pd.DataFrame, classes: list[str], 
              "error_reduction_vs_majority": err_red, "n_spirals": int(sp.sum()),
              "cw_acw_accuracy": float(net_ok.mean()) if len(ys) else None,
              "cw_acw_accuracy_top80": float(net_ok[order[:k80]].mean()) if k80 else None}
+    if adjusted is not None:
+        block["prior_adjusted"] = {k: v for k, v in adjusted.items() if k != "majority_class"}
     # winding measurement and combination on test spirals outside the measurement's tuning half
     ids = test["object_id"].astype(str).to_numpy()[sp]
     held = np.array([i not in tuning_ids for i in ids])
@@ -122,7 +150,8 @@ def chirality_block(pred: pd.DataFrame, test: pd.DataFrame, classes: list[str], 
 
 
 def run_case(task: str, weights: str, train_df: pd.DataFrame, test_df: pd.DataFrame, seed: int, args,
-             data_root: Path, tracking_uri: str, tuning_ids: set[str]) -> dict:
+             data_root: Path, tracking_uri: str, tuning_ids: set[str],
+             catalogue_prior: dict[str, float] | None = None, pred_dir: Path | None = None) -> dict:
     from galmorph.inference import predict_manifest
     from galmorph.models.io import load_for_inference
     from galmorph.training import train
@@ -151,9 +180,20 @@ def run_case(task: str, weights: str, train_df: pd.DataFrame, test_df: pd.DataFr
     out = {"task": task, "weights": weights, "split": seed, "train_minutes": minutes, "n_train": len(train_df),
            "n_test": int(ok.sum()), "accuracy": float((y == yp).mean()), "macro_f1": mf1, "f1": per,
            "model_uri": res.model_uri}
+    if pred_dir is not None:  # per-galaxy probabilities, for analyses after the run
+        pred_dir.mkdir(parents=True, exist_ok=True)
+        keep = ["object_id", "label"]
+        pd.concat([test_df[keep].reset_index(drop=True), pred.drop(columns=[c for c in keep if c in pred.columns])
+                   .reset_index(drop=True)], axis=1).to_parquet(pred_dir / f"{task}_{weights}_{seed}.parquet")
     if task == "chirality":
+        from galmorph.training import resolve_config
+
+        cfg = resolve_config(task, "reference", overrides)
+        counts = train_df["label"].astype(str).value_counts()
+        trained = ({c: 1 / len(classes) for c in classes} if cfg.class_weights == "balanced"
+                   else {c: float(counts.get(c, 0)) / counts.sum() for c in classes})
         out["chirality"] = chirality_block(pred[ok].reset_index(drop=True), test_df[ok].reset_index(drop=True),
-                                           classes, data_root, tuning_ids, args.workers)
+                                           classes, data_root, tuning_ids, args.workers, trained, catalogue_prior)
     return out
 
 
@@ -201,13 +241,22 @@ def write_md(result: dict, path: Path) -> None:
                          f"{fmt(s, 'train_minutes', 1)} |")
     if "chirality" in summ:
         lines += ["", "## Chirality (test quarter as catalogued)", "",
-                  "| encoder | 3-class acc | majority acc | error reduction | CW/ACW acc (spirals) | top 80 % |",
-                  "|---|---|---|---|---|---|"]
+                  "| encoder | probabilities | 3-class acc | majority acc | error reduction | 3-class macro-F1 | "
+                  "CW/ACW acc (spirals) | top 80 % |",
+                  "|---|---|---|---|---|---|---|---|"]
         for w, s in summ["chirality"].items():
             c = "chirality."
-            lines.append(f"| {w} | {fmt(s, c + 'three_class_accuracy')} | {fmt(s, c + 'majority_accuracy')} | "
-                         f"{fmt(s, c + 'error_reduction_vs_majority')} | {fmt(s, c + 'cw_acw_accuracy')} | "
-                         f"{fmt(s, c + 'cw_acw_accuracy_top80')} |")
+            lines.append(f"| {w} | as trained (balanced) | {fmt(s, c + 'three_class_accuracy')} | "
+                         f"{fmt(s, c + 'majority_accuracy')} | {fmt(s, c + 'error_reduction_vs_majority')} | "
+                         f"{fmt(s, 'macro_f1')} | {fmt(s, c + 'cw_acw_accuracy')} | {fmt(s, c + 'cw_acw_accuracy_top80')} |")
+            a = c + "prior_adjusted."
+            if a + "three_class_accuracy" in s:
+                lines.append(f"| {w} | catalogue prior | {fmt(s, a + 'three_class_accuracy')} | "
+                             f"{fmt(s, a + 'majority_accuracy')} | {fmt(s, a + 'error_reduction_vs_majority')} | "
+                             f"{fmt(s, a + 'macro_f1')} | (same) | (same) |")
+        lines += ["", "\"catalogue prior\": the network's probabilities moved from the prior it was trained under "
+                  "(balanced class weights: uniform) to the class frequencies of the training part as catalogued "
+                  "(p' ∝ p π_catalogue / π_trained); CW-vs-ACW is unchanged by it."]
         lines += ["", "Accuracy vs coverage on test spirals outside the winding measurement's tuning half:", "",
                   "| encoder | method | " + " | ".join(f"{int(c * 100)} %" for c in COVERAGES) + " |",
                   "|---|---|" + "---|" * len(COVERAGES)]
@@ -225,6 +274,8 @@ def main(argv=None) -> int:
     ap.add_argument("--max-epochs", type=int, default=None, help="override the presets' max_epochs")
     ap.add_argument("--tasks", default="chirality,arms")
     ap.add_argument("--weights", default="pretrained,random")
+    ap.add_argument("--random-splits", default="",
+                    help="TASK=N,...: splits of a task's random-weights baseline [--splits] (fewer when time is short)")
     ap.add_argument("--quick", action="store_true", help="smoke run: 1 split, 1 epoch, a few images a class")
     ap.add_argument("--quick-n", type=int, default=12, help="--quick: images a class (train and test)")
     ap.add_argument("--workers", type=int, default=1, help="winding measurement processes")
@@ -251,6 +302,7 @@ def main(argv=None) -> int:
     t_all = time.perf_counter()
     cases: list[dict] = []
     tasks = [t for t in args.tasks.split(",") if t]
+    random_splits = {k: int(v) for k, v in (kv.split("=", 1) for kv in args.random_splits.split(",") if kv)}
     weights = [w for w in args.weights.split(",") if w]
 
     def write_result(cases: list[dict], complete: bool) -> None:
@@ -266,6 +318,8 @@ def main(argv=None) -> int:
         full = load_task(task, data_root)
         for s in range(args.splits):
             train_df, test_df = split_frame(full, seed=1000 + s)
+            counts = train_df["label"].astype(str).value_counts()
+            catalogue_prior = {str(c): float(n) / counts.sum() for c, n in counts.items()}
             if task == "chirality":  # what the preset trains on: all CW/ACW + a sample of "other"
                 from galmorph.demo import select_real_training_set
 
@@ -273,8 +327,11 @@ def main(argv=None) -> int:
             if args.quick:
                 train_df, test_df = quick_subset(train_df, args.quick_n, s), quick_subset(test_df, args.quick_n, s)
             for w in weights:
+                if w == "random" and s >= random_splits.get(task, args.splits):
+                    continue
                 print(f"[{task} split {s} {w}] train {len(train_df)} test {len(test_df)}", flush=True)
-                r = run_case(task, w, train_df, test_df, 1000 + s, args, data_root, tracking, tuning_ids)
+                r = run_case(task, w, train_df, test_df, 1000 + s, args, data_root, tracking, tuning_ids,
+                             catalogue_prior=catalogue_prior, pred_dir=out_dir / "reference_predictions")
                 print(f"    acc {r['accuracy']:.3f} macro-F1 {r['macro_f1']:.3f} {r['train_minutes']:.1f} min",
                       flush=True)
                 cases.append(r)
