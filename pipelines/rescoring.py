@@ -29,7 +29,7 @@ def pipeline(release_uri: str = "/data/releases/latest", release: str = "latest"
              max_failure_fraction: float = 0.05, cutout_size_px: int = 0, crop_fraction: float = 1.0,
              shard_size: int = 10000, n_workers: int = 4, batch_size: int = 64, threshold: float = 0.85,
              winding_ensemble: bool = False, winding_weight: float = 0.5, winding_min_confidence: float = 2.0,
-             precision: str = "fp32", decode: str = "full",
+             precision: str = "fp32", decode: str = "full", class_prior: str = "",
              drift_reference: str = "", drift_by: str = "z_bin,survey", drift_min_group_size: int = 0, hold_on_drift: bool = True,
              publish_dir: str = "", tracking_uri: str = "", data_root: str = ""):
     ing = ingest(source=release_uri, task=task, data_root=data_root)
@@ -51,7 +51,8 @@ def pipeline(release_uri: str = "/data/releases/latest", release: str = "latest"
         with dsl.ParallelFor(plan.output, parallelism=8, name="score-shards") as work:
             sc = score(dataset=cut.outputs["cutouts"], work=work, batch_size=batch_size, threshold=threshold,
                        tracking_uri=tracking_uri, winding_ensemble=winding_ensemble, winding_weight=winding_weight,
-                       winding_min_confidence=winding_min_confidence, precision=precision, decode=decode)
+                       winding_min_confidence=winding_min_confidence, precision=precision, decode=decode,
+                       class_prior=class_prior)
             gpu_task(sc, PLATFORM)
             mlflow_credentials(sc, PLATFORM)
             sc.set_retry(num_retries=3, backoff_duration="30s", backoff_factor=2.0)

@@ -290,7 +290,7 @@ def _load_model(model, device: str):
 
 #: What binds a scoring folder to its inputs: a resume must agree on all of them.
 RESUME_KEYS: tuple[str, ...] = ("manifest_sha256", "manifest_rows", "shard_size", "model_uri", "model_version",
-                                "threshold", "classes", "winding_ensemble")
+                                "threshold", "classes", "winding_ensemble", "class_prior")
 _OUR_FILES = re.compile(r"^\.?(part|quarantine)-\d{5,}\.parquet(\.tmp-\d+)?$")
 
 
@@ -328,6 +328,8 @@ def _check_resume(out_dir: Path, spec: dict, overwrite: bool) -> None:
                     if old.get("manifest") != spec.get("manifest"):
                         diffs.append(f"manifest {old.get('manifest')} -> {spec.get('manifest')}")
                     continue
+                if key == "class_prior" and key not in old:  # written before class priors: none applied
+                    old[key] = {}
                 if old.get(key) != spec.get(key):
                     what = "manifest content (sha256)" if key == "manifest_sha256" else key
                     o, n = old.get(key), spec.get(key)
@@ -428,6 +430,7 @@ def score_manifest(model, manifest_path: str | Path, out_dir: str | Path, batch_
         "model_uri": lm.uri, "model_version": lm.version, "model_run_id": lm.run_id, "task": spec.task,
         "tta_views": int(getattr(spec, "tta_views", 1) or 1), "temperature": float(spec.temperature),
         "classes": classes, "threshold": float(threshold), "inference": choice.to_dict(),
+        "class_prior": dict(getattr(spec, "class_prior", {}) or {}),
         "winding_ensemble": winding_ensemble.to_dict() if winding_ensemble is not None else None,
     }, overwrite)
     done_before = completed_shards(out)
@@ -441,7 +444,9 @@ def score_manifest(model, manifest_path: str | Path, out_dir: str | Path, batch_
     n_scored = n_quar = 0
     model_version = lm.version
     bar = tqdm(total=rows_todo, desc=f"score {spec.task}", unit="img", disable=not progress, smoothing=0.1)
-    temperature = float(getattr(spec, "temperature", 1.0) or 1.0)  # calibrated, as LoadedModel.predict_proba
+    from galmorph.models.io import adjust_logits, prior_logit_shift
+
+    shift = prior_logit_shift(spec)  # calibrated and prior-moved, as LoadedModel.predict_proba
     for s, first, frame in iter_shards(manifest_path, shard_size, read_cols, shards=todo):
         n = len(frame)
         check = None if image_check is None else (lambda i, img, _f=frame: image_check(_f.iloc[i], img))
@@ -457,9 +462,7 @@ def score_manifest(model, manifest_path: str | Path, out_dir: str | Path, batch_
                 for p, reason in failures:
                     failed[int(p)] = reason
                 if len(pos):
-                    logits = path.run(x)
-                    if temperature != 1.0:
-                        logits = logits / temperature
+                    logits = adjust_logits(path.run(x), spec, shift)
                     probs[pos.numpy()] = torch.softmax(logits.float(), dim=1).cpu().numpy()
                 bar.update(len(pos) + len(failures))
         ok = np.array([i not in failed for i in range(n)], dtype=bool)

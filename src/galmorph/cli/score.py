@@ -70,6 +70,10 @@ def _ensemble(on: bool, weight: float, min_confidence: float):
 @click.option("--tta-views", "tta_views", type=click.Choice(["1", "2", "8"]), default=None,
               help="Chirality: test-time views to score with (1, 2 = mirror pair, 8 = 4 rotations x mirror) "
                    "[default: the registered model's own]; recorded in scoring.json.")
+@click.option("--class-prior", "class_prior", default=None, metavar="trained|catalogue|CLASS=F,...",
+              help="Move the probabilities to the class prior of the population scored (Saerens et al. 2002): "
+                   "'catalogue' = the training catalogue's before down-sampling/class balancing, or fractions such "
+                   "as CW=0.06,ACW=0.06,other=0.88 [default: as trained]. Recorded in scoring.json.")
 @click.option("--overwrite", is_flag=True, help="Discard shards of an earlier, different scoring run in OUT.")
 @click.option("--no-progress", is_flag=True, help="Hide the progress bar.")
 @tracking_uri_option()
@@ -79,7 +83,8 @@ def score_cmd(model_uri: str, manifest: Path, out_dir: Path, batch_size: int, nu
               shard_size: int, threshold: float, shards: list[int] | None, device: str, precision: str, decode: str,
               release: str | None,
               no_merge: bool, log_mlflow: bool, winding_ensemble: bool, winding_weight: float,
-              winding_min_confidence: float, tta_views: str | None, overwrite: bool, no_progress: bool, tracking_uri: str | None,
+              winding_min_confidence: float, tta_views: str | None, class_prior: str | None, overwrite: bool,
+              no_progress: bool, tracking_uri: str | None,
               data_root: Path | None, as_json: bool) -> None:
     """Score a release manifest with a registered model into Parquet shards, then merge the catalogue.
 
@@ -97,10 +102,12 @@ def score_cmd(model_uri: str, manifest: Path, out_dir: Path, batch_size: int, nu
     model_uri = model_ref(model_uri)
     try:
         model = model_uri
-        if tta_views is not None:
+        if tta_views is not None or class_prior is not None:
             from galmorph.models.io import load_for_inference
 
-            model = load_for_inference(model_uri, device=device, tta_views=int(tta_views))
+            model = load_for_inference(model_uri, device=device,
+                                       tta_views=int(tta_views) if tta_views is not None else None,
+                                       class_prior=class_prior)
         res = score_manifest(model, manifest, out_dir, batch_size=batch_size,
                              num_workers=s.num_workers if num_workers is None else num_workers,
                              shard_size=shard_size, threshold=threshold, shards=shards,

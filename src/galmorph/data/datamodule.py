@@ -226,6 +226,8 @@ class GalaxyDataModule(L.LightningDataModule):
         self.cache_images, self.cache_dir = cache_images, cache_dir
         self.cache: DecodedImageCache | None = None
         usable, excluded = prepare_labels(manifest, task, self.classes, arm_merge)
+        #: label counts of the usable manifest rows before down-sampling (the catalogue's class prior)
+        self.catalogue_counts = {str(k): int(v) for k, v in usable["label"].value_counts().items()}
         usable, dropped = downsample_per_class(usable, max_per_class, seed)
         self.frame = usable
         self.excluded = excluded + dropped
@@ -283,6 +285,19 @@ class GalaxyDataModule(L.LightningDataModule):
         w = np.zeros(len(n))
         w[present] = n.sum() / (present.sum() * n[present])
         return w.tolist()
+
+    def class_priors(self, balanced: bool) -> tuple[dict[str, float], dict[str, float]]:
+        """``(trained, catalogue)`` class priors: the prior the loss sees (uniform over the classes with
+        training examples when ``balanced`` class weights are used, else the training split's frequencies)
+        and the manifest's before down-sampling."""
+        counts = self.split_frame("train")["label"].value_counts()
+        n = np.array([float(counts.get(c, 0)) for c in self.classes])
+        if self.mirror_swap:  # mirrors with CW <-> ACW swapped: both senses equally often
+            n = 0.5 * (n + n[self.mirror_label_map()])
+        trained = np.where(n > 0, 1.0, 0.0) if balanced else n
+        cat = np.array([float(self.catalogue_counts.get(c, 0)) for c in self.classes])
+        norm = lambda v: {c: float(x) / float(v.sum()) for c, x in zip(self.classes, v)} if v.sum() > 0 else {}  # noqa: E731
+        return norm(trained), norm(cat)
 
     def class_counts(self) -> dict[str, dict[str, int]]:
         return {name: self.split_frame(name)["label"].value_counts().to_dict() for name in ("train", "val", "test")}

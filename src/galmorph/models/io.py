@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -49,6 +50,12 @@ class ModelSpec:
     encoder_init: str = ""          # random | package:<dist>==<version> (file, sha256) | file:/mlflow:<ref> (sha256)
     tta_views: int = 1              # chirality test-time views inside the module (1, 2 = mirror pair, 8)
     single_view_model: str = ""     # artifact (same run) of the 1-view network when tta_views > 1
+    # class priors (class -> fraction): the one the network learned under (uniform with balanced class
+    # weights, else the training split's frequencies), the training manifest's before any down-sampling
+    # (the catalogue's), and the one predictions are moved to (empty: none; set at load/scoring time)
+    trained_prior: dict[str, float] = field(default_factory=dict)
+    catalogue_prior: dict[str, float] = field(default_factory=dict)
+    class_prior: dict[str, float] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -60,6 +67,65 @@ class ModelSpec:
         spec = cls(**known)
         spec.extra.update(d)
         return spec
+
+
+def parse_class_prior(value: str | dict | None, spec: ModelSpec) -> dict[str, float]:
+    """The target class prior of ``value`` for a model of ``spec``: ``None``/``"none"``/``"trained"`` -> ``{}``
+    (predictions as trained); ``"catalogue"`` -> ``spec.catalogue_prior``; ``"CW=0.06,ACW=0.06,other=0.88"``
+    or a dict -> those fractions, normalised. Raises ``ValueError`` naming the model's classes for an
+    unknown class, a negative or all-zero prior, or a model that recorded no training prior."""
+    if value is None or (isinstance(value, str) and value.strip().lower() in ("", "none", "trained")):
+        return {}
+    if isinstance(value, str) and value.strip().lower() == "catalogue":
+        if not spec.catalogue_prior:
+            raise ValueError(f"model ({spec.task}, {spec.arch}) recorded no catalogue prior (trained before "
+                             "galmorph recorded class priors); pass the fractions, e.g. CW=0.06,ACW=0.06,other=0.88")
+        prior = dict(spec.catalogue_prior)
+    elif isinstance(value, str):
+        prior = {}
+        for part in value.split(","):
+            name, sep, frac = part.partition("=")
+            try:
+                prior[name.strip()] = float(frac)
+            except ValueError:
+                raise ValueError(f"class prior {value!r}: {part!r} is not CLASS=FRACTION") from None
+            if not sep:
+                raise ValueError(f"class prior {value!r}: {part!r} is not CLASS=FRACTION")
+    else:
+        prior = {str(k): float(v) for k, v in value.items()}
+    unknown = sorted(set(prior) - set(spec.classes))
+    if unknown:
+        raise ValueError(f"class prior: unknown class(es) {unknown}; the model's classes are {spec.classes}")
+    if any(not math.isfinite(v) or v < 0 for v in prior.values()) or not sum(prior.values()) > 0:
+        raise ValueError(f"class prior {prior}: fractions must be finite, >= 0 and not all 0")
+    if not spec.trained_prior:
+        raise ValueError(f"model ({spec.task}, {spec.arch}) recorded no training prior, so its probabilities "
+                         "cannot be moved to another prior (retrain it with this galmorph version)")
+    tot = sum(prior.values())
+    return {c: prior.get(c, 0.0) / tot for c in spec.classes}
+
+
+def prior_logit_shift(spec: ModelSpec):
+    """Per-class logit offsets ``log(class_prior / trained_prior)`` (Saerens et al. 2002: the posterior
+    under another class prior), or ``None`` when ``spec.class_prior`` is empty. A class whose target
+    prior is 0 gets -inf (never predicted)."""
+    if not spec.class_prior:
+        return None
+    import torch
+
+    with np.errstate(divide="ignore"):
+        shift = [np.log(spec.class_prior.get(c, 0.0)) - np.log(max(spec.trained_prior.get(c, 0.0), 1e-12))
+                 for c in spec.classes]
+    return torch.tensor(shift, dtype=torch.float32)
+
+
+def adjust_logits(logits, spec: ModelSpec, shift=None):
+    """Calibrated logits: divided by ``spec.temperature``, then moved to ``spec.class_prior`` (``shift``:
+    a precomputed :func:`prior_logit_shift`)."""
+    t = float(getattr(spec, "temperature", 1.0) or 1.0)
+    z = logits if t == 1.0 else logits / t
+    shift = prior_logit_shift(spec) if shift is None else shift
+    return z if shift is None else z.float() + shift.to(z.device)
 
 
 @dataclass
@@ -74,12 +140,11 @@ class LoadedModel:
         import torch
 
         with torch.inference_mode():
-            z = self.module(batch)
-            t = float(getattr(self.spec, "temperature", 1.0) or 1.0)
-            return z if t == 1.0 else z / t
+            return adjust_logits(self.module(batch), self.spec)
 
     def predict_proba(self, batch) -> np.ndarray:
-        """Calibrated class probabilities: ``softmax(logits / spec.temperature)``."""
+        """Calibrated class probabilities: ``softmax(logits / spec.temperature)``, moved to
+        ``spec.class_prior`` when one is set (:func:`adjust_logits`)."""
         import torch
 
         return torch.softmax(self.predict_logits(batch).float(), dim=1).cpu().numpy()
@@ -125,7 +190,8 @@ def _spec_from_info(info) -> ModelSpec:
     return ModelSpec.from_dict(meta)
 
 
-def load_for_inference(uri: str, device: str = "cpu", tta_views: int | None = None) -> LoadedModel:
+def load_for_inference(uri: str, device: str = "cpu", tta_views: int | None = None,
+                       class_prior: str | dict | None = None) -> LoadedModel:
     """Load a galmorph model from any MLflow model URI (e.g. ``models:/galmorph-arms@champion``).
 
     ``tta_views`` (chirality): the number of test-time views to score with (1, 2 or 8); ``None`` keeps
@@ -133,6 +199,8 @@ def load_for_inference(uri: str, device: str = "cpu", tta_views: int | None = No
     network (``spec.single_view_model``) and records the choice in the returned spec; with 1 view the
     spec takes that network's own temperature (other counts keep the logged model's,
     ``spec.extra["temperature_fitted_for_views"]`` says for how many views it was fitted).
+    ``class_prior`` (:func:`parse_class_prior`): move the probabilities to the class prior of the
+    population being scored (``"catalogue"``: the training catalogue's, before down-sampling/balancing).
     """
     import mlflow
     import mlflow.pytorch
@@ -151,6 +219,7 @@ def load_for_inference(uri: str, device: str = "cpu", tta_views: int | None = No
         version, run_id = str(mv.version), mv.run_id
     if tta_views is not None and int(tta_views) != spec.tta_views:
         module, spec = _with_views(module, spec, int(tta_views), run_id, uri, device)
+    spec.class_prior = parse_class_prior(class_prior, spec) if class_prior is not None else spec.class_prior
     return LoadedModel(module=module, spec=spec, uri=uri, version=version, run_id=run_id)
 
 

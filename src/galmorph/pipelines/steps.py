@@ -325,13 +325,14 @@ def shard(dataset: str | Path, model_uri: str, shard_size: int = 10000, n_worker
 def score(dataset: str | Path, work: str, scores_dir: str | Path, batch_size: int = 64, num_workers: int = 2,
           threshold: float = 0.85, device: str = "auto", tracking_uri: str = "", winding_ensemble: bool = False,
           winding_weight: float = 0.5, winding_min_confidence: float = 2.0, precision: str = "fp32",
-          decode: str = "full", scores_metadata: dict | None = None) -> ScoreOutputs:
+          decode: str = "full", class_prior: str = "", scores_metadata: dict | None = None) -> ScoreOutputs:
     """:func:`galmorph.scoring.score_manifest` of the shards of the work item ``work`` into ``scores_dir``
     (resumable); the dataset's framing is checked against the model's (never cropped twice);
     ``winding_ensemble`` combines the chirality network with the winding measurement
     (:class:`galmorph.ensemble.WindingEnsemble`). ``precision``/``decode``: the inference path
     (:mod:`galmorph.accel`; an accelerated path only where it agrees with fp32, recorded in the shard summaries
-    and, through the merge, in MLflow)."""
+    and, through the merge, in MLflow). ``class_prior``: move the probabilities to the release's class prior
+    (``catalogue`` or ``CLASS=F,...``; :func:`galmorph.models.io.parse_class_prior`; empty: as trained)."""
     from galmorph.pipelines.runtime import as_dir, setup
     from galmorph.scoring import parse_work_item, pick_device, score_manifest
 
@@ -340,7 +341,7 @@ def score(dataset: str | Path, work: str, scores_dir: str | Path, batch_size: in
 
     _, root = setup(tracking_uri=tracking_uri)
     item = parse_work_item(work)
-    model = load_for_inference(item["model_uri"], device=pick_device(device))
+    model = load_for_inference(item["model_uri"], device=pick_device(device), class_prior=class_prior or None)
     dataset_framing_check(dataset, model.spec.crop_fraction, f"scoring with {item['model_uri']}")
     ens = WindingEnsemble(weight=winding_weight, min_confidence=winding_min_confidence) if winding_ensemble else None
     res = score_manifest(model, open_dataset(dataset), as_dir(scores_dir), batch_size=batch_size,

@@ -361,6 +361,7 @@ def _train_runs(cfg: TrainConfig, task: str, preset: str, df: pd.DataFrame, data
                                 "trial": best_trial, "encoder_init": encoder_init},
                          mean=mean, std=std, encoder_init=encoder_init, tta_views=cfg.tta_views,
                          single_view_model="model_views1" if cfg.tta_views > 1 else "")
+        spec.trained_prior, spec.catalogue_prior = best["datamodule"].class_priors(cfg.class_weights == "balanced")
         reg_name = registered_name(task) if register else None
         from galmorph.evaluation.calibration import temperature_from_loader  # temperature scaling (#15)
 
