@@ -11,7 +11,7 @@ from galmorph.container_images import GPU_IMAGE
 @dsl.component(base_image=GPU_IMAGE, install_kfp_package=False)
 def score(dataset: Input[Dataset], work: str, scores: Output[Dataset], batch_size: int = 64, num_workers: int = 2,
           threshold: float = 0.85, device: str = "auto", tracking_uri: str = "", winding_ensemble: bool = False,
-          winding_weight: float = 0.5, winding_min_confidence: float = 2.0, precision: str = "fp32",
+          winding_weight: float = 3.0, winding_min_confidence: float = 0.0, precision: str = "fp32",
           decode: str = "full", class_prior: str = "") -> NamedTuple("ScoreOutputs", [("n_scored", int), ("n_quarantined", int)]):
     """galmorph.scoring.score_manifest for the shards of ``work`` (a shard-planner item: shard range,
     pinned model URI, shard size) into the ``scores`` folder; resumable (a retried pod skips the

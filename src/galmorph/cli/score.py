@@ -63,9 +63,9 @@ def _ensemble(on: bool, weight: float, min_confidence: float):
 @click.option("--winding-ensemble", is_flag=True,
               help="Chirality: combine the network's CW/ACW odds with the winding measurement where it is confident "
                    "(galmorph.ensemble; recorded in scoring.json and the catalogue metadata).")
-@click.option("--winding-weight", type=click.FloatRange(0), default=0.5, show_default=True,
+@click.option("--winding-weight", type=click.FloatRange(0), default=3.0, show_default=True,
               help="Ensemble weight: log-odds added per unit of winding z.")
-@click.option("--winding-min-confidence", type=click.FloatRange(0), default=2.0, show_default=True,
+@click.option("--winding-min-confidence", type=click.FloatRange(0), default=0.0, show_default=True,
               help="Ensemble: |winding z| below this leaves the network's output unchanged.")
 @click.option("--tta-views", "tta_views", type=click.Choice(["1", "2", "8"]), default=None,
               help="Chirality: test-time views to score with (1, 2 = mirror pair, 8 = 4 rotations x mirror) "
