@@ -171,3 +171,20 @@ def test_embedding_pca_reuses_reference_axes():
 def test_image_feature_names_are_stable():
     assert set(IMAGE_FEATURES) >= {"sky_level", "sky_noise", "total_flux", "concentration", "ellipticity",
                                    "colour_r_g", "colour_b_g", "a1", "masked_fraction"}
+
+
+def test_prediction_features_take_a_column_selected_twice():
+    """The drift step joined the catalogue's p_* columns and then p_pred again: the same column twice
+    (a real DECaLS rescoring failed on it). Identical copies are one column; different ones are an error."""
+    from galmorph.drift.features import prediction_features
+
+    base = pd.DataFrame({"object_id": ["a", "b"], "p_CW": [0.7, 0.2], "p_ACW": [0.2, 0.1], "p_other": [0.1, 0.7],
+                         "pred": ["CW", "other"], "p_pred": [0.7, 0.7]})
+    twice = pd.concat([base, base[["p_pred"]]], axis=1)
+    assert list(twice.columns).count("p_pred") == 2
+    got = prediction_features(twice)
+    pd.testing.assert_frame_equal(got, prediction_features(base))
+    assert got["confidence"].tolist() == [0.7, 0.7]
+    clash = pd.concat([base, base[["p_pred"]] * 0.5], axis=1)
+    with pytest.raises(ValueError, match="'p_pred' 2 times with different values"):
+        prediction_features(clash)

@@ -286,6 +286,13 @@ def prediction_features(predictions: pd.DataFrame) -> pd.DataFrame:
     NaN probabilities and a null ``pred``."""
     if "object_id" not in predictions.columns:
         raise ValueError("predictions table has no 'object_id' column")
+    dup = predictions.columns[predictions.columns.duplicated()].unique().tolist()
+    if dup:  # the same column twice (e.g. a join that selected it twice): the values must agree
+        for c in dup:
+            block = predictions.loc[:, predictions.columns == c]
+            if not block.T.drop_duplicates().shape[0] == 1:
+                raise ValueError(f"predictions table has column {c!r} {block.shape[1]} times with different values")
+        predictions = predictions.loc[:, ~predictions.columns.duplicated()]
     pcols = [c for c in predictions.columns if c.startswith("p_") and c != "p_pred"]
     if not pcols:
         raise ValueError("predictions table has no class-probability columns (p_<class>)")

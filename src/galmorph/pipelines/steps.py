@@ -520,7 +520,8 @@ def drift_for_release(catalogue_dir: str | Path, dataset: str | Path, summary_di
     ref_path = open_dataset(reference) if Path(reference).is_dir() else Path(reference)
     cat = pd.read_parquet(Path(catalogue_dir) / "catalogue.parquet")
     man = read_manifest(open_dataset(dataset))
-    pcols = [c for c in cat.columns if c.startswith("p_")] + ["pred", "p_pred", "high_confidence", "model_version"]
+    pcols = list(dict.fromkeys([c for c in cat.columns if c.startswith("p_")]
+                               + ["pred", "p_pred", "high_confidence", "model_version"]))  # p_pred once
     current = man.merge(cat[["object_id", *[c for c in pcols if c in cat.columns]]], on="object_id", how="inner")
     cfg = DriftConfig.from_params(params_file or s.params_file, min_group_size=min_group_size)
     by_cols = tuple(b.strip() for b in by.split(",") if b.strip())
