@@ -54,6 +54,26 @@ def pytest_runtest_makereport(item, call):
                            "skips for missing real data fails in CI (check GALMORPH_DATA_ROOT and the data layout)")
 
 
+@pytest.fixture(autouse=True)
+def _mlflow_uris_per_test():
+    """Each test leaves MLflow's tracking/registry URIs as it found them: the module state that
+    ``mlflow.set_tracking_uri``/``set_registry_uri`` change (e.g. a CLI command run in-process) and the
+    MLFLOW_TRACKING_URI/MLFLOW_REGISTRY_URI variables they export to subprocesses. Session and module
+    fixtures (the test server) are set up before this snapshot, so they stay."""
+    from mlflow.tracking._model_registry import utils as registry_utils
+    from mlflow.tracking._tracking_service import utils as tracking_utils
+
+    state = (tracking_utils._tracking_uri, registry_utils._registry_uri)
+    env = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
+    yield
+    tracking_utils._tracking_uri, registry_utils._registry_uri = state
+    for k, v in env.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+
+
 @pytest.fixture(scope="session")
 def data_root() -> Path:
     """The real survey data (../shared/data or GALMORPH_DATA_ROOT); skipped with a reason if absent

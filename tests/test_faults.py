@@ -336,20 +336,32 @@ def test_unusable_state_dir_is_a_clear_error(tmp_path, fake_stack, monkeypatch):
     assert p.returncode != 0 and "Traceback" not in p.stderr and "label database" in p.stderr
 
 
-def test_using_tracking_uri_is_scoped(tmp_path):
-    """A library call with an explicit tracking URI does not leave the process's MLflow pointed at it
-    (a registry call after it once went to another server's registry with this store's run: HTTP 500)."""
+def test_using_tracking_uri_is_scoped(tmp_path, monkeypatch):
+    """A library call with an explicit tracking URI does not leave the process (or the subprocesses it
+    starts, through MLFLOW_TRACKING_URI/MLFLOW_REGISTRY_URI) pointed at it: a registry call after it once
+    went to another server's registry with this store's run (HTTP 500)."""
+    import os
+
     import mlflow
+    from mlflow.tracking._model_registry import utils as registry_utils
+    from mlflow.tracking._tracking_service import utils as tracking_utils
 
     from galmorph.tracking import using_tracking_uri
 
-    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'caller.db'}")
-    mlflow.set_registry_uri(f"sqlite:///{tmp_path / 'caller.db'}")
-    caller = (mlflow.get_tracking_uri(), mlflow.get_registry_uri())
+    # this test changes the process's MLflow settings: monkeypatch puts the session's back afterwards
+    monkeypatch.setattr(tracking_utils, "_tracking_uri", tracking_utils._tracking_uri)
+    monkeypatch.setattr(registry_utils, "_registry_uri", registry_utils._registry_uri)
+    caller_db = f"sqlite:///{tmp_path / 'caller.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", caller_db)
+    monkeypatch.delenv("MLFLOW_REGISTRY_URI", raising=False)
+    monkeypatch.setattr(tracking_utils, "_tracking_uri", caller_db)
+    monkeypatch.setattr(registry_utils, "_registry_uri", None)  # the registry follows the tracking URI
     other = f"sqlite:///{tmp_path / 'other.db'}"
     with pytest.raises(RuntimeError), using_tracking_uri(other):
         assert mlflow.get_tracking_uri() == other and mlflow.get_registry_uri() == other
+        assert os.environ["MLFLOW_TRACKING_URI"] == other  # what a subprocess started here would use
         raise RuntimeError("restored even when the block fails")
-    assert (mlflow.get_tracking_uri(), mlflow.get_registry_uri()) == caller
+    assert mlflow.get_tracking_uri() == caller_db and registry_utils._registry_uri is None
+    assert os.environ["MLFLOW_TRACKING_URI"] == caller_db and "MLFLOW_REGISTRY_URI" not in os.environ
     with using_tracking_uri(None):
-        assert mlflow.get_tracking_uri() == caller[0]
+        assert mlflow.get_tracking_uri() == caller_db

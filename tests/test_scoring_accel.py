@@ -182,10 +182,14 @@ def test_score_manifest_records_the_path_and_matches_fp32(sim_chirality, tmp_pat
     import mlflow
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    caller = (mlflow.get_tracking_uri(), mlflow.get_registry_uri())
+    import os
+
+    caller = (mlflow.get_tracking_uri(), mlflow.get_registry_uri(), os.environ.get("MLFLOW_TRACKING_URI"),
+              os.environ.get("MLFLOW_REGISTRY_URI"))
     run_id = log_scoring_to_mlflow(b.summary_data, b.catalogue, tracking_uri=uri, log_catalogue=False)
     # an explicit tracking_uri is scoped to the call: later MLflow calls of the process are not redirected
-    assert (mlflow.get_tracking_uri(), mlflow.get_registry_uri()) == caller
+    assert (mlflow.get_tracking_uri(), mlflow.get_registry_uri(), os.environ.get("MLFLOW_TRACKING_URI"),
+            os.environ.get("MLFLOW_REGISTRY_URI")) == caller
     run = mlflow.MlflowClient(uri).get_run(run_id)
     assert run.data.params["precision"] == "channels_last"
     assert run.data.params["precision_requested"] == "channels_last"

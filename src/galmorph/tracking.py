@@ -61,24 +61,37 @@ def ensure_reachable(uri: str | None, timeout: float = DEFAULT_CONNECT_TIMEOUT) 
         raise TrackingUnreachable(f"MLflow tracking server {uri} is not reachable ({reason}); {hint}") from exc
 
 
+_URI_ENV = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
+
+
 @contextlib.contextmanager
 def using_tracking_uri(uri: str | None) -> Iterator[None]:
     """Within the block MLflow's fluent API (``mlflow.start_run`` ...) tracks to and registers on
-    ``uri``; afterwards the caller's tracking and registry URIs are back as they were.
+    ``uri``; afterwards the caller's tracking and registry settings are back exactly as they were --
+    MLflow's module state and the ``MLFLOW_TRACKING_URI``/``MLFLOW_REGISTRY_URI`` environment variables,
+    which ``mlflow.set_tracking_uri``/``set_registry_uri`` also set for subprocesses (an unset one is
+    unset again).
 
     Library functions that take an explicit ``tracking_uri`` use this instead of
-    ``mlflow.set_tracking_uri`` so that a call does not redirect the process's later MLflow calls
-    (no hidden global). ``None`` or ``""`` changes nothing."""
+    ``mlflow.set_tracking_uri`` so that a call does not redirect the process's (or its children's)
+    later MLflow calls. ``None`` or ``""`` changes nothing."""
     import mlflow
+    from mlflow.tracking._model_registry import utils as registry_utils
+    from mlflow.tracking._tracking_service import utils as tracking_utils
 
     if not uri:
         yield
         return
-    old_tracking, old_registry = mlflow.get_tracking_uri(), mlflow.get_registry_uri()
+    old_state = (tracking_utils._tracking_uri, registry_utils._registry_uri)
+    old_env = {k: os.environ.get(k) for k in _URI_ENV}
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
     try:
         yield
     finally:
-        mlflow.set_tracking_uri(old_tracking)
-        mlflow.set_registry_uri(old_registry)
+        tracking_utils._tracking_uri, registry_utils._registry_uri = old_state
+        for k, v in old_env.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
