@@ -85,3 +85,14 @@ def test_rescoring_package_fans_out_on_gpus():
 def test_every_pipeline_compiles_to_a_package():
     for n in PIPELINES:
         assert (compiled_dir() / f"{n}.yaml").exists()
+
+
+def test_component_readmes_are_not_stale():
+    """Each component's README (inputs, defaults, outputs) is generated from its signature: regenerate with
+    ``galmorph.pipelines.docs.write_component_readmes()`` after changing a component."""
+    from galmorph.pipelines.docs import COMPONENTS, component_readme
+    from galmorph.settings import REPO_ROOT
+
+    stale = [n for n in COMPONENTS
+             if (REPO_ROOT / "components" / n / "README.md").read_text() != component_readme(n)]
+    assert not stale, f"stale component READMEs: {stale}"
