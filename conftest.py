@@ -56,22 +56,14 @@ def pytest_runtest_makereport(item, call):
 
 @pytest.fixture(autouse=True)
 def _mlflow_uris_per_test():
-    """Each test leaves MLflow's tracking/registry URIs as it found them: the module state that
-    ``mlflow.set_tracking_uri``/``set_registry_uri`` change (e.g. a CLI command run in-process) and the
-    MLFLOW_TRACKING_URI/MLFLOW_REGISTRY_URI variables they export to subprocesses. Session and module
-    fixtures (the test server) are set up before this snapshot, so they stay."""
-    from mlflow.tracking._model_registry import utils as registry_utils
-    from mlflow.tracking._tracking_service import utils as tracking_utils
+    """Each test leaves MLflow's tracking/registry URIs as it found them (module state and the variables
+    exported to subprocesses, e.g. after a CLI command run in-process). Session and module fixtures (the
+    test server) are set up before this snapshot, so they stay."""
+    from galmorph.tracking import mlflow_uri_state, restore_mlflow_uri_state
 
-    state = (tracking_utils._tracking_uri, registry_utils._registry_uri)
-    env = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
+    saved = mlflow_uri_state()
     yield
-    tracking_utils._tracking_uri, registry_utils._registry_uri = state
-    for k, v in env.items():
-        if v is None:
-            os.environ.pop(k, None)
-        else:
-            os.environ[k] = v
+    restore_mlflow_uri_state(saved)
 
 
 @pytest.fixture(scope="session")

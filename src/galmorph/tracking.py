@@ -64,34 +64,48 @@ def ensure_reachable(uri: str | None, timeout: float = DEFAULT_CONNECT_TIMEOUT) 
 _URI_ENV = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
 
 
+def mlflow_uri_state() -> tuple:
+    """A snapshot of MLflow's tracking and registry settings: the module state that
+    ``mlflow.set_tracking_uri``/``set_registry_uri`` change and the ``MLFLOW_TRACKING_URI``/
+    ``MLFLOW_REGISTRY_URI`` variables they export to subprocesses (for :func:`restore_mlflow_uri_state`)."""
+    from mlflow.tracking._model_registry import utils as registry_utils
+    from mlflow.tracking._tracking_service import utils as tracking_utils
+
+    return tracking_utils._tracking_uri, registry_utils._registry_uri, {k: os.environ.get(k) for k in _URI_ENV}
+
+
+def restore_mlflow_uri_state(state: tuple) -> None:
+    """Put MLflow's tracking and registry settings back exactly as :func:`mlflow_uri_state` saw them
+    (a variable that was unset is unset again)."""
+    from mlflow.tracking._model_registry import utils as registry_utils
+    from mlflow.tracking._tracking_service import utils as tracking_utils
+
+    tracking_utils._tracking_uri, registry_utils._registry_uri, env = state
+    for k, v in env.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+
+
 @contextlib.contextmanager
 def using_tracking_uri(uri: str | None) -> Iterator[None]:
     """Within the block MLflow's fluent API (``mlflow.start_run`` ...) tracks to and registers on
-    ``uri``; afterwards the caller's tracking and registry settings are back exactly as they were --
-    MLflow's module state and the ``MLFLOW_TRACKING_URI``/``MLFLOW_REGISTRY_URI`` environment variables,
-    which ``mlflow.set_tracking_uri``/``set_registry_uri`` also set for subprocesses (an unset one is
-    unset again).
+    ``uri``; afterwards the caller's tracking and registry settings are back exactly as they were
+    (:func:`restore_mlflow_uri_state`: MLflow's module state and the variables it exports to subprocesses).
 
     Library functions that take an explicit ``tracking_uri`` use this instead of
     ``mlflow.set_tracking_uri`` so that a call does not redirect the process's (or its children's)
     later MLflow calls. ``None`` or ``""`` changes nothing."""
     import mlflow
-    from mlflow.tracking._model_registry import utils as registry_utils
-    from mlflow.tracking._tracking_service import utils as tracking_utils
 
     if not uri:
         yield
         return
-    old_state = (tracking_utils._tracking_uri, registry_utils._registry_uri)
-    old_env = {k: os.environ.get(k) for k in _URI_ENV}
+    saved = mlflow_uri_state()
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
     try:
         yield
     finally:
-        tracking_utils._tracking_uri, registry_utils._registry_uri = old_state
-        for k, v in old_env.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+        restore_mlflow_uri_state(saved)
