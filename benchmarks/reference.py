@@ -79,10 +79,14 @@ def quick_subset(df: pd.DataFrame, n: int, seed: int) -> pd.DataFrame:
 
 def prior_adjusted(p: np.ndarray, classes: list[str], trained_prior: dict[str, float],
                    target_prior: dict[str, float]) -> np.ndarray:
-    """Probabilities re-weighted from the class prior the network was trained under to the catalogue's
-    (Saerens et al. 2002): p'_c ∝ p_c π_target(c) / π_trained(c)."""
-    w = np.array([target_prior.get(c, 0.0) / max(trained_prior.get(c, 0.0), 1e-12) for c in classes])
-    q = p * w
+    """Probabilities moved from the class prior the network was trained under to the catalogue's, with
+    the library's adjustment (:func:`galmorph.models.io.prior_logit_shift`, what ``score --class-prior``
+    applies): p'_c ∝ p_c π_target(c) / π_trained(c)."""
+    from galmorph.models.io import ModelSpec, prior_logit_shift
+
+    spec = ModelSpec(task="chirality", classes=list(classes), arch="benchmark", image_size=1,
+                     trained_prior=trained_prior, class_prior=target_prior)
+    q = p * np.exp(prior_logit_shift(spec).numpy())
     return q / np.maximum(q.sum(axis=1, keepdims=True), 1e-12)
 
 
