@@ -38,6 +38,7 @@ class GalaxyClassifier(L.LightningModule):
         self.params = p
         self.classes = list(p.classes)
         self.net, self.init_tags = build_network(p)
+        self.val_labels: list[tuple[torch.Tensor, torch.Tensor]] = []  # (true, predicted) per val batch
         weights = torch.tensor(p.class_weights, dtype=torch.float32) if p.class_weights else None
         self.register_buffer("class_weights", weights, persistent=False)
         if p.arch == "zoobot_convnext_nano":  # freeze all but the top finetune_blocks now
@@ -51,13 +52,19 @@ class GalaxyClassifier(L.LightningModule):
         logits = self.net(x)
         weight = self.class_weights if stage == "train" else None
         loss = F.cross_entropy(logits.float(), y, weight=weight)
-        acc = (logits.argmax(dim=1) == y).float().mean()
+        pred = logits.argmax(dim=1)
+        acc = (pred == y).float().mean()
+        if stage == "val":  # kept for epoch-level metrics (the training layer's macro-F1 monitor)
+            self.val_labels.append((y.detach().cpu(), pred.detach().cpu()))
         self.log(f"{stage}_loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(y))
         self.log(f"{stage}_acc", acc, on_step=False, on_epoch=True, prog_bar=stage == "val", batch_size=len(y))
         return loss
 
     def training_step(self, batch, batch_idx):
         return self._step(batch, "train")
+
+    def on_validation_epoch_start(self) -> None:
+        self.val_labels = []
 
     def validation_step(self, batch, batch_idx):
         self._step(batch, "val")

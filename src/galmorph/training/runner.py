@@ -115,7 +115,7 @@ def _epoch_logger_cls():
 
         def on_train_epoch_end(self, trainer, pl_module):
             row = {"epoch": float(trainer.current_epoch)}
-            for k in ("train_loss", "train_acc", "val_loss", "val_acc"):
+            for k in ("train_loss", "train_acc", "val_loss", "val_acc", "val_f1_macro"):
                 v = trainer.callback_metrics.get(k)
                 if v is not None:
                     row[k] = float(v)
@@ -128,6 +128,33 @@ def _epoch_logger_cls():
                     for k, v in row.items() if k != "epoch" and math.isfinite(v)])
 
     return EpochMetricsLogger
+
+
+def _val_f1_callback_cls():
+    import lightning as L
+
+    class ValMacroF1(L.Callback):
+        """Logs ``val_f1_macro`` after each validation epoch: the project's one macro-F1
+        (:func:`galmorph.evaluation.metrics.macro_f1`, classes with support) over the whole validation
+        set, so early stopping and the best checkpoint can follow it. Unlike the validation loss it
+        weighs a rare class as much as a common one: a chirality net that has not yet learnt the winding
+        sense (CW/ACW at chance, "other" right) scores low even while its loss looks good."""
+
+        def on_validation_epoch_end(self, trainer, pl_module):
+            import torch
+
+            from galmorph.evaluation.metrics import macro_f1
+
+            pairs = getattr(pl_module, "val_labels", [])
+            if not pairs:
+                return
+            y = torch.cat([t for t, _ in pairs]).numpy()
+            p = torch.cat([q for _, q in pairs]).numpy()
+            classes = list(pl_module.classes)
+            f1, _ = macro_f1([classes[i] for i in y], [classes[i] for i in p], classes)
+            pl_module.log("val_f1_macro", float(f1), prog_bar=True)
+
+    return ValMacroF1
 
 
 def _precision(cfg: TrainConfig) -> str:
@@ -171,7 +198,8 @@ def fit_trial(cfg: TrainConfig, manifest: pd.DataFrame, trial: int, out_dir: Pat
                            save_last=True, enable_version_counter=False)
     stopper = EarlyStopping(monitor=cfg.monitor, mode=mode, patience=cfg.patience)
     epoch_logger = _epoch_logger_cls()(run_id)
-    callbacks = [ckpt, stopper, epoch_logger]
+    # the macro-F1 callback runs first: the checkpoint and early stopping read it at validation end
+    callbacks = [_val_f1_callback_cls()(), ckpt, stopper, epoch_logger]
     if cfg.progress:
         from lightning.pytorch.callbacks import TQDMProgressBar
 
