@@ -89,3 +89,23 @@ def test_shared_options_mean_the_same_everywhere():
                     helps.setdefault(opt, set()).add(p.help)
     assert set(helps) == {"--tracking-uri", "--data-root"}
     assert all(len(h) == 1 for h in helps.values()), helps  # one definition, one help text
+
+
+def test_task_options_are_the_tasks_except_promotes_registered_name():
+    """Every ``--task`` offers the choices of TASKS; only ``promote --task`` is free text (it names the
+    registered model ``galmorph-<task>``, which tests isolate under names of their own)."""
+    from galmorph.cli import main
+
+    free = {" ".join(path) for path, cmd in _commands(main) for p in cmd.params
+            if "--task" in getattr(p, "opts", ()) and not isinstance(p.type, click.Choice)}
+    assert free == {"promote"}, free
+
+
+def test_pipeline_name_arguments_offer_the_pipelines():
+    from galmorph.cli import main
+    from galmorph.pipelines import PIPELINES
+
+    found = {" ".join(path): list(p.type.choices) for path, cmd in _commands(main) if path[0] == "pipeline"
+             for p in cmd.params if isinstance(p, click.Argument) and isinstance(p.type, click.Choice)}
+    assert {"pipeline compile", "pipeline run", "pipeline schedule", "pipeline params"} <= set(found), found
+    assert all(choices == list(PIPELINES) for choices in found.values()), found

@@ -8,8 +8,9 @@ import click
 
 from galmorph.cli.base import echo_json, fail, main, resolve_kfp_target
 from galmorph.cli.options import data_root_option, json_option, tracking_uri_option
+from galmorph.pipelines import PIPELINES
 
-_NAMES = click.Choice(["training", "rescoring", "labelling"])
+_NAMES = click.Choice(list(PIPELINES))
 
 
 @main.group()
@@ -26,7 +27,7 @@ def compile_cmd(out_dir: Path | None, check: bool, names: tuple[str, ...]) -> No
     """Compile the pipelines to KFP IR YAML packages (upload them in the Kubeflow UI)."""
     import tempfile
 
-    from galmorph.pipelines import PIPELINES, compiled_dir
+    from galmorph.pipelines import compiled_dir
     from galmorph.pipelines.compile import compile_all, stale_packages
 
     names = names or PIPELINES
