@@ -145,3 +145,38 @@ def test_mc_dropout_predictive_spread_and_refusal_without_dropout():
     assert not has_dropout(plain)
     with pytest.raises(NoDropoutError, match="no dropout layer"):
         mc_dropout_predictive(plain, x)
+
+
+@pytest.mark.parametrize("kw", [dict(arch="resnet18", chirality_equivariant=True),
+                                dict(arch="efficientnet_lite0", tta_views=2),
+                                dict(arch="gresnet18", gresnet_width=0.125)])
+def test_chirality_networks_head_dropout_is_configurable_and_gives_mc_spread(kw):
+    """`classifier_dropout` (a --set key typed by the config's pydantic model) puts dropout in the chirality
+    networks' heads: the exported pt2 graph keeps it, MC dropout gives a spread > 0 and eval stays
+    deterministic; at the default 0 the network has no dropout and MC dropout is refused, naming the key."""
+    import torch
+
+    from galmorph.evaluation.chirality import NoDropoutError, has_dropout, mc_dropout_predictive
+    from galmorph.models.networks import build_network, export_plain, with_views
+    from galmorph.training.config import ConfigError, TrainConfig, coerce_values
+
+    assert coerce_values({"classifier_dropout": "0.3"}) == {"classifier_dropout": 0.3}
+    with pytest.raises(ConfigError, match="classifier_dropout"):
+        TrainConfig(task="chirality", flips=False, classifier_dropout=1.0).validate()
+    x = torch.rand((3, 3, 32, 32), generator=torch.Generator().manual_seed(0))
+    for p in (0.3, 0.0):
+        cfg = TrainConfig(task="chirality", flips=False, image_size=32, classifier_dropout=p, **kw).validate()
+        torch.manual_seed(0)
+        net, _ = build_network(cfg)
+        plain = with_views(export_plain(net.eval()), cfg.tta_views)
+        gm = torch.export.export(plain, (x,), dynamic_shapes=({0: torch.export.Dim("batch")},)).module()
+        if p == 0:
+            assert not has_dropout(gm)
+            with pytest.raises(NoDropoutError, match="classifier_dropout"):
+                mc_dropout_predictive(gm, x)
+            continue
+        assert has_dropout(gm)
+        r = mc_dropout_predictive(gm, x, n_passes=8, seed=0)
+        assert r["spread"] > 1e-6 and r["mean"].shape == (3, 3)
+        with torch.no_grad():
+            assert torch.equal(gm(x), gm(x))

@@ -341,7 +341,8 @@ def mc_dropout_predictive(module, images, n_passes: int = 20, seed: int = 0, bat
     if not has_dropout(module):
         raise NoDropoutError(f"model {type(module).__name__} has no dropout layer with p > 0: MC-dropout predictive "
                              "spread is undefined for it (every pass gives the same prediction); train it with "
-                             "head dropout (e.g. the chirality networks' dropout setting) or use rotation stability")
+                             "head dropout (chirality networks: --set classifier_dropout=0.2; Zoobot head: "
+                             "head_dropout) or use rotation stability")
     torch.manual_seed(seed)
     b = images.shape[0]
     probs = []

@@ -90,7 +90,7 @@ class GResNet(nn.Module):
     """Equivariant ResNet (depth 18 or 50): (B,C,S,S) in 0..1 -> logits (B, n_classes)."""
 
     def __init__(self, depth: int = 18, n_classes: int = 3, in_chans: int = 3, group_order: int = 8,
-                 reflections: bool = False, width: float = 1.0):
+                 reflections: bool = False, width: float = 1.0, dropout: float = 0.0):
         super().__init__()
         import escnn.gspaces as gspaces
         import escnn.nn as enn
@@ -123,7 +123,9 @@ class GResNet(nn.Module):
         self.blocks = nn.ModuleList(blocks)
         self.gpool = enn.GroupPooling(t)
         self.num_features = len(t)
-        self.fc = nn.Linear(self.num_features, n_classes)
+        # head dropout (> 0: what MC dropout switches on); at 0 the bare Linear, as before
+        self.fc = nn.Sequential(nn.Dropout(dropout), nn.Linear(self.num_features, n_classes)) if dropout > 0 \
+            else nn.Linear(self.num_features, n_classes)
 
     def _resize(self, x: torch.Tensor) -> torch.Tensor:
         s = equivariant_size(x.shape[-1])

@@ -99,10 +99,15 @@ def _stats(timm_name: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
     return pretrained_stats(timm_name)
 
 
-def make_head(kind: str, in_features: int, n_classes: int, hidden: int = 1028, dropout: float = 0.2) -> nn.Module:
+def make_head(kind: str, in_features: int, n_classes: int, hidden: int = 1028, dropout: float = 0.2,
+              classifier_dropout: float = 0.0) -> nn.Module:
     """``linear``, ``dense`` (Dense hidden + ReLU -> n, the arm study's) or ``zoobot`` (Linear 128 ->
-    Dropout -> ReLU -> Linear n, the lopsided study's)."""
+    Dropout -> ReLU -> Linear n, the lopsided study's). ``classifier_dropout`` > 0 puts a Dropout before
+    the linear head (the chirality networks' head dropout, what MC dropout switches on); at 0 the head
+    is the bare Linear (same parameter names as before)."""
     if kind == "linear":
+        if classifier_dropout > 0:
+            return nn.Sequential(nn.Dropout(classifier_dropout), nn.Linear(in_features, n_classes))
         return nn.Linear(in_features, n_classes)
     if kind == "dense":
         return dense_head(in_features, n_classes, hidden)
@@ -136,7 +141,7 @@ def build_network(params: NetworkParams | Any) -> tuple[nn.Module, dict[str, str
             log.warning("Zoobot encoder: no encoder weights given -> RANDOM initialisation (no pretrained "
                         "Zoobot weights; set encoder_weights=file:PATH or mlflow:URI to fine-tune them)")
         head = make_head(default_head if cfg.head == "auto" else cfg.head, enc.num_features, n, cfg.head_hidden,
-                         cfg.head_dropout)
+                         cfg.head_dropout, cfg.classifier_dropout)
         mean, std = _stats(timm_name)
         net = GalaxyNet(enc, head, c, frozen_encoder=cfg.arch == "efficientnet_b0_frozen", mean=mean, std=std)
         tags.update(source.tags())
@@ -148,7 +153,7 @@ def build_network(params: NetworkParams | Any) -> tuple[nn.Module, dict[str, str
         if weights != "none":
             raise ValueError(f"G-ResNet ({cfg.arch}): no pretrained encoder weights exist; got {weights!r}")
         net = GResNet(depth=int(cfg.arch[len("gresnet"):]), n_classes=n, in_chans=c, group_order=cfg.group_order,
-                      reflections=cfg.reflections, width=cfg.gresnet_width)
+                      reflections=cfg.reflections, width=cfg.gresnet_width, dropout=cfg.classifier_dropout)
         tags["encoder_init"] = "random"
     else:
         raise ValueError(f"unknown arch {cfg.arch!r}")

@@ -37,6 +37,7 @@ class NetworkParams:
     chirality_equivariant: bool = False  # paper CE wrapper (image + mirror) around the backbone
     head_hidden: int = 1028              # EfficientNet dense head width
     head_dropout: float = 0.2            # Zoobot head dropout
+    classifier_dropout: float = 0.0      # dropout before the final Linear of linear heads and the G-ResNet
     encoder_checkpoint: str = ""         # legacy: local path or MLflow URI of encoder weights ("" = random)
     encoder_weights: str = "none"        # none | package:efficientnet-lite0 | file:PATH | mlflow:URI
     head: str = "auto"                   # auto (the arch's) | linear | dense | zoobot

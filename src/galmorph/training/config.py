@@ -41,6 +41,8 @@ class TrainConfig:
     crop_fraction: float = 1.0           # central crop before resizing (224/424 for the arms study)
     head_hidden: int = 1028              # EfficientNet heads: Dense(head_hidden)+ReLU -> classes
     head_dropout: float = 0.2            # Zoobot head dropout
+    classifier_dropout: float = 0.0      # dropout before the final Linear of linear heads and of the G-ResNet
+                                         # (the chirality networks); > 0 enables MC dropout (#15)
     finetune_blocks: int = 2             # Zoobot: number of trailing encoder blocks that are trained
     lr_decay: float = 0.5                # Zoobot: layer-wise learning-rate decay per block
     encoder_checkpoint: str = ""         # legacy: local path or MLflow URI of encoder weights ("" = random init)
@@ -104,7 +106,8 @@ class TrainConfig:
         return NetworkParams(
             task=self.task, classes=self.classes(), arch=self.arch, in_chans=self.in_chans,
             chirality_equivariant=self.chirality_equivariant, head_hidden=self.head_hidden,
-            head_dropout=self.head_dropout, encoder_checkpoint=self.encoder_checkpoint,
+            head_dropout=self.head_dropout, classifier_dropout=self.classifier_dropout,
+            encoder_checkpoint=self.encoder_checkpoint,
             group_order=self.group_order, reflections=self.reflections, gresnet_width=self.gresnet_width,
             encoder_weights=self.encoder_weights, head=self.head,
             optimizer=self.optimizer, lr=self.lr, weight_decay=self.weight_decay,
@@ -158,6 +161,9 @@ class TrainConfig:
             bad("mirror_copies only applies to the chirality task")
         if self.chirality_equivariant and self.task != "chirality":
             bad("chirality_equivariant only applies to the chirality task")
+        for name in ("head_dropout", "classifier_dropout"):
+            if not 0 <= getattr(self, name) < 1:
+                bad(f"{name} must be in [0, 1), got {getattr(self, name)}")
         if not 0 < self.crop_fraction <= 1:
             bad(f"crop_fraction must be in (0, 1], got {self.crop_fraction}")
         if self.image_size < 16:
