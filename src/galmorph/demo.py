@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from galmorph.models.io import registered_name
 from galmorph.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -103,7 +104,7 @@ def run_demo(settings: Settings, out_dir: str | Path, tasks: tuple[str, ...] = D
                           log_file=out / "logs" / f"training-{task}.log")
             run_dir = Path(r["run_dir"])
             decision = json.loads((run_dir / "promote" / "record").read_text())
-            champ = client.get_model_version_by_alias(f"galmorph-{task}", "champion")
+            champ = client.get_model_version_by_alias(registered_name(task), "champion")
             d.update(run_dir=str(run_dir), decision=decision["decision"], champion=champ.version,
                      candidate=decision["candidate_version"])
             echo(f"    promotion: {decision['decision']} (candidate v{decision['candidate_version']}, "
@@ -237,7 +238,7 @@ def run_real_demo(settings: Settings, out_dir: str | Path, n_other: int = REAL_N
         echo(f"    {plan.labels}")
     uri = _stack_up(settings, steps, echo)
     client = mlflow.MlflowClient()
-    model_name = f"galmorph-{REAL_TASK}"
+    model_name = registered_name(REAL_TASK)
     with _Timer(steps, f"training pipeline: {REAL_TASK} ({REAL_PRESET} preset, GZ1) -> evaluate -> promote",
                 echo) as d:
         r = run_local("training", plan.training_params, pipeline_root=root, tracking_uri=uri,
