@@ -55,3 +55,7 @@ def test_training_follows_val_macro_f1(sim_chirality, tmp_path):
     assert "val_f1_macro" in hist and len(hist) == 3
     assert np.all((hist["val_f1_macro"] >= 0) & (hist["val_f1_macro"] <= 1))
     assert res["best_score"] == pytest.approx(hist["val_f1_macro"].max(), abs=1e-6)
+    # throughput per epoch (wall time of the training part) and from the second epoch on
+    assert np.all(hist["train_images_per_s"] > 0)
+    later = res["metrics"]["train_images_per_s_after_first_epoch"]
+    assert min(hist["train_images_per_s"][1:]) <= later <= max(hist["train_images_per_s"][1:])
