@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import ast
 import importlib
+import json
 import re
 import subprocess
 import sys
@@ -120,3 +121,54 @@ def test_pipeline_layer_imports_from_the_users_folders():
     assert Path(dashboards.__file__).resolve() == REPO / "monitoring" / "dashboards.py"
     with pytest.raises(ValueError, match="unknown component 'nope'"):
         load_component("nope")
+
+
+_FROM_THE_WHEEL = """
+import importlib
+import json
+
+import galmorph_monitoring.dashboards
+from galmorph.pipelines import COMPONENTS, PIPELINES, compiled_dir
+from galmorph.pipelines.loader import load_component, load_pipeline
+from galmorph.settings import REPO_ROOT, resolve_settings
+
+for n in COMPONENTS:
+    load_component(n)
+for n in PIPELINES:
+    load_pipeline(n)
+files = [importlib.import_module(f"galmorph_components.{n}.component").__file__ for n in COMPONENTS]
+files += [importlib.import_module(f"galmorph_pipelines.{n}").__file__ for n in PIPELINES]
+print(json.dumps({"files": files + [galmorph_monitoring.dashboards.__file__],
+                  "compiled": sorted(p.name for p in compiled_dir().glob("*.yaml")),
+                  "project_root": str(REPO_ROOT), "state_dir": str(resolve_settings().state_dir)}))
+"""
+
+
+def test_pipeline_layer_imports_from_an_installed_wheel(tmp_path):
+    """The wheel holds galmorph_components, galmorph_pipelines (with the compiled packages) and
+    galmorph_monitoring; imported from it (not from the checkout) every component, pipeline and the
+    dashboards load by name, and the settings' project folder is the working directory, not a guessed
+    checkout above site-packages."""
+    import os
+    import shutil
+    import zipfile
+
+    uv = [shutil.which("uv")] if shutil.which("uv") else [sys.executable, "-m", "uv"]
+    build = subprocess.run([*uv, "build", "--wheel", "-o", str(tmp_path / "dist"), str(REPO)], capture_output=True,
+                           text=True, timeout=600)
+    assert build.returncode == 0, build.stderr[-3000:]
+    site = tmp_path / "site-packages"
+    zipfile.ZipFile(next((tmp_path / "dist").glob("galmorph-*.whl"))).extractall(site)
+    work = tmp_path / "work"
+    work.mkdir()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("GALMORPH_", "MLFLOW_"))}
+    env["PYTHONPATH"] = str(site)  # ahead of the editable install's src/ on sys.path
+    res = subprocess.run([sys.executable, "-c", _FROM_THE_WHEEL], cwd=work, env=env, capture_output=True,
+                         text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    out = json.loads(res.stdout.strip().splitlines()[-1])
+    assert len(out["files"]) == len(PIPELINES) + len(COMPONENTS) + 1
+    assert all(Path(f).resolve().is_relative_to(site) for f in out["files"]), out["files"]
+    assert out["compiled"] == sorted(f"{n}.yaml" for n in PIPELINES)
+    assert out["project_root"] == str(work.resolve())
+    assert out["state_dir"] == str(work.resolve() / ".galmorph")

@@ -13,7 +13,8 @@ Project entry, which all call :func:`resolve_settings`:
 3. ``MLFLOW_TRACKING_URI`` (MLflow's own variable; the tracking URI only);
 4. ``GALMORPH_<NAME>`` in the ``.env`` file of the working directory;
 5. the default: tracking URI ``http://<host>:<mlflow_port>`` (the local stack), data root
-   ``../shared/data`` when it exists, state dir ``<repo>/.galmorph``, audit log
+   ``../shared/data`` when it exists, state dir ``<project>/.galmorph`` (:data:`REPO_ROOT`: the checkout, or
+   the working directory for an installed wheel), audit log
    ``<state_dir>/registry/audit.jsonl``.
 
 Library functions take explicit arguments; the callers named above fill them from the settings.
@@ -31,8 +32,22 @@ from pydantic.fields import FieldInfo
 from galmorph.imaging.io import MAX_IMAGE_PIXELS
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
-#: Repository root when running from a checkout (``src/galmorph/settings.py`` -> repo).
-REPO_ROOT = Path(__file__).resolve().parents[2]
+
+def _project_root() -> Path:
+    """The galmorph checkout this module runs from (``<root>/src/galmorph/settings.py`` beside
+    ``<root>/pyproject.toml``: a checkout, the uv editable install, the images); installed from the wheel
+    (``site-packages/galmorph/``) there is none, and the working directory is the project folder."""
+    here = Path(__file__).resolve()
+    root = here.parents[2]
+    if here.parents[1].name == "src" and (root / "pyproject.toml").is_file():
+        return root
+    return Path.cwd().resolve()
+
+
+#: The project folder: the checkout when running from one, else the working directory (at import). The
+#: defaults below (state folder, params.yaml, ../shared/data) and deployment files (infra/) are read
+#: under it; no code is loaded from it.
+REPO_ROOT = _project_root()
 
 
 def _default_data_root() -> Path | None:

@@ -31,10 +31,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
+from galmorph.settings import REPO_ROOT
+
 log = logging.getLogger(__name__)
 
 #: podman settings that work on plain hosts (runc, explicit ulimits); see infra/podman/containers.conf
-DEFAULT_CONTAINERS_CONF = Path(__file__).resolve().parents[3] / "infra" / "podman" / "containers.conf"
+DEFAULT_CONTAINERS_CONF = REPO_ROOT / "infra" / "podman" / "containers.conf"
 
 
 class ContainerRunError(RuntimeError):
