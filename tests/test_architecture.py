@@ -65,6 +65,20 @@ def test_contracts_catch_a_cycle_and_a_forbidden_import(tmp_path):
         assert res.returncode == 1 and "BROKEN" in res.stdout, res.stdout + res.stderr
 
 
+def test_no_module_import_cycle_across_the_project():
+    """No module of galmorph, galmorph_components, galmorph_pipelines or galmorph_monitoring imports
+    (through any chain) a module that imports it back (the contract above covers galmorph's siblings;
+    this covers the four packages together, module by module)."""
+    import grimp
+
+    graph = grimp.build_graph("galmorph", "galmorph_components", "galmorph_pipelines", "galmorph_monitoring",
+                              cache_dir=None)
+    cycles = [(m, w) for m in sorted(graph.modules) for w in sorted(graph.find_modules_directly_imported_by(m))
+              if graph.chain_exists(importer=w, imported=m)]
+    assert not cycles, "import cycles (module -> module that leads back):\n" + "\n".join(
+        f"{m} -> {w} -> ... -> {m}: {graph.find_shortest_chain(importer=w, imported=m)}" for m, w in cycles)
+
+
 def _project_sources() -> list[Path]:
     files = [REPO / "conftest.py"]
     for top in ("src", "components", "pipelines", "monitoring", "mlproject", "tests"):
