@@ -100,3 +100,44 @@ def test_float_images_are_cached_as_float(sim_chirality, tmp_path):
     c = DecodedImageCache(tmp_path, fits).build()
     for f in fits:
         assert np.array_equal(c.get(f), load_image(f))
+
+
+def test_loader_workers_share_the_cache_and_decode_nothing(sim_chirality, tmp_path):
+    """With DataLoader worker processes the memory-mapped cache serves every item: once it is built the
+    image files can go away, and the workers' batches equal the in-process uncached ones."""
+    import shutil
+
+    from galmorph.manifest import read_manifest
+
+    man = read_manifest(sim_chirality["manifest"])
+    ref = _module(man, tmp_path / "c0", cache=False, num_workers=0)
+    expected = [(x.clone(), y.clone()) for x, y in ref.val_dataloader()]
+    moved = tmp_path / "images"
+    moved.mkdir()
+    copies = []
+    for uri in man["image_uri"].astype(str):
+        dst = moved / f"{len(copies)}_{uri.rsplit('/', 1)[-1]}"
+        shutil.copy(uri, dst)
+        copies.append(str(dst))
+    man = man.assign(image_uri=copies)
+    dm = _module(man, tmp_path / "c1", cache=True, num_workers=1)
+    dm.setup()
+    shutil.rmtree(moved)  # nothing can be decoded any more
+    got = list(dm.val_dataloader())
+    assert len(got) == len(expected)
+    for (xa, ya), (xb, yb) in zip(got, expected):
+        assert torch.equal(ya, yb) and torch.equal(xa, xb)
+    n = sum(len(y) for _x, y in dm.train_dataloader())  # augmented training batches from the cache too
+    assert n >= len(dm.dataset("train")) - 1  # (a last batch of one image is dropped)
+
+
+def test_num_workers_from_the_machine():
+    import os
+
+    from galmorph.data.datamodule import loader_settings
+    from galmorph.training.config import ConfigError, resolve_config
+
+    assert resolve_config("chirality", "tiny", {"num_workers": -1}).num_workers == -1
+    with pytest.raises(ConfigError, match="num_workers"):
+        resolve_config("chirality", "tiny", {"num_workers": -2})
+    assert loader_settings(None)["num_workers"] == max(0, min(4, (os.cpu_count() or 1) - 1))

@@ -334,8 +334,10 @@ class GalaxyDataModule(L.LightningDataModule):
         ds = self.dataset(name)
         # a last training batch of one image would break batch norm: drop it when there is more
         drop_last = shuffle and len(ds) % self.batch_size == 1 and len(ds) > self.batch_size
-        return DataLoader(ds, batch_size=self.batch_size, shuffle=shuffle, **loader_settings(self.num_workers),
-                          worker_init_fn=_worker_init if self.num_workers else None, generator=g, drop_last=drop_last)
+        settings = loader_settings(None if self.num_workers is None or self.num_workers < 0 else self.num_workers)
+        return DataLoader(ds, batch_size=self.batch_size, shuffle=shuffle, **settings,
+                          worker_init_fn=_worker_init if settings["num_workers"] else None, generator=g,
+                          drop_last=drop_last)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", True)

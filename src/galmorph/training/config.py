@@ -82,8 +82,8 @@ class TrainConfig:
     mirror_copies: bool = False          # chirality: add a mirrored copy with CW/ACW swapped (train set)
     mirror_swap: bool = False            # chirality: mirror half the training images at random, CW/ACW swapped
     class_weights: str = "none"          # none | balanced (cross-entropy weights N / (K n_c) from the train split)
-    num_workers: int = 0
-    cache_images: bool = False           # keep prepared images in memory (num_workers=0 only)
+    num_workers: int = 0                 # DataLoader workers; -1 = from the machine (one per core beyond one)
+    cache_images: bool = False           # decode every image once into a memory-mapped cache (workers share it)
     resume_from: str = ""                # Lightning checkpoint to resume (single-trial runs)
 
     # ------------------------------------------------------------------------------------------
@@ -176,7 +176,9 @@ class TrainConfig:
         for name in ("trials", "batch_size", "max_epochs", "group_order"):
             if getattr(self, name) < 1:
                 bad(f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("patience", "num_workers", "max_per_class", "min_epochs", "finetune_blocks", "torch_threads"):
+        if self.num_workers < -1:
+            bad(f"num_workers must be >= 0, or -1 for one per core beyond one, got {self.num_workers}")
+        for name in ("patience", "max_per_class", "min_epochs", "finetune_blocks", "torch_threads"):
             if getattr(self, name) < 0:
                 bad(f"{name} must be >= 0, got {getattr(self, name)}")
         if not 0 <= self.zoom < 1:
@@ -189,8 +191,6 @@ class TrainConfig:
             bad("resume_from needs trials=1 (a checkpoint belongs to one trial)")
         if self.resume_from and not Path(self.resume_from).is_file():
             bad(f"resume_from checkpoint {self.resume_from} does not exist")
-        if self.cache_images and self.num_workers > 0:
-            bad("cache_images needs num_workers=0 (each worker would hold its own cache)")
         return self
 
 
