@@ -97,6 +97,8 @@ def test_evaluate_chirality_ce_model_with_diagnostics(mlflow_server, sim_chirali
     assert res.metrics["chirality_mirror_passed"] == 1.0
     assert ch["rotation"]["mc_dropout"] is True and ch["rotation"]["n_galaxies"] == 6
     assert 0 <= res.metrics["chirality_rotation_eta_mean"] <= 1
+    # the MC-dropout predictive spread of the same galaxies (the model has head dropout)
+    assert ch["mc_dropout"]["n_galaxies"] == 6 and res.metrics["chirality_mc_dropout_spread"] > 0
     assert np.isfinite(ch["sweep"]["slope"]) and ch["sweep"]["n"] >= 144
     lab = pd.read_parquet(res.predictions_path)
     assert ch["cvs"]["n_acw_labels"] == int((lab["label"] == "ACW").sum())
@@ -137,3 +139,35 @@ def test_trials_and_cli(mlflow_server, coded_with_bad_rows, tmp_path):
     bad = CliRunner().invoke(main, ["evaluate", "--model", uris[0], "--manifest", str(path), "--z-edges", "0.1,0.05"])
     assert bad.exit_code != 0 and "increasing" in bad.output
     shutil.rmtree(out)
+
+
+def test_pipeline_evaluate_step_writes_explanations_eta_and_card(mlflow_server, sim_chirality, tmp_path,
+                                                                  monkeypatch):
+    """The training pipeline's evaluate step (galmorph.pipelines.steps.evaluate) writes the same report as
+    the CLI: a panel of example maps per class, rotation-stability eta on at most 200 galaxies, and the
+    model card; a model without dropout gets no MC-dropout spread, with the reason."""
+    import galmorph.evaluation.core as core
+    from galmorph.pipelines import steps
+
+    info = log_test_model(ChiralityCE(seed=6), "chirality", ["CW", "ACW", "other"], 32,
+                          registered_name="galmorph-test-eval-step", chirality_equivariant=True, arch="ce")
+    seen = {}
+    real = core.evaluate
+
+    def spy(*a, **kw):
+        seen.update(kw)
+        return real(*a, **{**kw, "rotation_passes": 2, "rotation_angles": 3, "sweep_realisations": 2})
+
+    monkeypatch.setattr(core, "evaluate", spy)
+    out = steps.evaluate(f"models:/galmorph-test-eval-step/{info.registered_model_version}",
+                         sim_chirality["manifest"], tmp_path / "report.html", tmp_path / "pred.parquet",
+                         tracking_uri=mlflow_server, metrics={})
+    assert seen["rotation_max_objects"] == 200 and "rotation_passes" not in seen  # eta on by default, <= 200
+    html = (tmp_path / "report.html").read_text()
+    labels = set(pd.read_parquet(tmp_path / "pred.parquet")["label"].dropna())
+    assert {c for c in ("CW", "ACW", "other") if f"<h3>class {c}</h3>" in html} == labels & {"CW", "ACW", "other"}
+    assert "Rotation stability" in html and "Model card" in html and "Calibration" in html
+    run = mlflow.get_run(out.run_id)
+    assert 0 <= run.data.metrics["chirality_rotation_eta_mean"] <= 1
+    assert "chirality_mc_dropout_spread" not in run.data.metrics
+    assert "no dropout layer" in html  # the MC-dropout refusal, in the report's skipped list

@@ -98,7 +98,9 @@ def chirality_diagnostics(loaded, manifest: pd.DataFrame, pred: pd.DataFrame, va
                           data_root=None, batch_size: int = 32, sweep_n: int | None = None,
                           sweep_realisations: int = 10, rotation_passes: int = 10, rotation_angles: int = 8,
                           rotation_max_objects: int = 32, mirror_atol: float = 1e-5, seed: int = 0) -> dict:
-    """CVS of predictions vs labels, the mirror test, the sweep test and rotation stability.
+    """CVS of predictions vs labels, the mirror test, the sweep test, rotation stability and the
+    MC-dropout predictive spread (both on at most ``rotation_max_objects`` spirals; the spread only for
+    a model with dropout, else ``skipped["mc_dropout"]`` says why).
 
     ``pred`` is the prediction table of ``manifest`` (same row order) and ``valid`` marks the rows
     with a usable prediction and label. Parts that cannot run (no spirals of one sense, ...) are
@@ -122,6 +124,16 @@ def chirality_diagnostics(loaded, manifest: pd.DataFrame, pred: pd.DataFrame, va
         out["rotation"] = chir.rotation_stability(loaded.module, x, loaded.spec.classes, n_passes=rotation_passes,
                                                   n_rotations=rotation_angles, seed=seed)
         out["rotation"].pop("per_galaxy", None)
+        out["rotation"].pop("mean_probs", None)
+        # MC-dropout predictive spread of the same galaxies; a model without dropout is refused with the reason
+        try:
+            mc = chir.mc_dropout_predictive(loaded.module, x, n_passes=max(2, rotation_passes), seed=seed,
+                                            batch_size=batch_size)
+            out["mc_dropout"] = {"n_passes": mc["n_passes"], "n_galaxies": int(len(rows)), "spread": mc["spread"],
+                                 "entropy_mean": float(np.mean(mc["entropy"])),
+                                 "mutual_information_mean": float(np.mean(mc["mutual_information"]))}
+        except chir.NoDropoutError as exc:
+            out["skipped"]["mc_dropout"] = str(exc)
     else:
         out["skipped"]["rotation"] = "no labelled spirals (CW/ACW) in the test set"
     return out

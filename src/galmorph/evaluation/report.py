@@ -211,6 +211,9 @@ def build_report_html(report: Mapping, explanations: Mapping | None = None) -> s
                           "rows": {"rotation": {k: rot[k] for k in ("eta_mean", "mc_dropout", "n_passes",
                                                                     "n_rotations", "n_galaxies") if k in rot}}})
             parts.append({"heading": "", "rows": rot["eta"], "first": "class pair"})
+        if "mc_dropout" in ch:
+            parts.append({"heading": "MC-dropout predictive spread", "first": "",
+                          "rows": {"MC dropout": ch["mc_dropout"]}})
         if ch.get("skipped"):
             parts.append({"heading": "Skipped", "rows": {k: {"reason": v} for k, v in ch["skipped"].items()},
                           "first": "test"})
