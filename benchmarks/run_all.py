@@ -26,8 +26,7 @@ FULL_ONLY = {"winding", "physical"}
 BENCHMARKS: dict[str, tuple[str, list[str], list[str]]] = {
     "scoring": ("bench_scoring.py", [], ["--quick"]),
     "release": ("bench_release.py", [], ["--quick"]),
-    "train": ("bench_train.py", [], ["--per-class", "20", "--epochs", "2", "--arms-epochs", "1",
-                                     "--cases", "chirality_resnet18"]),
+    "train": ("bench_train.py", [], ["--quick"]),
     "data": ("bench_data.py", [], ["--n-jpeg", "40", "--n-validate", "80"]),
     "a1": ("bench_a1.py", [], ["--n", "8", "--repeats", "1"]),
     "a1_injection": ("a1_injection.py", [], ["--n", "10"]),

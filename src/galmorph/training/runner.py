@@ -244,6 +244,8 @@ def fit_trial(cfg: TrainConfig, manifest: pd.DataFrame, trial: int, out_dir: Pat
     metrics["trainable_params"] = float(best.trainable_parameters())
     if epoch_logger.train_seconds > 0:
         metrics["train_images_per_s"] = epoch_logger.train_images / epoch_logger.train_seconds
+    if epoch_logger.epoch_seconds and epoch_logger.epoch_seconds[0] > 0:
+        metrics["train_images_per_s_first_epoch"] = epoch_logger.epoch_images[0] / epoch_logger.epoch_seconds[0]
     later_s, later_n = sum(epoch_logger.epoch_seconds[1:]), sum(epoch_logger.epoch_images[1:])
     if later_s > 0:  # from the second epoch: the decoded-image cache is warm
         metrics["train_images_per_s_after_first_epoch"] = later_n / later_s
