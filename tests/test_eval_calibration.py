@@ -50,6 +50,11 @@ def test_temperature_scaling_fixes_an_overconfident_model():
     rep = calibration_report(ytest, apply_temperature(ztest, t), ["a", "b", "c"], z, temperature=t)
     assert set(rep["redshift_bins"]) == {"0.01-0.03", "0.05-0.07"}
     assert all(v["ece"] < 0.05 and v["n"] == 1500 for v in rep["redshift_bins"].values())
+    # each redshift bin has its own reliability diagram: that of its objects alone
+    sel = z == 0.02
+    own = reliability_diagram(apply_temperature(ztest, t)[sel], ytest[sel])
+    assert rep["redshift_bins"]["0.01-0.03"]["count"] == own["count"]
+    assert rep["redshift_bins"]["0.01-0.03"]["ece"] == pytest.approx(own["ece"])
     assert rep["temperature"] == t
 
 

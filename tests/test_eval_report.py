@@ -69,6 +69,16 @@ def test_evaluate_metrics_report_and_mlflow(mlflow_server, coded_with_bad_rows, 
     # report written and logged, every finite number is an MLflow metric of the evaluation run
     html = res.report_html.read_text()
     assert html.count("data:image/png;base64,") >= 4 and "Redshift bins" in html and "Probability thresholds" in html
+    # calibration: a reliability diagram and ECE overall and per redshift bin, ECE recomputed from the predictions
+    from galmorph.evaluation.calibration import expected_calibration_error
+
+    zcal = res.report["calibration"]["redshift_bins"]
+    for b in ev["z_bin"].unique():
+        sel = (ev["z_bin"] == b).to_numpy()
+        proba = ev.loc[sel, ["p_symmetric", "p_lopsided"]].to_numpy()
+        assert zcal[b]["n"] == int(sel.sum()) and sum(zcal[b]["count"]) == int(sel.sum())
+        assert res.metrics[f"zbin_{b}_ece"] == pytest.approx(expected_calibration_error(proba, y[sel].to_numpy()))
+        assert f'alt="reliability diagram z {b}"' in html
     assert json.loads(res.report_json.read_text())["counts"]["evaluated"] == 60
     run = mlflow.get_run(res.run_id)
     finite = {k: v for k, v in res.metrics.items() if np.isfinite(v)}
@@ -113,6 +123,10 @@ def test_evaluate_chirality_ce_model_with_diagnostics(mlflow_server, sim_chirali
     assert shown == set(res.report["explanations"]["examples"][i]["true_class"]
                         for i in range(len(res.report["explanations"]["examples"])))
     assert "Calibration" in html and "mirror test passed" in html  # the card's failure-mode list
+    # the examples table and the card are real markup, not escaped HTML source
+    assert "&lt;" not in html and "## Intended use" in html
+    for e in res.report["explanations"]["examples"]:
+        assert f'<td class="text">{e["object_id"]}</td>' in html
 
 
 def test_trials_and_cli(mlflow_server, coded_with_bad_rows, tmp_path):
@@ -171,3 +185,19 @@ def test_pipeline_evaluate_step_writes_explanations_eta_and_card(mlflow_server, 
     assert 0 <= run.data.metrics["chirality_rotation_eta_mean"] <= 1
     assert "chirality_mc_dropout_spread" not in run.data.metrics
     assert "no dropout layer" in html  # the MC-dropout refusal, in the report's skipped list
+
+
+def test_no_html_is_built_in_python_code():
+    """Every HTML page is a jinja2 template (#15.4): no string literal in src/ or benchmarks/ holds HTML tags."""
+    import ast
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    tag = re.compile(r"<\s*/?\s*(html|head|body|table|tr|td|th|div|pre|h[1-6]|p|img|ul|li|span|style)\b[^>]*>", re.I)
+    found = []
+    for path in [*(root / "src").rglob("*.py"), *(root / "benchmarks").glob("*.py")]:
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Constant) and isinstance(node.value, str) and tag.search(node.value):
+                found.append(f"{path.relative_to(root)}:{node.lineno}")
+    assert not found, f"HTML built in Python code (use a template): {found}"

@@ -126,7 +126,9 @@ def calibration_report(y_true: Sequence, proba, classes: Sequence[str], z: Seque
 
     ``y_true``: class names or indices; ``proba``: ``(n, k)`` in ``classes`` order (already calibrated
     with ``temperature``, which is only recorded). Returns ``{temperature, n_bins, overall:
-    reliability, redshift_bins: {bin: {n, ece, mce}}}`` (bins with objects only)."""
+    reliability, redshift_bins: {bin: reliability}}`` (the reliability diagram -- ``confidence``,
+    ``accuracy``, ``count`` per confidence bin -- with ``n``, ``ece``, ``mce``; redshift bins with
+    objects only)."""
     from galmorph.evaluation.metrics import encode_labels
 
     classes = [str(c) for c in classes]
@@ -138,6 +140,5 @@ def calibration_report(y_true: Sequence, proba, classes: Sequence[str], z: Seque
         bins = assign_z_bin(pd.Series(np.asarray(z, dtype=float)), z_edges).to_numpy()
         for b in pd.unique(bins):
             sel = bins == b
-            r = reliability_diagram(proba[sel], y[sel], n_bins)
-            out["redshift_bins"][str(b)] = {"n": r["n"], "ece": r["ece"], "mce": r["mce"]}
+            out["redshift_bins"][str(b)] = reliability_diagram(proba[sel], y[sel], n_bins)
     return out

@@ -155,15 +155,6 @@ def _b64(b64: str, alt: str) -> dict:
     return {"b64": b64, "alt": alt}
 
 
-def render_card_html(card: Mapping) -> str:
-    """The model card as an HTML fragment (its markdown rendered as preformatted text)."""
-    from markupsafe import escape
-
-    from galmorph.evaluation.card import card_markdown
-
-    return f"<pre style='white-space:pre-wrap'>{escape(card_markdown(card))}</pre>"
-
-
 def build_report_html(report: Mapping, explanations: Mapping | None = None) -> str:
     """The HTML report of one evaluation (see :func:`galmorph.evaluation.core.evaluate`)."""
     cls = report["classification"]
@@ -193,7 +184,9 @@ def build_report_html(report: Mapping, explanations: Mapping | None = None) -> s
     cal = report.get("calibration")
     ctx["calibration"] = cal
     if cal and cal.get("overall", {}).get("n"):
-        ctx["calibration_fig"] = plot_reliability(cal["overall"])
+        ctx["calibration_figs"] = [_b64(plot_reliability(cal["overall"]), "reliability diagram")] + [
+            _b64(plot_reliability(r, f"reliability z {b} (n={r['n']})"), f"reliability diagram z {b}")
+            for b, r in (cal.get("redshift_bins") or {}).items() if r.get("n") and "edges" in r]
     ctx["thresholds"] = report.get("thresholds", {})
     ch = report.get("chirality")
     if ch:
@@ -226,7 +219,8 @@ def build_report_html(report: Mapping, explanations: Mapping | None = None) -> s
             rows = np.flatnonzero(ex["true_class"].astype(str).to_numpy() == c)
             panels.append({"cls": c, "b64": plot_explanations(explanations["images"], maps, ex, rows)})
         ctx["explanations"] = {"target_layer": maps.get("target_layer"), "views": maps.get("views", []),
-                               "table": ex.drop(columns=["row"]).to_html(index=False), "panels": panels}
+                               "columns": [c for c in ex.columns if c != "row"],
+                               "rows": ex.drop(columns=["row"]).to_dict(orient="records"), "panels": panels}
     elif report.get("explanations", {}).get("skipped"):
         ctx["explanations_skipped"] = report["explanations"]["skipped"]
     if "trials" in report:
@@ -234,7 +228,9 @@ def build_report_html(report: Mapping, explanations: Mapping | None = None) -> s
     card = report.get("model_card")
     if card:
         ctx["card"] = card
-        ctx["card_html"] = render_card_html(card)
+        from galmorph.evaluation.card import card_markdown
+
+        ctx["card_md"] = card_markdown(card)  # shown as preformatted text by the template (escaped there)
     return template_env().get_template("report.html.j2").render(**ctx)
 
 

@@ -533,8 +533,13 @@ def drift_for_release(catalogue_dir: str | Path, dataset: str | Path, summary_di
     if overall is not None and overall.report_html:
         shutil.copyfile(overall.report_html, report_html)
     else:
-        Path(report_html).write_text(f"<html><body><h1>Drift: {res.verdict}</h1><pre>{res.table()}</pre>"
-                                     "</body></html>")
+        from datetime import datetime, timezone
+
+        from galmorph.evaluation.templating import template_env
+
+        Path(report_html).write_text(template_env().get_template("text_page.html.j2").render(
+            title=f"Drift: {res.verdict}", text=res.table(), generator="galmorph.pipelines.steps.drift_for_release",
+            generated=datetime.now(timezone.utc).isoformat(timespec="seconds")), encoding="utf-8")
     # where the reference came from, beside the summary (a person or a test can check it was not a local path)
     (Path(summary_dir) / "reference.json").write_text(json.dumps({"reference_source": source}))
     return {**res.to_dict(), "reference_source": source}
