@@ -37,11 +37,24 @@ COVERAGES = (1.0, 0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2, 0.1)
 WEIGHTS = {"pretrained": None, "random": "none"}  # None: the preset's own encoder_weights
 
 
-def macro_f1(y, p, classes) -> tuple[float, dict[str, float]]:
+def macro_f1(y, p, classes) -> tuple[float, dict[str, float], list[str]]:
+    """``(macro-F1, per-class F1, absent_classes)``: the project's one macro-F1
+    (:func:`galmorph.evaluation.metrics.macro_f1`: the mean over the classes with support in ``y``, the
+    others listed as absent, as evaluate/promote compute it) and scikit-learn's F1 of each class with support."""
     from sklearn.metrics import f1_score
 
-    per = f1_score(y, p, labels=list(classes), average=None, zero_division=0)
-    return float(np.mean(per)), {c: float(f) for c, f in zip(classes, per)}
+    from galmorph.evaluation.metrics import macro_f1 as one_macro_f1
+
+    classes = [str(c) for c in classes]
+    mf1, absent = one_macro_f1(list(y), list(p), classes)
+    per = f1_score(y, p, labels=classes, average=None, zero_division=0)
+    return mf1, {c: float(f) for c, f in zip(classes, per) if c not in absent}, absent
+
+
+def accuracy(y, p) -> float:
+    from sklearn.metrics import accuracy_score
+
+    return float(accuracy_score(y, p))
 
 
 def accuracy_vs_coverage(correct: np.ndarray, confidence: np.ndarray) -> dict[str, float | None]:
@@ -91,13 +104,13 @@ def prior_adjusted(p: np.ndarray, classes: list[str], trained_prior: dict[str, f
 
 
 def three_class(y: np.ndarray, yp: np.ndarray, classes: list[str]) -> dict:
-    acc = float((yp == y).mean())
+    acc = accuracy(y, yp)
     major = pd.Series(y).value_counts().idxmax()
-    acc_major = float((y == major).mean())
-    mf1, per = macro_f1(y, yp, classes)
+    acc_major = accuracy(y, np.full(len(y), major, dtype=object))
+    mf1, per, absent = macro_f1(y, yp, classes)
     return {"three_class_accuracy": acc, "majority_class": major, "majority_accuracy": acc_major,
             "error_reduction_vs_majority": 1 - (1 - acc) / (1 - acc_major) if acc_major < 1 else None,
-            "macro_f1": mf1, "f1": per}
+            "macro_f1": mf1, "f1": per, "absent_classes": absent}
 
 
 def chirality_block(pred: pd.DataFrame, test: pd.DataFrame, classes: list[str], data_root: Path,
@@ -180,9 +193,9 @@ def run_case(task: str, weights: str, train_df: pd.DataFrame, test_df: pd.DataFr
     pred = predict_manifest(model, test_df, data_root=data_root)
     ok = pred["error"].isna().to_numpy()
     y, yp = test_df["label"].astype(str).to_numpy()[ok], pred["pred"].astype(str).to_numpy()[ok]
-    mf1, per = macro_f1(y, yp, classes)
+    mf1, per, absent = macro_f1(y, yp, classes)
     out = {"task": task, "weights": weights, "split": seed, "train_minutes": minutes, "n_train": len(train_df),
-           "n_test": int(ok.sum()), "accuracy": float((y == yp).mean()), "macro_f1": mf1, "f1": per,
+           "n_test": int(ok.sum()), "accuracy": accuracy(y, yp), "macro_f1": mf1, "f1": per, "absent_classes": absent,
            "model_uri": res.model_uri}
     if pred_dir is not None:  # per-galaxy probabilities, for analyses after the run
         pred_dir.mkdir(parents=True, exist_ok=True)
@@ -243,6 +256,10 @@ def write_md(result: dict, path: Path) -> None:
             per = ", ".join(f"{k[3:]} {fmt(s, k, 2)}" for k in s if k.startswith("f1."))
             lines.append(f"| {task} | {w} | {fmt(s, 'accuracy')} | {fmt(s, 'macro_f1')} | {per} | "
                          f"{fmt(s, 'train_minutes', 1)} |")
+    absent = sorted({f"{c['task']}: {a}" for c in result["cases"] for a in c.get("absent_classes", [])})
+    lines += ["", "macro-F1: the mean F1 over the classes with support in the test split (the evaluate/promote "
+              "definition, galmorph.evaluation.metrics.macro_f1); classes without support in some split: "
+              + (", ".join(absent) if absent else "none") + "."]
     if "chirality" in summ:
         lines += ["", "## Chirality (test quarter as catalogued)", "",
                   "| encoder | probabilities | 3-class acc | majority acc | error reduction | 3-class macro-F1 | "

@@ -146,3 +146,27 @@ def test_macro_f1_over_present_classes_and_majority_baseline():
     assert m["majority_baseline"] == base
     flat = flatten_metrics({"classification": m})
     assert flat["baseline_f1_macro"] == pytest.approx(base["f1_macro"]) and flat["n_absent_classes"] == 2
+
+
+def test_benchmark_macro_f1_is_the_one_definition():
+    """The reference benchmark (arms and chirality) reports the evaluate/promote macro-F1: the mean over the
+    classes with support, the others listed as absent_classes -- not the mean over every class."""
+    import importlib.util
+    from pathlib import Path
+
+    from galmorph.evaluation.metrics import macro_f1
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "reference.py"
+    spec = importlib.util.spec_from_file_location("bench_reference_for_test", path)
+    ref = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ref)
+    classes = ["1", "2", "3", "4", "5+"]
+    y = ["1", "2", "2", "3", "1", "3"]
+    p = ["1", "2", "3", "3", "4", "3"]
+    mf1, per, absent = ref.macro_f1(y, p, classes)
+    assert (mf1, absent) == macro_f1(y, p, classes) and absent == ["4", "5+"]
+    assert mf1 == pytest.approx(skm.f1_score(y, p, labels=["1", "2", "3"], average="macro"))
+    assert set(per) == {"1", "2", "3"} and per["3"] == pytest.approx(skm.f1_score(y, p, labels=["3"], average=None)[0])
+    # the old all-class mean is a different (lower) number
+    assert mf1 > np.mean(skm.f1_score(y, p, labels=classes, average=None, zero_division=0)) + 0.1
+    assert ref.accuracy(y, p) == pytest.approx(skm.accuracy_score(y, p))

@@ -196,6 +196,8 @@ def fit_winding_weight(probs: np.ndarray, z: np.ndarray, labels: Sequence, class
     """Choose the ensemble weight on a tuning set: the ``grid`` value with the highest mean CW/ACW
     log-likelihood (``log p(label | spiral)``) of the combined output over the CW/ACW-labelled rows.
     Returns ``(weight, table of weight, log_likelihood, accuracy, n)``."""
+    from sklearn.metrics import accuracy_score
+
     i_cw, i_acw, _ = _check_classes(classes)
     labels = np.asarray([str(x) for x in labels])
     rows = np.isin(labels, [CW, ACW])
@@ -209,7 +211,7 @@ def fit_winding_weight(probs: np.ndarray, z: np.ndarray, labels: Sequence, class
         pcw = np.clip(comb[:, i_cw] / np.maximum(s, 1e-12), 1e-9, 1 - 1e-9)
         ll = np.where(is_cw, np.log(pcw), np.log(1 - pcw))
         recs.append({"weight": float(w), "log_likelihood": float(ll.mean()),
-                     "accuracy": float(((pcw >= 0.5) == is_cw).mean()), "n": int(rows.sum())})
+                     "accuracy": float(accuracy_score(is_cw, pcw >= 0.5)), "n": int(rows.sum())})
     table = pd.DataFrame(recs)
     best = float(table.loc[table["log_likelihood"].idxmax(), "weight"])
     return best, table

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -58,11 +58,14 @@ def confusion_counts(y_true: np.ndarray, y_pred: np.ndarray, k: int) -> np.ndarr
     return confusion_matrix(np.asarray(y_true, int), np.asarray(y_pred, int), labels=list(range(k))).astype(np.int64)
 
 
-def normalise_rows(c: np.ndarray) -> np.ndarray:
-    """Row-normalised confusion matrix (fraction of each true class); empty rows stay 0."""
-    c = np.asarray(c, dtype=np.float64)
-    s = c.sum(axis=1, keepdims=True)
-    return np.divide(c, s, out=np.zeros_like(c), where=s > 0)
+def confusion_normalised(y_true: np.ndarray, y_pred: np.ndarray, k: int) -> np.ndarray:
+    """Row-normalised confusion matrix (fraction of each true class; ``sklearn.metrics.confusion_matrix``
+    with ``normalize="true"``); rows of absent classes are 0."""
+    from sklearn.metrics import confusion_matrix
+
+    with np.errstate(invalid="ignore", divide="ignore"):
+        c = confusion_matrix(np.asarray(y_true, int), np.asarray(y_pred, int), labels=list(range(k)), normalize="true")
+    return np.nan_to_num(np.asarray(c, dtype=np.float64))
 
 
 def roc_curve_binary(y_bin: np.ndarray, score: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -85,9 +88,21 @@ def binary_auc(y_bin: np.ndarray, score: np.ndarray) -> float:
     return float(roc_auc_score(y_bin, np.asarray(score, dtype=np.float64)))
 
 
-def _nanmean(vals: Iterable[float]) -> float:
-    v = [x for x in vals if x is not None and not (isinstance(x, float) and math.isnan(x))]
-    return float(np.mean(v)) if v else float("nan")
+def macro_auc(y: np.ndarray, proba: np.ndarray) -> float:
+    """Macro one-vs-rest ROC AUC (``sklearn.metrics.roc_auc_score``, ``average="macro"``) over the classes
+    whose AUC is defined (present and not everything); for two classes the binary AUC of class 1.
+    NaN when none is defined."""
+    from sklearn.metrics import roc_auc_score
+    from sklearn.preprocessing import label_binarize
+
+    k = proba.shape[1]
+    if k == 2:
+        return binary_auc(y == 1, proba[:, 1])
+    onehot = label_binarize(y, classes=list(range(k)))
+    cols = [j for j in range(k) if 0 < onehot[:, j].sum() < len(y)]
+    if not cols:
+        return float("nan")
+    return float(roc_auc_score(onehot[:, cols], proba[:, cols], average="macro"))
 
 
 def macro_f1(y_true: Sequence, y_pred: Sequence, classes: Sequence[str]) -> tuple[float, list[str]]:
@@ -161,12 +176,10 @@ def classification_metrics(y_true: Sequence, proba: np.ndarray, classes: Sequenc
                       "thresholds": [None if not np.isfinite(t) else float(t) for t in thr]}
     present = [c for c in classes if per_class[c]["support"] > 0]
     absent = [c for c in classes if per_class[c]["support"] == 0]
-    pidx = [classes.index(c) for c in present]
-    macro = {m: float(np.mean([v[j] for j in pidx])) for m, v in (("precision", prec), ("recall", rec), ("f1", f1))}
-    if k == 2:
-        macro["auc"] = per_class[classes[1]]["auc"]
-    else:
-        macro["auc"] = _nanmean(per_class[c]["auc"] for c in classes)
+    # macro averages over the classes with support (the one macro-F1 definition, :func:`macro_f1`)
+    mp, mr, mf, _ = precision_recall_fscore_support(y, pred, labels=[classes.index(c) for c in present],
+                                                    average="macro", zero_division=0)
+    macro = {"precision": float(mp), "recall": float(mr), "f1": float(mf), "auc": macro_auc(y, proba)}
     out = {
         "n": int(n),
         "accuracy": float(accuracy_score(y, pred)),
@@ -176,7 +189,7 @@ def classification_metrics(y_true: Sequence, proba: np.ndarray, classes: Sequenc
         "absent_classes": absent,
         "majority_baseline": majority_class_baseline(y, classes),
         "confusion": cm.tolist(),
-        "confusion_normalised": normalise_rows(cm).tolist(),
+        "confusion_normalised": confusion_normalised(y, pred, k).tolist(),
     }
     if with_curves:
         out["roc"] = roc
@@ -188,6 +201,8 @@ def threshold_metrics(y_true: Sequence, proba: np.ndarray, classes: Sequence[str
     """Results of the high-confidence subsets: for each threshold t, the objects whose highest class
     probability is >= t: ``n``, ``coverage`` (fraction of all objects), ``accuracy`` and macro F1 of
     the subset (NaN when empty), and per-class counts of the confident predictions."""
+    from sklearn.metrics import accuracy_score
+
     classes = [str(c) for c in classes]
     y = encode_labels(list(y_true), classes)
     proba = _check_proba(proba, len(y), len(classes))
@@ -197,7 +212,7 @@ def threshold_metrics(y_true: Sequence, proba: np.ndarray, classes: Sequence[str
         sel = pmax >= t
         m = int(sel.sum())
         entry = {"threshold": float(t), "n": m, "coverage": float(m / len(y)) if len(y) else float("nan"),
-                 "accuracy": float((pred[sel] == y[sel]).mean()) if m else float("nan"),
+                 "accuracy": float(accuracy_score(y[sel], pred[sel])) if m else float("nan"),
                  "f1_macro": float("nan"),
                  "n_pred": {c: int((pred[sel] == j).sum()) for j, c in enumerate(classes)}}
         if m:

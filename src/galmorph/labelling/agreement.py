@@ -38,6 +38,8 @@ def agreement_report(labels: pd.DataFrame, include_unsure: bool = False) -> dict
     ``{"labellers": [...], "pairs": [{"a", "b", "n_common", "percent_agreement", "kappa",
     "confusion": {label_a: {label_b: n}}}], "mean_kappa"}``.
     """
+    from sklearn.metrics import accuracy_score, confusion_matrix
+
     df = labels if include_unsure else labels[labels.label != "unsure"]
     wide = df.pivot_table(index="object_id", columns="labeller", values="label", aggfunc="last")
     cats = ["symmetric", "lopsided"] + (["unsure"] if include_unsure else [])
@@ -45,9 +47,12 @@ def agreement_report(labels: pd.DataFrame, include_unsure: bool = False) -> dict
     for a, b in itertools.combinations(sorted(wide.columns), 2):
         both = wide[[a, b]].dropna()
         k = cohen_kappa(both[a], both[b], cats)
-        conf = {x: {y: int(((both[a] == x) & (both[b] == y)).sum()) for y in cats} for x in cats}
+        cm = confusion_matrix(both[a].astype(str), both[b].astype(str), labels=cats) if len(both) \
+            else np.zeros((len(cats), len(cats)), int)
+        conf = {x: {y: int(cm[i, j]) for j, y in enumerate(cats)} for i, x in enumerate(cats)}
         pairs.append({"a": a, "b": b, "n_common": int(len(both)),
-                      "percent_agreement": float((both[a] == both[b]).mean()) if len(both) else float("nan"),
+                      "percent_agreement": float(accuracy_score(both[a].astype(str), both[b].astype(str)))
+                      if len(both) else float("nan"),
                       "kappa": k, "confusion": conf})
     ks = [p["kappa"] for p in pairs if np.isfinite(p["kappa"])]
     return {"labellers": sorted(wide.columns.tolist()), "n_objects": int(len(wide)), "pairs": pairs,
