@@ -182,3 +182,33 @@ def test_rotation_views_are_found_and_mapped_back():
     for k in range(1, 4):
         mk, _ = grad_cam_views(m, torch.rot90(x, k, dims=(2, 3)), 0, layer, raw=True)
         np.testing.assert_allclose(maps[k], np.rot90(mk[0], -k, axes=(1, 2)), rtol=1e-4, atol=1e-6)
+
+
+def test_chirality_views_model_maps_per_view_in_the_input_frame():
+    """The exported 8-view chirality model (models.chirality.ChiralityViews: 4 rotations x mirror, what
+    load_for_inference returns for tta_views=8): every view is identified, each map is taken back to the
+    input frame, and the combined map follows the model's symmetries -- a 90-degree rotation of the image
+    rotates the map, a mirror turns the CW map into the ACW map of the mirror image."""
+    from galmorph.models.chirality import ChiralityViews
+
+    net = ChiralityViews(TinyCNN(3, seed=7), views=8).eval()
+    x = _x(n=2, seed=4, s=16)
+    gm = torch.export.export(net, (x,), dynamic_shapes=({0: torch.export.Dim("batch")},)).module()
+    layer = conv_layers(gm)[-1]
+    views = view_transforms(gm, x, layer)
+    assert len(views) == 8 and len(set(views)) == 8 and "unknown" not in views and views[0] == "identity"
+    maps, names = grad_cam_views(gm, x, 0, layer, raw=True)
+    assert names == views and maps.shape[:2] == (8, 2) and maps.max() > 0
+    # each view's map = the identity-view map of the image that view sees, taken back by the inverse transform
+    # (a mirrored view's CW logit is the backbone's ACW output: on the mirror image it is the ACW map)
+    from galmorph.evaluation.explain import _d4
+
+    for v, name in enumerate(names):
+        fwd, inv = _d4()[name]
+        mv, _ = grad_cam_views(gm, fwd(x), 1 if name.startswith("mirror") else 0, layer, raw=True)
+        np.testing.assert_allclose(maps[v], inv(torch.from_numpy(mv[0])).numpy(), rtol=1e-4, atol=1e-6 * maps.max())
+    cw = grad_cam(gm, x, 0, layer, raw=True)
+    cw_rot = grad_cam(gm, torch.rot90(x, 1, dims=(2, 3)), 0, layer, raw=True)
+    np.testing.assert_allclose(cw_rot, np.rot90(cw, 1, axes=(1, 2)), rtol=1e-4, atol=1e-6 * cw.max())
+    acw_m = grad_cam(gm, torch.flip(x, dims=[3]), 1, layer, raw=True)
+    np.testing.assert_allclose(acw_m, cw[..., ::-1], rtol=1e-4, atol=1e-6 * cw.max())

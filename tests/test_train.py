@@ -14,7 +14,8 @@ from galmorph.training import train
 
 @pytest.fixture(scope="module")
 def chirality_run(mlflow_server, sim_chirality, tmp_path_factory):
-    return train("chirality", "tiny", {"progress": False}, manifest=sim_chirality["manifest"],
+    # head dropout (#15.2): the real chirality network carries it through training, export and loading
+    return train("chirality", "tiny", {"progress": False, "classifier_dropout": 0.2}, manifest=sim_chirality["manifest"],
                  tracking_uri=mlflow_server, out_dir=tmp_path_factory.mktemp("train-chirality"))
 
 
@@ -73,3 +74,54 @@ def test_resume_from_checkpoint_continues_training(mlflow_server, sim_chirality,
                     register=False)
     assert first.metrics["epochs"] == 1 and resumed.metrics["epochs"] == 2
     assert resumed.metrics["global_step"] == 2 * first.metrics["global_step"]
+
+
+def test_real_run_temperature_dropout_card_and_lineage(chirality_run, sim_chirality, tmp_path):
+    """On the real tiny run (#15): the ModelSpec temperature is the one fitted on that trial's validation
+    split; the logged network keeps its head dropout (MC spread > 0); evaluation writes a model card with
+    the run's training data, DVC version, class counts and encoder origin; `lineage` links the data
+    version, the training run and the registered version."""
+    import pandas as pd
+
+    from galmorph.data.images import ManifestImageDataset
+    from galmorph.evaluation import evaluate
+    from galmorph.evaluation.calibration import fit_temperature
+    from galmorph.evaluation.chirality import has_dropout, mc_dropout_predictive
+    from galmorph.lineage import lineage
+    from galmorph.manifest import read_manifest
+
+    res = chirality_run
+    lm = load_for_inference(res.model_uri)
+    splits = pd.read_parquet(mlflow.artifacts.download_artifacts(run_id=res.run_id, artifact_path="splits.parquet",
+                                                                 dst_path=str(tmp_path)))
+    man = read_manifest(sim_chirality["manifest"])
+    val = man[man["object_id"].isin(splits.loc[splits["split"] == "val", "object_id"])].reset_index(drop=True)
+    ds = ManifestImageDataset(val, lm.spec.image_size, lm.spec.in_chans, lm.spec.crop_fraction,
+                              classes=lm.spec.classes)
+    x = torch.stack([ds[i][0] for i in range(len(ds))])
+    y = np.array([ds[i][1] for i in range(len(ds))])
+    with torch.no_grad():
+        logits = lm.module(x).numpy()
+    assert lm.spec.temperature != 1.0
+    assert lm.spec.temperature == pytest.approx(fit_temperature(logits, y), rel=1e-3)
+    assert has_dropout(lm.module) and mc_dropout_predictive(lm.module, x[:6], n_passes=6)["spread"] > 0
+
+    ev = evaluate(res.model_uri, sim_chirality["manifest"], tmp_path / "ev", rotation_passes=2, rotation_angles=2,
+                  rotation_max_objects=8, sweep_realisations=2, explain=False)
+    card = ev.report["model_card"]
+    child = mlflow.MlflowClient().get_run(res.run_id)
+    assert card["training"]["run_id"] == res.run_id and card["training"]["manifest"] == str(sim_chirality["manifest"])
+    assert card["training"]["data_version"]["data_version"] == child.data.tags["galmorph.data_version"]
+    counts = mlflow.artifacts.load_dict(f"runs:/{res.run_id}/class_counts.json")
+    assert card["training"]["class_counts"] == counts and set(counts) == {"train", "val", "test"}
+    assert card["model"]["encoder_init"] == "random" and card["calibration"]["temperature"] == round(
+        lm.spec.temperature, 4)
+    assert any("mirror test" in f for f in card["failure_modes"])  # a plain CNN, not chirality-equivariant
+    assert card["intended_use"] and set(card["evaluation"]["redshift_bins"])
+    mv = mlflow.MlflowClient().get_model_version("galmorph-chirality", res.registered_version)
+    assert mv.description == card["summary"] and "chirality classifier (resnet18" in mv.description
+    chain = lineage(res.model_uri)
+    assert chain["data"]["manifest"] == str(sim_chirality["manifest"])
+    assert chain["data"]["data_version"] == child.data.tags["galmorph.data_version"]
+    assert chain["training"]["run_id"] == res.run_id and chain["training"]["parent_run_id"] == res.parent_run_id
+    assert chain["model"]["version"] == res.registered_version and chain["model"]["card_run_id"] == ev.run_id
