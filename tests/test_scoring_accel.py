@@ -216,6 +216,16 @@ def test_temperature_is_applied_in_scoring(sim_chirality, tmp_path):
     m = cat.merge(ref, on="object_id", suffixes=("", "_ref"))
     assert len(m) == len(ref)
     assert np.abs(m["p_CW"] - m["p_CW_ref"]).max() < 1e-5
+    # p_pred and the high-confidence flag are those of the calibrated probabilities
+    from galmorph.scoring import DEFAULT_THRESHOLD
+
+    cal = m[["p_CW_ref", "p_ACW_ref", "p_other_ref"]].to_numpy().max(axis=1)
+    assert np.abs(m["p_pred"] - cal).max() < 1e-5
+    assert (m["high_confidence"] == (m["p_pred"] >= DEFAULT_THRESHOLD)).all()
+    raw = dataclasses.replace(lm, spec=dataclasses.replace(lm.spec, temperature=1.0))
+    score_manifest(raw, sim_chirality["manifest"], tmp_path / "s1", batch_size=8, progress=False)
+    cat1 = pd.read_parquet(merge_scores([tmp_path / "s1"], tmp_path / "c1").catalogue).set_index("object_id")
+    assert (cat1.loc[m["object_id"], "p_pred"].to_numpy() > m["p_pred"].to_numpy() + 1e-4).all()  # T > 1 softens
 
 
 # ------------------------------------------------------------------------------------------------
