@@ -809,10 +809,24 @@ def test_one_service_account_per_workload_and_least_privilege_rbac(rendered, nam
     assert bound == {"galmorph-pipelines-upload", "galmorph-release-watcher"}
     assert all(b["kind"] == "RoleBinding" and b["roleRef"]["kind"] == "Role" for b in bindings)
     assert all(b["roleRef"]["name"] != "kubeflow-edit" for b in bindings)
-    (role,) = [d for d in docs if d["kind"] == "Role"]
-    assert {g for r in role["rules"] for g in r["apiGroups"]} == {"pipelines.kubeflow.org"}
-    assert not any("*" in r["verbs"] or "*" in r["resources"] for r in role["rules"])
+    roles = {d["metadata"]["name"]: d for d in docs if d["kind"] == "Role"}
+    # each client its own Role (one binding, one subject), on pipelines.kubeflow.org only, no wildcard
+    assert len(bindings) == len(roles) == 2 and all(len(b["subjects"]) == 1 for b in bindings)
+    granted = {}
+    for b in bindings:
+        role = roles[b["roleRef"]["name"]]
+        assert {g for r in role["rules"] for g in r["apiGroups"]} == {"pipelines.kubeflow.org"}
+        assert not any("*" in r["verbs"] or "*" in r["resources"] for r in role["rules"])
+        granted[b["subjects"][0]["name"]] = {(res, v) for r in role["rules"] for res in r["resources"]
+                                             for v in r["verbs"]}
+    # the release watcher starts and finds runs, nothing else (no pipeline uploads, no deletes)
+    assert granted["galmorph-release-watcher"] == {(res, v) for res in ("runs", "experiments")
+                                                   for v in ("get", "list", "create")}
+    upload = granted["galmorph-pipelines-upload"]
+    assert ("pipelines", "create") in upload and ("recurringruns", "delete") in upload
+    assert not any(res == "runs" or v == "delete" and res not in ("recurringruns", "jobs") for res, v in upload)
     assert not [d for d in docs if d["kind"] == "ClusterRole"]
+    assert not any(b["roleRef"]["name"] in ("edit", "admin", "cluster-admin") for b in bindings)
 
 
 def test_each_database_has_its_own_user(rendered):
@@ -831,6 +845,18 @@ def test_each_database_has_its_own_user(rendered):
     for db in vals["databases"]:
         ref = env[f"GALMORPH_PW_{db['name'].upper()}"]["valueFrom"]["secretKeyRef"]
         assert ref == {"name": vals["existingSecret"], "key": db["passwordKey"]}
+    # the consumers read their connection from Secrets of their own, never the superuser's
+    refs = {}
+    for d in workloads(docs):
+        if component_of(d) == "postgres":
+            continue
+        for c in pod_template(d)["spec"]["containers"]:
+            for e in c.get("env", []):
+                ref = (e.get("valueFrom") or {}).get("secretKeyRef")
+                if ref:
+                    assert ref["name"] != vals["existingSecret"], (component_of(d), e["name"])
+                    refs[e["name"]] = (ref["name"], ref["key"])
+    assert refs["GALMORPH_LABEL_DB_URL"] != refs["MLFLOW_BACKEND_STORE_URI"]
     # the README's connection URLs use those users, never the superuser
     readme = (CHART / "README.md").read_text()
     for db in vals["databases"]:
