@@ -18,14 +18,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import forward_ceiling, machine, quiet_line  # noqa: E402
-from bench_scoring import as_loaded, resnet18  # noqa: E402
+from _common import forward_ceiling, machine, quiet_line
+from bench_scoring import as_loaded, resnet18
 
 OUT = Path(os.environ.get("GALMORPH_BENCH_OUT") or Path(__file__).resolve().parent / "results")
 

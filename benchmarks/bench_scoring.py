@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import tempfile
 import threading
 import time
@@ -33,8 +32,7 @@ import pandas as pd
 import psutil
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import forward_ceiling, machine, quiet_line  # noqa: E402
+from _common import forward_ceiling, machine, quiet_line
 
 OUT = Path(os.environ.get("GALMORPH_BENCH_OUT") or Path(__file__).resolve().parent / "results")
 N_DESI = 8_700_000

@@ -22,14 +22,12 @@ import argparse
 import json
 import logging
 import os
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-from _common import machine, quiet_line  # noqa: E402
+from _common import machine, quiet_line
 
 OUT = Path(os.environ.get("GALMORPH_BENCH_OUT") or HERE / "results")
 log = logging.getLogger("bench_train")

@@ -23,8 +23,7 @@ import numpy as np
 import pandas as pd
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-from _common import machine  # noqa: E402
+from _common import machine
 
 CLASSES = ["CW", "ACW", "other"]
 GRID = (0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0)

@@ -30,8 +30,7 @@ import numpy as np
 import pandas as pd
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-from _common import machine, quiet_line  # noqa: E402
+from _common import machine, quiet_line
 
 COVERAGES = (1.0, 0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2, 0.1)
 WEIGHTS = {"pretrained": None, "random": "none"}  # None: the preset's own encoder_weights

@@ -81,7 +81,7 @@ def test_no_module_import_cycle_across_the_project():
 
 def _project_sources() -> list[Path]:
     files = [REPO / "conftest.py"]
-    for top in ("src", "components", "pipelines", "monitoring", "mlproject", "tests"):
+    for top in ("src", "components", "pipelines", "monitoring", "mlproject", "tests", "benchmarks"):
         files += sorted((REPO / top).rglob("*.py"))
     return [f for f in files if f != Path(__file__).resolve()]  # this file spells the patterns out
 
