@@ -179,3 +179,45 @@ def test_label_sample_ranks_rotation_unstable_galaxies_first(tmp_path):
     q, summary = sample_queue(man, per_bin=5, n_bins=1, z_min=0.01, z_max=0.1, task="chirality", scores=scores)
     assert summary["ranked_by"] == "rotation_eta"
     assert q["object_id"].tolist() == ["flip", "stable"]
+
+
+def test_eta_is_measured_on_the_most_uncertain_by_entropy_in_chunks(tmp_path, monkeypatch):
+    """``max_objects``: eta only for that many rows, the highest-entropy ones; measured in chunks (the
+    same values as one pass), so a large candidate set never stacks all its images at once."""
+    import torch
+    from PIL import Image
+
+    import galmorph.labelling.queue as queue
+    from galmorph.models.io import ModelSpec
+
+    rng = np.random.default_rng(3)
+    rows = []
+    for i in range(9):
+        path = tmp_path / f"g{i}.png"
+        Image.fromarray((rng.random((16, 16, 3)) * 255).astype(np.uint8)).save(path)
+        rows.append({"object_id": f"g{i}", "image_uri": str(path), "z": 0.05})
+    man = pd.DataFrame(rows)
+    torch.manual_seed(0)
+    module = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 16 * 16, 3)).eval()
+    spec = ModelSpec(task="chirality", classes=["CW", "ACW", "other"], arch="toy", image_size=16)
+    scores = pd.DataFrame({"object_id": man["object_id"], "entropy": [0.1, 0.9, 0.5, 0.8, 0.2, 0.7, 0.3, 0.6, 0.4]})
+    full = queue.score_uncertainty(scores, module, spec, man, n_passes=1, n_rotations=4)
+    assert full["uncertainty"].notna().all()
+    top = queue.score_uncertainty(scores, module, spec, man, n_passes=1, n_rotations=4, max_objects=3)
+    measured = set(top.loc[top["uncertainty"].notna(), "object_id"])
+    assert measured == {"g1", "g3", "g5"}  # entropies 0.9, 0.8, 0.7
+    np.testing.assert_allclose(top.set_index("object_id").loc[sorted(measured), "uncertainty"],
+                               full.set_index("object_id").loc[sorted(measured), "uncertainty"], atol=1e-5)
+    sizes: list[int] = []
+    import galmorph.evaluation.chirality as chir
+
+    orig = chir.rotation_stability
+
+    def counting(module, images, *a, **k):
+        sizes.append(len(images))
+        return orig(module, images, *a, **k)
+
+    monkeypatch.setattr(chir, "rotation_stability", counting)
+    chunked = queue.score_uncertainty(scores, module, spec, man, n_passes=1, n_rotations=4, chunk_size=4)
+    assert sizes == [4, 4, 1]
+    np.testing.assert_allclose(chunked["uncertainty"], full["uncertainty"], atol=1e-5)

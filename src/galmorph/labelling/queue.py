@@ -135,10 +135,17 @@ def sample_queue(
     return q, summary
 
 
+#: rotation-stability eta is computed for at most this many candidates, the most uncertain by entropy
+#: (eta costs ``n_rotations x n_passes`` forward passes an image; the rest rank after them)
+ETA_MAX_OBJECTS = 1000
+
+
 def score_entropy(manifest: pd.DataFrame, model_uri: str, data_root: Path | str | None = None,
-                  batch_size: int = 32) -> pd.DataFrame:
+                  batch_size: int = 32, eta_max_objects: int | None = ETA_MAX_OBJECTS) -> pd.DataFrame:
     """Predictive entropy of a registered model (e.g. ``models:/galmorph-lopsided@champion``) for
-    every row: ``object_id, p_<class>..., entropy, error`` (unreadable images: NaN entropy)."""
+    every row: ``object_id, p_<class>..., entropy, error`` (unreadable images: NaN entropy). Chirality
+    models add the rotation-stability eta (:func:`score_uncertainty`) of the ``eta_max_objects`` rows
+    of highest entropy (``None``: all)."""
     from galmorph.inference import predict_manifest
     from galmorph.models.io import load_for_inference
 
@@ -150,20 +157,24 @@ def score_entropy(manifest: pd.DataFrame, model_uri: str, data_root: Path | str 
     pred["model_version"] = model.version
     out = pred[["object_id", *pcols, "entropy", "error"]]
     if model.spec.task == "chirality":
-        out = score_uncertainty(out, model.module, model.spec, manifest.reset_index(drop=True), data_root=data_root)
+        out = score_uncertainty(out, model.module, model.spec, manifest.reset_index(drop=True), data_root=data_root,
+                                max_objects=eta_max_objects)
     return out
 
 
 def score_uncertainty(scores: pd.DataFrame, module, spec, manifest: pd.DataFrame,
                       data_root: Path | str | None = None, n_rotations: int = 8, n_passes: int = 5,
-                      max_objects: int | None = None, batch_size: int = 32) -> pd.DataFrame:
+                      max_objects: int | None = None, batch_size: int = 32, chunk_size: int = 256) -> pd.DataFrame:
     """Add ``uncertainty`` = the rotation-stability overlap index eta of each galaxy and
     ``uncertainty_measure = "rotation_eta"``: the overlap, over rotations (and MC-dropout passes when
     the model has dropout), of the probability distributions of the galaxy's two most probable classes
     (by their mean probability over the rotations; :func:`galmorph.evaluation.chirality.rotation_stability`'s
     per-galaxy value of that pair). 1 = the
-    winner is not separated from the runner-up under rotation (unstable), 0 = always separated. Rows whose
-    image could not be read (or beyond ``max_objects``) get NaN and rank last."""
+    winner is not separated from the runner-up under rotation (unstable), 0 = always separated. With
+    ``max_objects`` only that many rows are measured, in order of decreasing ``entropy`` when the scores
+    have it; images are prepared and measured ``chunk_size`` at a time, so memory does not grow with the
+    number of rows.
+    Rows whose image could not be read (or beyond ``max_objects``) get NaN and rank last."""
     import torch
 
     from galmorph.evaluation.chirality import rotation_stability
@@ -175,28 +186,39 @@ def score_uncertainty(scores: pd.DataFrame, module, spec, manifest: pd.DataFrame
     out["uncertainty"] = np.nan
     out["uncertainty_measure"] = "rotation_eta"
     ids = scores["object_id"].astype(str).tolist()
+    order = (np.argsort(-scores["entropy"].fillna(-np.inf).to_numpy(dtype=float), kind="stable")
+             if "entropy" in scores.columns else np.arange(len(ids)))
     uris = dict(zip(manifest["object_id"].astype(str), manifest["image_uri"]))
+    classes = [str(c) for c in spec.classes]
+    chunk = max(1, int(chunk_size))
+    n_done = 0
+
+    def measure(rows: list[int], imgs: list[np.ndarray]) -> None:
+        res = rotation_stability(module, torch.from_numpy(np.stack(imgs)), spec.classes, n_passes=n_passes,
+                                 n_rotations=n_rotations, batch_size=batch_size)
+        mean_probs = np.asarray(res["mean_probs"], dtype=float)
+        eta = []
+        for g in range(len(rows)):
+            a, b = sorted(np.argsort(-mean_probs[g])[:2])
+            eta.append(res["per_galaxy"][f"{classes[a]}-{classes[b]}"][g])
+        out.loc[out.index[rows], "uncertainty"] = np.asarray(eta, dtype=float)
+
     rows, imgs = [], []
-    for i, oid in enumerate(ids):
-        if max_objects is not None and len(rows) >= max_objects:
+    for i in order:
+        if max_objects is not None and n_done + len(rows) >= max_objects:
             break
         try:
-            img = load_image(resolve_image_uri(uris[oid], data_root), greyscale=spec.in_chans == 1)
+            img = load_image(resolve_image_uri(uris[ids[i]], data_root), greyscale=spec.in_chans == 1)
         except (ImageError, KeyError, FileNotFoundError, OSError, ValueError):
             continue
         imgs.append(prepare_image(img, spec.image_size, spec.in_chans, spec.crop_fraction))
-        rows.append(i)
-    if not rows:
-        return out
-    res = rotation_stability(module, torch.from_numpy(np.stack(imgs)), spec.classes, n_passes=n_passes,
-                             n_rotations=n_rotations, batch_size=batch_size)
-    classes = [str(c) for c in spec.classes]
-    mean_probs = np.asarray(res["mean_probs"], dtype=float)
-    eta = []
-    for g in range(len(rows)):
-        a, b = sorted(np.argsort(-mean_probs[g])[:2])
-        eta.append(res["per_galaxy"][f"{classes[a]}-{classes[b]}"][g])
-    out.loc[out.index[rows], "uncertainty"] = np.asarray(eta, dtype=float)
+        rows.append(int(i))
+        if len(rows) == chunk:
+            measure(rows, imgs)
+            n_done += len(rows)
+            rows, imgs = [], []
+    if rows:
+        measure(rows, imgs)
     return out
 
 
