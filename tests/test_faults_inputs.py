@@ -290,3 +290,88 @@ def test_drift_into_an_unusable_state_dir_is_a_clear_error(sim_chirality, tmp_pa
     assert r.exit_code == 1, r.output
     assert "error: cannot write the drift outputs under" in r.stderr and "Not a directory" in r.stderr
     assert r.exception is None or isinstance(r.exception, SystemExit)
+
+
+# ------------------------------------------------------------------------------------ odd rows, every stage
+def test_score_and_cutout_quarantine_repeated_empty_ids_and_tiny_images(sim_chirality, tiny_model, tmp_path):
+    """A repeated object_id gave two catalogue rows for one object (two different images) and one cutout
+    file overwritten by the other row's image; an empty id was scored as '<NA>'; a 1-pixel image was
+    upsampled and scored as a flat frame, and cut into a 1-pixel PNG."""
+    from PIL import Image
+
+    from galmorph.cutout import make_cutouts
+    from galmorph.manifest import read_quarantine
+
+    man = read_manifest(sim_chirality["manifest"]).head(8).reset_index(drop=True)[["object_id", "image_uri", "z"]]
+    man = man.astype({"object_id": object})
+    man.loc[3, "object_id"] = man.loc[2, "object_id"]  # same id, another image
+    man.loc[4, "object_id"] = ""
+    Image.fromarray(np.zeros((1, 1), np.uint8)).save(tmp_path / "one.png")
+    man.loc[5, "image_uri"] = str(tmp_path / "one.png")
+    csv = tmp_path / "odd.csv"
+    man.to_csv(csv, index=False)
+    res = score_manifest(tiny_model, csv, tmp_path / "s", shard_size=4, progress=False)
+    assert res.n_scored == 5 and res.n_quarantined == 3
+    cat = pd.read_parquet(merge_scores(tmp_path / "s", tmp_path / "s").catalogue)
+    assert cat["object_id"].is_unique and set(cat["row"]) == {0, 1, 2, 6, 7}
+    q = pd.concat([read_quarantine(p) for p in sorted((tmp_path / "s" / "shards").glob("quarantine-*.parquet"))])
+    reasons = " | ".join(q["reason"])
+    assert "duplicate object_id (first at row 2)" in reasons and "object_id is null or empty" in reasons
+    assert "image is 1x1 px; too small to score" in reasons
+    cut = make_cutouts(csv, tmp_path / "c", progress=False)
+    assert cut.n_out == 5 and cut.manifest["object_id"].is_unique
+    assert cut.manifest["image_uri"].is_unique and sorted(cut.manifest.index) == list(range(5))
+    cq = " | ".join(cut.quarantine["reason"])
+    assert "duplicate object_id" in cq and "object_id is null or empty" in cq and "cutout of 1x1 px is too small" in cq
+    # the first row keeps its own image
+    first = cut.manifest.set_index("object_id").loc[man.object_id[2], "source_image_uri"]
+    assert first == man.image_uri[2]
+
+
+def test_csv_manifest_is_read_by_cutout_a1_and_winding(sim_chirality, tmp_path):
+    """cutout, a1 --manifest and winding --manifest read a CSV manifest, then asked Parquet for its
+    metadata ('Parquet magic bytes not found in footer')."""
+    from galmorph.cli import main
+
+    man = read_manifest(sim_chirality["manifest"]).head(4)
+    csv = tmp_path / "m.csv"
+    man[["object_id", "image_uri", "z", "ra", "dec"]].to_csv(csv, index=False)
+    for args in (["cutout", str(csv), "--out", str(tmp_path / "cut"), "--json"],
+                 ["a1", "--manifest", str(csv), "--out", str(tmp_path / "a1.parquet"), "--workers", "1"],
+                 ["winding", "--manifest", str(csv), "--out", str(tmp_path / "w.parquet")]):
+        r = CliRunner().invoke(main, args)
+        assert r.exit_code == 0 and "error:" not in r.stderr, (args, r.output[-2000:])
+    assert len(read_manifest(tmp_path / "cut" / "manifest.parquet")) == 4
+    assert len(read_manifest(tmp_path / "a1.parquet")) == 4 and len(read_manifest(tmp_path / "w.parquet")) == 4
+
+
+# ------------------------------------------------------------------------------------ 6: state dir, label DB
+def test_every_command_reports_an_unusable_state_dir_without_a_traceback(sim_chirality, tmp_path):
+    """label agreement/export/token revoke, train, evaluate and monitor dashboard ended in OSError tracebacks
+    from mkdir of the state dir (read-only: EROFS; under a file: ENOTDIR, what root sees here)."""
+    from galmorph.cli import main
+
+    (tmp_path / "file.txt").write_text("x")
+    env = {"GALMORPH_STATE_DIR": str(tmp_path / "file.txt" / "state"),
+           "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}
+    for args in (["label", "agreement"], ["label", "export", "--out", str(tmp_path / "l.parquet")],
+                 ["label", "token", "revoke", "bob"],
+                 ["train", "--task", "chirality", "--manifest", str(sim_chirality["manifest"])]):
+        r = CliRunner(env=env).invoke(main, args)
+        assert r.exit_code == 1 and isinstance(r.exception, SystemExit), (args, r.output[-2000:])
+        assert "Not a directory" in r.stderr and "file.txt" in r.stderr, (args, r.stderr[-2000:])
+
+
+def test_an_unusable_label_database_is_one_clear_line(tmp_path):
+    """A label database that cannot be opened or written: revoke/agreement/export traced back; token add
+    printed SQLAlchemy's SQL with the new token's hash."""
+    from galmorph.cli import main
+
+    d = tmp_path / "a-folder.db"
+    d.mkdir()  # sqlite cannot open a folder: 'unable to open database file'
+    for args in (["label", "agreement"], ["label", "export", "--out", str(tmp_path / "l.parquet")],
+                 ["label", "token", "revoke", "bob"], ["label", "token", "add", "bob"]):
+        r = CliRunner().invoke(main, [*args, "--db", f"sqlite:///{d}"])
+        assert r.exit_code == 1 and isinstance(r.exception, SystemExit), (args, r.output[-2000:])
+        assert f"label database sqlite:///{d}: OperationalError: unable to open database file" in r.stderr
+        assert "[SQL:" not in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr

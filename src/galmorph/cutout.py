@@ -200,6 +200,11 @@ def cutout_row(row: dict, cfg: CutoutConfig, data_root: Path | None = None) -> C
         c = fits_cutout(path, float(row.get("ra")), float(row.get("dec")), size, cfg.percentiles)
     else:
         c = raster_cutout(path, cfg.crop_fraction, cfg.greyscale)
+    from galmorph.imaging.io import MIN_IMAGE_SIDE
+
+    if min(c.image.shape[:2]) < MIN_IMAGE_SIDE:
+        raise CutoutError(f"{path.name}: cutout of {c.image.shape[0]}x{c.image.shape[1]} px is too small "
+                          f"(under {MIN_IMAGE_SIDE} px a side)")
     if cfg.greyscale and c.image.ndim == 3:
         c.image = c.image.mean(axis=2)
     if cfg.size_px is not None:
@@ -304,14 +309,24 @@ def make_cutouts(manifest: str | Path | pd.DataFrame, out_dir: str | Path, cfg: 
     (out / "png").mkdir(parents=True, exist_ok=True)
     rows, q = [], []
     n_partial = n_small = 0
+    used: dict[str, str] = {}  # output file name -> object id: a repeated id never overwrites a cutout
     for row in tqdm(df.to_dict("records"), desc="cutouts", disable=not progress):
         oid = row.get("object_id")
+        if oid is None or (not isinstance(oid, str) and pd.isna(oid)) or not str(oid).strip():
+            q.append(quarantine_record(None, STAGE, "object_id is null or empty", row))
+            continue
+        name = _safe_name(oid)
+        if name in used:
+            why = ("duplicate object_id" if used[name] == str(oid)
+                   else f"its file name {name}.png is already the cutout of object {used[name]}")
+            q.append(quarantine_record(oid, STAGE, f"object {oid}: {why}", row))
+            continue
         try:
             c = cutout_row(row, cfg, dr)
         except (ImageError, CutoutError, ManifestError, ValueError) as exc:
             q.append(quarantine_record(oid, STAGE, f"object {oid}: {exc}", row))
             continue
-        name = _safe_name(oid)
+        used[name] = str(oid)
         png = out / "png" / f"{name}.png"
         save_raster(c.image, png)
         new = dict(row)

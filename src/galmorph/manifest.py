@@ -94,15 +94,18 @@ def data_uri(relpath: str | Path) -> str:
 
 def resolve_image_uri(uri: str, data_root: Path | str | None = None) -> Path:
     """Local path of an image URI (``data://`` is resolved under ``data_root``)."""
-    if uri is None or (isinstance(uri, float) and math.isnan(uri)) or str(uri) == "":
+    if uri is None or uri is pd.NA or (isinstance(uri, float) and math.isnan(uri)) or str(uri).strip() == "":
         raise ManifestError("empty image URI")
     uri = str(uri)
     if uri.startswith(DATA_SCHEME):
         if data_root is None:
             raise ManifestError(f"image {uri!r} is under the data root, but no data root is configured "
                                 "(set GALMORPH_DATA_ROOT)")
-        root = Path(data_root).resolve()
-        p = (root / uri[len(DATA_SCHEME):]).resolve()
+        try:
+            root = Path(data_root).resolve()
+            p = (root / uri[len(DATA_SCHEME):]).resolve()
+        except (RuntimeError, OSError) as exc:  # Python 3.11 raises RuntimeError for a symlink loop
+            raise ManifestError(f"image {uri!r} cannot be resolved under the data root ({exc})") from exc
         if root != p and root not in p.parents:
             raise ManifestError(f"image {uri!r} resolves outside the data root")
         return p
@@ -315,6 +318,9 @@ def read_manifest(path: str | Path, bad_rows: list[dict] | None = None) -> pd.Da
 
 
 def manifest_metadata(path: str | Path) -> dict[str, Any]:
+    """The ``galmorph.*`` metadata of a Parquet manifest ({} for a CSV/TSV manifest, which has none)."""
+    if is_csv(path):
+        return {}
     meta = pq.read_schema(path).metadata or {}
     out: dict[str, Any] = {}
     for k, v in meta.items():

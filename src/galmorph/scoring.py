@@ -390,6 +390,7 @@ def score_manifest(model, manifest_path: str | Path, out_dir: str | Path, batch_
     from tqdm import tqdm
 
     from galmorph.data.images import ManifestImageDataset, collate_skip
+    from galmorph.imaging.io import MIN_IMAGE_SIDE
 
     if not 0 < threshold <= 1:
         raise ValueError(f"threshold must be in (0, 1], got {threshold}")
@@ -409,6 +410,7 @@ def score_manifest(model, manifest_path: str | Path, out_dir: str | Path, batch_
     for c in ("object_id", "image_uri"):
         if c not in schema_names:
             raise ManifestError(f"manifest {manifest_path}: missing required column {c!r}")
+    id_problems = _id_problems(manifest_path)
     lm = _load_model(model, device)
     spec = lm.spec
     classes = list(spec.classes)
@@ -449,7 +451,12 @@ def score_manifest(model, manifest_path: str | Path, out_dir: str | Path, batch_
     shift = prior_logit_shift(spec)  # calibrated and prior-moved, as LoadedModel.predict_proba
     for s, first, frame in iter_shards(manifest_path, shard_size, read_cols, shards=todo):
         n = len(frame)
-        check = None if image_check is None else (lambda i, img, _f=frame: image_check(_f.iloc[i], img))
+        def check(i, img, _f=frame):
+            if min(img.shape[:2]) < MIN_IMAGE_SIDE:  # a flat upsampled frame would get a meaningless score
+                return (f"image is {img.shape[0]}x{img.shape[1]} px; too small to score "
+                        f"(under {MIN_IMAGE_SIDE} px a side)")
+            return None if image_check is None else image_check(_f.iloc[i], img)
+
         ds = ManifestImageDataset(frame, spec.image_size, spec.in_chans, spec.crop_fraction,
                                   data_root=data_root, on_error="skip", decode=choice.decode, check=check)
         dl = DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=num_workers,
@@ -465,6 +472,9 @@ def score_manifest(model, manifest_path: str | Path, out_dir: str | Path, batch_
                     logits = adjust_logits(path.run(x), spec, shift)
                     probs[pos.numpy()] = torch.softmax(logits.float(), dim=1).cpu().numpy()
                 bar.update(len(pos) + len(failures))
+        for i in range(n):  # a null or repeated object id would make the catalogue ambiguous
+            if first + i in id_problems:
+                failed[i] = id_problems[first + i]
         ok = np.array([i not in failed for i in range(n)], dtype=bool)
         q = [quarantine_record(frame.at[i, "object_id"], "score", failed[i],
                                {**frame.iloc[i].to_dict(), "row": first + i}) for i in sorted(failed)]
@@ -495,6 +505,26 @@ def score_manifest(model, manifest_path: str | Path, out_dir: str | Path, batch_
                        n_scored=n_scored, n_quarantined=n_quar, model_uri=lm.uri, model_version=model_version,
                        seconds=dt, images_per_s=(n_scored + n_quar) / dt if dt > 0 else float("nan"),
                        precision=choice.chosen, decode=choice.decode, path_seconds=t_path)
+
+
+def _id_problems(manifest_path: str | Path) -> dict[int, str]:
+    """Rows (global index) whose ``object_id`` is null/empty or repeats an earlier row's, with the reason:
+    they are quarantined, so that the catalogue holds one row per object (the first)."""
+    ids = pq.read_table(manifest_path, columns=["object_id"]).column(0).to_pandas()
+    text = ids.astype("string")
+    bad: dict[int, str] = {}
+    empty = (text.isna() | text.str.strip().eq("").fillna(False)).to_numpy(dtype=bool)
+    for i in np.flatnonzero(empty):
+        bad[int(i)] = f"row {int(i)}: object_id is null or empty"
+    dup = text.duplicated(keep="first").to_numpy(dtype=bool) & ~empty
+    if dup.any():
+        first = {}
+        for i, v in enumerate(text.to_numpy()):
+            first.setdefault(v, i)
+        for i in np.flatnonzero(dup):
+            v = text.iat[int(i)]
+            bad[int(i)] = f"object {v}: duplicate object_id (first at row {first[v]})"
+    return bad
 
 
 def _inference_path(lm, precision: str, decode: str, device: str, data_root, manifest_path, out: Path,

@@ -12,7 +12,37 @@ from galmorph.cli.output import echo_json, fail
 __all__ = ["echo_json", "fail", "main", "resolve_kfp_target"]
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+class _Group(click.Group):
+    """The command group: a filesystem/OS error that no command handled (a read-only or full state
+    dir, a folder where a file should be) ends with one clear line naming the path, not a traceback
+    (the traceback stays in the debug log)."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except OSError as exc:
+            logging.getLogger("galmorph.cli").debug("unhandled OSError", exc_info=True)
+            fail(os_error_message(exc))
+
+
+def os_error_message(exc: OSError) -> str:
+    """``OSError`` as one line: what failed, on which path, and where the state dir is when it is involved."""
+    what = exc.strerror or str(exc) or type(exc).__name__
+    paths = [str(p) for p in (exc.filename, getattr(exc, "filename2", None)) if p]
+    msg = f"{what}: {' -> '.join(paths)}" if paths else f"{type(exc).__name__}: {what}"
+    try:
+        from galmorph.settings import resolve_settings
+
+        state = str(resolve_settings().state_dir)
+    except Exception:  # noqa: BLE001 - the hint is optional
+        state = None
+    if state and any(p == state or p.startswith(state.rstrip("/") + "/") or state.startswith(p.rstrip("/") + "/")
+                     for p in paths):
+        msg += f" (state dir {state}; set GALMORPH_STATE_DIR to a writable folder)"
+    return msg
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.option("--log-level", default="INFO", show_default=True,
               type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
               help="Logging verbosity.")

@@ -33,6 +33,30 @@ def _db_url(db: str | None) -> str:
     return url
 
 
+def _db_problem(exc: BaseException) -> str:
+    """A database error as one line (SQLAlchemy appends the SQL and its parameters, a token hash among them)."""
+    reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()
+    return f"{type(exc).__name__}: {reason[0] if reason else ''}"
+
+
+def _db_errors(fn):
+    """A label database that cannot be opened, written or reached (read-only file, server down, missing
+    driver) ends the command with one clear line naming the database, not a traceback."""
+    import functools
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        from sqlalchemy.exc import SQLAlchemyError
+
+        try:
+            return fn(*args, **kwargs)
+        except (SQLAlchemyError, ModuleNotFoundError) as exc:
+            where = _db_url(kwargs.get("db")) if "db" in kwargs else ", ".join(kwargs.get("exclude") or ())
+            fail(f"label database {where}: {_db_problem(exc)}")
+
+    return wrapper
+
+
 def _labelled_ids(source: str, task: str) -> set[str]:
     """Object ids already labelled for ``task`` in a label database (URL or .db file) or a manifest."""
     from galmorph.labelling.store import LabelStore
@@ -69,6 +93,7 @@ def _labelled_ids(source: str, task: str) -> set[str]:
 @click.option("--measure-a1/--no-measure-a1", default=True, show_default=True,
               help="Measure A1 (centre, R50/R90) for the queued objects now, for the app's overlay.")
 @task_option(default="lopsided", help="Labelling task.")
+@_db_errors
 def sample_cmd(manifest_path, out_path, per_bin, n_bins, z_min, z_max, seed, exclude, rank_by_uncertainty, model_uri,
                tracking_uri, data_root, measure_a1, task) -> None:
     """Draw a redshift-stratified labelling queue from a manifest.
@@ -183,7 +208,7 @@ def serve_cmd(queue_path, db, labeller, port, host, auth_mode, tokens_file, trus
                          image_roots=[queue_path.resolve().parent, *image_roots], task=task, queue_name=str(queue_path),
                          auth=auth, allowed_hosts=hosts, max_body_bytes=max_body_bytes, secure_cookies=secure_cookies)
     except Exception as exc:  # noqa: BLE001 - database/state-dir problems (read-only, unreachable) are reported
-        fail(f"label database {_db_url(db)}: {type(exc).__name__}: {exc}")
+        fail(f"label database {_db_url(db)}: {_db_problem(exc)}")
     port = port or s.label_port
     who = f"as {labeller!r}" if auth is None else "with sign-in"
     click.echo(f"labelling {len(queue)} objects {who}: http://{host}:{port}/  (db {store.url})", err=True)
@@ -220,13 +245,14 @@ def token_add_cmd(name, db, tokens_file) -> None:
         except LabelError as exc:
             fail(str(exc), 2)
         except Exception as exc:  # noqa: BLE001 - database problems are reported, not traced
-            fail(f"label database {_db_url(db)}: {type(exc).__name__}: {exc}")
+            fail(f"label database {_db_url(db)}: {_db_problem(exc)}")
     click.echo(token)
 
 
 @token_group.command("revoke")
 @click.argument("name")
 @click.option("--db", default=None, help="SQLAlchemy URL of the label database [settings.label_db_url].")
+@_db_errors
 def token_revoke_cmd(name, db) -> None:
     """Revoke every database token of labeller NAME."""
     from galmorph.labelling.store import LabelStore
@@ -240,6 +266,7 @@ def token_revoke_cmd(name, db) -> None:
 @task_option(default="lopsided", help="Labelling task.")
 @click.option("--include-unsure", is_flag=True, help="Treat 'unsure' as a third category.")
 @json_option("Print the report as JSON.")
+@_db_errors
 def agreement_cmd(db, task, include_unsure, as_json) -> None:
     """Agreement between labellers: Cohen's kappa per pair on the objects both labelled."""
     from galmorph.labelling.agreement import agreement_report
@@ -268,6 +295,7 @@ def agreement_cmd(db, task, include_unsure, as_json) -> None:
               help="Only objects of this queue.")
 @task_option(default="lopsided", help="Labelling task.")
 @click.option("--dvc", "dvc", is_flag=True, help="`dvc add` the exported manifest (it must lie in a DVC repo).")
+@_db_errors
 def export_cmd(db, out_path, policy, labeller, queue_path, task, dvc) -> None:
     """Export labels to a manifest for training (label = majority/latest per --policy)."""
     from galmorph.labelling.export import dvc_add, export_labels

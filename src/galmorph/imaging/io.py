@@ -26,6 +26,10 @@ RASTER_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff")
 #: Default pixel limit (width x height) of one image; Pillow's own bomb warning starts at ~89 Mpx.
 MAX_IMAGE_PIXELS = 50_000_000
 
+#: Smallest side (px) of an image the cutout and scoring stages use (drift features need as much; a 1-pixel
+#: image upsampled to the model's input would be scored as a flat frame).
+MIN_IMAGE_SIDE = 8
+
 _max_image_pixels = [MAX_IMAGE_PIXELS]  # the process's limit (set_max_image_pixels)
 
 
@@ -83,14 +87,15 @@ def read_fits(path: str | Path, hdu: int | None = None, require_wcs: bool = Fals
         with fits.open(path, memmap=False, lazy_load_hdus=True) as hdul:
             idx = hdu
             if idx is None:
-                idx = next((i for i, h in enumerate(hdul) if int(h.header.get("NAXIS", 0) or 0) >= 2
+                idx = next((i for i, h in enumerate(hdul) if getattr(h, "is_image", False)  # not a table HDU
+                            and int(h.header.get("NAXIS", 0) or 0) >= 2
                             and all(int(h.header.get(f"NAXIS{k}", 0) or 0) > 0
                                     for k in range(1, int(h.header["NAXIS"]) + 1))), None)
             if idx is None:
                 raise ImageError(f"{path}: FITS file has no 2-D image HDU")
             h = hdul[idx]
             naxis = int(h.header.get("NAXIS", 0) or 0)
-            if naxis < 2:
+            if naxis < 2 or not getattr(h, "is_image", False):  # a table HDU also has NAXIS = 2
                 raise ImageError(f"{path}: HDU {idx} is not a 2-D image")
             w, hh = int(h.header.get("NAXIS1", 0) or 0), int(h.header.get("NAXIS2", 0) or 0)
             planes = int(np.prod([int(h.header.get(f"NAXIS{k}", 1) or 1) for k in range(3, naxis + 1)]))
@@ -119,6 +124,8 @@ def read_fits(path: str | Path, hdu: int | None = None, require_wcs: bool = Fals
 
 def _check_file(path: Path) -> None:
     if not path.exists():
+        if path.is_symlink():
+            raise ImageError(f"{path}: broken symbolic link or symlink loop")
         raise ImageError(f"{path}: file does not exist")
     if not path.is_file():
         raise ImageError(f"{path}: not a regular file")
@@ -193,6 +200,8 @@ def load_image(path: str | Path, greyscale: bool = False, allow_nan: bool = Fals
             raise ImageError(f"{path}: oversize image or decompression bomb, not decoded ({exc})") from exc
         except (UnidentifiedImageError, OSError, SyntaxError, ValueError, MemoryError) as exc:
             raise ImageError(f"{path}: cannot decode image ({exc})") from exc
+    if arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[2] != 3) or 0 in arr.shape:
+        raise ImageError(f"{path}: not a 2-D image (array of shape {arr.shape})")
     if greyscale and arr.ndim == 3:
         arr = arr.mean(axis=2)
     finite = np.isfinite(arr)
