@@ -301,3 +301,43 @@ def test_concurrent_labels_and_undos_no_500_exact_history(queue, tmp_path):
         ev = store.events("undoer")
         assert (ev.action == "undo").sum() == 5 and ev[ev.action == "set"].undone.all()
         assert len(store.labels(labeller="undoer")) == 0
+
+
+# ---------------------------------------------------------------------------------------- odd images, database
+def test_truncated_raster_and_symlink_loop_are_clear_4xx(queue, tmp_path):
+    """A truncated JPEG was served as 200 (the labeller saw a half-grey galaxy); an image path that is a
+    symlink loop gave a 500 (RuntimeError from Path.resolve)."""
+    import os
+
+    from PIL import Image
+
+    q = queue.copy()
+    Image.fromarray(np.random.default_rng(1).integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(tmp_path / "g.jpg")
+    data = (tmp_path / "g.jpg").read_bytes()
+    (tmp_path / "trunc.jpg").write_bytes(data[: len(data) // 3])
+    os.symlink(tmp_path / "loop.png", tmp_path / "loop.png")
+    q.loc[0, "image_uri"], q.loc[1, "image_uri"] = str(tmp_path / "trunc.jpg"), str(tmp_path / "loop.png")
+    q.loc[2, "image_uri"] = str(tmp_path / "g.jpg")
+    app, _ = _app(q, tmp_path)
+    c = _client(app)
+    r = c.get("/image/n00")
+    assert r.status_code == 422 and "truncated" in r.json()["detail"]
+    r = c.get("/image/n01")
+    assert r.status_code == 404 and "cannot be resolved" in r.json()["detail"]
+    ok = c.get("/image/n02")
+    assert ok.status_code == 200 and ok.content == data
+
+
+def test_label_database_failure_is_503_not_500(queue, tmp_path, monkeypatch):
+    """A read-only (or unreachable) label database: POST /api/label gave a bare 500."""
+    from sqlalchemy.exc import OperationalError
+
+    app, store = _app(queue, tmp_path)
+
+    def readonly(*a, **k):
+        raise OperationalError("INSERT INTO labels ...", {"token": "x"}, Exception("attempt to write a readonly database"))
+
+    monkeypatch.setattr(store, "set_label", readonly)
+    r = _client(app).post("/api/label", json={"object_id": "n00", "label": "lopsided"}, headers=CSRF)
+    assert r.status_code == 503, r.text
+    assert "attempt to write a readonly database" in r.json()["detail"] and "INSERT" not in r.text

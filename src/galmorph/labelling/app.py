@@ -210,6 +210,16 @@ def create_app(queue: pd.DataFrame, store: LabelStore, labeller: str | None = No
     app = FastAPI(title="galmorph labelling", docs_url=None, redoc_url=None, openapi_url=None)
     app.add_middleware(_RequestGuard, allowed_hosts=hosts, max_body_bytes=max_body_bytes)
 
+    from sqlalchemy.exc import SQLAlchemyError
+
+    @app.exception_handler(SQLAlchemyError)
+    async def _database(_request, exc: SQLAlchemyError):
+        # read-only, full or unreachable label database: a clear 503 (the label was not saved), no 500
+        reason = str(getattr(exc, "orig", None) or exc).splitlines()[0][:200]
+        log.error("label database %s: %s: %s", store.url, type(exc).__name__, reason)
+        return JSONResponse(status_code=503, content={"detail": f"label database unavailable, nothing saved "
+                                                                f"({reason})"})
+
     @app.exception_handler(RequestValidationError)
     async def _invalid(_request, exc: RequestValidationError):
         # never echo the request body back (FastAPI's default puts it under "input")
@@ -278,7 +288,11 @@ def create_app(queue: pd.DataFrame, store: LabelStore, labeller: str | None = No
             path = resolve_image_uri(uri, data_root)
         except ManifestError as exc:
             raise HTTPException(400, f"object {row['object_id']}: {exc}") from exc
-        if not _is_within(path, roots):
+        try:
+            inside = _is_within(path, roots)
+        except (RuntimeError, OSError) as exc:  # a symlink loop (RuntimeError on Python 3.11)
+            raise HTTPException(404, f"object {row['object_id']}: image path cannot be resolved ({exc})") from exc
+        if not inside:
             raise HTTPException(403, f"object {row['object_id']}: image is outside the data root and the queue's "
                                 "image folders")
         if not path.is_file():
@@ -429,18 +443,12 @@ def create_app(queue: pd.DataFrame, store: LabelStore, labeller: str | None = No
         media = {".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".png": "image/png"}.get(suffix)
         if media is None:
             raise HTTPException(415, f"object {object_id}: unsupported image type {suffix!r}")
-        from galmorph.imaging.io import MAX_IMAGE_PIXELS
+        from galmorph.imaging.io import load_image
 
-        try:  # header only: an oversize image (decompression bomb) is not passed to the browser
-            from PIL import Image
-
-            with Image.open(path) as im:
-                w, h = im.size
-        except Exception as exc:  # noqa: BLE001 - any undecodable header
-            raise HTTPException(422, f"object {object_id}: unreadable image ({type(exc).__name__})") from exc
-        if w * h > MAX_IMAGE_PIXELS:
-            raise HTTPException(422, f"object {object_id}: image of {w}x{h} pixels is over the limit of "
-                                f"{MAX_IMAGE_PIXELS} pixels")
+        try:  # a full decode under the pixel limit: a bomb, a truncated or a corrupt file is not passed on
+            load_image(path)
+        except ImageError as exc:
+            raise HTTPException(422, f"object {object_id}: {exc}") from exc
         return Response(path.read_bytes(), media_type=media, headers={"X-Content-Type-Options": "nosniff"})
 
     return app
