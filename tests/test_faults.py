@@ -365,3 +365,154 @@ def test_using_tracking_uri_is_scoped(tmp_path, monkeypatch):
     assert os.environ["MLFLOW_TRACKING_URI"] == caller_db and "MLFLOW_REGISTRY_URI" not in os.environ
     with using_tracking_uri(None):
         assert mlflow.get_tracking_uri() == caller_db
+
+
+# ------------------------------------------------------------------------------------------ odd image files
+def _table_fits(path: Path) -> Path:
+    """A FITS file whose only 2-axis HDU is a binary table (NAXIS = 2 like an image)."""
+    from astropy.io import fits
+
+    cols = [fits.Column(name="a", format="E", array=np.arange(3.0))]
+    fits.HDUList([fits.PrimaryHDU(), fits.BinTableHDU.from_columns(cols)]).writeto(path)
+    return path
+
+
+def test_table_hdu_and_symlink_loops_are_quarantined_in_every_stage(tmp_path, sim_lopsided):
+    """A FITS table was read as a 1-D 'image' (scoring died with a torch RuntimeError); a data:// URI
+    naming a symlink loop raised RuntimeError('Symlink loop') out of validate, a1, drift and label sample."""
+    from galmorph.manifest import ManifestError, read_manifest, read_quarantine, resolve_image_uri
+
+    table = _table_fits(tmp_path / "table.fits")
+    os.symlink(tmp_path / "loop.png", tmp_path / "loop.png")
+    with pytest.raises(ImageError, match="no 2-D image HDU"):
+        load_image(table)
+    with pytest.raises(ImageError, match="symlink loop"):
+        load_image(tmp_path / "loop.png")
+    with pytest.raises(ManifestError, match="cannot be resolved under the data root.*Symlink loop"):
+        resolve_image_uri("data://loop.png", tmp_path)
+
+    m = read_manifest(sim_lopsided["manifest"]).head(5).reset_index(drop=True)
+    m.loc[1, "image_uri"], m.loc[2, "image_uri"] = str(table), "data://loop.png"
+    if "fits_path" in m.columns:  # what the A1 stage reads first
+        m.loc[1, "fits_path"], m.loc[2, "fits_path"] = str(table), "data://loop.png"
+    bad = {str(m.object_id[1]), str(m.object_id[2])}
+    good = set(m.object_id.astype(str)) - bad
+
+    from galmorph.validation import validate_manifest
+
+    validate_manifest(m, data_root=tmp_path, out_manifest=tmp_path / "v.parquet", quarantine_path=tmp_path / "q.parquet",
+                      report_path=tmp_path / "v.json", log_to_mlflow=False, progress=False)
+    assert set(_reasons(read_quarantine(tmp_path / "q.parquet"))) == bad
+
+    from galmorph.imaging.a1.driver import measure_a1_frame
+
+    measured, quarantine = measure_a1_frame(m, data_root=tmp_path, progress=False)
+    assert set(_reasons(quarantine)) == bad and set(measured.object_id.astype(str)) == good
+
+    from galmorph.drift.features import compute_drift_features
+
+    feats = compute_drift_features(m, data_root=tmp_path, progress=False)
+    assert set(_reasons(feats.quarantine)) == bad
+
+    from galmorph.data.images import ManifestImageDataset
+
+    ds = ManifestImageDataset(m, image_size=32, in_chans=1, data_root=tmp_path, on_error="skip")
+    items = [ds[i] for i in range(len(m))]
+    assert items[1][0] is None and "no 2-D image HDU" in items[1][3]
+    assert items[2][0] is None and "Symlink loop" in items[2][3]
+    assert all(items[i][0] is not None for i in (0, 3, 4))
+
+
+# ------------------------------------------------------------------------------------------ release names
+def test_release_name_that_is_not_one_path_component_is_refused(tmp_path):
+    """release.json {"release": "../../x"} was submitted, and its catalogue published to publish_dir/../../x."""
+    from galmorph.pipelines.artifacts import publish_release
+    from galmorph.release import process_releases
+
+    root = tmp_path / "releases"
+    _release(root, "a-ok", {"release": "dr1"})
+    _release(root, "b-up", {"release": "../../escape"})
+    _release(root, "c-dot", {"release": ".."})
+    _release(root, "d-ctl", {"release": "dr\n2"})
+    started = []
+    process_releases(root, tmp_path / "state.json", lambda rel: started.append(rel.name) or {"run_id": rel.name})
+    assert started == ["dr1"]
+    sk = json.loads((tmp_path / "state.json").read_text())["skipped"]
+    assert {k: v["status"] for k, v in sk.items()} == {"b-up": "invalid", "c-dot": "invalid", "d-ctl": "invalid"}
+    assert "not a usable release name" in sk["b-up"]["reason"]
+    cat, summ = tmp_path / "c.parquet", tmp_path / "s.json"
+    cat.write_bytes(b"x")
+    summ.write_text("{}")
+    with pytest.raises(ValueError, match="not one path component"):
+        publish_release(cat, summ, tmp_path / "pub", "../../escape", "no_drift")
+    assert not (tmp_path / "escape").exists()
+
+
+# ------------------------------------------------------------------------------------------ Kubeflow, MLflow
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_kubeflow_unreachable_is_a_clear_error(tmp_path):
+    """`release watch --host` and `pipeline run --host` at a dead endpoint ended in a urllib3 traceback."""
+    from galmorph.pipelines.run import PipelineRunError, make_client
+
+    host = f"http://127.0.0.1:{_free_port()}"
+    with pytest.raises(PipelineRunError, match=f"Kubeflow Pipelines endpoint {host} is not reachable"):
+        make_client(host)
+    root = tmp_path / "releases"
+    _release(root, "r1", None)
+    env = {**os.environ, "GALMORPH_STATE_DIR": str(tmp_path / "state")}
+    for args in (["release", "watch", str(root), "--once", "--host", host],
+                 ["pipeline", "run", "training", "--host", host, "--param", "task=chirality"]):
+        p = subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=240, env=env)
+        assert p.returncode == 1 and "Traceback" not in p.stderr, (args, p.stderr[-2000:])
+        assert f"{host} is not reachable" in p.stderr, p.stderr[-2000:]
+
+
+def test_local_pipeline_run_fails_fast_when_mlflow_is_down(tmp_path, monkeypatch):
+    """`pipeline run --local` with MLflow down ran its components, each waiting on the server (280 s),
+    and ended in the components' tracebacks."""
+    import galmorph.pipelines.run as run
+
+    def must_not_run(*a, **k):
+        raise AssertionError("the pipeline was started")
+
+    monkeypatch.setattr("kfp.local.init", must_not_run)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    uri = f"http://127.0.0.1:{_free_port()}"
+    with pytest.raises(run.PipelineRunError, match=f"pipeline training not started: MLflow tracking server {uri} "
+                                                     "is not reachable"):
+        run.run_local("training", {"task": "chirality"}, tmp_path / "kfp", tracking_uri=uri, connect_timeout=2)
+    assert not (tmp_path / "kfp").exists()
+
+
+def test_a_foreign_server_answering_health_is_not_taken_for_mlflow(tmp_path):
+    """A port held by another service answering GET /health with 200: promote said 'registered model not
+    found', score/evaluate/train ended in MlflowException tracebacks (its 'OK' is not JSON)."""
+    from galmorph.tracking import TrackingUnreachable, ensure_reachable
+
+    port = _free_port()
+    srv = HTTPServer(("127.0.0.1", port), _Health)
+    th = threading.Thread(target=srv.serve_forever, daemon=True)
+    th.start()
+    uri = f"http://127.0.0.1:{port}"
+    try:
+        with pytest.raises(TrackingUnreachable, match=r"/version answered 'OK', not an MLflow version"):
+            ensure_reachable(uri, timeout=2)
+        man = tmp_path / "m.parquet"
+        pd.DataFrame({"object_id": ["a"], "image_uri": ["x.png"]}).to_parquet(man)
+        env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "GALMORPH_STATE_DIR": str(tmp_path / "state")}
+        for args in (["promote", "--task", "lopsided"],
+                     ["score", "--model", "lopsided", "--manifest", str(man), "--out", str(tmp_path / "o")]):
+            p = subprocess.run([*CLI, *args, "--tracking-uri", uri], capture_output=True, text=True, timeout=240,
+                               env=env)
+            assert p.returncode == 1 and "Traceback" not in p.stderr, (args, p.stderr[-2000:])
+            assert "is this an MLflow tracking server?" in p.stderr and "not found" not in p.stderr
+    finally:
+        srv.shutdown()
+        srv.server_close()

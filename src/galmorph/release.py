@@ -69,7 +69,18 @@ def _read_release_json(d: Path) -> dict:
         if key in info and not (isinstance(info[key], str) and info[key].strip()):
             raise ReleaseError(f"release {d.name}: release.json '{key}' must be a non-empty string, "
                                f"got {info[key]!r}"[:500])
+    name = info.get("release")
+    if name is not None and not _safe_release_name(name.strip()):
+        raise ReleaseError(f"release {d.name}: release.json 'release' {name!r} is not a usable release name "
+                           f"(one path component of at most 100 printable characters, not '.' or '..')"[:500])
     return info
+
+
+def _safe_release_name(name: str) -> bool:
+    """A release name is used as a folder name (published catalogues) and in run names: one path
+    component, printable, at most 100 characters."""
+    return (0 < len(name) <= 100 and name not in (".", "..") and "/" not in name and "\\" not in name
+            and name.isprintable())
 
 
 def _ready_manifest(d: Path) -> Path | None:
@@ -290,13 +301,16 @@ def watch(root: str | Path, state_file: str | Path, start_run: Callable[[Release
 # run starters
 # --------------------------------------------------------------------------------------------
 def local_starter(params: dict[str, Any] | None = None, pipeline_root: str | Path | None = None,
-                  tracking_uri: str | None = None, data_root: str | Path | None = None):
-    """Start the rescoring pipeline locally (kfp.local) for a release."""
+                  tracking_uri: str | None = None, data_root: str | Path | None = None,
+                  connect_timeout: float | None = None):
+    """Start the rescoring pipeline locally (kfp.local) for a release (not started when the MLflow server
+    does not answer within ``connect_timeout`` s)."""
     from galmorph.pipelines.run import run_local
 
     def start(rel: Release) -> dict[str, Any]:
         p = {**(params or {}), "release_uri": str(rel.path), "release": rel.name}
-        return run_local("rescoring", p, pipeline_root, tracking_uri=tracking_uri, data_root=data_root)
+        return run_local("rescoring", p, pipeline_root, tracking_uri=tracking_uri, data_root=data_root,
+                         connect_timeout=connect_timeout)
 
     return start
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import socket
 from collections.abc import Iterator
 import urllib.error
@@ -36,8 +37,9 @@ def configure_http(request_timeout: int = MLFLOW_REQUEST_TIMEOUT, max_retries: i
 
 def ensure_reachable(uri: str | None, timeout: float = DEFAULT_CONNECT_TIMEOUT) -> None:
     """Raise :class:`TrackingUnreachable` unless the tracking server at ``uri`` answers within
-    ``timeout`` seconds (``GET <uri>/health`` answers 2xx, or 401/403 behind authentication). Non-HTTP URIs (a local
-    ``file:`` or database store) need no server and pass."""
+    ``timeout`` seconds (``GET <uri>/health`` answers 2xx, or 401/403 behind authentication) and is an
+    MLflow server (``GET <uri>/version`` answers a version number). Non-HTTP URIs (a local ``file:`` or
+    database store) need no server and pass."""
     configure_http(request_timeout=max(MLFLOW_REQUEST_TIMEOUT, int(timeout)))
     if not uri:
         return
@@ -46,19 +48,25 @@ def ensure_reachable(uri: str | None, timeout: float = DEFAULT_CONNECT_TIMEOUT) 
         return
     url = uri.rstrip("/") + "/health"
     hint = "start it with `galmorph stack up`, or point --tracking-uri / MLFLOW_TRACKING_URI at a running server"
-    try:
-        with urllib.request.urlopen(url, timeout=timeout):  # noqa: S310 - the configured tracking server
-            return
-    except urllib.error.HTTPError as exc:
-        if exc.code in (401, 403):
-            return  # a server behind authentication answered
-        raise TrackingUnreachable(f"MLflow tracking server {uri}: {url} answered HTTP {exc.code}; is this an "
-                                  f"MLflow tracking server? {hint}") from exc
-    except (urllib.error.URLError, socket.timeout, TimeoutError, ConnectionError, OSError, ValueError) as exc:
-        reason = getattr(exc, "reason", exc)
-        if isinstance(reason, (socket.timeout, TimeoutError)):
-            reason = f"no answer within {timeout:g} s"
-        raise TrackingUnreachable(f"MLflow tracking server {uri} is not reachable ({reason}); {hint}") from exc
+    # /health answers "OK" on any server that has one: /version (MLflow's own, a version number) tells
+    # an MLflow server from another service on that port, whose answers MLflow would misread later
+    for url in (url, uri.rstrip("/") + "/version"):
+        try:
+            with urllib.request.urlopen(url, timeout=timeout) as resp:  # noqa: S310 - the configured server
+                body = resp.read(200).decode("utf-8", "replace").strip()
+        except urllib.error.HTTPError as exc:
+            if exc.code in (401, 403):
+                return  # a server behind authentication answered
+            raise TrackingUnreachable(f"MLflow tracking server {uri}: {url} answered HTTP {exc.code}; is this an "
+                                      f"MLflow tracking server? {hint}") from exc
+        except (urllib.error.URLError, socket.timeout, TimeoutError, ConnectionError, OSError, ValueError) as exc:
+            reason = getattr(exc, "reason", exc)
+            if isinstance(reason, (socket.timeout, TimeoutError)):
+                reason = f"no answer within {timeout:g} s"
+            raise TrackingUnreachable(f"MLflow tracking server {uri} is not reachable ({reason}); {hint}") from exc
+        if url.endswith("/version") and not re.fullmatch(r"\d+\.\d+\S*", body):
+            raise TrackingUnreachable(f"MLflow tracking server {uri}: {url} answered {body[:40]!r}, not an MLflow "
+                                      f"version; is this an MLflow tracking server? {hint}")
 
 
 _URI_ENV = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")

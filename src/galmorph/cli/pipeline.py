@@ -81,7 +81,7 @@ def run_cmd(name: str, local_run: bool, host: str | None, params: tuple[str, ...
                 raise PipelineRunError(str(exc)) from exc
         elif local_run:
             res = run_local(name, raw, pipeline_root or s.state_dir / "kfp", tracking_uri=s.mlflow_tracking_uri,
-                            data_root=s.data_root)
+                            data_root=s.data_root, connect_timeout=s.mlflow_connect_timeout)
         else:
             res = submit(name, host, raw, run_name=run_name, experiment=experiment)
     except PipelineParamError as exc:  # a usage error: nothing was run or submitted

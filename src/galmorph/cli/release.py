@@ -40,18 +40,18 @@ def watch_cmd(directory: Path, host: str | None, local_run: bool, once: bool, in
 
     s = resolve_settings(tracking_uri=tracking_uri, data_root=data_root)
     host = resolve_kfp_target(local_run, host, s.kfp_host)
+    state = state_file or s.state_dir / "release-watch" / "state.json"
     try:
         raw = parse_param_items(params)
-    except PipelineRunError as exc:
+        if local_run:
+            start, find = local_starter(raw, s.state_dir / "kfp", tracking_uri=s.mlflow_tracking_uri,
+                                        data_root=s.data_root, connect_timeout=s.mlflow_connect_timeout), None
+        else:
+            start, find = host_starter(host, raw, experiment=experiment, release_root_in_cluster=cluster_path,
+                                       namespace=namespace)
+    except PipelineRunError as exc:  # bad --param, or the Kubeflow endpoint unreachable
         fail(str(exc))
         return
-    state = state_file or s.state_dir / "release-watch" / "state.json"
-    if local_run:
-        start, find = local_starter(raw, s.state_dir / "kfp", tracking_uri=s.mlflow_tracking_uri,
-                                    data_root=s.data_root), None
-    else:
-        start, find = host_starter(host, raw, experiment=experiment, release_root_in_cluster=cluster_path,
-                                   namespace=namespace)
     try:
         done = watch(directory, state, start, find, once=once, interval=interval)
     except (FileNotFoundError, StateError) as exc:

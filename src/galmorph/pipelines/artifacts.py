@@ -184,6 +184,8 @@ def publish_release(catalogue: str | Path, summary: str | Path, publish_dir: str
 
     Held releases are written to ``publish_dir/<release>/HELD`` with the reason, and nothing else; a
     published one gets ``catalogue.parquet``, ``summary.json`` and ``PUBLISHED`` (atomic copies)."""
+    if not release or release in (".", "..") or "/" in release or "\\" in release or not release.isprintable():
+        raise ValueError(f"release name {release!r} is not one path component; not published")
     dest = Path(publish_dir) / release
     dest.mkdir(parents=True, exist_ok=True)
     if verdict == "drift" and hold_on_drift:

@@ -149,10 +149,11 @@ def package_path(name: str, package_dir: str | Path | None = None) -> Path:
 # --------------------------------------------------------------------------------------------
 def run_local(name: str, params: dict[str, Any] | None = None, pipeline_root: str | Path | None = None,
               tracking_uri: str | None = None, data_root: str | Path | None = None,
-              log_file: str | Path | None = None) -> dict[str, Any]:
+              log_file: str | Path | None = None, connect_timeout: float | None = None) -> dict[str, Any]:
     """Run pipeline ``name`` with kfp's local SubprocessRunner (components run as subprocesses of this
     Python, against ``tracking_uri``). Returns the run's folder under ``pipeline_root``, its outputs and
-    the time it took; raises :class:`PipelineRunError` when a task fails. ``log_file`` receives the
+    the time it took; raises :class:`PipelineRunError` when a task fails, or before any task starts when
+    the MLflow server does not answer within ``connect_timeout`` s. ``log_file`` receives the
     (verbose) task logs instead of stdout/stderr."""
     import contextlib
     import logging as _logging
@@ -170,6 +171,13 @@ def run_local(name: str, params: dict[str, Any] | None = None, pipeline_root: st
             params.setdefault("tracking_uri", tracking_uri)
     if data_root:
         os.environ["GALMORPH_DATA_ROOT"] = str(data_root)
+    from galmorph.tracking import DEFAULT_CONNECT_TIMEOUT, TrackingUnreachable, ensure_reachable
+
+    try:  # fail fast: the components would each wait on an unreachable server for minutes
+        ensure_reachable(params.get("tracking_uri") or os.environ.get("MLFLOW_TRACKING_URI"),
+                         DEFAULT_CONNECT_TIMEOUT if connect_timeout is None else connect_timeout)
+    except TrackingUnreachable as exc:
+        raise PipelineRunError(f"pipeline {name} not started: {exc}") from exc
     root = Path(pipeline_root or Path.cwd() / "outputs" / "kfp").resolve()
     root.mkdir(parents=True, exist_ok=True)
     before = set(root.iterdir())
@@ -212,7 +220,12 @@ def make_client(host: str, namespace: str | None = None):
     kw = {"host": host}
     if namespace:
         kw["namespace"] = namespace
-    return kfp.Client(**kw)
+    try:
+        return kfp.Client(**kw)
+    except Exception as exc:  # noqa: BLE001 - unreachable/refusing endpoint: a clear error, not a traceback
+        reason = str(getattr(exc, "reason", None) or exc).splitlines()[0][:300]
+        raise PipelineRunError(f"Kubeflow Pipelines endpoint {host} is not reachable ({type(exc).__name__}: "
+                               f"{reason})") from exc
 
 
 def submit(name: str, host: str, params: dict[str, Any] | None = None, run_name: str | None = None,
@@ -222,9 +235,13 @@ def submit(name: str, host: str, params: dict[str, Any] | None = None, run_name:
     params = coerce_params(name, params or {})  # before any connection: bad parameters submit nothing
     client = client or make_client(host, namespace)
     pkg = package_path(name, package_dir)
-    res = client.create_run_from_pipeline_package(str(pkg), arguments=params,
-                                                  run_name=run_name or f"{name}-{time.strftime('%Y%m%d-%H%M%S')}",
-                                                  experiment_name=experiment)
+    try:
+        res = client.create_run_from_pipeline_package(
+            str(pkg), arguments=params, run_name=run_name or f"{name}-{time.strftime('%Y%m%d-%H%M%S')}",
+            experiment_name=experiment)
+    except Exception as exc:  # noqa: BLE001 - the endpoint refused or failed: named, not traced
+        raise PipelineRunError(f"submitting {name} to {host} failed ({type(exc).__name__}: "
+                               f"{str(exc).splitlines()[0][:300] if str(exc) else ''})") from exc
     run_id = getattr(res, "run_id", None)
     log.info("submitted %s to %s: run %s", name, host, run_id)
     return {"pipeline": name, "host": host, "run_id": run_id, "params": params}
