@@ -375,3 +375,19 @@ def test_an_unusable_label_database_is_one_clear_line(tmp_path):
         assert r.exit_code == 1 and isinstance(r.exception, SystemExit), (args, r.output[-2000:])
         assert f"label database sqlite:///{d}: OperationalError: unable to open database file" in r.stderr
         assert "[SQL:" not in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+
+
+def test_label_sample_does_not_create_a_missing_exclude_database(tmp_path):
+    """--exclude-labelled naming a sqlite database that does not exist is a clear error; the database and
+    its folder are not created as a side effect of reading."""
+    import pandas as pd
+
+    from galmorph.cli import main
+
+    man = tmp_path / "m.csv"
+    pd.DataFrame({"object_id": ["a", "b"], "image_uri": ["x.png", "y.png"], "z": [0.02, 0.05]}).to_csv(man, index=False)
+    missing = tmp_path / "no" / "such" / "labels.db"
+    r = CliRunner().invoke(main, ["label", "sample", "--manifest", str(man), "--out", str(tmp_path / "q.parquet"),
+                                  "--exclude-labelled", f"sqlite:///{missing}", "--no-measure-a1"])
+    assert r.exit_code == 1 and "no such label database" in r.stderr, r.output
+    assert not (tmp_path / "no").exists() and not (tmp_path / "q.parquet").exists()

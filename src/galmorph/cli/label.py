@@ -63,7 +63,14 @@ def _labelled_ids(source: str, task: str) -> set[str]:
     from galmorph.manifest import read_manifest
 
     if "://" in source or source.endswith((".db", ".sqlite", ".sqlite3")):
-        return LabelStore(_db_url(source)).labelled_ids(task)
+        url = _db_url(source)
+        if url.startswith("sqlite:///") and url != "sqlite:///:memory:" and \
+                not Path(url[len("sqlite:///"):]).expanduser().is_file():
+            from galmorph.manifest import ManifestError
+
+            # reading must not create the database (or its folder) as a side effect
+            raise ManifestError(f"--exclude-labelled {source}: no such label database")
+        return LabelStore(url).labelled_ids(task)
     df = read_manifest(source)
     sel = df["label"].notna()
     if "task" in df.columns:
