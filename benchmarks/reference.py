@@ -296,6 +296,8 @@ def main(argv=None) -> int:
     ap.add_argument("--weights", default="pretrained,random")
     ap.add_argument("--random-splits", default="",
                     help="TASK=N,...: splits of a task's random-weights baseline [--splits] (fewer when time is short)")
+    ap.add_argument("--split-order", default="",
+                    help="split indices to run, in this order (e.g. 4,0,1,2,3) [0..splits-1]")
     ap.add_argument("--quick", action="store_true", help="smoke run: 1 split, 1 epoch, a few images a class")
     ap.add_argument("--quick-n", type=int, default=12, help="--quick: images a class (train and test)")
     ap.add_argument("--workers", type=int, default=1, help="winding measurement processes")
@@ -336,7 +338,8 @@ def main(argv=None) -> int:
 
     for task in tasks:
         full = load_task(task, data_root)
-        for s in range(args.splits):
+        order = [int(x) for x in args.split_order.split(",")] if args.split_order else list(range(args.splits))
+        for s in order:
             train_df, test_df = split_frame(full, seed=1000 + s)
             counts = train_df["label"].astype(str).value_counts()
             catalogue_prior = {str(c): float(n) / counts.sum() for c, n in counts.items()}
