@@ -190,12 +190,12 @@ def _worker_init(worker_id: int) -> None:
 
 
 def loader_settings(num_workers: int | None = None) -> dict:
-    """DataLoader settings from the machine: ``num_workers`` (``None``: one per core beyond the one the
+    """DataLoader settings from the machine: ``num_workers`` (``None`` or negative: one per core beyond the one the
     training step uses, at most 4), persistent workers when there are any (no re-fork each epoch),
     pinned memory when a GPU is visible."""
     import os
 
-    if num_workers is None:
+    if num_workers is None or num_workers < 0:
         num_workers = max(0, min(4, (os.cpu_count() or 1) - 1))
     return {"num_workers": int(num_workers), "persistent_workers": int(num_workers) > 0,
             "pin_memory": torch.cuda.is_available()}
@@ -334,7 +334,7 @@ class GalaxyDataModule(L.LightningDataModule):
         ds = self.dataset(name)
         # a last training batch of one image would break batch norm: drop it when there is more
         drop_last = shuffle and len(ds) % self.batch_size == 1 and len(ds) > self.batch_size
-        settings = loader_settings(None if self.num_workers is None or self.num_workers < 0 else self.num_workers)
+        settings = loader_settings(self.num_workers)
         return DataLoader(ds, batch_size=self.batch_size, shuffle=shuffle, **settings,
                           worker_init_fn=_worker_init if settings["num_workers"] else None, generator=g,
                           drop_last=drop_last)
