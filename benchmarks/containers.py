@@ -1,7 +1,7 @@
 """Container benchmark: image sizes, warm rebuild times, per-component start overhead in containers vs
 kfp's SubprocessRunner. Writes benchmarks/results/containers.json (and prints it).
 
-    uv run python -m benchmarks.containers [--cold] [--repeats 3]
+    uv run python benchmarks/containers.py [--cold] [--repeats 3]      (make bench-containers)
 
 --cold removes the galmorph images, the base and the layer cache first and times `make images`
 from scratch (minutes). Without it the cold time is not measured here (see containers.md for the
@@ -18,6 +18,8 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
+
+from _common import machine
 
 from galmorph.container_images import APP_IMAGE, CPU_IMAGE, GPU_IMAGE
 from galmorph.pipelines.docker_runner import PodmanService, container_settings, docker_runner, podman_env
@@ -41,6 +43,14 @@ def image_size_gb(image: str) -> float:
     return int(podman("image", "inspect", "--format", "{{.Size}}", image).stdout.strip()) / 1e9
 
 
+def uv_cache() -> Path:
+    """The uv cache `make setup` filled (what build-images.sh mounts)."""
+    for var in ("UV_CACHE", "UV_CACHE_DIR"):
+        if os.environ.get(var):
+            return Path(os.environ[var])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "uv"
+
+
 def warm_rebuild_after_src_edit() -> float:
     """Build the project image from a copy of the context with one src/ file edited (the dependency
     layer comes from the cache); returns the seconds."""
@@ -55,7 +65,7 @@ def warm_rebuild_after_src_edit() -> float:
             fh.write(f"\n# benchmark edit {time.time()}\n")
         cmd = ["podman", "build", "--layers", "-f", "infra/docker/project/Dockerfile",
                "--build-arg", "BASE_IMAGE=localhost/galmorph-base:bookworm",
-               "-v", f"{Path.home() / '.cache' / 'uv'}:/root/.cache/uv", "-t", "localhost/galmorph-bench:warm", "."]
+               "-v", f"{uv_cache()}:/root/.cache/uv", "-t", "localhost/galmorph-bench:warm", "."]
         dt = timed(cmd, cwd=ctx)
     podman("rmi", "localhost/galmorph-bench:warm", check=False)
     return dt
@@ -103,7 +113,8 @@ def main() -> None:
     ap.add_argument("--cold", action="store_true", help="also time a cold `make images` (removes the images)")
     ap.add_argument("--repeats", type=int, default=3)
     args = ap.parse_args()
-    res: dict = {"machine": f"{os.cpu_count()} cores", "images": {}}
+    # load average at the start; only a quiet run (< 0.5) is a result
+    res: dict = {"machine": machine(), "images": {}}
     if args.cold:
         for img in (APP_IMAGE, GPU_IMAGE, CPU_IMAGE):
             podman("rmi", "-f", img, check=False)

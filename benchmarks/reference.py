@@ -213,6 +213,10 @@ def run_case(task: str, weights: str, train_df: pd.DataFrame, test_df: pd.DataFr
     return out
 
 
+def _case_key(c: dict) -> list:
+    return [c["task"], c["weights"], int(c["split"])]
+
+
 def _flat(r: dict, prefix: str = "") -> dict[str, float]:
     out = {}
     for k, v in r.items():
@@ -249,7 +253,12 @@ def write_md(result: dict, path: Path) -> None:
              f"{quiet_line(m)}; {m['cpus']} CPUs, {m['date']}. Splits: {result['splits']} "
              f"(mean ± σ), max_epochs override: {result['max_epochs']}{' — QUICK smoke run, not a result' if result['quick'] else ''}"
              f"{'' if result.get('complete', True) else ' — INCOMPLETE: cut short after '+str(len(result['cases']))+' cases'}.",
-             "", "| task | encoder | accuracy | macro-F1 | per-class F1 | training min |", "|---|---|---|---|---|---|"]
+             ""]
+    if len(result.get("runs") or []) > 1:  # resumed: each run's start, and which cases it trained
+        lines += ["Runs (resumed with --resume): " + "; ".join(
+            f"{r['date']}: load {r['load_avg_at_start'][0]:.2f} at the start ({'quiet' if r['quiet'] else 'not quiet'}), "
+            f"splits {', '.join(str(k[2] - 1000) for k in r['cases']) or 'none'}" for r in result["runs"]) + ".", ""]
+    lines += ["| task | encoder | accuracy | macro-F1 | per-class F1 | training min |", "|---|---|---|---|---|---|"]
     for task, by_w in summ.items():
         for w, s in by_w.items():
             per = ", ".join(f"{k[3:]} {fmt(s, k, 2)}" for k in s if k.startswith("f1."))
@@ -304,6 +313,9 @@ def main(argv=None) -> int:
     ap.add_argument("--data-root", type=Path, default=None)
     ap.add_argument("--tracking-uri", default=None, help="[a local file store under a temporary folder]")
     ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--resume", action="store_true",
+                    help="keep the cases of the existing results file and run only the missing (task, encoder, "
+                         "split) cases; each run's machine record (load average, quiet) is kept in 'runs'")
     args = ap.parse_args(argv)
     if args.quick:
         args.splits, args.max_epochs = 1, 1
@@ -323,15 +335,31 @@ def main(argv=None) -> int:
     m = machine()
     t_all = time.perf_counter()
     cases: list[dict] = []
+    runs: list[dict] = []
+    previous_minutes = 0.0
+    if args.resume and (out_dir / "reference.json").exists():
+        prev = json.loads((out_dir / "reference.json").read_text())
+        cases = list(prev["cases"])
+        runs = list(prev.get("runs") or [dict(prev["machine"], cases=[_case_key(c) for c in cases])])
+        previous_minutes = float(prev.get("total_minutes", 0.0))
+        print(f"resuming: {len(cases)} cases kept from {out_dir / 'reference.json'}", flush=True)
+    this_run = dict(m, cases=[])
+    runs.append(this_run)
+    done = {tuple(_case_key(c)) for c in cases}
     tasks = [t for t in args.tasks.split(",") if t]
     random_splits = {k: int(v) for k, v in (kv.split("=", 1) for kv in args.random_splits.split(",") if kv)}
     weights = [w for w in args.weights.split(",") if w]
 
     def write_result(cases: list[dict], complete: bool) -> None:
-        result = {"machine": m, "load_avg_at_end": [round(x, 2) for x in os.getloadavg()], "quiet": m["quiet"],
+        # the result is quiet only when every run that contributed cases started quiet
+        quiet = all(r["quiet"] for r in runs if r["cases"])
+        first = next((r for r in runs if r["cases"]), m)
+        result = {"machine": dict(first, quiet=quiet, load_avg_at_start=max(
+                      (r["load_avg_at_start"] for r in runs if r["cases"]), default=m["load_avg_at_start"])),
+                  "runs": runs, "load_avg_at_end": [round(x, 2) for x in os.getloadavg()], "quiet": quiet,
                   "complete": complete, "splits": args.splits, "max_epochs": args.max_epochs,
                   "quick": args.quick, "tasks": tasks, "tracking_uri": tracking,
-                  "n_winding_tuning_ids": len(tuning_ids), "total_minutes": (time.perf_counter() - t_all) / 60,
+                  "n_winding_tuning_ids": len(tuning_ids), "total_minutes": previous_minutes + (time.perf_counter() - t_all) / 60,
                   "summary": summarise(cases), "cases": cases}
         (out_dir / "reference.json").write_text(json.dumps(result, indent=2, default=str))
         write_md(result, out_dir / "reference.md")
@@ -352,12 +380,16 @@ def main(argv=None) -> int:
             for w in weights:
                 if w == "random" and s >= random_splits.get(task, args.splits):
                     continue
+                if (task, w, 1000 + s) in done:
+                    print(f"[{task} split {s} {w}] kept from the previous run", flush=True)
+                    continue
                 print(f"[{task} split {s} {w}] train {len(train_df)} test {len(test_df)}", flush=True)
                 r = run_case(task, w, train_df, test_df, 1000 + s, args, data_root, tracking, tuning_ids,
                              catalogue_prior=catalogue_prior, pred_dir=out_dir / "reference_predictions")
                 print(f"    acc {r['accuracy']:.3f} macro-F1 {r['macro_f1']:.3f} {r['train_minutes']:.1f} min",
                       flush=True)
                 cases.append(r)
+                this_run["cases"].append(_case_key(r))
                 # written after every case: a run cut short keeps what it measured ("complete": false)
                 write_result(cases, complete=False)
     write_result(cases, complete=True)

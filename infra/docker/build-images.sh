@@ -18,7 +18,8 @@ PY="${PYTHON:-.venv/bin/python}"
 [ -x "$PY" ] || PY=python3
 BASE_IMAGE="${BASE_IMAGE:-localhost/galmorph-base:bookworm}"
 UV_VERSION="${UV_VERSION:-0.13.9}"
-UV_CACHE="${UV_CACHE:-$HOME/.cache/uv}"
+# the cache `make setup` filled: UV_CACHE, else uv's own (UV_CACHE_DIR, XDG_CACHE_HOME, ~/.cache/uv)
+UV_CACHE="${UV_CACHE:-${UV_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/uv}}"
 CA_BUNDLE="${SSL_CERT_FILE:-/etc/ssl/certs/ca-certificates.crt}"
 
 read -r CPU_IMAGE GPU_IMAGE APP_IMAGE < <(PYTHONPATH=src "$PY" -c \
