@@ -254,6 +254,9 @@ def write_md(result: dict, path: Path) -> None:
              f"(mean ± σ), max_epochs override: {result['max_epochs']}{' — QUICK smoke run, not a result' if result['quick'] else ''}"
              f"{'' if result.get('complete', True) else ' — INCOMPLETE: cut short after '+str(len(result['cases']))+' cases'}.",
              ""]
+    if not m["quiet"]:  # the accuracies come from seeded splits and do not depend on the machine's load
+        lines += ["The load slows the training minutes; the accuracies and F1 below come from seeded splits and "
+                  "seeded training, which the load does not change.", ""]
     if len(result.get("runs") or []) > 1:  # resumed: each run's start, and which cases it trained
         lines += ["Runs (resumed with --resume): " + "; ".join(
             f"{r['date']}: load {r['load_avg_at_start'][0]:.2f} at the start ({'quiet' if r['quiet'] else 'not quiet'}), "
