@@ -119,7 +119,7 @@ def chirality_block(pred: pd.DataFrame, test: pd.DataFrame, classes: list[str], 
     training prior to the catalogue's prior of the training part); CW-vs-ACW on the catalogued spirals;
     coverage curves of the network, the winding measurement and their combination on spirals outside
     the tuning half."""
-    from galmorph.ensemble import combine_winding, measure_winding_table
+    from galmorph.ensemble import WindingEnsemble, combine_winding, measure_winding_table
 
     y = test["label"].astype(str).to_numpy()
     tc = three_class(y, pred["pred"].to_numpy().astype(str), classes)
@@ -153,7 +153,9 @@ def chirality_block(pred: pd.DataFrame, test: pd.DataFrame, classes: list[str], 
         z = measure_winding_table(rows, data_root=data_root, workers=workers)["winding_z"].to_numpy(float)
         ph, yh = p[held], ys[held]
         w_sense = np.where(z > 0, "CW", np.where(z < 0, "ACW", None))
-        comb, _applied = combine_winding(ph, z, classes, weight=0.5, min_confidence=0.0)
+        ens = WindingEnsemble()  # the library's defaults: what `score --winding-ensemble` applies
+        comb, _applied = combine_winding(ph, z, classes, weight=ens.weight, min_confidence=ens.min_confidence,
+                                         max_p_other=ens.max_p_other)
         c_sense = np.where(comb[:, icw] >= comb[:, iacw], "CW", "ACW")
         c_conf = np.maximum(comb[:, icw], comb[:, iacw]) / np.maximum(comb[:, icw] + comb[:, iacw], 1e-12)
         block["winding_held_out"] = {
@@ -161,6 +163,7 @@ def chirality_block(pred: pd.DataFrame, test: pd.DataFrame, classes: list[str], 
             "network": accuracy_vs_coverage(net_ok[held], net_conf[held]),
             "winding": accuracy_vs_coverage(w_sense == yh, np.abs(z)),
             "combined": accuracy_vs_coverage(c_sense == yh, c_conf),
+            "ensemble": ens.to_dict(),
             "winding_unmeasured": int((~np.isfinite(z)).sum())}
     return block
 
@@ -202,15 +205,58 @@ def run_case(task: str, weights: str, train_df: pd.DataFrame, test_df: pd.DataFr
         pd.concat([test_df[keep].reset_index(drop=True), pred.drop(columns=[c for c in keep if c in pred.columns])
                    .reset_index(drop=True)], axis=1).to_parquet(pred_dir / f"{task}_{weights}_{seed}.parquet")
     if task == "chirality":
-        from galmorph.training import resolve_config
-
-        cfg = resolve_config(task, "reference", overrides)
-        counts = train_df["label"].astype(str).value_counts()
-        trained = ({c: 1 / len(classes) for c in classes} if cfg.class_weights == "balanced"
-                   else {c: float(counts.get(c, 0)) / counts.sum() for c in classes})
+        trained = trained_prior_of(task, classes, train_df, overrides)
         out["chirality"] = chirality_block(pred[ok].reset_index(drop=True), test_df[ok].reset_index(drop=True),
                                            classes, data_root, tuning_ids, args.workers, trained, catalogue_prior)
     return out
+
+
+def trained_prior_of(task: str, classes: list[str], train_df: pd.DataFrame, overrides: dict) -> dict[str, float]:
+    """The class prior the network was trained under: uniform with balanced class weights, else the
+    training part's class frequencies."""
+    from galmorph.training import resolve_config
+
+    cfg = resolve_config(task, "reference", overrides)
+    counts = train_df["label"].astype(str).value_counts()
+    return ({c: 1 / len(classes) for c in classes} if cfg.class_weights == "balanced"
+            else {c: float(counts.get(c, 0)) / counts.sum() for c in classes})
+
+
+def recompute_chirality(cases: list[dict], data_root: Path, pred_dir: Path, tuning_ids: set[str],
+                        workers: int) -> None:
+    """Replace each chirality case's ``chirality`` block with one computed from its saved per-galaxy
+    probabilities (the same seeded split rebuilt; rows matched by object_id). No training."""
+    from galmorph.demo import select_real_training_set
+
+    full = load_task("chirality", data_root)
+    for c in cases:
+        if c["task"] != "chirality":
+            continue
+        f = pred_dir / f"chirality_{c['weights']}_{int(c['split'])}.parquet"
+        if not f.exists():
+            print(f"[chirality split {int(c['split']) - 1000} {c['weights']}] no saved predictions ({f}): block kept",
+                  flush=True)
+            continue
+        seed = int(c["split"])
+        train_df, test_df = split_frame(full, seed=seed)
+        counts = train_df["label"].astype(str).value_counts()
+        catalogue_prior = {str(k): float(n) / counts.sum() for k, n in counts.items()}
+        train_df = select_real_training_set(train_df, n_other=500, seed=seed - 1000)
+        pred = pd.read_parquet(f)
+        pred["object_id"] = pred["object_id"].astype(str)
+        pred = pred[pred["error"].isna()].set_index("object_id")
+        test_df = test_df[test_df["object_id"].astype(str).isin(pred.index)].reset_index(drop=True)
+        pred = pred.loc[test_df["object_id"].astype(str)].reset_index()
+        if len(pred) != c["n_test"]:
+            raise SystemExit(f"{f}: {len(pred)} scored rows match the rebuilt split, the case recorded {c['n_test']}")
+        classes = [k[2:] for k in pred.columns if k.startswith("p_") and k != "p_pred"]
+        overrides = {"seed": seed, "trials": 1}
+        if WEIGHTS[c["weights"]] is not None:
+            overrides["encoder_weights"] = WEIGHTS[c["weights"]]
+        trained = trained_prior_of("chirality", classes, train_df, overrides)
+        c["chirality"] = chirality_block(pred, test_df, classes, data_root, tuning_ids, workers, trained,
+                                         catalogue_prior)
+        print(f"[chirality split {seed - 1000} {c['weights']}] block recomputed from {f.name}", flush=True)
 
 
 def _case_key(c: dict) -> list:
@@ -259,6 +305,8 @@ def write_md(result: dict, path: Path) -> None:
                   "seeded training, which the load does not change.", ""]
     if len(result.get("runs") or []) > 1:  # resumed: each run's start, and which cases it trained
         lines += ["Runs (resumed with --resume): " + "; ".join(
+            f"{r['date']}: chirality blocks recomputed from the saved predictions (--from-predictions, no training)"
+            if r.get("recomputed_chirality_blocks_from_predictions") else
             f"{r['date']}: load {r['load_avg_at_start'][0]:.2f} at the start ({'quiet' if r['quiet'] else 'not quiet'}), "
             f"splits {', '.join(str(k[2] - 1000) for k in r['cases']) or 'none'}" for r in result["runs"]) + ".", ""]
     lines += ["| task | encoder | accuracy | macro-F1 | per-class F1 | training min |", "|---|---|---|---|---|---|"]
@@ -289,7 +337,14 @@ def write_md(result: dict, path: Path) -> None:
         lines += ["", "\"catalogue prior\": the network's probabilities moved from the prior it was trained under "
                   "(balanced class weights: uniform) to the class frequencies of the training part as catalogued "
                   "(p' ∝ p π_catalogue / π_trained); CW-vs-ACW is unchanged by it."]
-        lines += ["", "Accuracy vs coverage on test spirals outside the winding measurement's tuning half:", "",
+        ens = next((c["chirality"]["winding_held_out"].get("ensemble") for c in result["cases"]
+                    if c["task"] == "chirality" and "winding_held_out" in c.get("chirality", {})), None)
+        how = (f"combined = the library's winding ensemble with its defaults (weight {ens['weight']:g}, "
+               f"min_confidence {ens['min_confidence']:g}, max_p_other {ens['max_p_other']:g}; "
+               "`score --winding-ensemble`, weight chosen in results/ensemble_weight.md)") if ens else \
+              "combined = the winding ensemble with weight 0.5 (a run before the library's defaults were used here)"
+        lines += ["", "Accuracy vs coverage on test spirals outside the winding measurement's tuning half "
+                  f"(CW vs ACW; {how}):", "",
                   "| encoder | method | " + " | ".join(f"{int(c * 100)} %" for c in COVERAGES) + " |",
                   "|---|---|" + "---|" * len(COVERAGES)]
         for w, s in summ["chirality"].items():
@@ -319,6 +374,10 @@ def main(argv=None) -> int:
     ap.add_argument("--resume", action="store_true",
                     help="keep the cases of the existing results file and run only the missing (task, encoder, "
                          "split) cases; each run's machine record (load average, quiet) is kept in 'runs'")
+    ap.add_argument("--from-predictions", action="store_true",
+                    help="no training: recompute the chirality blocks (three-class, CW/ACW, winding and ensemble "
+                         "coverage) of the existing results file's cases from the per-galaxy probabilities they "
+                         "saved (results/reference_predictions/), e.g. after the ensemble's defaults changed")
     args = ap.parse_args(argv)
     if args.quick:
         args.splits, args.max_epochs = 1, 1
@@ -366,6 +425,18 @@ def main(argv=None) -> int:
                   "summary": summarise(cases), "cases": cases}
         (out_dir / "reference.json").write_text(json.dumps(result, indent=2, default=str))
         write_md(result, out_dir / "reference.md")
+
+    if args.from_predictions:
+        if not cases:
+            print("--from-predictions needs --resume and an existing reference.json", file=sys.stderr)
+            return 2
+        this_run["recomputed_from_predictions"] = True
+        recompute_chirality(cases, data_root, out_dir / "reference_predictions", tuning_ids, args.workers)
+        runs.remove(this_run)  # nothing was trained: the contributing runs' machine records stay as they were
+        runs.append(dict(m, cases=[], recomputed_chirality_blocks_from_predictions=True))
+        write_result(cases, complete=True)
+        print((out_dir / "reference.md").read_text())
+        return 0
 
     for task in tasks:
         full = load_task(task, data_root)
