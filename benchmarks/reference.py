@@ -199,6 +199,8 @@ def run_case(task: str, weights: str, train_df: pd.DataFrame, test_df: pd.DataFr
     out = {"task": task, "weights": weights, "split": seed, "train_minutes": minutes, "n_train": len(train_df),
            "n_test": int(ok.sum()), "accuracy": accuracy(y, yp), "macro_f1": mf1, "f1": per, "absent_classes": absent,
            "model_uri": res.model_uri}
+    if task == "chirality":
+        out["n_other"] = int(args.n_other)
     if pred_dir is not None:  # per-galaxy probabilities, for analyses after the run
         pred_dir.mkdir(parents=True, exist_ok=True)
         keep = ["object_id", "label"]
@@ -241,7 +243,7 @@ def recompute_chirality(cases: list[dict], data_root: Path, pred_dir: Path, tuni
         train_df, test_df = split_frame(full, seed=seed)
         counts = train_df["label"].astype(str).value_counts()
         catalogue_prior = {str(k): float(n) / counts.sum() for k, n in counts.items()}
-        train_df = select_real_training_set(train_df, n_other=500, seed=seed - 1000)
+        train_df = select_real_training_set(train_df, n_other=int(c.get("n_other", 500)), seed=seed - 1000)
         pred = pd.read_parquet(f)
         pred["object_id"] = pred["object_id"].astype(str)
         pred = pred[pred["error"].isna()].set_index("object_id")
@@ -374,6 +376,8 @@ def main(argv=None) -> int:
     ap.add_argument("--resume", action="store_true",
                     help="keep the cases of the existing results file and run only the missing (task, encoder, "
                          "split) cases; each run's machine record (load average, quiet) is kept in 'runs'")
+    ap.add_argument("--n-other", type=int, default=500,
+                    help="chirality: the \"other\" galaxies drawn into the training part (all CW/ACW are kept)")
     ap.add_argument("--from-predictions", action="store_true",
                     help="no training: recompute the chirality blocks (three-class, CW/ACW, winding and ensemble "
                          "coverage) of the existing results file's cases from the per-galaxy probabilities they "
@@ -448,7 +452,7 @@ def main(argv=None) -> int:
             if task == "chirality":  # what the preset trains on: all CW/ACW + a sample of "other"
                 from galmorph.demo import select_real_training_set
 
-                train_df = select_real_training_set(train_df, n_other=500, seed=s)
+                train_df = select_real_training_set(train_df, n_other=args.n_other, seed=s)
             if args.quick:
                 train_df, test_df = quick_subset(train_df, args.quick_n, s), quick_subset(test_df, args.quick_n, s)
             for w in weights:
