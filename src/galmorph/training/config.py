@@ -251,7 +251,9 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     },
     "chirality": {
         "paper": {**_CHIRALITY_PAPER, "arch": "resnet50", "chirality_equivariant": True},
-        # all CW/ACW of the public GZ1 set + 1000 "other"; mirrors only with CW/ACW swapped; 8 CE views.
+        # trained on all CW/ACW of the public GZ1 set + 500 "other" (demo --real and benchmarks/reference.py
+        # select them; 1000 "other" was tried and did worse, results/reference_n_other_1000.md);
+        # max_per_class caps any class at 1000; mirrors only with CW/ACW swapped; 8 CE views.
         # At least 6 epochs: with val_loss and patience 4, one split in five stopped before the winding
         # sense was learnt (CW/ACW 0.65); the validation macro-F1 weighs CW and ACW like "other".
         "reference": {**_REFERENCE, "crop_fraction": GZ1_CROP, "flips": False, "mirror_swap": True,
