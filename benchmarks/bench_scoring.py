@@ -20,6 +20,7 @@ Every figure carries the load average at the start; only ``quiet`` runs (< 0.5) 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import tempfile
@@ -182,7 +183,7 @@ def trained_throughput(model_uri: str, tracking_uri: str | None, pool: pd.DataFr
     from galmorph.tracking import using_tracking_uri
     from galmorph.training import resolve_config
 
-    with using_tracking_uri(tracking_uri) if tracking_uri else _nullctx():
+    with using_tracking_uri(tracking_uri) if tracking_uri else contextlib.nullcontext():
         lm = load_for_inference(model_uri, tta_views=1)
     spec = lm.spec
     size = spec.image_size
@@ -226,14 +227,6 @@ def trained_throughput(model_uri: str, tracking_uri: str | None, pool: pd.DataFr
             "ceiling_eager_fp32_img_s": round(ceiling, 1), "ceiling_before_after": [round(ceil0, 1), round(ceil1, 1)],
             "forward_loaded_graphmodule_img_s": round(ceil_loaded, 1), "settings": rows,
             "auto_candidates": rec.get("candidates", [])}
-
-
-class _nullctx:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
 
 
 def trained_markdown(t: dict, m: dict) -> str:
