@@ -175,7 +175,7 @@ def run_case(task: str, weights: str, train_df: pd.DataFrame, test_df: pd.DataFr
     from galmorph.models.io import load_for_inference
     from galmorph.training import train
 
-    overrides: dict = {"seed": seed, "trials": 1}
+    overrides: dict = {**preset_overrides(args.overrides), "seed": seed, "trials": 1}
     if WEIGHTS[weights] is not None:
         overrides["encoder_weights"] = WEIGHTS[weights]
     if args.max_epochs:
@@ -210,6 +210,20 @@ def run_case(task: str, weights: str, train_df: pd.DataFrame, test_df: pd.DataFr
         trained = trained_prior_of(task, classes, train_df, overrides)
         out["chirality"] = chirality_block(pred[ok].reset_index(drop=True), test_df[ok].reset_index(drop=True),
                                            classes, data_root, tuning_ids, args.workers, trained, catalogue_prior)
+    return out
+
+
+def preset_overrides(pairs: list[str]) -> dict:
+    """``--set`` items -> typed overrides, by the training CLI's parser; the keys are checked against the
+    reference preset of every task now, so a typo fails before any training."""
+    from galmorph.training import ConfigError, parse_set_items, resolve_config
+
+    try:
+        out = parse_set_items(pairs)
+        for task in ("chirality", "arms"):
+            resolve_config(task, "reference", out)
+    except (ConfigError, TypeError) as exc:
+        raise SystemExit(f"--set: {exc}") from None
     return out
 
 
@@ -302,6 +316,9 @@ def write_md(result: dict, path: Path) -> None:
              f"(mean ± σ), max_epochs override: {result['max_epochs']}{' — QUICK smoke run, not a result' if result['quick'] else ''}"
              f"{'' if result.get('complete', True) else ' — INCOMPLETE: cut short after '+str(len(result['cases']))+' cases'}.",
              ""]
+    if result.get("preset_overrides"):
+        lines += ["Variant: the reference preset with " + ", ".join(
+            f"`{k}={v}`" for k, v in result["preset_overrides"].items()) + " (`--set`).", ""]
     if not m["quiet"]:  # the accuracies come from seeded splits and do not depend on the machine's load
         lines += ["The load slows the training minutes; the accuracies and F1 below come from seeded splits and "
                   "seeded training, which the load does not change.", ""]
@@ -378,6 +395,9 @@ def main(argv=None) -> int:
                          "split) cases; each run's machine record (load average, quiet) is kept in 'runs'")
     ap.add_argument("--n-other", type=int, default=500,
                     help="chirality: the \"other\" galaxies drawn into the training part (all CW/ACW are kept)")
+    ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a reference preset setting for a variant (e.g. crop_fraction=0.30); repeatable; "
+                         "recorded in the result; write variants to their own --out")
     ap.add_argument("--from-predictions", action="store_true",
                     help="no training: recompute the chirality blocks (three-class, CW/ACW, winding and ensemble "
                          "coverage) of the existing results file's cases from the per-galaxy probabilities they "
@@ -424,7 +444,7 @@ def main(argv=None) -> int:
                       (r["load_avg_at_start"] for r in runs if r["cases"]), default=m["load_avg_at_start"])),
                   "runs": runs, "load_avg_at_end": [round(x, 2) for x in os.getloadavg()], "quiet": quiet,
                   "complete": complete, "splits": args.splits, "max_epochs": args.max_epochs,
-                  "quick": args.quick, "tasks": tasks, "tracking_uri": tracking,
+                  "quick": args.quick, "tasks": tasks, "preset_overrides": preset_overrides(args.overrides), "tracking_uri": tracking,
                   "n_winding_tuning_ids": len(tuning_ids), "total_minutes": previous_minutes + (time.perf_counter() - t_all) / 60,
                   "summary": summarise(cases), "cases": cases}
         (out_dir / "reference.json").write_text(json.dumps(result, indent=2, default=str))

@@ -69,3 +69,37 @@ def test_from_predictions_refuses_predictions_that_do_not_match_the_split(tmp_pa
     proc = _run(out, data_root)
     assert proc.returncode != 0
     assert f"chirality_pretrained_{SPLIT}.parquet" in proc.stderr and "match the rebuilt split" in proc.stderr
+
+
+def _bench_module(name: str):
+    sys.path.insert(0, str(BENCH))
+    try:
+        import importlib
+
+        return importlib.import_module(name)
+    finally:
+        sys.path.remove(str(BENCH))
+
+
+def test_set_overrides_are_typed_like_the_training_config_and_unknown_keys_refused():
+    ref = _bench_module("reference")
+    got = ref.preset_overrides(["crop_fraction=0.30", "image_size=160", "mirror_swap=false", "monitor=val_loss"])
+    assert got == {"crop_fraction": 0.30, "image_size": 160, "mirror_swap": False, "monitor": "val_loss"}
+    assert isinstance(got["image_size"], int) and isinstance(got["crop_fraction"], float)
+    from galmorph.training import resolve_config
+
+    cfg = resolve_config("chirality", "reference", got)  # the training layer takes them as they are
+    assert (cfg.crop_fraction, cfg.image_size, cfg.mirror_swap) == (0.30, 160, False)
+    for bad in ("crop_fractoin=0.3", "crop_fraction"):
+        with pytest.raises(SystemExit, match="--set"):
+            ref.preset_overrides([bad])
+
+
+def test_arms_ceiling_counts_classes_without_training_examples_as_zero():
+    probe = _bench_module("arms_probe")
+    # 'x' has one galaxy: split_frame always puts it in the test quarter, so no classifier can learn it
+    df = pd.DataFrame({"label": ["a"] * 40 + ["b"] * 40 + ["x"]})
+    ce = probe.ceiling(df, range(3), ["a", "b", "x"])
+    assert ce == [pytest.approx(2 / 3)] * 3
+    df2 = pd.DataFrame({"label": ["a"] * 40 + ["b"] * 40 + ["x"] * 8})
+    assert probe.ceiling(df2, range(3), ["a", "b", "x"]) == [1.0] * 3
