@@ -88,7 +88,7 @@ def ceiling(df, seeds, classes) -> list[float]:
 
 
 def main(argv=None) -> int:
-    from _common import machine, quiet_line
+    from _common import machine
 
     from reference import load_task
 
@@ -130,7 +130,8 @@ def main(argv=None) -> int:
     p, r = result["probes"]["pretrained"], result["probes"]["random"]
     counts = ", ".join(f"{k}: {v}" for k, v in sorted(result["class_counts"].items()))
     md = ["# Arms: linear probe on frozen encoder features, pretrained vs random weights", "",
-          f"{quiet_line(m)}; {m['cpus']} CPUs, {m['date']}; {result['minutes']:.1f} min.", "",
+          f"{m['cpus']} CPUs, {m['date']}; {result['minutes']:.1f} min, load average {m['load_avg_at_start'][0]:.2f} "
+          f"at the start (a seeded computation: the load changes only the minutes).", "",
           f"{result['n']} labelled gz2_arms galaxies ({counts}; no 5+), {size} px, crop {crop}, features = mean "
           f"over 8 rotation x mirror views; logistic regression (standardised, balanced class weights), C chosen "
           f"on 10 tuning splits, reported on the benchmark's 5 splits (mean ± σ), macro-F1 over the classes with "

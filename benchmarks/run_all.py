@@ -19,9 +19,9 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 
 #: scripts that take --out (the others read GALMORPH_BENCH_OUT); quick runs write to results/quick/
-TAKES_OUT = {"a1", "a1_injection", "data", "physical"}
+TAKES_OUT = {"a1", "a1_injection", "data", "physical", "arms_probe"}
 #: not run with --quick (no smoke-test size)
-FULL_ONLY = {"winding", "physical", "containers"}
+FULL_ONLY = {"winding", "physical", "containers", "arms_probe"}
 #: name -> (script, full arguments, quick arguments)
 BENCHMARKS: dict[str, tuple[str, list[str], list[str]]] = {
     "scoring": ("bench_scoring.py", [], ["--quick"]),
@@ -33,6 +33,7 @@ BENCHMARKS: dict[str, tuple[str, list[str], list[str]]] = {
     "physical": ("physical_lopsided.py", [], []),
     "winding": ("winding.py", [], []),
     "reference": ("reference.py", [], ["--quick"]),
+    "arms_probe": ("arms_probe.py", [], []),
     "containers": ("containers.py", [], []),
 }
 
