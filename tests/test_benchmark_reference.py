@@ -71,35 +71,38 @@ def test_from_predictions_refuses_predictions_that_do_not_match_the_split(tmp_pa
     assert f"chirality_pretrained_{SPLIT}.parquet" in proc.stderr and "match the rebuilt split" in proc.stderr
 
 
-def _bench_module(name: str):
-    sys.path.insert(0, str(BENCH))
-    try:
-        import importlib
 
-        return importlib.import_module(name)
-    finally:
-        sys.path.remove(str(BENCH))
+def _bench(code: str) -> subprocess.CompletedProcess:
+    """Run ``code`` in the benchmarks folder (its scripts import each other from there; the project does
+    not edit sys.path)."""
+    return subprocess.run([sys.executable, "-c", code], cwd=BENCH, capture_output=True, text=True, timeout=300)
 
 
 def test_set_overrides_are_typed_like_the_training_config_and_unknown_keys_refused():
-    ref = _bench_module("reference")
-    got = ref.preset_overrides(["crop_fraction=0.30", "image_size=160", "mirror_swap=false", "monitor=val_loss"])
+    proc = _bench("import json, reference as r; from galmorph.training import resolve_config; "
+                  "o = r.preset_overrides(['crop_fraction=0.30', 'image_size=160', 'mirror_swap=false', "
+                  "'monitor=val_loss']); c = resolve_config('chirality', 'reference', o); "
+                  "print(json.dumps([o, {k: type(v).__name__ for k, v in o.items()}, "
+                  "[c.crop_fraction, c.image_size, c.mirror_swap]]))")
+    assert proc.returncode == 0, proc.stderr
+    got, types, cfg = json.loads(proc.stdout.strip().splitlines()[-1])
     assert got == {"crop_fraction": 0.30, "image_size": 160, "mirror_swap": False, "monitor": "val_loss"}
-    assert isinstance(got["image_size"], int) and isinstance(got["crop_fraction"], float)
-    from galmorph.training import resolve_config
-
-    cfg = resolve_config("chirality", "reference", got)  # the training layer takes them as they are
-    assert (cfg.crop_fraction, cfg.image_size, cfg.mirror_swap) == (0.30, 160, False)
-    for bad in ("crop_fractoin=0.3", "crop_fraction"):
-        with pytest.raises(SystemExit, match="--set"):
-            ref.preset_overrides([bad])
+    assert types == {"crop_fraction": "float", "image_size": "int", "mirror_swap": "bool", "monitor": "str"}
+    assert cfg == [0.30, 160, False]  # the training layer takes them as they are
+    for bad, why in (("crop_fractoin=0.3", "unknown training config key 'crop_fractoin'"),
+                     ("crop_fraction", "expected key=value")):
+        proc = _bench(f"import reference as r; r.preset_overrides([{bad!r}])")
+        assert proc.returncode != 0 and "--set" in proc.stderr and why in proc.stderr, proc.stderr
 
 
 def test_arms_ceiling_counts_classes_without_training_examples_as_zero():
-    probe = _bench_module("arms_probe")
     # 'x' has one galaxy: split_frame always puts it in the test quarter, so no classifier can learn it
-    df = pd.DataFrame({"label": ["a"] * 40 + ["b"] * 40 + ["x"]})
-    ce = probe.ceiling(df, range(3), ["a", "b", "x"])
-    assert ce == [pytest.approx(2 / 3)] * 3
-    df2 = pd.DataFrame({"label": ["a"] * 40 + ["b"] * 40 + ["x"] * 8})
-    assert probe.ceiling(df2, range(3), ["a", "b", "x"]) == [1.0] * 3
+    proc = _bench("import json, pandas as pd, arms_probe as a; "
+                  "one = pd.DataFrame({'label': ['a'] * 40 + ['b'] * 40 + ['x']}); "
+                  "eight = pd.DataFrame({'label': ['a'] * 40 + ['b'] * 40 + ['x'] * 8}); "
+                  "print(json.dumps([a.ceiling(one, range(3), ['a', 'b', 'x']), "
+                  "a.ceiling(eight, range(3), ['a', 'b', 'x'])]))")
+    assert proc.returncode == 0, proc.stderr
+    one, eight = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert one == [pytest.approx(2 / 3)] * 3
+    assert eight == [1.0] * 3
