@@ -175,7 +175,7 @@ def run_case(task: str, weights: str, train_df: pd.DataFrame, test_df: pd.DataFr
     from galmorph.models.io import load_for_inference
     from galmorph.training import train
 
-    overrides: dict = {**preset_overrides(args.overrides), "seed": seed, "trials": 1}
+    overrides: dict = {**args.preset_overrides, "seed": seed, "trials": 1}
     if WEIGHTS[weights] is not None:
         overrides["encoder_weights"] = WEIGHTS[weights]
     if args.max_epochs:
@@ -403,6 +403,7 @@ def main(argv=None) -> int:
                          "coverage) of the existing results file's cases from the per-galaxy probabilities they "
                          "saved (results/reference_predictions/), e.g. after the ensemble's defaults changed")
     args = ap.parse_args(argv)
+    args.preset_overrides = preset_overrides(args.overrides)  # once, before anything is trained
     if args.quick:
         args.splits, args.max_epochs = 1, 1
     from galmorph.settings import resolve_settings
@@ -444,7 +445,8 @@ def main(argv=None) -> int:
                       (r["load_avg_at_start"] for r in runs if r["cases"]), default=m["load_avg_at_start"])),
                   "runs": runs, "load_avg_at_end": [round(x, 2) for x in os.getloadavg()], "quiet": quiet,
                   "complete": complete, "splits": args.splits, "max_epochs": args.max_epochs,
-                  "quick": args.quick, "tasks": tasks, "preset_overrides": preset_overrides(args.overrides), "tracking_uri": tracking,
+                  "quick": args.quick, "tasks": tasks, "preset_overrides": args.preset_overrides,
+                  "tracking_uri": tracking,
                   "n_winding_tuning_ids": len(tuning_ids), "total_minutes": previous_minutes + (time.perf_counter() - t_all) / 60,
                   "summary": summarise(cases), "cases": cases}
         (out_dir / "reference.json").write_text(json.dumps(result, indent=2, default=str))

@@ -71,7 +71,6 @@ def test_from_predictions_refuses_predictions_that_do_not_match_the_split(tmp_pa
     assert f"chirality_pretrained_{SPLIT}.parquet" in proc.stderr and "match the rebuilt split" in proc.stderr
 
 
-
 def _bench(code: str) -> subprocess.CompletedProcess:
     """Run ``code`` in the benchmarks folder (its scripts import each other from there; the project does
     not edit sys.path)."""
