@@ -1,6 +1,7 @@
 """The ``reference`` presets on the public real data vs the same presets from random weights (#12.8).
 
     uv run python benchmarks/reference.py [--splits 5] [--max-epochs N] [--tasks chirality,arms] [--quick]
+                                          [--train-fraction F] [--set KEY=VALUE ...]
 
 For each of ``--splits`` seeded random splits, each task's labelled public set is split 75/25
 (stratified). The test quarter keeps the catalogue's class proportions (GZ1: ~88 % "other"); the
@@ -86,6 +87,19 @@ def load_task(task: str, data_root: Path) -> pd.DataFrame:
 def quick_subset(df: pd.DataFrame, n: int, seed: int) -> pd.DataFrame:
     rng = np.random.default_rng(seed)
     keep = np.concatenate([rng.permutation(idx)[:n] for idx in df.groupby("label").indices.values()])
+    return df.iloc[np.sort(keep)].reset_index(drop=True)
+
+
+def train_subsample(df: pd.DataFrame, fraction: float, seed: int) -> pd.DataFrame:
+    """A stratified ``fraction`` of the training part (at least one row a class; rows keep their order):
+    the learning curve's smaller training sets, on the same test quarter."""
+    if not 0 < fraction <= 1:
+        raise ValueError(f"--train-fraction must be in (0, 1], got {fraction}")
+    if fraction == 1:
+        return df
+    rng = np.random.default_rng(seed)
+    keep = np.concatenate([rng.permutation(idx)[:max(1, int(round(fraction * len(idx))))]
+                           for idx in df.groupby("label").indices.values()])
     return df.iloc[np.sort(keep)].reset_index(drop=True)
 
 
@@ -201,6 +215,8 @@ def run_case(task: str, weights: str, train_df: pd.DataFrame, test_df: pd.DataFr
            "model_uri": res.model_uri}
     if task == "chirality":
         out["n_other"] = int(args.n_other)
+    if args.train_fraction != 1:
+        out["train_fraction"] = float(args.train_fraction)
     if pred_dir is not None:  # per-galaxy probabilities, for analyses after the run
         pred_dir.mkdir(parents=True, exist_ok=True)
         keep = ["object_id", "label"]
@@ -258,6 +274,7 @@ def recompute_chirality(cases: list[dict], data_root: Path, pred_dir: Path, tuni
         counts = train_df["label"].astype(str).value_counts()
         catalogue_prior = {str(k): float(n) / counts.sum() for k, n in counts.items()}
         train_df = select_real_training_set(train_df, n_other=int(c.get("n_other", 500)), seed=seed - 1000)
+        train_df = train_subsample(train_df, float(c.get("train_fraction", 1.0)), seed=seed - 1000)
         pred = pd.read_parquet(f)
         pred["object_id"] = pred["object_id"].astype(str)
         pred = pred[pred["error"].isna()].set_index("object_id")
@@ -319,6 +336,9 @@ def write_md(result: dict, path: Path) -> None:
     if result.get("preset_overrides"):
         lines += ["Variant: the reference preset with " + ", ".join(
             f"`{k}={v}`" for k, v in result["preset_overrides"].items()) + " (`--set`).", ""]
+    if result.get("train_fraction", 1) != 1:
+        lines += [f"Learning-curve point: trained on a stratified {result['train_fraction']:g} of each split's "
+                  "training part (`--train-fraction`); the test quarters are the full ones.", ""]
     if not m["quiet"]:  # the accuracies come from seeded splits and do not depend on the machine's load
         lines += ["The load slows the training minutes; the accuracies and F1 below come from seeded splits and "
                   "seeded training, which the load does not change.", ""]
@@ -395,6 +415,9 @@ def main(argv=None) -> int:
                          "split) cases; each run's machine record (load average, quiet) is kept in 'runs'")
     ap.add_argument("--n-other", type=int, default=500,
                     help="chirality: the \"other\" galaxies drawn into the training part (all CW/ACW are kept)")
+    ap.add_argument("--train-fraction", type=float, default=1.0,
+                    help="train on this stratified fraction of the training part (a learning-curve point; the "
+                         "test quarter is unchanged); write it to its own --out")
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                     help="override a reference preset setting for a variant (e.g. crop_fraction=0.30); repeatable; "
                          "recorded in the result; write variants to their own --out")
@@ -404,6 +427,8 @@ def main(argv=None) -> int:
                          "saved (results/reference_predictions/), e.g. after the ensemble's defaults changed")
     args = ap.parse_args(argv)
     args.preset_overrides = preset_overrides(args.overrides)  # once, before anything is trained
+    if not 0 < args.train_fraction <= 1:
+        ap.error(f"--train-fraction must be in (0, 1], got {args.train_fraction}")
     if args.quick:
         args.splits, args.max_epochs = 1, 1
     from galmorph.settings import resolve_settings
@@ -446,6 +471,7 @@ def main(argv=None) -> int:
                   "runs": runs, "load_avg_at_end": [round(x, 2) for x in os.getloadavg()], "quiet": quiet,
                   "complete": complete, "splits": args.splits, "max_epochs": args.max_epochs,
                   "quick": args.quick, "tasks": tasks, "preset_overrides": args.preset_overrides,
+                  "train_fraction": args.train_fraction,
                   "tracking_uri": tracking,
                   "n_winding_tuning_ids": len(tuning_ids), "total_minutes": previous_minutes + (time.perf_counter() - t_all) / 60,
                   "summary": summarise(cases), "cases": cases}
@@ -475,6 +501,7 @@ def main(argv=None) -> int:
                 from galmorph.demo import select_real_training_set
 
                 train_df = select_real_training_set(train_df, n_other=args.n_other, seed=s)
+            train_df = train_subsample(train_df, args.train_fraction, seed=s)
             if args.quick:
                 train_df, test_df = quick_subset(train_df, args.quick_n, s), quick_subset(test_df, args.quick_n, s)
             for w in weights:

@@ -21,7 +21,7 @@ HERE = Path(__file__).resolve().parent
 #: scripts that take --out (the others read GALMORPH_BENCH_OUT); quick runs write to results/quick/
 TAKES_OUT = {"a1", "a1_injection", "data", "physical", "arms_probe"}
 #: not run with --quick (no smoke-test size)
-FULL_ONLY = {"winding", "physical", "containers", "arms_probe"}
+FULL_ONLY = {"winding", "physical", "containers", "arms_probe", "learning_curve"}
 #: name -> (script, full arguments, quick arguments)
 BENCHMARKS: dict[str, tuple[str, list[str], list[str]]] = {
     "scoring": ("bench_scoring.py", [], ["--quick"]),
@@ -34,6 +34,7 @@ BENCHMARKS: dict[str, tuple[str, list[str], list[str]]] = {
     "winding": ("winding.py", [], []),
     "reference": ("reference.py", [], ["--quick"]),
     "arms_probe": ("arms_probe.py", [], []),
+    "learning_curve": ("learning_curve.py", [], []),
     "containers": ("containers.py", [], []),
 }
 

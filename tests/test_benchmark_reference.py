@@ -105,3 +105,53 @@ def test_arms_ceiling_counts_classes_without_training_examples_as_zero():
     one, eight = json.loads(proc.stdout.strip().splitlines()[-1])
     assert one == [pytest.approx(2 / 3)] * 3
     assert eight == [1.0] * 3
+
+
+def test_train_fraction_keeps_each_class_in_proportion_and_refuses_out_of_range():
+    proc = _bench("import json, pandas as pd, reference as r; "
+                  "df = pd.DataFrame({'label': ['CW'] * 40 + ['ACW'] * 20 + ['other'] * 3, 'i': range(63)}); "
+                  "a = r.train_subsample(df, 0.25, seed=1); b = r.train_subsample(df, 0.25, seed=1); "
+                  "c = r.train_subsample(df, 0.25, seed=2); "
+                  "print(json.dumps([a['label'].value_counts().to_dict(), a['i'].tolist() == b['i'].tolist(), "
+                  "a['i'].tolist() == c['i'].tolist(), a['i'].is_monotonic_increasing, "
+                  "len(r.train_subsample(df, 1.0, seed=1))]))")
+    assert proc.returncode == 0, proc.stderr
+    counts, same_seed, other_seed, ordered, full = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert counts == {"CW": 10, "ACW": 5, "other": 1}  # 0.25 of each class, at least one row of a class
+    assert same_seed and not other_seed and ordered and full == 63
+    proc = subprocess.run([sys.executable, "reference.py", "--train-fraction", "0"], cwd=BENCH, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 2 and "--train-fraction must be in (0, 1]" in proc.stderr
+
+
+def test_learning_curve_recovers_a_known_power_law_and_checks_its_inputs(tmp_path):
+    # error rates drawn exactly from e = 2 n^-0.5: the fit must give a = 2, b = 0.5 and reach 0.05 at n = 1600
+    def case(split: int, n: int) -> dict:
+        acc = 1 - 2 * n ** -0.5
+        return {"task": "chirality", "weights": "pretrained", "split": 1000 + split, "n_train": n, "train_minutes": n / 100,
+                "chirality": {"cw_acw_accuracy": 0.9, "prior_adjusted": {
+                    "three_class_accuracy": acc, "error_reduction_vs_majority": 0.5, "macro_f1": 0.7}}}
+
+    res = tmp_path / "results"
+    (res / "learning_curve" / "f0.25").mkdir(parents=True)
+    (res / "reference.json").write_text(json.dumps({"quiet": True, "cases": [case(s, 1000) for s in range(3)]}))
+    (res / "learning_curve" / "f0.25" / "reference.json").write_text(json.dumps(
+        {"quiet": False, "train_fraction": 0.25, "cases": [case(s, 250) for s in range(3)]}))
+    code = (f"import json, learning_curve as lc; from pathlib import Path; "
+            f"s = lc.summarise([0.25], {{0, 1, 2}}, Path({str(res)!r})); lc.write_md(s, Path({str(tmp_path / 'lc.md')!r})); "
+            f"print(json.dumps(s['power_law']))")
+    proc = _bench(code)
+    assert proc.returncode == 0, proc.stderr
+    pl = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert pl["a"] == pytest.approx(2.0) and pl["b"] == pytest.approx(0.5)
+    assert pl["n_train_for_goal"] == pytest.approx(1600.0)
+    md = (tmp_path / "lc.md").read_text()
+    assert "| 0.25 | 250 |" in md and "under load" in md and "1.6× the 1000" in md
+    # a results file trained with another fraction, or missing a split, is refused by name
+    f = res / "learning_curve" / "f0.25" / "reference.json"
+    f.write_text(json.dumps({"quiet": True, "train_fraction": 0.5, "cases": [case(s, 250) for s in range(3)]}))
+    proc = _bench(code)
+    assert proc.returncode != 0 and "train_fraction 0.5, not 0.25" in proc.stderr
+    f.write_text(json.dumps({"quiet": True, "train_fraction": 0.25, "cases": [case(s, 250) for s in range(2)]}))
+    proc = _bench(code)
+    assert proc.returncode != 0 and "fraction 0.25: splits [0, 1]" in proc.stderr
