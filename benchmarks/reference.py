@@ -84,23 +84,23 @@ def load_task(task: str, data_root: Path) -> pd.DataFrame:
     return df[df["label"].notna() & (df["label"].astype(str) != "")].reset_index(drop=True)
 
 
-def quick_subset(df: pd.DataFrame, n: int, seed: int) -> pd.DataFrame:
+def _per_class_sample(df: pd.DataFrame, take, seed: int) -> pd.DataFrame:
+    """``take(n)`` seeded random rows of each class of n rows; rows keep their order."""
     rng = np.random.default_rng(seed)
-    keep = np.concatenate([rng.permutation(idx)[:n] for idx in df.groupby("label").indices.values()])
+    keep = np.concatenate([rng.permutation(idx)[:take(len(idx))] for idx in df.groupby("label").indices.values()])
     return df.iloc[np.sort(keep)].reset_index(drop=True)
+
+
+def quick_subset(df: pd.DataFrame, n: int, seed: int) -> pd.DataFrame:
+    return _per_class_sample(df, lambda _m: n, seed)
 
 
 def train_subsample(df: pd.DataFrame, fraction: float, seed: int) -> pd.DataFrame:
-    """A stratified ``fraction`` of the training part (at least one row a class; rows keep their order):
-    the learning curve's smaller training sets, on the same test quarter."""
-    if not 0 < fraction <= 1:
-        raise ValueError(f"--train-fraction must be in (0, 1], got {fraction}")
+    """A stratified ``fraction`` (in (0, 1]) of the training part, at least one row a class: the learning
+    curve's smaller training sets, on the same test quarter."""
     if fraction == 1:
         return df
-    rng = np.random.default_rng(seed)
-    keep = np.concatenate([rng.permutation(idx)[:max(1, int(round(fraction * len(idx))))]
-                           for idx in df.groupby("label").indices.values()])
-    return df.iloc[np.sort(keep)].reset_index(drop=True)
+    return _per_class_sample(df, lambda m: max(1, int(round(fraction * m))), seed)
 
 
 def prior_adjusted(p: np.ndarray, classes: list[str], trained_prior: dict[str, float],
