@@ -99,7 +99,7 @@ def mlflow_server(stack_settings):
     """A real MLflow tracking server (sqlite backend) on 127.0.0.1 for the whole test session."""
     import mlflow
 
-    from galmorph.stack import start_service, stop_service
+    from galmorph.ops.stack import start_service, stop_service
 
     start_service(stack_settings, "mlflow", timeout=300)
     uri = stack_settings.mlflow_tracking_uri

@@ -36,7 +36,7 @@ def frozen_features(df, data_root: Path, weights: str, image_size: int, crop: fl
     """Mean encoder features over the 8 rotation x mirror views, ``(n, 1280)``."""
     import torch
 
-    from galmorph.data.images import ManifestImageDataset
+    from galmorph.datasets.images import ManifestImageDataset
     from galmorph.models.networks import build_network
     from galmorph.models.params import NetworkParams
 

@@ -23,11 +23,11 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-from galmorph.cutout import CutoutConfig, make_cutouts
-from galmorph.ingest import ingest
-from galmorph.manifest import read_manifest
+from galmorph.catalogue.cutout import CutoutConfig, make_cutouts
+from galmorph.catalogue.ingest import ingest
+from galmorph.catalogue.manifest import read_manifest
 from galmorph.settings import REPO_ROOT, get_settings
-from galmorph.validation import ValidationConfig, validate_frame
+from galmorph.catalogue.validation import ValidationConfig, validate_frame
 
 RESULTS = REPO_ROOT / "benchmarks" / "results"
 

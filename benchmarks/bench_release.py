@@ -4,7 +4,7 @@ forward ceiling of the same network measured in the same run. Writes results/rel
 Two paths over the same GZ1 rows (ResNet-18 at 128 px as loaded from MLflow, one view):
 * ``validate-then-score``: ``validate_manifest`` with its per-image checks (decodes every image), then
   ``score_manifest`` on the passed rows (decodes them again), then the merge;
-* ``decode-once``: ``galmorph.release_path.score_release`` (table checks, then scoring runs the image
+* ``decode-once``: ``galmorph.scoring.release_path.score_release`` (table checks, then scoring runs the image
   checks on the pixels it scores), with fp32 and with ``precision=auto``.
 
 Ingest is timed on the whole GZ1 table and charged per row. ``per_image_ms`` feeds the 8.7 M
@@ -35,12 +35,12 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=1, help="decode workers while scoring")
     a = ap.parse_args()
     m = machine()
-    from galmorph.ingest import ingest
-    from galmorph.manifest import read_manifest, write_manifest
-    from galmorph.release_path import score_release
-    from galmorph.scoring import merge_scores, score_manifest
+    from galmorph.catalogue.ingest import ingest
+    from galmorph.catalogue.manifest import read_manifest, write_manifest
+    from galmorph.scoring.release_path import score_release
+    from galmorph.scoring.batch import merge_scores, score_manifest
     from galmorph.settings import get_settings
-    from galmorph.validation import ValidationConfig, validate_manifest
+    from galmorph.catalogue.validation import ValidationConfig, validate_manifest
 
     root = Path(a.data_root or get_settings().require_data_root())
     tmp = Path(tempfile.mkdtemp(prefix="bench-release-"))

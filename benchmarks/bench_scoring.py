@@ -1,4 +1,4 @@
-"""Batch-scoring benchmark (galmorph.scoring + galmorph.accel), written to results/scoring.{json,md}.
+"""Batch-scoring benchmark (galmorph.scoring.batch + galmorph.scoring.accel), written to results/scoring.{json,md}.
 
 1. Throughput of ``score_manifest`` on real GZ1 JPEGs (423 px -> 128 px) with a ResNet-18 loaded the
    way MLflow's pt2 flavour loads it (a torch.export GraphModule), against the **ceiling measured in the
@@ -51,7 +51,7 @@ def gz1_pool(data_root: Path | None, n: int, tmp: Path) -> tuple[pd.DataFrame, s
         files = [files[i] for i in sorted(rng.choice(len(files), size=min(n, len(files)), replace=False))]
         return pd.DataFrame({"object_id": [f.stem for f in files], "image_uri": [str(f) for f in files]}), \
             f"{len(files)} real GZ1 JPEGs (423 px)"
-    from galmorph.manifest import read_manifest
+    from galmorph.catalogue.manifest import read_manifest
     from galmorph.simulate import simulate_dataset
 
     res = simulate_dataset(tmp / "sim", n, seed=5, task="chirality", size=424, write_fits=False, progress=False)
@@ -61,7 +61,7 @@ def gz1_pool(data_root: Path | None, n: int, tmp: Path) -> tuple[pd.DataFrame, s
 
 def write_release(pool: pd.DataFrame, n_rows: int, path: Path) -> Path:
     """A release manifest of ``n_rows`` rows cycling over the pool's images (distinct object ids)."""
-    from galmorph.manifest import write_manifest
+    from galmorph.catalogue.manifest import write_manifest
 
     idx = np.arange(n_rows) % len(pool)
     df = pd.DataFrame({"object_id": [f"b{i:07d}" for i in range(n_rows)], "survey": "bench", "ra": 0.0,
@@ -97,7 +97,7 @@ def as_loaded(module, image_size: int, views: int = 1):
 def score_once(lm, man: Path, out: Path, batch: int, workers: int, precision: str = "fp32",
                decode: str = "full", agreement: pd.DataFrame | None = None) -> dict:
     """Score every row; the path choice (agreement check, ONNX export) is timed apart (``check_s``)."""
-    from galmorph.scoring import score_manifest
+    from galmorph.scoring.batch import score_manifest
 
     res = score_manifest(lm, man, out, batch_size=batch, num_workers=workers, shard_size=4096, progress=False,
                          overwrite=True, precision=precision, decode=decode, agreement=agreement)
@@ -115,7 +115,7 @@ def score_once(lm, man: Path, out: Path, batch: int, workers: int, precision: st
 
 def throughput(pool: pd.DataFrame, tmp: Path, data_root: Path | None, quick: bool, size: int = 128,
                batch: int = 64, smoke: bool = False) -> dict:
-    from galmorph.accel import agreement_frame
+    from galmorph.scoring.accel import agreement_frame
 
     n_rows = 32 if smoke else 256 if quick else 1024
     man = write_release(pool, n_rows, tmp / "tp.parquet")
@@ -177,7 +177,7 @@ def trained_throughput(model_uri: str, tracking_uri: str | None, pool: pd.DataFr
     with fp32 is then a real check (top-1 on the DECaLS + labelled GZ1 agreement set, accuracy change on
     the labelled part). Ceiling: the eager fp32 forward of the same network built fresh (the speed does
     not depend on the weights), measured before and after in this run."""
-    from galmorph.accel import agreement_frame
+    from galmorph.scoring.accel import agreement_frame
     from galmorph.models.io import load_for_inference
     from galmorph.models.networks import build_network
     from galmorph.tracking import using_tracking_uri
@@ -292,7 +292,7 @@ def tiny_pool(tmp: Path, n: int = 64, size: int = 32) -> pd.DataFrame:
 def memory(pool: pd.DataFrame, tmp: Path, n_rows: int, workers: int, shard_size: int) -> dict:
     """Peak RSS (this process + its workers, sampled every 0.2 s) while scoring *every* row."""
     from galmorph.models.io import LoadedModel, ModelSpec
-    from galmorph.scoring import merge_scores, score_manifest
+    from galmorph.scoring.batch import merge_scores, score_manifest
 
     man = write_release(pool, n_rows, tmp / f"mem-{n_rows}.parquet")
     proc = psutil.Process()

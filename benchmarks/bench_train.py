@@ -60,8 +60,8 @@ def train_ceiling(cfg, seconds: float = 8.0) -> float:
 
 
 def balanced_gz1(data_root: Path, per_class: int, out: Path) -> Path:
-    from galmorph.ingest import ingest_gz1_chirality
-    from galmorph.manifest import write_manifest
+    from galmorph.catalogue.ingest import ingest_gz1_chirality
+    from galmorph.catalogue.manifest import write_manifest
 
     man, _ = ingest_gz1_chirality(data_root / "gz1_chirality" / "labels.csv", data_root / "gz1_chirality" / "images",
                                   data_root=data_root)

@@ -22,7 +22,7 @@ from pathlib import Path
 from _common import machine
 
 from galmorph.container_images import APP_IMAGE, CPU_IMAGE, GPU_IMAGE
-from galmorph.pipelines.docker_runner import PodmanService, container_settings, docker_runner, podman_env
+from galmorph.ops.docker_runner import PodmanService, container_settings, docker_runner, podman_env
 
 REPO = Path(__file__).resolve().parents[1]
 OUT = REPO / "benchmarks" / "results" / "containers.json"

@@ -4,8 +4,8 @@
 
 Reads the per-galaxy probabilities that ``benchmarks/reference.py`` saved for the chirality ``reference``
 preset (``results/reference_predictions/chirality_pretrained_<seed>.parquet``, one file per split),
-measures the winding ``z`` of every CW/ACW test galaxy (:func:`galmorph.ensemble.measure_winding_table`),
-then, per ``min_confidence``, picks the weight with :func:`galmorph.ensemble.fit_winding_weight` on the
+measures the winding ``z`` of every CW/ACW test galaxy (:func:`galmorph.scoring.ensemble.measure_winding_table`),
+then, per ``min_confidence``, picks the weight with :func:`galmorph.scoring.ensemble.fit_winding_weight` on the
 test galaxies of the winding benchmark's **tuning** half (``results/winding.json``) pooled over splits,
 and reports CW-vs-ACW accuracy at 100 % and 80 % coverage on the **held-out** half for the network,
 the measurement and the combination with the chosen weight (mean ± σ over splits). No training.
@@ -39,8 +39,8 @@ def sense_accuracy(p: np.ndarray, y: np.ndarray, coverage: float) -> float:
 
 
 def main(argv=None) -> int:
-    from galmorph.ensemble import combine_winding, fit_winding_weight, measure_winding_table
-    from galmorph.ingest import load_source
+    from galmorph.scoring.ensemble import combine_winding, fit_winding_weight, measure_winding_table
+    from galmorph.catalogue.ingest import load_source
     from galmorph.settings import resolve_settings
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])

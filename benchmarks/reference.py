@@ -12,7 +12,7 @@ store unless ``--tracking-uri``) and scored on the same test quarter. Reported a
 accuracy, macro-F1, per-class F1, training minutes; for chirality also the error reduction against the
 majority-class predictor, CW-vs-ACW accuracy on the catalogued spirals (all, 80 % most confident) and
 accuracy vs coverage of the network, the winding measurement (no training) and their combination
-(:func:`galmorph.ensemble.combine_winding`) on the test spirals outside the winding benchmark's tuning
+(:func:`galmorph.scoring.ensemble.combine_winding`) on the test spirals outside the winding benchmark's tuning
 half (benchmarks/results/winding.json). Results: benchmarks/results/reference.{json,md} (``--quick``:
 benchmarks/results/quick/), with the load average and ``quiet``.
 """
@@ -78,7 +78,7 @@ def split_frame(df: pd.DataFrame, seed: int, test_fraction: float = 0.25) -> tup
 
 
 def load_task(task: str, data_root: Path) -> pd.DataFrame:
-    from galmorph.ingest import load_source
+    from galmorph.catalogue.ingest import load_source
 
     df, _q, _k = load_source({"chirality": "gz1_chirality", "arms": "gz2_arms"}[task], data_root, task=task)
     return df[df["label"].notna() & (df["label"].astype(str) != "")].reset_index(drop=True)
@@ -133,7 +133,7 @@ def chirality_block(pred: pd.DataFrame, test: pd.DataFrame, classes: list[str], 
     training prior to the catalogue's prior of the training part); CW-vs-ACW on the catalogued spirals;
     coverage curves of the network, the winding measurement and their combination on spirals outside
     the tuning half."""
-    from galmorph.ensemble import WindingEnsemble, combine_winding, measure_winding_table
+    from galmorph.scoring.ensemble import WindingEnsemble, combine_winding, measure_winding_table
 
     y = test["label"].astype(str).to_numpy()
     tc = three_class(y, pred["pred"].to_numpy().astype(str), classes)
@@ -185,7 +185,7 @@ def chirality_block(pred: pd.DataFrame, test: pd.DataFrame, classes: list[str], 
 def run_case(task: str, weights: str, train_df: pd.DataFrame, test_df: pd.DataFrame, seed: int, args,
              data_root: Path, tracking_uri: str, tuning_ids: set[str],
              catalogue_prior: dict[str, float] | None = None, pred_dir: Path | None = None) -> dict:
-    from galmorph.inference import predict_manifest
+    from galmorph.scoring.inference import predict_manifest
     from galmorph.models.io import load_for_inference
     from galmorph.training import train
 
@@ -258,7 +258,7 @@ def recompute_chirality(cases: list[dict], data_root: Path, pred_dir: Path, tuni
                         workers: int) -> None:
     """Replace each chirality case's ``chirality`` block with one computed from its saved per-galaxy
     probabilities (the same seeded split rebuilt; rows matched by object_id). No training."""
-    from galmorph.demo import select_real_training_set
+    from galmorph.ops.demo import select_real_training_set
 
     full = load_task("chirality", data_root)
     for c in cases:
@@ -498,7 +498,7 @@ def main(argv=None) -> int:
             counts = train_df["label"].astype(str).value_counts()
             catalogue_prior = {str(c): float(n) / counts.sum() for c, n in counts.items()}
             if task == "chirality":  # what the preset trains on: all CW/ACW + a sample of "other"
-                from galmorph.demo import select_real_training_set
+                from galmorph.ops.demo import select_real_training_set
 
                 train_df = select_real_training_set(train_df, n_other=args.n_other, seed=s)
             train_df = train_subsample(train_df, args.train_fraction, seed=s)

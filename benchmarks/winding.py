@@ -57,8 +57,8 @@ GRID: dict[str, list] = {
 
 def load_set(data_root: Path):
     """Object ids, labels (+1 CW, -1 ACW), paths and greyscale images of the public CW/ACW galaxies."""
-    from galmorph.ingest import load_source
-    from galmorph.manifest import resolve_image_uri
+    from galmorph.catalogue.ingest import load_source
+    from galmorph.catalogue.manifest import resolve_image_uri
 
     df, _, _ = load_source("gz1_chirality", data_root)
     df = df[df["label"].isin(["CW", "ACW"])].reset_index(drop=True)
@@ -70,8 +70,8 @@ def load_set(data_root: Path):
 
 def load_other(data_root: Path, n: int, seed: int):
     """A seeded sample of ``n`` public GZ1 galaxies labelled "other" (elliptical, edge-on, merger, don't know)."""
-    from galmorph.ingest import load_source
-    from galmorph.manifest import resolve_image_uri
+    from galmorph.catalogue.ingest import load_source
+    from galmorph.catalogue.manifest import resolve_image_uri
 
     df, _, _ = load_source("gz1_chirality", data_root)
     df = df[df["label"] == "other"]

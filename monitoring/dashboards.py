@@ -3,7 +3,8 @@
 :func:`build_panels` returns the panels for the group labels seen so far; :func:`apply_dashboard`
 replaces the project's dashboard with them (one tab per area), so calling it again after every drift run is
 idempotent (same labels -> same panels, same ids). The library calls it through
-:func:`galmorph.drift.workspace.ensure_dashboard` after adding the snapshots of a run.
+:func:`galmorph.drift.workspace.ensure_dashboard` (which finds this module through the ``galmorph.dashboards``
+entry point) after adding the snapshots of a run.
 
 Where the numbers come from (see :mod:`galmorph.drift.report`):
 

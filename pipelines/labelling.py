@@ -8,7 +8,7 @@ measurement as an overlay (A1 for lopsided queues, winding sense + annulus for c
 
 from kfp import dsl
 
-from galmorph.pipelines.platform import data_volume, load_platform
+from galmorph.steps.platform import data_volume, load_platform
 from galmorph_components.a1.component import a1
 from galmorph_components.ingest.component import ingest
 from galmorph_components.label_export.component import label_export

@@ -8,7 +8,7 @@ started per new release by ``galmorph release watch``.
 from kfp import dsl
 
 from galmorph.drift.workspace import WORKSPACE_MOUNT, WORKSPACE_PVC
-from galmorph.pipelines.platform import data_volume, gpu_task, load_platform, mlflow_credentials
+from galmorph.steps.platform import data_volume, gpu_task, load_platform, mlflow_credentials
 from galmorph_components.cutout.component import cutout
 from galmorph_components.drift.component import drift
 from galmorph_components.ingest.component import ingest

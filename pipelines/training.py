@@ -7,7 +7,7 @@ Compiled to ``pipelines/training.yaml`` by ``galmorph pipeline compile``; run lo
 
 from kfp import dsl
 
-from galmorph.pipelines.platform import data_volume, gpu_task, load_platform, mlflow_credentials, promotion_lock
+from galmorph.steps.platform import data_volume, gpu_task, load_platform, mlflow_credentials, promotion_lock
 from galmorph_components.a1.component import a1
 from galmorph_components.cutout.component import cutout
 from galmorph_components.evaluate.component import evaluate

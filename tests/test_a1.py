@@ -20,9 +20,9 @@ from galmorph.imaging.a1 import (
     load_for_a1,
     lopsidedness_a1,
     measure_a1_file,
-    measure_a1_manifest,
     rice_mean,
 )
+from galmorph.catalogue.a1 import measure_a1_manifest
 from galmorph.simulate import GalaxyParams, half_light_radii, render_galaxy
 
 SIZE = 128
@@ -265,7 +265,7 @@ def test_profile_and_flags(radii):
 # manifests and CLI
 # --------------------------------------------------------------------------------------------
 def test_measure_manifest_adds_columns_and_quarantines(tmp_path, sim_lopsided):
-    from galmorph.manifest import read_manifest, read_quarantine, write_manifest
+    from galmorph.catalogue.manifest import read_manifest, read_quarantine, write_manifest
 
     man = read_manifest(sim_lopsided["manifest"]).head(12).copy()
     man.loc[0, "fits_path"] = str(tmp_path / "missing.fits")
@@ -295,7 +295,7 @@ def test_measure_manifest_adds_columns_and_quarantines(tmp_path, sim_lopsided):
 
 def test_cli_json_lines(tmp_path, sim_lopsided):
     from galmorph.cli import main
-    from galmorph.manifest import read_manifest
+    from galmorph.catalogue.manifest import read_manifest
 
     man = read_manifest(sim_lopsided["manifest"]).head(3)
     bad = tmp_path / "bad.fits"
@@ -404,7 +404,7 @@ def _write_fits(path, img, cdelt_arcsec=None):
 
 def test_pixel_scale_from_the_wcs_else_the_stated_default(tmp_path):
     from galmorph.cli import main
-    from galmorph.manifest import read_manifest, write_manifest
+    from galmorph.catalogue.manifest import read_manifest, write_manifest
 
     _, img = galaxy(0.1, 3e5, seed=4)
     with_wcs = _write_fits(tmp_path / "wcs.fits", img, cdelt_arcsec=0.25)

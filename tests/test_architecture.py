@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from galmorph.pipelines import COMPONENTS, PIPELINES
+from galmorph.ops import COMPONENTS, PIPELINES
 
 REPO = Path(__file__).resolve().parents[1]
 LINT_IMPORTS = Path(sys.executable).with_name("lint-imports")
@@ -101,7 +101,7 @@ def test_path_loading_pattern_matches_the_old_loaders():
 
 @pytest.mark.parametrize("name", COMPONENTS)
 def test_component_body_is_one_library_call(name):
-    """``components/<name>/component.py``: the body of ``<name>`` is ``from galmorph.pipelines import
+    """``components/<name>/component.py``: the body of ``<name>`` is ``from galmorph import
     steps`` and ``return steps.<name>(...)`` (after the docstring)."""
     tree = ast.parse((REPO / "components" / name / "component.py").read_text())
     func = next(n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == name)
@@ -109,7 +109,7 @@ def test_component_body_is_one_library_call(name):
         else func.body
     assert len(body) == 2, ast.unparse(func)
     imp, ret = body
-    assert isinstance(imp, ast.ImportFrom) and imp.module == "galmorph.pipelines" and \
+    assert isinstance(imp, ast.ImportFrom) and imp.module == "galmorph" and \
         [a.name for a in imp.names] == ["steps"], ast.unparse(imp)
     call = ret.value if isinstance(ret, ast.Return) else None
     assert isinstance(call, ast.Call) and ast.unparse(call.func) == f"steps.{name}", ast.unparse(ret)
@@ -119,8 +119,8 @@ def test_pipeline_layer_imports_from_the_users_folders():
     """``galmorph_components``, ``galmorph_pipelines`` and ``galmorph_monitoring`` are the top-level
     ``components/``, ``pipelines/`` and ``monitoring/`` folders, and the by-name registry returns the
     objects the normal imports do."""
-    from galmorph.pipelines import compiled_dir
-    from galmorph.pipelines.loader import load_component, load_pipeline
+    from galmorph.ops import compiled_dir
+    from galmorph.ops.loader import load_component, load_pipeline
 
     for n in COMPONENTS:
         mod = importlib.import_module(f"galmorph_components.{n}.component")
@@ -142,8 +142,8 @@ import importlib
 import json
 
 import galmorph_monitoring.dashboards
-from galmorph.pipelines import COMPONENTS, PIPELINES, compiled_dir
-from galmorph.pipelines.loader import load_component, load_pipeline
+from galmorph.ops import COMPONENTS, PIPELINES, compiled_dir
+from galmorph.ops.loader import load_component, load_pipeline
 from galmorph.settings import REPO_ROOT, resolve_settings
 
 for n in COMPONENTS:
@@ -186,3 +186,47 @@ def test_pipeline_layer_imports_from_an_installed_wheel(tmp_path):
     assert out["compiled"] == sorted(f"{n}.yaml" for n in PIPELINES)
     assert out["project_root"] == str(work.resolve())
     assert out["state_dir"] == str(work.resolve() / ".galmorph")
+
+
+def _contract(contract_id: str) -> dict:
+    cfg = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["importlinter"]["contracts"]
+    return next(c for c in cfg if c["id"] == contract_id)
+
+
+def test_the_library_contract_covers_every_area():
+    """Every package and root module of galmorph but the layers above the areas (cli, ops, steps) is a
+    source of ``library-never-reaches-up``, so a new module cannot slip past it."""
+    root = REPO / "src" / "galmorph"
+    found = {f"galmorph.{p.stem if p.is_file() else p.name}" for p in root.iterdir()
+             if (p.suffix == ".py" and p.stem != "__init__") or (p.is_dir() and (p / "__init__.py").exists())}
+    above = {"galmorph.cli", "galmorph.ops", "galmorph.steps"}
+    assert set(_contract("library-never-reaches-up")["source_modules"]) == found - above
+
+
+_DYNAMIC_UP = re.compile(r"import_module\(\s*f?[\"'](galmorph_(pipelines|components|monitoring)|galmorph\.(ops|cli|steps))")
+
+
+def test_no_dynamic_upward_import_below_ops():
+    """import-linter does not see ``importlib.import_module`` of a name in a string: below the operations
+    layer no module builds such an import of a layer above it."""
+    offenders = [f"{p.relative_to(REPO)}:{i}" for p in (REPO / "src" / "galmorph").rglob("*.py")
+                 if not p.relative_to(REPO / "src" / "galmorph").parts[0] in ("ops", "cli")
+                 for i, line in enumerate(p.read_text().splitlines(), 1) if _DYNAMIC_UP.search(line)]
+    assert not offenders, offenders
+    assert _DYNAMIC_UP.search('importlib.import_module(f"galmorph_components.{name}.component")')
+
+
+def test_no_package_shares_a_name_with_a_top_level_folder():
+    tops = {p.name for p in REPO.iterdir() if p.is_dir() and not p.name.startswith(".")}
+    packages = {p.name for p in (REPO / "src" / "galmorph").iterdir() if (p / "__init__.py").exists()}
+    assert not tops & packages, tops & packages
+
+
+def test_the_drift_layer_finds_the_dashboards_through_the_entry_point():
+    """The dashboards live above the library (``monitoring/``): the drift layer loads them through the
+    ``galmorph.dashboards`` entry point, which resolves to the users' folder."""
+    from galmorph.drift.workspace import load_dashboards_module
+
+    mod = load_dashboards_module()
+    assert Path(mod.__file__).resolve() == REPO / "monitoring" / "dashboards.py"
+    assert callable(mod.apply_dashboard)

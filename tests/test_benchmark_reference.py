@@ -40,7 +40,7 @@ def _run(out: Path, data_root: Path) -> subprocess.CompletedProcess:
 
 
 def test_from_predictions_reproduces_the_committed_chirality_block(tmp_path, data_root):
-    from galmorph.ensemble import DEFAULT_MIN_CONFIDENCE, DEFAULT_WEIGHT
+    from galmorph.scoring.ensemble import DEFAULT_MIN_CONFIDENCE, DEFAULT_WEIGHT
 
     out, case = _one_case(tmp_path)
     proc = _run(out, data_root)

@@ -542,7 +542,7 @@ def test_release_watcher_cronjob_runs_galmorph_release_watch(rendered, name):
     # the data PVC and mount path the pipeline steps use, so submitted manifest paths resolve there
     platform = REPO / "src" / "galmorph" / "pipelines" / "platform.py"
     if platform.exists():
-        from galmorph.pipelines import platform as kfp_platform
+        from galmorph.ops import platform as kfp_platform
 
         assert (w["releasesClaim"], w["mountPath"]) == (kfp_platform.DATA_PVC, kfp_platform.DATA_MOUNT)
     state = next(m for m in c["volumeMounts"] if m["name"] == "state")

@@ -81,9 +81,9 @@ def test_scoring_applies_the_class_prior_like_predict_proba(sim_chirality, tmp_p
 
     from test_scoring_helpers import TinyNet
 
-    from galmorph.inference import predict_manifest
-    from galmorph.manifest import read_manifest
-    from galmorph.scoring import merge_scores, score_manifest
+    from galmorph.scoring.inference import predict_manifest
+    from galmorph.catalogue.manifest import read_manifest
+    from galmorph.scoring.batch import merge_scores, score_manifest
 
     spec = _spec(class_prior={"CW": 0.1, "ACW": 0.1, "other": 0.8})
     lm = LoadedModel(TinyNet(3, seed=6).eval(), spec, uri="mem")
@@ -97,7 +97,7 @@ def test_scoring_applies_the_class_prior_like_predict_proba(sim_chirality, tmp_p
                              read_manifest(sim_chirality["manifest"]), batch_size=8)
     assert (m["p_other"].to_numpy() > plain.set_index("object_id").loc[m["object_id"], "p_other"].to_numpy()).all()
     # resuming the folder with another prior would mix two catalogues: refused
-    from galmorph.scoring import ScoringError
+    from galmorph.scoring.batch import ScoringError
 
     other = dataclasses.replace(lm, spec=dataclasses.replace(spec, class_prior={}))
     with pytest.raises(ScoringError, match="class_prior"):
@@ -105,8 +105,8 @@ def test_scoring_applies_the_class_prior_like_predict_proba(sim_chirality, tmp_p
 
 
 def test_training_records_trained_and_catalogue_priors(sim_chirality):
-    from galmorph.data.datamodule import GalaxyDataModule
-    from galmorph.manifest import read_manifest
+    from galmorph.datasets.datamodule import GalaxyDataModule
+    from galmorph.catalogue.manifest import read_manifest
 
     man = read_manifest(sim_chirality["manifest"])
     counts = man["label"].value_counts()

@@ -6,8 +6,8 @@ import click
 import pytest
 from click.testing import CliRunner
 
-from galmorph.registry import model_ref, model_uri
-from galmorph.scoring import parse_shard_range, parse_work_item, plan_work
+from galmorph.promotion.registry import model_ref, model_uri
+from galmorph.scoring.batch import parse_shard_range, parse_work_item, plan_work
 from galmorph.tasks import TASKS
 
 
@@ -103,7 +103,7 @@ def test_task_options_are_the_tasks_except_promotes_registered_name():
 
 def test_pipeline_name_arguments_offer_the_pipelines():
     from galmorph.cli import main
-    from galmorph.pipelines import PIPELINES
+    from galmorph.ops import PIPELINES
 
     found = {" ".join(path): list(p.type.choices) for path, cmd in _commands(main) if path[0] == "pipeline"
              for p in cmd.params if isinstance(p, click.Argument) and isinstance(p.type, click.Choice)}

@@ -4,7 +4,7 @@
 start a container on the machine; a missing image is a failure (the build step failed).
 
 * a component that exits non-zero fails the run (kfp's auto-remove trap, fixed in
-  galmorph.pipelines.docker_runner), and run settings reach containers explicitly, not from os.environ;
+  galmorph.ops.docker_runner), and run settings reach containers explicitly, not from os.environ;
 * the training and the rescoring pipelines end to end in the images against the local MLflow server;
 * the chart's Deployments under ``podman kube play`` (see test_chart_pods below).
 """
@@ -25,7 +25,7 @@ pytestmark = pytest.mark.containers
 
 @pytest.fixture(scope="session")
 def podman_ready():
-    from galmorph.pipelines.docker_runner import podman_can_run, podman_env
+    from galmorph.ops.docker_runner import podman_can_run, podman_env
 
     if shutil.which("podman") is None:
         pytest.skip("podman is not installed here (make container-tools)")
@@ -43,7 +43,7 @@ def podman_ready():
 
 @pytest.fixture
 def podman_service(podman_ready, tmp_path):
-    from galmorph.pipelines.docker_runner import PodmanService
+    from galmorph.ops.docker_runner import PodmanService
 
     with PodmanService(tmp_path / "state") as svc:
         yield svc
@@ -52,7 +52,7 @@ def podman_service(podman_ready, tmp_path):
 def _init(service, settings, root):
     from kfp import local
 
-    from galmorph.pipelines.docker_runner import docker_runner
+    from galmorph.ops.docker_runner import docker_runner
 
     cm = docker_runner(service, settings)
     runner = cm.__enter__()
@@ -65,7 +65,7 @@ def test_failing_component_fails_the_run_and_settings_are_explicit(podman_servic
     what it saw: the explicit tracking URI (not the caller's os.environ), the data root read-only."""
     from kfp import dsl
 
-    from galmorph.pipelines.docker_runner import container_settings
+    from galmorph.ops.docker_runner import container_settings
 
     @dsl.component(base_image=CPU_IMAGE, install_kfp_package=False)
     def exits_nonzero(code: int):
@@ -117,7 +117,7 @@ def container_runs(podman_ready, mlflow_server, tmp_path_factory):
     """Training, then rescoring, each component in its image, against the session's MLflow server."""
     import mlflow
 
-    from galmorph.pipelines.docker_runner import run_local_docker
+    from galmorph.ops.docker_runner import run_local_docker
     from galmorph.simulate import simulate_dataset
 
     client = mlflow.MlflowClient()
@@ -166,8 +166,8 @@ def test_training_pipeline_in_containers_registers_and_sets_an_alias(container_r
     champion = client.get_model_version_by_alias("galmorph-chirality", "champion")
     assert champion.version == model_info["registered_version"]
     # files written by the containers belong to the caller (runner user) and the split is disjoint
-    from galmorph.manifest import read_manifest
-    from galmorph.pipelines.artifacts import open_dataset
+    from galmorph.catalogue.manifest import read_manifest
+    from galmorph.steps.artifacts import open_dataset
 
     assert (run_dir / "split").stat().st_uid == os.getuid()
     tr = read_manifest(open_dataset(run_dir / "split" / "train"))
@@ -175,7 +175,7 @@ def test_training_pipeline_in_containers_registers_and_sets_an_alias(container_r
     assert len(tr) + len(te) == 36 and not set(tr["object_id"]) & set(te["object_id"])
     # item 4: the promotion took the lock named by GALMORPH_LOCK_URL (a folder every container mounts),
     # not a file in its own /tmp, and its audit record is in MLflow, where every pod and a person read it
-    from galmorph.registry import read_mlflow_audit
+    from galmorph.promotion.registry import read_mlflow_audit
 
     assert (container_runs["lock_dir"] / "locks" / ".galmorph-chirality.promotion.lock").exists()
     audit = [r for r in read_mlflow_audit("galmorph-chirality")
@@ -257,8 +257,8 @@ def chart_pods(podman_ready, tmp_path_factory):
 
     helm = pytest.importorskip("helm_python", reason="helm-python-sdk (dev group) is not installed")
     from galmorph.labelling.queue import sample_queue, write_queue
-    from galmorph.manifest import read_manifest
-    from galmorph.pipelines.runtime import subset_dataset
+    from galmorph.catalogue.manifest import read_manifest
+    from galmorph.steps.runtime import subset_dataset
     from galmorph.simulate import simulate_dataset
 
     tmp = tmp_path_factory.mktemp("kube-play")
@@ -402,7 +402,7 @@ def test_chart_pods_run_non_root_with_a_read_only_root(chart_pods):
 # run settings -> container settings (no podman needed)
 # ---------------------------------------------------------------------------------------------
 def test_container_settings_come_from_arguments_only(tmp_path, monkeypatch):
-    from galmorph.pipelines.docker_runner import ContainerRunError, container_settings, host_mounts_for_params
+    from galmorph.ops.docker_runner import ContainerRunError, container_settings, host_mounts_for_params
 
     root = tmp_path / "kfp"
     (root / "sub").mkdir(parents=True)

@@ -7,8 +7,8 @@ import pandas as pd
 import pytest
 from click.testing import CliRunner
 
-from galmorph.crossmatch import CrossmatchError, crossmatch, crossmatch_files
-from galmorph.ingest import ingest
+from galmorph.catalogue.crossmatch import CrossmatchError, crossmatch, crossmatch_files
+from galmorph.catalogue.ingest import ingest
 
 
 @pytest.mark.realdata

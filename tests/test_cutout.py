@@ -8,10 +8,10 @@ import pytest
 from click.testing import CliRunner
 from scipy.ndimage import gaussian_filter
 
-from galmorph.cutout import CutoutConfig, fits_cutout, make_cutouts
+from galmorph.catalogue.cutout import CutoutConfig, fits_cutout, make_cutouts
 from galmorph.imaging.io import load_image, read_fits
-from galmorph.ingest import ingest
-from galmorph.manifest import read_manifest, read_quarantine, resolve_image_uri
+from galmorph.catalogue.ingest import ingest
+from galmorph.catalogue.manifest import read_manifest, read_quarantine, resolve_image_uri
 
 realdata = pytest.mark.realdata
 

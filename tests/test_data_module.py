@@ -8,8 +8,8 @@ import pandas as pd
 import pytest
 import torch
 
-from galmorph.data.augment import AugmentSpec, RandomGalaxyAugment, apply_matrix, augment_spec_for, sample_matrix
-from galmorph.data.datamodule import (
+from galmorph.datasets.augment import AugmentSpec, RandomGalaxyAugment, apply_matrix, augment_spec_for, sample_matrix
+from galmorph.datasets.datamodule import (
     GalaxyDataModule,
     add_mirror_copies,
     downsample_per_class,
@@ -17,7 +17,7 @@ from galmorph.data.datamodule import (
     repeated_splits,
     stratified_split,
 )
-from galmorph.manifest import read_manifest
+from galmorph.catalogue.manifest import read_manifest
 from galmorph.tasks import arm_classes
 from galmorph.training.config import ConfigError, parse_set_items, resolve_config
 
@@ -153,7 +153,7 @@ def test_set_overrides_are_type_checked():
 
 
 def test_mirror_swap_mirrors_only_with_cw_acw_swapped_and_class_weights_balance():
-    from galmorph.data.augment import RandomMirrorSwap, mirror
+    from galmorph.datasets.augment import RandomMirrorSwap, mirror
 
     labels = ["CW"] * 40 + ["ACW"] * 20 + ["other"] * 60
     dm = GalaxyDataModule(_frame(labels, "chirality"), "chirality", ["CW", "ACW", "other"], image_size=16,

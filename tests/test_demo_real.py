@@ -9,8 +9,8 @@ import pandas as pd
 import pytest
 from click.testing import CliRunner
 
-from galmorph.demo import plan_real_demo, select_real_training_set
-from galmorph.manifest import read_manifest
+from galmorph.ops.demo import plan_real_demo, select_real_training_set
+from galmorph.catalogue.manifest import read_manifest
 
 
 def _manifest(n_cw=3, n_acw=4, n_other=20):
@@ -58,11 +58,11 @@ def test_real_demo_plan_from_the_data_root(data_root, tmp_path):
     assert r["release"] == "decals" and r["release_uri"] == "decals" and r["task"] == "chirality"
     assert r["hold_on_drift"] is True and r["model_alias"] == "champion"
     # the pipelines accept these parameters (names and types), without running anything
-    from galmorph.pipelines.run import coerce_params
+    from galmorph.ops.run import coerce_params
     coerce_params("training", dict(t))
     coerce_params("rescoring", dict(r))
     # DECaLS has no redshifts: its galaxies fall in the "unknown" z bin, survey decals
-    from galmorph.ingest import load_source
+    from galmorph.catalogue.ingest import load_source
     dec, _q, _k = load_source(r["release_uri"], data_root)
     assert len(dec) > 0 and set(dec["z_bin"]) == {"unknown"} and set(dec["survey"]) == {"decals"}
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from galmorph.dvcops import compute_md5, data_version, data_version_info, ensure_local_remote, log_dataset, run_dvc
+from galmorph.catalogue.dvcops import compute_md5, data_version, data_version_info, ensure_local_remote, log_dataset, run_dvc
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -97,7 +97,7 @@ def test_mlflow_run_records_the_data_version(tmp_path, mlflow_server):
     import mlflow
     import pandas as pd
 
-    from galmorph.manifest import write_manifest
+    from galmorph.catalogue.manifest import write_manifest
 
     p = write_manifest(pd.DataFrame({"object_id": ["a", "b"], "ra": [1.0, 2.0], "dec": [0.0, 0.0]}),
                        tmp_path / "m.parquet", kind="unit")

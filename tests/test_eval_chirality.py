@@ -71,8 +71,8 @@ def test_overlap_index_limits():
 
 
 def test_mirror_test_of_ce_model_holds_exactly(mlflow_server, sim_chirality):
-    from galmorph.inference import predict_manifest
-    from galmorph.manifest import read_manifest
+    from galmorph.scoring.inference import predict_manifest
+    from galmorph.catalogue.manifest import read_manifest
     from galmorph.models.io import load_for_inference
 
     man = read_manifest(sim_chirality["manifest"])

@@ -12,12 +12,12 @@ import pytest
 
 from galmorph.evaluation.physical import (class_property_summary, compare_samples, compare_to_parent,
                                           match_property_table, redshift_matched_resampling)
-from galmorph.ingest import parse_iau_name
+from galmorph.catalogue.ingest import parse_iau_name
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-def test_parse_sdss_name():  # the one IAU-name parser (galmorph.ingest) reads the catalogue's SDSS names
+def test_parse_sdss_name():  # the one IAU-name parser (galmorph.catalogue.ingest) reads the catalogue's SDSS names
     ra, dec = parse_iau_name("SDSS J132008.30+302700.3")
     assert ra == pytest.approx(15 * (13 + 20 / 60 + 8.30 / 3600))
     assert dec == pytest.approx(30 + 27 / 60 + 0.3 / 3600)

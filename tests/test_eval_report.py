@@ -13,7 +13,7 @@ from click.testing import CliRunner
 from sklearn import metrics as skm
 
 from galmorph.evaluation import evaluate, evaluate_trials
-from galmorph.manifest import read_manifest, write_manifest
+from galmorph.catalogue.manifest import read_manifest, write_manifest
 from test_eval_support import ChiralityCE, OracleNet, log_test_model, write_coded_dataset
 
 CLASSES = ["symmetric", "lopsided"]
@@ -157,11 +157,11 @@ def test_trials_and_cli(mlflow_server, coded_with_bad_rows, tmp_path):
 
 def test_pipeline_evaluate_step_writes_explanations_eta_and_card(mlflow_server, sim_chirality, tmp_path,
                                                                   monkeypatch):
-    """The training pipeline's evaluate step (galmorph.pipelines.steps.evaluate) writes the same report as
+    """The training pipeline's evaluate step (galmorph.steps.evaluate) writes the same report as
     the CLI: a panel of example maps per class, rotation-stability eta on at most 200 galaxies, and the
     model card; a model without dropout gets no MC-dropout spread, with the reason."""
     import galmorph.evaluation.core as core
-    from galmorph.pipelines import steps
+    from galmorph import steps
 
     info = log_test_model(ChiralityCE(seed=6), "chirality", ["CW", "ACW", "other"], 32,
                           registered_name="galmorph-test-eval-step", chirality_equivariant=True, arch="ce")

@@ -18,7 +18,7 @@ import torch
 import torch.nn as nn
 
 from galmorph.imaging.io import save_raster
-from galmorph.manifest import assign_z_bin, write_manifest
+from galmorph.catalogue.manifest import assign_z_bin, write_manifest
 
 CODED_SIZE = 16
 

@@ -86,7 +86,7 @@ def test_16bit_and_float_rasters_scaled_by_depth_and_range(tmp_path):
 @pytest.fixture()
 def bomb_manifest(tmp_path, sim_lopsided):
     """A small simulated manifest whose second row points at a decompression bomb."""
-    from galmorph.manifest import read_manifest
+    from galmorph.catalogue.manifest import read_manifest
 
     m = read_manifest(sim_lopsided["manifest"]).head(5).reset_index(drop=True)
     bomb = bomb_png(tmp_path / "bomb.png")
@@ -106,17 +106,17 @@ def test_every_stage_quarantines_the_bomb_row_and_processes_the_others(tmp_path,
     m, bad = bomb_manifest
     good = set(m.object_id.astype(str)) - {bad}
 
-    from galmorph.validation import validate_manifest
+    from galmorph.catalogue.validation import validate_manifest
 
     v = validate_manifest(m, out_manifest=tmp_path / "v.parquet", quarantine_path=tmp_path / "vq.parquet",
                           report_path=tmp_path / "v.json", log_to_mlflow=False, progress=False)
-    from galmorph.manifest import read_manifest, read_quarantine
+    from galmorph.catalogue.manifest import read_manifest, read_quarantine
 
     vq = _reasons(read_quarantine(tmp_path / "vq.parquet"))
     assert bad in vq and ("bomb" in vq[bad] or "over the limit" in vq[bad])
     assert set(read_manifest(tmp_path / "v.parquet").object_id.astype(str)) == good, v
 
-    from galmorph.cutout import CutoutConfig, make_cutouts
+    from galmorph.catalogue.cutout import CutoutConfig, make_cutouts
 
     cut = m.copy()
     cut["image_uri"] = cut["image_uri"].astype(str)
@@ -125,7 +125,7 @@ def test_every_stage_quarantines_the_bomb_row_and_processes_the_others(tmp_path,
     assert bad in cq and "bomb.png" in cq[bad]
     assert set(read_manifest(tmp_path / "cut" / "manifest.parquet").object_id.astype(str)) == good
 
-    from galmorph.imaging.a1.driver import measure_a1_frame
+    from galmorph.catalogue.a1 import measure_a1_frame
 
     measured, quarantine = measure_a1_frame(m, progress=False)
     assert set(_reasons(quarantine)) == {bad} and set(measured.object_id.astype(str)) == good
@@ -143,7 +143,7 @@ def test_every_stage_quarantines_the_bomb_row_and_processes_the_others(tmp_path,
     err = dict(zip(with_a1.object_id.astype(str), with_a1.a1_error))
     assert "bomb.png" in str(err[bad]) and all(pd.isna(err[o]) for o in good)
 
-    from galmorph.data.images import ManifestImageDataset
+    from galmorph.datasets.images import ManifestImageDataset
 
     ds = ManifestImageDataset(m, image_size=32, in_chans=1, on_error="skip")
     items = [ds[i] for i in range(len(m))]
@@ -161,7 +161,7 @@ def _release(root: Path, folder: str, info) -> Path:
 
 
 def test_bad_releases_skipped_with_reason_others_submitted(tmp_path):
-    from galmorph.release import process_releases
+    from galmorph.ops.release import process_releases
 
     root = tmp_path / "releases"
     _release(root, "a-good", {"release": "r1"})
@@ -187,7 +187,7 @@ def test_bad_releases_skipped_with_reason_others_submitted(tmp_path):
 
 
 def test_corrupt_state_recovered_from_backup(tmp_path, caplog):
-    from galmorph.release import StateError, process_releases
+    from galmorph.ops.release import StateError, process_releases
 
     root = tmp_path / "releases"
     _release(root, "r1", None)
@@ -244,7 +244,7 @@ def fake_stack(tmp_path, monkeypatch):
     """Settings on free ports whose 'mlflow' service is a tiny python HTTP server (fast to start)."""
     import socket
 
-    from galmorph import stack
+    from galmorph.ops import stack
     from galmorph.settings import Settings
 
     def free():
@@ -274,7 +274,7 @@ class _Health(BaseHTTPRequestHandler):
 
 
 def test_stack_up_refuses_a_foreign_server_answering_health(fake_stack):
-    from galmorph.stack import StackError, stack_status, stack_up
+    from galmorph.ops.stack import StackError, stack_status, stack_up
 
     srv = HTTPServer(("127.0.0.1", fake_stack.mlflow_port), _Health)
     th = threading.Thread(target=srv.serve_forever, daemon=True)
@@ -290,7 +290,7 @@ def test_stack_up_refuses_a_foreign_server_answering_health(fake_stack):
 
 
 def test_stack_down_never_signals_a_process_it_did_not_start(fake_stack):
-    from galmorph.stack import stack_down, stack_up
+    from galmorph.ops.stack import stack_down, stack_up
 
     victim = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"], start_new_session=True)
     try:
@@ -317,7 +317,7 @@ def test_stack_down_never_signals_a_process_it_did_not_start(fake_stack):
 
 def test_unusable_state_dir_is_a_clear_error(tmp_path, fake_stack, monkeypatch):
     from galmorph.settings import Settings
-    from galmorph.stack import StackError, stack_status, stack_up
+    from galmorph.ops.stack import StackError, stack_status, stack_up
 
     blocker = tmp_path / "not-a-dir"
     blocker.write_text("")
@@ -380,7 +380,7 @@ def _table_fits(path: Path) -> Path:
 def test_table_hdu_and_symlink_loops_are_quarantined_in_every_stage(tmp_path, sim_lopsided):
     """A FITS table was read as a 1-D 'image' (scoring died with a torch RuntimeError); a data:// URI
     naming a symlink loop raised RuntimeError('Symlink loop') out of validate, a1, drift and label sample."""
-    from galmorph.manifest import ManifestError, read_manifest, read_quarantine, resolve_image_uri
+    from galmorph.catalogue.manifest import ManifestError, read_manifest, read_quarantine, resolve_image_uri
 
     table = _table_fits(tmp_path / "table.fits")
     os.symlink(tmp_path / "loop.png", tmp_path / "loop.png")
@@ -398,13 +398,13 @@ def test_table_hdu_and_symlink_loops_are_quarantined_in_every_stage(tmp_path, si
     bad = {str(m.object_id[1]), str(m.object_id[2])}
     good = set(m.object_id.astype(str)) - bad
 
-    from galmorph.validation import validate_manifest
+    from galmorph.catalogue.validation import validate_manifest
 
     validate_manifest(m, data_root=tmp_path, out_manifest=tmp_path / "v.parquet", quarantine_path=tmp_path / "q.parquet",
                       report_path=tmp_path / "v.json", log_to_mlflow=False, progress=False)
     assert set(_reasons(read_quarantine(tmp_path / "q.parquet"))) == bad
 
-    from galmorph.imaging.a1.driver import measure_a1_frame
+    from galmorph.catalogue.a1 import measure_a1_frame
 
     measured, quarantine = measure_a1_frame(m, data_root=tmp_path, progress=False)
     assert set(_reasons(quarantine)) == bad and set(measured.object_id.astype(str)) == good
@@ -414,7 +414,7 @@ def test_table_hdu_and_symlink_loops_are_quarantined_in_every_stage(tmp_path, si
     feats = compute_drift_features(m, data_root=tmp_path, progress=False)
     assert set(_reasons(feats.quarantine)) == bad
 
-    from galmorph.data.images import ManifestImageDataset
+    from galmorph.datasets.images import ManifestImageDataset
 
     ds = ManifestImageDataset(m, image_size=32, in_chans=1, data_root=tmp_path, on_error="skip")
     items = [ds[i] for i in range(len(m))]
@@ -426,8 +426,8 @@ def test_table_hdu_and_symlink_loops_are_quarantined_in_every_stage(tmp_path, si
 # ------------------------------------------------------------------------------------------ release names
 def test_release_name_that_is_not_one_path_component_is_refused(tmp_path):
     """release.json {"release": "../../x"} was submitted, and its catalogue published to publish_dir/../../x."""
-    from galmorph.pipelines.artifacts import publish_release
-    from galmorph.release import process_releases
+    from galmorph.steps.artifacts import publish_release
+    from galmorph.ops.release import process_releases
 
     root = tmp_path / "releases"
     _release(root, "a-ok", {"release": "dr1"})
@@ -459,7 +459,7 @@ def _free_port() -> int:
 
 def test_kubeflow_unreachable_is_a_clear_error(tmp_path):
     """`release watch --host` and `pipeline run --host` at a dead endpoint ended in a urllib3 traceback."""
-    from galmorph.pipelines.run import PipelineRunError, make_client
+    from galmorph.ops.run import PipelineRunError, make_client
 
     host = f"http://127.0.0.1:{_free_port()}"
     with pytest.raises(PipelineRunError, match=f"Kubeflow Pipelines endpoint {host} is not reachable"):
@@ -477,7 +477,7 @@ def test_kubeflow_unreachable_is_a_clear_error(tmp_path):
 def test_local_pipeline_run_fails_fast_when_mlflow_is_down(tmp_path, monkeypatch):
     """`pipeline run --local` with MLflow down ran its components, each waiting on the server (280 s),
     and ended in the components' tracebacks."""
-    import galmorph.pipelines.run as run
+    import galmorph.ops.run as run
 
     def must_not_run(*a, **k):
         raise AssertionError("the pipeline was started")

@@ -13,9 +13,9 @@ import pandas as pd
 import pytest
 from click.testing import CliRunner
 
-from galmorph.manifest import read_manifest, write_manifest
+from galmorph.catalogue.manifest import read_manifest, write_manifest
 from galmorph.models.io import LoadedModel, ModelSpec
-from galmorph.scoring import ScoringError, merge_scores, score_manifest
+from galmorph.scoring.batch import ScoringError, merge_scores, score_manifest
 from test_scoring_helpers import TinyNet
 
 CHIR = ["CW", "ACW", "other"]
@@ -78,7 +78,7 @@ def test_resume_refuses_other_model_version_and_threshold(two_releases, tiny_mod
 
 
 def test_disk_full_is_a_clear_error_and_leaves_no_partial_shard(two_releases, tiny_model, tmp_path, monkeypatch):
-    import galmorph.scoring as scoring
+    import galmorph.scoring.batch as scoring
 
     def full(df, path):
         Path(path).write_bytes(b"partial")
@@ -178,7 +178,7 @@ def test_manifest_without_object_id_is_a_clear_error(sim_chirality, tmp_path):
     ("nosuch=1", "'nosuch' is not a parameter of pipeline 'training'"),
 ])
 def test_bad_pipeline_parameters_exit_2_before_anything_runs(param, says, tmp_path, monkeypatch):
-    import galmorph.pipelines.run as run
+    import galmorph.ops.run as run
     from galmorph.cli import main
 
     def must_not_run(*a, **k):
@@ -195,7 +195,7 @@ def test_bad_pipeline_parameters_exit_2_before_anything_runs(param, says, tmp_pa
 
 
 def test_rescoring_inference_path_parameters_are_checked():
-    from galmorph.pipelines.run import PipelineParamError, coerce_params
+    from galmorph.ops.run import PipelineParamError, coerce_params
 
     ok = coerce_params("rescoring", {"precision": "auto", "decode": "draft"})
     assert ok == {"precision": "auto", "decode": "draft"}
@@ -299,8 +299,8 @@ def test_score_and_cutout_quarantine_repeated_empty_ids_and_tiny_images(sim_chir
     upsampled and scored as a flat frame, and cut into a 1-pixel PNG."""
     from PIL import Image
 
-    from galmorph.cutout import make_cutouts
-    from galmorph.manifest import read_quarantine
+    from galmorph.catalogue.cutout import make_cutouts
+    from galmorph.catalogue.manifest import read_quarantine
 
     man = read_manifest(sim_chirality["manifest"]).head(8).reset_index(drop=True)[["object_id", "image_uri", "z"]]
     man = man.astype({"object_id": object})

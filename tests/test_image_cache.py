@@ -1,4 +1,4 @@
-"""The training decoded-image cache (galmorph.data.images.DecodedImageCache) and its use by the data module."""
+"""The training decoded-image cache (galmorph.datasets.images.DecodedImageCache) and its use by the data module."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-import galmorph.data.images as images
-from galmorph.data.images import DecodedImageCache
+import galmorph.datasets.images as images
+from galmorph.datasets.images import DecodedImageCache
 
 
 @pytest.fixture()
@@ -24,14 +24,14 @@ def count_decodes(monkeypatch):
 
 
 def _module(man, cache_dir, cache=True, **kw):
-    from galmorph.data.datamodule import GalaxyDataModule
+    from galmorph.datasets.datamodule import GalaxyDataModule
 
     return GalaxyDataModule(man, "chirality", ["CW", "ACW", "other"], image_size=32, batch_size=8,
                             cache_images=cache, cache_dir=cache_dir, seed=1, **kw)
 
 
 def test_epochs_after_the_first_decode_nothing(sim_chirality, tmp_path, count_decodes):
-    from galmorph.manifest import read_manifest
+    from galmorph.catalogue.manifest import read_manifest
 
     man = read_manifest(sim_chirality["manifest"])
     dm = _module(man, tmp_path / "cache")
@@ -52,7 +52,7 @@ def test_epochs_after_the_first_decode_nothing(sim_chirality, tmp_path, count_de
 
 
 def test_cached_items_equal_uncached(sim_chirality, tmp_path):
-    from galmorph.manifest import read_manifest
+    from galmorph.catalogue.manifest import read_manifest
 
     man = read_manifest(sim_chirality["manifest"])
     a, b = _module(man, tmp_path / "c", cache=True), _module(man, tmp_path / "c", cache=False)
@@ -67,7 +67,7 @@ def test_cached_items_equal_uncached(sim_chirality, tmp_path):
 
 def test_cache_is_keyed_by_the_dataset_version(sim_chirality, tmp_path, count_decodes):
     from galmorph.imaging.io import load_image
-    from galmorph.manifest import read_manifest
+    from galmorph.catalogue.manifest import read_manifest
 
     uris = read_manifest(sim_chirality["manifest"])["image_uri"].astype(str).tolist()
     c1 = DecodedImageCache(tmp_path, uris).build()
@@ -94,7 +94,7 @@ def test_cache_is_keyed_by_the_dataset_version(sim_chirality, tmp_path, count_de
 
 def test_float_images_are_cached_as_float(sim_chirality, tmp_path):
     from galmorph.imaging.io import load_image
-    from galmorph.manifest import read_manifest
+    from galmorph.catalogue.manifest import read_manifest
 
     fits = read_manifest(sim_chirality["manifest"])["fits_path"].astype(str).tolist()[:3]
     c = DecodedImageCache(tmp_path, fits).build()
@@ -107,7 +107,7 @@ def test_loader_workers_share_the_cache_and_decode_nothing(sim_chirality, tmp_pa
     image files can go away, and the workers' batches equal the in-process uncached ones."""
     import shutil
 
-    from galmorph.manifest import read_manifest
+    from galmorph.catalogue.manifest import read_manifest
 
     man = read_manifest(sim_chirality["manifest"])
     ref = _module(man, tmp_path / "c0", cache=False, num_workers=0)
@@ -134,7 +134,7 @@ def test_loader_workers_share_the_cache_and_decode_nothing(sim_chirality, tmp_pa
 def test_num_workers_from_the_machine():
     import os
 
-    from galmorph.data.datamodule import loader_settings
+    from galmorph.datasets.datamodule import loader_settings
     from galmorph.training.config import ConfigError, resolve_config
 
     assert resolve_config("chirality", "tiny", {"num_workers": -1}).num_workers == -1

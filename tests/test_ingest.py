@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 from click.testing import CliRunner
 
-from galmorph.ingest import (
+from galmorph.catalogue.ingest import (
     IngestError,
     ingest,
     ingest_decals,
@@ -15,7 +15,7 @@ from galmorph.ingest import (
     ingest_image_folder,
     parse_iau_name,
 )
-from galmorph.manifest import read_manifest, read_quarantine, resolve_image_uri
+from galmorph.catalogue.manifest import read_manifest, read_quarantine, resolve_image_uri
 
 realdata = pytest.mark.realdata
 
@@ -224,7 +224,7 @@ def test_cli_ingest_json_and_error(tmp_path, sim_arms):
 def test_sdss_query_sql_and_offline_result(tmp_path):
     from astropy.table import Table
 
-    from galmorph.sdss_query import SdssSelection, apply_selection, build_sql, fetch, read_query_result
+    from galmorph.catalogue.sdss_query import SdssSelection, apply_selection, build_sql, fetch, read_query_result
 
     sql = build_sql()
     for cut in ("s.z > 0.01 AND s.z < 0.1", "(p.modelMag_g - p.extinction_g) < 16", "p.petroR90_g >= 3",

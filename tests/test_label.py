@@ -75,7 +75,7 @@ def test_queue_round_trip(tmp_path):
     write_queue(q, tmp_path / "q.parquet", s)
     back = read_queue(tmp_path / "q.parquet")
     assert list(back.object_id) == list(q.object_id)
-    from galmorph.manifest import ManifestError, manifest_metadata, write_manifest
+    from galmorph.catalogue.manifest import ManifestError, manifest_metadata, write_manifest
 
     assert manifest_metadata(tmp_path / "q.parquet")["queue"]["seed"] == 0
     write_manifest(catalogue(5), tmp_path / "m.parquet", kind="x")
@@ -166,7 +166,7 @@ def test_export_policies_and_training_consumes(tmp_path, store):
     latest = resolve_labels(s.labels(), "latest").set_index("object_id")
     assert latest.label[o[0]] == "symmetric"
     out = export_labels(s, tmp_path / "labelled.parquet")
-    from galmorph.manifest import manifest_metadata, read_manifest, read_quarantine
+    from galmorph.catalogue.manifest import manifest_metadata, read_manifest, read_quarantine
 
     m = read_manifest(out["manifest"])
     assert sorted(m.object_id) == sorted([o[0], o[1], o[3]])
@@ -189,7 +189,7 @@ def test_export_dvc_add(tmp_path, store):
     repo = tmp_path / "repo"
     repo.mkdir()
     subprocess.run(["git", "init", "-q"], cwd=repo, check=True)
-    from galmorph.dvcops import run_dvc
+    from galmorph.catalogue.dvcops import run_dvc
 
     run_dvc(["init", "-q"], cwd=repo)
     from galmorph.cli import main
@@ -213,7 +213,7 @@ def app_client(tmp_path, sim_lopsided):
     from fastapi.testclient import TestClient
 
     from galmorph.labelling.app import create_app
-    from galmorph.manifest import read_manifest
+    from galmorph.catalogue.manifest import read_manifest
 
     man = read_manifest(sim_lopsided["manifest"])
     man["label"] = None
@@ -275,7 +275,7 @@ def test_app_bad_requests_are_4xx(app_client):
 
 def test_cli_sample_measures_a1(tmp_path, sim_lopsided):
     from galmorph.cli import main
-    from galmorph.manifest import read_manifest, write_manifest
+    from galmorph.catalogue.manifest import read_manifest, write_manifest
 
     man = read_manifest(sim_lopsided["manifest"])
     man["label"] = None
@@ -301,8 +301,8 @@ def test_cli_sample_measures_a1(tmp_path, sim_lopsided):
 def test_exported_labels_feed_training_data(tmp_path, sim_lopsided):
     """label sample -> labels in the store -> export -> the training data module reads those labels
     and those images (the export is a training manifest, not just a table of labels)."""
-    from galmorph.data.datamodule import GalaxyDataModule
-    from galmorph.manifest import read_manifest
+    from galmorph.datasets.datamodule import GalaxyDataModule
+    from galmorph.catalogue.manifest import read_manifest
     from galmorph.training.config import resolve_config
 
     man = read_manifest(sim_lopsided["manifest"])

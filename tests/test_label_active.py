@@ -64,7 +64,7 @@ def test_rank_by_uncertainty_with_champion(tmp_path, tracking_uri, sim_lopsided)
 
     from galmorph.cli import main
     from galmorph.labelling.queue import predictive_entropy, read_queue
-    from galmorph.manifest import read_manifest, write_manifest
+    from galmorph.catalogue.manifest import read_manifest, write_manifest
     from galmorph.models.io import ModelSpec, log_model
 
     spec = ModelSpec(task="lopsided", classes=["symmetric", "lopsided"], arch="tiny", image_size=32, in_chans=3)

@@ -149,14 +149,14 @@ def test_label_in_browser_then_export_with_dvc(driver, served_queue, artifacts_d
     repo = served_queue["tmp"] / "project"
     repo.mkdir()
     subprocess.run(["git", "init", "-q"], cwd=repo, check=True)
-    from galmorph.dvcops import run_dvc
+    from galmorph.catalogue.dvcops import run_dvc
 
     run_dvc(["init", "-q"], cwd=repo)
     out = repo / "data" / "labels" / "lopsided.parquet"
     res = json.loads(_run(["label", "export", "--db", served_queue["db"], "--out", str(out), "--dvc"])
                      .strip().splitlines()[-1])
     assert Path(res["dvc_file"]).exists()
-    from galmorph.manifest import read_manifest, read_quarantine
+    from galmorph.catalogue.manifest import read_manifest, read_quarantine
 
     m = read_manifest(out)
     exported = dict(zip(m.object_id, m.label))

@@ -92,7 +92,7 @@ def test_score_tta_views_takes_the_one_view_temperature(mlflow_server, sim_chira
     from click.testing import CliRunner
 
     from galmorph.cli import main
-    from galmorph.inference import predict_manifest
+    from galmorph.scoring.inference import predict_manifest
     from galmorph.models.chirality import ChiralityViews
     from galmorph.models.io import ModelSpec, load_for_inference, log_model
 

@@ -18,7 +18,7 @@ CLASSES = ["symmetric", "lopsided"]
 def chain(mlflow_server, tmp_path_factory):
     from galmorph.evaluation import evaluate
     from galmorph.models.io import ModelSpec, log_model
-    from galmorph.registry import promote
+    from galmorph.promotion.registry import promote
     from galmorph.training.runner import dataset_version
 
     tmp = tmp_path_factory.mktemp("lineage")

@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from galmorph.manifest import (
+from galmorph.catalogue.manifest import (
     REQUIRED_COLUMNS,
     ManifestError,
     assign_z_bin,

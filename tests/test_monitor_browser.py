@@ -76,7 +76,7 @@ def _tiny_model(classes):
 def populated_workspace():
     """A state folder whose Evidently workspace holds two scored releases against one reference."""
     from galmorph.drift import DriftConfig, compute_drift_features, run_drift
-    from galmorph.inference import predict_manifest
+    from galmorph.scoring.inference import predict_manifest
     from galmorph.settings import Settings
     from galmorph.simulate import simulate_dataset
 
@@ -112,7 +112,7 @@ def test_dashboard_renders_panels_in_headless_chromium(populated_workspace, arti
     from selenium.webdriver.support.ui import WebDriverWait
 
     from galmorph.drift.workspace import load_dashboards_module
-    from galmorph.stack import start_service, stop_service
+    from galmorph.ops.stack import start_service, stop_service
 
     settings, results, predicted = populated_workspace
     assert len(predicted) >= 2

@@ -61,7 +61,7 @@ def test_dashboard_command_is_idempotent(state_env):
 
 def test_serve_starts_the_ui_on_localhost_with_the_dashboard(state_env):
     from galmorph.cli import main
-    from galmorph.stack import service_status
+    from galmorph.ops.stack import service_status
 
     runner = CliRunner()
     try:

@@ -26,8 +26,8 @@ def test_drift_step_fetches_reference_from_mlflow_after_train_root_is_gone(sim_c
 
     from galmorph.drift.features import IMAGE_FEATURES
     from galmorph.drift.reference import REFERENCE_ARTIFACT, REFERENCE_TAG
-    from galmorph.manifest import read_manifest
-    from galmorph.pipelines import steps
+    from galmorph.catalogue.manifest import read_manifest
+    from galmorph import steps
 
     train_root = tmp_path / "train-pod"  # everything the train step's pod has on its disk
     res = steps.train("chirality", str(sim_chirality["manifest"]), train_root / "model", preset="tiny",
@@ -118,7 +118,7 @@ def test_drift_step_mounts_the_workspace_the_evidently_ui_serves():
     assert "ReadWriteMany" in pvcs[WORKSPACE_PVC]["spec"]["accessModes"]  # UI and drift pods on any nodes
 
     # the committed compiled pipeline: the drift executor mounts that PVC there and writes there
-    from galmorph.pipelines import compiled_dir
+    from galmorph.ops import compiled_dir
 
     spec, platform = list(yaml.safe_load_all((compiled_dir() / "rescoring.yaml").read_text()))
     (mount,) = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]["exec-drift"]["pvcMount"]
@@ -151,7 +151,7 @@ def test_step_workspace_falls_back_only_when_the_pod_volume_is_absent(tmp_path):
 # (b) promotions: one shared lock, audit records in MLflow
 # ---------------------------------------------------------------------------------------------
 def test_select_lock_backends(tmp_path, monkeypatch):
-    from galmorph.registry import (LOCK_URL_ENV, FileLock, PostgresAdvisoryLock, PromotionError, select_lock)
+    from galmorph.promotion.registry import (LOCK_URL_ENV, FileLock, PostgresAdvisoryLock, PromotionError, select_lock)
 
     monkeypatch.delenv(LOCK_URL_ENV, raising=False)
     audit = tmp_path / "pod-a" / "audit.jsonl"
@@ -172,7 +172,7 @@ def test_select_lock_backends(tmp_path, monkeypatch):
 
 _PROMOTE_SCRIPT = """
 import json, os, sys, time
-import galmorph.registry as reg
+import galmorph.promotion.registry as reg
 
 real = reg._record
 def timed(audit_log, dec, client=None):  # inside the lock: record the window, hold it a while
@@ -194,7 +194,7 @@ def test_promotions_in_separate_processes_share_one_lock_and_audit_in_mlflow(sim
 
     import mlflow
 
-    from galmorph.registry import LOCK_URL_ENV, read_mlflow_audit, select_lock
+    from galmorph.promotion.registry import LOCK_URL_ENV, read_mlflow_audit, select_lock
     from test_scoring_helpers import TinyNet, register_model
 
     from galmorph.tasks import arm_classes

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import yaml
 
-from galmorph.pipelines import PIPELINES, compiled_dir
-from galmorph.pipelines.compile import compile_all, normalised, stale_packages
-from galmorph.pipelines.platform import load_platform
+from galmorph.ops import PIPELINES, compiled_dir
+from galmorph.ops.compile import compile_all, normalised, stale_packages
+from galmorph.steps.platform import load_platform
 
 
 def test_committed_packages_are_not_stale(tmp_path):
@@ -89,8 +89,8 @@ def test_every_pipeline_compiles_to_a_package():
 
 def test_component_readmes_are_not_stale():
     """Each component's README (inputs, defaults, outputs) is generated from its signature: regenerate with
-    ``galmorph.pipelines.docs.write_component_readmes()`` after changing a component."""
-    from galmorph.pipelines.docs import COMPONENTS, component_readme
+    ``galmorph.ops.docs.write_component_readmes()`` after changing a component."""
+    from galmorph.ops.docs import COMPONENTS, component_readme
     from galmorph.settings import REPO_ROOT
 
     stale = [n for n in COMPONENTS

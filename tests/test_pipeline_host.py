@@ -15,8 +15,8 @@ from types import SimpleNamespace
 import pytest
 import yaml
 
-from galmorph.pipelines.run import PipelineRunError, kfp_cron, schedule, submit, upload_all
-from galmorph.release import host_starter, process_releases, watch
+from galmorph.ops.run import PipelineRunError, kfp_cron, schedule, submit, upload_all
+from galmorph.ops.release import host_starter, process_releases, watch
 
 
 class FakeKfpClient:
@@ -111,7 +111,7 @@ def test_upload_is_idempotent_and_versions_by_content(tmp_path):
     # a changed package becomes a new version of the existing pipeline
     pkgs = tmp_path / "pk"
     pkgs.mkdir()
-    from galmorph.pipelines import compiled_dir
+    from galmorph.ops import compiled_dir
 
     for n in ("training", "rescoring", "labelling"):
         text = (compiled_dir() / f"{n}.yaml").read_text()

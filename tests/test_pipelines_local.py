@@ -38,7 +38,7 @@ def platform_env(stack_settings, mlflow_server):
 
 @pytest.fixture(scope="module")
 def trained(platform_env, mlflow_server, tmp_path_factory):
-    from galmorph.pipelines.run import run_local
+    from galmorph.ops.run import run_local
     from galmorph.simulate import simulate_dataset
 
     import mlflow
@@ -78,8 +78,8 @@ def test_training_pipeline_registers_and_promotes(trained, platform_env):
     assert audit.exists()
     assert json.loads(audit.read_text().splitlines()[-1])["candidate_version"] == model_info["registered_version"]
     # the held-out split never overlaps the training rows
-    from galmorph.manifest import read_manifest
-    from galmorph.pipelines.artifacts import open_dataset
+    from galmorph.catalogue.manifest import read_manifest
+    from galmorph.steps.artifacts import open_dataset
 
     tr = read_manifest(open_dataset(run_dir / "split" / "train"))
     te = read_manifest(open_dataset(run_dir / "split" / "test"))
@@ -89,7 +89,7 @@ def test_training_pipeline_registers_and_promotes(trained, platform_env):
 def test_rescoring_pipeline_scores_and_publishes(trained, platform_env, mlflow_server, tmp_path_factory):
     import mlflow
 
-    from galmorph.pipelines.run import run_local
+    from galmorph.ops.run import run_local
     from galmorph.simulate import simulate_dataset
 
     rel = simulate_dataset(tmp_path_factory.mktemp("release"), 30, seed=12, task="chirality", size=48,
@@ -131,8 +131,8 @@ def test_rescoring_pipeline_scores_and_publishes(trained, platform_env, mlflow_s
 def test_labelling_pipeline_fills_the_label_queue(platform_env, tmp_path):
     """sample -> A1 -> queue export: the label database serves a stratified queue with A1 measurements."""
     from galmorph.labelling.store import LabelStore
-    from galmorph.manifest import read_manifest
-    from galmorph.pipelines.run import run_local
+    from galmorph.catalogue.manifest import read_manifest
+    from galmorph.ops.run import run_local
     from galmorph.simulate import simulate_dataset
 
     sim = simulate_dataset(tmp_path / "unlabelled", 24, seed=13, size=96, progress=False)  # no task: no labels

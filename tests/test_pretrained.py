@@ -179,8 +179,8 @@ def test_model_learns_from_scratch_on_simulator_data(tmp_path):
     import lightning as L
     import pandas as pd
 
-    from galmorph.data.augment import AugmentSpec
-    from galmorph.data.datamodule import GalaxyDataModule
+    from galmorph.datasets.augment import AugmentSpec
+    from galmorph.datasets.datamodule import GalaxyDataModule
     from galmorph.models.classifier import GalaxyClassifier
     from galmorph.simulate import simulate_dataset
     from galmorph.training.metrics import predict_loader

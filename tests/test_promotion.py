@@ -13,7 +13,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from galmorph.registry import (CHALLENGER, CHAMPION, PREVIOUS, PromotionError, PromotionPolicy, aliases, promote,
+from galmorph.promotion.registry import (CHALLENGER, CHAMPION, PREVIOUS, PromotionError, PromotionPolicy, aliases, promote,
                                read_audit, registry_lock, rollback)
 from test_eval_support import ChiralityCE, OracleNet, TinyCNN, log_test_model, write_coded_dataset
 
@@ -194,7 +194,7 @@ def test_registry_lock_is_exclusive(tmp_path):
 
 _WORKER = """
 import json, sys
-from galmorph.registry import promote
+from galmorph.promotion.registry import promote
 d = promote(sys.argv[1], sys.argv[2], eval_manifest=sys.argv[3], audit_log=sys.argv[4], out_dir=sys.argv[5],
             log_evaluations=False, evaluate_kwargs={"html": False})
 print("DECISION " + json.dumps({"decision": d.decision, "before": d.champion_before, "after": d.champion_after}))
@@ -249,8 +249,8 @@ class LookupNet(torch.nn.Module):
 
 def _lookup_nets(manifest, size, classes):
     """A correct and a mirrored (CW <-> ACW) memorising chirality model of ``manifest``'s labels."""
-    from galmorph.data.images import ManifestImageDataset
-    from galmorph.manifest import read_manifest
+    from galmorph.datasets.images import ManifestImageDataset
+    from galmorph.catalogue.manifest import read_manifest
 
     man = read_manifest(manifest)
     ds = ManifestImageDataset(man, size, 3, 1.0, classes=classes)

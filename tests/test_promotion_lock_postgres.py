@@ -1,4 +1,4 @@
-"""The Postgres promotion lock (galmorph.registry.PostgresAdvisoryLock) against a real, throwaway
+"""The Postgres promotion lock (galmorph.promotion.registry.PostgresAdvisoryLock) against a real, throwaway
 PostgreSQL server: the binaries of the ``pgserver`` wheel (dev dependency), initdb once per session in a
 temporary folder, the server listening on 127.0.0.1 with password (scram) logins like the chart's
 ``promotion_lock`` user, and the lock URL in the chart's form ``postgresql://user:pw@host:port/db``
@@ -26,7 +26,7 @@ from pathlib import Path
 
 import pytest
 
-from galmorph.registry import (CHAMPION, LOCK_URL_ENV, PostgresAdvisoryLock, PromotionError, aliases, promote,
+from galmorph.promotion.registry import (CHAMPION, LOCK_URL_ENV, PostgresAdvisoryLock, PromotionError, aliases, promote,
                                read_audit, select_lock)
 
 LOCK_USER, LOCK_PW, LOCK_DB = "promotion_lock", "lock-pw", "promotion_lock"  # as in charts/galmorph/values.yaml
@@ -148,7 +148,7 @@ def _backend_alive(pg: PG, pid: int) -> bool:
 
 _HOLDER = """
 import sys
-from galmorph.registry import select_lock
+from galmorph.promotion.registry import select_lock
 with select_lock(sys.argv[1]).hold(sys.argv[2], timeout=30, poll=0.05):
     print("HELD", flush=True)
     sys.stdin.readline()

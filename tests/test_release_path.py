@@ -1,4 +1,4 @@
-"""The decode-once release path (galmorph.release_path) gives the catalogue and the quarantine of
+"""The decode-once release path (galmorph.scoring.release_path) gives the catalogue and the quarantine of
 validate-then-score, with one decode per image."""
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ def release(sim_chirality, tmp_path):
     """The simulated release + a zero-byte and a truncated JPEG, a blank image (decodes, fails the
     blank check) and a row outside the redshift selection (fails a table check)."""
     from galmorph.imaging.io import save_raster
-    from galmorph.manifest import read_manifest, write_manifest
+    from galmorph.catalogue.manifest import read_manifest, write_manifest
 
     man, _ = add_broken_images(sim_chirality["manifest"], tmp_path / "m1.parquet", tmp_path)
     df = read_manifest(man)
@@ -43,11 +43,11 @@ def _loaded():
 
 
 def test_decode_once_equals_validate_then_score(release, tmp_path, monkeypatch):
-    import galmorph.data.images as images
-    import galmorph.validation as validation
-    from galmorph.release_path import score_release
-    from galmorph.scoring import merge_scores, score_manifest
-    from galmorph.validation import ValidationConfig, validate_manifest
+    import galmorph.datasets.images as images
+    import galmorph.catalogue.validation as validation
+    from galmorph.scoring.release_path import score_release
+    from galmorph.scoring.batch import merge_scores, score_manifest
+    from galmorph.catalogue.validation import ValidationConfig, validate_manifest
 
     cfg = ValidationConfig(z_min=0.01, z_max=0.2, max_failure_fraction=0.5)
     lm = _loaded()
@@ -91,8 +91,8 @@ def test_decode_once_equals_validate_then_score(release, tmp_path, monkeypatch):
 
 
 def test_the_failure_gate_spans_both_stages(release, tmp_path):
-    from galmorph.release_path import score_release
-    from galmorph.validation import ValidationConfig
+    from galmorph.scoring.release_path import score_release
+    from galmorph.catalogue.validation import ValidationConfig
 
     cfg = ValidationConfig(z_min=0.01, z_max=0.2, max_failure_fraction=0.05)  # 4 of 52 rows fail: 7.7 %
     res = score_release(release, _loaded(), tmp_path / "r", cfg, batch_size=8, progress=False)

@@ -1,4 +1,4 @@
-"""Batch scoring (galmorph.scoring / `galmorph score`) against a real local MLflow server.
+"""Batch scoring (galmorph.scoring.batch / `galmorph score`) against a real local MLflow server.
 
 Models are small real torch modules logged through the platform's model contract (pt2 export) and
 loaded back with ``load_for_inference``; images are simulator renderings.
@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from galmorph.scoring import (chirality_violation, completed_shards, iter_shards, merge_scores, plan_workers,
+from galmorph.scoring.batch import (chirality_violation, completed_shards, iter_shards, merge_scores, plan_workers,
                               score_manifest)
 from test_scoring_helpers import (MirrorAntisymmetric, TinyNet, add_broken_images, mirror_release, register_model,
                                    replicate_manifest)
@@ -76,8 +76,8 @@ def test_iter_shards_streams_exact_row_ranges(tmp_path):
 def test_score_quarantine_and_catalogue(sim_chirality, chir_model, tmp_path):
     """Rows in = rows scored + rows quarantined; broken images are quarantined with a reason;
     probabilities agree with the in-memory predictor; the high-confidence flag follows P_pred."""
-    from galmorph.inference import predict_manifest
-    from galmorph.manifest import read_manifest
+    from galmorph.scoring.inference import predict_manifest
+    from galmorph.catalogue.manifest import read_manifest
     from galmorph.models.io import load_for_inference
 
     man, broken = add_broken_images(sim_chirality["manifest"], tmp_path / "release.parquet", tmp_path)
@@ -141,7 +141,7 @@ def test_cvs_of_mirrored_release_flips_sign(sim_chirality, ce_model, tmp_path):
 
 
 def test_resume_rejects_different_settings(sim_chirality, chir_model, tmp_path):
-    from galmorph.scoring import ScoringError
+    from galmorph.scoring.batch import ScoringError
 
     out = tmp_path / "s"
     score_manifest(chir_model, sim_chirality["manifest"], out, shard_size=10, shards=[0], progress=False)

@@ -1,4 +1,4 @@
-"""Accelerated inference paths (galmorph.accel): the agreement check, each path against fp32, the
+"""Accelerated inference paths (galmorph.scoring.accel): the agreement check, each path against fp32, the
 choice recorded by scoring, JPEG draft decoding."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from galmorph.accel import (
+from galmorph.scoring.accel import (
     Agreement,
     InferencePath,
     PathChoice,
@@ -120,7 +120,7 @@ def test_fp32_needs_no_check():
 @pytest.mark.parametrize("name,atol", [("channels_last", 1e-4), ("bf16", 0.15), ("onnx", 1e-4), ("int8", 0.25)])
 def test_each_path_predicts_like_fp32(name, atol):
     """Every real path on a small CNN, as loaded back from MLflow (GraphModule), vs eager fp32."""
-    from galmorph.accel import PathUnavailable
+    from galmorph.scoring.accel import PathUnavailable
 
     net = TinyNet(3, seed=2).eval()
     gm = exported(net)
@@ -153,8 +153,8 @@ def _loaded(net, size=32):
 
 
 def test_score_manifest_records_the_path_and_matches_fp32(sim_chirality, tmp_path):
-    from galmorph.manifest import read_manifest
-    from galmorph.scoring import log_scoring_to_mlflow, merge_scores, score_manifest
+    from galmorph.catalogue.manifest import read_manifest
+    from galmorph.scoring.batch import log_scoring_to_mlflow, merge_scores, score_manifest
 
     net = TinyNet(3, seed=4)
     lm = _loaded(net)
@@ -204,9 +204,9 @@ def test_temperature_is_applied_in_scoring(sim_chirality, tmp_path):
     """Scoring gives the calibrated probabilities of LoadedModel.predict_proba (logits / temperature)."""
     import dataclasses
 
-    from galmorph.inference import predict_manifest
-    from galmorph.manifest import read_manifest
-    from galmorph.scoring import merge_scores, score_manifest
+    from galmorph.scoring.inference import predict_manifest
+    from galmorph.catalogue.manifest import read_manifest
+    from galmorph.scoring.batch import merge_scores, score_manifest
 
     lm = _loaded(TinyNet(3, seed=6))
     lm = dataclasses.replace(lm, spec=dataclasses.replace(lm.spec, temperature=2.5))
@@ -217,7 +217,7 @@ def test_temperature_is_applied_in_scoring(sim_chirality, tmp_path):
     assert len(m) == len(ref)
     assert np.abs(m["p_CW"] - m["p_CW_ref"]).max() < 1e-5
     # p_pred and the high-confidence flag are those of the calibrated probabilities
-    from galmorph.scoring import DEFAULT_THRESHOLD
+    from galmorph.scoring.batch import DEFAULT_THRESHOLD
 
     cal = m[["p_CW_ref", "p_ACW_ref", "p_other_ref"]].to_numpy().max(axis=1)
     assert np.abs(m["p_pred"] - cal).max() < 1e-5
@@ -232,7 +232,7 @@ def test_temperature_is_applied_in_scoring(sim_chirality, tmp_path):
 # JPEG draft decoding
 # ------------------------------------------------------------------------------------------------
 def test_draft_decode_is_reduced_scale_and_close(data_root):
-    from galmorph.data.images import ManifestImageDataset, draft_side, load_image_draft
+    from galmorph.datasets.images import ManifestImageDataset, draft_side, load_image_draft
     from galmorph.imaging.io import load_image
 
     files = sorted((data_root / "gz1_chirality" / "images").iterdir())[:8]
@@ -252,7 +252,7 @@ def test_draft_decode_is_reduced_scale_and_close(data_root):
 
 def test_choice_with_decode_auto_checks_the_draft(data_root, tmp_path):
     """decode=auto compares fp32 on the draft decode with fp32 on the full decode (real GZ1 JPEGs)."""
-    from galmorph.accel import agreement_batches
+    from galmorph.scoring.accel import agreement_batches
 
     files = sorted((data_root / "gz1_chirality" / "images").iterdir())[:32]
     frame = pd.DataFrame({"object_id": [f.stem for f in files], "image_uri": [str(f) for f in files],
@@ -268,10 +268,10 @@ def test_choice_with_decode_auto_checks_the_draft(data_root, tmp_path):
 
 def test_device_jpeg_decode_matches_the_cpu_preparation(sim_chirality):
     """The GPU-node path (torchvision decode_jpeg + on-device preparation), run with device='cpu'."""
-    from galmorph.data.images import prepare_jpeg_batch
+    from galmorph.datasets.images import prepare_jpeg_batch
     from galmorph.imaging.io import load_image
     from galmorph.imaging.preprocess import prepare_image
-    from galmorph.manifest import read_manifest
+    from galmorph.catalogue.manifest import read_manifest
 
     uris = read_manifest(sim_chirality["manifest"])["image_uri"].astype(str).tolist()[:6]
     for chans, crop in ((3, 1.0), (1, 0.75)):

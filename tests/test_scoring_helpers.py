@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from galmorph.manifest import read_manifest, write_manifest
+from galmorph.catalogue.manifest import read_manifest, write_manifest
 
 
 class TinyNet(torch.nn.Module):

@@ -156,7 +156,7 @@ def test_settings_help_documents_the_order(clean_env):
 def test_component_runtime_setup_follows_the_order(clean_env, monkeypatch):
     import mlflow
 
-    from galmorph.pipelines.runtime import setup
+    from galmorph.steps.runtime import setup
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", MLFLOW)
     monkeypatch.setenv("GALMORPH_DATA_ROOT", str(clean_env / "env-root"))
@@ -202,7 +202,7 @@ def test_train_follows_the_environment(clean_env, monkeypatch):
 
 
 def test_score_follows_the_environment(clean_env, monkeypatch):
-    import galmorph.scoring as scoring
+    import galmorph.scoring.batch as scoring
 
     man = clean_env / "m.parquet"
     man.write_bytes(b"")

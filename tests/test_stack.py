@@ -3,7 +3,7 @@
 import pytest
 
 from galmorph.settings import Settings
-from galmorph.stack import stack_down, stack_status, stack_up
+from galmorph.ops.stack import stack_down, stack_status, stack_up
 
 
 def free_port() -> int:

@@ -46,7 +46,7 @@ def test_runs_carry_params_metrics_tags_and_artifacts(chirality_run):
         assert run.data.tags["galmorph.git_commit"]
         src = run.data.tags["galmorph.data_version_source"]
         assert run.data.tags["galmorph.data_version"].startswith("manifest-sha256:") or src.startswith("dvc")
-    from galmorph.dvcops import data_version  # the data engineer's DVC md5 of the manifest
+    from galmorph.catalogue.dvcops import data_version  # the data engineer's DVC md5 of the manifest
 
     assert child.data.tags["galmorph.data_version"] == data_version(child.data.tags["galmorph.manifest"])
     hist = client.get_metric_history(res.run_id, "val_loss")
@@ -83,12 +83,12 @@ def test_real_run_temperature_dropout_card_and_lineage(chirality_run, sim_chiral
     version, the training run and the registered version."""
     import pandas as pd
 
-    from galmorph.data.images import ManifestImageDataset
+    from galmorph.datasets.images import ManifestImageDataset
     from galmorph.evaluation import evaluate
     from galmorph.evaluation.calibration import fit_temperature
     from galmorph.evaluation.chirality import has_dropout, mc_dropout_predictive
-    from galmorph.lineage import lineage
-    from galmorph.manifest import read_manifest
+    from galmorph.promotion.lineage import lineage
+    from galmorph.catalogue.manifest import read_manifest
 
     res = chirality_run
     lm = load_for_inference(res.model_uri)

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from galmorph.data.datamodule import TaskImageDataset
+from galmorph.datasets.datamodule import TaskImageDataset
 from galmorph.models.classifier import GalaxyClassifier
 from galmorph.training.config import resolve_config
 
@@ -14,7 +14,7 @@ pytestmark = pytest.mark.realdata
 
 
 def test_small_real_batch_overfits(data_root):
-    from galmorph.ingest import ingest_gz1_chirality
+    from galmorph.catalogue.ingest import ingest_gz1_chirality
 
     man, _ = ingest_gz1_chirality(data_root / "gz1_chirality" / "labels.csv", data_root / "gz1_chirality" / "images",
                                   data_root=data_root)

@@ -7,9 +7,9 @@ import pandas as pd
 import pytest
 from click.testing import CliRunner
 
-from galmorph.ingest import ingest
-from galmorph.manifest import read_manifest, read_quarantine
-from galmorph.validation import ValidationConfig, validate_frame, validate_manifest
+from galmorph.catalogue.ingest import ingest
+from galmorph.catalogue.manifest import read_manifest, read_quarantine
+from galmorph.catalogue.validation import ValidationConfig, validate_frame, validate_manifest
 
 realdata = pytest.mark.realdata
 

@@ -15,10 +15,10 @@ from galmorph.imaging.winding import (
     WindingError,
     WindingOptions,
     measure_winding_file,
-    measure_winding_manifest,
     options_for_file,
     winding_sense,
 )
+from galmorph.catalogue.winding import measure_winding_manifest
 from galmorph.simulate import GalaxyParams, render_galaxy
 
 # about the size of a GZ1 galaxy in its 423 px frame (isophotal radius ~ 54 px): arms resolved
@@ -160,7 +160,7 @@ def test_cli_json_lines(tmp_path):
 
 def test_manifest_mode_quarantines_broken_rows(tmp_path):
     from galmorph.cli import main
-    from galmorph.manifest import read_manifest, read_quarantine, write_manifest
+    from galmorph.catalogue.manifest import read_manifest, read_quarantine, write_manifest
 
     rows = []
     for i, w in enumerate("ZSZS"):

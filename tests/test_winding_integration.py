@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from galmorph.ensemble import (
+from galmorph.scoring.ensemble import (
     EnsembleError,
     WindingEnsemble,
     apply_winding_ensemble,
@@ -100,7 +100,7 @@ def _mirrored_copy(man: pd.DataFrame, out_dir) -> pd.DataFrame:
 def test_ensemble_on_simulated_spirals_follows_the_mirror(sim_chirality, tmp_path):
     """An undecided network (p = 0.35 / 0.35 / 0.30) takes the measured sense where it is confident; the
     mirrored images give the CW/ACW-swapped combined output."""
-    from galmorph.manifest import read_manifest
+    from galmorph.catalogue.manifest import read_manifest
 
     man = read_manifest(sim_chirality["manifest"])
     man = man[man["label"].isin(["CW", "ACW"])].reset_index(drop=True)
@@ -153,7 +153,7 @@ def test_score_with_winding_ensemble_records_it_in_the_catalogue(mlflow_server, 
 
 
 def test_framing_full_frame_for_a_cropping_model_and_no_double_crop():
-    from galmorph.cutout import CutoutError, check_framing, model_framing
+    from galmorph.catalogue.cutout import CutoutError, check_framing, model_framing
 
     assert model_framing(128, 0.40) == (320, 1.0)  # the model's crop of a 320 px frame holds 128 px
     assert model_framing(64, 1.0) == (64, 1.0)
@@ -166,9 +166,9 @@ def test_framing_full_frame_for_a_cropping_model_and_no_double_crop():
 def test_small_extent_is_measured_and_warned(tmp_path):
     """A compact and an extended simulated galaxy: 2 R90 follows the truth, and in a 32 px model input
     of the full frame the compact one falls under 40 px (counted, flagged, in the manifest metadata)."""
-    from galmorph.cutout import CutoutConfig, galaxy_extent_px, make_cutouts
+    from galmorph.catalogue.cutout import CutoutConfig, galaxy_extent_px, make_cutouts
     from galmorph.imaging.io import save_raster
-    from galmorph.manifest import manifest_metadata, read_manifest
+    from galmorph.catalogue.manifest import manifest_metadata, read_manifest
     from galmorph.simulate import GalaxyParams, half_light_radii, render_galaxy
 
     rows, truth = [], []
@@ -203,11 +203,11 @@ def test_labelling_overlay_for_chirality_queues(tmp_path, sim_chirality):
     size): measured on demand, or the queue's own columns when the labelling pipeline measured them."""
     from fastapi.testclient import TestClient
 
-    from galmorph.imaging.winding import measure_winding_manifest
+    from galmorph.catalogue.winding import measure_winding_manifest
     from galmorph.labelling.app import create_app
     from galmorph.labelling.queue import sample_queue
     from galmorph.labelling.store import LabelStore
-    from galmorph.manifest import read_manifest
+    from galmorph.catalogue.manifest import read_manifest
 
     man = read_manifest(sim_chirality["manifest"])
     truth = dict(zip(man["object_id"].astype(str), man["label"].astype(str)))
@@ -240,8 +240,8 @@ def test_labelling_pipeline_measures_winding_for_chirality_queues(tmp_path, monk
     """sample -> winding (not A1) -> queue: the chirality queue in the label database carries the winding
     columns (kfp's local runner, dsl.If/Else + dsl.OneOf)."""
     from galmorph.labelling.store import LabelStore
-    from galmorph.manifest import read_manifest
-    from galmorph.pipelines.run import run_local
+    from galmorph.catalogue.manifest import read_manifest
+    from galmorph.ops.run import run_local
     from galmorph.settings import get_settings
     from galmorph.simulate import simulate_dataset
 

@@ -16,7 +16,7 @@ def drift(catalogue: Input[Dataset], dataset: Input[Dataset], report: Output[HTM
     """galmorph.drift.run_drift; ``reference`` defaults to the drift reference logged in MLflow with the
     model version (``drift_reference/features.parquet`` of its training run); thresholds from params.yaml ``drift:`` (``min_group_size``
     > 0 overrides). ``verdict`` is ``drift`` or ``no_drift`` (drives publish)."""
-    from galmorph.pipelines import steps
+    from galmorph import steps
 
     return steps.drift(catalogue.path, dataset.path, summary.path, report.path, reference=reference,
                        model_uri=model_uri, by=by, release=release, mlflow_run_id=mlflow_run_id, workspace=workspace,

@@ -13,7 +13,7 @@ def evaluate(model_uri: str, dataset: Input[Dataset], report: Output[HTML], metr
              predictions: Output[Dataset], tracking_uri: str = "") -> NamedTuple(
                  "EvaluateOutputs", [("accuracy", float), ("f1_macro", float), ("run_id", str)]):
     """galmorph.evaluation.evaluate (logged to MLflow); the report is also this step's HTML output."""
-    from galmorph.pipelines import steps
+    from galmorph import steps
 
     return steps.evaluate(model_uri, dataset.path, report.path, predictions.path, tracking_uri=tracking_uri,
                           metrics=metrics.metadata)

@@ -12,9 +12,9 @@ from galmorph.container_images import CPU_IMAGE
 def ingest(source: str, manifest: Output[Dataset], quarantine: Output[Dataset], task: str = "",
            data_root: str = "") -> NamedTuple("IngestOutputs", [("rows_in", int), ("rows_out", int),
                                                                 ("rows_quarantined", int)]):
-    """galmorph.pipelines.artifacts.ingest_source: ``source`` is a catalogue name (gz1_chirality, ...),
+    """galmorph.steps.artifacts.ingest_source: ``source`` is a catalogue name (gz1_chirality, ...),
     ``sim:<dir>``, a release folder (release.json / manifest.parquet / truth.parquet) or a manifest."""
-    from galmorph.pipelines import steps
+    from galmorph import steps
 
     return steps.ingest(source, manifest.path, quarantine.path, task=task, data_root=data_root,
                         manifest_metadata=manifest.metadata, quarantine_metadata=quarantine.metadata)

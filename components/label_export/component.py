@@ -13,7 +13,7 @@ def label_export(labelled: Output[Dataset], quarantine: Output[Dataset], task: s
                  policy: str = "majority", label_db_url: str = "") -> NamedTuple("ExportOutputs",
                                                                                  [("n_labelled", int)]):
     """galmorph.labelling.export.export_labels (objects with only 'unsure' votes go to quarantine)."""
-    from galmorph.pipelines import steps
+    from galmorph import steps
 
     return steps.label_export(labelled.path, quarantine.path, task=task, policy=policy, label_db_url=label_db_url,
                               labelled_metadata=labelled.metadata)

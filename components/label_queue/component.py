@@ -13,7 +13,7 @@ def label_queue(queue: Input[Dataset], exported: Output[Dataset], label_db_url: 
                 queue_name: str = "") -> NamedTuple("QueueOutputs", [("registered", int)]):
     """galmorph.labelling.store.LabelStore.register_queue: the labelling app (`galmorph label serve`)
     then serves these objects, with their A1 overlay."""
-    from galmorph.pipelines import steps
+    from galmorph import steps
 
     return steps.label_queue(queue.path, exported.path, label_db_url=label_db_url, queue_name=queue_name,
                              exported_metadata=exported.metadata)

@@ -13,7 +13,7 @@ def label_sample(manifest: Input[Dataset], queue: Output[Dataset], per_bin: int 
                  z_min: float = 0.01, z_max: float = 0.1, seed: int = 0, task: str = "lopsided",
                  label_db_url: str = "") -> NamedTuple("SampleOutputs", [("rows", int)]):
     """galmorph.labelling.queue.sample_queue (objects already labelled in the label database excluded)."""
-    from galmorph.pipelines import steps
+    from galmorph import steps
 
     return steps.label_sample(manifest.path, queue.path, per_bin=per_bin, n_bins=n_bins, z_min=z_min, z_max=z_max,
                               seed=seed, task=task, label_db_url=label_db_url, queue_metadata=queue.metadata)

@@ -12,9 +12,9 @@ from galmorph.container_images import CPU_IMAGE
 def merge(scores: Input[List[Dataset]], catalogue: Output[Dataset], metrics: Output[Metrics], release: str = "",
           log_mlflow: bool = True, tracking_uri: str = "") -> NamedTuple(
               "MergeOutputs", [("n_scored", int), ("n_quarantined", int), ("run_id", str), ("cvs", float)]):
-    """galmorph.scoring.merge_scores -> ``catalogue`` folder (catalogue.parquet, quarantine.parquet,
+    """galmorph.scoring.batch.merge_scores -> ``catalogue`` folder (catalogue.parquet, quarantine.parquet,
     summary.json); the summary and catalogue are logged as an MLflow run tagged with the release."""
-    from galmorph.pipelines import steps
+    from galmorph import steps
 
     return steps.merge([s.path for s in scores], catalogue.path, release=release, log_mlflow=log_mlflow,
                        tracking_uri=tracking_uri, catalogue_metadata=catalogue.metadata, metrics=metrics.metadata)

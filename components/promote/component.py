@@ -12,10 +12,10 @@ from galmorph.container_images import CPU_IMAGE
 def promote(task: str, version: str, dataset: Input[Dataset], record: Output[Artifact], policy_json: str = "{}",
             audit_log: str = "", tracking_uri: str = "") -> NamedTuple(
                 "PromoteOutputs", [("decision", str), ("passed", bool), ("champion", str)]):
-    """galmorph.registry.promote against ``@champion`` on the held-out dataset under the policy
+    """galmorph.promotion.registry.promote against ``@champion`` on the held-out dataset under the policy
     (params.yaml ``promotion:`` section, overridden by ``policy_json``). The audit record is appended
     to ``audit_log`` (default: the platform state folder) and is this step's output."""
-    from galmorph.pipelines import steps
+    from galmorph import steps
 
     return steps.promote(task, version, dataset.path, record.path, policy_json=policy_json, audit_log=audit_log,
                          tracking_uri=tracking_uri, record_metadata=record.metadata)

@@ -13,14 +13,14 @@ def score(dataset: Input[Dataset], work: str, scores: Output[Dataset], batch_siz
           threshold: float = 0.85, device: str = "auto", tracking_uri: str = "", winding_ensemble: bool = False,
           winding_weight: float = 3.0, winding_min_confidence: float = 0.0, precision: str = "fp32",
           decode: str = "full", class_prior: str = "") -> NamedTuple("ScoreOutputs", [("n_scored", int), ("n_quarantined", int)]):
-    """galmorph.scoring.score_manifest for the shards of ``work`` (a shard-planner item: shard range,
+    """galmorph.scoring.batch.score_manifest for the shards of ``work`` (a shard-planner item: shard range,
     pinned model URI, shard size) into the ``scores`` folder; resumable (a retried pod skips the
     shards it completed when its output folder persists). ``winding_ensemble``: combine the chirality
-    network with the winding measurement where it is confident (galmorph.ensemble). ``precision``
+    network with the winding measurement where it is confident (galmorph.scoring.ensemble). ``precision``
     (fp32|auto|channels_last|bf16|onnx|int8) and ``decode`` (full|draft|auto): the inference path, used only
-    where it agrees with fp32 (galmorph.accel). ``class_prior``: the release's class prior (``catalogue`` or
+    where it agrees with fp32 (galmorph.scoring.accel). ``class_prior``: the release's class prior (``catalogue`` or
     ``CLASS=F,...``; empty: as trained)."""
-    from galmorph.pipelines import steps
+    from galmorph import steps
 
     return steps.score(dataset.path, work, scores.path, batch_size=batch_size, num_workers=num_workers,
                        threshold=threshold, device=device, tracking_uri=tracking_uri,

@@ -16,7 +16,7 @@ def train(task: str, dataset: Input[Dataset], model: Output[Model], metrics: Out
     """galmorph.training.train on the dataset; the model is registered as ``galmorph-<task>``.
 
     ``overrides_json`` holds ``--set`` style overrides as a JSON object, e.g. ``{"max_epochs": 2}``."""
-    from galmorph.pipelines import steps
+    from galmorph import steps
 
     return steps.train(task, dataset.path, model.path, preset=preset, overrides_json=overrides_json,
                        experiment=experiment, register=register, tracking_uri=tracking_uri,

@@ -11,10 +11,10 @@ def validate(manifest: Input[Dataset], passed: Output[Dataset], quarantine: Outp
              report: Output[Artifact], metrics: Output[Metrics], z_min: float = 0.01, z_max: float = 0.1,
              max_failure_fraction: float = 0.05, check_images: bool = True,
              data_root: str = "") -> bool:
-    """galmorph.validation.validate_manifest. Returns ``success`` (the single ``Output``): False above
+    """galmorph.catalogue.validation.validate_manifest. Returns ``success`` (the single ``Output``): False above
     ``max_failure_fraction``, and the pipelines stop there through ``dsl.If(validate.output == True)``.
     Row counts are in ``metrics`` (rows, passed, quarantined, failure_fraction)."""
-    from galmorph.pipelines import steps
+    from galmorph import steps
 
     return steps.validate(manifest.path, passed.path, quarantine.path, report.path, z_min=z_min, z_max=z_max,
                           max_failure_fraction=max_failure_fraction, check_images=check_images, data_root=data_root,

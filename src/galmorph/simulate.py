@@ -27,7 +27,8 @@ import numpy as np
 import pandas as pd
 from scipy.signal import fftconvolve
 
-from galmorph.manifest import assign_z_bin, write_manifest
+from galmorph.catalogue.manifest import assign_z_bin, write_manifest
+from galmorph.tasks import TASK_LABEL_COLUMNS
 
 log = logging.getLogger(__name__)
 
@@ -199,9 +200,6 @@ def make_wcs(ra: float, dec: float, size: int, pixel_scale: float = PIXEL_SCALE_
     w.wcs.cd = np.array([[-pixel_scale / 3600, 0], [0, pixel_scale / 3600]])
     w.wcs.radesys = "ICRS"
     return w
-
-
-TASK_LABEL_COLUMNS = {"lopsided": "label_lopsided", "arms": "label_arms", "chirality": "label_chirality"}
 
 
 def arms_label(n_arms: int) -> str:

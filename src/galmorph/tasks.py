@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 
@@ -53,3 +54,19 @@ def arm_classes(merge: str = "none", include_cant_tell: bool = True) -> tuple[st
         if m not in out:
             out.append(m)
     return tuple(out)
+
+
+#: The simulator's truth column of each task's label (``simulate_dataset``'s manifest).
+TASK_LABEL_COLUMNS = {"lopsided": "label_lopsided", "arms": "label_arms", "chirality": "label_chirality"}
+
+
+def chirality_violation(n_acw: int, n_cw: int) -> tuple[float, float]:
+    """``(CVS, sigma)`` with CVS = (n_ACW - n_CW)/sqrt(n_ACW + n_CW); sigma = 1 (the statistic is in
+    units of its own Poisson scatter). NaN for an empty sample."""
+    n_acw, n_cw = int(n_acw), int(n_cw)
+    if n_acw < 0 or n_cw < 0:
+        raise ValueError(f"counts must be >= 0, got n_acw={n_acw}, n_cw={n_cw}")
+    n = n_acw + n_cw
+    if n == 0:
+        return float("nan"), float("nan")
+    return (n_acw - n_cw) / math.sqrt(n), 1.0

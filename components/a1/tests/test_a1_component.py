@@ -3,7 +3,7 @@
 import numpy as np
 from kfp.dsl import Dataset
 
-from galmorph.manifest import read_manifest
+from galmorph.catalogue.manifest import read_manifest
 from galmorph_components.a1.component import a1
 
 

@@ -5,8 +5,8 @@ import shutil
 from kfp.dsl import Dataset
 
 from galmorph.imaging.io import load_image
-from galmorph.manifest import manifest_metadata, read_manifest
-from galmorph.pipelines.artifacts import open_dataset
+from galmorph.catalogue.manifest import manifest_metadata, read_manifest
+from galmorph.steps.artifacts import open_dataset
 from galmorph_components.cutout.component import cutout
 
 

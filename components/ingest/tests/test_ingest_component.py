@@ -4,7 +4,7 @@ import json
 
 from kfp.dsl import Dataset
 
-from galmorph.manifest import read_manifest, read_quarantine
+from galmorph.catalogue.manifest import read_manifest, read_quarantine
 from galmorph_components.ingest.component import ingest
 
 

@@ -3,7 +3,7 @@
 from kfp.dsl import Dataset
 
 from galmorph.labelling.store import LabelStore
-from galmorph.manifest import read_manifest, write_manifest
+from galmorph.catalogue.manifest import read_manifest, write_manifest
 from galmorph_components.label_export.component import label_export
 from galmorph_components.label_queue.component import label_queue
 from galmorph_components.label_sample.component import label_sample

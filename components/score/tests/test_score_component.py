@@ -6,7 +6,7 @@ import json
 import pandas as pd
 from kfp.dsl import Dataset, Metrics
 
-from galmorph.scoring import plan_work, score_manifest
+from galmorph.scoring.batch import plan_work, score_manifest
 from galmorph_components.merge.component import merge
 from galmorph_components.score.component import score
 from galmorph_components.shard.component import shard

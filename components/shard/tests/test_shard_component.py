@@ -2,7 +2,7 @@
 
 from kfp.dsl import Dataset
 
-from galmorph.scoring import parse_work_item
+from galmorph.scoring.batch import parse_work_item
 from galmorph_components.resolve_model.component import resolve_model
 from galmorph_components.shard.component import shard
 

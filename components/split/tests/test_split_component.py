@@ -2,8 +2,8 @@
 
 from kfp.dsl import Dataset
 
-from galmorph.manifest import read_manifest
-from galmorph.pipelines.artifacts import open_dataset
+from galmorph.catalogue.manifest import read_manifest
+from galmorph.steps.artifacts import open_dataset
 from galmorph_components.split.component import split
 
 

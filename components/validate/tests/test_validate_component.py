@@ -5,7 +5,7 @@ import json
 import pandas as pd
 from kfp.dsl import Artifact, Dataset, Metrics
 
-from galmorph.manifest import read_manifest, read_quarantine, write_manifest
+from galmorph.catalogue.manifest import read_manifest, read_quarantine, write_manifest
 from galmorph_components.validate.component import validate
 
 

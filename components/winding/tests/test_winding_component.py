@@ -4,7 +4,7 @@ featureless ones stay undecided, an unreadable image is quarantined (rows in = r
 import pandas as pd
 from kfp.dsl import Dataset
 
-from galmorph.manifest import read_manifest, write_manifest
+from galmorph.catalogue.manifest import read_manifest, write_manifest
 from galmorph_components.winding.component import winding
 
 

@@ -67,7 +67,7 @@ def a1_cmd(files, r50, r90, x0, y0, ra, dec, no_mask, no_refine, bkg_mesh, searc
     if saturation is not None:
         kwargs["saturation"] = saturation
     if manifest_path is not None:
-        from galmorph.imaging.a1 import measure_a1_manifest
+        from galmorph.catalogue.a1 import measure_a1_manifest
         from galmorph.settings import resolve_settings
 
         root = resolve_settings(data_root=data_root).data_root

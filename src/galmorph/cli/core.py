@@ -51,7 +51,7 @@ _SERVICES = click.option("--service", "services", multiple=True, type=click.Choi
 def stack_up_cmd(services: tuple[str, ...]) -> None:
     """Start the stack (idempotent) and print the URLs."""
     from galmorph.settings import resolve_settings
-    from galmorph.stack import stack_up
+    from galmorph.ops.stack import stack_up
 
     s = resolve_settings()
     try:
@@ -68,7 +68,7 @@ def stack_up_cmd(services: tuple[str, ...]) -> None:
 def stack_down_cmd(services: tuple[str, ...]) -> None:
     """Stop the services started by `stack up`."""
     from galmorph.settings import resolve_settings
-    from galmorph.stack import StackError, stack_down
+    from galmorph.ops.stack import StackError, stack_down
 
     try:
         res = stack_down(resolve_settings(), services or ("mlflow", "evidently"))
@@ -86,7 +86,7 @@ def stack_status_cmd(services: tuple[str, ...], as_json: bool) -> None:
     import sys
 
     from galmorph.settings import resolve_settings
-    from galmorph.stack import stack_status
+    from galmorph.ops.stack import stack_status
 
     try:
         res = stack_status(resolve_settings(), services or ("mlflow", "evidently"))

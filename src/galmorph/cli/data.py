@@ -54,7 +54,7 @@ def ingest_cmd(source: str, out: Path, quarantine: Path | None, data_root: Path 
     folder:<folder> (any image folder) or catalogue (any table: --path FILE --map object_id=COL
     --map image_uri=COL ...; relative image paths under --images, else beside the table).
     """
-    from galmorph.ingest import IngestError, ingest, parse_column_map
+    from galmorph.catalogue.ingest import IngestError, ingest, parse_column_map
 
     if source == "sim":
         source = f"sim:{sim_dir}"
@@ -137,8 +137,8 @@ def validate_cmd(manifest: Path, as_json: bool, z_min: float | None, z_max: floa
     Failing rows go to the quarantine (with reasons); the run fails only when more than
     --max-failure-fraction of the rows fail, or the schema is broken.
     """
-    from galmorph.manifest import ManifestError
-    from galmorph.validation import ValidationConfig, validate_manifest
+    from galmorph.catalogue.manifest import ManifestError
+    from galmorph.catalogue.validation import ValidationConfig, validate_manifest
 
     try:
         cfg = ValidationConfig(z_min=z_min, z_max=z_max, require_z=require_z, require_coords=require_coords,
@@ -191,8 +191,8 @@ def cutout_cmd(manifest: Path, out_dir: Path, size_arcsec: float | None, size_r9
                crop_fraction: float, size_px: int | None, greyscale: bool, no_fits: bool, data_root: Path | None,
                as_json: bool) -> None:
     """Cut MANIFEST's images into model-ready PNGs (+ FITS for FITS sources) and a cutout manifest."""
-    from galmorph.cutout import CutoutConfig, make_cutouts
-    from galmorph.manifest import ManifestError
+    from galmorph.catalogue.cutout import CutoutConfig, make_cutouts
+    from galmorph.catalogue.manifest import ManifestError
 
     try:
         cfg = CutoutConfig(size_arcsec=size_arcsec or None, size_r90=size_r90 or None, r90_column=r90_column, size_px=size_px,
@@ -221,8 +221,8 @@ def cutout_cmd(manifest: Path, out_dir: Path, size_arcsec: float | None, size_r9
 def crossmatch_cmd(left: Path, right: Path, radius: float, left_id: str, right_id: str, one_to_one: bool,
                    out: Path | None, as_json: bool) -> None:
     """Positional cross-match of LEFT and RIGHT (manifests or CSV/FITS catalogues) within --radius."""
-    from galmorph.crossmatch import CrossmatchError, crossmatch_files
-    from galmorph.ingest import IngestError
+    from galmorph.catalogue.crossmatch import CrossmatchError, crossmatch_files
+    from galmorph.catalogue.ingest import IngestError
 
     try:
         res = crossmatch_files(left, right, radius, out=out, left_id=left_id, right_id=right_id,
@@ -257,7 +257,7 @@ def sdss_query_cmd(fallback_gz2: bool, z_min: float, z_max: float, mag_g_max: fl
                    fracdev_max: float, expab_min: float, spiral_min: float, top: int | None, fetch: bool,
                    out: Path | None, result: Path | None) -> None:
     """Print the SkyServer SQL of the lopsided study's selection (or the GZ2 fallback); optionally run it."""
-    from galmorph.sdss_query import SdssSelection, apply_selection, build_sql, fetch as do_fetch, read_query_result
+    from galmorph.catalogue.sdss_query import SdssSelection, apply_selection, build_sql, fetch as do_fetch, read_query_result
 
     try:
         sel = SdssSelection(z_min=z_min, z_max=z_max, mag_g_max=mag_g_max, petro_r90_g_min=r90_min,
@@ -305,7 +305,7 @@ def data_group() -> None:
 @json_option("Print path, md5 and where it came from as JSON.")
 def data_version_cmd(path: Path, as_json: bool) -> None:
     """Print the DVC md5 of PATH (dvc.lock / .dvc entry, else computed with DVC's hashing)."""
-    from galmorph.dvcops import data_version_info
+    from galmorph.catalogue.dvcops import data_version_info
 
     info = data_version_info(path)
     if as_json:

@@ -31,8 +31,8 @@ def demo_cmd(out_dir: Path | None, tasks: tuple[str, ...], preset: str, release_
     """Run the platform end to end locally: stack up, simulate data, the training pipeline per task
     (kfp local runner) with promotion, then the rescoring pipeline on a new simulated release; print the
     MLflow UI address and where the outputs are. With --real: the same on the public GZ1 and DECaLS data."""
-    from galmorph.demo import DEMO_TASKS, REAL_N_OTHER, run_demo, run_real_demo
-    from galmorph.pipelines.run import PipelineRunError
+    from galmorph.ops.demo import DEMO_TASKS, REAL_N_OTHER, run_demo, run_real_demo
+    from galmorph.ops.run import PipelineRunError
     from galmorph.settings import REPO_ROOT, resolve_settings
 
     if not real and (n_other is not None or max_epochs is not None):

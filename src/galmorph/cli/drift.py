@@ -56,9 +56,9 @@ def drift_cmd(reference: Path, current: Path, by: str | None, out_dir: Path | No
     from datetime import datetime, timezone
 
     from galmorph.drift import DriftConfig, DriftInputError, run_drift
-    from galmorph.manifest import ManifestError
+    from galmorph.catalogue.manifest import ManifestError
     from galmorph.settings import resolve_settings
-    from galmorph.stack import healthy
+    from galmorph.ops.stack import healthy
 
     s = resolve_settings(tracking_uri=tracking_uri, data_root=data_root)
     try:

@@ -65,8 +65,8 @@ def evaluate_cmd(models, manifest, out_dir, z_edges, thresholds, chirality_diagn
     metric) to MLflow.
     """
     from galmorph.evaluation import evaluate, evaluate_trials
-    from galmorph.manifest import DEFAULT_Z_EDGES, ManifestError
-    from galmorph.registry import model_ref
+    from galmorph.catalogue.manifest import DEFAULT_Z_EDGES, ManifestError
+    from galmorph.promotion.registry import model_ref
     from galmorph.settings import resolve_settings
 
     s = resolve_settings(tracking_uri=tracking_uri, data_root=data_root)

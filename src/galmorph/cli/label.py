@@ -60,13 +60,13 @@ def _db_errors(fn):
 def _labelled_ids(source: str, task: str) -> set[str]:
     """Object ids already labelled for ``task`` in a label database (URL or .db file) or a manifest."""
     from galmorph.labelling.store import LabelStore
-    from galmorph.manifest import read_manifest
+    from galmorph.catalogue.manifest import read_manifest
 
     if "://" in source or source.endswith((".db", ".sqlite", ".sqlite3")):
         url = _db_url(source)
         if url.startswith("sqlite:///") and url != "sqlite:///:memory:" and \
                 not Path(url[len("sqlite:///"):]).expanduser().is_file():
-            from galmorph.manifest import ManifestError
+            from galmorph.catalogue.manifest import ManifestError
 
             # reading must not create the database (or its folder) as a side effect
             raise ManifestError(f"--exclude-labelled {source}: no such label database")
@@ -110,8 +110,8 @@ def sample_cmd(manifest_path, out_path, per_bin, n_bins, z_min, z_max, seed, exc
     labelled (in the manifest itself or in --exclude-labelled sources).
     """
     from galmorph.labelling.queue import add_a1, sample_queue, score_entropy, write_queue
-    from galmorph.manifest import ManifestError, read_manifest
-    from galmorph.registry import model_ref
+    from galmorph.catalogue.manifest import ManifestError, read_manifest
+    from galmorph.promotion.registry import model_ref
     from galmorph.settings import resolve_settings
 
     if not z_min < z_max:
@@ -179,7 +179,7 @@ def serve_cmd(queue_path, db, labeller, port, host, auth_mode, tokens_file, trus
     from galmorph.labelling.app import create_app
     from galmorph.labelling.queue import read_queue
     from galmorph.labelling.store import LabelStore
-    from galmorph.manifest import ManifestError
+    from galmorph.catalogue.manifest import ManifestError
     from galmorph.settings import resolve_settings
 
     s = resolve_settings(data_root=data_root)

@@ -18,7 +18,7 @@ def lineage_cmd(ref: str, tracking_uri: str | None, as_json: bool) -> None:
     manifest, the training run, the registered version and its aliases, and the releases scored with
     it (scoring run, catalogue, drift verdict), from the MLflow and DVC records.
     """
-    from galmorph.lineage import LineageError, format_lineage, lineage
+    from galmorph.promotion.lineage import LineageError, format_lineage, lineage
     from galmorph.settings import resolve_settings
 
     s = resolve_settings(tracking_uri=tracking_uri)

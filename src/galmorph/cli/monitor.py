@@ -36,7 +36,7 @@ def serve_cmd(port: int | None, project: str | None, foreground: bool) -> None:
 
     from galmorph.drift.config import DriftConfig
     from galmorph.drift.workspace import ensure_dashboard, get_or_create_project, open_workspace
-    from galmorph.stack import start_service, stop_service
+    from galmorph.ops.stack import start_service, stop_service
 
     s = _settings(port)
     cfg = DriftConfig.from_params(s.params_file)
@@ -63,7 +63,7 @@ def serve_cmd(port: int | None, project: str | None, foreground: bool) -> None:
 def stop_cmd() -> None:
     """Stop the Evidently UI started by `monitor serve` / `stack up`."""
     from galmorph.settings import resolve_settings
-    from galmorph.stack import stop_service
+    from galmorph.ops.stack import stop_service
 
     click.echo("stopped" if stop_service(resolve_settings(), "evidently") else "not running")
 

@@ -8,7 +8,7 @@ import click
 
 from galmorph.cli.base import echo_json, fail, main, resolve_kfp_target
 from galmorph.cli.options import data_root_option, json_option, tracking_uri_option
-from galmorph.pipelines import PIPELINES
+from galmorph.ops import PIPELINES
 
 _NAMES = click.Choice(list(PIPELINES))
 
@@ -27,8 +27,8 @@ def compile_cmd(out_dir: Path | None, check: bool, names: tuple[str, ...]) -> No
     """Compile the pipelines to KFP IR YAML packages (upload them in the Kubeflow UI)."""
     import tempfile
 
-    from galmorph.pipelines import compiled_dir
-    from galmorph.pipelines.compile import compile_all, stale_packages
+    from galmorph.ops import compiled_dir
+    from galmorph.ops.compile import compile_all, stale_packages
 
     names = names or PIPELINES
     if check:
@@ -63,7 +63,7 @@ def run_cmd(name: str, local_run: bool, host: str | None, params: tuple[str, ...
             experiment: str, run_name: str | None, runner: str, tracking_uri: str | None,
             data_root: Path | None, as_json: bool) -> None:
     """Run pipeline NAME locally (--local, against the local MLflow server) or submit it (--host URL)."""
-    from galmorph.pipelines.run import PipelineParamError, PipelineRunError, parse_param_items, run_local, submit
+    from galmorph.ops.run import PipelineParamError, PipelineRunError, parse_param_items, run_local, submit
     from galmorph.settings import resolve_settings
 
     s = resolve_settings(tracking_uri=tracking_uri, data_root=data_root)
@@ -71,7 +71,7 @@ def run_cmd(name: str, local_run: bool, host: str | None, params: tuple[str, ...
     try:
         raw = parse_param_items(params)
         if local_run and runner == "docker":
-            from galmorph.pipelines.docker_runner import ContainerRunError, run_local_docker
+            from galmorph.ops.docker_runner import ContainerRunError, run_local_docker
 
             try:
                 res = run_local_docker(name, raw, pipeline_root or s.state_dir / "kfp",
@@ -106,7 +106,7 @@ def run_cmd(name: str, local_run: bool, host: str | None, params: tuple[str, ...
 @click.option("--namespace", default=None, help="Kubeflow namespace (multi-user installs).")
 def upload_cmd(host: str | None, package_dir: Path | None, namespace: str | None) -> None:
     """Upload every compiled package, or a new version of it (named by its content hash); idempotent."""
-    from galmorph.pipelines.run import PipelineRunError, upload_all
+    from galmorph.ops.run import PipelineRunError, upload_all
     from galmorph.settings import resolve_settings
 
     host = host or resolve_settings().kfp_host
@@ -130,7 +130,7 @@ def upload_cmd(host: str | None, package_dir: Path | None, namespace: str | None
 def schedule_cmd(name: str, cron: str, host: str | None, params: tuple[str, ...], experiment: str,
                  job_name: str | None, namespace: str | None) -> None:
     """Create the recurring run of pipeline NAME (replaced when its cron or package changed)."""
-    from galmorph.pipelines.run import PipelineRunError, parse_param_items, schedule
+    from galmorph.ops.run import PipelineRunError, parse_param_items, schedule
     from galmorph.settings import resolve_settings
 
     host = host or resolve_settings().kfp_host
@@ -149,7 +149,7 @@ def schedule_cmd(name: str, cron: str, host: str | None, params: tuple[str, ...]
 @click.argument("name", type=_NAMES)
 def params_cmd(name: str) -> None:
     """List a pipeline's parameters with their types and defaults."""
-    from galmorph.pipelines.run import pipeline_parameters
+    from galmorph.ops.run import pipeline_parameters
 
     for k, (t, d) in pipeline_parameters(name).items():
         click.echo(f"{k:24s} {getattr(t, '__name__', str(t)):6s} {d!r}")

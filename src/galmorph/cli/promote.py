@@ -40,7 +40,7 @@ def promote_cmd(task, version, manifest, rollback, reason, primary_metric, delta
     reasons printed. The first model becomes champion. Every decision is appended to the audit log
     and tagged on the model versions. Concurrent promotions are serialised by a file lock.
     """
-    from galmorph.registry import PromotionError, PromotionPolicy, promote, rollback as do_rollback
+    from galmorph.promotion.registry import PromotionError, PromotionPolicy, promote, rollback as do_rollback
     from galmorph.settings import resolve_settings
 
     s = resolve_settings(tracking_uri=tracking_uri, data_root=data_root, audit_log=audit_log)

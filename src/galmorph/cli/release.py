@@ -34,8 +34,8 @@ def watch_cmd(directory: Path, host: str | None, local_run: bool, once: bool, in
               namespace: str | None, tracking_uri: str | None, data_root: Path | None) -> None:
     """Watch DIRECTORY for release folders (DIR/<release>/release.json or manifest.parquet) and start
     exactly one rescoring run per release (idempotent across restarts and concurrent watchers)."""
-    from galmorph.pipelines.run import PipelineRunError, parse_param_items
-    from galmorph.release import StateError, host_starter, local_starter, watch
+    from galmorph.ops.run import PipelineRunError, parse_param_items
+    from galmorph.ops.release import StateError, host_starter, local_starter, watch
     from galmorph.settings import resolve_settings
 
     s = resolve_settings(tracking_uri=tracking_uri, data_root=data_root)

@@ -11,10 +11,10 @@ from galmorph.cli.options import data_root_option, json_option, tracking_uri_opt
 
 
 def _shards(ctx: click.Context, param: click.Parameter, text: str | None) -> list[int] | None:
-    """``--shards`` through :func:`galmorph.scoring.parse_shard_range` (None: all shards)."""
+    """``--shards`` through :func:`galmorph.scoring.batch.parse_shard_range` (None: all shards)."""
     if text is None:
         return None
-    from galmorph.scoring import parse_shard_range
+    from galmorph.scoring.batch import parse_shard_range
 
     try:
         return parse_shard_range(text)
@@ -23,10 +23,10 @@ def _shards(ctx: click.Context, param: click.Parameter, text: str | None) -> lis
 
 
 def _ensemble(on: bool, weight: float, min_confidence: float):
-    """The :class:`galmorph.ensemble.WindingEnsemble` of the ``--winding-*`` options (None when off)."""
+    """The :class:`galmorph.scoring.ensemble.WindingEnsemble` of the ``--winding-*`` options (None when off)."""
     if not on:
         return None
-    from galmorph.ensemble import WindingEnsemble
+    from galmorph.scoring.ensemble import WindingEnsemble
 
     return WindingEnsemble(weight=weight, min_confidence=min_confidence)
 
@@ -62,7 +62,7 @@ def _ensemble(on: bool, weight: float, min_confidence: float):
               help="Record the scored release (summary + catalogue) as an MLflow run.")
 @click.option("--winding-ensemble", is_flag=True,
               help="Chirality: combine the network's CW/ACW odds with the winding measurement where it is confident "
-                   "(galmorph.ensemble; recorded in scoring.json and the catalogue metadata).")
+                   "(galmorph.scoring.ensemble; recorded in scoring.json and the catalogue metadata).")
 @click.option("--winding-weight", type=click.FloatRange(0), default=3.0, show_default=True,
               help="Ensemble weight: log-odds added per unit of winding z.")
 @click.option("--winding-min-confidence", type=click.FloatRange(0), default=0.0, show_default=True,
@@ -92,9 +92,9 @@ def score_cmd(model_uri: str, manifest: Path, out_dir: Path, batch_size: int, nu
     kept and the rest is scored. Unreadable images are quarantined with their reason. Chirality runs
     write the release's CVS = (n_ACW - n_CW)/sqrt(n_ACW + n_CW) with its uncertainty to summary.json.
     """
-    from galmorph.manifest import ManifestError
-    from galmorph.registry import model_ref
-    from galmorph.scoring import ScoringError, log_scoring_to_mlflow, merge_scores, score_manifest
+    from galmorph.catalogue.manifest import ManifestError
+    from galmorph.promotion.registry import model_ref
+    from galmorph.scoring.batch import ScoringError, log_scoring_to_mlflow, merge_scores, score_manifest
     from galmorph.settings import resolve_settings
 
     s = resolve_settings(tracking_uri=tracking_uri, data_root=data_root)

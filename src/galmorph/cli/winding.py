@@ -67,8 +67,8 @@ def winding_cmd(files, x0, y0, min_confidence, extra, as_json, manifest_path, ou
         fail(f"bad winding options: {exc}", 2)
     check_measure_mode(files, manifest_path, out_path, x0, y0)
     if manifest_path is not None:
-        from galmorph.imaging.winding import write_winding_manifest
-        from galmorph.manifest import ManifestError
+        from galmorph.catalogue.winding import write_winding_manifest
+        from galmorph.catalogue.manifest import ManifestError
         from galmorph.settings import resolve_settings
 
         root = resolve_settings(data_root=data_root).data_root

@@ -35,7 +35,7 @@ from typing import Any, NamedTuple
 import numpy as np
 import pandas as pd
 
-from galmorph.manifest import ManifestError, assign_z_bin, quarantine_frame, quarantine_record, resolve_image_uri
+from galmorph.catalogue.manifest import ManifestError, assign_z_bin, quarantine_frame, quarantine_record, resolve_image_uri
 
 log = logging.getLogger(__name__)
 
@@ -364,7 +364,7 @@ def compute_drift_features(manifest_df: pd.DataFrame, data_root: Path | str | No
     * image features are measured when the row has an ``image_uri`` (``data://`` resolved under
       ``data_root``); catalogue-only manifests (empty URIs) give catalogue features only;
     * ``predictions`` (``object_id, p_<class>..., pred[, p_pred]``, e.g. from
-      :func:`galmorph.inference.predict_manifest`) are merged by ``object_id``; without it,
+      :func:`galmorph.scoring.inference.predict_manifest`) are merged by ``object_id``; without it,
       probability columns already in the manifest (a scored table) are used.
 
     Rows whose image cannot be read, or whose ``object_id`` is missing or repeated, go to the

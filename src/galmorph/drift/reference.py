@@ -32,7 +32,7 @@ def reference_features(manifest: str | Path | pd.DataFrame, data_root: str | Pat
                        num_workers: int = 0) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Drift features of a training manifest (path or frame): ``(features, quarantine)``."""
     from galmorph.drift.features import compute_drift_features
-    from galmorph.manifest import read_manifest
+    from galmorph.catalogue.manifest import read_manifest
 
     df = read_manifest(manifest) if isinstance(manifest, (str, Path)) else manifest
     res = compute_drift_features(df, data_root=data_root, num_workers=num_workers, progress=False)

@@ -159,7 +159,7 @@ def load_drift_set(source: str | Path | pd.DataFrame, name: str, data_root: Path
         for c in ("survey", "z_bin"):
             if c not in df.columns:
                 if c == "z_bin" and "z" in df.columns:
-                    from galmorph.manifest import assign_z_bin
+                    from galmorph.catalogue.manifest import assign_z_bin
 
                     df[c] = assign_z_bin(pd.to_numeric(df["z"], errors="coerce")).to_numpy()
                 else:
@@ -171,7 +171,7 @@ def load_drift_set(source: str | Path | pd.DataFrame, name: str, data_root: Path
         log.warning("%s set: %d row(s) quarantined while computing drift features (first: %s)", name,
                     len(res.quarantine), res.quarantine["reason"].iloc[0])
     if quarantine_path is not None:
-        from galmorph.manifest import write_quarantine
+        from galmorph.catalogue.manifest import write_quarantine
 
         write_quarantine(res.quarantine, quarantine_path)
     if len(res.features) == 0:

@@ -1,6 +1,6 @@
 """Manifests of the real survey samples used to demonstrate and test drift monitoring.
 
-:func:`real_manifest` reads them with the data-foundation ingest (:func:`galmorph.ingest.load_source`).
+:func:`real_manifest` reads them with the data-foundation ingest (:func:`galmorph.catalogue.ingest.load_source`).
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from galmorph.ingest import load_source
+from galmorph.catalogue.ingest import load_source
 
 log = logging.getLogger(__name__)
 

@@ -1,8 +1,10 @@
 """The Evidently workspace side of drift monitoring: project, snapshots, dashboard.
 
-The dashboard panels are defined in code in ``galmorph_monitoring.dashboards`` (the top-level
-``monitoring/dashboards.py``, installed with galmorph); :func:`ensure_dashboard` re-applies them after
-every run with the union of the group labels already on the dashboard and those of the new run.
+The dashboard panels are defined in code in the top-level ``monitoring/dashboards.py``, installed with
+galmorph and registered under the entry point group ``galmorph.dashboards`` (``pyproject.toml``): the drift
+layer loads whatever module is registered there and never imports the monitoring package by name (it sits
+above the library). :func:`ensure_dashboard` re-applies the panels after every run with the union of the
+group labels already on the dashboard and those of the new run.
 """
 
 from __future__ import annotations
@@ -36,11 +38,23 @@ def step_workspace(workspace: str | Path | None, default: str | Path) -> Path:
     return Path(workspace)
 
 
-def load_dashboards_module() -> ModuleType:
-    """The panel definitions: the module ``galmorph_monitoring.dashboards`` (``monitoring/dashboards.py``)."""
-    from galmorph_monitoring import dashboards
+#: The entry point (group, name) of the dashboard panel definitions.
+DASHBOARDS_ENTRY_POINT = ("galmorph.dashboards", "panels")
 
-    return dashboards
+
+def load_dashboards_module() -> ModuleType:
+    """The panel definitions: the module registered as the ``panels`` entry point of the group
+    ``galmorph.dashboards`` (the project registers ``monitoring/dashboards.py``; a deployment can register
+    its own). A module with ``apply_dashboard(workspace, project, z_bins, surveys, classes,
+    high_confidence)``."""
+    from importlib.metadata import entry_points
+
+    group, name = DASHBOARDS_ENTRY_POINT
+    found = entry_points(group=group, name=name)
+    if not found:
+        raise RuntimeError(f"no dashboard panels registered: the entry point {group}:{name} is missing "
+                           "(reinstall galmorph: `uv sync`)")
+    return next(iter(found)).load()
 
 
 def open_workspace(path: str | Path):

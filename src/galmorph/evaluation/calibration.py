@@ -19,7 +19,7 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
-from galmorph.manifest import DEFAULT_Z_EDGES, assign_z_bin
+from galmorph.catalogue.manifest import DEFAULT_Z_EDGES, assign_z_bin
 
 
 def _softmax(z: np.ndarray) -> np.ndarray:

@@ -32,6 +32,8 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
+from galmorph.tasks import chirality_violation
+
 log = logging.getLogger(__name__)
 
 CW, ACW, OTHER = "CW", "ACW", "other"
@@ -42,18 +44,6 @@ SWEEP_CVS = tuple(range(-12, 13, 3))
 # --------------------------------------------------------------------------------------------
 # the statistic
 # --------------------------------------------------------------------------------------------
-def chirality_violation(n_acw: int, n_cw: int) -> tuple[float, float]:
-    """``(CVS, sigma)`` with CVS = (n_ACW - n_CW)/sqrt(n_ACW + n_CW); sigma = 1 (the statistic is in
-    units of its own Poisson scatter). NaN for an empty sample."""
-    n_acw, n_cw = int(n_acw), int(n_cw)
-    if n_acw < 0 or n_cw < 0:
-        raise ValueError(f"counts must be >= 0, got n_acw={n_acw}, n_cw={n_cw}")
-    n = n_acw + n_cw
-    if n == 0:
-        return float("nan"), float("nan")
-    return (n_acw - n_cw) / math.sqrt(n), 1.0
-
-
 def cvs_of_labels(labels: Sequence) -> float:
     """CVS of a sequence of class labels (anything other than CW/ACW is ignored)."""
     a = np.asarray([str(x) for x in labels], dtype=object)
@@ -129,7 +119,7 @@ def cvs_sweep(y_true: Sequence, y_pred: Sequence, set_cvs: Sequence[float] = SWE
 # --------------------------------------------------------------------------------------------
 def mirror_test(pred: pd.DataFrame, pred_mirror: pd.DataFrame, atol: float = 1e-5) -> dict:
     """Compare predictions on images and on their mirror images (outputs of
-    :func:`galmorph.inference.predict_manifest` with ``mirror=False/True``, same rows).
+    :func:`galmorph.scoring.inference.predict_manifest` with ``mirror=False/True``, same rows).
 
     Passes when the CVS of the mirrored predictions is exactly minus the original CVS, every
     CW <-> ACW prediction swaps (``other`` stays), and ``p_CW(mirror) = p_ACW(original)`` etc.

@@ -26,7 +26,7 @@ from galmorph.evaluation.calibration import calibration_report
 from galmorph.evaluation.metrics import (aggregate_trials, classification_metrics, flatten_metrics,
                                          redshift_bin_metrics, threshold_metrics)
 from galmorph.jsonsafe import finite_json, json_default
-from galmorph.manifest import DEFAULT_Z_EDGES, assign_z_bin, quarantine_record, read_manifest, write_quarantine
+from galmorph.catalogue.manifest import DEFAULT_Z_EDGES, assign_z_bin, quarantine_record, read_manifest, write_quarantine
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +88,7 @@ def mlflow_client():
 def _load_images(manifest: pd.DataFrame, rows: Sequence[int], spec, data_root):
     import torch
 
-    from galmorph.data.images import ManifestImageDataset
+    from galmorph.datasets.images import ManifestImageDataset
 
     ds = ManifestImageDataset(manifest, spec.image_size, spec.in_chans, spec.crop_fraction, data_root=data_root)
     return torch.stack([ds[int(i)][0] for i in rows]) if len(rows) else torch.empty(0)
@@ -106,7 +106,7 @@ def chirality_diagnostics(loaded, manifest: pd.DataFrame, pred: pd.DataFrame, va
     with a usable prediction and label. Parts that cannot run (no spirals of one sense, ...) are
     reported under ``skipped`` with the reason instead of failing the evaluation.
     """
-    from galmorph.inference import predict_manifest
+    from galmorph.scoring.inference import predict_manifest
 
     out: dict = {"skipped": {}}
     lab, prd = pred.loc[valid, "label"].astype(str).to_numpy(), pred.loc[valid, "pred"].astype(str).to_numpy()
@@ -161,14 +161,14 @@ def evaluate(model_uri, manifest, out_dir: str | Path, *, z_edges: Sequence[floa
     reliability diagram and ECE overall and per redshift bin of the (temperature-scaled) probabilities.
     ``card``: the model card (written next to the report; attached to the registered model version
     when logging to MLflow). ``winding`` (default: chirality models) adds the agreement of the predicted
-    CW/ACW with the winding measurement on its confident galaxies (:func:`galmorph.ensemble.winding_report`;
+    CW/ACW with the winding measurement on its confident galaxies (:func:`galmorph.scoring.ensemble.winding_report`;
     ``winding_table``: a measurement of the same objects to reuse) as ``report["winding"]`` and
     ``winding_*`` metrics.
 
     Rows whose image cannot be read or whose label is not one of the model's classes go to the
     quarantine table with the reason; unlabelled rows are scored but not counted in the metrics.
     """
-    from galmorph.inference import predict_manifest
+    from galmorph.scoring.inference import predict_manifest
     from galmorph.models.io import LoadedModel, load_for_inference
 
     out_dir = Path(out_dir)
@@ -241,7 +241,7 @@ def evaluate(model_uri, manifest, out_dir: str | Path, *, z_edges: Sequence[floa
             sweep_realisations=sweep_realisations, rotation_passes=rotation_passes, rotation_angles=rotation_angles,
             rotation_max_objects=rotation_max_objects, mirror_atol=mirror_atol, seed=seed)
     if winding if winding is not None else {chir.CW, chir.ACW} <= set(classes):
-        from galmorph.ensemble import winding_report
+        from galmorph.scoring.ensemble import winding_report
 
         report["winding"] = winding_report(pred, manifest, data_root=data_root, table=winding_table,
                                            min_confidence=winding_min_confidence)
@@ -280,7 +280,7 @@ def evaluate(model_uri, manifest, out_dir: str | Path, *, z_edges: Sequence[floa
         report["model_card"] = build_model_card(report, training)
     metrics = flatten_metrics(report)
     if "winding" in report:
-        from galmorph.ensemble import winding_metrics
+        from galmorph.scoring.ensemble import winding_metrics
 
         metrics.update(winding_metrics(report["winding"]))
     report["metrics"] = metrics

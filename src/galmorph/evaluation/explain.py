@@ -338,7 +338,7 @@ def smoothgrad(module, x, target_class: int | Sequence[int] | None = None, n_sam
 def select_examples(pred: pd.DataFrame, classes: Sequence[str], per_class: int = 2) -> pd.DataFrame:
     """The most confident correct and the most confident wrong predictions of each class.
 
-    ``pred``: output of :func:`galmorph.inference.predict_manifest` (needs ``label``). Returns rows
+    ``pred``: output of :func:`galmorph.scoring.inference.predict_manifest` (needs ``label``). Returns rows
     with ``kind`` (correct/wrong), ``true_class``, ``pred``, ``p_pred`` and ``row`` (position in
     ``pred``); fewer rows where a class has fewer examples.
     """

@@ -16,7 +16,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from galmorph.manifest import DEFAULT_Z_EDGES, assign_z_bin
+from galmorph.catalogue.manifest import DEFAULT_Z_EDGES, assign_z_bin
 
 
 # --------------------------------------------------------------------------------------------
@@ -226,7 +226,7 @@ def redshift_bin_metrics(y_true: Sequence, proba: np.ndarray, classes: Sequence[
                          z_edges: Sequence[float] = DEFAULT_Z_EDGES, with_curves: bool = True) -> dict[str, dict]:
     """Metrics (accuracy, macro F1, macro AUC and ROC curves) in each redshift bin.
 
-    Bins follow :func:`galmorph.manifest.assign_z_bin`; objects with unknown z or outside the edges
+    Bins follow :func:`galmorph.catalogue.manifest.assign_z_bin`; objects with unknown z or outside the edges
     are reported under ``unknown`` / ``out_of_range`` when present. Bins with no objects are listed
     with ``n = 0`` and NaN metrics so that every configured bin appears.
     """

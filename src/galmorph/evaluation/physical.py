@@ -12,7 +12,7 @@ example the Hart et al. 2017 spirals: stellar mass ``logMstar``, redshift ``Z``)
 
 :func:`load_lopsided_catalogue` reads the published lopsided catalogue (training labels + model
 predictions) and :func:`match_property_table` cross-matches any catalogue with RA/Dec to a property
-table (3" by default, with :func:`galmorph.crossmatch.crossmatch`).
+table (3" by default, with :func:`galmorph.catalogue.crossmatch.crossmatch`).
 """
 
 from __future__ import annotations
@@ -24,8 +24,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from galmorph.crossmatch import crossmatch
-from galmorph.ingest import parse_iau_name
+from galmorph.catalogue.crossmatch import crossmatch
+from galmorph.catalogue.ingest import parse_iau_name
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +84,7 @@ def match_property_table(catalogue: pd.DataFrame, properties: pd.DataFrame, radi
 
     Returns ``(matched, unmatched)``: ``matched`` = catalogue columns + the property columns +
     ``sep_arcsec``; ``unmatched`` = catalogue rows with a ``reason``. Each catalogue row is in exactly
-    one of them (:func:`galmorph.crossmatch.crossmatch`).
+    one of them (:func:`galmorph.catalogue.crossmatch.crossmatch`).
     """
     cat = catalogue.reset_index(drop=True).copy()
     cat["_row"] = np.arange(len(cat)).astype(str)

@@ -144,7 +144,7 @@ def winding_info(row: dict, data_root: Path | str | None = None) -> dict:
     else measured now), the centre and annulus radii and the image size (measured on the image)."""
     from galmorph.imaging.io import ImageError
     from galmorph.imaging.winding import WindingError, WindingOptions, load_for_winding, options_for_file, winding_sense
-    from galmorph.manifest import ManifestError, resolve_image_uri
+    from galmorph.catalogue.manifest import ManifestError, resolve_image_uri
 
     info: dict = {"winding": None, "winding_score": None, "winding_confidence": None, "x0": None, "y0": None,
                   "r_inner": None, "r_outer": None, "width": None, "height": None, "error": None, "source": None}
@@ -183,7 +183,7 @@ def create_app(queue: pd.DataFrame, store: LabelStore, labeller: str | None = No
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 
-    from galmorph.manifest import ManifestError, resolve_image_uri
+    from galmorph.catalogue.manifest import ManifestError, resolve_image_uri
 
     if auth is None:
         labeller = (labeller or "").strip()
@@ -305,7 +305,7 @@ def create_app(queue: pd.DataFrame, store: LabelStore, labeller: str | None = No
             return a1_cache[oid]
         info = {k: _clean(row.get(k)) for k in _A1_FIELDS}
         if info["a1"] is None and info["a1_error"] is None and measure_missing_a1:
-            from galmorph.imaging.a1 import measure_a1_frame
+            from galmorph.catalogue.a1 import measure_a1_frame
 
             measured, quarantine = measure_a1_frame(pd.DataFrame([row]), data_root=data_root, progress=False)
             if len(measured):

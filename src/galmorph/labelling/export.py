@@ -64,7 +64,7 @@ def export_labels(store: LabelStore, out_path: str | Path, task: str = "lopsided
                   labeller: str | None = None, object_ids: set[str] | None = None,
                   quarantine_path: str | Path | None = None) -> dict:
     """Write the labelled manifest (kind ``labelled-<task>``) and its quarantine table."""
-    from galmorph.manifest import quarantine_record, write_manifest, write_quarantine
+    from galmorph.catalogue.manifest import quarantine_record, write_manifest, write_quarantine
 
     out_path = Path(out_path)
     labels = store.labels(task, labeller)
@@ -99,9 +99,9 @@ def export_labels(store: LabelStore, out_path: str | Path, task: str = "lopsided
 
 
 def dvc_add(path: str | Path) -> Path:
-    """``dvc add`` the file (in the DVC repository that contains it, :func:`galmorph.dvcops.run_dvc`);
+    """``dvc add`` the file (in the DVC repository that contains it, :func:`galmorph.catalogue.dvcops.run_dvc`);
     returns the ``.dvc`` file."""
-    from galmorph.dvcops import find_dvc_root, run_dvc
+    from galmorph.catalogue.dvcops import find_dvc_root, run_dvc
 
     path = Path(path).resolve()
     root = find_dvc_root(path.parent)

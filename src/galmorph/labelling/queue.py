@@ -146,7 +146,7 @@ def score_entropy(manifest: pd.DataFrame, model_uri: str, data_root: Path | str 
     every row: ``object_id, p_<class>..., entropy, error`` (unreadable images: NaN entropy). Chirality
     models add the rotation-stability eta (:func:`score_uncertainty`) of the ``eta_max_objects`` rows
     of highest entropy (``None``: all)."""
-    from galmorph.inference import predict_manifest
+    from galmorph.scoring.inference import predict_manifest
     from galmorph.models.io import load_for_inference
 
     model = load_for_inference(model_uri)
@@ -180,7 +180,7 @@ def score_uncertainty(scores: pd.DataFrame, module, spec, manifest: pd.DataFrame
     from galmorph.evaluation.chirality import rotation_stability
     from galmorph.imaging.io import ImageError, load_image
     from galmorph.imaging.preprocess import prepare_image
-    from galmorph.manifest import resolve_image_uri
+    from galmorph.catalogue.manifest import resolve_image_uri
 
     out = scores.copy()
     out["uncertainty"] = np.nan
@@ -223,14 +223,14 @@ def score_uncertainty(scores: pd.DataFrame, module, spec, manifest: pd.DataFrame
 
 
 def write_queue(queue: pd.DataFrame, path: str | Path, summary: dict) -> Path:
-    from galmorph.manifest import write_manifest
+    from galmorph.catalogue.manifest import write_manifest
 
     return write_manifest(queue, path, kind="label-queue", extra_meta={"queue": summary})
 
 
 def read_queue(path: str | Path) -> pd.DataFrame:
     """Read a queue manifest (sorted by ``queue_position``)."""
-    from galmorph.manifest import ManifestError, read_manifest
+    from galmorph.catalogue.manifest import ManifestError, read_manifest
 
     q = read_manifest(path)
     for c in ("queue_position", "queue_bin"):
@@ -240,9 +240,9 @@ def read_queue(path: str | Path) -> pd.DataFrame:
 
 
 def add_a1(queue: pd.DataFrame, data_root: Path | str | None = None, progress: bool = True, **kwargs) -> pd.DataFrame:
-    """The queue with the A1 columns of :func:`galmorph.imaging.a1.measure_a1_frame` (for the app's
+    """The queue with the A1 columns of :func:`galmorph.catalogue.a1.measure_a1_frame` (for the app's
     overlay). Rows whose image cannot be measured stay in the queue with the reason in ``a1_error``."""
-    from galmorph.imaging.a1 import measure_a1_frame
+    from galmorph.catalogue.a1 import measure_a1_frame
 
     measured, quarantine = measure_a1_frame(queue, data_root=data_root, progress=progress, **kwargs)
     reasons = {q["object_id"]: q["reason"] for q in quarantine}

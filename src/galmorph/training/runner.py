@@ -54,11 +54,11 @@ class TrainResult:
 # provenance
 # ----------------------------------------------------------------------------------------------
 def dataset_version(manifest_path: Path | None) -> dict[str, str]:
-    """Tags for the dataset version: the DVC md5 of the manifest (:func:`galmorph.dvcops.data_version_info`,
+    """Tags for the dataset version: the DVC md5 of the manifest (:func:`galmorph.catalogue.dvcops.data_version_info`,
     with where it came from), or the manifest file's sha256 when DVC cannot hash it (tag names say which)."""
     if manifest_path is None:
         return {"galmorph.data_version_source": "in-memory manifest (no file, no version)"}
-    from galmorph.dvcops import data_version_info
+    from galmorph.catalogue.dvcops import data_version_info
 
     try:
         info = data_version_info(manifest_path)
@@ -198,7 +198,7 @@ def fit_trial(cfg: TrainConfig, manifest: pd.DataFrame, trial: int, out_dir: Pat
     import lightning as L
     from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 
-    from galmorph.data.datamodule import GalaxyDataModule
+    from galmorph.datasets.datamodule import GalaxyDataModule
     from galmorph.models.classifier import GalaxyClassifier
     from galmorph.training.metrics import classification_metrics, predict_loader
 
@@ -264,7 +264,7 @@ def fit_trial(cfg: TrainConfig, manifest: pd.DataFrame, trial: int, out_dir: Pat
 def _log_trial_artifacts(res: dict, cfg: TrainConfig, trial: int, work: Path) -> None:
     import mlflow
 
-    from galmorph.manifest import write_quarantine
+    from galmorph.catalogue.manifest import write_quarantine
     from galmorph.training.metrics import plot_confusion, plot_learning_curves
 
     d = work / f"trial-{trial}-artifacts"
@@ -325,7 +325,7 @@ def _train(task: str, preset: str, overrides: dict[str, Any] | None, manifest: s
            out_dir: str | Path | None) -> TrainResult:
     import mlflow
 
-    from galmorph.manifest import read_manifest
+    from galmorph.catalogue.manifest import read_manifest
     from galmorph.models.io import ModelSpec, log_model, registered_name
 
     cfg = resolve_config(task, preset, overrides)

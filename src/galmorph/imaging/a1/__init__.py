@@ -35,9 +35,7 @@ from galmorph.imaging.a1.driver import (
     A1Image,
     load_for_a1,
     measure_a1_file,
-    measure_a1_frame,
     measure_a1_image,
-    measure_a1_manifest,
     wcs_pixel_scale,
 )
 from galmorph.imaging.a1.fourier import (
@@ -70,7 +68,7 @@ __all__ = [
     "debiased_mean_amplitude", "detect_sources", "dilate_mask", "edge_distance", "estimate_background",
     "fill_masked", "find_centre", "first_pass_sky", "fit_annuli", "fit_annulus_profile", "fourier_basis",
     "galaxy_segment", "load_for_a1", "locate_centre", "lopsidedness_a1", "mask_other_sources",
-    "masked_background", "measure_a1_file", "measure_a1_frame", "measure_a1_image", "measure_a1_manifest",
+    "masked_background", "measure_a1_file", "measure_a1_image", 
     "measurement_radii", "padding_mask", "prepare_image", "resolve_options", "rice_mean", "ring_profile",
     "saturated_within", "second_pass_sky", "source_noise_scale", "wcs_pixel_scale",
 ]

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from galmorph.manifest import (
+from galmorph.catalogue.manifest import (
     ManifestError,
     manifest_metadata,
     quarantine_frame,

@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from galmorph.manifest import (
+from galmorph.catalogue.manifest import (
     REQUIRED_COLUMNS,
     assign_z_bin,
     conform,
@@ -128,7 +128,7 @@ def read_table(path: str | Path, bad_rows: Records | None = None, id_column: str
 
     Ragged CSV lines (wrong number of fields) are appended to ``bad_rows`` as quarantine records under
     the value at ``id_column``'s position (or their line number); without ``bad_rows`` they are an error."""
-    from galmorph.manifest import ManifestError, is_csv, read_csv_rows
+    from galmorph.catalogue.manifest import ManifestError, is_csv, read_csv_rows
 
     path = Path(path)
     if not path.exists():
@@ -538,7 +538,7 @@ def ingest_sdss_fits(cutouts_dir: str | Path, data_root: Path | None = None) -> 
 def ingest_sim(sim_dir: str | Path, task: str | None = None, image: str = "jpg") -> tuple[pd.DataFrame, Records]:
     """A ``galmorph simulate`` output folder: truth table -> manifest, image = ``jpg`` | ``png`` | ``fits``,
     label from the truth column of ``task`` (default: the task it was simulated for)."""
-    from galmorph.simulate import TASK_LABEL_COLUMNS
+    from galmorph.tasks import TASK_LABEL_COLUMNS
 
     sim_dir = Path(sim_dir)
     truth_path = sim_dir / "truth.parquet"
@@ -548,7 +548,7 @@ def ingest_sim(sim_dir: str | Path, task: str | None = None, image: str = "jpg")
     if truth.empty:
         raise IngestError(f"simulator truth table {truth_path} has no rows")
     if task is None and (sim_dir / "manifest.parquet").exists():
-        from galmorph.manifest import manifest_metadata
+        from galmorph.catalogue.manifest import manifest_metadata
 
         task = manifest_metadata(sim_dir / "manifest.parquet").get("task")
     if image not in ("jpg", "png", "fits"):

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from galmorph.manifest import ManifestError, manifest_metadata, read_manifest, write_manifest
+from galmorph.catalogue.manifest import ManifestError, manifest_metadata, read_manifest, write_manifest
 
 log = logging.getLogger(__name__)
 
@@ -124,7 +124,7 @@ def ingest_source(source: str, out_manifest: str | Path, quarantine_path: str | 
     """Ingest a pipeline source (see :func:`resolve_release_source`) into a manifest + quarantine.
 
     Returns the ingest summary (rows in/out/quarantined, labels)."""
-    from galmorph.manifest import write_quarantine
+    from galmorph.catalogue.manifest import write_quarantine
 
     resolved, extra = resolve_release_source(source)
     if resolved.startswith("manifest:"):
@@ -143,7 +143,7 @@ def ingest_source(source: str, out_manifest: str | Path, quarantine_path: str | 
         labels = {str(k): int(v) for k, v in df["label"].value_counts().items()}
         return {"source": source, "manifest": str(out_manifest), "rows_in": len(df), "rows_out": len(df),
                 "rows_quarantined": 0, "labels": labels, **extra}
-    from galmorph.ingest import ingest
+    from galmorph.catalogue.ingest import ingest
 
     opts = {"task": task} if task else {}
     res = ingest(resolved, out_manifest, quarantine_path, data_root=data_root, **opts)

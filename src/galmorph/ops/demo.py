@@ -64,7 +64,7 @@ def _stack_up(settings: Settings, steps: list[DemoStep], echo) -> str:
     """Start the local MLflow + Evidently stack; returns (and sets) the tracking URI."""
     import mlflow
 
-    from galmorph.stack import stack_up
+    from galmorph.ops.stack import stack_up
 
     with _Timer(steps, "stack up (MLflow tracking server, Evidently UI)", echo) as d:
         res = stack_up(settings, ("mlflow", "evidently"))
@@ -80,7 +80,7 @@ def run_demo(settings: Settings, out_dir: str | Path, tasks: tuple[str, ...] = D
     locations of everything produced."""
     import mlflow
 
-    from galmorph.pipelines.run import run_local
+    from galmorph.ops.run import run_local
     from galmorph.simulate import simulate_dataset
 
     out = Path(out_dir).resolve()
@@ -190,8 +190,8 @@ def plan_real_demo(data_root: str | Path, out_dir: str | Path, n_other: int = RE
                    max_epochs: int | None = None, publish_dir: str | Path | None = None) -> RealDemoPlan:
     """Ingest GZ1 from ``data_root``, write the selected training manifest under ``out_dir`` and return
     the pipeline parameters (nothing is trained). ``max_epochs`` overrides the preset (smoke runs)."""
-    from galmorph.ingest import load_source
-    from galmorph.manifest import write_manifest
+    from galmorph.catalogue.ingest import load_source
+    from galmorph.catalogue.manifest import write_manifest
 
     root = Path(data_root)
     if not (root / "gz1_chirality").is_dir() or not (root / "decals").is_dir():
@@ -222,7 +222,7 @@ def run_real_demo(settings: Settings, out_dir: str | Path, n_other: int = REAL_N
     ``out_dir/summary.json``."""
     import mlflow
 
-    from galmorph.pipelines.run import run_local
+    from galmorph.ops.run import run_local
 
     if settings.data_root is None or not Path(settings.data_root).is_dir():
         raise RuntimeError(f"the real demo needs the shared data (data root {settings.data_root} is missing); "

@@ -5,7 +5,7 @@ from __future__ import annotations
 import inspect
 from pathlib import Path
 
-from galmorph.pipelines import COMPONENTS
+from galmorph.ops import COMPONENTS
 
 EXAMPLES: dict[str, str] = {
     "ingest": 'ing = ingest(source="sim:/data/sim/chirality", task="chirality")',
@@ -32,26 +32,26 @@ EXAMPLES: dict[str, str] = {
     "label_export": 'label_export(task="lopsided", policy="majority")',
 }
 
-#: The library call of each component's body (always ``galmorph.pipelines.steps.<name>``) and what it wraps.
+#: The library call of each component's body (always ``galmorph.steps.<name>``) and what it wraps.
 LIBRARY: dict[str, str] = {
-    "ingest": "galmorph.pipelines.steps.ingest -> galmorph.pipelines.artifacts.ingest_source -> galmorph.ingest.ingest",
-    "validate": "galmorph.pipelines.steps.validate -> galmorph.validation.validate_manifest",
-    "cutout": "galmorph.pipelines.steps.cutout -> galmorph.cutout.make_cutouts",
-    "a1": "galmorph.pipelines.steps.a1 -> galmorph.imaging.a1.measure_a1_manifest",
-    "winding": "galmorph.pipelines.steps.winding -> galmorph.imaging.winding.write_winding_manifest",
-    "split": "galmorph.pipelines.steps.split -> galmorph.pipelines.artifacts.holdout_split",
-    "train": "galmorph.pipelines.steps.train -> galmorph.training.train",
-    "evaluate": "galmorph.pipelines.steps.evaluate -> galmorph.evaluation.core.evaluate",
-    "promote": "galmorph.pipelines.steps.promote -> galmorph.registry.promote",
-    "shard": "galmorph.pipelines.steps.shard -> galmorph.scoring.plan_work",
-    "resolve_model": "galmorph.pipelines.steps.resolve_model -> galmorph.scoring.resolve_model_version",
-    "score": "galmorph.pipelines.steps.score -> galmorph.scoring.score_manifest",
-    "merge": "galmorph.pipelines.steps.merge -> galmorph.scoring.merge_scores + log_scoring_to_mlflow",
-    "drift": "galmorph.pipelines.steps.drift -> drift_for_release -> galmorph.drift.run_drift",
-    "publish": "galmorph.pipelines.steps.publish -> galmorph.pipelines.artifacts.publish_release",
-    "label_sample": "galmorph.pipelines.steps.label_sample -> galmorph.labelling.queue.sample_queue",
-    "label_queue": "galmorph.pipelines.steps.label_queue -> galmorph.labelling.store.LabelStore.register_queue",
-    "label_export": "galmorph.pipelines.steps.label_export -> galmorph.labelling.export.export_labels",
+    "ingest": "galmorph.steps.ingest -> galmorph.steps.artifacts.ingest_source -> galmorph.catalogue.ingest.ingest",
+    "validate": "galmorph.steps.validate -> galmorph.catalogue.validation.validate_manifest",
+    "cutout": "galmorph.steps.cutout -> galmorph.catalogue.cutout.make_cutouts",
+    "a1": "galmorph.steps.a1 -> galmorph.catalogue.a1.measure_a1_manifest",
+    "winding": "galmorph.steps.winding -> galmorph.catalogue.winding.write_winding_manifest",
+    "split": "galmorph.steps.split -> galmorph.steps.artifacts.holdout_split",
+    "train": "galmorph.steps.train -> galmorph.training.train",
+    "evaluate": "galmorph.steps.evaluate -> galmorph.evaluation.core.evaluate",
+    "promote": "galmorph.steps.promote -> galmorph.promotion.registry.promote",
+    "shard": "galmorph.steps.shard -> galmorph.scoring.batch.plan_work",
+    "resolve_model": "galmorph.steps.resolve_model -> galmorph.scoring.batch.resolve_model_version",
+    "score": "galmorph.steps.score -> galmorph.scoring.batch.score_manifest",
+    "merge": "galmorph.steps.merge -> galmorph.scoring.batch.merge_scores + log_scoring_to_mlflow",
+    "drift": "galmorph.steps.drift -> drift_for_release -> galmorph.drift.run_drift",
+    "publish": "galmorph.steps.publish -> galmorph.steps.artifacts.publish_release",
+    "label_sample": "galmorph.steps.label_sample -> galmorph.labelling.queue.sample_queue",
+    "label_queue": "galmorph.steps.label_queue -> galmorph.labelling.store.LabelStore.register_queue",
+    "label_export": "galmorph.steps.label_export -> galmorph.labelling.export.export_labels",
 }
 
 
@@ -61,7 +61,7 @@ def _type_name(spec) -> str:
 
 
 def component_readme(name: str) -> str:
-    from galmorph.pipelines.loader import load_component
+    from galmorph.ops.loader import load_component
 
     comp = load_component(name)
     cs = comp.component_spec

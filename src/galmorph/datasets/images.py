@@ -12,7 +12,7 @@ from torch.utils.data import Dataset
 
 from galmorph.imaging.io import ImageError, load_image
 from galmorph.imaging.preprocess import prepare_image
-from galmorph.manifest import ManifestError, resolve_image_uri
+from galmorph.catalogue.manifest import ManifestError, resolve_image_uri
 
 
 

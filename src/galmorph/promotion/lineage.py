@@ -7,7 +7,7 @@ The chain, oldest first::
 
 :func:`lineage` accepts a model URI (``models:/galmorph-chirality/3``, ``models:/galmorph-chirality@champion``),
 a bare task name (its champion) or a scored catalogue (``catalogue.parquet`` with its ``summary.json``
-beside it, as :func:`galmorph.scoring.merge_scores` writes). Scoring runs are found by their tags
+beside it, as :func:`galmorph.scoring.batch.merge_scores` writes). Scoring runs are found by their tags
 (``galmorph.kind = scoring``, ``galmorph.model_version``, ``galmorph.model_uri``); drift verdicts by the
 ``drift.verdict`` tag of runs of the same release.
 """
@@ -74,7 +74,7 @@ def data_record(manifest: str | None, tags: dict) -> dict:
                            "data_version_source": tags.get("galmorph.data_version_source")}
     if manifest and Path(manifest).exists():
         try:
-            from galmorph.dvcops import data_version_info
+            from galmorph.catalogue.dvcops import data_version_info
 
             info = data_version_info(manifest)
             out["current_data_version"] = str(info.md5)
@@ -120,7 +120,7 @@ def lineage(ref: str, client=None) -> dict:
     out: dict[str, Any] = {"query": ref}
     p = Path(ref)
     if ref in TASKS:
-        from galmorph.registry import model_uri
+        from galmorph.promotion.registry import model_uri
 
         ref = model_uri(ref)
     elif not ref.startswith("models:/") and p.suffix in (".parquet", ".json") or p.is_file():

@@ -133,7 +133,7 @@ def crossmatch(left: pd.DataFrame, right: pd.DataFrame, radius_arcsec: float = D
 
 def read_any(path: str | Path) -> pd.DataFrame:
     """A manifest (Parquet) or catalogue (CSV/FITS) for cross-matching."""
-    from galmorph.ingest import read_table
+    from galmorph.catalogue.ingest import read_table
 
     return read_table(path)
 

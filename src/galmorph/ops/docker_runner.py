@@ -272,13 +272,13 @@ def run_local_docker(name: str, params: dict[str, Any] | None = None, pipeline_r
                      extra_env: dict[str, str] | None = None, log_file: str | Path | None = None) -> dict[str, Any]:
     """Run pipeline ``name`` with every component in its image (kfp's DockerRunner over podman). The
     tracking URI and data root become pipeline parameters (where the pipeline has them) and container
-    environment; returns what :func:`galmorph.pipelines.run.run_local` returns; raises
-    :class:`~galmorph.pipelines.run.PipelineRunError` when a task fails (a non-zero exit included)."""
+    environment; returns what :func:`galmorph.ops.run.run_local` returns; raises
+    :class:`~galmorph.ops.run.PipelineRunError` when a task fails (a non-zero exit included)."""
     from kfp import local
 
-    from galmorph.pipelines import PIPELINES
-    from galmorph.pipelines.loader import load_pipeline
-    from galmorph.pipelines.run import PipelineRunError, coerce_params, pipeline_parameters
+    from galmorph.ops import PIPELINES
+    from galmorph.ops.loader import load_pipeline
+    from galmorph.ops.run import PipelineRunError, coerce_params, pipeline_parameters
 
     if name not in PIPELINES:
         raise PipelineRunError(f"unknown pipeline {name!r}; expected one of {list(PIPELINES)}")

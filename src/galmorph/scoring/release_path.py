@@ -1,11 +1,11 @@
 """A release from manifest to catalogue decoding each image once: the validation's table checks (no
 pixels), then scoring, which runs the validation's per-image checks
-(:func:`galmorph.validation.check_decoded`) on the very pixels it scores and quarantines the rows that
+(:func:`galmorph.catalogue.validation.check_decoded`) on the very pixels it scores and quarantines the rows that
 fail them, exactly as ``validate`` would have.
 
 Same catalogue and same quarantined rows as validate-then-score (``tests/test_release_path.py``), one
 JPEG/PNG decode per row instead of two. FITS rows still have their header's WCS checked by
-:func:`galmorph.validation.check_image` before scoring (that reads the file twice); rasters do not.
+:func:`galmorph.catalogue.validation.check_image` before scoring (that reads the file twice); rasters do not.
 The failure gate (``max_failure_fraction``) is applied over both stages once scoring has finished,
 so a failing release has shards but is reported ``success=False`` (the pipeline does not publish it).
 
@@ -26,7 +26,7 @@ from typing import Any
 
 import pandas as pd
 
-from galmorph.manifest import ManifestError, quarantine_frame, read_manifest, resolve_image_uri, write_manifest
+from galmorph.catalogue.manifest import ManifestError, quarantine_frame, read_manifest, resolve_image_uri, write_manifest
 
 
 class ReleaseError(RuntimeError):
@@ -54,7 +54,7 @@ class ReleaseResult:
 
 def image_check_for(cfg, data_root: str | Path | None = None):
     """``(row, decoded image) -> reason | None``: the validation's per-image checks on scoring's pixels."""
-    from galmorph.validation import check_decoded
+    from galmorph.catalogue.validation import check_decoded
 
     def check(row: pd.Series, img) -> str | None:
         return check_decoded(img, cfg, Path(str(row["image_uri"])).name)
@@ -65,7 +65,7 @@ def image_check_for(cfg, data_root: str | Path | None = None):
 def _fits_rows(df: pd.DataFrame, cfg, data_root) -> dict[int, str]:
     """WCS/header checks of the FITS rows (the only image checks scoring's decode cannot do)."""
     from galmorph.imaging.io import is_fits
-    from galmorph.validation import check_image
+    from galmorph.catalogue.validation import check_image
 
     out: dict[int, str] = {}
     for i, uri in enumerate(df["image_uri"].tolist()):
@@ -84,13 +84,13 @@ def score_release(manifest: str | Path, model, out_dir: str | Path, cfg=None, da
                   release: str | None = None, **score_kwargs: Any) -> ReleaseResult:
     """Validate and score ``manifest`` into ``out_dir`` decoding every raster image once.
 
-    ``cfg``: :class:`galmorph.validation.ValidationConfig` (its image checks run inside scoring);
-    ``score_kwargs`` go to :func:`galmorph.scoring.score_manifest` (batch size, workers, precision...).
+    ``cfg``: :class:`galmorph.catalogue.validation.ValidationConfig` (its image checks run inside scoring);
+    ``score_kwargs`` go to :func:`galmorph.scoring.batch.score_manifest` (batch size, workers, precision...).
     JPEG draft decoding is not used here when size checks apply (they need the full-size image).
     """
-    from galmorph.manifest import quarantine_record
-    from galmorph.scoring import merge_scores, score_manifest
-    from galmorph.validation import STAGE, ValidationConfig, validate_frame
+    from galmorph.catalogue.manifest import quarantine_record
+    from galmorph.scoring.batch import merge_scores, score_manifest
+    from galmorph.catalogue.validation import STAGE, ValidationConfig, validate_frame
 
     cfg = cfg or ValidationConfig()
     out = Path(out_dir)
@@ -122,7 +122,7 @@ def score_release(manifest: str | Path, model, out_dir: str | Path, cfg=None, da
     m = merge_scores([out], out, release=release)
     qs = pd.read_parquet(m.quarantine)
     q = pd.concat([*qv, qs], ignore_index=True) if len(qs) else pd.concat(qv, ignore_index=True)
-    from galmorph.manifest import write_quarantine
+    from galmorph.catalogue.manifest import write_quarantine
 
     write_quarantine(quarantine_frame(q.to_dict("records")), out / "quarantine.parquet")
     n_qv = sum(len(x) for x in qv)

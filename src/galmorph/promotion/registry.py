@@ -437,7 +437,7 @@ def quality_floor(report: dict, margin: float | None) -> dict | None:
 
 def winding_check(candidate: dict, champion: dict | None, policy: PromotionPolicy) -> dict | None:
     """The winding check of two evaluation reports (their ``winding`` blocks,
-    :func:`galmorph.ensemble.winding_report`): ``flagged`` when the candidate's disagreement with the
+    :func:`galmorph.scoring.ensemble.winding_report`): ``flagged`` when the candidate's disagreement with the
     measurement exceeds the champion's by more than ``policy.winding_margin``; ``blocking`` when it is
     flagged and ``policy.winding_blocks``. None when the check is off or the candidate has no block."""
     cw = candidate.get("winding")
@@ -572,7 +572,7 @@ def promote(task: str, version: str | int | None = None, *, eval_manifest, audit
     import tempfile
 
     from galmorph.evaluation.core import evaluate, manifest_fingerprint
-    from galmorph.manifest import read_manifest
+    from galmorph.catalogue.manifest import read_manifest
     from galmorph.models.io import load_for_inference, registered_name
 
     policy = policy or PromotionPolicy()
@@ -606,7 +606,7 @@ def promote(task: str, version: str | int | None = None, *, eval_manifest, audit
         if ce:
             ev_kw["chirality_diagnostics_on"] = True
         if policy.winding_margin is not None and {"CW", "ACW"} <= set(map(str, cand_model.spec.classes)):
-            from galmorph.ensemble import measure_winding_table
+            from galmorph.scoring.ensemble import measure_winding_table
 
             # one measurement of the evaluation images, shared by both evaluations
             ev_kw.update(winding=True, winding_min_confidence=policy.winding_min_confidence,

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from galmorph.pipelines import PIPELINES, compiled_dir
+from galmorph.ops import PIPELINES, compiled_dir
 
 log = logging.getLogger(__name__)
 
@@ -25,7 +25,7 @@ class PipelineRunError(RuntimeError):
 # --------------------------------------------------------------------------------------------
 def pipeline_parameters(name: str) -> dict[str, tuple[type, Any]]:
     """``{param: (type, default)}`` of a pipeline's inputs."""
-    from galmorph.pipelines.loader import load_pipeline
+    from galmorph.ops.loader import load_pipeline
 
     func = load_pipeline(name).pipeline_func
     out = {}
@@ -63,7 +63,7 @@ def _choice(values):
 
 
 def _value_rules() -> dict[str, Any]:
-    from galmorph.accel import DECODES, REQUESTS
+    from galmorph.scoring.accel import DECODES, REQUESTS
     from galmorph.tasks import TASKS
 
     return {
@@ -160,7 +160,7 @@ def run_local(name: str, params: dict[str, Any] | None = None, pipeline_root: st
 
     from kfp import local
 
-    from galmorph.pipelines.loader import load_pipeline
+    from galmorph.ops.loader import load_pipeline
 
     if name not in PIPELINES:
         raise PipelineRunError(f"unknown pipeline {name!r}; expected one of {list(PIPELINES)}")
@@ -251,7 +251,7 @@ def package_version(path: str | Path) -> str:
     """A content version for a package: galmorph version + hash of the normalised IR."""
     from importlib.metadata import version as dist_version
 
-    from galmorph.pipelines.compile import normalised
+    from galmorph.ops.compile import normalised
 
     gv = dist_version("galmorph")
 

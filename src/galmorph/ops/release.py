@@ -305,7 +305,7 @@ def local_starter(params: dict[str, Any] | None = None, pipeline_root: str | Pat
                   connect_timeout: float | None = None):
     """Start the rescoring pipeline locally (kfp.local) for a release (not started when the MLflow server
     does not answer within ``connect_timeout`` s)."""
-    from galmorph.pipelines.run import run_local
+    from galmorph.ops.run import run_local
 
     def start(rel: Release) -> dict[str, Any]:
         p = {**(params or {}), "release_uri": str(rel.path), "release": rel.name}
@@ -322,7 +322,7 @@ def host_starter(host: str, params: dict[str, Any] | None = None, experiment: st
     ``release_root_in_cluster`` maps the watched folder to the path the pipeline pods see (default:
     the same path, e.g. both mount the releases PVC at /releases). ``namespace`` is the Kubeflow
     profile namespace of multi-user installs."""
-    from galmorph.pipelines.run import make_client, submit
+    from galmorph.ops.run import make_client, submit
 
     client = client or make_client(host, namespace)
 

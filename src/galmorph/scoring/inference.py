@@ -12,7 +12,7 @@ import pandas as pd
 import torch
 from torch.utils.data import DataLoader
 
-from galmorph.data.images import ManifestImageDataset, collate_skip
+from galmorph.datasets.images import ManifestImageDataset, collate_skip
 from galmorph.models.io import LoadedModel
 
 

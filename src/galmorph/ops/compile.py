@@ -8,7 +8,7 @@ from pathlib import Path
 
 import yaml
 
-from galmorph.pipelines import PIPELINES, compiled_dir
+from galmorph.ops import PIPELINES, compiled_dir
 
 log = logging.getLogger(__name__)
 
@@ -21,7 +21,7 @@ def compile_pipeline(name: str, out_dir: str | Path | None = None) -> Path:
     ``pipelines/`` in a checkout)."""
     from kfp import compiler
 
-    from galmorph.pipelines.loader import load_pipeline
+    from galmorph.ops.loader import load_pipeline
 
     out = Path(out_dir) if out_dir else compiled_dir()
     out.mkdir(parents=True, exist_ok=True)

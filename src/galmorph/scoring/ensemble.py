@@ -145,7 +145,8 @@ def measure_winding_table(rows: pd.DataFrame, data_root: str | Path | None = Non
                           workers: int = 1, image_column: str = "image_uri") -> pd.DataFrame:
     """``object_id, winding_score, winding_z`` of every row (``image_column`` images; NaN where the image
     cannot be read or nothing was measured), in row order. The winding sense is thresholded later."""
-    from galmorph.imaging.winding import WindingOptions, measure_winding_manifest
+    from galmorph.catalogue.winding import measure_winding_manifest
+    from galmorph.imaging.winding import WindingOptions
 
     opt = WindingOptions.from_dict(dict(options or {}))
     base = pd.DataFrame({"object_id": rows["object_id"].astype(str).to_numpy(),

@@ -19,9 +19,9 @@ import pandas as pd
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from galmorph.data.augment import AugmentSpec, RandomGalaxyAugment, RandomMirrorSwap, augment_spec_for, mirror
-from galmorph.data.images import DecodedImageCache, ManifestImageDataset
-from galmorph.manifest import quarantine_record
+from galmorph.datasets.augment import AugmentSpec, RandomGalaxyAugment, RandomMirrorSwap, augment_spec_for, mirror
+from galmorph.datasets.images import DecodedImageCache, ManifestImageDataset
+from galmorph.catalogue.manifest import quarantine_record
 from galmorph.tasks import ARM_MERGES
 
 log = logging.getLogger(__name__)
@@ -141,7 +141,7 @@ class TaskImageDataset(Dataset):
     """``(image (C,S,S), class index)`` items for training, over :class:`ManifestImageDataset`.
 
     Rows with ``mirrored=True`` are left-right mirrored before augmentation (their label is already
-    swapped by :func:`add_mirror_copies`). ``cache`` (a :class:`~galmorph.data.images.DecodedImageCache`)
+    swapped by :func:`add_mirror_copies`). ``cache`` (a :class:`~galmorph.datasets.images.DecodedImageCache`)
     serves the decoded images from its memory-mapped file instead of decoding them every epoch.
     """
 

@@ -12,8 +12,8 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from galmorph.manifest import read_manifest, write_manifest
-from galmorph.pipelines.artifacts import MANIFEST_NAME, dataset_manifest_path, open_dataset, relativize_images
+from galmorph.catalogue.manifest import read_manifest, write_manifest
+from galmorph.steps.artifacts import MANIFEST_NAME, dataset_manifest_path, open_dataset, relativize_images
 
 log = logging.getLogger(__name__)
 

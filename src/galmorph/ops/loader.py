@@ -6,7 +6,7 @@ from __future__ import annotations
 import importlib
 from types import ModuleType
 
-from galmorph.pipelines import COMPONENTS, PIPELINES
+from galmorph.ops import COMPONENTS, PIPELINES
 
 
 def load_component(name: str):

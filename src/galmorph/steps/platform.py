@@ -34,7 +34,7 @@ FALLBACK_GPU_DEFAULTS: dict[str, Any] = {
 MLFLOW_SECRET = "galmorph-mlflow-credentials"
 MLFLOW_SECRET_KEYS = {"username": "MLFLOW_TRACKING_USERNAME", "password": "MLFLOW_TRACKING_PASSWORD"}
 #: Secret holding the promotion lock URL shared by every promoting pod (``postgresql://...``: a Postgres
-#: advisory lock, e.g. on the tracking database; see galmorph.registry.select_lock).
+#: advisory lock, e.g. on the tracking database; see galmorph.promotion.registry.select_lock).
 LOCK_SECRET = "galmorph-promotion-lock"
 LOCK_SECRET_KEYS = {"url": "GALMORPH_LOCK_URL"}
 #: PVC with the survey releases / data root, mounted read-only in ingest-like steps.

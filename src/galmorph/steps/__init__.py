@@ -1,9 +1,14 @@
 """The pipeline steps: one function per Kubeflow component (``galmorph_components.<name>``), so that a
-component's body is a single call of ``galmorph.pipelines.steps.<name>``.
+component's body is a single call of ``galmorph.steps.<name>``.
 
 A step takes the local paths KFP hands the component, its parameters, and the ``metadata`` dicts of
 its output artifacts (filled in place: row counts, verdicts, metrics); it returns the component's
 outputs (a named tuple with the component's output names, or a single value). Nothing here imports kfp.
+
+The step library sits below the components and pipelines and above the area packages: it never imports
+``galmorph.ops``, ``galmorph_components`` or ``galmorph_pipelines``. Its helpers: :mod:`~galmorph.steps.runtime`
+(settings of a step), :mod:`~galmorph.steps.artifacts` (dataset folders), :mod:`~galmorph.steps.platform`
+(Kubernetes placement, applied by the pipeline definitions).
 """
 
 from __future__ import annotations
@@ -19,8 +24,8 @@ from typing import Any
 
 import pandas as pd
 
-from galmorph.manifest import read_manifest
-from galmorph.pipelines.artifacts import open_dataset
+from galmorph.catalogue.manifest import read_manifest
+from galmorph.steps.artifacts import open_dataset
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +54,7 @@ def _fill(metadata: dict | None, values: dict[str, Any]) -> None:
 
 def _log_metrics(metrics: dict | None, values: dict[str, Any]) -> None:
     """Finite numeric leaves of ``values`` into a KFP ``Metrics`` artifact's metadata."""
-    from galmorph.pipelines.runtime import flat_metrics
+    from galmorph.steps.runtime import flat_metrics
 
     if metrics is not None:
         metrics.update(flat_metrics(values))
@@ -60,10 +65,10 @@ def _log_metrics(metrics: dict | None, values: dict[str, Any]) -> None:
 # --------------------------------------------------------------------------------------------
 def ingest(source: str, manifest_path: str | Path, quarantine_path: str | Path, task: str = "", data_root: str = "",
            manifest_metadata: dict | None = None, quarantine_metadata: dict | None = None) -> IngestOutputs:
-    """:func:`galmorph.pipelines.artifacts.ingest_source` of ``source`` (catalogue name, ``sim:<dir>``,
+    """:func:`galmorph.steps.artifacts.ingest_source` of ``source`` (catalogue name, ``sim:<dir>``,
     release folder or manifest) into ``manifest_path`` + ``quarantine_path``."""
-    from galmorph.pipelines.artifacts import ingest_source
-    from galmorph.pipelines.runtime import setup
+    from galmorph.steps.artifacts import ingest_source
+    from galmorph.steps.runtime import setup
 
     _, root = setup(data_root=data_root)
     res = ingest_source(source, manifest_path, quarantine_path, task=task or None, data_root=root)
@@ -75,11 +80,11 @@ def ingest(source: str, manifest_path: str | Path, quarantine_path: str | Path, 
 def validate(manifest_path: str | Path, passed_path: str | Path, quarantine_path: str | Path,
              report_path: str | Path, z_min: float = 0.01, z_max: float = 0.1, max_failure_fraction: float = 0.05,
              check_images: bool = True, data_root: str = "", metrics: dict | None = None) -> bool:
-    """:func:`galmorph.validation.validate_manifest`: passed rows to ``passed_path``, failed rows to
+    """:func:`galmorph.catalogue.validation.validate_manifest`: passed rows to ``passed_path``, failed rows to
     ``quarantine_path``, the report to ``report_path``; row counts into ``metrics``. Returns success."""
-    from galmorph.manifest import write_manifest
-    from galmorph.pipelines.runtime import setup
-    from galmorph.validation import ValidationConfig, validate_manifest
+    from galmorph.catalogue.manifest import write_manifest
+    from galmorph.steps.runtime import setup
+    from galmorph.catalogue.validation import ValidationConfig, validate_manifest
 
     _, root = setup(data_root=data_root)
     cfg = ValidationConfig(z_min=z_min, z_max=z_max, max_failure_fraction=max_failure_fraction,
@@ -115,16 +120,16 @@ def cutout(manifest_path: str | Path, cutouts_dir: str | Path, quarantine_path: 
            crop_fraction: float = 1.0, greyscale: bool = False, size_r90: float = 0.0, data_root: str = "",
            task: str = "", preset: str = "", overrides_json: str = "{}", model_uri: str = "",
            min_extent_px: float = 40.0, tracking_uri: str = "", cutouts_metadata: dict | None = None) -> CutoutOutputs:
-    """:func:`galmorph.cutout.make_cutouts` into the dataset folder ``cutouts_dir`` (png/ +
+    """:func:`galmorph.catalogue.cutout.make_cutouts` into the dataset folder ``cutouts_dir`` (png/ +
     manifest.parquet, image URIs relative to the folder); failed rows to ``quarantine_path``.
 
     Framing: with ``model_uri`` (the resolved model's ModelSpec) or ``task`` + ``preset`` (training) the
     model crops, so the cutouts keep the full frame (a ``crop_fraction`` < 1 as well is refused: cropped
-    twice) at :func:`galmorph.cutout.model_framing`'s size unless ``size_px`` > 0; galaxies smaller than
+    twice) at :func:`galmorph.catalogue.cutout.model_framing`'s size unless ``size_px`` > 0; galaxies smaller than
     ``min_extent_px`` in the model's input are counted (``n_small_extent`` in the metadata, a warning)."""
-    from galmorph.cutout import CutoutConfig, check_framing, make_cutouts, model_framing
-    from galmorph.pipelines.artifacts import relativize_images
-    from galmorph.pipelines.runtime import as_dir, setup
+    from galmorph.catalogue.cutout import CutoutConfig, check_framing, make_cutouts, model_framing
+    from galmorph.steps.artifacts import relativize_images
+    from galmorph.steps.runtime import as_dir, setup
 
     _, root = setup(tracking_uri=tracking_uri, data_root=data_root)
     framing = model_input_framing(task, preset, overrides_json, model_uri)
@@ -157,9 +162,9 @@ def cutout(manifest_path: str | Path, cutouts_dir: str | Path, quarantine_path: 
 def dataset_framing_check(dataset: str | Path, model_crop_fraction: float, what: str) -> int:
     """Refuse a dataset whose cutouts were cropped already (manifest metadata ``cutout.crop_fraction``)
     for a model that crops again; returns the dataset's ``n_small_extent`` (0 when not measured)."""
-    from galmorph.cutout import check_framing
-    from galmorph.manifest import manifest_metadata
-    from galmorph.pipelines.artifacts import dataset_manifest_path
+    from galmorph.catalogue.cutout import check_framing
+    from galmorph.catalogue.manifest import manifest_metadata
+    from galmorph.steps.artifacts import dataset_manifest_path
 
     meta = manifest_metadata(dataset_manifest_path(dataset))
     crop = float((meta.get("cutout") or {}).get("crop_fraction", 1.0) or 1.0)
@@ -169,9 +174,9 @@ def dataset_framing_check(dataset: str | Path, model_crop_fraction: float, what:
 
 def a1(manifest_path: str | Path, measured_path: str | Path, quarantine_path: str | Path, pixel_scale: float = 0.396,
        data_root: str = "", workers: int = 1, measured_metadata: dict | None = None) -> A1Outputs:
-    """:func:`galmorph.imaging.a1.measure_a1_manifest`: the manifest with the A1 columns to ``measured_path``."""
-    from galmorph.imaging.a1 import measure_a1_manifest
-    from galmorph.pipelines.runtime import setup
+    """:func:`galmorph.catalogue.a1.measure_a1_manifest`: the manifest with the A1 columns to ``measured_path``."""
+    from galmorph.catalogue.a1 import measure_a1_manifest
+    from galmorph.steps.runtime import setup
 
     _, root = setup(data_root=data_root)
     res = measure_a1_manifest(open_dataset(manifest_path), measured_path, quarantine_path=quarantine_path,
@@ -183,12 +188,13 @@ def a1(manifest_path: str | Path, measured_path: str | Path, quarantine_path: st
 def winding(manifest_path: str | Path, measured_path: str | Path, quarantine_path: str | Path,
             min_confidence: float = 2.0, options_json: str = "{}", data_root: str = "", workers: int = 1,
             measured_metadata: dict | None = None) -> WindingOutputs:
-    """:func:`galmorph.imaging.winding.write_winding_manifest`: the manifest with the winding columns
+    """:func:`galmorph.catalogue.winding.write_winding_manifest`: the manifest with the winding columns
     (``winding`` CW/ACW/None, ``winding_score``, ``winding_z``, ``winding_confidence``, the annulus) to
     ``measured_path``; unreadable images to ``quarantine_path``. ``options_json``: further
     :class:`~galmorph.imaging.winding.WindingOptions` fields."""
-    from galmorph.imaging.winding import WindingOptions, write_winding_manifest
-    from galmorph.pipelines.runtime import setup
+    from galmorph.catalogue.winding import write_winding_manifest
+    from galmorph.imaging.winding import WindingOptions
+    from galmorph.steps.runtime import setup
 
     _, root = setup(data_root=data_root)
     opts = WindingOptions.from_dict({**json.loads(options_json or "{}"), "min_confidence": float(min_confidence)})
@@ -201,10 +207,10 @@ def winding(manifest_path: str | Path, measured_path: str | Path, quarantine_pat
 
 def split(dataset: str | Path, train_dir: str | Path, test_dir: str | Path, test_fraction: float = 0.25,
           seed: int = 0, train_metadata: dict | None = None, test_metadata: dict | None = None) -> SplitOutputs:
-    """:func:`galmorph.pipelines.artifacts.holdout_split` of ``dataset``; both parts are written as
+    """:func:`galmorph.steps.artifacts.holdout_split` of ``dataset``; both parts are written as
     self-contained dataset folders (``train_dir``, ``test_dir``)."""
-    from galmorph.pipelines.artifacts import holdout_split
-    from galmorph.pipelines.runtime import setup, subset_dataset
+    from galmorph.steps.artifacts import holdout_split
+    from galmorph.steps.runtime import setup, subset_dataset
 
     setup()
     tmp = Path(tempfile.mkdtemp(prefix="split-"))
@@ -227,7 +233,7 @@ def train(task: str, dataset: str | Path, model_dir: str | Path, preset: str = "
     training manifest (``train_manifest/``). The drift features of the training manifest are logged to
     MLflow with the model version (:func:`galmorph.drift.reference.log_drift_reference`): the drift
     reference of rescoring runs, fetched from MLflow by any pod."""
-    from galmorph.pipelines.runtime import as_dir, setup, write_json
+    from galmorph.steps.runtime import as_dir, setup, write_json
     from galmorph.training import train as train_model
 
     uri, root = setup(tracking_uri=tracking_uri)
@@ -266,7 +272,7 @@ def evaluate(model_uri: str, dataset: str | Path, report_path: str | Path, predi
              tracking_uri: str = "", metrics: dict | None = None) -> EvaluateOutputs:
     """:func:`galmorph.evaluation.core.evaluate` (logged to MLflow); copies its HTML report and predictions."""
     from galmorph.evaluation.core import evaluate as evaluate_model
-    from galmorph.pipelines.runtime import setup
+    from galmorph.steps.runtime import setup
 
     _, root = setup(tracking_uri=tracking_uri)
     work = tempfile.mkdtemp(prefix="evaluate-")
@@ -280,11 +286,11 @@ def evaluate(model_uri: str, dataset: str | Path, report_path: str | Path, predi
 
 def promote(task: str, version: str, dataset: str | Path, record_path: str | Path, policy_json: str = "{}",
             audit_log: str = "", tracking_uri: str = "", record_metadata: dict | None = None) -> PromoteOutputs:
-    """:func:`galmorph.registry.promote` of ``version`` against ``@champion`` on ``dataset`` under the
+    """:func:`galmorph.promotion.registry.promote` of ``version`` against ``@champion`` on ``dataset`` under the
     policy (params.yaml ``promotion:``, overridden by ``policy_json``); the audit record is appended to
     ``audit_log`` (default: the platform state folder) and written to ``record_path``."""
-    from galmorph.pipelines.runtime import setup, write_json
-    from galmorph.registry import PromotionPolicy, promote as promote_version
+    from galmorph.steps.runtime import setup, write_json
+    from galmorph.promotion.registry import PromotionPolicy, promote as promote_version
     from galmorph.settings import resolve_settings
 
     _, root = setup(tracking_uri=tracking_uri)
@@ -302,21 +308,21 @@ def promote(task: str, version: str, dataset: str | Path, record_path: str | Pat
 # rescoring: resolve the model, shard, score, merge, drift, publish
 # --------------------------------------------------------------------------------------------
 def resolve_model(task: str, model_alias: str = "champion", model_uri: str = "", tracking_uri: str = "") -> str:
-    """:func:`galmorph.scoring.resolve_model_version` of ``model_uri`` (default
+    """:func:`galmorph.scoring.batch.resolve_model_version` of ``model_uri`` (default
     ``models:/galmorph-<task>@<model_alias>``): ``models:/NAME/VERSION``."""
-    from galmorph.pipelines.runtime import setup
-    from galmorph.registry import model_uri as task_model_uri
-    from galmorph.scoring import resolve_model_version
+    from galmorph.steps.runtime import setup
+    from galmorph.promotion.registry import model_uri as task_model_uri
+    from galmorph.scoring.batch import resolve_model_version
 
     setup(tracking_uri=tracking_uri)
     return resolve_model_version(model_uri or task_model_uri(task, model_alias))
 
 
 def shard(dataset: str | Path, model_uri: str, shard_size: int = 10000, n_workers: int = 4) -> list[str]:
-    """:func:`galmorph.scoring.plan_work`: one JSON work item per scoring worker."""
-    from galmorph.pipelines.artifacts import dataset_manifest_path
-    from galmorph.pipelines.runtime import setup
-    from galmorph.scoring import manifest_rows, plan_work
+    """:func:`galmorph.scoring.batch.plan_work`: one JSON work item per scoring worker."""
+    from galmorph.steps.artifacts import dataset_manifest_path
+    from galmorph.steps.runtime import setup
+    from galmorph.scoring.batch import manifest_rows, plan_work
 
     setup()
     return plan_work(manifest_rows(dataset_manifest_path(dataset)), shard_size, n_workers, model_uri)
@@ -326,17 +332,17 @@ def score(dataset: str | Path, work: str, scores_dir: str | Path, batch_size: in
           threshold: float = 0.85, device: str = "auto", tracking_uri: str = "", winding_ensemble: bool = False,
           winding_weight: float = 3.0, winding_min_confidence: float = 0.0, precision: str = "fp32",
           decode: str = "full", class_prior: str = "", scores_metadata: dict | None = None) -> ScoreOutputs:
-    """:func:`galmorph.scoring.score_manifest` of the shards of the work item ``work`` into ``scores_dir``
+    """:func:`galmorph.scoring.batch.score_manifest` of the shards of the work item ``work`` into ``scores_dir``
     (resumable); the dataset's framing is checked against the model's (never cropped twice);
     ``winding_ensemble`` combines the chirality network with the winding measurement
-    (:class:`galmorph.ensemble.WindingEnsemble`). ``precision``/``decode``: the inference path
+    (:class:`galmorph.scoring.ensemble.WindingEnsemble`). ``precision``/``decode``: the inference path
     (:mod:`galmorph.accel`; an accelerated path only where it agrees with fp32, recorded in the shard summaries
     and, through the merge, in MLflow). ``class_prior``: move the probabilities to the release's class prior
     (``catalogue`` or ``CLASS=F,...``; :func:`galmorph.models.io.parse_class_prior`; empty: as trained)."""
-    from galmorph.pipelines.runtime import as_dir, setup
-    from galmorph.scoring import parse_work_item, pick_device, score_manifest
+    from galmorph.steps.runtime import as_dir, setup
+    from galmorph.scoring.batch import parse_work_item, pick_device, score_manifest
 
-    from galmorph.ensemble import WindingEnsemble
+    from galmorph.scoring.ensemble import WindingEnsemble
     from galmorph.models.io import load_for_inference
 
     _, root = setup(tracking_uri=tracking_uri)
@@ -356,10 +362,10 @@ def score(dataset: str | Path, work: str, scores_dir: str | Path, batch_size: in
 def merge(score_dirs: list[str | Path], catalogue_dir: str | Path, release: str = "", log_mlflow: bool = True,
           tracking_uri: str = "", catalogue_metadata: dict | None = None,
           metrics: dict | None = None) -> MergeOutputs:
-    """:func:`galmorph.scoring.merge_scores` into ``catalogue_dir`` (catalogue.parquet, quarantine.parquet,
+    """:func:`galmorph.scoring.batch.merge_scores` into ``catalogue_dir`` (catalogue.parquet, quarantine.parquet,
     summary.json), logged as an MLflow run tagged with the release when ``log_mlflow``."""
-    from galmorph.pipelines.runtime import as_dir, setup
-    from galmorph.scoring import log_scoring_to_mlflow, merge_scores
+    from galmorph.steps.runtime import as_dir, setup
+    from galmorph.scoring.batch import log_scoring_to_mlflow, merge_scores
 
     uri, _ = setup(tracking_uri=tracking_uri)
     m = merge_scores(list(score_dirs), as_dir(catalogue_dir), release=release or None)
@@ -376,7 +382,7 @@ def drift(catalogue_dir: str | Path, dataset: str | Path, summary_dir: str | Pat
           data_root: str = "", summary_metadata: dict | None = None) -> DriftOutputs:
     """:func:`drift_for_release` after resolving the tracking URI and data root; ``verdict`` is ``drift``
     or ``no_drift``."""
-    from galmorph.pipelines.runtime import as_dir, setup
+    from galmorph.steps.runtime import as_dir, setup
 
     _, root = setup(tracking_uri=tracking_uri, data_root=data_root)
     res = drift_for_release(catalogue_dir, dataset, as_dir(summary_dir), report_html, reference=reference,
@@ -390,11 +396,11 @@ def drift(catalogue_dir: str | Path, dataset: str | Path, summary_dir: str | Pat
 def publish(catalogue_dir: str | Path, verdict: str, release: str, published_path: str | Path,
             publish_dir: str = "", hold_on_drift: bool = True, mlflow_run_id: str = "", tracking_uri: str = "",
             published_metadata: dict | None = None) -> PublishOutputs:
-    """:func:`galmorph.pipelines.artifacts.publish_release` into ``publish_dir/<release>/`` (default: the
+    """:func:`galmorph.steps.artifacts.publish_release` into ``publish_dir/<release>/`` (default: the
     state folder's releases/), held on drift when ``hold_on_drift``; the status is tagged on the MLflow
     run ``mlflow_run_id`` and written to ``published_path``."""
-    from galmorph.pipelines.artifacts import publish_release
-    from galmorph.pipelines.runtime import setup, write_json
+    from galmorph.steps.artifacts import publish_release
+    from galmorph.steps.runtime import setup, write_json
     from galmorph.settings import resolve_settings
 
     setup(tracking_uri=tracking_uri)
@@ -421,7 +427,7 @@ def label_sample(manifest_path: str | Path, queue_path: str | Path, per_bin: int
     excluded) written to ``queue_path``."""
     from galmorph.labelling.queue import sample_queue, write_queue
     from galmorph.labelling.store import LabelStore
-    from galmorph.pipelines.runtime import setup
+    from galmorph.steps.runtime import setup
     from galmorph.settings import resolve_settings
 
     setup()
@@ -438,7 +444,7 @@ def label_queue(queue_path: str | Path, exported_path: str | Path, label_db_url:
     """:meth:`galmorph.labelling.store.LabelStore.register_queue` of the queue (in ``queue_position``
     order); the queue is copied to ``exported_path``."""
     from galmorph.labelling.store import LabelStore
-    from galmorph.pipelines.runtime import setup
+    from galmorph.steps.runtime import setup
     from galmorph.settings import resolve_settings
 
     setup()
@@ -459,7 +465,7 @@ def label_export(labelled_path: str | Path, quarantine_path: str | Path, task: s
     votes to ``quarantine_path``)."""
     from galmorph.labelling.export import export_labels
     from galmorph.labelling.store import LabelStore
-    from galmorph.pipelines.runtime import setup
+    from galmorph.steps.runtime import setup
     from galmorph.settings import resolve_settings
 
     setup()
@@ -476,7 +482,7 @@ def training_manifest_of(model_uri: str) -> str | None:
     """The training manifest recorded on a model version's training run (tag ``galmorph.manifest``)."""
     import mlflow
 
-    from galmorph.scoring import resolve_model_version
+    from galmorph.scoring.batch import resolve_model_version
 
     uri = resolve_model_version(model_uri)
     if not uri.startswith("models:/"):
@@ -538,7 +544,7 @@ def drift_for_release(catalogue_dir: str | Path, dataset: str | Path, summary_di
         from galmorph.evaluation.templating import template_env
 
         Path(report_html).write_text(template_env().get_template("text_page.html.j2").render(
-            title=f"Drift: {res.verdict}", text=res.table(), generator="galmorph.pipelines.steps.drift_for_release",
+            title=f"Drift: {res.verdict}", text=res.table(), generator="galmorph.steps.drift_for_release",
             generated=datetime.now(timezone.utc).isoformat(timespec="seconds")), encoding="utf-8")
     # where the reference came from, beside the summary (a person or a test can check it was not a local path)
     (Path(summary_dir) / "reference.json").write_text(json.dumps({"reference_source": source}))

@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 
 from galmorph.jsonsafe import finite_json, json_default
-from galmorph.manifest import (
+from galmorph.catalogue.manifest import (
     FLOAT_COLUMNS,
     REQUIRED_COLUMNS,
     Z_MAX_PHYSICAL,
@@ -61,7 +61,7 @@ class ValidationConfig:
     max_failure_fraction: float = 0.05
     z_physical_max: float = Z_MAX_PHYSICAL  # a z above this is an error (quarantined), not a selection
     # framing check (a warning, not a quarantine): with model_image_size set, every readable image's
-    # galaxy extent (galmorph.cutout.galaxy_extent_px) is scaled into the model's input (the model crops
+    # galaxy extent (galmorph.catalogue.cutout.galaxy_extent_px) is scaled into the model's input (the model crops
     # model_crop_fraction and resizes to model_image_size); galaxies below min_extent_px are counted
     model_image_size: int | None = None
     model_crop_fraction: float = 1.0
@@ -249,11 +249,11 @@ def inspect_image(path: Path, cfg: ValidationConfig) -> tuple[str | None, float 
 
 
 def model_extent(arr: np.ndarray, cfg: ValidationConfig) -> float | None:
-    """The galaxy's extent (about 2 R90, :func:`galmorph.cutout.galaxy_extent_px`) in the model's input
+    """The galaxy's extent (about 2 R90, :func:`galmorph.catalogue.cutout.galaxy_extent_px`) in the model's input
     described by ``cfg`` (None without ``cfg.model_image_size``; NaN when no light is above the sky)."""
     if not cfg.model_image_size:
         return None
-    from galmorph.cutout import extent_in_model_px, galaxy_extent_px
+    from galmorph.catalogue.cutout import extent_in_model_px, galaxy_extent_px
 
     return extent_in_model_px(galaxy_extent_px(arr), int(min(arr.shape[:2])), int(cfg.model_image_size),
                               cfg.model_crop_fraction)

@@ -39,9 +39,9 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from galmorph.evaluation.chirality import chirality_violation as cvs_null
+from galmorph.tasks import chirality_violation as cvs_null
 from galmorph.jsonsafe import json_default
-from galmorph.manifest import ManifestError, is_csv, quarantine_record, read_manifest, write_quarantine
+from galmorph.catalogue.manifest import ManifestError, is_csv, quarantine_record, read_manifest, write_quarantine
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +68,7 @@ class ScoreResult:
     model_version: str | None
     seconds: float
     images_per_s: float
-    precision: str = "fp32"  # inference path used (galmorph.accel)
+    precision: str = "fp32"  # inference path used (galmorph.scoring.accel)
     decode: str = "full"  # JPEG decode used (full or draft)
     path_seconds: float = 0.0  # of ``seconds``: choosing the path (agreement check, export)
 
@@ -147,7 +147,7 @@ def manifest_digest(manifest_path: str | Path, chunk: int = 1 << 20) -> str:
 
 def parquet_manifest(manifest_path: str | Path, out_dir: str | Path) -> Path:
     """The Parquet file to stream: the manifest itself, or for a CSV/TSV manifest its conversion
-    (:func:`galmorph.manifest.read_manifest`) written to ``OUT/input-manifest.parquet``."""
+    (:func:`galmorph.catalogue.manifest.read_manifest`) written to ``OUT/input-manifest.parquet``."""
     path = Path(manifest_path)
     if not is_csv(path):
         return path
@@ -377,19 +377,19 @@ def score_manifest(model, manifest_path: str | Path, out_dir: str | Path, batch_
     Completed shards are skipped (resume); see the module docstring for the output layout.
 
     ``precision`` (``fp32``, ``auto``, ``channels_last``, ``bf16``, ``onnx``, ``int8``) and ``decode``
-    (``full``, ``draft``, ``auto``) choose the inference path through :func:`galmorph.accel.prepare_for_scoring`
+    (``full``, ``draft``, ``auto``) choose the inference path through :func:`galmorph.scoring.accel.prepare_for_scoring`
     (a path is used only when it agrees with fp32 on ``agreement`` images); the choice and the agreement
     results are recorded under ``inference`` in ``scoring.json``, hence in the merged summary and MLflow.
     ``image_check(row, image) -> reason | None`` runs on every decoded image (the release path's
     validation checks); a reason quarantines the row like an unreadable image.
-    ``winding_ensemble`` (a :class:`galmorph.ensemble.WindingEnsemble`, chirality models) combines each
-    shard's probabilities with the winding measurement (:func:`galmorph.ensemble.apply_winding_ensemble`).
+    ``winding_ensemble`` (a :class:`galmorph.scoring.ensemble.WindingEnsemble`, chirality models) combines each
+    shard's probabilities with the winding measurement (:func:`galmorph.scoring.ensemble.apply_winding_ensemble`).
     """
     import torch
     from torch.utils.data import DataLoader
     from tqdm import tqdm
 
-    from galmorph.data.images import ManifestImageDataset, collate_skip
+    from galmorph.datasets.images import ManifestImageDataset, collate_skip
     from galmorph.imaging.io import MIN_IMAGE_SIDE
 
     if not 0 < threshold <= 1:
@@ -489,8 +489,8 @@ def score_manifest(model, manifest_path: str | Path, out_dir: str | Path, batch_
         res["row"] = (first + np.flatnonzero(ok)).astype(np.int64)
         for c in pass_cols:
             res[c] = good[c].to_numpy()
-        if winding_ensemble is not None:  # network + winding measurement (galmorph.ensemble)
-            from galmorph.ensemble import apply_winding_ensemble
+        if winding_ensemble is not None:  # network + winding measurement (galmorph.scoring.ensemble)
+            from galmorph.scoring.ensemble import apply_winding_ensemble
 
             res = apply_winding_ensemble(res, good, classes, winding_ensemble, threshold, data_root=data_root)
         _guard_write(quarantine_path(out, s), lambda tmp, _q=q: write_quarantine(_q, tmp))
@@ -529,9 +529,9 @@ def _id_problems(manifest_path: str | Path) -> dict[int, str]:
 
 def _inference_path(lm, precision: str, decode: str, device: str, data_root, manifest_path, out: Path,
                     overwrite: bool, agreement: pd.DataFrame | None):
-    """:func:`galmorph.accel.prepare_for_scoring`, reusing the choice recorded by an interrupted run of the
+    """:func:`galmorph.scoring.accel.prepare_for_scoring`, reusing the choice recorded by an interrupted run of the
     same model in ``out`` and sampling the release for agreement images when the data root has none."""
-    from galmorph.accel import prepare_for_scoring
+    from galmorph.scoring.accel import prepare_for_scoring
 
     previous = None
     p = out / "scoring.json"
@@ -695,8 +695,8 @@ def _log_scoring_run(summary: dict, catalogue_path, run_name, experiment: str, l
                          "galmorph.model_uri": str(summary.get("model_uri"))})
         mlflow.log_params({"threshold": summary.get("threshold"), "model_uri": summary.get("model_uri"),
                            "n_shards": summary.get("n_shards")})
-        if summary.get("inference"):  # the inference path and its agreement with fp32 (galmorph.accel)
-            from galmorph.accel import PathChoice
+        if summary.get("inference"):  # the inference path and its agreement with fp32 (galmorph.scoring.accel)
+            from galmorph.scoring.accel import PathChoice
 
             pc = PathChoice.from_dict(summary["inference"])
             mlflow.log_params(pc.mlflow_params())

@@ -479,7 +479,7 @@ def agreement_batches(frame: pd.DataFrame, image_size: int, in_chans: int, crop_
     once per decode mode and kept (as uint8-free float tensors of model size) for all candidates."""
     import torch
 
-    from galmorph.data.images import ManifestImageDataset
+    from galmorph.datasets.images import ManifestImageDataset
 
     cache: dict[str, list[tuple[Any, np.ndarray]]] = {}
     cidx = {c: i for i, c in enumerate(classes)}

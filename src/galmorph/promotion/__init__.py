@@ -1,0 +1,1 @@
+"""Promotion: the registry policy, locks, audit and lineage."""

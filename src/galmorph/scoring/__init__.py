@@ -1,0 +1,1 @@
+"""Scoring: batch scoring of manifests, inference, accelerated paths, the winding ensemble, the release path."""
