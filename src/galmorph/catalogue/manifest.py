@@ -117,11 +117,6 @@ def resolve_image_uri(uri: str, data_root: Path | str | None = None) -> Path:
 # --------------------------------------------------------------------------------------------
 # manifests
 # --------------------------------------------------------------------------------------------
-def empty_manifest(extra_columns: Sequence[str] = ()) -> pd.DataFrame:
-    cols = list(REQUIRED_COLUMNS) + [c for c in extra_columns if c not in REQUIRED_COLUMNS]
-    return conform(pd.DataFrame({c: [] for c in cols}))
-
-
 def conform(df: pd.DataFrame) -> pd.DataFrame:
     """Add missing optional-valued columns and coerce the required ones to their types."""
     df = df.copy()

@@ -130,12 +130,6 @@ def _forward_with_activations(module, x, target_layer: str):
     return out, store
 
 
-def _forward_with_activation(module, x, target_layer: str):
-    """``(logits, activation)`` of the last evaluation of ``target_layer`` (single-view helper)."""
-    out, acts = _forward_with_activations(module, x, target_layer)
-    return out, acts[-1]
-
-
 def _targets(logits, target_class) -> "object":
     import torch
 

@@ -138,12 +138,6 @@ def scan_releases(root: str | Path) -> tuple[list[Release], list[dict[str, str]]
     return out, skipped
 
 
-def find_releases(root: str | Path) -> list[Release]:
-    """Ready releases under ``root``, sorted by folder name (bad folders are skipped, see
-    :func:`scan_releases`)."""
-    return scan_releases(root)[0]
-
-
 def _read_state(path: Path) -> dict:
     state = json.loads(path.read_text())
     if not isinstance(state, dict) or not isinstance(state.get("releases", {}), dict):

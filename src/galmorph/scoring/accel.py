@@ -506,10 +506,6 @@ def agreement_batches(frame: pd.DataFrame, image_size: int, in_chans: int, crop_
     return batches
 
 
-def nan_to_none(d: dict) -> dict:
-    return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in d.items()}
-
-
 def prepare_for_scoring(loaded, precision: str = "fp32", decode: str = "full", device: str = "cpu",
                         data_root: str | Path | None = None, release_sample: pd.DataFrame | None = None,
                         previous: dict | None = None, agreement: pd.DataFrame | None = None,

@@ -478,25 +478,6 @@ def label_export(labelled_path: str | Path, quarantine_path: str | Path, task: s
 # --------------------------------------------------------------------------------------------
 # drift glue
 # --------------------------------------------------------------------------------------------
-def training_manifest_of(model_uri: str) -> str | None:
-    """The training manifest recorded on a model version's training run (tag ``galmorph.manifest``)."""
-    import mlflow
-
-    from galmorph.scoring.batch import resolve_model_version
-
-    uri = resolve_model_version(model_uri)
-    if not uri.startswith("models:/"):
-        return None
-    name, version = uri[len("models:/"):].split("/", 1)
-    client = mlflow.MlflowClient()
-    mv = client.get_model_version(name, version)
-    run = client.get_run(mv.run_id)
-    tag = run.data.tags.get("galmorph.manifest")
-    if tag is None and run.data.tags.get("mlflow.parentRunId"):
-        tag = client.get_run(run.data.tags["mlflow.parentRunId"]).data.tags.get("galmorph.manifest")
-    return tag
-
-
 def drift_for_release(catalogue_dir: str | Path, dataset: str | Path, summary_dir: str | Path,
                       report_html: str | Path, reference: str = "", model_uri: str = "", by: str = "z_bin,survey",
                       release: str = "", mlflow_run_id: str = "", workspace: str = "",
