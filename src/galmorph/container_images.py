@@ -12,6 +12,11 @@ from __future__ import annotations
 from galmorph.settings import get_settings
 
 
+#: The Dockerfile each image is built from (relative to the project root; ``infra/docker/build-images.sh``).
+DOCKERFILES: dict[str, str] = {"cpu": "infra/docker/project/Dockerfile", "gpu": "infra/docker/project/Dockerfile",
+                               "app": "infra/docker/app/Dockerfile"}
+
+
 def image_names(registry: str | None = None, tag: str | None = None) -> dict[str, str]:
     """``{"cpu", "gpu", "app"}`` -> image reference, for ``registry``/``tag`` (default: the settings)."""
     s = get_settings()

@@ -61,14 +61,16 @@ def _type_name(spec) -> str:
 
 
 def component_readme(name: str) -> str:
+    from galmorph import container_images as images
     from galmorph.ops.loader import load_component
 
     comp = load_component(name)
     cs = comp.component_spec
     image = cs.implementation.container.image
     doc = inspect.getdoc(comp.python_func) or ""
+    kind = "gpu" if image == images.GPU_IMAGE else "cpu"
     lines = [f"# component `{name}`", "", doc, "", f"Library call: `{LIBRARY[name]}`.", "",
-             f"Image: `{image}` (built from `infra/docker/{'gpu' if 'gpu' in image else 'cpu'}/`); "
+             f"Image: `{image}` (built from `{images.DOCKERFILES[kind]}` by `make images`); "
              "runs unchanged with kfp's local `SubprocessRunner(use_venv=False)`.", "", "## Inputs", "",
              "| name | type | default |", "|---|---|---|"]
     for k, v in (cs.inputs or {}).items():
@@ -80,8 +82,17 @@ def component_readme(name: str) -> str:
         lines.append(f"| `{k}` | {_type_name(v)} |")
     lines += ["", "## Example", "", "```python", f"from galmorph_components.{name}.component import {name}", "",
               EXAMPLES[name], "```", "",
-              f"Tests: `components/{name}/tests/` (call `{name}.python_func` directly with real artifacts).", ""]
+              _tests_line(name), ""]
     return "\n".join(lines)
+
+
+def _tests_line(name: str) -> str:
+    import galmorph_components
+
+    if (Path(galmorph_components.__file__).parent / name / "tests").is_dir():
+        return f"Tests: `components/{name}/tests/` (call `{name}.python_func` directly with real artifacts)."
+    return (f"Tests: run inside its pipeline by kfp's local runner (`tests/test_pipelines_local.py`); "
+            f"no tests folder of its own yet.")
 
 
 def write_component_readmes(names=COMPONENTS) -> list[Path]:
