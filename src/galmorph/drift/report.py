@@ -24,6 +24,7 @@ import pandas as pd
 
 from galmorph.drift.config import DRIFT, INSUFFICIENT, NO_DRIFT, DriftConfig
 from galmorph.drift.features import KEY_COLUMNS, compute_drift_features, feature_columns
+from galmorph.evaluation.metrics import SLUG, clean_name
 from galmorph.jsonsafe import json_default
 
 log = logging.getLogger(__name__)
@@ -182,10 +183,6 @@ def load_drift_set(source: str | Path | pd.DataFrame, name: str, data_root: Path
 # --------------------------------------------------------------------------------------------
 # Evidently helpers
 # --------------------------------------------------------------------------------------------
-def _slug(s: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", str(s)).strip("_") or "x"
-
-
 def _is_drifted(method: str, value: float, threshold: float) -> bool:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return False
@@ -406,7 +403,7 @@ def run_drift(reference: str | Path | pd.DataFrame, current: str | Path | pd.Dat
         snap._metadata["drift_share"] = f"{gv.drift_share:.4f}"  # noqa: SLF001
         snap._tags.append(f"verdict:{gv.verdict}")  # noqa: SLF001
         if out is not None:
-            stem = out / "reports" / _slug(gv.key)
+            stem = out / "reports" / clean_name(gv.key, SLUG)
             snap.save_html(str(stem.with_suffix(".html")))
             snap.save_json(str(stem.with_suffix(".json")))
             gv.report_html, gv.report_json = str(stem.with_suffix(".html")), str(stem.with_suffix(".json"))
@@ -456,7 +453,7 @@ def drift_metrics(result: DriftResult) -> dict[str, float]:
     for g in result.per_group.values():
         if g.verdict == INSUFFICIENT:
             continue
-        key = "drift." + ("overall" if g.group_by == "overall" else f"{g.group_by}.{_slug(g.group_value)}")
+        key = "drift." + ("overall" if g.group_by == "overall" else f"{g.group_by}.{clean_name(g.group_value, SLUG)}")
         metrics[f"{key}.share"] = float(g.drift_share)
         metrics[f"{key}.n_drifted"] = float(g.n_drifted)
         metrics[f"{key}.flag"] = 1.0 if g.verdict == DRIFT else 0.0

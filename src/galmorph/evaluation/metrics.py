@@ -5,13 +5,19 @@ macro-F1 definition for the whole project (:func:`macro_f1`): the mean F1 over t
 that have support in the evaluated set; the others are reported as ``absent_classes``. Functions
 return nested dicts of plain Python numbers (JSON-able);
 :func:`flatten_metrics` turns them into MLflow metric names.
+
+This module holds the project's one implementation of each shared piece:
+:func:`label_metrics` (metrics of hard predictions: the core of :func:`classification_metrics` here and
+of :func:`galmorph.training.metrics.classification_metrics`), :func:`clean_name` / :func:`metric_key`
+(safe metric names) and :func:`flatten_numbers` (nested dict -> flat ``{name: value}``).
 """
 
 from __future__ import annotations
 
 import math
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -134,6 +140,36 @@ def majority_class_baseline(y_true: Sequence, classes: Sequence[str]) -> dict:
     return {"class": classes[maj], "accuracy": float(counts[maj] / len(y)), "f1_macro": f1}
 
 
+def label_metrics(y: np.ndarray, pred: np.ndarray, classes: Sequence[str]) -> dict:
+    """Metrics of hard predictions (scikit-learn): ``y`` and ``pred`` are class indices into ``classes``.
+
+    Returns ``n``, ``accuracy`` (NaN when ``n`` is 0), ``per_class[c] = {precision, recall, f1, support}``,
+    ``macro = {precision, recall, f1}`` averaged over the classes **with support** in ``y`` (the
+    :func:`macro_f1` definition; NaN when none has), ``classes_present``, ``absent_classes`` and
+    ``confusion`` (counts, rows = true class). Precision of a never-predicted class is 0
+    (``zero_division=0``). The one core of :func:`classification_metrics` and of the training run's
+    held-out metrics (:func:`galmorph.training.metrics.classification_metrics`).
+    """
+    from sklearn.metrics import accuracy_score, precision_recall_fscore_support
+
+    classes = [str(c) for c in classes]
+    k = len(classes)
+    n = len(y)
+    prec, rec, f1, sup = precision_recall_fscore_support(y, pred, labels=list(range(k)), zero_division=0)
+    per_class = {c: {"precision": float(prec[j]), "recall": float(rec[j]), "f1": float(f1[j]), "support": int(sup[j])}
+                 for j, c in enumerate(classes)}
+    present = [c for c in classes if per_class[c]["support"] > 0]
+    absent = [c for c in classes if per_class[c]["support"] == 0]
+    macro = {"precision": float("nan"), "recall": float("nan"), "f1": float("nan")}
+    if present:
+        mp, mr, mf, _ = precision_recall_fscore_support(y, pred, labels=[classes.index(c) for c in present],
+                                                        average="macro", zero_division=0)
+        macro = {"precision": float(mp), "recall": float(mr), "f1": float(mf)}
+    return {"n": int(n), "accuracy": float(accuracy_score(y, pred)) if n else float("nan"), "per_class": per_class,
+            "macro": macro, "classes_present": present, "absent_classes": absent,
+            "confusion": confusion_counts(y, pred, k).tolist()}
+
+
 # --------------------------------------------------------------------------------------------
 # the main entry point
 # --------------------------------------------------------------------------------------------
@@ -149,46 +185,35 @@ def classification_metrics(y_true: Sequence, proba: np.ndarray, classes: Sequenc
     defined one-vs-rest AUCs, for two classes the binary AUC), ``majority_baseline`` (see
     :func:`majority_class_baseline`), ``confusion`` (counts) and ``confusion_normalised`` (rows = true
     class), and with ``with_curves`` the ROC curves ``roc[c] = {fpr, tpr, thresholds}``. Precision of a
-    never-predicted class is 0 (``zero_division=0``).
+    never-predicted class is 0 (``zero_division=0``). The hard-prediction part is :func:`label_metrics`.
     """
-    from sklearn.metrics import accuracy_score, precision_recall_fscore_support
-
     classes = [str(c) for c in classes]
     k = len(classes)
     y = encode_labels(list(y_true), classes)
     proba = _check_proba(proba, len(y), k)
-    n = len(y)
-    if n == 0:
+    if len(y) == 0:
         raise ValueError("no labelled objects to compute metrics on")
     pred = proba.argmax(axis=1)
-    cm = confusion_counts(y, pred, k)
-    prec, rec, f1, sup = precision_recall_fscore_support(y, pred, labels=list(range(k)), zero_division=0)
-    per_class: dict[str, dict] = {}
+    hard = label_metrics(y, pred, classes)
+    per_class = hard["per_class"]
     roc: dict[str, dict] = {}
     for j, c in enumerate(classes):
         yb = y == j
         auc = binary_auc(yb, proba[:, j])
-        per_class[c] = {"precision": float(prec[j]), "recall": float(rec[j]), "f1": float(f1[j]),
-                        "support": int(sup[j]), "auc": auc}
+        per_class[c]["auc"] = auc
         if with_curves and not math.isnan(auc):
             fpr, tpr, thr = roc_curve_binary(yb, proba[:, j])
             roc[c] = {"fpr": fpr.tolist(), "tpr": tpr.tolist(),
                       "thresholds": [None if not np.isfinite(t) else float(t) for t in thr]}
-    present = [c for c in classes if per_class[c]["support"] > 0]
-    absent = [c for c in classes if per_class[c]["support"] == 0]
-    # macro averages over the classes with support (the one macro-F1 definition, :func:`macro_f1`)
-    mp, mr, mf, _ = precision_recall_fscore_support(y, pred, labels=[classes.index(c) for c in present],
-                                                    average="macro", zero_division=0)
-    macro = {"precision": float(mp), "recall": float(mr), "f1": float(mf), "auc": macro_auc(y, proba)}
     out = {
-        "n": int(n),
-        "accuracy": float(accuracy_score(y, pred)),
+        "n": hard["n"],
+        "accuracy": hard["accuracy"],
         "per_class": per_class,
-        "macro": macro,
-        "classes_present": present,
-        "absent_classes": absent,
+        "macro": {**hard["macro"], "auc": macro_auc(y, proba)},
+        "classes_present": hard["classes_present"],
+        "absent_classes": hard["absent_classes"],
         "majority_baseline": majority_class_baseline(y, classes),
-        "confusion": cm.tolist(),
+        "confusion": hard["confusion"],
         "confusion_normalised": confusion_normalised(y, pred, k).tolist(),
     }
     if with_curves:
@@ -253,15 +278,42 @@ def redshift_bin_metrics(y_true: Sequence, proba: np.ndarray, classes: Sequence[
 
 
 # --------------------------------------------------------------------------------------------
-# flattening and trials
+# metric names, flattening and trials
 # --------------------------------------------------------------------------------------------
-_BAD = re.compile(r"[^0-9A-Za-z_\-. /]")
+@dataclass(frozen=True)
+class NameRule:
+    """How :func:`clean_name` makes a name safe: ``+`` becomes ``plus`` first (unless ``plus`` is None),
+    every match of ``bad`` becomes ``_``; with ``strip``, ``_`` is trimmed from both ends and ``empty``
+    stands for a name left empty."""
+
+    bad: re.Pattern
+    plus: str | None = "plus"
+    strip: bool = False
+    empty: str = ""
+
+
+#: MLflow metric names (every metric galmorph logs): ``+`` -> ``plus``, each character MLflow refuses -> ``_``.
+METRIC_NAME = NameRule(re.compile(r"[^0-9A-Za-z_\-. /]"))
+#: Names that are file names too (drift report stems and the group part of drift metric names): each run of
+#: other characters (``+`` and spaces included) -> one ``_``, no ``_`` at the ends, ``x`` for nothing left.
+SLUG = NameRule(re.compile(r"[^A-Za-z0-9._-]+"), plus=None, strip=True, empty="x")
+
+
+def clean_name(text, rule: NameRule = METRIC_NAME) -> str:
+    """``text`` made safe under ``rule`` (the project's one name cleaner)."""
+    s = str(text)
+    if rule.plus is not None:
+        s = s.replace("+", rule.plus)
+    s = rule.bad.sub("_", s)
+    if rule.strip:
+        s = s.strip("_")
+    return s or rule.empty
 
 
 def metric_key(*parts: str) -> str:
-    """An MLflow-safe metric name from parts (``+`` -> ``plus``, other odd characters -> ``_``)."""
-    s = "_".join(str(p) for p in parts if p != "")
-    return _BAD.sub("_", s.replace("+", "plus"))
+    """An MLflow-safe metric name from parts joined by ``_`` (empty parts left out; ``+`` -> ``plus``,
+    other odd characters -> ``_``: :data:`METRIC_NAME`)."""
+    return clean_name("_".join(str(p) for p in parts if p != ""))
 
 
 def _num(v) -> float | None:
@@ -310,21 +362,34 @@ def flatten_metrics(report: Mapping) -> dict[str, float]:
         flat["mce"] = (cal.get("overall") or {}).get("mce")
         for b, d in (cal.get("redshift_bins") or {}).items():
             flat[metric_key("zbin", b, "ece")] = d.get("ece")
-    for name, v in _walk(report.get("chirality", {}), "chirality"):
-        flat[name] = v
+    flat.update(flatten_numbers(report.get("chirality", {}), "chirality"))
     for k2, v in report.get("counts", {}).items():
         flat[metric_key("rows", k2)] = v
     return {k2: float(v) for k2, v in flat.items() if _num(v) is not None}
 
 
-def _walk(d, prefix: str):
-    """Numbers in a nested dict (lists skipped), named ``prefix_key_subkey``."""
+def flatten_numbers(d, prefix: str = "", *, sep: str = "_", clean: bool = True,
+                    finite: bool = False) -> dict[str, float]:
+    """Every number in nested mappings as ``{name: float}`` (the project's one nested-dict flattener).
+
+    Names join ``prefix`` and the keys down to the number with ``sep`` (empty parts left out); with
+    ``clean`` (``sep`` is then ``_``) each name is a :func:`metric_key`. Numbers: Python and NumPy
+    ints, floats and bools (as 0/1); NaN and inf are kept unless ``finite``; strings, lists and
+    ``None`` are skipped.
+    """
+    def join(p: str, k) -> str:
+        if clean:
+            return metric_key(p, k)
+        return sep.join(str(x) for x in (p, k) if x != "")
+
+    return {name: v for name, v in _number_leaves(d, prefix, join) if not finite or math.isfinite(v)}
+
+
+def _number_leaves(d, prefix: str, join) -> Iterator[tuple[str, float]]:
     if isinstance(d, Mapping):
         for k2, v in d.items():
-            yield from _walk(v, metric_key(prefix, k2))
-    elif isinstance(d, (bool, np.bool_)):
-        yield prefix, float(d)
-    elif isinstance(d, (int, float, np.integer, np.floating)):
+            yield from _number_leaves(v, join(prefix, k2), join)
+    elif isinstance(d, (bool, np.bool_, int, float, np.integer, np.floating)):
         yield prefix, float(d)
 
 

@@ -53,11 +53,12 @@ def _fill(metadata: dict | None, values: dict[str, Any]) -> None:
 
 
 def _log_metrics(metrics: dict | None, values: dict[str, Any]) -> None:
-    """Finite numeric leaves of ``values`` into a KFP ``Metrics`` artifact's metadata."""
-    from galmorph.steps.runtime import flat_metrics
+    """Finite numeric leaves of ``values`` into a KFP ``Metrics`` artifact's metadata (names: the keys
+    joined with ``.``)."""
+    from galmorph.evaluation.metrics import flatten_numbers
 
     if metrics is not None:
-        metrics.update(flat_metrics(values))
+        metrics.update(flatten_numbers(values, sep=".", clean=False, finite=True))
 
 
 # --------------------------------------------------------------------------------------------

@@ -85,21 +85,5 @@ def write_json(path: str | Path, obj: Any) -> Path:
     return p
 
 
-def flat_metrics(d: dict[str, Any], prefix: str = "") -> dict[str, float]:
-    """Finite numeric leaves of a nested dict (for a KFP Metrics artifact)."""
-    import math
-
-    out: dict[str, float] = {}
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict):
-            out.update(flat_metrics(v, key + "."))
-        elif isinstance(v, bool):
-            out[key] = float(v)
-        elif isinstance(v, (int, float)) and math.isfinite(float(v)):
-            out[key] = float(v)
-    return out
-
-
-__all__ = ["as_dir", "dataset_manifest_path", "flat_metrics", "open_dataset", "relativize_images", "setup",
+__all__ = ["as_dir", "dataset_manifest_path", "open_dataset", "relativize_images", "setup",
            "subset_dataset", "write_json"]

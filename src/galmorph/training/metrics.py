@@ -28,40 +28,25 @@ def predict_loader(net: torch.nn.Module, loader: DataLoader, device: str = "cpu"
 def classification_metrics(y_true: Sequence[int], y_pred: Sequence[int], classes: Sequence[str],
                            prefix: str = "test_") -> tuple[dict[str, float], dict]:
     """Flat metrics (accuracy, macro F1, per-class precision/recall/F1/support) and a report dict with
-    the confusion matrix (rows = true class, columns = predicted). Macro F1 is the project's one
-    definition, :func:`galmorph.evaluation.metrics.macro_f1` (classes with support; the others listed in
-    the report's ``absent_classes``)."""
-    from sklearn.metrics import accuracy_score, confusion_matrix, precision_recall_fscore_support
+    the confusion matrix (rows = true class, columns = predicted) of class indices ``y_true``/``y_pred``.
 
-    from galmorph.evaluation.metrics import macro_f1
+    An adapter of :func:`galmorph.evaluation.metrics.label_metrics`, the project's one implementation
+    (macro F1 over the classes with support, :func:`galmorph.evaluation.metrics.macro_f1`; the others
+    listed in the report's ``absent_classes``); metric names are ``prefix`` +
+    :func:`galmorph.evaluation.metrics.metric_key` (``test_precision_5plus``)."""
+    from galmorph.evaluation.metrics import label_metrics, metric_key
 
-    y_true, y_pred = np.asarray(y_true, dtype=int), np.asarray(y_pred, dtype=int)
-    labels = list(range(len(classes)))
-    p, r, f, s = precision_recall_fscore_support(y_true, y_pred, labels=labels, zero_division=0)
-    cm = confusion_matrix(y_true, y_pred, labels=labels)
-    names = np.asarray([str(c) for c in classes], dtype=object)
-    f1_macro, absent = macro_f1(names[y_true].tolist(), names[y_pred].tolist(), classes)
-    m: dict[str, float] = {
-        f"{prefix}accuracy": float(accuracy_score(y_true, y_pred)) if len(y_true) else float("nan"),
-        f"{prefix}f1_macro": f1_macro,
-        f"{prefix}n": float(len(y_true)),
-    }
-    for i, c in enumerate(classes):
-        key = safe_metric_name(c)
-        m[f"{prefix}precision_{key}"] = float(p[i])
-        m[f"{prefix}recall_{key}"] = float(r[i])
-        m[f"{prefix}f1_{key}"] = float(f[i])
-        m[f"{prefix}support_{key}"] = float(s[i])
-    report = {"classes": list(classes), "confusion_matrix": cm.tolist(),
-              "per_class": {c: {"precision": float(p[i]), "recall": float(r[i]), "f1": float(f[i]),
-                                "support": int(s[i])} for i, c in enumerate(classes)},
-              "accuracy": m[f"{prefix}accuracy"], "f1_macro": m[f"{prefix}f1_macro"], "absent_classes": absent}
+    core = label_metrics(np.asarray(y_true, dtype=int), np.asarray(y_pred, dtype=int), classes)
+    m: dict[str, float] = {f"{prefix}accuracy": core["accuracy"], f"{prefix}f1_macro": core["macro"]["f1"],
+                           f"{prefix}n": float(core["n"])}
+    per_class = {c: dict(core["per_class"][str(c)]) for c in classes}
+    for c, d in per_class.items():
+        for name in ("precision", "recall", "f1", "support"):
+            m[prefix + metric_key(name, c)] = float(d[name])
+    report = {"classes": list(classes), "confusion_matrix": core["confusion"], "per_class": per_class,
+              "accuracy": m[f"{prefix}accuracy"], "f1_macro": m[f"{prefix}f1_macro"],
+              "absent_classes": core["absent_classes"]}
     return m, report
-
-
-def safe_metric_name(c: str) -> str:
-    """MLflow-safe class name for metric keys (``5+`` -> ``5plus``)."""
-    return str(c).replace("+", "plus").replace(" ", "_")
 
 
 def plot_confusion(report: dict, path: Path, title: str) -> Path:
