@@ -165,3 +165,61 @@ def test_label_in_browser_then_export_with_dvc(driver, served_queue, artifacts_d
     assert (m.task == "lopsided").all() and (m.labellers == "tester").all()
     unsure = [k for k, v in expected.items() if v == "unsure"]
     assert list(read_quarantine(res["quarantine"]).object_id) == unsure
+
+
+def test_chirality_keys_and_winding_overlay_in_browser(driver, tmp_path, sim_chirality, artifacts_dir):
+    """A chirality queue: the page's keys are the task's (C = CW, A = ACW, X = other, U = unsure), the
+    winding overlay is drawn, and the labels stored are the class names training reads."""
+    import threading
+
+    import uvicorn
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    from galmorph.catalogue.manifest import read_manifest
+    from galmorph.labelling.app import create_app
+    from galmorph.labelling.queue import sample_queue
+    from galmorph.labelling.store import LabelStore
+
+    man = read_manifest(sim_chirality["manifest"]).assign(label=None, task=None)
+    q, _ = sample_queue(man.head(8), per_bin=10, n_bins=1, z_min=0, z_max=1, task="chirality")
+    store = LabelStore(f"sqlite:///{tmp_path / 'labels.db'}")
+    app = create_app(q, store, "tester", task="chirality", image_roots=[sim_chirality["dir"]])
+    port = _free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        deadline = time.time() + 30
+        while not server.started:
+            assert time.time() < deadline, "uvicorn did not start"
+            time.sleep(0.05)
+        wait = WebDriverWait(driver, 30)
+        driver.get(f"http://127.0.0.1:{port}/")
+
+        def shown() -> str:
+            return driver.find_element(By.ID, "object-id").text.strip()
+
+        wait.until(lambda d: shown() != "" and d.find_element(By.ID, "winding").text != "")
+        buttons = {b.get_attribute("data-label"): b.text for b in driver.find_elements(By.CSS_SELECTOR, ".label-btn")}
+        assert list(buttons) == ["CW", "ACW", "other", "unsure"] and buttons["CW"].endswith("C")
+        assert "hidden" not in (driver.find_element(By.ID, "ring-w-out").get_attribute("class") or "")
+        assert float(driver.find_element(By.ID, "ring-w-out").get_attribute("r")) > 0
+        body = driver.find_element(By.TAG_NAME, "body")
+        expected = {}
+        for key, label in (("c", "CW"), ("a", "ACW"), ("x", "other"), ("u", "unsure"), ("l", None), ("s", None)):
+            before = shown()
+            body.send_keys(key)
+            if label is None:  # a key of another task does nothing
+                time.sleep(0.5)
+                assert shown() == before
+                continue
+            wait.until(lambda d: shown() != before)
+            expected[before] = label
+        wait.until(lambda d: d.find_element(By.ID, "progress").text.startswith("4 /"))
+        driver.save_screenshot(str(artifacts_dir / "label_app_chirality.png"))
+        lab = store.labels("chirality")
+        assert dict(zip(lab.object_id, lab.label)) == expected
+    finally:
+        server.should_exit = True
+        thread.join(10)

@@ -119,6 +119,30 @@ def test_foreign_host_header_is_400_and_healthz_is_exempt(queue, tmp_path):
     assert _client(app2, host="127.0.0.1").get("/api/state").status_code == 400
 
 
+def test_host_header_is_parsed_strictly(queue, tmp_path):
+    """The home-made check took ``127.0.0.1:8772@evil.example`` for 127.0.0.1 (Starlette's
+    TrustedHostMiddleware now parses the header: anything but host[:port] is refused)."""
+    app, _ = _app(queue, tmp_path)
+    c = _client(app)
+    for bad in ("127.0.0.1:8772@evil.example", "evil.example#127.0.0.1", "127.0.0.1:8772:1", "localhost.",
+                "[::1", "127.0.0.1 evil.example"):
+        r = c.get("/api/state", headers={"Host": bad})
+        assert r.status_code == 400, bad
+    for good in ("127.0.0.1:8772", "127.0.0.1", "localhost:8772", "[::1]:8772", "LOCALHOST"):
+        assert c.get("/api/state", headers={"Host": good}).status_code == 200, good
+    assert c.get("/healthz", headers={"Host": "127.0.0.1:8772@evil.example"}).status_code == 200
+    # over a real socket too (uvicorn passes the header through as sent)
+    with _Server(app) as srv:
+        assert srv.request("GET", "/api/state", headers={"Host": f"127.0.0.1:{srv.port}@evil.example"})[0] == 400
+        assert srv.request("GET", "/api/state")[0] == 200
+    # subdomain wildcards; a malformed pattern is refused when the app is made
+    app3, _ = _app(queue, tmp_path, allowed_hosts=["*.label.example.org"])
+    assert _client(app3, host="alice.label.example.org").get("/api/state").status_code == 200
+    assert _client(app3, host="label.example.org.evil.example").get("/api/state").status_code == 400
+    with pytest.raises(ValueError, match="wildcard"):
+        _app(queue, tmp_path, allowed_hosts=["label.*.org"])
+
+
 # ---------------------------------------------------------------------------------------- body size
 def test_oversize_body_refused_before_it_is_read(queue, tmp_path):
     app, store = _app(queue, tmp_path, max_body_bytes=1000)

@@ -14,13 +14,13 @@ from galmorph.cli.options import data_root_option, json_option, task_option, tra
 
 @main.group("label")
 def label_group() -> None:
-    """Human labelling of lopsidedness: sample a queue, label in the browser, export for training.
+    """Human labelling (any task): sample a queue, label in the browser, export for training.
 
     \b
-    galmorph label sample --manifest M --out queue.parquet
+    galmorph label sample --manifest M --out queue.parquet [--task chirality]
     galmorph label serve --queue queue.parquet --labeller alice
-    galmorph label agreement
-    galmorph label export --out labels.parquet --dvc
+    galmorph label agreement [--task chirality]
+    galmorph label export --out labels.parquet --queue queue.parquet --dvc
     """
 
 
@@ -78,6 +78,36 @@ def _labelled_ids(source: str, task: str) -> set[str]:
     return set(df.loc[sel, "object_id"].astype(str))
 
 
+def _queue_task(queue) -> str | None:
+    """The task a queue was sampled for (its ``task`` column), or None."""
+    if "task" not in queue.columns:
+        return None
+    tasks = sorted({str(t) for t in queue["task"].dropna()})
+    return tasks[0] if len(tasks) == 1 else None
+
+
+def _task_of_queue(queue, queue_path: Path, task: str | None) -> str:
+    """``--task``, else the queue's task, else lopsided; a --task that is not the queue's is a usage error."""
+    queued = _queue_task(queue)
+    if task and queued and task != queued:
+        fail(f"--task {task}: the queue {queue_path} was sampled for task {queued!r} "
+             f"(give --task {queued} or sample a {task} queue)", 2)
+    return task or queued or "lopsided"
+
+
+def _warn_images_outside(outside: list, n: int) -> None:
+    """One warning line when queued images lie outside the image roots (they would answer 403)."""
+    if not outside:
+        return
+    import os
+
+    folders = sorted({str(p.parent) for _, p in outside})
+    common = os.path.commonpath(folders) if folders else ""
+    click.echo(f"warning: {len(outside)} of {n} queued images lie outside the image roots (data root, the queue's "
+               f"folder, --image-root) and will answer 403 (e.g. {outside[0][1]}): serve with --image-root "
+               f"{common or folders[0]}", err=True)
+
+
 @label_group.command("sample")
 @click.option("--manifest", "manifest_path", type=click.Path(path_type=Path, dir_okay=False, exists=True),
               required=True, help="Manifest to draw from (needs z; image_uri for A1 and the app).")
@@ -97,8 +127,9 @@ def _labelled_ids(source: str, task: str) -> set[str]:
                    "[the task's champion, models:/galmorph-<task>@champion].")
 @tracking_uri_option()
 @data_root_option()
-@click.option("--measure-a1/--no-measure-a1", default=True, show_default=True,
-              help="Measure A1 (centre, R50/R90) for the queued objects now, for the app's overlay.")
+@click.option("--measure-a1/--no-measure-a1", default=None,
+              help="Measure A1 (centre, R50/R90) for the queued objects now, for the app's overlay "
+                   "[on for the tasks whose app shows it: lopsided].")
 @task_option(default="lopsided", help="Labelling task.")
 @_db_errors
 def sample_cmd(manifest_path, out_path, per_bin, n_bins, z_min, z_max, seed, exclude, rank_by_uncertainty, model_uri,
@@ -139,6 +170,10 @@ def sample_cmd(manifest_path, out_path, per_bin, n_bins, z_min, z_max, seed, exc
                                       exclude_ids=excl, task=task, scores=scores)
     except ValueError as exc:
         fail(str(exc))
+    if measure_a1 is None:
+        from galmorph.labelling.choices import labelling_for
+
+        measure_a1 = "a1" in labelling_for(task).overlays
     if measure_a1 and len(queue):
         queue = add_a1(queue, data_root=s.data_root)
     summary["manifest"] = str(manifest_path)
@@ -170,10 +205,17 @@ def sample_cmd(manifest_path, out_path, per_bin, n_bins, z_min, z_max, seed, exc
 @click.option("--image-root", "image_roots", multiple=True, type=click.Path(path_type=Path, file_okay=False),
               help="Extra folder images may be served from (besides the data root and the queue's folder).")
 @data_root_option()
-@task_option(default="lopsided", help="Labelling task.")
+@task_option(help="Labelling task: its labels, keys and overlay [the queue's task].")
 def serve_cmd(queue_path, db, labeller, port, host, auth_mode, tokens_file, trust_proxy_header, allowed_hosts,
               max_body_bytes, secure_cookies, image_roots, data_root, task) -> None:
-    """Serve the labelling app (keys L/S/U/Z, O toggles the centre/R50/R90 overlay)."""
+    """Serve the labelling app for the queue's task.
+
+    \b
+    Keys: lopsided S symmetric, L lopsided; arms 1-5 (5 = 5+), X can't tell;
+    chirality C CW, A ACW, X other; every task U unsure/skip, Z undo, O overlay
+    (lopsided: A1 centre and R50/R90; chirality and arms: winding annulus and sense).
+    Images are served from the data root, the queue's folder and --image-root folders only.
+    """
     import uvicorn
 
     from galmorph.labelling.app import create_app
@@ -187,7 +229,9 @@ def serve_cmd(queue_path, db, labeller, port, host, auth_mode, tokens_file, trus
         queue = read_queue(queue_path)
     except ManifestError as exc:
         fail(str(exc))
-    from galmorph.labelling.app import LOOPBACK_HOSTS, AuthError, LabelAuth, read_tokens_file
+    task = _task_of_queue(queue, queue_path, task)
+    from galmorph.labelling.security import (LOOPBACK_HOSTS, AuthError, LabelAuth, read_tokens_file,
+                                             trusted_host_patterns)
 
     host = host or s.host
     auth = None
@@ -210,15 +254,20 @@ def serve_cmd(queue_path, db, labeller, port, host, auth_mode, tokens_file, trus
         labeller = labeller or getpass.getuser()
     hosts = list(allowed_hosts) or [*LOOPBACK_HOSTS, *([host] if host not in ("0.0.0.0", "::") else [])]
     try:
+        hosts = trusted_host_patterns(hosts)
+    except ValueError as exc:
+        fail(f"--allowed-host: {exc}", 2)
+    try:
         store = LabelStore(_db_url(db))
         app = create_app(queue, store, labeller, data_root=s.data_root,
                          image_roots=[queue_path.resolve().parent, *image_roots], task=task, queue_name=str(queue_path),
                          auth=auth, allowed_hosts=hosts, max_body_bytes=max_body_bytes, secure_cookies=secure_cookies)
     except Exception as exc:  # noqa: BLE001 - database/state-dir problems (read-only, unreachable) are reported
         fail(f"label database {_db_url(db)}: {_db_problem(exc)}")
+    _warn_images_outside(app.state.images_outside_roots, len(queue))
     port = port or s.label_port
     who = f"as {labeller!r}" if auth is None else "with sign-in"
-    click.echo(f"labelling {len(queue)} objects {who}: http://{host}:{port}/  (db {store.url})", err=True)
+    click.echo(f"labelling {len(queue)} objects for {task} {who}: http://{host}:{port}/  (db {store.url})", err=True)
     uvicorn.run(app, host=host, port=port, log_level="warning")
 
 
@@ -279,7 +328,7 @@ def agreement_cmd(db, task, include_unsure, as_json) -> None:
     from galmorph.labelling.agreement import agreement_report
     from galmorph.labelling.store import LabelStore
 
-    rep = agreement_report(LabelStore(_db_url(db)).labels(task), include_unsure=include_unsure)
+    rep = agreement_report(LabelStore(_db_url(db)).labels(task), include_unsure=include_unsure, task=task)
     if as_json:
         echo_json(rep)
         return
@@ -300,7 +349,7 @@ def agreement_cmd(db, task, include_unsure, as_json) -> None:
 @click.option("--labeller", default=None, help="Export only this labeller's labels.")
 @click.option("--queue", "queue_path", type=click.Path(path_type=Path, dir_okay=False, exists=True), default=None,
               help="Only objects of this queue.")
-@task_option(default="lopsided", help="Labelling task.")
+@task_option(help="Labelling task [the --queue's task, else lopsided].")
 @click.option("--dvc", "dvc", is_flag=True, help="`dvc add` the exported manifest (it must lie in a DVC repo).")
 @_db_errors
 def export_cmd(db, out_path, policy, labeller, queue_path, task, dvc) -> None:
@@ -312,7 +361,10 @@ def export_cmd(db, out_path, policy, labeller, queue_path, task, dvc) -> None:
     if queue_path is not None:
         from galmorph.labelling.queue import read_queue
 
-        ids = set(read_queue(queue_path)["object_id"].astype(str))
+        queue = read_queue(queue_path)
+        ids = set(queue["object_id"].astype(str))
+        task = _task_of_queue(queue, queue_path, task)
+    task = task or "lopsided"
     res = export_labels(LabelStore(_db_url(db)), out_path, task=task, policy=policy, labeller=labeller,
                         object_ids=ids)
     if dvc:

@@ -31,18 +31,21 @@ def cohen_kappa(a, b, categories=None) -> float:
     return float(cohen_kappa_score(a, b, labels=cats))
 
 
-def agreement_report(labels: pd.DataFrame, include_unsure: bool = False) -> dict:
-    """Pairwise agreement from a labels frame (``object_id, labeller, label``).
+def agreement_report(labels: pd.DataFrame, include_unsure: bool = False, task: str = "lopsided") -> dict:
+    """Pairwise agreement from a labels frame (``object_id, labeller, label``) of ``task``.
 
-    ``unsure`` labels are left out unless ``include_unsure`` (then a third category). Returns
+    The categories are the task's classes; ``unsure`` labels are left out unless ``include_unsure``
+    (then one more category); labels that are not the task's (an older database) are left out. Returns
     ``{"labellers": [...], "pairs": [{"a", "b", "n_common", "percent_agreement", "kappa",
     "confusion": {label_a: {label_b: n}}}], "mean_kappa"}``.
     """
     from sklearn.metrics import accuracy_score, confusion_matrix
 
-    df = labels if include_unsure else labels[labels.label != "unsure"]
+    from galmorph.labelling.choices import UNSURE, labelling_for
+
+    cats = list(labelling_for(task).classes) + ([UNSURE] if include_unsure else [])
+    df = labels[labels.label.isin(cats)]
     wide = df.pivot_table(index="object_id", columns="labeller", values="label", aggfunc="last")
-    cats = ["symmetric", "lopsided"] + (["unsure"] if include_unsure else [])
     pairs = []
     for a, b in itertools.combinations(sorted(wide.columns), 2):
         both = wide[[a, b]].dropna()

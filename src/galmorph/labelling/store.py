@@ -6,7 +6,9 @@ Tables
              ``queue`` (the queue file it came from) and ``row`` (the queue row as JSON, so that an
              export can rebuild the manifest without the queue file).
 ``labels``   the *current* label of each (task, object, labeller): several labellers never
-             overwrite each other; a labeller relabelling an object updates their own row.
+             overwrite each other; a labeller relabelling an object updates their own row. A label
+             is one of the task's classes (:data:`galmorph.tasks.TASKS`) or ``unsure``
+             (:mod:`galmorph.labelling.choices`); anything else is refused.
 ``events``   append-only history: every label set (with the label it replaced) and every undo.
 
 ``tokens``   labeller access tokens for the app, stored as SHA-256 hashes only (the token itself
@@ -46,7 +48,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
-from galmorph.labelling import LABEL_CHOICES
+from galmorph.labelling.choices import labelling_for
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +59,17 @@ class LabelError(ValueError):
 
 class UnknownObject(LabelError, KeyError):
     """The object is not in the label database's queue."""
+
+
+def check_label(task: str, label: str, object_id: str | None = None) -> None:
+    """LabelError unless ``label`` is one of ``task``'s labels (its classes or ``unsure``)."""
+    try:
+        spec = labelling_for(task)
+    except ValueError as exc:
+        raise LabelError(str(exc)) from None
+    if label not in spec.labels:
+        where = f"object {object_id}: " if object_id is not None else ""
+        raise LabelError(f"{where}label {label!r} is not one of the {task} labels {list(spec.labels)}")
 
 
 def _now() -> datetime:
@@ -208,8 +221,7 @@ class LabelStore:
     def set_label(self, object_id: str, labeller: str, label: str, task: str = "lopsided") -> dict:
         """Record ``label`` by ``labeller`` (replacing only that labeller's own earlier label)."""
         object_id, labeller = str(object_id), str(labeller).strip()
-        if label not in LABEL_CHOICES:
-            raise LabelError(f"object {object_id}: label {label!r} is not one of {list(LABEL_CHOICES)}")
+        check_label(task, label, object_id)
         if not labeller:
             raise LabelError("labeller name is empty")
         with Session(self._writer) as s, s.begin():
