@@ -141,6 +141,8 @@ def test_host_header_is_parsed_strictly(queue, tmp_path):
     assert _client(app3, host="label.example.org.evil.example").get("/api/state").status_code == 400
     with pytest.raises(ValueError, match="wildcard"):
         _app(queue, tmp_path, allowed_hosts=["label.*.org"])
+    with pytest.raises(ValueError, match="without a port"):
+        _app(queue, tmp_path, allowed_hosts=["label.example.org:8443"])
 
 
 # ---------------------------------------------------------------------------------------- body size

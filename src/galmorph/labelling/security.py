@@ -17,6 +17,7 @@
 from __future__ import annotations
 
 import hmac
+import ipaddress
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -193,11 +194,14 @@ def trusted_host_patterns(allowed_hosts: Iterable[str] | None) -> list[str]:
         if not h:
             continue
         if ":" in h and not h.startswith("["):
-            h = f"[{h}]"
+            try:
+                h = f"[{ipaddress.IPv6Address(h)}]"
+            except ValueError:
+                raise ValueError(f"allowed host {h!r}: give the host name without a port") from None
         if "*" in h[1:] or (h.startswith("*") and h != "*" and not h.startswith("*.")):
             raise ValueError(f"allowed host {h!r}: a wildcard must be '*' or like '*.example.org'")
         out.append(h)
-    return out or [*LOOPBACK_HOSTS[:2], f"[{LOOPBACK_HOSTS[2]}]"]
+    return out or trusted_host_patterns(LOOPBACK_HOSTS)
 
 
 class HostGuard:
