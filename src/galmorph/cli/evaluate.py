@@ -64,7 +64,7 @@ def evaluate_cmd(models, manifest, out_dir, z_edges, thresholds, chirality_diagn
     quarantine.parquet, report.json and report.html to OUT and logs them (and every number as a
     metric) to MLflow.
     """
-    from galmorph.evaluation import evaluate, evaluate_trials
+    from galmorph.evaluation import EvaluationOptions, evaluate, evaluate_trials
     from galmorph.catalogue.manifest import DEFAULT_Z_EDGES, ManifestError
     from galmorph.promotion.registry import model_ref
     from galmorph.settings import resolve_settings
@@ -85,19 +85,19 @@ def evaluate_cmd(models, manifest, out_dir, z_edges, thresholds, chirality_diagn
     if out_dir is None:
         tag = uris[0].replace("models:/", "").replace("/", "_").replace("@", "_").replace(":", "_")
         out_dir = s.state_dir / "evaluations" / tag
-    kw = dict(z_edges=edges, thresholds=thr, data_root=s.data_root, log_to_mlflow=not no_mlflow,
-              batch_size=batch_size, chirality_diagnostics_on=chirality_diagnostics, explain=explain,
-              explain_per_class=explain_per_class, explain_target_layer=target_layer, sweep_n=sweep_n,
-              rotation_passes=rotation_passes, rotation_angles=rotation_angles,
-              rotation_max_objects=rotation_max_objects, experiment=experiment)
+    opts = EvaluationOptions(z_edges=edges, thresholds=thr, data_root=s.data_root, log_to_mlflow=not no_mlflow,
+                             batch_size=batch_size, chirality_diagnostics_on=chirality_diagnostics, explain=explain,
+                             explain_per_class=explain_per_class, explain_target_layer=target_layer, sweep_n=sweep_n,
+                             rotation_passes=rotation_passes, rotation_angles=rotation_angles,
+                             rotation_max_objects=rotation_max_objects, experiment=experiment)
     try:
         if len(uris) == 1:
-            res = evaluate(uris[0], manifest, out_dir, **kw)
+            res = evaluate(uris[0], manifest, out_dir, options=opts)
             out = {"model": res.model_uri, "version": res.model_version, "run_id": res.run_id,
                    "report_html": str(res.report_html), "predictions": str(res.predictions_path),
                    "metrics": res.metrics}
         else:
-            results, agg = evaluate_trials(uris, manifest, out_dir, **kw)
+            results, agg = evaluate_trials(uris, manifest, out_dir, options=opts)
             out = {"models": [r.model_uri for r in results], "trials": str(out_dir / "trials.json"),
                    "aggregate": agg}
     except (ManifestError, ValueError, FileNotFoundError) as exc:

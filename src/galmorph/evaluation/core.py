@@ -15,8 +15,9 @@ import json
 import logging
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -139,17 +140,66 @@ def chirality_diagnostics(loaded, manifest: pd.DataFrame, pred: pd.DataFrame, va
     return out
 
 
-def evaluate(model_uri, manifest, out_dir: str | Path, *, z_edges: Sequence[float] = DEFAULT_Z_EDGES,
-             thresholds: Sequence[float] = (0.5, 0.85), data_root: str | Path | None = None,
-             log_to_mlflow: bool = True, batch_size: int = 32, chirality_diagnostics_on: bool | None = None,
-             explain: bool | None = None, explain_per_class: int = 2, explain_target_layer: str | None = None,
-             sweep_n: int | None = None, sweep_realisations: int = 10, rotation_passes: int = 10,
-             rotation_angles: int = 8, rotation_max_objects: int = 200, mirror_atol: float = 1e-5,
-             experiment: str = EVALUATION_EXPERIMENT, run_name: str | None = None, seed: int = 0,
-             html: bool = True, calibration_bins: int = 10, card: bool = True, winding: bool | None = None,
-             winding_table: pd.DataFrame | None = None, winding_min_confidence: float = 2.0) -> EvaluationResult:
+@dataclass(frozen=True)
+class EvaluationOptions:
+    """Settings of :func:`evaluate` (each one may also be passed to it as a keyword argument)."""
+
+    z_edges: Sequence[float] = DEFAULT_Z_EDGES  #: redshift bin edges of the per-bin metrics
+    thresholds: Sequence[float] = (0.5, 0.85)  #: probability thresholds of the high-confidence subsets
+    data_root: str | Path | None = None  #: resolves ``data://`` image URIs
+    log_to_mlflow: bool = True  #: log metrics and artifacts (active run, or a new run of ``experiment``)
+    batch_size: int = 32
+    #: CVS, mirror, sweep and rotation-stability diagnostics (None: for models with classes CW and ACW)
+    chirality_diagnostics_on: bool | None = None
+    explain: bool | None = None  #: Grad-CAM / Grad-CAM++ / SmoothGrad panels (None: when ``html``)
+    explain_per_class: int = 2  #: most confident correct and wrong examples per class
+    explain_target_layer: str | None = None  #: Grad-CAM layer (default: the last convolution)
+    sweep_n: int | None = None  #: N of the CVS sweep sets
+    sweep_realisations: int = 10
+    rotation_passes: int = 10  #: MC-dropout passes per rotation (0 skips the rotation test)
+    rotation_angles: int = 8
+    rotation_max_objects: int = 200  #: at most this many spirals in the rotation-stability test
+    mirror_atol: float = 1e-5
+    experiment: str = EVALUATION_EXPERIMENT
+    run_name: str | None = None
+    seed: int = 0
+    html: bool = True  #: write ``report.html``
+    calibration_bins: int = 10
+    card: bool = True  #: the model card (attached to the registered model version when logging to MLflow)
+    #: agreement of the predicted CW/ACW with the winding measurement (None: for models with CW and ACW)
+    winding: bool | None = None
+    winding_table: pd.DataFrame | None = field(default=None, compare=False)  #: a winding measurement to reuse
+    winding_min_confidence: float = 2.0
+
+
+@dataclass(frozen=True)
+class _Subject:
+    """What :func:`evaluate` evaluates: the loaded model and the manifest (rows in their order)."""
+
+    loaded: Any
+    uri: str
+    name: str | None
+    version: str | None
+    classes: list[str]
+    manifest: pd.DataFrame
+    manifest_name: str
+
+
+@dataclass
+class _Scored:
+    """The prediction table of every manifest row and which rows count (``valid``)."""
+
+    pred: pd.DataFrame
+    valid: np.ndarray
+    counts: dict[str, int]
+    quarantine: list
+
+
+def evaluate(model_uri, manifest, out_dir: str | Path, *, options: EvaluationOptions | None = None,
+             **overrides) -> EvaluationResult:
     """Evaluate a model (MLflow model URI or :class:`~galmorph.models.io.LoadedModel`) on a labelled
-    manifest (path or DataFrame).
+    manifest (path or DataFrame) with ``options`` (:class:`EvaluationOptions`; keyword arguments
+    override its fields: ``evaluate(uri, manifest, out, rotation_passes=0)``).
 
     Metrics: accuracy; precision/recall/F1 per class and macro; one-vs-rest ROC and AUC; confusion
     matrices (counts, normalised); per-redshift-bin accuracy/F1/AUC/ROC (``z_edges``); coverage and
@@ -168,11 +218,35 @@ def evaluate(model_uri, manifest, out_dir: str | Path, *, z_edges: Sequence[floa
     Rows whose image cannot be read or whose label is not one of the model's classes go to the
     quarantine table with the reason; unlabelled rows are scored but not counted in the metrics.
     """
-    from galmorph.scoring.inference import predict_manifest
-    from galmorph.models.io import LoadedModel, load_for_inference
-
+    opt = replace(options or EvaluationOptions(), **overrides)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    subject = _subject(model_uri, manifest)
+    scored = _score(subject, opt)
+    report = _report(subject, scored, opt)
+    explanations, extra = _explain(report, subject, scored, opt, out_dir)
+    metrics = _finish_report(report, subject, opt)
+    paths = _write_outputs(report, scored, explanations, opt, out_dir, extra)
+    run_id = None
+    if opt.log_to_mlflow:
+        run_id = log_evaluation(metrics, paths + list(extra.values()), report["meta"], experiment=opt.experiment,
+                                run_name=opt.run_name)
+        if opt.card and subject.name and subject.version:
+            _attach_card(report["model_card"], subject.name, subject.version, run_id)
+    html_path = out_dir / "report.html"
+    log.info("evaluation of %s: accuracy %.4f, macro F1 %.4f, macro AUC %.4f (report %s)", subject.uri,
+             metrics.get("accuracy", float("nan")), metrics.get("f1_macro", float("nan")),
+             metrics.get("auc_macro", float("nan")), html_path)
+    return EvaluationResult(metrics=metrics, report=report, predictions=scored.pred, predictions_path=paths[0],
+                            report_json=paths[2], report_html=html_path, quarantine_path=paths[1],
+                            model_uri=subject.uri, model_name=subject.name, model_version=subject.version,
+                            run_id=run_id, extra_paths=extra)
+
+
+def _subject(model_uri, manifest) -> _Subject:
+    """Read the manifest (a path or a DataFrame; no rows is an error) and load the model."""
+    from galmorph.models.io import LoadedModel, load_for_inference
+
     if isinstance(manifest, (str, Path)):
         manifest_name = str(manifest)
         manifest = read_manifest(manifest)
@@ -182,14 +256,21 @@ def evaluate(model_uri, manifest, out_dir: str | Path, *, z_edges: Sequence[floa
     if len(manifest) == 0:
         raise ValueError(f"manifest {manifest_name} has no rows to evaluate")
     loaded = model_uri if isinstance(model_uri, LoadedModel) else load_for_inference(str(model_uri))
-    uri = loaded.uri
-    name, version = _model_name_version(loaded, uri)
+    name, version = _model_name_version(loaded, loaded.uri)
     classes = [str(c) for c in loaded.spec.classes]
-    log.info("evaluating %s (%s v%s) on %s (%d rows)", uri, name, version, manifest_name, len(manifest))
+    log.info("evaluating %s (%s v%s) on %s (%d rows)", loaded.uri, name, version, manifest_name, len(manifest))
+    return _Subject(loaded, loaded.uri, name, version, classes, manifest, manifest_name)
 
-    pred = predict_manifest(loaded, manifest, batch_size=batch_size, data_root=data_root)
+
+def _score(subject: _Subject, opt: EvaluationOptions) -> _Scored:
+    """Predict every row; rows with an unreadable image or a label outside the model's classes are
+    quarantined, unlabelled rows are not counted. No countable row is an error."""
+    from galmorph.scoring.inference import predict_manifest
+
+    manifest, classes = subject.manifest, subject.classes
+    pred = predict_manifest(subject.loaded, manifest, batch_size=opt.batch_size, data_root=opt.data_root)
     pred["z"] = manifest["z"].to_numpy(dtype=float) if "z" in manifest.columns else np.nan
-    pred["z_bin"] = assign_z_bin(pred["z"], z_edges).to_numpy()
+    pred["z_bin"] = assign_z_bin(pred["z"], opt.z_edges).to_numpy()
     if "label" not in pred.columns:
         pred["label"] = None
     scored = pred["error"].isna().to_numpy()
@@ -209,72 +290,92 @@ def evaluate(model_uri, manifest, out_dir: str | Path, *, z_edges: Sequence[floa
               "unlabelled": int((scored & ~labelled).sum()), "unknown_label": int((scored & labelled & ~known).sum())}
     assert counts["evaluated"] + counts["image_errors"] + counts["unlabelled"] + counts["unknown_label"] == len(pred)
     if counts["evaluated"] == 0:
-        raise ValueError(f"no row of {manifest_name} can be evaluated by {uri}: {counts} (model classes {classes}; "
-                         f"labels seen {sorted(pred['label'].dropna().astype(str).unique())[:10]})")
+        seen = sorted(pred["label"].dropna().astype(str).unique())[:10]
+        raise ValueError(f"no row of {subject.manifest_name} can be evaluated by {subject.uri}: {counts} "
+                         f"(model classes {classes}; labels seen {seen})")
     if qrecords:
         log.warning("%d rows quarantined (%s)", len(qrecords), {k: v for k, v in counts.items() if k != "total"})
+    return _Scored(pred, valid, counts, qrecords)
+
+
+def _report(subject: _Subject, scored: _Scored, opt: EvaluationOptions) -> dict:
+    """The report's metadata, counts and metrics, with the chirality and winding diagnostics when on."""
+    loaded, classes, pred, valid = subject.loaded, subject.classes, scored.pred, scored.valid
     ev = pred[valid]
     proba = ev[[f"p_{c}" for c in classes]].to_numpy(dtype=float)
     y = ev["label"].astype(str).to_numpy()
+    temperature = float(getattr(loaded.spec, "temperature", 1.0) or 1.0)
     report: dict = {
-        "meta": {"model_uri": uri, "model_name": name, "model_version": version, "run_id_model": loaded.run_id,
-                 "task": loaded.spec.task, "arch": loaded.spec.arch, "classes": classes,
-                 "chirality_equivariant": bool(loaded.spec.chirality_equivariant), "manifest": manifest_name,
-                 "image_size": loaded.spec.image_size, "crop_fraction": loaded.spec.crop_fraction,
-                 "temperature": float(getattr(loaded.spec, "temperature", 1.0) or 1.0),
+        "meta": {"model_uri": subject.uri, "model_name": subject.name, "model_version": subject.version,
+                 "run_id_model": loaded.run_id, "task": loaded.spec.task, "arch": loaded.spec.arch, "classes": classes,
+                 "chirality_equivariant": bool(loaded.spec.chirality_equivariant),
+                 "manifest": subject.manifest_name, "image_size": loaded.spec.image_size,
+                 "crop_fraction": loaded.spec.crop_fraction, "temperature": temperature,
                  "encoder_init": _encoder_init(loaded.spec),
-                 "manifest_fingerprint": manifest_fingerprint(manifest), "z_edges": list(map(float, z_edges)),
-                 "thresholds": list(map(float, thresholds))},
-        "counts": counts,
+                 "manifest_fingerprint": manifest_fingerprint(subject.manifest),
+                 "z_edges": list(map(float, opt.z_edges)), "thresholds": list(map(float, opt.thresholds))},
+        "counts": scored.counts,
         "classification": classification_metrics(y, proba, classes),
-        "redshift_bins": redshift_bin_metrics(y, proba, classes, ev["z"].to_numpy(dtype=float), z_edges),
-        "thresholds": threshold_metrics(y, proba, classes, thresholds),
-        "calibration": calibration_report(y, proba, classes, ev["z"].to_numpy(dtype=float), z_edges,
-                                          n_bins=calibration_bins,
-                                          temperature=float(getattr(loaded.spec, "temperature", 1.0) or 1.0)),
+        "redshift_bins": redshift_bin_metrics(y, proba, classes, ev["z"].to_numpy(dtype=float), opt.z_edges),
+        "thresholds": threshold_metrics(y, proba, classes, opt.thresholds),
+        "calibration": calibration_report(y, proba, classes, ev["z"].to_numpy(dtype=float), opt.z_edges,
+                                          n_bins=opt.calibration_bins, temperature=temperature),
     }
-    if chirality_diagnostics_on is None:
-        chirality_diagnostics_on = {chir.CW, chir.ACW} <= set(classes)
-    if chirality_diagnostics_on:
+    spirals = {chir.CW, chir.ACW} <= set(classes)
+    if opt.chirality_diagnostics_on if opt.chirality_diagnostics_on is not None else spirals:
         report["chirality"] = chirality_diagnostics(
-            loaded, manifest, pred, valid, data_root=data_root, batch_size=batch_size, sweep_n=sweep_n,
-            sweep_realisations=sweep_realisations, rotation_passes=rotation_passes, rotation_angles=rotation_angles,
-            rotation_max_objects=rotation_max_objects, mirror_atol=mirror_atol, seed=seed)
-    if winding if winding is not None else {chir.CW, chir.ACW} <= set(classes):
+            loaded, subject.manifest, pred, valid, data_root=opt.data_root, batch_size=opt.batch_size,
+            sweep_n=opt.sweep_n, sweep_realisations=opt.sweep_realisations, rotation_passes=opt.rotation_passes,
+            rotation_angles=opt.rotation_angles, rotation_max_objects=opt.rotation_max_objects,
+            mirror_atol=opt.mirror_atol, seed=opt.seed)
+    if opt.winding if opt.winding is not None else spirals:
         from galmorph.scoring.ensemble import winding_report
 
-        report["winding"] = winding_report(pred, manifest, data_root=data_root, table=winding_table,
-                                           min_confidence=winding_min_confidence)
+        report["winding"] = winding_report(pred, subject.manifest, data_root=opt.data_root, table=opt.winding_table,
+                                           min_confidence=opt.winding_min_confidence)
+    return report
+
+
+def _explain(report: dict, subject: _Subject, scored: _Scored, opt: EvaluationOptions,
+             out_dir: Path) -> tuple[dict | None, dict[str, Path]]:
+    """Explanation maps of the selected examples (``explain``, default: with the HTML report) into
+    ``report["explanations"]`` and ``explanations.npz``; returns the maps for the HTML report and the
+    extra files written."""
     explanations = None
     extra: dict[str, Path] = {}
-    if explain is None:
-        explain = html
-    if explain:
-        from galmorph.evaluation.explain import explain_examples, select_examples
+    if not (opt.explain if opt.explain is not None else opt.html):
+        return explanations, extra
+    from galmorph.evaluation.explain import explain_examples, select_examples
 
-        ex = select_examples(pred[valid].reset_index(drop=True), classes, explain_per_class)
-        if len(ex):
-            rows = np.flatnonzero(valid)[ex["row"].to_numpy()]
-            ex["row"] = rows
-            x = _load_images(manifest, rows, loaded.spec, data_root)
-            maps = explain_examples(loaded.module, x, ex, classes, target_layer=explain_target_layer)
-            explanations = {"examples": ex, "maps": maps, "images": x.numpy()}
-            extra["explanations"] = out_dir / "explanations.npz"
-            np.savez_compressed(extra["explanations"], object_id=ex["object_id"].to_numpy(dtype=str),
-                                kind=ex["kind"].to_numpy(dtype=str), images=x.numpy(),
-                                **{k: v for k, v in maps.items() if isinstance(v, np.ndarray)})
-            report["explanations"] = {"target_layer": maps["target_layer"], "views": maps.get("views", []),
-                                      "examples": ex.to_dict(orient="records"),
-                                      **({"skipped": maps["skipped"]} if "skipped" in maps else {})}
-        else:
-            report["explanations"] = {"skipped": "no evaluated examples"}
+    classes, pred, valid = subject.classes, scored.pred, scored.valid
+    ex = select_examples(pred[valid].reset_index(drop=True), classes, opt.explain_per_class)
+    if not len(ex):
+        report["explanations"] = {"skipped": "no evaluated examples"}
+        return explanations, extra
+    rows = np.flatnonzero(valid)[ex["row"].to_numpy()]
+    ex["row"] = rows
+    x = _load_images(subject.manifest, rows, subject.loaded.spec, opt.data_root)
+    maps = explain_examples(subject.loaded.module, x, ex, classes, target_layer=opt.explain_target_layer)
+    explanations = {"examples": ex, "maps": maps, "images": x.numpy()}
+    extra["explanations"] = out_dir / "explanations.npz"
+    np.savez_compressed(extra["explanations"], object_id=ex["object_id"].to_numpy(dtype=str),
+                        kind=ex["kind"].to_numpy(dtype=str), images=x.numpy(),
+                        **{k: v for k, v in maps.items() if isinstance(v, np.ndarray)})
+    report["explanations"] = {"target_layer": maps["target_layer"], "views": maps.get("views", []),
+                              "examples": ex.to_dict(orient="records"),
+                              **({"skipped": maps["skipped"]} if "skipped" in maps else {})}
+    return explanations, extra
 
+
+def _finish_report(report: dict, subject: _Subject, opt: EvaluationOptions) -> dict[str, float]:
+    """Add the model card (with the training record when logging to MLflow) and the flat metrics
+    (``report["metrics"]``, also returned)."""
     training = {}
-    if card and log_to_mlflow:
+    if opt.card and opt.log_to_mlflow:
         from galmorph.evaluation.card import training_record
 
-        training = training_record(loaded.run_id)
-    if card:
+        training = training_record(subject.loaded.run_id)
+    if opt.card:
         from galmorph.evaluation.card import build_model_card
 
         report["model_card"] = build_model_card(report, training)
@@ -284,18 +385,25 @@ def evaluate(model_uri, manifest, out_dir: str | Path, *, z_edges: Sequence[floa
 
         metrics.update(winding_metrics(report["winding"]))
     report["metrics"] = metrics
+    return metrics
+
+
+def _write_outputs(report: dict, scored: _Scored, explanations: dict | None, opt: EvaluationOptions,
+                   out_dir: Path, extra: dict[str, Path]) -> list[Path]:
+    """Write the predictions, the quarantine table, report.json, report.html (with ``html``) and the
+    model card (with ``card``, added to ``extra``); returns the paths to log besides ``extra``:
+    predictions, quarantine, report.json[, report.html]."""
     pred_path = out_dir / "predictions.parquet"
-    pred.to_parquet(pred_path, index=False)
-    q_path = write_quarantine(qrecords, out_dir / "quarantine.parquet")
+    scored.pred.to_parquet(pred_path, index=False)
+    q_path = write_quarantine(scored.quarantine, out_dir / "quarantine.parquet")
     json_path = out_dir / "report.json"
     json_path.write_text(json.dumps(finite_json(report), indent=1, default=json_default))
     html_path = out_dir / "report.html"
-    if html:
+    if opt.html:
         from galmorph.evaluation.report import build_report_html
 
         html_path.write_text(build_report_html(report, explanations), encoding="utf-8")
-    card_paths: list[Path] = []
-    if card:
+    if opt.card:
         from galmorph.evaluation.card import card_markdown
 
         card_paths = [out_dir / "model_card.json", out_dir / "model_card.md"]
@@ -303,24 +411,19 @@ def evaluate(model_uri, manifest, out_dir: str | Path, *, z_edges: Sequence[floa
         card_paths[1].write_text(card_markdown(report["model_card"]), encoding="utf-8")
         extra["model_card"] = card_paths[0]
         extra["model_card_md"] = card_paths[1]
-    run_id = None
-    if log_to_mlflow:
-        run_id = log_evaluation(metrics, [pred_path, q_path, json_path] + ([html_path] if html else [])
-                                + list(extra.values()), report["meta"], experiment=experiment, run_name=run_name)
-        if card and name and version:
-            from galmorph.evaluation.card import attach_card
+    return [pred_path, q_path, json_path] + ([html_path] if opt.html else [])
 
-            try:
-                attach_card(report["model_card"], name, version, run_id=None)
-                mlflow_client().set_model_version_tag(name, str(version), "galmorph.card_run_id", run_id)
-            except Exception as exc:  # noqa: BLE001 - the evaluation stands without the registry update
-                log.warning("model card not attached to %s v%s: %s", name, version, exc)
-    log.info("evaluation of %s: accuracy %.4f, macro F1 %.4f, macro AUC %.4f (report %s)", uri,
-             metrics.get("accuracy", float("nan")), metrics.get("f1_macro", float("nan")),
-             metrics.get("auc_macro", float("nan")), html_path)
-    return EvaluationResult(metrics=metrics, report=report, predictions=pred, predictions_path=pred_path,
-                            report_json=json_path, report_html=html_path, quarantine_path=q_path, model_uri=uri,
-                            model_name=name, model_version=version, run_id=run_id, extra_paths=extra)
+
+def _attach_card(card: dict, name: str, version: str, run_id: str) -> None:
+    """Attach the model card to the registered model version and tag it with the evaluation run
+    (best effort: the evaluation stands without the registry update)."""
+    from galmorph.evaluation.card import attach_card
+
+    try:
+        attach_card(card, name, version, run_id=None)
+        mlflow_client().set_model_version_tag(name, str(version), "galmorph.card_run_id", run_id)
+    except Exception as exc:  # noqa: BLE001 - the evaluation stands without the registry update
+        log.warning("model card not attached to %s v%s: %s", name, version, exc)
 
 
 def log_evaluation(metrics: dict[str, float], artifacts: Sequence[Path], meta: dict,
