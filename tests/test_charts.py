@@ -863,3 +863,115 @@ def test_each_database_has_its_own_user(rendered):
         assert f"postgresql://{db['user']}:" in readme and f"/{db['name']}" in readme
     assert "postgresql://postgres:" not in readme
     assert "postgresql://mlflow:$PG_PW@galmorph-postgres:5432/labels" not in readme
+
+
+# ---------------------------------------------------------------------------------------------
+# Kubeflow Trainer access (#28): off by default; when on, namespaced RBAC on trainjobs only
+# ---------------------------------------------------------------------------------------------
+TRAINER_ON = {"trainer": {"enabled": True}}
+
+
+def _trainer_docs(docs):
+    return [d for d in docs if d["_template"].endswith("/trainer.yaml")]
+
+
+@pytest.mark.parametrize("name", list(VALUE_SETS))
+def test_trainer_objects_only_when_enabled(rendered, name):
+    """The chart installs where Kubeflow Trainer is absent: nothing of it is rendered by default."""
+    assert merged(name)["trainer"]["enabled"] is False
+    docs = rendered[name]
+    assert _trainer_docs(docs) == []
+    assert "trainer.kubeflow.org" not in json.dumps([strip(d) for d in docs])
+    assert not [d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"] == "galmorph-trainer"]
+
+
+@pytest.mark.parametrize("kfp_ns,trainer_ns,expected", [("", "", NAMESPACE), ("kubeflow-user", "", "kubeflow-user"),
+                                                        ("kubeflow-user", "team-b", "team-b")])
+def test_trainer_rbac_is_least_privilege_in_the_pipelines_namespace(kfp_ns, trainer_ns, expected):
+    docs = render(deep_merge(TRAINER_ON, {"kfp": {"namespace": kfp_ns}, "trainer": {"namespace": trainer_ns}}))
+    mine = _trainer_docs(docs)
+    assert sorted(d["kind"] for d in mine) == ["ConfigMap", "Role", "RoleBinding"]
+    for d in mine:
+        validate_k8s(d)
+        assert d["metadata"]["namespace"] == expected
+    assert not [d for d in docs if d["kind"] in ("ClusterRole", "ClusterRoleBinding")]
+    role = next(d for d in mine if d["kind"] == "Role")
+    assert role["rules"] == [{"apiGroups": ["trainer.kubeflow.org"], "resources": ["trainjobs"],
+                              "verbs": ["create", "get", "list", "watch", "delete"]}]
+    binding = next(d for d in mine if d["kind"] == "RoleBinding")
+    assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role",
+                                  "name": role["metadata"]["name"]}
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": DEFAULTS["trainer"]["serviceAccount"],
+                                    "namespace": expected}]
+    # the chart's own workloads gain nothing: the KFP clients' bindings are unchanged
+    others = {s["name"] for b in docs if b["kind"] == "RoleBinding" and b not in mine for s in b["subjects"]}
+    assert others == {"galmorph-pipelines-upload", "galmorph-release-watcher"}
+
+
+def test_trainer_enabled_lints_and_validates():
+    report = helm.lint(str(CHART), TRAINER_ON, strict=True, kube_version="v1.30.0", namespace=NAMESPACE)
+    assert report["errors"] == [] and not [m for m in report["messages"] if m["severity"] >= 2], report
+    for doc in render(deep_merge(PRODUCTION, TRAINER_ON)):
+        validate_k8s(doc)
+
+
+def test_trainer_configmap_is_what_the_train_step_places_trainjobs_with():
+    """The ConfigMap the compiled pipeline injects into the train step (name, key) carries the values, and
+    the TrainJob the step builds from it uses them."""
+    from galmorph.ops import compiled_dir
+    from galmorph.steps.trainjob import TRAINER_CONFIGMAP, TRAINER_CONFIGMAP_KEY, placement
+    from galmorph.training.trainjob import TrainJobRequest, build_trainjob
+
+    over = {"trainer": {"enabled": True, "runtime": "torch-cuda-128", "gpuResource": "nvidia.com/mig-3g.40gb",
+                        "nodeSelector": {"pool": "h100"}, "activeDeadlineSeconds": 7200,
+                        "tolerations": [{"key": "dedicated", "operator": "Equal", "value": "training",
+                                         "effect": "NoSchedule"}],
+                        "resources": {"requests": {"cpu": "8", "memory": "64Gi"}, "limits": {"cpu": "16", "memory": "96Gi"}}}}
+    cm = next(d for d in _trainer_docs(render(over)) if d["kind"] == "ConfigMap")
+    assert cm["metadata"]["name"] == TRAINER_CONFIGMAP
+    defaults = json.loads(cm["data"][TRAINER_CONFIGMAP_KEY])
+    ir_platform = list(yaml.safe_load_all((compiled_dir() / "training.yaml").read_text()))[1]
+    env = [e for ex in ir_platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"].values()
+           for e in ex.get("configMapAsEnv", [])]
+    assert [(e["configMapName"], e["keyToEnv"][0]["configMapKey"]) for e in env] == [(TRAINER_CONFIGMAP,
+                                                                                      TRAINER_CONFIGMAP_KEY)]
+    job = build_trainjob(TrainJobRequest(name="galmorph-arms-c", task="arms", manifest="/data/x/manifest.parquet",
+                                         workers=2, gpus_per_worker=1), placement(defaults))
+    spec = job["spec"]
+    t = over["trainer"]
+    assert spec["runtimeRef"]["name"] == t["runtime"] and spec["activeDeadlineSeconds"] == 7200
+    res = spec["trainer"]["resourcesPerNode"]
+    assert res["limits"] == {**t["resources"]["limits"], t["gpuResource"]: "1"}
+    assert res["requests"] == {**t["resources"]["requests"], t["gpuResource"]: "1"}
+    node = spec["runtimePatches"][0]["trainingRuntimeSpec"]["template"]["spec"]["replicatedJobs"][0]
+    pod = node["template"]["spec"]["template"]["spec"]
+    assert pod["nodeSelector"] == t["nodeSelector"] and pod["tolerations"] == t["tolerations"]
+    assert defaults["staging_dir"] == DEFAULTS["trainer"]["stagingDir"]
+
+
+@pytest.mark.parametrize("bad,where", [
+    ({"trainer": {"enabled": "yes"}}, "/trainer/enabled"),
+    ({"trainer": {"runtime": "Torch_Distributed"}}, "/trainer/runtime"),
+    ({"trainer": {"stagingDir": "trainjobs"}}, "/trainer/stagingDir"),
+    ({"trainer": {"resources": {"requests": {"cpu": "lots", "memory": "1Gi"}}}}, "/trainer/resources/requests/cpu"),
+    ({"trainer": {"tolerations": [{"key": "k", "effect": "Never"}]}}, "/trainer/tolerations/0/effect"),
+    ({"trainer": {"clusterWide": True}}, "additional properties"),
+])
+def test_schema_rejects_bad_trainer_values(bad, where):
+    with pytest.raises(helm.HelmValuesError) as err:
+        render(bad)
+    assert where in str(err.value)
+
+
+def test_trainer_placement_defaults_to_the_gpu_defaults():
+    """Without a nodeSelector/tolerations of its own the chart leaves the GPU placement of
+    infra/gpu-defaults.yaml in force (the one the one-process GPU step uses)."""
+    from galmorph.steps.platform import load_platform
+    from galmorph.steps.trainjob import TRAINER_CONFIGMAP_KEY, placement
+
+    cm = next(d for d in _trainer_docs(render(TRAINER_ON)) if d["kind"] == "ConfigMap")
+    defaults = json.loads(cm["data"][TRAINER_CONFIGMAP_KEY])
+    assert "node_selector" not in defaults and "tolerations" not in defaults
+    pl, gpu = placement(defaults), load_platform().gpu
+    assert pl.node_selector == gpu["node_selector"] and pl.tolerations == gpu["tolerations"]
+    assert pl.runtime == DEFAULTS["trainer"]["runtime"] == "torch-distributed"
