@@ -1,6 +1,10 @@
 """The training pipeline: ingest -> validate -> [stop unless valid] -> cutout -> (A1 for lopsided) ->
 hold-out split -> train (GPU) -> evaluate -> promote.
 
+``workers > 1`` trains data-parallel on Kubeflow Trainer instead (#28): the train step then runs on a CPU
+node and submits and watches a TrainJob of ``workers`` nodes x ``gpus_per_worker`` GPUs
+(:mod:`galmorph.steps.trainjob`); evaluate and promote take whichever branch ran.
+
 Compiled to ``pipelines/training.yaml`` by ``galmorph pipeline compile``; run locally with
 ``galmorph pipeline run training --local --param task=chirality --param source=sim:DIR``.
 """
@@ -8,6 +12,7 @@ Compiled to ``pipelines/training.yaml`` by ``galmorph pipeline compile``; run lo
 from kfp import dsl
 
 from galmorph.steps.platform import data_volume, gpu_task, load_platform, mlflow_credentials, promotion_lock
+from galmorph.steps.trainjob import trainer_defaults_env
 from galmorph_components.a1.component import a1
 from galmorph_components.cutout.component import cutout
 from galmorph_components.evaluate.component import evaluate
@@ -26,7 +31,7 @@ def pipeline(task: str = "chirality", source: str = "gz1_chirality", preset: str
              overrides_json: str = "{}", z_min: float = 0.01, z_max: float = 0.1,
              max_failure_fraction: float = 0.05, cutout_size_px: int = 0, crop_fraction: float = 1.0,
              test_fraction: float = 0.25, split_seed: int = 0, policy_json: str = "{}", audit_log: str = "",
-             tracking_uri: str = "", data_root: str = ""):
+             tracking_uri: str = "", data_root: str = "", workers: int = 1, gpus_per_worker: int = 1):
     ing = ingest(source=source, task=task, data_root=data_root)
     data_volume(ing, PLATFORM)
     val = validate(manifest=ing.outputs["manifest"], z_min=z_min, z_max=z_max,
@@ -42,16 +47,29 @@ def pipeline(task: str = "chirality", source: str = "gz1_chirality", preset: str
             meas = a1(manifest=val.outputs["passed"], data_root=data_root)
             data_volume(meas, PLATFORM)
         sp = split(dataset=cut.outputs["cutouts"], test_fraction=test_fraction, seed=split_seed)
-        tr = train(task=task, dataset=sp.outputs["train"], preset=preset, overrides_json=overrides_json,
-                   tracking_uri=tracking_uri)
-        gpu_task(tr, PLATFORM)
-        mlflow_credentials(tr, PLATFORM)
-        tr.set_retry(num_retries=2, backoff_duration="60s", backoff_factor=2.0)
-        tr.set_caching_options(False)  # every run trains and registers a new version
-        ev = evaluate(model_uri=tr.outputs["model_uri"], dataset=sp.outputs["test"], tracking_uri=tracking_uri)
+        with dsl.If(workers <= 1, name="one-process"):
+            tr = train(task=task, dataset=sp.outputs["train"], preset=preset, overrides_json=overrides_json,
+                       tracking_uri=tracking_uri)
+            gpu_task(tr, PLATFORM)
+            mlflow_credentials(tr, PLATFORM)
+            tr.set_retry(num_retries=2, backoff_duration="60s", backoff_factor=2.0)
+            tr.set_caching_options(False)  # every run trains and registers a new version
+        with dsl.Else(name="trainjob"):
+            # a CPU pod that submits and watches the TrainJob (no GPU held while the nodes train); no retry:
+            # a stopped watcher deletes its TrainJob, a failed TrainJob is kept for its logs
+            tj = train(task=task, dataset=sp.outputs["train"], preset=preset, overrides_json=overrides_json,
+                       tracking_uri=tracking_uri, workers=workers, gpus_per_worker=gpus_per_worker)
+            tj.set_display_name("train-trainjob")
+            mlflow_credentials(tj, PLATFORM)
+            data_volume(tj, PLATFORM)  # the dataset is staged on the shared volume the training nodes mount
+            trainer_defaults_env(tj, PLATFORM)  # the chart's trainer values (ConfigMap galmorph-trainer)
+            tj.set_caching_options(False)
+        model_uri = dsl.OneOf(tr.outputs["model_uri"], tj.outputs["model_uri"])
+        version = dsl.OneOf(tr.outputs["registered_version"], tj.outputs["registered_version"])
+        ev = evaluate(model_uri=model_uri, dataset=sp.outputs["test"], tracking_uri=tracking_uri)
         mlflow_credentials(ev, PLATFORM)
         ev.set_caching_options(False)
-        pr = promote(task=task, version=tr.outputs["registered_version"], dataset=sp.outputs["test"],
+        pr = promote(task=task, version=version, dataset=sp.outputs["test"],
                      policy_json=policy_json, audit_log=audit_log, tracking_uri=tracking_uri)
         mlflow_credentials(pr, PLATFORM)
         promotion_lock(pr, PLATFORM)  # one lock for every promoting pod (Postgres advisory lock)

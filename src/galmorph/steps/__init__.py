@@ -228,12 +228,16 @@ def split(dataset: str | Path, train_dir: str | Path, test_dir: str | Path, test
 # models: train, evaluate, promote
 # --------------------------------------------------------------------------------------------
 def train(task: str, dataset: str | Path, model_dir: str | Path, preset: str = "tiny", overrides_json: str = "{}",
-          experiment: str = "", register: bool = True, tracking_uri: str = "", model_metadata: dict | None = None,
-          metrics: dict | None = None) -> TrainOutputs:
+          experiment: str = "", register: bool = True, tracking_uri: str = "", workers: int = 1,
+          gpus_per_worker: int = 1, model_metadata: dict | None = None, metrics: dict | None = None) -> TrainOutputs:
     """:func:`galmorph.training.train` on ``dataset``; ``model_dir`` receives ``model.json`` and the
     training manifest (``train_manifest/``). The drift features of the training manifest are logged to
     MLflow with the model version (:func:`galmorph.drift.reference.log_drift_reference`): the drift
-    reference of rescoring runs, fetched from MLflow by any pod."""
+    reference of rescoring runs, fetched from MLflow by any pod.
+
+    ``workers > 1``: data-parallel training on Kubeflow Trainer instead of in this process: a TrainJob of
+    ``workers`` nodes x ``gpus_per_worker`` GPUs (0: CPU nodes), submitted and watched from here
+    (:func:`galmorph.steps.trainjob.train_on_trainjob`); the outputs are those of the model it registered."""
     from galmorph.steps.runtime import as_dir, setup, write_json
     from galmorph.training import train as train_model
 
@@ -242,9 +246,15 @@ def train(task: str, dataset: str | Path, model_dir: str | Path, preset: str = "
     framing = model_input_framing(task, preset, overrides_json)
     n_small = dataset_framing_check(dataset, framing[1], f"training {task}/{preset}") if framing else 0
     manifest = open_dataset(dataset, work_dir=out / "train_manifest")
-    res = train_model(task, preset=preset, overrides=json.loads(overrides_json or "{}"), manifest=manifest,
-                      tracking_uri=uri, experiment=experiment or None, register=register, data_root=root,
-                      out_dir=out / "work")
+    if workers > 1:  # data-parallel on Kubeflow Trainer (#28): this pod submits and watches a TrainJob
+        from galmorph.steps.trainjob import train_on_trainjob
+
+        res = train_on_trainjob(task, dataset, preset, json.loads(overrides_json or "{}"), experiment, register,
+                                uri, workers, gpus_per_worker)
+    else:
+        res = train_model(task, preset=preset, overrides=json.loads(overrides_json or "{}"), manifest=manifest,
+                          tracking_uri=uri, experiment=experiment or None, register=register, data_root=root,
+                          out_dir=out / "work")
     if res.run_id:  # the framing warning, on the training run
         import mlflow
 

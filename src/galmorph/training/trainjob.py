@@ -54,7 +54,7 @@ TASK_LABEL = "galmorph.io/task"
 #: ``galmorph train`` options the TrainJob passes that the one-process CLI does not have yet: the
 #: Lightning DDP half of #28 adds them (``devices`` and ``num_nodes`` of the Lightning Trainer).
 DDP_OPTIONS = ("--devices", "--num-nodes", "--accelerator")
-#: Condition types a TrainJob reports (Trainer 2.x), in the order their state is reported.
+#: The condition types that end a TrainJob (Trainer 2.x; the others: Created, Suspended).
 TERMINAL = ("Complete", "Failed")
 _NAME = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
 _SA_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
@@ -336,20 +336,23 @@ def delete_trainjob(name: str, namespace: str, api=None) -> None:
 
 def trainjob_state(obj: dict[str, Any]) -> tuple[str, str]:
     """``(state, detail)`` of a TrainJob object: the terminal condition that is true (``Complete``,
-    ``Failed``), else the latest true condition (``Created``, ``Suspended``, ...), else ``Pending``;
-    the detail is its reason and message plus the child jobs' counts."""
-    conds = [c for c in ((obj.get("status") or {}).get("conditions") or []) if str(c.get("status")) == "True"]
-    cond = next((c for t in TERMINAL for c in conds if c.get("type") == t), conds[-1] if conds else None)
-    state = cond["type"] if cond else "Pending"
-    parts = []
-    if cond:
-        parts.append(": ".join(p for p in (cond.get("reason"), cond.get("message")) if p))
-    for js in (obj.get("status") or {}).get("jobsStatus") or []:
-        counts = ", ".join(f"{k} {js[k]}" for k in ("active", "ready", "succeeded", "failed", "suspended")
-                           if js.get(k))
-        if counts:
-            parts.append(f"{js.get('name', '?')}: {counts}")
-    return state, "; ".join(p for p in parts if p)
+    ``Failed``); else ``Running`` while a child job has active pods; else the latest true condition
+    (``Created``, ``Suspended``); else ``Pending``. The detail is the condition's reason and message
+    (for ``Running``: the child jobs' pod counts)."""
+    status = obj.get("status") or {}
+    conds = [c for c in status.get("conditions") or [] if str(c.get("status")) == "True"]
+    jobs = status.get("jobsStatus") or []
+    cond = next((c for t in TERMINAL for c in conds if c.get("type") == t), None)
+    if cond is None and any((js.get("active") or 0) > 0 for js in jobs):
+        counts = ["{}: {}".format(js.get("name", "?"), ", ".join(f"{k} {js[k]}" for k in
+                                                               ("active", "ready", "succeeded", "failed")
+                                                               if js.get(k)))
+                  for js in jobs]
+        return "Running", "; ".join(counts)
+    cond = cond or (conds[-1] if conds else None)
+    if cond is None:
+        return "Pending", ""
+    return cond["type"], ": ".join(p for p in (cond.get("reason"), cond.get("message")) if p)
 
 
 def wait_for_trainjob(name: str, namespace: str, api=None, timeout_s: float | None = None,
