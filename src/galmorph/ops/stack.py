@@ -68,7 +68,9 @@ def services(settings: Settings) -> dict[str, Service]:
             "--host", settings.host, "--port", str(settings.mlflow_port),
             "--workers", "1",
         ],
-        env={"MLFLOW_ENABLE_PROXY_MULTIPART_UPLOAD": "false"},
+        # no GenAI job runner: the platform submits no MLflow server jobs, and each runner is 7 idle
+        # huey consumer processes per server
+        env={"MLFLOW_ENABLE_PROXY_MULTIPART_UPLOAD": "false", "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
     )
     evidently = Service(
         name="evidently",
