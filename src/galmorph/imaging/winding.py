@@ -241,19 +241,99 @@ def _moments_shape(img: np.ndarray, mask: np.ndarray, dx: np.ndarray, dy: np.nda
     return q, pa
 
 
+#: Fields of a :class:`WindingResult` with nothing measured (a step that cannot go on fills in what it has).
+_NOT_MEASURED = dict(winding=None, score=float("nan"), z=float("nan"), confidence=float("nan"), r_inner=float("nan"),
+                     r_outer=float("nan"), n_pixels=0, axis_ratio=float("nan"), position_angle_deg=float("nan"))
+
+
+@dataclass(frozen=True)
+class _Centre:
+    """The measured centre: pixel ``(ix, iy)`` (= ``(cx, cy)``) and the smoothed peak above the sky."""
+
+    ix: int
+    iy: int
+    cx: float
+    cy: float
+    peak: float
+
+
+@dataclass(frozen=True)
+class _Cut:
+    """The square cut around the annulus (step 3): the (stretched) image, its band-passed gradients,
+    pixel positions relative to the centre (y up), which pixels lie in the image, and the slices
+    (cut, image) of the part copied from the image."""
+
+    image: np.ndarray
+    gx: np.ndarray
+    gy: np.ndarray
+    dx: np.ndarray
+    dy: np.ndarray
+    inside: np.ndarray
+    in_cut: tuple[slice, slice]
+    in_image: tuple[slice, slice]
+
+
+@dataclass(frozen=True)
+class _Field:
+    """The smoothed structure tensor on the annulus pixels (complex ``J20``, ``J11``), the pixel
+    positions ``(ax, ay)``, both in the disc plane when deprojected, and the disc shape ``(q, pa)``."""
+
+    j20: np.ndarray
+    j11: np.ndarray
+    ax: np.ndarray
+    ay: np.ndarray
+    q: float
+    pa: float
+
+
 def winding_sense(image: np.ndarray, options: WindingOptions | None = None, x0: float | None = None,
                   y0: float | None = None) -> WindingResult:
     """Winding sense of the galaxy near ``(x0, y0)`` (default: the image centre) of ``image``
     (display orientation; (H, W) or (H, W, 3), any linear or stretched scale). See the module doc.
     """
     opt = options or WindingOptions()
+    img, finite, flags = _sky_subtracted(image, opt)
+    c = _find_centre(img, opt, x0, y0, flags)
+    if not (c.peak > 0):
+        flags.append("no_signal")
+        return _not_measured(c, flags)
+    r_in, r_out = _annulus_radii(img, c, opt, flags)
+    if not (r_out > r_in + 1):
+        flags.append("no_annulus")
+        return _not_measured(c, flags, r_inner=r_in, r_outer=r_out)
+    cut = _filtered_cut(img, c, r_out, opt)
+    ann = _annulus_mask(cut, r_in, r_out, finite if "nonfinite_pixels" in flags else None)
+    n_pix = int(ann.sum())
+    if n_pix < opt.min_pixels:
+        flags.append("few_pixels")
+        return _not_measured(c, flags, r_inner=r_in, r_outer=r_out, n_pixels=n_pix)
+    fld = _orientation_field(cut, ann, opt)
+    measured = _sector_score(fld, opt)
+    if measured is None:
+        flags.append("no_signal")
+        return _not_measured(c, flags, r_inner=r_in, r_outer=r_out, n_pixels=n_pix)
+    score, z, conf = measured
+    winding = None
+    if np.isfinite(conf) and conf >= opt.min_confidence and score != 0:
+        winding = "CW" if score > 0 else "ACW"
+    else:
+        flags.append("low_confidence")
+    return WindingResult(winding=winding, score=score, z=float(z), confidence=float(conf), x0=c.cx, y0=c.cy,
+                         r_inner=float(r_in), r_outer=float(r_out), n_pixels=n_pix, axis_ratio=float(fld.q),
+                         position_angle_deg=float(math.degrees(fld.pa)), flags=flags)
+
+
+def _not_measured(c: _Centre, flags: list[str], **measured) -> WindingResult:
+    return WindingResult(x0=c.cx, y0=c.cy, flags=flags, **{**_NOT_MEASURED, **measured})
+
+
+def _sky_subtracted(image: np.ndarray, opt: WindingOptions) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Step 1a: the grey image minus the sky (median of the border), non-finite pixels set to the sky;
+    returns it, the finite-pixel mask and the flags so far."""
     img = _grey(image)
     h, w = img.shape
     flags: list[str] = []
     finite = np.isfinite(img)
-    nan_result = dict(winding=None, score=float("nan"), z=float("nan"), confidence=float("nan"),
-                      r_inner=float("nan"), r_outer=float("nan"), n_pixels=0, axis_ratio=float("nan"),
-                      position_angle_deg=float("nan"))
     if not finite.all():
         if not finite.any():
             raise WindingError("image has no finite pixels")
@@ -265,10 +345,15 @@ def winding_sense(image: np.ndarray, options: WindingOptions | None = None, x0: 
     img = img - sky
     if flags:
         img = np.where(finite, img, 0.0)
+    return img, finite, flags
 
+
+def _find_centre(img: np.ndarray, opt: WindingOptions, x0: float | None, y0: float | None,
+                 flags: list[str]) -> _Centre:
+    """Step 1b: the peak of the smoothed image within ``search_radius`` of the expected centre."""
+    h, w = img.shape
     xc = (w - 1) / 2 if x0 is None else float(x0)
     yc = (h - 1) / 2 if y0 is None else float(y0)
-    # peak of the smoothed image near the expected centre
     sr = max(int(math.ceil(opt.search_radius)), 1)
     pad = int(math.ceil(3 * opt.profile_sigma)) + 1
     ya, yb = max(int(yc) - sr - pad, 0), min(int(yc) + sr + pad + 2, h)
@@ -281,25 +366,25 @@ def winding_sense(image: np.ndarray, options: WindingOptions | None = None, x0: 
         raise WindingError(f"expected centre ({xc:.1f}, {yc:.1f}) is outside the image {img.shape}")
     k = int(np.argmax(np.where(within, cen, -np.inf)))
     ky, kx = divmod(k, cen.shape[1])
-    peak = float(cen[ky, kx])
     iy, ix = ya + ky, xa + kx
     cy, cx = float(iy), float(ix)
     if math.hypot(cy - yc, cx - xc) > opt.search_radius - 1.5:
         flags.append("centre_at_search_edge")
-    if not (peak > 0):
-        flags.append("no_signal")
-        return WindingResult(x0=cx, y0=cy, flags=flags, **nan_result)
+    return _Centre(ix=ix, iy=iy, cx=cx, cy=cy, peak=float(cen[ky, kx]))
 
-    # annulus from the azimuthal profile (smoothed along the radius); the fractions are of the
-    # stretched brightness: level(f) = S^-1(f S(peak))
+
+def _annulus_radii(img: np.ndarray, c: _Centre, opt: WindingOptions, flags: list[str]) -> tuple[float, float]:
+    """Step 2: ``(r_inner, r_outer)`` from the azimuthal profile (smoothed along the radius); the
+    fractions are of the stretched brightness: level(f) = S^-1(f S(peak)). ``r_outer`` stops at the
+    image edge (flag ``annulus_truncated``)."""
     a = opt.stretch_softening
     if opt.stretch == "asinh":
         def level(f: float) -> float:
-            return peak * math.sinh(f * math.asinh(a)) / a
+            return c.peak * math.sinh(f * math.asinh(a)) / a
     else:
         def level(f: float) -> float:
-            return f * peak
-    prof = _profile(img, ix, iy)
+            return f * c.peak
+    prof = _profile(img, c.ix, c.iy)
     if opt.profile_sigma > 0:
         from scipy.ndimage import gaussian_filter1d
 
@@ -310,98 +395,115 @@ def winding_sense(image: np.ndarray, options: WindingOptions | None = None, x0: 
     r_in = _crossing(prof, level(opt.inner_fraction)) or opt.min_inner_radius
     r_in = max(r_in, opt.min_inner_radius)
     r_out = _crossing(prof, level(opt.outer_fraction), start=int(r_in))
-    r_edge = float(min(cx, cy, w - 1 - cx, h - 1 - cy))
+    h, w = img.shape
+    r_edge = float(min(c.cx, c.cy, w - 1 - c.cx, h - 1 - c.cy))
     if r_out is None or r_out > r_edge:
         flags.append("annulus_truncated")
         r_out = r_edge if r_out is None else min(r_out, r_edge)
-    if not (r_out > r_in + 1):
-        flags.append("no_annulus")
-        return WindingResult(x0=cx, y0=cy, flags=flags, **{**nan_result, "r_inner": r_in, "r_outer": r_out})
+    return r_in, r_out
 
-    # square cut around the annulus, padded for the filters (sky = 0 outside the image)
+
+def _filtered_cut(img: np.ndarray, c: _Centre, r_out: float, opt: WindingOptions) -> _Cut:
+    """Step 3a: a square cut around the annulus, padded for the filters (sky = 0 outside the image),
+    band-passed and differentiated in Fourier space (y up on the display: d/dy = -d/drow)."""
+    h, w = img.shape
     half = int(math.ceil(r_out + 3 * opt.sigma_high + 3 * opt.tensor_sigma)) + 1
     n = sfft.next_fast_len(2 * half + 1, real=True)
-    top, left = iy - n // 2, ix - n // 2
+    top, left = c.iy - n // 2, c.ix - n // 2
     cut = np.zeros((n, n))
     sy0, sy1 = max(top, 0), min(top + n, h)
     sx0, sx1 = max(left, 0), min(left + n, w)
-    cut[sy0 - top:sy1 - top, sx0 - left:sx1 - left] = img[sy0:sy1, sx0:sx1]
+    in_cut, in_image = (slice(sy0 - top, sy1 - top), slice(sx0 - left, sx1 - left)), (slice(sy0, sy1), slice(sx0, sx1))
+    cut[in_cut] = img[in_image]
     if opt.stretch == "asinh":
-        cut = np.arcsinh(cut * (a / peak)) / math.asinh(a)
-    # band-pass + gradient in Fourier space; y up on the display: d/dy = -d/drow
+        a = opt.stretch_softening
+        cut = np.arcsinh(cut * (a / c.peak)) / math.asinh(a)
     fy, fx, g_lo = _gauss_ft(cut.shape, opt.sigma_low, real=True)
     g_hi = np.exp(-2 * math.pi**2 * opt.sigma_high**2 * (fy * fy + fx * fx))
     F = sfft.rfft2(cut) * (g_lo - g_hi)
     gx = sfft.irfft2(F * (2j * math.pi * fx), s=cut.shape)
     gy = -sfft.irfft2(F * (2j * math.pi * fy), s=cut.shape)
-    # annulus pixels (in the cut's frame), positions relative to the centre with y up
+    # positions relative to the centre with y up, in the cut's frame
     rows = np.arange(n)[:, None] + top
     cols = np.arange(n)[None, :] + left
-    dx = np.broadcast_to(cols - cx, (n, n))
-    dy = np.broadcast_to(-(rows - cy), (n, n))
-    r2 = dx * dx + dy * dy
+    dx = np.broadcast_to(cols - c.cx, (n, n))
+    dy = np.broadcast_to(-(rows - c.cy), (n, n))
     inside = (rows >= 0) & (rows < h) & (cols >= 0) & (cols < w)
-    ann = (r2 >= r_in * r_in) & (r2 <= r_out * r_out) & inside
-    if flags and "nonfinite_pixels" in flags:
-        fin_cut = np.zeros((n, n), dtype=bool)
-        fin_cut[sy0 - top:sy1 - top, sx0 - left:sx1 - left] = finite[sy0:sy1, sx0:sx1]
+    return _Cut(cut, gx, gy, dx, dy, inside, in_cut, in_image)
+
+
+def _annulus_mask(cut: _Cut, r_in: float, r_out: float, finite: np.ndarray | None) -> np.ndarray:
+    """Step 3b: the annulus pixels of the cut that lie in the image (and are finite, given the image's
+    finite-pixel mask)."""
+    r2 = cut.dx * cut.dx + cut.dy * cut.dy
+    ann = (r2 >= r_in * r_in) & (r2 <= r_out * r_out) & cut.inside
+    if finite is not None:
+        fin_cut = np.zeros(cut.image.shape, dtype=bool)
+        fin_cut[cut.in_cut] = finite[cut.in_image]
         ann &= fin_cut
-    n_pix = int(ann.sum())
-    if n_pix < opt.min_pixels:
-        flags.append("few_pixels")
-        return WindingResult(x0=cx, y0=cy, flags=flags,
-                             **{**nan_result, "r_inner": r_in, "r_outer": r_out, "n_pixels": n_pix})
-    # structure tensor, smoothed: J20 = <(gx + i gy)^2> (complex), J11 = <gx^2 + gy^2>
+    return ann
+
+
+def _orientation_field(cut: _Cut, ann: np.ndarray, opt: WindingOptions) -> _Field:
+    """Step 3c-4: the structure tensor, smoothed: ``J20 = <(gx + i gy)^2>`` (complex),
+    ``J11 = <gx^2 + gy^2>``, on the annulus pixels; with ``deproject`` mapped to the disc plane."""
+    gx, gy = cut.gx, cut.gy
     g = gx + 1j * gy
     j20 = g * g
     j11 = gx * gx + gy * gy
     if opt.tensor_sigma > 0:
-        _, _, gt = _gauss_ft(cut.shape, opt.tensor_sigma, real=False)
+        _, _, gt = _gauss_ft(cut.image.shape, opt.tensor_sigma, real=False)
         j20 = sfft.ifft2(sfft.fft2(j20) * gt)
-        _, _, gtr = _gauss_ft(cut.shape, opt.tensor_sigma, real=True)
-        j11 = sfft.irfft2(sfft.rfft2(j11) * gtr, s=cut.shape)
-    j20, j11 = j20[ann], j11[ann]
-    ax, ay = dx[ann], dy[ann]
-    q, pa = 1.0, 0.0
-    if opt.deproject:
-        sm = _smooth(cut, opt.profile_sigma)
-        q, pa = _moments_shape(sm, ann, dx, dy)
-        q = max(q, opt.min_axis_ratio)
-        # disc frame: rotate by -pa (major axis on +x), stretch the minor axis by 1/q.
-        # positions p_d = S R p; gradients (covectors) g_d = S^-1 R g (S = diag(1, 1/q)).
-        rot = np.exp(-1j * pa)
-        p = (ax + 1j * ay) * rot
-        ax, ay = p.real, p.imag / q
-        # tensor in complex form: J20 = Jxx - Jyy + 2i Jxy, J11 = Jxx + Jyy; rotate then scale y by q
-        j20 = j20 * rot * rot
-        jxx, jyy, jxy = (j11 + j20.real) / 2, (j11 - j20.real) / 2, j20.imag / 2
-        jyy, jxy = jyy * q * q, jxy * q
-        j20 = (jxx - jyy) + 2j * jxy
-        j11 = jxx + jyy
-    u2 = (ax + 1j * ay) ** 2
+        _, _, gtr = _gauss_ft(cut.image.shape, opt.tensor_sigma, real=True)
+        j11 = sfft.irfft2(sfft.rfft2(j11) * gtr, s=cut.image.shape)
+    fld = _Field(j20[ann], j11[ann], cut.dx[ann], cut.dy[ann], 1.0, 0.0)
+    if not opt.deproject:
+        return fld
+    sm = _smooth(cut.image, opt.profile_sigma)
+    q, pa = _moments_shape(sm, ann, cut.dx, cut.dy)
+    return _deproject(fld, max(q, opt.min_axis_ratio), pa)
+
+
+def _deproject(fld: _Field, q: float, pa: float) -> _Field:
+    """The field in the disc plane of axis ratio ``q`` and position angle ``pa``: rotate by -pa (major
+    axis on +x), stretch the minor axis by 1/q. Positions p_d = S R p; gradients (covectors)
+    g_d = S^-1 R g (S = diag(1, 1/q))."""
+    rot = np.exp(-1j * pa)
+    p = (fld.ax + 1j * fld.ay) * rot
+    ax, ay = p.real, p.imag / q
+    # tensor in complex form: J20 = Jxx - Jyy + 2i Jxy, J11 = Jxx + Jyy; rotate then scale y by q
+    j20 = fld.j20 * rot * rot
+    j11 = fld.j11
+    jxx, jyy, jxy = (j11 + j20.real) / 2, (j11 - j20.real) / 2, j20.imag / 2
+    jyy, jxy = jyy * q * q, jxy * q
+    return _Field((jxx - jyy) + 2j * jxy, jxx + jyy, ax, ay, q, pa)
+
+
+def _sector_score(fld: _Field, opt: WindingOptions) -> tuple[float, float, float] | None:
+    """Step 4-5: ``(score, z, confidence)`` of the weighted mean tilt ``v`` over the annulus with its
+    standard error over ``n_sectors`` angular sectors; None when the weights sum to 0."""
+    u2 = (fld.ax + 1j * fld.ay) ** 2
     u2 /= np.maximum(np.abs(u2), 1e-12)
-    t = -j20 * np.conj(u2)  # arg = 2 alpha, alpha = arm orientation minus radial direction
+    t = -fld.j20 * np.conj(u2)  # arg = 2 alpha, alpha = arm orientation minus radial direction
     mag = np.abs(t)
     with np.errstate(invalid="ignore", divide="ignore"):
         s2a = np.where(mag > 0, t.imag / np.maximum(mag, 1e-300), 0.0)
     v = np.sign(s2a) if opt.aggregate == "sign" else s2a
     if opt.weight == "coherence":
-        wgt = np.where(j11 > 0, mag / np.maximum(j11, 1e-300), 0.0)
+        wgt = np.where(fld.j11 > 0, mag / np.maximum(fld.j11, 1e-300), 0.0)
     elif opt.weight == "energy":
-        wgt = j11
+        wgt = fld.j11
     elif opt.weight == "coherence_energy":
         wgt = mag
     else:
         wgt = np.ones_like(mag)
-    sector = ((np.arctan2(ay, ax) + math.pi) * (opt.n_sectors / (2 * math.pi))).astype(np.int64)
+    sector = ((np.arctan2(fld.ay, fld.ax) + math.pi) * (opt.n_sectors / (2 * math.pi))).astype(np.int64)
     sector = np.clip(sector, 0, opt.n_sectors - 1)
     sw = np.bincount(sector, weights=wgt, minlength=opt.n_sectors)
     swv = np.bincount(sector, weights=wgt * v, minlength=opt.n_sectors)
     wsum = float(sw.sum())
     if not (wsum > 0):
-        flags.append("no_signal")
-        return WindingResult(x0=cx, y0=cy, flags=flags, **{**nan_result, "r_inner": r_in, "r_outer": r_out,
-                                                            "n_pixels": n_pix})
+        return None
     score = float(swv.sum() / wsum)
     used = sw > 0
     m = int(used.sum())
@@ -409,14 +511,7 @@ def winding_sense(image: np.ndarray, options: WindingOptions | None = None, x0: 
     se = math.sqrt(m / max(m - 1, 1) * float(np.sum(resid * resid))) / wsum if m > 1 else float("nan")
     z = score / se if se > 0 else (math.copysign(float("inf"), score) if score else 0.0)
     conf = abs(z) if np.isfinite(se) else float("nan")
-    winding = None
-    if np.isfinite(conf) and conf >= opt.min_confidence and score != 0:
-        winding = "CW" if score > 0 else "ACW"
-    else:
-        flags.append("low_confidence")
-    return WindingResult(winding=winding, score=score, z=float(z), confidence=float(conf), x0=cx, y0=cy,
-                         r_inner=float(r_in), r_outer=float(r_out), n_pixels=n_pix, axis_ratio=float(q),
-                         position_angle_deg=float(math.degrees(pa)), flags=flags)
+    return score, z, conf
 
 
 # ---------------------------------------------------------------------------------------------
