@@ -1,6 +1,6 @@
 """Promotion against the real local MLflow server: first model, pass, fail (challenger + reasons, via the
-CLI), redshift-bin guard, mirror-test guard for chirality-equivariant models, rollback, and two
-concurrent promotions."""
+CLI), redshift-bin guard, mirror-test guard for chirality-equivariant models, rollback, two concurrent
+promotions with different audit logs (one registry, one lock), and a promotion that loses a race."""
 
 import json
 import os
@@ -13,8 +13,8 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from galmorph.promotion.registry import (CHALLENGER, CHAMPION, PREVIOUS, PromotionError, PromotionPolicy, aliases, promote,
-                               read_audit, registry_lock, rollback)
+from galmorph.promotion.registry import (CHALLENGER, CHAMPION, LOCK_URL_ENV, PREVIOUS, PromotionError, PromotionPolicy,
+                                        aliases, promote, read_audit, registry_lock, rollback, select_lock)
 from test_eval_support import ChiralityCE, OracleNet, TinyCNN, log_test_model, write_coded_dataset
 
 CLASSES = ["symmetric", "lopsided"]
@@ -201,24 +201,28 @@ print("DECISION " + json.dumps({"decision": d.decision, "before": d.champion_bef
 """
 
 
-def test_concurrent_promotions_leave_a_consistent_registry(mlflow_server, coded, tmp_path):
+def test_concurrent_promotions_leave_a_consistent_registry(mlflow_server, coded, tmp_path, monkeypatch):
+    """Two promotions at once, each with its own audit log (issue #30: the lock was the audit log's folder,
+    so both read the same champion and both reported "promoted" while the registry kept one): serialised
+    by the registry's one lock whatever audit log they name."""
+    monkeypatch.delenv(LOCK_URL_ENV, raising=False)
     task = "ptest-concurrent"
-    audit = tmp_path / "audit.jsonl"
     v1 = _register(task, OracleNet(2, error_rate=0.4))
     v2 = _register(task, OracleNet(2, error_rate=0.2))
     v3 = _register(task, OracleNet(2, error_rate=0.05))
-    promote(task, v1, eval_manifest=coded, audit_log=audit, **FAST)
-    env = {**os.environ, "MLFLOW_TRACKING_URI": mlflow_server}
+    promote(task, v1, eval_manifest=coded, audit_log=tmp_path / "audit.jsonl", **FAST)
+    env = {k: v for k, v in os.environ.items() if k != LOCK_URL_ENV} | {"MLFLOW_TRACKING_URI": mlflow_server}
+    audits = {v: tmp_path / f"pod-{v}" / "audit.jsonl" for v in (v2, v3)}  # one audit log per promotion
     logs = [open(tmp_path / f"worker{v}.log", "w") for v in (v2, v3)]  # files, not pipes: no full-pipe stalls
-    procs = [subprocess.Popen([sys.executable, "-c", _WORKER, task, v, str(coded), str(audit), str(tmp_path / f"w{v}")],
+    procs = [subprocess.Popen([sys.executable, "-c", _WORKER, task, v, str(coded), str(audits[v]), str(tmp_path / f"w{v}")],
                               env=env, stdout=fh, stderr=subprocess.STDOUT) for v, fh in zip((v2, v3), logs)]
     for p, fh in zip(procs, logs):
         p.wait(timeout=900)
         fh.close()
         assert p.returncode == 0, Path(fh.name).read_text()[-3000:]
-    log = read_audit(audit)
-    assert len(log) == 3
-    first, second = log[1], log[2]
+    log = sorted([e for a in audits.values() for e in read_audit(a)], key=lambda e: e["timestamp"])
+    assert len(log) == 2
+    first, second = log
     # serialised: the second decision saw the registry the first one left
     assert second["champion_before"] == first["champion_after"]
     al = aliases("galmorph-" + task)
@@ -229,7 +233,96 @@ def test_concurrent_promotions_leave_a_consistent_registry(mlflow_server, coded,
     else:
         assert [first["decision"], second["decision"]] == ["promoted", "rejected"]
         assert al[PREVIOUS] == v1 and al[CHALLENGER] == v2
-    assert Path(audit.parent / ".galmorph-ptest-concurrent.promotion.lock").exists()
+
+
+def test_the_lock_is_the_registrys_not_the_audit_logs(mlflow_server, coded, tmp_path, monkeypatch):
+    """Without GALMORPH_LOCK_URL the lock derives from the registry URI: a promotion naming another audit
+    log waits for (here: times out on) the lock another process of this registry holds."""
+    monkeypatch.delenv(LOCK_URL_ENV, raising=False)
+    task = "ptest-onelock"
+    name = "galmorph-" + task
+    v1 = _register(task, OracleNet(2, error_rate=0.2))
+    lock = select_lock(None, tracking_uri=mlflow_server)
+    assert lock == select_lock()  # this process's registry
+    a, b = tmp_path / "a" / "audit.jsonl", tmp_path / "b" / "audit.jsonl"
+    with lock.hold(name, timeout=5):
+        with pytest.raises(PromotionError, match="could not lock"):
+            promote(task, v1, eval_manifest=coded, audit_log=b, lock_timeout=0.5, **FAST)
+    assert read_audit(b) == [] and CHAMPION not in aliases(name)
+    assert promote(task, v1, eval_manifest=coded, audit_log=a, lock_timeout=5, **FAST).decision == "first-champion"
+
+
+def test_a_promotion_that_loses_a_race_says_so_and_exits_non_zero(mlflow_server, coded, tmp_path, monkeypatch):
+    """The champion moves (a writer outside the lock) while the candidate is evaluated: nothing is written,
+    the decision is recorded as lost-race and the command exits non-zero saying so."""
+    import mlflow
+
+    import galmorph.evaluation.core as core
+    from galmorph.cli import main
+
+    task = "ptest-race"
+    name = "galmorph-" + task
+    audit = tmp_path / "audit.jsonl"
+    v1 = _register(task, OracleNet(2, error_rate=0.4))
+    v2 = _register(task, OracleNet(2, error_rate=0.1))
+    v3 = _register(task, OracleNet(2, error_rate=0.2))
+    promote(task, v1, eval_manifest=coded, audit_log=audit, **FAST)
+    real = core.evaluate
+
+    def evaluate_while_another_writer_moves_the_champion(*a, **kw):
+        out = real(*a, **kw)
+        mlflow.MlflowClient().set_registered_model_alias(name, CHAMPION, v3)
+        return out
+
+    monkeypatch.setattr(core, "evaluate", evaluate_while_another_writer_moves_the_champion)
+    res = CliRunner().invoke(main, ["promote", "--task", task, "--version", v2, "--manifest", str(coded),
+                                    "--audit-log", str(audit), "--out", str(tmp_path / "p"), "--json"])
+    assert res.exit_code == 1, res.output
+    assert f"lost a race: the champion changed from v{v1} to v{v3}" in res.stderr
+    assert json.loads(res.stdout)["error"].startswith(f"{name}: lost a race")
+    al = aliases(name)
+    assert al[CHAMPION] == v3 and PREVIOUS not in al and CHALLENGER not in al  # nothing written
+    last = read_audit(audit)[-1]
+    assert last["decision"] == "lost-race" and last["candidate_version"] == v2 and not last["passed"]
+    assert last["champion_before"] == v1 and last["champion_after"] == v3
+
+
+def test_remote_tracking_server_without_a_lock_url_is_refused(tmp_path, monkeypatch):
+    """No lock every promoting process is known to share: refused, saying what to set."""
+    from galmorph.promotion.locks import FileLock, PostgresAdvisoryLock
+
+    monkeypatch.delenv(LOCK_URL_ENV, raising=False)
+    with pytest.raises(PromotionError, match=f"remote tracking server http://mlflow:5000.*set {LOCK_URL_ENV}"):
+        select_lock(None, tracking_uri="http://mlflow:5000")
+    with pytest.raises(PromotionError, match=f"set {LOCK_URL_ENV}"):
+        select_lock(None, tracking_uri="mysql://u:pw@db/mlflow")
+    # one registry, one lock: the store's own lock, or the lock URL every pod shares
+    db = tmp_path / "state" / "mlflow.db"
+    assert select_lock(None, tracking_uri=f"sqlite:///{db}").path("m") == db.parent / ".mlflow.db.m.promotion.lock"
+    assert select_lock(None, tracking_uri="http://localhost:5055") == select_lock(None,
+                                                                                 tracking_uri="http://127.0.0.1:5055/")
+    assert isinstance(select_lock(None, tracking_uri="postgresql://u@db/mlflow"), PostgresAdvisoryLock)
+    monkeypatch.setenv(LOCK_URL_ENV, f"file://{tmp_path / 'shared'}")
+    lock = select_lock(None, tracking_uri="http://mlflow:5000")
+    assert isinstance(lock, FileLock) and lock.path("m") == tmp_path / "shared" / ".m.promotion.lock"
+
+
+def test_policy_file_errors_are_clear(tmp_path):
+    from galmorph.promotion.policy import PolicyError
+
+    with pytest.raises(PolicyError, match=f"promotion policy file {tmp_path / 'nope.yaml'} does not exist"):
+        PromotionPolicy.from_params(tmp_path / "nope.yaml")
+    assert PromotionPolicy.from_params(tmp_path / "nope.yaml", missing_ok=True) == PromotionPolicy()
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("promotion: [1, 2\n")
+    with pytest.raises(PolicyError, match="bad.yaml is not valid YAML"):
+        PromotionPolicy.from_params(bad)
+    bad.write_text("promotion:\n  delta: lots\n")
+    with pytest.raises(PolicyError, match="min_improvement: 'lots' is not a float"):
+        PromotionPolicy.from_params(bad)
+    bad.write_text("promotion:\n  deltta: 0.1\n")
+    with pytest.raises(ValueError, match="unknown promotion policy key"):
+        PromotionPolicy.from_params(bad)
 
 
 class LookupNet(torch.nn.Module):

@@ -38,29 +38,36 @@ def promote_cmd(task, version, manifest, rollback, reason, primary_metric, delta
     """Compare a candidate with the current @champion on the same evaluation manifest and move the
     aliases: pass -> @champion (the old one becomes @previous-champion); fail -> @challenger with the
     reasons printed. The first model becomes champion. Every decision is appended to the audit log
-    and tagged on the model versions. Concurrent promotions are serialised by a file lock.
+    and tagged on the model versions. Concurrent promotions of one registry are serialised by one lock
+    (GALMORPH_LOCK_URL, else derived from the tracking URI; never from the audit log); a promotion that
+    loses a race to a writer outside the lock says so and exits non-zero.
     """
-    from galmorph.promotion.registry import PromotionError, PromotionPolicy, promote, rollback as do_rollback
+    from galmorph.promotion.policy import PromotionPolicy
+    from galmorph.promotion.registry import PromotionError, promote, rollback as do_rollback
     from galmorph.settings import resolve_settings
 
     s = resolve_settings(tracking_uri=tracking_uri, data_root=data_root, audit_log=audit_log)
-    use_tracking_uri(s)
     audit_log = s.audit_log
     try:
+        # the policy first (a usage error, whatever the server): a file the user named (--params,
+        # GALMORPH_PARAMS_FILE) must exist, the default may be absent (the default policy)
+        policy = None if rollback else PromotionPolicy.from_params(
+            params_file or s.params_file, missing_ok=params_file is None and "params_file" not in s.model_fields_set,
+            primary_metric=primary_metric, min_improvement=delta, max_bin_auc_drop=epsilon, min_bin_n=min_bin_n)
+        use_tracking_uri(s)
         if rollback:
-            dec = do_rollback(task, audit_log=audit_log, reason=reason)
+            dec = do_rollback(task, audit_log=audit_log, reason=reason, lock_url=s.lock_url)
         else:
             if manifest is None:
-                fail("--manifest is required to promote (the evaluation set on which candidate and champion are compared)")
-            policy = PromotionPolicy.from_params(params_file or s.params_file, primary_metric=primary_metric,
-                                                 min_improvement=delta, max_bin_auc_drop=epsilon, min_bin_n=min_bin_n)
+                _fail("--manifest is required to promote (the evaluation set on which candidate and champion are "
+                      "compared)", as_json)
             dec = promote(task, version, eval_manifest=manifest, audit_log=audit_log, policy=policy,
-                          out_dir=out_dir or (s.state_dir / "promotions"), data_root=s.data_root)
+                          out_dir=out_dir or (s.state_dir / "promotions"), data_root=s.data_root, lock_url=s.lock_url)
     except (PromotionError, ValueError) as exc:
-        fail(str(exc))
+        _fail(str(exc), as_json)
     except OSError as exc:  # an unwritable state dir / audit log (read-only, not a folder, disk full)
-        fail(f"cannot write the promotion state (audit log {audit_log}, state dir {s.state_dir}): "
-             f"{exc.strerror or exc}" + (f" ({exc.filename})" if exc.filename else ""))
+        _fail(f"cannot write the promotion state (audit log {audit_log}, state dir {s.state_dir}): "
+              f"{exc.strerror or exc}" + (f" ({exc.filename})" if exc.filename else ""), as_json)
     if as_json:
         echo_json(dec.to_dict())
     else:
@@ -69,3 +76,11 @@ def promote_cmd(task, version, manifest, rollback, reason, primary_metric, delta
                    f"challenger=v{dec.challenger_after}; audit log {audit_log}")
     if fail_on_reject and dec.decision == "rejected":
         sys.exit(3)
+
+
+def _fail(msg: str, as_json: bool, code: int = 1) -> None:
+    """``error: msg`` on stderr and exit ``code``; under ``--json`` stdout holds ``{"error": msg}`` too (one
+    strict JSON document, as on success)."""
+    if as_json:
+        echo_json({"error": msg})
+    fail(msg, code)

@@ -61,35 +61,19 @@ def log_drift_reference(run_id: str, features: pd.DataFrame, model_name: str | N
     return uri
 
 
-def model_version_of(model_uri: str, client=None) -> tuple[str, str]:
-    """``models:/NAME@alias`` or ``models:/NAME/VERSION`` -> ``(NAME, VERSION)`` from the registry."""
-    import mlflow
-
-    c = client or mlflow.MlflowClient()
-    if not model_uri.startswith("models:/"):
-        raise DriftReferenceError(f"drift reference: {model_uri!r} is not a registered model URI "
-                                  "(models:/NAME/VERSION or models:/NAME@alias)")
-    rest = model_uri[len("models:/"):]
-    if "@" in rest:
-        name, alias = rest.split("@", 1)
-        try:
-            return name, str(c.get_model_version_by_alias(name, alias).version)
-        except Exception as exc:  # noqa: BLE001 - reraised naming what was asked for
-            raise DriftReferenceError(f"drift reference: model {name!r} has no alias {alias!r}: {exc}") from exc
-    name, _, version = rest.partition("/")
-    if not version:
-        raise DriftReferenceError(f"drift reference: {model_uri!r} names no version or alias")
-    return name, version
-
-
 def fetch_drift_reference(model_uri: str, dst_dir: str | Path | None = None, client=None) -> Path:
     """Download the drift reference of the model version ``model_uri`` from MLflow (the version's run, or
     its parent run); :class:`DriftReferenceError` when no run holds it."""
     import mlflow
     from mlflow.artifacts import download_artifacts
 
+    from galmorph.promotion.registry import ModelRefError, resolve_model_version
+
     c = client or mlflow.MlflowClient()
-    name, version = model_version_of(model_uri, c)
+    try:
+        name, version = resolve_model_version(model_uri, c)  # the one resolver of registered versions
+    except ModelRefError as exc:
+        raise DriftReferenceError(f"drift reference: {exc}") from exc
     try:
         mv = c.get_model_version(name, version)
     except Exception as exc:  # noqa: BLE001

@@ -19,6 +19,9 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from galmorph.promotion.common import ModelRefError, mlflow_client as _client
+from galmorph.promotion.common import parse_model_uri as _parse_model_uri
+
 log = logging.getLogger(__name__)
 
 
@@ -26,26 +29,13 @@ class LineageError(ValueError):
     """The reference cannot be resolved to a model version (message says why)."""
 
 
-def _client(client=None):
-    if client is not None:
-        return client
-    import mlflow
-
-    return mlflow.MlflowClient()
-
-
 def parse_model_uri(uri: str) -> tuple[str, str | None, str | None]:
-    """``models:/NAME/VERSION`` -> (name, version, None); ``models:/NAME@ALIAS`` -> (name, None, alias)."""
-    if not uri.startswith("models:/"):
-        raise LineageError(f"{uri!r} is not a registered-model URI (models:/NAME/VERSION or models:/NAME@ALIAS)")
-    rest = uri[len("models:/"):]
-    if "@" in rest:
-        name, alias = rest.split("@", 1)
-        return name, None, alias
-    name, _, version = rest.partition("/")
-    if not version:
-        raise LineageError(f"{uri!r}: give a version (models:/{name}/N) or an alias (models:/{name}@champion)")
-    return name, version, None
+    """``models:/NAME/VERSION`` -> (name, version, None); ``models:/NAME@ALIAS`` -> (name, None, alias)
+    (:func:`galmorph.promotion.common.parse_model_uri`, its error as a :class:`LineageError`)."""
+    try:
+        return _parse_model_uri(uri)
+    except ModelRefError as exc:
+        raise LineageError(str(exc)) from None
 
 
 def _catalogue_summary(path: Path) -> dict:

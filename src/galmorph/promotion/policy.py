@@ -1,0 +1,251 @@
+"""The promotion policy: :class:`PromotionPolicy` (from params.yaml's ``promotion:`` section) and the checks
+:func:`compare` applies to a candidate's and the champion's evaluation reports:
+
+* the primary metric (default macro F1) must improve by at least ``min_improvement`` (delta);
+* no redshift-bin AUC (bins with at least ``min_bin_n`` objects in both evaluations) may drop by more
+  than ``max_bin_auc_drop`` (epsilon);
+* chirality-equivariant models must pass the mirror test;
+* quality floor (also for the first champion): the candidate's macro-F1 must beat the majority-class
+  predictor's macro-F1 on the same evaluation set by ``min_margin_over_majority``;
+* winding check (chirality): the candidate's disagreement with the physical winding measurement (on the
+  galaxies where the measurement is confident, ``|z| >= winding_min_confidence``, and the model predicts
+  CW or ACW) may exceed the champion's by at most ``winding_margin``; a larger excess is flagged in the
+  decision, and blocks the promotion when ``winding_blocks``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from galmorph.promotion.common import PromotionError
+
+
+class PolicyError(PromotionError, ValueError):
+    """The promotion policy cannot be read (a missing or malformed params file, an unknown key, a bad value)."""
+
+
+#: params.yaml spellings of policy fields.
+POLICY_ALIASES = {"delta": "min_improvement", "epsilon": "max_bin_auc_drop", "primary": "primary_metric"}
+
+
+@dataclass
+class PromotionPolicy:
+    primary_metric: str = "f1_macro"
+    min_improvement: float = 0.0  # delta: candidate - champion >= delta
+    max_bin_auc_drop: float = 0.05  # epsilon: champion - candidate <= epsilon in every z bin
+    min_bin_n: int = 10  # bins with fewer evaluated objects (in either evaluation) are not compared
+    require_mirror_test: bool = True  # for chirality-equivariant candidates
+    bin_metric: str = "auc_macro"
+    # quality floor: the candidate's macro-F1 must beat the majority-class predictor's macro-F1 on the same
+    # evaluation set by at least this margin (also for the first champion); None switches the floor off
+    min_margin_over_majority: float | None = 0.05
+    # winding check (chirality): challenger disagreement with the winding measurement - champion's > margin
+    # is flagged (and blocks when winding_blocks); None switches the check off
+    winding_margin: float | None = 0.02
+    winding_min_confidence: float = 2.0
+    winding_blocks: bool = True
+
+    @classmethod
+    def from_params(cls, params: dict | str | Path | None, missing_ok: bool = False,
+                    **overrides) -> "PromotionPolicy":
+        """Policy from the ``promotion:`` section of params.yaml (a path or a loaded dict); keyword
+        overrides that are not None win (CLI flags). A path that does not exist is a :class:`PolicyError`
+        naming it, unless ``missing_ok`` (a default location that may be absent: the default policy)."""
+        if isinstance(params, (str, Path)):
+            section = read_policy_section(params, missing_ok=missing_ok)
+        elif isinstance(params, dict):
+            section = params.get("promotion", params) or {}
+        else:
+            section = {}
+        vals = {POLICY_ALIASES.get(k, k): v for k, v in section.items()}
+        vals.update({POLICY_ALIASES.get(k, k): v for k, v in overrides.items() if v is not None})
+        known = {f.name: f for f in fields(cls)}
+        unknown = set(vals) - set(known)
+        if unknown:
+            raise PolicyError(f"unknown promotion policy key(s) {sorted(unknown)}; known: {sorted(known)}")
+        return cls(**{k: _typed(k, v, cls.__dataclass_fields__[k].default) for k, v in vals.items()})
+
+
+def read_policy_section(path: str | Path, missing_ok: bool = False) -> dict:
+    """The ``promotion:`` mapping of the YAML file ``path`` ({} when it has none); :class:`PolicyError`
+    naming the file when it is missing (unless ``missing_ok``), unreadable or not a YAML mapping."""
+    import yaml
+
+    p = Path(path)
+    if not p.is_file():
+        if missing_ok and not p.exists():
+            return {}
+        raise PolicyError(f"promotion policy file {p} " + ("is not a file" if p.exists() else "does not exist"))
+    try:
+        doc = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as exc:
+        raise PolicyError(f"promotion policy file {p} is unreadable: {getattr(exc, 'strerror', None) or exc}") from exc
+    except yaml.YAMLError as exc:
+        where = getattr(exc, "problem_mark", None)
+        at = f" (line {where.line + 1})" if where is not None else ""
+        raise PolicyError(f"promotion policy file {p} is not valid YAML{at}: "
+                          f"{getattr(exc, 'problem', None) or exc}") from exc
+    if doc is None:
+        return {}
+    section = doc.get("promotion", {}) if isinstance(doc, dict) else None
+    if section is None:
+        section = {}
+    if not isinstance(section, dict):
+        raise PolicyError(f"promotion policy file {p}: " + ("the document is not a mapping" if not isinstance(doc, dict)
+                                                            else "its 'promotion:' section is not a mapping"))
+    return section
+
+
+def _typed(key: str, value: Any, default: Any) -> Any:
+    """``value`` as the type of the policy field ``key`` (numbers from YAML strings too); a clear
+    :class:`PolicyError` when it is not one."""
+    if value is None or isinstance(default, str):
+        return value
+    want = bool if isinstance(default, bool) else int if isinstance(default, int) else float
+    if want is bool:
+        if isinstance(value, bool):
+            return value
+    else:
+        try:
+            out = want(value)
+            if want is float or float(value) == out:
+                return out
+        except (TypeError, ValueError):
+            pass
+    raise PolicyError(f"promotion policy {key}: {value!r} is not a {want.__name__}")
+
+
+# --------------------------------------------------------------------------------------------
+# the checks
+# --------------------------------------------------------------------------------------------
+def quality_floor(report: dict, margin: float | None) -> dict | None:
+    """The quality floor of an evaluation report: its macro-F1 (mean over the classes with support,
+    :func:`galmorph.evaluation.metrics.macro_f1`) must exceed the majority-class predictor's macro-F1 on
+    the same objects by at least ``margin``. Returns the check (``passed``, ``f1_macro``,
+    ``majority_f1_macro``, ``majority_class``, ``margin``, ``reason``) or None when ``margin`` is None."""
+    if margin is None:
+        return None
+    cls = report.get("classification") or {}
+    base = cls.get("majority_baseline")
+    f1 = float((cls.get("macro") or {}).get("f1", float("nan")))
+    if not base:
+        return {"passed": False, "margin": float(margin), "f1_macro": f1,
+                "reason": "quality floor: the evaluation has no majority-class baseline (re-evaluate with this version)"}
+    b = float(base["f1_macro"])
+    ok = math.isfinite(f1) and math.isfinite(b) and f1 >= b + float(margin)
+    out = {"passed": bool(ok), "f1_macro": f1, "majority_f1_macro": b, "majority_class": base.get("class"),
+           "margin": float(margin), "absent_classes": list(cls.get("absent_classes", []))}
+    if not ok:
+        out["reason"] = (f"quality floor: macro-F1 {f1:.4f} does not beat the majority-class predictor (always "
+                         f"{base.get('class')!r}: macro-F1 {b:.4f}) by the required margin {float(margin):g} on the "
+                         f"held-out set (needs >= {b + float(margin):.4f})")
+    return out
+
+
+def winding_check(candidate: dict, champion: dict | None, policy: PromotionPolicy) -> dict | None:
+    """The winding check of two evaluation reports (their ``winding`` blocks,
+    :func:`galmorph.scoring.ensemble.winding_report`): ``flagged`` when the candidate's disagreement with the
+    measurement exceeds the champion's by more than ``policy.winding_margin``; ``blocking`` when it is
+    flagged and ``policy.winding_blocks``. None when the check is off or the candidate has no block."""
+    cw = candidate.get("winding")
+    if policy.winding_margin is None or not cw:
+        return None
+    hw = (champion or {}).get("winding") or {}
+    a, b = float(cw.get("disagreement", math.nan)), float(hw.get("disagreement", math.nan))
+    out = {"candidate_disagreement": a, "champion_disagreement": b, "candidate_n_compared": cw.get("n_compared"),
+           "champion_n_compared": hw.get("n_compared"), "margin": float(policy.winding_margin),
+           "min_confidence": cw.get("min_confidence"), "compared": False, "flagged": False, "blocking": False}
+    if champion is None or not (math.isfinite(a) and math.isfinite(b)):
+        out["note"] = ("no champion to compare with" if champion is None else
+                       "no galaxy with a confident measurement and a CW/ACW prediction in one of the evaluations")
+        return out
+    excess = a - b
+    flagged = excess > float(policy.winding_margin) + 1e-12
+    out.update(compared=True, excess=excess, flagged=bool(flagged), blocking=bool(flagged and policy.winding_blocks))
+    if flagged:
+        out["reason"] = (f"winding check: the candidate disagrees with the winding measurement on {a:.1%} of its "
+                         f"confident CW/ACW galaxies (n={cw.get('n_compared')}) vs the champion's {b:.1%} "
+                         f"(n={hw.get('n_compared')}): +{excess:.3f} > margin {float(policy.winding_margin):g}"
+                         + ("" if policy.winding_blocks else " (flagged, not blocking)"))
+    return out
+
+
+def mirror_check(candidate: dict) -> tuple[dict, str | None]:
+    """The mirror test of a chirality-equivariant candidate's report: ``(check, reason or None)``."""
+    mirror = (candidate.get("chirality") or {}).get("mirror")
+    ok = bool(mirror and mirror.get("passed"))
+    check = {"passed": ok, **({k: mirror[k] for k in ("cvs_pred", "cvs_pred_mirror", "label_swap_fraction",
+                                                       "max_prob_diff")} if mirror else {})}
+    if ok:
+        return check, None
+    return check, "chirality-equivariant model fails the mirror test" + (
+        f" (label swap fraction {mirror['label_swap_fraction']:.4f}, max |dp| {mirror['max_prob_diff']:.2e})"
+        if mirror else " (not run)")
+
+
+def primary_check(candidate: dict, champion: dict, policy: PromotionPolicy) -> tuple[dict, str | None]:
+    """The primary metric must improve on the champion's by ``policy.min_improvement``: ``(check, reason)``."""
+    pm = policy.primary_metric
+    a, b = float(candidate["metrics"][pm]), float(champion["metrics"].get(pm, float("nan")))
+    diff = a - b
+    ok = math.isfinite(a) and (not math.isfinite(b) or diff >= policy.min_improvement)
+    check = {"metric": pm, "candidate": a, "champion": b, "improvement": diff,
+             "min_improvement": policy.min_improvement, "passed": ok}
+    return check, None if ok else (f"{pm} {a:.4f} vs champion {b:.4f}: improvement {diff:+.4f} < "
+                                   f"delta={policy.min_improvement}")
+
+
+def redshift_bin_checks(candidate: dict, champion: dict, policy: PromotionPolicy) -> tuple[dict, list[str]]:
+    """No redshift bin's ``policy.bin_metric`` may drop by more than ``policy.max_bin_auc_drop`` (bins with
+    ``min_bin_n`` objects in both evaluations): ``(checks per bin, reasons)``."""
+    bins: dict[str, Any] = {}
+    reasons: list[str] = []
+    for zb, d in candidate.get("redshift_bins", {}).items():
+        e = champion.get("redshift_bins", {}).get(zb)
+        if e is None:
+            continue
+        ca, ch = d.get(policy.bin_metric, float("nan")), e.get(policy.bin_metric, float("nan"))
+        if (d.get("n", 0) < policy.min_bin_n or e.get("n", 0) < policy.min_bin_n or ca is None or ch is None
+                or not (math.isfinite(ca) and math.isfinite(ch))):
+            bins[zb] = {"compared": False, "n": d.get("n", 0)}
+            continue
+        drop = ch - ca
+        ok_b = drop <= policy.max_bin_auc_drop + 1e-12
+        bins[zb] = {"compared": True, "candidate": ca, "champion": ch, "drop": drop, "passed": ok_b}
+        if not ok_b:
+            reasons.append(f"redshift bin {zb}: {policy.bin_metric} {ca:.4f} vs champion {ch:.4f} drops by "
+                           f"{drop:.4f} > epsilon={policy.max_bin_auc_drop}")
+    return bins, reasons
+
+
+def compare(candidate: dict, champion: dict | None, policy: PromotionPolicy, chirality_equivariant: bool = False,
+            ) -> tuple[bool, list[str], dict]:
+    """Apply the policy to two evaluation reports (``EvaluationResult.report``; ``champion`` None for the
+    first model). Returns ``(passed, reasons, checks)``; reasons explain every failed check."""
+    reasons: list[str] = []
+    checks: dict[str, Any] = {}
+    cm = candidate["metrics"]
+    if policy.primary_metric not in cm:
+        raise PromotionError(f"primary metric {policy.primary_metric!r} not in the evaluation (available e.g. "
+                             f"{sorted(k for k in cm if 'macro' in k or k == 'accuracy')})")
+    if chirality_equivariant and policy.require_mirror_test:
+        checks["mirror_test"], reason = mirror_check(candidate)
+        reasons += [reason] if reason else []
+    floor = quality_floor(candidate, policy.min_margin_over_majority)
+    if floor is not None:
+        checks["quality_floor"] = floor
+        reasons += [] if floor["passed"] else [floor["reason"]]
+    if champion is not None:
+        checks["primary"], reason = primary_check(candidate, champion, policy)
+        reasons += [reason] if reason else []
+        checks["redshift_bins"], bin_reasons = redshift_bin_checks(candidate, champion, policy)
+        reasons += bin_reasons
+    wind = winding_check(candidate, champion, policy)
+    if wind is not None:
+        checks["winding"] = wind
+        if wind["blocking"]:
+            reasons.append(wind["reason"])
+    return not reasons, reasons, checks
