@@ -111,8 +111,8 @@ class Placement:
             "runtime": t.get("runtime") or DEFAULT_RUNTIME,
             "accelerator_type": str(t.get("accelerator_type") or g.get("accelerator_type") or "nvidia.com/gpu"),
             "node_selector": {str(k): str(v) for k, v in
-                              (t["node_selector"] if "node_selector" in t else g.get("node_selector") or {}).items()},
-            "tolerations": list(t["tolerations"] if "tolerations" in t else g.get("tolerations") or []),
+                              ((t if "node_selector" in t else g).get("node_selector") or {}).items()},
+            "tolerations": list((t if "tolerations" in t else g).get("tolerations") or []),
             "resources": resources,
             "service_account": str(t.get("service_account") or ""),
             "active_deadline_seconds": int(t.get("active_deadline_seconds") or 0),
