@@ -7,7 +7,7 @@ UV ?= $(shell command -v uv 2>/dev/null || echo "python3 -m uv")
 # podman settings that work on plain hosts (runc, explicit ulimits); used by builds, runs and tests
 export CONTAINERS_CONF ?= $(CURDIR)/infra/podman/containers.conf
 
-.PHONY: demo test setup browser stack-down lint benchmarks container-tools images push images-or-skip
+.PHONY: demo test setup browser stack-down lint benchmarks results-page container-tools images push images-or-skip
 
 setup:
 	@$(UV) --version >/dev/null 2>&1 || python3 -m pip install --quiet uv
@@ -58,6 +58,12 @@ BENCH_NAMES = scoring release train data a1 a1_injection physical winding refere
 .PHONY: $(addprefix bench-,$(BENCH_NAMES))
 benchmarks: setup
 	$(UV) run python benchmarks/run_all.py $(BENCH_FLAGS)
+	$(UV) run python benchmarks/make_results_page.py
 
 $(addprefix bench-,$(BENCH_NAMES)): bench-%: setup
 	$(UV) run python benchmarks/run_all.py $(BENCH_FLAGS) --only $*
+	$(UV) run python benchmarks/make_results_page.py
+
+# docs/results.md, generated from the committed results files in benchmarks/results/
+results-page: setup
+	$(UV) run python benchmarks/make_results_page.py
