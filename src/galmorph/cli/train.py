@@ -11,9 +11,10 @@ from galmorph.cli.options import data_root_option, json_option, task_option, tra
 
 
 def _preset_help() -> str:
-    from galmorph.training.config import PRESETS
+    from galmorph.training.config import ARCHS, PRESETS
 
-    return "; ".join(f"{t}: {', '.join(p)}" for t, p in PRESETS.items())
+    return ("; ".join(f"{t}: {', '.join(p)}" for t, p in PRESETS.items())
+            + f". Named archs: {', '.join(ARCHS)}; any timm model name is an arch too.")
 
 
 @main.command("train", epilog="Presets per task -- " + _preset_help())
@@ -23,7 +24,9 @@ def _preset_help() -> str:
 @click.option("--manifest", "manifest", type=click.Path(path_type=Path, exists=True, dir_okay=False),
               required=True, help="Parquet manifest with image_uri and label columns.")
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
-              help="Override a config key (type-checked), e.g. --set lr=1e-4 --set max_epochs=5. Repeatable.")
+              help="Override a config key (type-checked), e.g. --set lr=1e-4 --set max_epochs=5. Repeatable. "
+                   "arch takes a named arch or any timm model name (--set arch=mobilenetv3_small_050; "
+                   "random init unless encoder_weights, nothing is downloaded).")
 @click.option("--trials", type=click.IntRange(1), default=None, help="Repeated random splits (child runs).")
 @click.option("--experiment", default=None, help="MLflow experiment (default galmorph-<task>).")
 @tracking_uri_option()

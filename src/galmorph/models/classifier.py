@@ -3,7 +3,8 @@
 It is built from :class:`~galmorph.models.params.NetworkParams` (saved as hyper-parameters, so
 ``GalaxyClassifier.load_from_checkpoint(path)`` rebuilds the same network) and wraps the network from
 :func:`galmorph.models.networks.build_network` -- named options select the architecture
-(``arch``), the chirality-equivariant wrapper (``chirality_equivariant``), Zoobot fine-tuning
+(``arch``: a named arch or any timm model name, see :mod:`galmorph.models.archs`), the
+chirality-equivariant wrapper (``chirality_equivariant``), Zoobot fine-tuning
 (``finetune_blocks``, ``lr_decay``), class weights of the loss, and so on. The training layer builds
 the parameters from its config (``TrainConfig.network_params()``); the model layer never imports it.
 """
@@ -18,6 +19,7 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 
+from galmorph.models.archs import arch_info
 from galmorph.models.networks import GalaxyNet, build_network, export_plain, zoobot_param_groups
 from galmorph.models.params import NetworkParams
 
@@ -37,11 +39,12 @@ class GalaxyClassifier(L.LightningModule):
         self.save_hyperparameters({"params": p.to_dict()})
         self.params = p
         self.classes = list(p.classes)
+        self.arch_info = arch_info(p.arch)  # what the arch is (never compare names)
         self.net, self.init_tags = build_network(p)
         self.val_labels: list[tuple[torch.Tensor, torch.Tensor]] = []  # (true, predicted) per val batch
         weights = torch.tensor(p.class_weights, dtype=torch.float32) if p.class_weights else None
         self.register_buffer("class_weights", weights, persistent=False)
-        if p.arch == "zoobot_convnext_nano":  # freeze all but the top finetune_blocks now
+        if self.arch_info.layerwise_finetune:  # Zoobot: freeze all but the top finetune_blocks now
             zoobot_param_groups(self._base_net(), p.lr, p.finetune_blocks, p.lr_decay, p.weight_decay)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -78,7 +81,7 @@ class GalaxyClassifier(L.LightningModule):
 
     def configure_optimizers(self):
         p = self.params
-        if p.arch == "zoobot_convnext_nano":
+        if self.arch_info.layerwise_finetune:
             base = self._base_net()
             assert isinstance(base, GalaxyNet)
             groups = zoobot_param_groups(base, p.lr, p.finetune_blocks, p.lr_decay, p.weight_decay)

@@ -1,63 +1,40 @@
 """Networks that satisfy the galmorph model contract (0..1 images in, logits out, normalisation inside).
 
-``build_network(params)`` returns a :class:`~galmorph.models.layers.GalaxyNet` for any architecture in
-:data:`ARCHS`, wrapped in :class:`ChiralityEquivariant` when asked.
+``build_network(params)`` is the one builder: it asks :func:`galmorph.models.archs.arch_info` what
+``params.arch`` is (a named arch, an escnn G-ResNet or any timm model name) and calls the builder of
+its family (:data:`BUILDERS`); the result is wrapped in :class:`ChiralityEquivariant` when asked.
 Encoders are timm models created with ``pretrained=False`` (never downloaded); their weights come from
 :mod:`galmorph.models.pretrained` (``encoder_weights``: packaged EfficientNet-Lite0, a local file or an
-MLflow URI; strict, weights only).
+MLflow URI; strict, weights only) -- without them the encoder is random (``encoder_init = random``).
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
-import torch
 from torch import nn
 
+from galmorph.models.archs import ArchInfo, arch_info
 from galmorph.models.layers import (IMAGENET_MEAN, IMAGENET_STD, GalaxyNet, Normalize, dense_head,  # noqa: F401
                                     zoobot_head)
-from galmorph.models.params import ARCHS, NetworkParams, as_network_params  # noqa: F401
+from galmorph.models.params import NetworkParams, as_network_params  # noqa: F401
 
 log = logging.getLogger(__name__)
 
 
-def _timm(name: str, in_chans: int, **kw: Any) -> nn.Module:
+def timm_encoder(name: str, in_chans: int, **kw: Any) -> nn.Module:
+    """The timm model ``name`` without its classifier (pooled features), random weights, never downloaded."""
     import timm
 
     return timm.create_model(name, pretrained=False, num_classes=0, in_chans=in_chans, **kw)
 
 
-# ----------------------------------------------------------------------------------------------
-# encoder weights
-# ----------------------------------------------------------------------------------------------
-def load_encoder_weights(encoder: nn.Module, ref: str, strict: bool = True) -> dict[str, int]:
-    """Load encoder weights from a local checkpoint or MLflow URI (legacy ``encoder_checkpoint``) into
-    ``encoder`` through :mod:`galmorph.models.pretrained` (weights only, prefixes stripped, greyscale
-    stem adapted, strict). Returns counts of loaded/missing/unexpected keys."""
-    from galmorph.models.pretrained import load_encoder_state, read_state_dict, resolve_encoder_source, \
-        spec_from_checkpoint_ref
-
-    source = resolve_encoder_source(spec_from_checkpoint_ref(ref))
-    return load_encoder_state(encoder, read_state_dict(source.path), what=f"{ref} ({source.path})", strict=strict)
-
-
-# ----------------------------------------------------------------------------------------------
-# builders
-# ----------------------------------------------------------------------------------------------
-def build_zoobot(n_classes: int, in_chans: int, dropout: float = 0.2, encoder_checkpoint: str = ""
-                 ) -> tuple[GalaxyNet, str]:
-    """ConvNeXt-nano encoder + Zoobot head; returns ``(net, encoder_init)`` (``random`` without weights)."""
-    from galmorph.models.pretrained import load_pretrained_encoder, spec_from_checkpoint_ref
-
-    enc = _timm("convnext_nano", in_chans)
-    source = load_pretrained_encoder(enc, spec_from_checkpoint_ref(encoder_checkpoint))
-    if source.kind == "none":
-        log.warning("Zoobot encoder: no encoder weights given -> RANDOM initialisation (no pretrained "
-                    "Zoobot weights; set encoder_weights=file:PATH or mlflow:URI to fine-tune them)")
-    mean, std = _stats("convnext_nano")
-    return GalaxyNet(enc, zoobot_head(enc.num_features, n_classes, dropout), in_chans, mean=mean, std=std), \
-        source.encoder_init
+def encoder_features(encoder: nn.Module) -> int:
+    """Width of a timm encoder's pooled output: ``head_hidden_size`` where timm keeps a conv head after
+    the last stage (MobileNetV3, GhostNet: wider than ``num_features``), else ``num_features``."""
+    return int(getattr(encoder, "head_hidden_size", None) or encoder.num_features)
 
 
 def zoobot_blocks(net: GalaxyNet) -> list[nn.Module]:
@@ -82,23 +59,6 @@ def zoobot_param_groups(net: GalaxyNet, lr: float, finetune_blocks: int, lr_deca
     return [g for g in groups if g["params"]]
 
 
-#: timm encoder of each timm-based architecture and its default head.
-TIMM_ENCODERS = {
-    "zoobot_convnext_nano": ("convnext_nano", "zoobot"),
-    "efficientnet_b0_frozen": ("efficientnet_b0", "dense"),
-    "efficientnetv2_m_finetune": ("tf_efficientnetv2_m", "dense"),
-    "efficientnet_lite0": ("tf_efficientnet_lite0", "linear"),
-    "resnet18": ("resnet18", "linear"),
-    "resnet50": ("resnet50", "linear"),
-}
-
-
-def _stats(timm_name: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    from galmorph.models.pretrained import pretrained_stats
-
-    return pretrained_stats(timm_name)
-
-
 def make_head(kind: str, in_features: int, n_classes: int, hidden: int = 1028, dropout: float = 0.2,
               classifier_dropout: float = 0.0) -> nn.Module:
     """``linear``, ``dense`` (Dense hidden + ReLU -> n, the arm study's) or ``zoobot`` (Linear 128 ->
@@ -116,47 +76,62 @@ def make_head(kind: str, in_features: int, n_classes: int, hidden: int = 1028, d
     raise ValueError(f"unknown head {kind!r}; expected linear, dense or zoobot")
 
 
+def _build_timm(info: ArchInfo, cfg: NetworkParams) -> tuple[nn.Module, dict[str, str]]:
+    """``normalize -> timm encoder -> head`` (:class:`GalaxyNet`) with the encoder weights of ``cfg``.
+
+    The normalisation is the one of timm's pretrained configuration of the encoder (EfficientNet-Lite:
+    mean = std = 0.5; ResNet/ConvNeXt/B0: ImageNet)."""
+    from galmorph.models.pretrained import load_pretrained_encoder, pretrained_stats
+
+    enc = timm_encoder(info.encoder, cfg.in_chans)
+    source = load_pretrained_encoder(enc, cfg.encoder_weights_spec())
+    tags = source.tags()
+    if source.kind == "none" and info.random_init_note:
+        log.warning("%s: %s", info.name, info.random_init_note)
+        tags["encoder_init_note"] = info.random_init_note
+    head = make_head(info.default_head if cfg.head == "auto" else cfg.head, encoder_features(enc),
+                     len(cfg.classes), cfg.head_hidden, cfg.head_dropout, cfg.classifier_dropout)
+    mean, std = pretrained_stats(info.encoder)
+    return GalaxyNet(enc, head, cfg.in_chans, frozen_encoder=info.frozen_encoder, mean=mean, std=std), tags
+
+
+def _build_gresnet(info: ArchInfo, cfg: NetworkParams) -> tuple[nn.Module, dict[str, str]]:
+    """The escnn G-ResNet of depth ``info.depth`` (always random: no pretrained weights exist)."""
+    from galmorph.models.gresnet import GResNet
+
+    if cfg.task == "chirality" and cfg.reflections:
+        raise ValueError("reflection-equivariant G-ResNet refused for chirality (a reflection swaps CW/ACW)")
+    weights = cfg.encoder_weights_spec()
+    if weights != "none":
+        raise ValueError(f"G-ResNet ({info.name}): no pretrained encoder weights exist; got {weights!r}")
+    net = GResNet(depth=info.depth, n_classes=len(cfg.classes), in_chans=cfg.in_chans, group_order=cfg.group_order,
+                  reflections=cfg.reflections, width=cfg.gresnet_width, dropout=cfg.classifier_dropout)
+    return net, {"encoder_init": "random"}
+
+
+#: One builder per architecture family (:data:`galmorph.models.archs.FAMILIES`).
+BUILDERS: dict[str, Callable[[ArchInfo, NetworkParams], tuple[nn.Module, dict[str, str]]]] = {
+    "timm": _build_timm,
+    "escnn": _build_gresnet,
+}
+
+
 def build_network(params: NetworkParams | Any) -> tuple[nn.Module, dict[str, str]]:
     """The network for :class:`~galmorph.models.params.NetworkParams` (or an object with
     ``network_params()``, such as a training config); returns ``(net, tags)`` where ``tags`` describe
     the initialisation (``encoder_init`` = ``random``, ``package:<dist>==<version> (...)`` or
-    ``<file|mlflow>:<ref> (sha256:...)``).
+    ``<file|mlflow>:<ref> (sha256:...)``; ``encoder_init_note`` when a random start deserves a word).
 
-    Timm encoders get the input normalisation of their pretrained configuration (EfficientNet-Lite:
-    mean = std = 0.5; ResNet/ConvNeXt/B0: ImageNet). ``tta_views > 1`` (chirality) wraps the trained
-    network in :class:`~galmorph.models.chirality.ChiralityViews` -- use :func:`with_views`.
+    ``params.arch`` is a named arch or any timm model name (:func:`~galmorph.models.archs.arch_info`;
+    an unknown name raises :class:`~galmorph.models.archs.UnknownArchError` with close names).
+    ``tta_views > 1`` (chirality) wraps the trained network in
+    :class:`~galmorph.models.chirality.ChiralityViews` -- use :func:`with_views`.
     """
     from galmorph.models.chirality import ChiralityEquivariant
-    from galmorph.models.pretrained import load_pretrained_encoder
 
     cfg = as_network_params(params)
-    n, c = len(cfg.classes), cfg.in_chans
-    weights = cfg.encoder_weights_spec()
-    tags: dict[str, str] = {}
-    if cfg.arch in TIMM_ENCODERS:
-        timm_name, default_head = TIMM_ENCODERS[cfg.arch]
-        enc = _timm(timm_name, c)
-        source = load_pretrained_encoder(enc, weights)
-        if source.kind == "none" and cfg.arch == "zoobot_convnext_nano":
-            log.warning("Zoobot encoder: no encoder weights given -> RANDOM initialisation (no pretrained "
-                        "Zoobot weights; set encoder_weights=file:PATH or mlflow:URI to fine-tune them)")
-        head = make_head(default_head if cfg.head == "auto" else cfg.head, enc.num_features, n, cfg.head_hidden,
-                         cfg.head_dropout, cfg.classifier_dropout)
-        mean, std = _stats(timm_name)
-        net = GalaxyNet(enc, head, c, frozen_encoder=cfg.arch == "efficientnet_b0_frozen", mean=mean, std=std)
-        tags.update(source.tags())
-    elif cfg.arch in ("gresnet18", "gresnet50"):
-        from galmorph.models.gresnet import GResNet
-
-        if cfg.task == "chirality" and cfg.reflections:
-            raise ValueError("reflection-equivariant G-ResNet refused for chirality (a reflection swaps CW/ACW)")
-        if weights != "none":
-            raise ValueError(f"G-ResNet ({cfg.arch}): no pretrained encoder weights exist; got {weights!r}")
-        net = GResNet(depth=int(cfg.arch[len("gresnet"):]), n_classes=n, in_chans=c, group_order=cfg.group_order,
-                      reflections=cfg.reflections, width=cfg.gresnet_width, dropout=cfg.classifier_dropout)
-        tags["encoder_init"] = "random"
-    else:
-        raise ValueError(f"unknown arch {cfg.arch!r}")
+    info = arch_info(cfg.arch)
+    net, tags = BUILDERS[info.family](info, cfg)
     if cfg.chirality_equivariant:
         net = ChiralityEquivariant(net)
     return net, tags

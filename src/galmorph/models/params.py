@@ -14,15 +14,6 @@ from typing import Any
 
 from galmorph.tasks import TASKS, arm_classes
 
-#: Architecture names understood by :func:`galmorph.models.networks.build_network`.
-ARCHS: tuple[str, ...] = (
-    "zoobot_convnext_nano",       # Zoobot-style fine-tuning of a ConvNeXt-nano encoder
-    "efficientnet_b0_frozen",     # EfficientNet-B0 as a frozen feature extractor + dense head
-    "efficientnetv2_m_finetune",  # tf_efficientnetv2_m fine-tuned end to end + dense head
-    "resnet18", "resnet50",       # timm ResNets trained from scratch
-    "gresnet18", "gresnet50",     # escnn C_N-equivariant ResNets (group pooling before the classifier)
-    "efficientnet_lite0",         # timm tf_efficientnet_lite0 (SAME padding), fine-tuned end to end
-)
 HEADS: tuple[str, ...] = ("auto", "linear", "dense", "zoobot")
 
 
@@ -32,13 +23,12 @@ class NetworkParams:
 
     task: str
     classes: tuple[str, ...]
-    arch: str = "resnet18"
+    arch: str = "resnet18"               # a named arch or any timm model name (galmorph.models.archs)
     in_chans: int = 3
     chirality_equivariant: bool = False  # paper CE wrapper (image + mirror) around the backbone
     head_hidden: int = 1028              # EfficientNet dense head width
     head_dropout: float = 0.2            # Zoobot head dropout
     classifier_dropout: float = 0.0      # dropout before the final Linear of linear heads and the G-ResNet
-    encoder_checkpoint: str = ""         # legacy: local path or MLflow URI of encoder weights ("" = random)
     encoder_weights: str = "none"        # none | package:efficientnet-lite0 | file:PATH | mlflow:URI
     head: str = "auto"                   # auto (the arch's) | linear | dense | zoobot
     group_order: int = 8                 # G-ResNet rotations C_N
@@ -62,13 +52,9 @@ class NetworkParams:
                              f"{len(self.classes)} classes {list(self.classes)}")
 
     def encoder_weights_spec(self) -> str:
-        """The weights spec: ``encoder_weights``, else the legacy ``encoder_checkpoint`` as a spec."""
+        """The weights spec (``"none"`` when empty or ``random``)."""
         if self.encoder_weights and self.encoder_weights.lower() not in ("none", "random"):
             return self.encoder_weights
-        if self.encoder_checkpoint:
-            from galmorph.models.pretrained import spec_from_checkpoint_ref
-
-            return spec_from_checkpoint_ref(self.encoder_checkpoint)
         return "none"
 
     def to_dict(self) -> dict[str, Any]:
@@ -80,7 +66,8 @@ class NetworkParams:
     def from_mapping(cls, d: Mapping[str, Any]) -> "NetworkParams":
         """From a dict of these fields; a flat training-config dict (``task``, ``greyscale``,
         ``arm_merge``, ``include_cant_tell`` ...) is accepted too: classes and channels are derived and
-        keys that are not network parameters are ignored."""
+        keys that are not network parameters are ignored (so are retired ones, e.g. ``encoder_checkpoint``
+        in the hyper-parameters of old checkpoints)."""
         d = dict(d)
         names = {f.name for f in dataclasses.fields(cls)}
         if "classes" not in d:

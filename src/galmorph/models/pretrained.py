@@ -89,13 +89,9 @@ def parse_encoder_weights(spec: str) -> tuple[str, str]:
     return kind, ref
 
 
-def spec_from_checkpoint_ref(ref: str) -> str:
-    """The weights spec of a legacy ``encoder_checkpoint`` value (a path, or an MLflow URI)."""
-    if not ref:
-        return "none"
-    if Path(ref).expanduser().exists() or ":" not in ref:
-        return f"file:{ref}"
-    return f"mlflow:{ref}"
+def packaged_weights_for(timm_name: str) -> tuple[str, ...]:
+    """Names of the packaged weights (:data:`PACKAGED`) made for the timm model ``timm_name``."""
+    return tuple(name for name, entry in PACKAGED.items() if entry[3] == timm_name)
 
 
 def sha256_file(path: Path) -> str:

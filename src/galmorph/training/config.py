@@ -17,7 +17,8 @@ from typing import Any
 
 import pydantic
 
-from galmorph.models.params import ARCHS, HEADS, NetworkParams
+from galmorph.models.archs import ARCHS, UnknownArchError, arch_info, archs_for_packaged
+from galmorph.models.params import HEADS, NetworkParams
 from galmorph.tasks import ARM_MERGES, TASKS
 
 MONITORS = {"val_loss": "min", "val_acc": "max", "val_f1_macro": "max"}
@@ -34,7 +35,7 @@ class TrainConfig:
     task: str = "chirality"
     preset: str = "custom"
     # --- model -----------------------------------------------------------------------------
-    arch: str = "resnet18"
+    arch: str = "resnet18"               # a named arch (galmorph.models.archs.NAMED) or any timm model name
     chirality_equivariant: bool = False  # wrap the backbone in the CE (image + mirror) predictor
     image_size: int = 64
     greyscale: bool = False
@@ -45,7 +46,6 @@ class TrainConfig:
                                          # (the chirality networks); > 0 enables MC dropout (#15)
     finetune_blocks: int = 2             # Zoobot: number of trailing encoder blocks that are trained
     lr_decay: float = 0.5                # Zoobot: layer-wise learning-rate decay per block
-    encoder_checkpoint: str = ""         # legacy: local path or MLflow URI of encoder weights ("" = random init)
     encoder_weights: str = "none"        # none | package:efficientnet-lite0 | file:PATH | mlflow:URI (strict load)
     head: str = "auto"                   # auto (the arch's own) | linear | dense | zoobot
     tta_views: int = 1                   # chirality: test-time views of the exported model (1, 2 = mirror pair,
@@ -107,7 +107,6 @@ class TrainConfig:
             task=self.task, classes=self.classes(), arch=self.arch, in_chans=self.in_chans,
             chirality_equivariant=self.chirality_equivariant, head_hidden=self.head_hidden,
             head_dropout=self.head_dropout, classifier_dropout=self.classifier_dropout,
-            encoder_checkpoint=self.encoder_checkpoint,
             group_order=self.group_order, reflections=self.reflections, gresnet_width=self.gresnet_width,
             encoder_weights=self.encoder_weights, head=self.head,
             optimizer=self.optimizer, lr=self.lr, weight_decay=self.weight_decay,
@@ -120,8 +119,7 @@ class TrainConfig:
 
         if self.task not in TASKS:
             bad(f"unknown task {self.task!r}; expected one of {sorted(TASKS)}")
-        if self.arch not in ARCHS:
-            bad(f"unknown arch {self.arch!r}; expected one of {list(ARCHS)}")
+        self._validate_arch(bad)
         if self.monitor not in MONITORS:
             bad(f"monitor must be one of {sorted(MONITORS)}, got {self.monitor!r}")
         if self.arm_merge not in ARM_MERGES:
@@ -140,23 +138,8 @@ class TrainConfig:
             bad(f"tta_views must be 1, 2 or 8, got {self.tta_views}")
         if self.tta_views > 1 and self.task != "chirality":
             bad("tta_views > 1 (chirality-equivariant test-time views) only applies to the chirality task")
-        if self.head not in HEADS:
-            bad(f"head must be one of {list(HEADS)}, got {self.head!r}")
-        if self.head != "auto" and self.arch.startswith("gresnet"):
-            bad("head applies to timm encoders, not to the G-ResNet")
         if self.class_weights not in ("none", "balanced"):
             bad(f"class_weights must be none or balanced, got {self.class_weights!r}")
-        try:
-            from galmorph.models.pretrained import parse_encoder_weights
-
-            kind, _ = parse_encoder_weights(self.encoder_weights)
-        except ValueError as exc:
-            bad(str(exc))
-        if kind != "none" and self.encoder_checkpoint:
-            bad("give encoder_weights or the legacy encoder_checkpoint, not both")
-        if kind == "package" and self.arch != "efficientnet_lite0":
-            bad(f"encoder_weights={self.encoder_weights} are EfficientNet-Lite0 weights; arch must be "
-                f"efficientnet_lite0, got {self.arch!r}")
         if self.mirror_copies and self.task != "chirality":
             bad("mirror_copies only applies to the chirality task")
         if self.chirality_equivariant and self.task != "chirality":
@@ -192,6 +175,29 @@ class TrainConfig:
         if self.resume_from and not Path(self.resume_from).is_file():
             bad(f"resume_from checkpoint {self.resume_from} does not exist")
         return self
+
+    def _validate_arch(self, bad) -> None:
+        """The arch, its head and its encoder weights (asked of :func:`galmorph.models.archs.arch_info`)."""
+        try:
+            info = arch_info(self.arch)
+        except UnknownArchError as exc:
+            bad(str(exc))
+        if self.head not in HEADS:
+            bad(f"head must be one of {list(HEADS)}, got {self.head!r}")
+        if self.head != "auto" and not info.configurable_head:
+            bad(f"head applies to timm encoders, not to {self.arch} ({info.family})")
+        try:
+            from galmorph.models.pretrained import parse_encoder_weights
+
+            kind, ref = parse_encoder_weights(self.encoder_weights)
+        except ValueError as exc:
+            bad(str(exc))
+        if kind != "none" and not info.accepts_encoder_weights:
+            bad(f"{self.arch} ({info.family}): no pretrained encoder weights exist; encoder_weights must be none, "
+                f"got {self.encoder_weights!r}")
+        if kind == "package" and ref not in info.packaged_weights:
+            bad(f"encoder_weights={self.encoder_weights} do not fit the {info.encoder} encoder of {self.arch!r}; "
+                f"arch must be {' or '.join(archs_for_packaged(ref))}")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -301,6 +307,10 @@ def _overrides_model() -> type[pydantic.BaseModel]:
                                  **{k: (t, None) for k, t in _field_types().items()})
 
 
+#: Keys that were removed from the config, with what to use instead.
+RETIRED_KEYS = {"encoder_checkpoint": "use encoder_weights=file:PATH or encoder_weights=mlflow:URI"}
+
+
 def coerce_values(values: dict[str, Any]) -> dict[str, Any]:
     """``values`` (often strings from the command line or YAML) typed by the pydantic model of the config;
     a :class:`ConfigError` names every unknown key (with close matches) and every key whose value does
@@ -308,7 +318,9 @@ def coerce_values(values: dict[str, Any]) -> dict[str, Any]:
     types = _field_types()
     problems = []
     for key in values:
-        if key not in types:
+        if key in RETIRED_KEYS:
+            problems.append(f"training config key {key!r} was removed: {RETIRED_KEYS[key]}")
+        elif key not in types:
             close = difflib.get_close_matches(key, list(types), n=3)
             hint = f"; did you mean {', '.join(close)}?" if close else ""
             problems.append(f"unknown training config key {key!r}{hint} (known keys: {', '.join(types)})")
@@ -366,6 +378,9 @@ def config_from_yaml(text: str) -> TrainConfig:
     import yaml
 
     d = yaml.safe_load(text) or {}
+    for key in RETIRED_KEYS:  # configs logged before a key was retired: unset values are dropped
+        if key in d and not d[key]:
+            d.pop(key)
     return TrainConfig(**coerce_values(d)).validate()
 
 

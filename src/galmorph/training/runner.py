@@ -378,10 +378,9 @@ def _train_runs(cfg: TrainConfig, task: str, preset: str, df: pd.DataFrame, data
                 res = fit_trial(cfg, df, trial, work, data_root, run_id=child.info.run_id)
                 log.info("trial %d trained and evaluated in %.1f s", trial, time.perf_counter() - t_fit)
                 t_log = time.perf_counter()
+                # encoder_init (+ encoder_init_note for a random start that deserves a word): the builder's tags
                 mlflow.set_tags({f"{k}": v for k, v in res["init_tags"].items()})
                 mlflow.log_param("encoder_init", res["init_tags"].get("encoder_init", ""))
-                if res["init_tags"].get("encoder_init") == "random" and cfg.arch == "zoobot_convnext_nano":
-                    mlflow.set_tag("encoder_init_note", "no Zoobot weights given: encoder randomly initialised")
                 mlflow.log_metrics({k: v for k, v in res["metrics"].items() if math.isfinite(v)})
                 _log_trial_artifacts(res, cfg, trial, work)
                 log.info("trial %d artifacts logged in %.1f s", trial, time.perf_counter() - t_log)
