@@ -22,15 +22,6 @@ def _shards(ctx: click.Context, param: click.Parameter, text: str | None) -> lis
         raise click.BadParameter(str(exc), ctx=ctx, param=param) from None
 
 
-def _ensemble(on: bool, weight: float, min_confidence: float):
-    """The :class:`galmorph.scoring.ensemble.WindingEnsemble` of the ``--winding-*`` options (None when off)."""
-    if not on:
-        return None
-    from galmorph.scoring.ensemble import WindingEnsemble
-
-    return WindingEnsemble(weight=weight, min_confidence=min_confidence)
-
-
 @main.command("score")
 @click.option("--model", "model_uri", required=True,
               help="Model URI: models:/galmorph-<task>@champion, models:/NAME/VERSION, runs:/ID/model or a path. "
@@ -94,44 +85,37 @@ def score_cmd(model_uri: str, manifest: Path, out_dir: Path, batch_size: int, nu
     """
     from galmorph.catalogue.manifest import ManifestError
     from galmorph.promotion.registry import model_ref
-    from galmorph.scoring.batch import ScoringError, log_scoring_to_mlflow, merge_scores, score_manifest
+    from galmorph.scoring.batch import ScoringError
+    from galmorph.scoring.run import ScoringJob, run_scoring
     from galmorph.settings import resolve_settings
 
     s = resolve_settings(tracking_uri=tracking_uri, data_root=data_root)
     use_tracking_uri(s)
-    model_uri = model_ref(model_uri)
+    job = ScoringJob(model=model_ref(model_uri), manifest=manifest, out_dir=out_dir, batch_size=batch_size,
+                     num_workers=s.num_workers if num_workers is None else num_workers, shard_size=shard_size,
+                     threshold=threshold, shards=shards, data_root=s.data_root, device=device, precision=precision,
+                     decode=decode, tta_views=int(tta_views) if tta_views is not None else None,
+                     class_prior=class_prior, winding_ensemble=winding_ensemble, winding_weight=winding_weight,
+                     winding_min_confidence=winding_min_confidence, overwrite=overwrite, progress=not no_progress,
+                     merge=not no_merge, release=release, log_mlflow=log_mlflow, tracking_uri=s.mlflow_tracking_uri)
     try:
-        model = model_uri
-        if tta_views is not None or class_prior is not None:
-            from galmorph.models.io import load_for_inference
-
-            model = load_for_inference(model_uri, device=device,
-                                       tta_views=int(tta_views) if tta_views is not None else None,
-                                       class_prior=class_prior)
-        res = score_manifest(model, manifest, out_dir, batch_size=batch_size,
-                             num_workers=s.num_workers if num_workers is None else num_workers,
-                             shard_size=shard_size, threshold=threshold, shards=shards,
-                             data_root=s.data_root, device=device, overwrite=overwrite, progress=not no_progress,
-                             precision=precision, decode=decode,
-                             winding_ensemble=_ensemble(winding_ensemble, winding_weight, winding_min_confidence))
-        out: dict = {"scoring": res.to_dict()}
-        if not no_merge:
-            m = merge_scores([out_dir], out_dir, release=release)
-            out["catalogue"] = m.catalogue
-            out["summary"] = m.summary_data
-            if log_mlflow:
-                out["mlflow_run_id"] = log_scoring_to_mlflow(m.summary_data, m.catalogue,
-                                                             tracking_uri=s.mlflow_tracking_uri)
+        run = run_scoring(job)
     except (ManifestError, ScoringError, ValueError, FileNotFoundError) as exc:
         fail(str(exc))
         return
     if as_json:
-        echo_json(out)
+        echo_json(run.to_dict())
     else:
-        click.echo(f"scored {res.n_scored} rows, quarantined {res.n_quarantined} "
-                   f"({len(res.shards_skipped)} shard(s) resumed) at {res.images_per_s:.1f} img/s")
-        if "catalogue" in out:
-            click.echo(f"catalogue: {out['catalogue']}")
-            cv = out["summary"].get("cvs")
-            if cv:
-                click.echo(f"CVS = {cv['cvs']:.2f} +/- {cv['sigma']:.2f} (n_ACW={cv['n_acw']}, n_CW={cv['n_cw']})")
+        _print_run(run)
+
+
+def _print_run(run) -> None:
+    """The human summary of a :class:`galmorph.scoring.run.ScoringRun`."""
+    res = run.scoring
+    click.echo(f"scored {res.n_scored} rows, quarantined {res.n_quarantined} "
+               f"({len(res.shards_skipped)} shard(s) resumed) at {res.images_per_s:.1f} img/s")
+    if run.merged is not None:
+        click.echo(f"catalogue: {run.merged.catalogue}")
+        cv = run.merged.summary_data.get("cvs")
+        if cv:
+            click.echo(f"CVS = {cv['cvs']:.2f} +/- {cv['sigma']:.2f} (n_ACW={cv['n_acw']}, n_CW={cv['n_cw']})")

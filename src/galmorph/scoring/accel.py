@@ -320,6 +320,90 @@ def _softmax(z: np.ndarray) -> np.ndarray:
     return e / e.sum(axis=1, keepdims=True)
 
 
+def _candidate_paths(requested: str, candidates: Sequence[str] | None, device: str) -> list[str]:
+    """The accelerated paths to try: ``candidates``, else every one for ``auto``, the requested one otherwise
+    (on a GPU only ``channels_last`` and ``bf16``)."""
+    if candidates is not None:
+        return list(candidates)
+    if requested == "auto":
+        out = [p for p in PRECISIONS if p != "fp32"]
+    else:
+        out = [] if requested == "fp32" else [requested]
+    if device.startswith("cuda"):
+        out = [c for c in out if c in ("channels_last", "bf16")]
+    return out
+
+
+def _run_all(path: InferencePath, batches: Callable[[str], Iterable[tuple[Any, np.ndarray]]], dec: str
+             ) -> tuple[np.ndarray, np.ndarray, float, list[np.ndarray]]:
+    """``path`` over the agreement images decoded with ``dec``: ``(logits, labels, images/s, inputs)``."""
+    import torch
+
+    outs, labs, xs, secs = [], [], [], 0.0
+    with torch.inference_mode():
+        for x, y in batches(dec):
+            t0 = time.perf_counter()
+            z = path.run(x)
+            secs += time.perf_counter() - t0
+            outs.append(np.asarray(z.float().cpu().numpy(), dtype=np.float64))
+            labs.append(np.asarray(y))
+            xs.append(x.numpy() if hasattr(x, "numpy") else np.asarray(x))
+    z = np.concatenate(outs) if outs else np.zeros((0, 0))
+    return z, np.concatenate(labs) if labs else np.zeros(0, int), (len(z) / secs if secs > 0 else 0.0), xs
+
+
+@dataclass
+class _Reference:
+    """fp32 on full-decoded agreement images: what every other path is compared with."""
+
+    logits: np.ndarray
+    labels: np.ndarray
+    min_agreement: float
+    max_accuracy_change: float
+
+    def agreement(self, name: str, decode: str, z: np.ndarray, img_s: float, setup_s: float = 0.0) -> Agreement:
+        """:class:`Agreement` of the logits ``z`` of path ``name`` (decode ``decode``) with the reference."""
+        ref, cand = _softmax(self.logits), _softmax(z)
+        cmp = compare(ref, cand, self.labels, self.min_agreement, self.max_accuracy_change)
+        return Agreement(name, decode, **{k: cmp[k] for k in ("n_images", "top1_agreement", "n_labelled",
+                                                               "accuracy_fp32", "accuracy", "accuracy_change")},
+                         max_abs_prob_diff=float(np.abs(ref - cand).max()), img_s=img_s, setup_s=setup_s,
+                         passed=cmp["passed"], reason=cmp["reason"])
+
+
+def _try_path(name: str, build: Callable[..., InferencePath], module, image_shape: Sequence[int], device: str,
+              calib: list[np.ndarray], wd: Path, decode: str, batches, reference: _Reference
+              ) -> tuple[Agreement, InferencePath | None]:
+    """Build ``name`` and check it against the reference; a path that cannot be built or run is refused,
+    never fatal."""
+    try:
+        path = build(name, module, image_shape, device=device, calibration=calib[:8], workdir=wd)
+    except PathUnavailable as exc:
+        log.info("inference path %s unavailable: %s", name, exc)
+        return Agreement(name, decode, 0, 0.0, reason=f"unavailable: {exc}"), None
+    try:
+        _run_all(path, batches, decode)  # warm-up (oneDNN/ORT first-call costs)
+        z, _, sp, _ = _run_all(path, batches, decode)
+    except Exception as exc:  # noqa: BLE001 - a path that cannot run is refused, never fatal
+        return Agreement(name, decode, 0, 0.0, setup_s=path.setup_s,
+                         reason=f"failed: {type(exc).__name__}: {exc}"), None
+    a = reference.agreement(name, decode, z, sp, setup_s=path.setup_s)
+    if not a.passed:
+        log.warning("inference path %s refused: %s", name, a.reason)
+    return a, path
+
+
+def _best(results: list[tuple[Agreement, InferencePath | None]], requested: str, decode: str
+          ) -> tuple[Agreement, InferencePath]:
+    """The fastest passing entry on ``decode`` (``auto``), else the requested path when it passed, else fp32."""
+    # every entry that passed, on the chosen decode (fp32 on it passed by construction or by the draft check)
+    ok = [(a, p) for a, p in results if a.passed and p is not None and a.decode == decode]
+    if requested == "auto":
+        return max(ok, key=lambda t: t[0].img_s)
+    want = [t for t in ok if t[0].path == requested]
+    return want[0] if want else next(t for t in ok if t[0].path == "fp32")
+
+
 def choose_path(module, image_shape: Sequence[int], batches: Callable[[str], Iterable[tuple[Any, np.ndarray]]],
                 requested: str = "auto", decode: str = "full", device: str = "cpu",
                 candidates: Sequence[str] | None = None, agreement_set: str = "",
@@ -334,8 +418,6 @@ def choose_path(module, image_shape: Sequence[int], batches: Callable[[str], Ite
     ``decode`` ``auto`` also checks the JPEG draft decode (candidates then use it when it passes).
     Returns the path to score with and the report.
     """
-    import torch
-
     if requested not in REQUESTS:
         raise ValueError(f"precision must be one of {REQUESTS}, got {requested!r}")
     if decode not in DECODES:
@@ -343,40 +425,18 @@ def choose_path(module, image_shape: Sequence[int], batches: Callable[[str], Ite
     fp32 = build("fp32", module, image_shape, device=device)
     if requested == "fp32" and decode == "full":
         return fp32, PathChoice(requested, "fp32", "full", agreement_set, "full", min_agreement, max_accuracy_change)
-    if candidates is None:
-        candidates = [p for p in PRECISIONS if p != "fp32"] if requested == "auto" else (
-            [] if requested == "fp32" else [requested])
-        if device.startswith("cuda"):
-            candidates = [c for c in candidates if c in ("channels_last", "bf16")]
-    decodes = ["full", "draft"] if decode == "auto" else [decode]
-
-    def run_all(path: InferencePath, dec: str) -> tuple[np.ndarray, np.ndarray, float, list[np.ndarray]]:
-        outs, labs, xs, secs = [], [], [], 0.0
-        with torch.inference_mode():
-            for x, y in batches(dec):
-                t0 = time.perf_counter()
-                z = path.run(x)
-                secs += time.perf_counter() - t0
-                outs.append(np.asarray(z.float().cpu().numpy(), dtype=np.float64))
-                labs.append(np.asarray(y))
-                xs.append(x.numpy() if hasattr(x, "numpy") else np.asarray(x))
-        z = np.concatenate(outs) if outs else np.zeros((0, 0))
-        return z, np.concatenate(labs) if labs else np.zeros(0, int), (len(z) / secs if secs > 0 else 0.0), xs
-
+    candidates = _candidate_paths(requested, candidates, device)
     # reference: fp32, full decode (run twice: the first run warms caches, the second is timed)
-    run_all(fp32, "full")
-    ref, labels, ref_speed, calib = run_all(fp32, "full")
+    _run_all(fp32, batches, "full")
+    ref, labels, ref_speed, calib = _run_all(fp32, batches, "full")
+    reference = _Reference(ref, labels, min_agreement, max_accuracy_change)
     choice = PathChoice(requested, "fp32", "full", agreement_set, decode, min_agreement, max_accuracy_change)
     results: list[tuple[Agreement, InferencePath | None]] = [(Agreement(
         "fp32", "full", len(ref), 1.0, int((labels >= 0).sum()), img_s=ref_speed, passed=True), fp32)]
     chosen_decode = "full"
-    if "draft" in decodes:
-        z, _, sp, _ = run_all(fp32, "draft")
-        cmp = compare(_softmax(ref), _softmax(z), labels, min_agreement, max_accuracy_change)
-        a = Agreement("fp32", "draft", **{k: cmp[k] for k in ("n_images", "top1_agreement", "n_labelled",
-                                                                "accuracy_fp32", "accuracy", "accuracy_change")},
-                      max_abs_prob_diff=float(np.abs(_softmax(ref) - _softmax(z)).max()), img_s=sp,
-                      passed=cmp["passed"], reason=cmp["reason"])
+    if decode == "auto" or decode == "draft":
+        z, _, sp, _ = _run_all(fp32, batches, "draft")
+        a = reference.agreement("fp32", "draft", z, sp)
         results.append((a, fp32))
         if a.passed:
             chosen_decode = "draft"
@@ -385,38 +445,12 @@ def choose_path(module, image_shape: Sequence[int], batches: Callable[[str], Ite
             log.warning("JPEG draft decoding refused: %s", a.reason)
     wd = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="galmorph-accel-"))
     for name in candidates:
-        try:
-            path = build(name, module, image_shape, device=device, calibration=calib[:8], workdir=wd)
-        except PathUnavailable as exc:
-            results.append((Agreement(name, chosen_decode, 0, 0.0, reason=f"unavailable: {exc}"), None))
+        results.append(_try_path(name, build, module, image_shape, device, calib, wd, chosen_decode, batches,
+                                 reference))
+        if not results[-1][0].passed:
             choice.refused.append(name)
-            log.info("inference path %s unavailable: %s", name, exc)
-            continue
-        try:
-            run_all(path, chosen_decode)  # warm-up (oneDNN/ORT first-call costs)
-            z, _, sp, _ = run_all(path, chosen_decode)
-        except Exception as exc:  # noqa: BLE001 - a path that cannot run is refused, never fatal
-            results.append((Agreement(name, chosen_decode, 0, 0.0, setup_s=path.setup_s,
-                                      reason=f"failed: {type(exc).__name__}: {exc}"), None))
-            choice.refused.append(name)
-            continue
-        cmp = compare(_softmax(ref), _softmax(z), labels, min_agreement, max_accuracy_change)
-        a = Agreement(name, chosen_decode, **{k: cmp[k] for k in ("n_images", "top1_agreement", "n_labelled",
-                                                                   "accuracy_fp32", "accuracy", "accuracy_change")},
-                      max_abs_prob_diff=float(np.abs(_softmax(ref) - _softmax(z)).max()), img_s=sp,
-                      setup_s=path.setup_s, passed=cmp["passed"], reason=cmp["reason"])
-        results.append((a, path))
-        if not a.passed:
-            choice.refused.append(name)
-            log.warning("inference path %s refused: %s", name, a.reason)
     choice.candidates = [a for a, _ in results]
-    # every entry that passed, on the chosen decode (fp32 on it passed by construction or by the draft check)
-    ok = [(a, p) for a, p in results if a.passed and p is not None and a.decode == chosen_decode]
-    if requested == "auto":
-        best_a, best_p = max(ok, key=lambda t: t[0].img_s)
-    else:
-        want = [t for t in ok if t[0].path == requested]
-        best_a, best_p = want[0] if want else next(t for t in ok if t[0].path == "fp32")
+    best_a, best_p = _best(results, requested, chosen_decode)
     choice.chosen, choice.decode = best_a.path, chosen_decode
     log.info("inference path: %s (decode %s) of %s", choice.chosen, choice.decode,
              [(a.path, a.decode, round(a.top1_agreement, 4), round(a.img_s, 1), a.passed) for a, _ in results])

@@ -362,6 +362,175 @@ def score_frame_probs(probs: np.ndarray, classes: Sequence[str], threshold: floa
     return cols
 
 
+@dataclass
+class _Release:
+    """The manifest being scored: its file, content digest, the Parquet file streamed, rows, columns and the
+    rows whose object id is unusable (null, empty, repeated)."""
+    source: Path
+    digest: str
+    path: Path
+    n_rows: int
+    columns: list[str]
+    id_problems: dict[int, str]
+
+
+@dataclass
+class _ShardScorer:
+    """What scoring one shard needs (:func:`score_manifest` builds it once)."""
+    lm: Any  # LoadedModel
+    path: Any  # accel.InferencePath
+    decode: str
+    shift: Any  # prior logit shift of the spec
+    batch_size: int
+    num_workers: int
+    device: str
+    data_root: str | Path | None
+    threshold: float
+    pass_cols: list[str]
+    id_problems: dict[int, str]
+    image_check: Any
+    winding_ensemble: Any
+    bar: Any
+
+
+def _check_score_args(threshold: float, batch_size: int) -> None:
+    if not 0 < threshold <= 1:
+        raise ValueError(f"threshold must be in (0, 1], got {threshold}")
+    if batch_size < 1:
+        raise ValueError(f"batch size must be >= 1, got {batch_size}")
+
+
+def _open_release(manifest_path: str | Path, out: Path) -> _Release:
+    """The release to score: checked to exist, have rows and the required columns (Parquet, or a CSV
+    converted into ``out``)."""
+    source = Path(manifest_path)
+    if not source.exists():
+        raise ManifestError(f"manifest {source} does not exist")
+    digest = manifest_digest(source)
+    path = parquet_manifest(source, out)
+    n_rows = manifest_rows(path)
+    if n_rows == 0:
+        raise ScoringError(f"manifest {source} has no rows; nothing to score")
+    columns = pq.ParquetFile(path).schema_arrow.names
+    for c in ("object_id", "image_uri"):
+        if c not in columns:
+            raise ManifestError(f"manifest {path}: missing required column {c!r}")
+    return _Release(source, digest, path, n_rows, columns, _id_problems(path))
+
+
+def _wanted_shards(shards: Sequence[int] | None, rel: _Release, shard_size: int) -> tuple[int, list[int]]:
+    """``(number of shards of the release, the shards asked for)``; an empty list or a shard outside the
+    release is a :class:`ScoringError`."""
+    n_sh = n_shards_for(rel.n_rows, shard_size)
+    wanted = sorted(set(range(n_sh) if shards is None else (int(s) for s in shards)))
+    if not wanted:
+        raise ScoringError("no shards to score (an empty shard list); give shards such as 0-3,7 or none for all")
+    outside = [s for s in wanted if not 0 <= s < n_sh]
+    if outside:
+        raise ScoringError(f"shard(s) {outside} outside 0..{n_sh - 1} of {rel.source} ({rel.n_rows} rows, "
+                           f"shard size {shard_size})")
+    return n_sh, wanted
+
+
+def _run_spec(rel: _Release, lm, shard_size: int, threshold: float, choice, winding_ensemble) -> dict[str, Any]:
+    """What this scoring run is (``OUT/scoring.json``; :data:`RESUME_KEYS` bind a resume to it)."""
+    spec = lm.spec
+    return {
+        "manifest": str(rel.source.resolve()), "manifest_sha256": rel.digest, "manifest_rows": rel.n_rows,
+        "shard_size": int(shard_size),
+        "model_uri": lm.uri, "model_version": lm.version, "model_run_id": lm.run_id, "task": spec.task,
+        "tta_views": int(getattr(spec, "tta_views", 1) or 1), "temperature": float(spec.temperature),
+        "classes": list(spec.classes), "threshold": float(threshold), "inference": choice.to_dict(),
+        "class_prior": dict(getattr(spec, "class_prior", {}) or {}),
+        "winding_ensemble": winding_ensemble.to_dict() if winding_ensemble is not None else None,
+    }
+
+
+def _predict_shard(sc: _ShardScorer, frame: pd.DataFrame) -> tuple[np.ndarray, dict[int, str]]:
+    """Class probabilities of a shard's rows (NaN where the image failed) and the failures by row position."""
+    import torch
+    from torch.utils.data import DataLoader
+
+    from galmorph.datasets.images import ManifestImageDataset, collate_skip
+    from galmorph.imaging.io import MIN_IMAGE_SIDE
+    from galmorph.models.io import adjust_logits
+
+    spec = sc.lm.spec
+
+    def check(i, img, _f=frame):
+        if min(img.shape[:2]) < MIN_IMAGE_SIDE:  # a flat upsampled frame would get a meaningless score
+            return (f"image is {img.shape[0]}x{img.shape[1]} px; too small to score "
+                    f"(under {MIN_IMAGE_SIDE} px a side)")
+        return None if sc.image_check is None else sc.image_check(_f.iloc[i], img)
+
+    ds = ManifestImageDataset(frame, spec.image_size, spec.in_chans, spec.crop_fraction,
+                              data_root=sc.data_root, on_error="skip", decode=sc.decode, check=check)
+    dl = DataLoader(ds, batch_size=sc.batch_size, shuffle=False, num_workers=sc.num_workers,
+                    collate_fn=collate_skip, pin_memory=sc.device.startswith("cuda"),
+                    prefetch_factor=4 if sc.num_workers > 0 else None)
+    probs = np.full((len(frame), len(spec.classes)), np.nan, dtype=np.float32)
+    failed: dict[int, str] = {}
+    with torch.inference_mode():
+        for x, _, pos, failures in dl:
+            for p, reason in failures:
+                failed[int(p)] = reason
+            if len(pos):
+                logits = adjust_logits(sc.path.run(x), spec, sc.shift)
+                probs[pos.numpy()] = torch.softmax(logits.float(), dim=1).cpu().numpy()
+            sc.bar.update(len(pos) + len(failures))
+    return probs, failed
+
+
+def _shard_frames(sc: _ShardScorer, s: int, first: int, frame: pd.DataFrame, probs: np.ndarray,
+                  failed: dict[int, str]) -> tuple[pd.DataFrame, list[dict]]:
+    """The scores of a shard's good rows and the quarantine records of the others."""
+    spec, n = sc.lm.spec, len(frame)
+    classes = list(spec.classes)
+    for i in range(n):  # a null or repeated object id would make the catalogue ambiguous
+        if first + i in sc.id_problems:
+            failed[i] = sc.id_problems[first + i]
+    ok = np.array([i not in failed for i in range(n)], dtype=bool)
+    q = [quarantine_record(frame.at[i, "object_id"], "score", failed[i],
+                           {**frame.iloc[i].to_dict(), "row": first + i}) for i in sorted(failed)]
+    good = frame.loc[ok].reset_index(drop=True)
+    res = pd.DataFrame({"object_id": good["object_id"].astype(str).to_numpy()})
+    for k, v in score_frame_probs(probs[ok].astype(np.float64), classes, sc.threshold).items():
+        res[k] = v
+    res["model_uri"] = sc.lm.uri
+    res["model_version"] = sc.lm.version if sc.lm.version is not None else ""
+    res["task"] = spec.task
+    res["shard"] = np.int32(s)
+    res["row"] = (first + np.flatnonzero(ok)).astype(np.int64)
+    for c in sc.pass_cols:
+        res[c] = good[c].to_numpy()
+    if sc.winding_ensemble is not None:  # network + winding measurement (galmorph.scoring.ensemble)
+        from galmorph.scoring.ensemble import apply_winding_ensemble
+
+        res = apply_winding_ensemble(res, good, classes, sc.winding_ensemble, sc.threshold, data_root=sc.data_root)
+    return res, q
+
+
+def _write_shard(out: Path, s: int, res: pd.DataFrame, q: list[dict]) -> None:
+    """The quarantine file first, then the scores (whose existence marks the shard complete)."""
+    _guard_write(quarantine_path(out, s), lambda tmp: write_quarantine(q, tmp))
+    _atomic_parquet(res, shard_path(out, s))
+    if q:
+        log.warning("shard %d: %d image(s) quarantined (first: %s)", s, len(q), q[0]["reason"])
+
+
+def _score_shards(sc: _ShardScorer, rel: _Release, out: Path, shard_size: int, todo: list[int]) -> tuple[int, int]:
+    """Score and write the shards ``todo``; ``(rows scored, rows quarantined)``."""
+    n_scored = n_quar = 0
+    read_cols = ["object_id", "image_uri", *sc.pass_cols]
+    for s, first, frame in iter_shards(rel.path, shard_size, read_cols, shards=todo):
+        probs, failed = _predict_shard(sc, frame)
+        res, q = _shard_frames(sc, s, first, frame, probs, failed)
+        _write_shard(out, s, res, q)
+        n_scored += len(res)
+        n_quar += len(q)
+    return n_scored, n_quar
+
+
 def score_manifest(model, manifest_path: str | Path, out_dir: str | Path, batch_size: int = 64,
                    num_workers: int = 0, shard_size: int = 10_000, threshold: float = DEFAULT_THRESHOLD,
                    shards: Sequence[int] | None = None, data_root: str | Path | None = None,
@@ -385,124 +554,37 @@ def score_manifest(model, manifest_path: str | Path, out_dir: str | Path, batch_
     ``winding_ensemble`` (a :class:`galmorph.scoring.ensemble.WindingEnsemble`, chirality models) combines each
     shard's probabilities with the winding measurement (:func:`galmorph.scoring.ensemble.apply_winding_ensemble`).
     """
-    import torch
-    from torch.utils.data import DataLoader
     from tqdm import tqdm
 
-    from galmorph.datasets.images import ManifestImageDataset, collate_skip
-    from galmorph.imaging.io import MIN_IMAGE_SIDE
+    from galmorph.models.io import prior_logit_shift
 
-    if not 0 < threshold <= 1:
-        raise ValueError(f"threshold must be in (0, 1], got {threshold}")
-    if batch_size < 1:
-        raise ValueError(f"batch size must be >= 1, got {batch_size}")
+    _check_score_args(threshold, batch_size)
     t0 = time.perf_counter()
     out = Path(out_dir)
-    source = Path(manifest_path)
-    if not source.exists():
-        raise ManifestError(f"manifest {source} does not exist")
-    digest = manifest_digest(source)
-    manifest_path = parquet_manifest(source, out)
-    n_rows = manifest_rows(manifest_path)
-    if n_rows == 0:
-        raise ScoringError(f"manifest {source} has no rows; nothing to score")
-    schema_names = pq.ParquetFile(manifest_path).schema_arrow.names
-    for c in ("object_id", "image_uri"):
-        if c not in schema_names:
-            raise ManifestError(f"manifest {manifest_path}: missing required column {c!r}")
-    id_problems = _id_problems(manifest_path)
+    rel = _open_release(manifest_path, out)
     lm = _load_model(model, device)
-    spec = lm.spec
-    classes = list(spec.classes)
-    n_sh = n_shards_for(n_rows, shard_size)
-    wanted = sorted(set(range(n_sh) if shards is None else (int(s) for s in shards)))
-    if not wanted:
-        raise ScoringError("no shards to score (an empty shard list); give shards such as 0-3,7 or none for all")
-    outside = [s for s in wanted if not 0 <= s < n_sh]
-    if outside:
-        raise ScoringError(f"shard(s) {outside} outside 0..{n_sh - 1} of {source} ({n_rows} rows, "
-                           f"shard size {shard_size})")
+    n_sh, wanted = _wanted_shards(shards, rel, shard_size)
     t_path = time.perf_counter()
-    path, choice = _inference_path(lm, precision, decode, device, data_root, manifest_path, out, overwrite,
-                                   agreement)
+    path, choice = _inference_path(lm, precision, decode, device, data_root, rel.path, out, overwrite, agreement)
     t_path = time.perf_counter() - t_path
-    _check_resume(out, {
-        "manifest": str(source.resolve()), "manifest_sha256": digest, "manifest_rows": n_rows,
-        "shard_size": int(shard_size),
-        "model_uri": lm.uri, "model_version": lm.version, "model_run_id": lm.run_id, "task": spec.task,
-        "tta_views": int(getattr(spec, "tta_views", 1) or 1), "temperature": float(spec.temperature),
-        "classes": classes, "threshold": float(threshold), "inference": choice.to_dict(),
-        "class_prior": dict(getattr(spec, "class_prior", {}) or {}),
-        "winding_ensemble": winding_ensemble.to_dict() if winding_ensemble is not None else None,
-    }, overwrite)
+    _check_resume(out, _run_spec(rel, lm, shard_size, threshold, choice, winding_ensemble), overwrite)
     done_before = completed_shards(out)
     todo = [s for s in wanted if s not in done_before]
     skipped = [s for s in wanted if s in done_before]
     if skipped:
         log.info("resuming: %d of %d shard(s) already complete in %s", len(skipped), len(wanted), out)
-    rows_todo = sum(min((s + 1) * shard_size, n_rows) - s * shard_size for s in todo)
-    pass_cols = [c for c in passthrough if c in schema_names and c not in ("object_id", "image_uri")]
-    read_cols = ["object_id", "image_uri", *pass_cols]
-    n_scored = n_quar = 0
-    model_version = lm.version
-    bar = tqdm(total=rows_todo, desc=f"score {spec.task}", unit="img", disable=not progress, smoothing=0.1)
-    from galmorph.models.io import adjust_logits, prior_logit_shift
-
-    shift = prior_logit_shift(spec)  # calibrated and prior-moved, as LoadedModel.predict_proba
-    for s, first, frame in iter_shards(manifest_path, shard_size, read_cols, shards=todo):
-        n = len(frame)
-        def check(i, img, _f=frame):
-            if min(img.shape[:2]) < MIN_IMAGE_SIDE:  # a flat upsampled frame would get a meaningless score
-                return (f"image is {img.shape[0]}x{img.shape[1]} px; too small to score "
-                        f"(under {MIN_IMAGE_SIDE} px a side)")
-            return None if image_check is None else image_check(_f.iloc[i], img)
-
-        ds = ManifestImageDataset(frame, spec.image_size, spec.in_chans, spec.crop_fraction,
-                                  data_root=data_root, on_error="skip", decode=choice.decode, check=check)
-        dl = DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=num_workers,
-                        collate_fn=collate_skip, pin_memory=device.startswith("cuda"),
-                        prefetch_factor=4 if num_workers > 0 else None)
-        probs = np.full((n, len(classes)), np.nan, dtype=np.float32)
-        failed: dict[int, str] = {}
-        with torch.inference_mode():
-            for x, _, pos, failures in dl:
-                for p, reason in failures:
-                    failed[int(p)] = reason
-                if len(pos):
-                    logits = adjust_logits(path.run(x), spec, shift)
-                    probs[pos.numpy()] = torch.softmax(logits.float(), dim=1).cpu().numpy()
-                bar.update(len(pos) + len(failures))
-        for i in range(n):  # a null or repeated object id would make the catalogue ambiguous
-            if first + i in id_problems:
-                failed[i] = id_problems[first + i]
-        ok = np.array([i not in failed for i in range(n)], dtype=bool)
-        q = [quarantine_record(frame.at[i, "object_id"], "score", failed[i],
-                               {**frame.iloc[i].to_dict(), "row": first + i}) for i in sorted(failed)]
-        good = frame.loc[ok].reset_index(drop=True)
-        res = pd.DataFrame({"object_id": good["object_id"].astype(str).to_numpy()})
-        for k, v in score_frame_probs(probs[ok].astype(np.float64), classes, threshold).items():
-            res[k] = v
-        res["model_uri"] = lm.uri
-        res["model_version"] = model_version if model_version is not None else ""
-        res["task"] = spec.task
-        res["shard"] = np.int32(s)
-        res["row"] = (first + np.flatnonzero(ok)).astype(np.int64)
-        for c in pass_cols:
-            res[c] = good[c].to_numpy()
-        if winding_ensemble is not None:  # network + winding measurement (galmorph.scoring.ensemble)
-            from galmorph.scoring.ensemble import apply_winding_ensemble
-
-            res = apply_winding_ensemble(res, good, classes, winding_ensemble, threshold, data_root=data_root)
-        _guard_write(quarantine_path(out, s), lambda tmp, _q=q: write_quarantine(_q, tmp))
-        _atomic_parquet(res, shard_path(out, s))
-        n_scored += len(res)
-        n_quar += len(q)
-        if q:
-            log.warning("shard %d: %d image(s) quarantined (first: %s)", s, len(q), q[0]["reason"])
+    rows_todo = sum(min((s + 1) * shard_size, rel.n_rows) - s * shard_size for s in todo)
+    bar = tqdm(total=rows_todo, desc=f"score {lm.spec.task}", unit="img", disable=not progress, smoothing=0.1)
+    sc = _ShardScorer(lm=lm, path=path, decode=choice.decode, shift=prior_logit_shift(lm.spec),
+                      batch_size=batch_size, num_workers=num_workers, device=device, data_root=data_root,
+                      threshold=threshold, id_problems=rel.id_problems, image_check=image_check,
+                      winding_ensemble=winding_ensemble, bar=bar,
+                      pass_cols=[c for c in passthrough if c in rel.columns and c not in ("object_id", "image_uri")])
+    n_scored, n_quar = _score_shards(sc, rel, out, shard_size, todo)
     bar.close()
     dt = time.perf_counter() - t0
-    return ScoreResult(out_dir=str(out), n_rows=n_rows, n_shards=n_sh, shards_done=wanted, shards_skipped=skipped,
-                       n_scored=n_scored, n_quarantined=n_quar, model_uri=lm.uri, model_version=model_version,
+    return ScoreResult(out_dir=str(out), n_rows=rel.n_rows, n_shards=n_sh, shards_done=wanted, shards_skipped=skipped,
+                       n_scored=n_scored, n_quarantined=n_quar, model_uri=lm.uri, model_version=lm.version,
                        seconds=dt, images_per_s=(n_scored + n_quar) / dt if dt > 0 else float("nan"),
                        precision=choice.chosen, decode=choice.decode, path_seconds=t_path)
 
@@ -576,17 +658,8 @@ def _shard_files(score_dirs: Sequence[str | Path]) -> tuple[dict[int, Path], dic
     return parts, quars
 
 
-def merge_scores(score_dirs: str | Path | Sequence[str | Path], out_dir: str | Path, release: str | None = None,
-                 require_complete: bool = True) -> MergeResult:
-    """Concatenate scoring shards into ``out_dir/catalogue.parquet`` (+ ``quarantine.parquet`` and
-    ``summary.json``), streaming shard by shard.
-
-    With ``require_complete`` every shard of the manifest must be present (rows in = rows scored +
-    rows quarantined is checked against the manifest's row count recorded in ``scoring.json``).
-    """
-    if isinstance(score_dirs, (str, Path)):
-        score_dirs = [score_dirs]
-    score_dirs = [Path(d) for d in score_dirs]
+def _merged_spec(score_dirs: Sequence[Path]) -> dict:
+    """The scoring run the folders hold (their ``scoring.json``, which must agree on what was scored)."""
     specs = [json.loads((d / "scoring.json").read_text()) for d in score_dirs if (d / "scoring.json").exists()]
     if not specs:
         raise ScoringError(f"no scoring.json in {', '.join(map(str, score_dirs))}")
@@ -594,23 +667,25 @@ def merge_scores(score_dirs: str | Path | Sequence[str | Path], out_dir: str | P
         vals = {json.dumps(sp.get(key)) for sp in specs}
         if len(vals) > 1:
             raise ScoringError(f"scoring folders disagree on {key}: {sorted(vals)}")
-    spec = specs[0]
-    n_rows, shard_size, classes = int(spec["manifest_rows"]), int(spec["shard_size"]), list(spec["classes"])
-    parts, quars = _shard_files(score_dirs)
-    n_sh = n_shards_for(n_rows, shard_size)
-    missing = sorted(set(range(n_sh)) - set(parts))
-    if missing and require_complete:
-        raise ScoringError(f"{len(missing)} of {n_sh} shard(s) missing (first {missing[:10]}); "
-                           "run the scoring again to finish them")
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    cat_path, q_path, sum_path = out / "catalogue.parquet", out / "quarantine.parquet", out / "summary.json"
-    tmp = cat_path.with_name(f".{cat_path.name}.tmp-{os.getpid()}")
+    return specs[0]
+
+
+def _empty_catalogue(classes: Sequence[str]) -> pd.DataFrame:
+    """A catalogue with the score columns and no rows (nothing scored)."""
+    return pd.DataFrame({"object_id": pd.Series([], dtype="string"),
+                         **{f"p_{c}": pd.Series([], dtype="float32") for c in classes},
+                         "pred": pd.Series([], dtype="string"), "p_pred": pd.Series([], dtype="float32"),
+                         "high_confidence": pd.Series([], dtype="bool")})
+
+
+def _concat_shards(parts: dict[int, Path], tmp: Path, spec: dict, classes: Sequence[str]
+                   ) -> tuple[dict[str, int], dict[str, int], int]:
+    """Stream the score shards into the catalogue file ``tmp`` (shard by shard); returns the class counts,
+    the high-confidence class counts and the rows written."""
     writer = None
     counts: dict[str, int] = {c: 0 for c in classes}
     hc_counts: dict[str, int] = {c: 0 for c in classes}
     n_scored = 0
-    seen_rows = 0
     try:
         for s in sorted(parts):
             t = pq.read_table(parts[s])
@@ -626,31 +701,38 @@ def merge_scores(score_dirs: str | Path | Sequence[str | Path], out_dir: str | P
             for c, k in df.loc[df["high_confidence"], "pred"].value_counts().items():
                 hc_counts[str(c)] = hc_counts.get(str(c), 0) + int(k)
             n_scored += t.num_rows
-            seen_rows += t.num_rows
         if writer is None:  # nothing scored: an empty catalogue with the score columns
-            empty = pd.DataFrame({"object_id": pd.Series([], dtype="string"),
-                                  **{f"p_{c}": pd.Series([], dtype="float32") for c in classes},
-                                  "pred": pd.Series([], dtype="string"), "p_pred": pd.Series([], dtype="float32"),
-                                  "high_confidence": pd.Series([], dtype="bool")})
-            empty.to_parquet(tmp, index=False)
+            _empty_catalogue(classes).to_parquet(tmp, index=False)
     finally:
         if writer is not None:
             writer.close()
-    os.replace(tmp, cat_path)
+    return counts, hc_counts, n_scored
+
+
+def _merge_quarantine(quars: dict[int, Path], q_path: Path) -> int:
+    """The shards' quarantine files as one (``q_path``); returns its rows."""
     qframes = [pd.read_parquet(quars[s]) for s in sorted(quars)]
     qdf = pd.concat(qframes, ignore_index=True) if qframes else None
     write_quarantine(qdf if qdf is not None else [], q_path)
-    n_quar = 0 if qdf is None else len(qdf)
-    if require_complete and n_scored + n_quar != n_rows:
-        raise ScoringError(f"rows in ({n_rows}) != rows scored ({n_scored}) + quarantined ({n_quar})")
-    # duplicate check over object ids, streaming the id column only
+    return 0 if qdf is None else len(qdf)
+
+
+def _duplicate_ids(cat_path: Path) -> int:
+    """Rows of the catalogue repeating an earlier row's object id (streaming the id column only)."""
     ids = pq.read_table(cat_path, columns=["object_id"]).column(0)
     n_unique = len(pa.compute.unique(ids)) if len(ids) else 0
+    return int(len(ids) - n_unique)
+
+
+def _summary(spec: dict, release: str | None, n_sh: int, missing: list[int], counts: dict[str, int],
+             hc_counts: dict[str, int], n_scored: int, n_quar: int, duplicates: int, cat_path: Path,
+             q_path: Path) -> dict[str, Any]:
+    """The release summary (``summary.json``); chirality adds the CVS with its uncertainties."""
     summary: dict[str, Any] = {
         "release": release, "task": spec.get("task"), "model_uri": spec.get("model_uri"),
         "model_version": spec.get("model_version"), "manifest": spec.get("manifest"),
-        "threshold": spec.get("threshold"), "n_rows": n_rows, "n_scored": n_scored, "n_quarantined": n_quar,
-        "n_shards": n_sh, "shards_missing": missing, "duplicate_object_ids": int(len(ids) - n_unique),
+        "threshold": spec.get("threshold"), "n_rows": int(spec["manifest_rows"]), "n_scored": n_scored,
+        "n_quarantined": n_quar, "n_shards": n_sh, "shards_missing": missing, "duplicate_object_ids": duplicates,
         "class_counts": counts, "high_confidence_counts": hc_counts,
         "high_confidence_fraction": (sum(hc_counts.values()) / n_scored) if n_scored else float("nan"),
         "catalogue": str(cat_path), "quarantine": str(q_path),
@@ -661,13 +743,45 @@ def merge_scores(score_dirs: str | Path | Sequence[str | Path], out_dir: str | P
         hc = cvs_block(hc_counts.get("ACW", 0), hc_counts.get("CW", 0))
         cv.update({f"{k}_high_confidence": v for k, v in hc.items()})
         summary["cvs"] = cv
+    return summary
+
+
+def merge_scores(score_dirs: str | Path | Sequence[str | Path], out_dir: str | Path, release: str | None = None,
+                 require_complete: bool = True) -> MergeResult:
+    """Concatenate scoring shards into ``out_dir/catalogue.parquet`` (+ ``quarantine.parquet`` and
+    ``summary.json``), streaming shard by shard.
+
+    With ``require_complete`` every shard of the manifest must be present (rows in = rows scored +
+    rows quarantined is checked against the manifest's row count recorded in ``scoring.json``).
+    """
+    if isinstance(score_dirs, (str, Path)):
+        score_dirs = [score_dirs]
+    score_dirs = [Path(d) for d in score_dirs]
+    spec = _merged_spec(score_dirs)
+    n_rows, shard_size, classes = int(spec["manifest_rows"]), int(spec["shard_size"]), list(spec["classes"])
+    parts, quars = _shard_files(score_dirs)
+    n_sh = n_shards_for(n_rows, shard_size)
+    missing = sorted(set(range(n_sh)) - set(parts))
+    if missing and require_complete:
+        raise ScoringError(f"{len(missing)} of {n_sh} shard(s) missing (first {missing[:10]}); "
+                           "run the scoring again to finish them")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    cat_path, q_path, sum_path = out / "catalogue.parquet", out / "quarantine.parquet", out / "summary.json"
+    tmp = cat_path.with_name(f".{cat_path.name}.tmp-{os.getpid()}")
+    counts, hc_counts, n_scored = _concat_shards(parts, tmp, spec, classes)
+    os.replace(tmp, cat_path)
+    n_quar = _merge_quarantine(quars, q_path)
+    if require_complete and n_scored + n_quar != n_rows:
+        raise ScoringError(f"rows in ({n_rows}) != rows scored ({n_scored}) + quarantined ({n_quar})")
+    summary = _summary(spec, release, n_sh, missing, counts, hc_counts, n_scored, n_quar, _duplicate_ids(cat_path),
+                       cat_path, q_path)
     stmp = sum_path.with_name(f".{sum_path.name}.tmp-{os.getpid()}")
     stmp.write_text(json.dumps(summary, indent=2, default=json_default))
     os.replace(stmp, sum_path)
     log.info("release catalogue %s: %d scored, %d quarantined", cat_path, n_scored, n_quar)
     return MergeResult(catalogue=str(cat_path), summary=str(sum_path), quarantine=str(q_path), n_rows=n_rows,
                        n_scored=n_scored, n_quarantined=n_quar, summary_data=summary)
-
 
 
 def log_scoring_to_mlflow(summary: dict, catalogue_path: str | Path | None = None, run_name: str | None = None,
@@ -759,21 +873,6 @@ def pick_device(device: str = "auto") -> str:
     import torch
 
     return "cuda" if torch.cuda.is_available() else "cpu"
-
-
-def resolve_model_version(model_uri: str) -> str:
-    """``models:/NAME@alias`` -> ``models:/NAME/<version>`` (other URIs unchanged)."""
-    if not model_uri.startswith("models:/") or "@" not in model_uri:
-        return model_uri
-    import mlflow
-
-    name, alias = model_uri[len("models:/"):].split("@", 1)
-    try:
-        mv = mlflow.MlflowClient().get_model_version_by_alias(name, alias)
-    except Exception as exc:  # noqa: BLE001 - reraised with what was asked for
-        raise ScoringError(f"model {name!r} has no alias {alias!r} in the registry "
-                           f"({mlflow.get_tracking_uri()}): {exc}") from exc
-    return f"models:/{name}/{mv.version}"
 
 
 def plan_work(n_rows: int, shard_size: int, n_workers: int, model_uri: str) -> list[str]:

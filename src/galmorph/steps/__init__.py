@@ -301,12 +301,15 @@ def promote(task: str, version: str, dataset: str | Path, record_path: str | Pat
     policy (params.yaml ``promotion:``, overridden by ``policy_json``); the audit record is appended to
     ``audit_log`` (default: the platform state folder) and written to ``record_path``."""
     from galmorph.steps.runtime import setup, write_json
-    from galmorph.promotion.registry import PromotionPolicy, promote as promote_version
+    from galmorph.promotion.policy import PromotionPolicy
+    from galmorph.promotion.registry import promote as promote_version
     from galmorph.settings import resolve_settings
 
     _, root = setup(tracking_uri=tracking_uri)
     s = resolve_settings(tracking_uri=tracking_uri, audit_log=audit_log)
-    policy = PromotionPolicy.from_params(s.params_file, **json.loads(policy_json or "{}"))
+    # a params file named by GALMORPH_PARAMS_FILE must exist; the default one may be absent (default policy)
+    policy = PromotionPolicy.from_params(s.params_file, missing_ok="params_file" not in s.model_fields_set,
+                                         **json.loads(policy_json or "{}"))
     dec = promote_version(task, version or None, eval_manifest=open_dataset(dataset), audit_log=s.audit_log,
                           policy=policy, data_root=root, lock_url=s.lock_url)
     write_json(record_path, dec.to_dict())
@@ -319,14 +322,13 @@ def promote(task: str, version: str, dataset: str | Path, record_path: str | Pat
 # rescoring: resolve the model, shard, score, merge, drift, publish
 # --------------------------------------------------------------------------------------------
 def resolve_model(task: str, model_alias: str = "champion", model_uri: str = "", tracking_uri: str = "") -> str:
-    """:func:`galmorph.scoring.batch.resolve_model_version` of ``model_uri`` (default
+    """:func:`galmorph.promotion.registry.pinned_model_uri` of ``model_uri`` (default
     ``models:/galmorph-<task>@<model_alias>``): ``models:/NAME/VERSION``."""
     from galmorph.steps.runtime import setup
-    from galmorph.promotion.registry import model_uri as task_model_uri
-    from galmorph.scoring.batch import resolve_model_version
+    from galmorph.promotion.registry import model_uri as task_model_uri, pinned_model_uri
 
     setup(tracking_uri=tracking_uri)
-    return resolve_model_version(model_uri or task_model_uri(task, model_alias))
+    return pinned_model_uri(model_uri or task_model_uri(task, model_alias))
 
 
 def shard(dataset: str | Path, model_uri: str, shard_size: int = 10000, n_workers: int = 4) -> list[str]:
@@ -343,28 +345,29 @@ def score(dataset: str | Path, work: str, scores_dir: str | Path, batch_size: in
           threshold: float = 0.85, device: str = "auto", tracking_uri: str = "", winding_ensemble: bool = False,
           winding_weight: float = 3.0, winding_min_confidence: float = 0.0, precision: str = "fp32",
           decode: str = "full", class_prior: str = "", scores_metadata: dict | None = None) -> ScoreOutputs:
-    """:func:`galmorph.scoring.batch.score_manifest` of the shards of the work item ``work`` into ``scores_dir``
+    """:func:`galmorph.scoring.run.run_scoring` of the shards of the work item ``work`` into ``scores_dir``
     (resumable); the dataset's framing is checked against the model's (never cropped twice);
     ``winding_ensemble`` combines the chirality network with the winding measurement
     (:class:`galmorph.scoring.ensemble.WindingEnsemble`). ``precision``/``decode``: the inference path
-    (:mod:`galmorph.accel`; an accelerated path only where it agrees with fp32, recorded in the shard summaries
+    (:mod:`galmorph.scoring.accel`; an accelerated path only where it agrees with fp32, recorded in the shard summaries
     and, through the merge, in MLflow). ``class_prior``: move the probabilities to the release's class prior
     (``catalogue`` or ``CLASS=F,...``; :func:`galmorph.models.io.parse_class_prior`; empty: as trained)."""
     from galmorph.steps.runtime import as_dir, setup
-    from galmorph.scoring.batch import parse_work_item, pick_device, score_manifest
-
-    from galmorph.scoring.ensemble import WindingEnsemble
-    from galmorph.models.io import load_for_inference
+    from galmorph.scoring.batch import parse_work_item
+    from galmorph.scoring.run import ScoringJob, run_scoring
 
     _, root = setup(tracking_uri=tracking_uri)
     item = parse_work_item(work)
-    model = load_for_inference(item["model_uri"], device=pick_device(device), class_prior=class_prior or None)
-    dataset_framing_check(dataset, model.spec.crop_fraction, f"scoring with {item['model_uri']}")
-    ens = WindingEnsemble(weight=winding_weight, min_confidence=winding_min_confidence) if winding_ensemble else None
-    res = score_manifest(model, open_dataset(dataset), as_dir(scores_dir), batch_size=batch_size,
-                         num_workers=num_workers, shard_size=item["shard_size"], threshold=threshold,
-                         shards=item["shards"], data_root=root, device=pick_device(device), progress=False,
-                         winding_ensemble=ens, precision=precision, decode=decode)
+
+    def framing(model) -> None:  # the dataset's framing must be the model's (never cropped twice)
+        dataset_framing_check(dataset, model.spec.crop_fraction, f"scoring with {item['model_uri']}")
+
+    res = run_scoring(ScoringJob(
+        model=item["model_uri"], manifest=open_dataset(dataset), out_dir=as_dir(scores_dir), batch_size=batch_size,
+        num_workers=num_workers, shard_size=item["shard_size"], threshold=threshold, shards=item["shards"],
+        data_root=root, device=device, precision=precision, decode=decode, class_prior=class_prior or None,
+        check_model=framing, winding_ensemble=winding_ensemble, winding_weight=winding_weight,
+        winding_min_confidence=winding_min_confidence, progress=False, merge=False)).scoring
     _fill(scores_metadata, {"shards": item["shard_range"], "n_scored": res.n_scored,
                             "images_per_s": res.images_per_s, "precision": res.precision})
     return ScoreOutputs(res.n_scored, res.n_quarantined)
@@ -373,14 +376,15 @@ def score(dataset: str | Path, work: str, scores_dir: str | Path, batch_size: in
 def merge(score_dirs: list[str | Path], catalogue_dir: str | Path, release: str = "", log_mlflow: bool = True,
           tracking_uri: str = "", catalogue_metadata: dict | None = None,
           metrics: dict | None = None) -> MergeOutputs:
-    """:func:`galmorph.scoring.batch.merge_scores` into ``catalogue_dir`` (catalogue.parquet, quarantine.parquet,
-    summary.json), logged as an MLflow run tagged with the release when ``log_mlflow``."""
+    """:func:`galmorph.scoring.run.merge_and_log`: the shards merged into ``catalogue_dir`` (catalogue.parquet,
+    quarantine.parquet, summary.json), logged as an MLflow run tagged with the release when ``log_mlflow``."""
     from galmorph.steps.runtime import as_dir, setup
-    from galmorph.scoring.batch import log_scoring_to_mlflow, merge_scores
+    from galmorph.scoring.run import merge_and_log
 
     uri, _ = setup(tracking_uri=tracking_uri)
-    m = merge_scores(list(score_dirs), as_dir(catalogue_dir), release=release or None)
-    run_id = log_scoring_to_mlflow(m.summary_data, m.catalogue, tracking_uri=uri) if log_mlflow else ""
+    m, run_id = merge_and_log(list(score_dirs), as_dir(catalogue_dir), release=release or None,
+                              log_mlflow=log_mlflow, tracking_uri=uri)
+    run_id = run_id or ""
     _log_metrics(metrics, {k: v for k, v in m.summary_data.items() if k != "shards_missing"})
     _fill(catalogue_metadata, {"rows": m.n_scored, "release": release, "mlflow_run_id": run_id})
     cvs = float((m.summary_data.get("cvs") or {}).get("cvs", math.nan))
