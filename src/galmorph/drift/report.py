@@ -289,6 +289,38 @@ def _read_snapshot(snap_dict: dict, features: list[str], pred_cols: list[str]) -
 # --------------------------------------------------------------------------------------------
 # the run
 # --------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class _DriftSets:
+    """The two feature sets of a run and the columns compared: ``features_all`` (numeric then
+    categorical features), ``pred_cols`` (predictions in both sets), ``cur_summary`` (the current set's
+    prediction summary, shown even when the reference has no predictions) and the numeric/categorical
+    columns of the Evidently datasets."""
+
+    ref: pd.DataFrame
+    cur: pd.DataFrame
+    features_all: list[str]
+    pred_cols: list[str]
+    cur_summary: list[str]
+    num_cols: list[str]
+    cat_cols: list[str]
+
+
+@dataclass(frozen=True)
+class _DriftRun:
+    """What every group's report of one run shares."""
+
+    cfg: DriftConfig
+    release: str | None
+    model_version: str | None
+    timestamp: datetime
+    out: Path | None  # reports go to out/reports (None: nothing written)
+
+    @property
+    def base_tags(self) -> list[str]:
+        return ["galmorph-drift"] + ([f"release:{self.release}"] if self.release else []) + \
+            ([f"model:{self.model_version}"] if self.model_version else [])
+
+
 def run_drift(reference: str | Path | pd.DataFrame, current: str | Path | pd.DataFrame,
               by: tuple[str, ...] | list[str] | None = None, config: DriftConfig | None = None,
               out_dir: str | Path | None = None, release: str | None = None, model_version: str | None = None,
@@ -312,10 +344,45 @@ def run_drift(reference: str | Path | pd.DataFrame, current: str | Path | pd.Dat
         run, if any).
     ui_url : a running Evidently UI to tell to reload the project's snapshots (best effort).
     """
-    from evidently import Report
-
     cfg = config or DriftConfig()
     by = tuple(by) if by is not None else tuple(cfg.by)
+    sets = _drift_sets(reference, current, by, cfg, out_dir, data_root, num_workers, progress)
+    run = _DriftRun(cfg, release, model_version, timestamp or datetime.now(timezone.utc).replace(tzinfo=None),
+                    Path(out_dir) if out_dir is not None else None)
+    if run.out is not None:
+        (run.out / "reports").mkdir(parents=True, exist_ok=True)
+
+    per_group: dict[str, GroupVerdict] = {}
+    snapshots: list[tuple[GroupVerdict, Any]] = []
+    for group in _groups(sets, by, cfg):
+        gv, snap = _group_drift(*group, sets, run)
+        per_group[gv.key] = gv
+        if snap is not None:
+            snapshots.append((gv, snap))
+
+    verdict = DRIFT if any(g.verdict == DRIFT for g in per_group.values()) else NO_DRIFT
+    result = DriftResult(verdict=verdict, per_group=per_group, paths={}, config=cfg, release=release,
+                         model_version=model_version, feature_columns=sets.features_all,
+                         prediction_columns=sets.pred_cols)
+    if workspace is not None:
+        from galmorph.drift.workspace import add_drift_snapshots
+
+        classes = sorted(set(sets.cur["pred"].dropna().astype(str)) if "pred" in sets.cur_summary else set())
+        pid = add_drift_snapshots(workspace, project or cfg.project, snapshots, by=by, classes=classes,
+                                  high_confidence=cfg.high_confidence, ui_url=ui_url)
+        result.project_id = str(pid)
+        result.paths["workspace"] = str(Path(workspace).resolve())
+    if run.out is not None:
+        _write_summary(result, run.out)
+    if mlflow_run_id is not None or _active_mlflow_run() is not None:
+        _log_mlflow(result, mlflow_run_id or _active_mlflow_run())
+    return result
+
+
+def _drift_sets(reference, current, by: tuple[str, ...], cfg: DriftConfig, out_dir: str | Path | None,
+                data_root: Path | str | None, num_workers: int, progress: bool) -> _DriftSets:
+    """Load both sets (:func:`load_drift_set`; quarantines under ``out_dir``), check the group-by
+    columns and choose the columns to compare."""
     ref = load_drift_set(reference, "reference", data_root, num_workers,
                          quarantine_path=Path(out_dir) / "reference.quarantine.parquet" if out_dir else None,
                          progress=progress)
@@ -335,11 +402,15 @@ def run_drift(reference: str | Path | pd.DataFrame, current: str | Path | pd.Dat
     cur_summary = [c for c in ("pred", "confidence") if c in cur.columns and cur[c].notna().any()]
     num_cols = features + [c for c in dict.fromkeys(pred_cols + cur_summary) if c != "pred"]
     cat_cols = cat_features + (["pred"] if "pred" in pred_cols + cur_summary else [])
-    ts = timestamp or datetime.now(timezone.utc).replace(tzinfo=None)
-    out = Path(out_dir) if out_dir is not None else None
-    if out is not None:
-        (out / "reports").mkdir(parents=True, exist_ok=True)
+    return _DriftSets(ref, cur, features_all, pred_cols, cur_summary, num_cols, cat_cols)
 
+
+def _groups(sets: _DriftSets, by: tuple[str, ...],
+            cfg: DriftConfig) -> list[tuple[str, str, pd.DataFrame, pd.DataFrame, str]]:
+    """``(group_by, value, reference rows, current rows, reference scope)``: the whole sets, then one
+    per value of each ``by`` column in the current set (the whole reference stands in for a reference
+    group smaller than ``min_group_size``: scope ``all``)."""
+    ref, cur = sets.ref, sets.cur
     groups: list[tuple[str, str, pd.DataFrame, pd.DataFrame, str]] = [("overall", "all", ref, cur, "all")]
     for b in by:
         for v in sorted(cur[b].astype(str).unique()):
@@ -349,92 +420,91 @@ def run_drift(reference: str | Path | pd.DataFrame, current: str | Path | pd.Dat
             if len(ref_g) < cfg.min_group_size:
                 ref_g, scope = ref, "all"
             groups.append((b, v, ref_g, cur_g, scope))
+    return groups
 
-    base_tags = ["galmorph-drift"] + ([f"release:{release}"] if release else []) + \
-        ([f"model:{model_version}"] if model_version else [])
-    per_group: dict[str, GroupVerdict] = {}
-    snapshots: list[tuple[GroupVerdict, Any]] = []
-    for b, v, ref_g, cur_g, scope in groups:
-        gv = GroupVerdict(group_by=b, group_value=v, verdict=INSUFFICIENT, n_reference=len(ref_g),
-                          n_current=len(cur_g), reference_scope=scope if b != "overall" else "all",
-                          n_columns=len(features_all))
-        if len(cur_g) < cfg.min_group_size:
-            gv.reason = f"{len(cur_g)} current rows < min_group_size {cfg.min_group_size}"
-            per_group[gv.key] = gv
-            continue
-        if len(ref_g) < cfg.min_group_size:
-            gv.reason = f"{len(ref_g)} reference rows < min_group_size {cfg.min_group_size}"
-            per_group[gv.key] = gv
-            continue
-        if b != "overall" and scope == "all":
-            ref_g = ref_g.assign(**{b: v})  # the whole reference stands in for this group
-        cols_g = [c for c in features_all if ref_g[c].notna().sum() >= 2 and cur_g[c].notna().sum() >= 2]
-        preds_g = [c for c in pred_cols if ref_g[c].notna().sum() >= 2 and cur_g[c].notna().sum() >= 2]
-        gv.skipped_columns = [c for c in features_all if c not in cols_g]
-        gv.n_columns = len(cols_g)
-        if not cols_g:
-            gv.reason = "no feature column has >= 2 values in both the reference and the current group"
-            per_group[gv.key] = gv
-            continue
-        label = None if b == "overall" else (b, v)
-        summary_g = [c for c in cur_summary if cur_g[c].notna().any()]
-        report = Report(_metrics(cols_g, preds_g, cfg, label, summary_g))
-        tags = base_tags + ["scope:overall" if b == "overall" else "scope:group"]
-        if b != "overall":
-            tags += [f"group:{b}", f"{b}:{v}"]
-        meta = {"group_by": b, "group_value": v, "reference_scope": gv.reference_scope,
-                "n_reference": str(len(ref_g)), "n_current": str(len(cur_g)),
-                "release": release or "", "model_version": model_version or ""}
-        snap = report.run(_dataset(cur_g, num_cols, cat_cols), _dataset(ref_g, num_cols, cat_cols),
-                          timestamp=ts, tags=tags, metadata=meta, name=f"drift {release or ''} {gv.key}".strip())
-        res = _read_snapshot(snap.dict(), cols_g, preds_g)
-        cols = {c: res["columns"][c] for c in cols_g if c in res["columns"]}
-        drifted = sorted([c for c, s in cols.items() if s["drifted"]],
-                         key=lambda c: cols[c]["value"] if "p_value" in cols[c]["method"] else -cols[c]["value"])
-        gv.column_scores = {**cols, **{c: res["columns"][c] for c in preds_g if c in res["columns"]}}
-        gv.n_drifted = int(res["count"]) if res["count"] is not None else len(drifted)
-        gv.drift_share = float(res["share"]) if res["share"] is not None else len(drifted) / len(cols_g)
-        gv.drifted_columns = drifted
-        if "pred" in res["columns"]:
-            gv.prediction_drift = bool(res["columns"]["pred"]["drifted"])
-        gv.high_confidence_fraction = res["hc_share"]
-        gv.verdict = decide_verdict(gv.drift_share, gv.n_drifted, gv.prediction_drift, cfg)
-        snap._metadata["verdict"] = gv.verdict  # noqa: SLF001 - known only after the run
-        snap._metadata["drift_share"] = f"{gv.drift_share:.4f}"  # noqa: SLF001
-        snap._tags.append(f"verdict:{gv.verdict}")  # noqa: SLF001
-        if out is not None:
-            stem = out / "reports" / clean_name(gv.key, SLUG)
-            snap.save_html(str(stem.with_suffix(".html")))
-            snap.save_json(str(stem.with_suffix(".json")))
-            gv.report_html, gv.report_json = str(stem.with_suffix(".html")), str(stem.with_suffix(".json"))
-        per_group[gv.key] = gv
-        snapshots.append((gv, snap))
-        log.info("drift %-24s %-17s share %.2f (%d/%d columns) ref=%d cur=%d", gv.key, gv.verdict,
-                 gv.drift_share, gv.n_drifted, len(cols_g), len(ref_g), len(cur_g))
 
-    verdict = DRIFT if any(g.verdict == DRIFT for g in per_group.values()) else NO_DRIFT
-    result = DriftResult(verdict=verdict, per_group=per_group, paths={}, config=cfg, release=release,
-                         model_version=model_version, feature_columns=features_all, prediction_columns=pred_cols)
+def _group_drift(b: str, v: str, ref_g: pd.DataFrame, cur_g: pd.DataFrame, scope: str, sets: _DriftSets,
+                 run: _DriftRun) -> tuple[GroupVerdict, Any | None]:
+    """The verdict of one group and its Evidently snapshot (None when the group is too small or has no
+    comparable column: verdict ``insufficient`` with the reason)."""
+    cfg = run.cfg
+    gv = GroupVerdict(group_by=b, group_value=v, verdict=INSUFFICIENT, n_reference=len(ref_g),
+                      n_current=len(cur_g), reference_scope=scope if b != "overall" else "all",
+                      n_columns=len(sets.features_all))
+    if len(cur_g) < cfg.min_group_size:
+        gv.reason = f"{len(cur_g)} current rows < min_group_size {cfg.min_group_size}"
+        return gv, None
+    if len(ref_g) < cfg.min_group_size:
+        gv.reason = f"{len(ref_g)} reference rows < min_group_size {cfg.min_group_size}"
+        return gv, None
+    if b != "overall" and scope == "all":
+        ref_g = ref_g.assign(**{b: v})  # the whole reference stands in for this group
+    cols_g = [c for c in sets.features_all if ref_g[c].notna().sum() >= 2 and cur_g[c].notna().sum() >= 2]
+    preds_g = [c for c in sets.pred_cols if ref_g[c].notna().sum() >= 2 and cur_g[c].notna().sum() >= 2]
+    gv.skipped_columns = [c for c in sets.features_all if c not in cols_g]
+    gv.n_columns = len(cols_g)
+    if not cols_g:
+        gv.reason = "no feature column has >= 2 values in both the reference and the current group"
+        return gv, None
+    snap = _group_snapshot(gv, ref_g, cur_g, cols_g, preds_g, sets, run)
+    _read_group_verdict(gv, snap, cols_g, preds_g, cfg)
+    if run.out is not None:
+        stem = run.out / "reports" / clean_name(gv.key, SLUG)
+        snap.save_html(str(stem.with_suffix(".html")))
+        snap.save_json(str(stem.with_suffix(".json")))
+        gv.report_html, gv.report_json = str(stem.with_suffix(".html")), str(stem.with_suffix(".json"))
+    log.info("drift %-24s %-17s share %.2f (%d/%d columns) ref=%d cur=%d", gv.key, gv.verdict,
+             gv.drift_share, gv.n_drifted, len(cols_g), len(ref_g), len(cur_g))
+    return gv, snap
 
-    if workspace is not None:
-        from galmorph.drift.workspace import add_drift_snapshots
 
-        pid = add_drift_snapshots(workspace, project or cfg.project, snapshots, by=by,
-                                  classes=sorted(set(cur["pred"].dropna().astype(str)) if "pred" in cur_summary
-                                                 else set()),
-                                  high_confidence=cfg.high_confidence, ui_url=ui_url)
-        result.project_id = str(pid)
-        result.paths["workspace"] = str(Path(workspace).resolve())
-    if out is not None:
-        result.paths.update(summary_json=str(out / "summary.json"), summary_md=str(out / "summary.md"),
-                            verdict=str(out / "verdict.txt"), reports=str(out / "reports"))
-        (out / "summary.json").write_text(json.dumps(result.to_dict(), indent=2, default=json_default))
-        (out / "summary.md").write_text(f"# Drift summary: {verdict}\n\n" + result.table() + "\n")
-        (out / "verdict.txt").write_text(verdict + "\n")
-    if mlflow_run_id is not None or _active_mlflow_run() is not None:
-        _log_mlflow(result, mlflow_run_id or _active_mlflow_run())
-    return result
+def _group_snapshot(gv: GroupVerdict, ref_g: pd.DataFrame, cur_g: pd.DataFrame, cols_g: list[str],
+                    preds_g: list[str], sets: _DriftSets, run: _DriftRun):
+    """Run the group's Evidently report (tags and metadata: release, model, group)."""
+    from evidently import Report
 
+    b, v = gv.group_by, gv.group_value
+    label = None if b == "overall" else (b, v)
+    summary_g = [c for c in sets.cur_summary if cur_g[c].notna().any()]
+    report = Report(_metrics(cols_g, preds_g, run.cfg, label, summary_g))
+    tags = run.base_tags + ["scope:overall" if b == "overall" else "scope:group"]
+    if b != "overall":
+        tags += [f"group:{b}", f"{b}:{v}"]
+    meta = {"group_by": b, "group_value": v, "reference_scope": gv.reference_scope,
+            "n_reference": str(len(ref_g)), "n_current": str(len(cur_g)),
+            "release": run.release or "", "model_version": run.model_version or ""}
+    return report.run(_dataset(cur_g, sets.num_cols, sets.cat_cols), _dataset(ref_g, sets.num_cols, sets.cat_cols),
+                      timestamp=run.timestamp, tags=tags, metadata=meta,
+                      name=f"drift {run.release or ''} {gv.key}".strip())
+
+
+def _read_group_verdict(gv: GroupVerdict, snap, cols_g: list[str], preds_g: list[str], cfg: DriftConfig) -> None:
+    """Fill ``gv`` from the snapshot (column scores, drifted columns by strength, share, prediction
+    drift, high-confidence fraction, verdict) and record the verdict on the snapshot."""
+    res = _read_snapshot(snap.dict(), cols_g, preds_g)
+    cols = {c: res["columns"][c] for c in cols_g if c in res["columns"]}
+    drifted = sorted([c for c, s in cols.items() if s["drifted"]],
+                     key=lambda c: cols[c]["value"] if "p_value" in cols[c]["method"] else -cols[c]["value"])
+    gv.column_scores = {**cols, **{c: res["columns"][c] for c in preds_g if c in res["columns"]}}
+    gv.n_drifted = int(res["count"]) if res["count"] is not None else len(drifted)
+    gv.drift_share = float(res["share"]) if res["share"] is not None else len(drifted) / len(cols_g)
+    gv.drifted_columns = drifted
+    if "pred" in res["columns"]:
+        gv.prediction_drift = bool(res["columns"]["pred"]["drifted"])
+    gv.high_confidence_fraction = res["hc_share"]
+    gv.verdict = decide_verdict(gv.drift_share, gv.n_drifted, gv.prediction_drift, cfg)
+    snap._metadata["verdict"] = gv.verdict  # noqa: SLF001 - known only after the run
+    snap._metadata["drift_share"] = f"{gv.drift_share:.4f}"  # noqa: SLF001
+    snap._tags.append(f"verdict:{gv.verdict}")  # noqa: SLF001
+
+
+def _write_summary(result: DriftResult, out: Path) -> None:
+    """``summary.json``, ``summary.md`` and ``verdict.txt`` in ``out`` (their paths in ``result.paths``)."""
+    result.paths.update(summary_json=str(out / "summary.json"), summary_md=str(out / "summary.md"),
+                        verdict=str(out / "verdict.txt"), reports=str(out / "reports"))
+    (out / "summary.json").write_text(json.dumps(result.to_dict(), indent=2, default=json_default))
+    (out / "summary.md").write_text(f"# Drift summary: {result.verdict}\n\n" + result.table() + "\n")
+    (out / "verdict.txt").write_text(result.verdict + "\n")
 
 
 def _active_mlflow_run() -> str | None:
