@@ -151,20 +151,23 @@ def test_step_workspace_falls_back_only_when_the_pod_volume_is_absent(tmp_path):
 # (b) promotions: one shared lock, audit records in MLflow
 # ---------------------------------------------------------------------------------------------
 def test_select_lock_backends(tmp_path, monkeypatch):
-    from galmorph.promotion.registry import (LOCK_URL_ENV, FileLock, PostgresAdvisoryLock, PromotionError, select_lock)
+    """One registry, one lock (#30): the lock follows the registry's store, never the audit log a caller
+    names; a registry with no shareable lock is refused with what to set."""
+    from galmorph.promotion.registry import LOCK_URL_ENV, PostgresAdvisoryLock, PromotionError, select_lock
 
     monkeypatch.delenv(LOCK_URL_ENV, raising=False)
-    audit = tmp_path / "pod-a" / "audit.jsonl"
-    assert select_lock(None, audit).path("m") == tmp_path / "pod-a" / ".m.promotion.lock"  # local default
+    db = tmp_path / "store" / "mlflow.db"
+    assert select_lock(None, tracking_uri=f"sqlite:///{db}").path("m") == db.parent / ".mlflow.db.m.promotion.lock"
     monkeypatch.setenv(LOCK_URL_ENV, f"file://{tmp_path / 'shared'}")
-    assert select_lock(None, audit).path("m") == tmp_path / "shared" / ".m.promotion.lock"
-    pg = select_lock("postgresql+psycopg2://u:secret@db:5432/mlflow", audit)
+    assert select_lock().path("m") == tmp_path / "shared" / ".m.promotion.lock"
+    pg = select_lock("postgresql+psycopg2://u:secret@db:5432/mlflow")
     assert isinstance(pg, PostgresAdvisoryLock) and "secret" not in repr(pg)
     monkeypatch.delenv(LOCK_URL_ENV)
-    assert isinstance(select_lock(None, audit, tracking_uri="postgresql://u@db/mlflow"), PostgresAdvisoryLock)
-    assert isinstance(select_lock(None, audit, tracking_uri="http://mlflow:5000"), FileLock)
+    assert isinstance(select_lock(None, tracking_uri="postgresql://u@db/mlflow"), PostgresAdvisoryLock)
+    with pytest.raises(PromotionError, match="GALMORPH_LOCK_URL"):
+        select_lock(None, tracking_uri="http://mlflow:5000")
     with pytest.raises(PromotionError, match="unsupported promotion lock URL"):
-        select_lock("redis://x", audit)
+        select_lock("redis://x")
     k = PostgresAdvisoryLock.key("galmorph-chirality")
     assert k == PostgresAdvisoryLock.key("galmorph-chirality") != PostgresAdvisoryLock.key("galmorph-arms")
     assert -(2 ** 63) <= k < 2 ** 63  # a Postgres bigint

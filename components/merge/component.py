@@ -12,7 +12,7 @@ from galmorph.container_images import CPU_IMAGE
 def merge(scores: Input[List[Dataset]], catalogue: Output[Dataset], metrics: Output[Metrics], release: str = "",
           log_mlflow: bool = True, tracking_uri: str = "") -> NamedTuple(
               "MergeOutputs", [("n_scored", int), ("n_quarantined", int), ("run_id", str), ("cvs", float)]):
-    """galmorph.scoring.batch.merge_scores -> ``catalogue`` folder (catalogue.parquet, quarantine.parquet,
+    """galmorph.scoring.run.merge_and_log -> ``catalogue`` folder (catalogue.parquet, quarantine.parquet,
     summary.json); the summary and catalogue are logged as an MLflow run tagged with the release."""
     from galmorph import steps
 

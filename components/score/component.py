@@ -13,7 +13,7 @@ def score(dataset: Input[Dataset], work: str, scores: Output[Dataset], batch_siz
           threshold: float = 0.85, device: str = "auto", tracking_uri: str = "", winding_ensemble: bool = False,
           winding_weight: float = 3.0, winding_min_confidence: float = 0.0, precision: str = "fp32",
           decode: str = "full", class_prior: str = "") -> NamedTuple("ScoreOutputs", [("n_scored", int), ("n_quarantined", int)]):
-    """galmorph.scoring.batch.score_manifest for the shards of ``work`` (a shard-planner item: shard range,
+    """galmorph.scoring.run.run_scoring for the shards of ``work`` (a shard-planner item: shard range,
     pinned model URI, shard size) into the ``scores`` folder; resumable (a retried pod skips the
     shards it completed when its output folder persists). ``winding_ensemble``: combine the chirality
     network with the winding measurement where it is confident (galmorph.scoring.ensemble). ``precision``

@@ -100,8 +100,9 @@ class Settings(BaseSettings):
     )
     lock_url: str | None = Field(
         default=None, description="Promotion lock every promoting pod shares (GALMORPH_LOCK_URL): postgresql://... "
-        "(advisory lock, e.g. on the tracking database) or file:///shared/folder; unset: a file lock beside "
-        "the audit log (one machine)."
+        "(advisory lock, e.g. on the tracking database) or file:///shared/folder; unset: derived from the "
+        "tracking store (postgres: an advisory lock on it; sqlite/file store/server on this machine: a file "
+        "lock), refused for a remote server."
     )
     params_file: Path = Field(default=REPO_ROOT / "params.yaml")
     num_workers: int = Field(default=0, ge=0, description="DataLoader worker processes.")
