@@ -328,7 +328,8 @@ def test_submit_and_watch_until_complete(api, kube, validator, caplog):
     # then a read and a watch of that one object from the read's resourceVersion
     assert get["method"] == "GET" and get["path"].endswith("/trainjobs/galmorph-chirality-w1")
     assert watch["method"] == "GET" and watch["path"].endswith("/trainjobs")
-    assert watch["query"]["watch"] == "True" and watch["query"]["fieldSelector"] == "metadata.name=galmorph-chirality-w1"
+    assert watch["query"]["watch"] == "True"
+    assert watch["query"]["fieldSelector"] == "metadata.name=galmorph-chirality-w1"
     assert watch["query"]["resourceVersion"] == "2" and int(watch["query"]["timeoutSeconds"]) > 0
     # every state change in the log (the KFP step's log), in order, once each
     states = [m for m in caplog.messages if m.startswith(f"TrainJob {NS}/galmorph-chirality-w1: ")]
@@ -384,8 +385,8 @@ def test_scripted_api_objects_are_valid_trainjobs(validator):
     """The status objects the scripted server answers with are TrainJobs as the schema describes them."""
     fake = FakeKube(watches=[])
     fake.obj = _body()
-    for status in (_status(CREATED), _status(CREATED, active=2),
-                   _status(CREATED, ("Failed", "FailedJobs", "x")), _status(CREATED, ("Complete", "JobsCompleted", "y"))):
+    for status in (_status(CREATED), _status(CREATED, active=2), _status(CREATED, ("Failed", "FailedJobs", "x")),
+                   _status(CREATED, ("Complete", "JobsCompleted", "y"))):
         obj = fake._obj(status)
         errors = list(validator.iter_errors(obj))
         assert not errors, [e.message for e in errors]
@@ -531,6 +532,8 @@ def test_the_pipeline_trains_in_one_process_unless_workers_above_one():
     # evaluate and promote take the model of whichever branch ran
     outs = branches["outputDefinitions"]["parameters"]
     assert len(outs) == 2
-    tasks = {**ir["root"]["dag"]["tasks"], **{k: v for c in comps.values() for k, v in (c.get("dag") or {}).get("tasks", {}).items()}}
+    tasks = dict(ir["root"]["dag"]["tasks"])
+    for c in comps.values():
+        tasks.update((c.get("dag") or {}).get("tasks", {}))
     assert tasks["evaluate"]["inputs"]["parameters"]["model_uri"]["taskOutputParameter"]["outputParameterKey"] in outs
     assert tasks["promote"]["inputs"]["parameters"]["version"]["taskOutputParameter"]["outputParameterKey"] in outs
