@@ -14,6 +14,7 @@ import os
 import re
 import socket
 from collections.abc import Iterator
+from dataclasses import dataclass
 import urllib.error
 import urllib.request
 from urllib.parse import urlsplit
@@ -117,3 +118,34 @@ def using_tracking_uri(uri: str | None) -> Iterator[None]:
         yield
     finally:
         restore_mlflow_uri_state(saved)
+
+
+# the project's one name cleaner (MLflow metric names, drift report stems)
+@dataclass(frozen=True)
+class NameRule:
+    """How :func:`clean_name` makes a name safe: ``+`` becomes ``plus`` first (unless ``plus`` is None),
+    every match of ``bad`` becomes ``_``; with ``strip``, ``_`` is trimmed from both ends and ``empty``
+    stands for a name left empty."""
+
+    bad: re.Pattern
+    plus: str | None = "plus"
+    strip: bool = False
+    empty: str = ""
+
+
+#: MLflow metric names (every metric galmorph logs): ``+`` -> ``plus``, each character MLflow refuses -> ``_``.
+METRIC_NAME = NameRule(re.compile(r"[^0-9A-Za-z_\-. /]"))
+#: Names that are file names too (drift report stems and the group part of drift metric names): each run of
+#: other characters (``+`` and spaces included) -> one ``_``, no ``_`` at the ends, ``x`` for nothing left.
+SLUG = NameRule(re.compile(r"[^A-Za-z0-9._-]+"), plus=None, strip=True, empty="x")
+
+
+def clean_name(text, rule: NameRule = METRIC_NAME) -> str:
+    """``text`` made safe under ``rule`` (the project's one name cleaner)."""
+    s = str(text)
+    if rule.plus is not None:
+        s = s.replace("+", rule.plus)
+    s = rule.bad.sub("_", s)
+    if rule.strip:
+        s = s.strip("_")
+    return s or rule.empty

@@ -23,6 +23,7 @@ import numpy as np
 import pandas as pd
 
 from galmorph.catalogue.manifest import DEFAULT_Z_EDGES, assign_z_bin
+from galmorph.tracking import METRIC_NAME, SLUG, NameRule, clean_name  # noqa: F401 - re-exported
 
 
 # --------------------------------------------------------------------------------------------
@@ -280,36 +281,6 @@ def redshift_bin_metrics(y_true: Sequence, proba: np.ndarray, classes: Sequence[
 # --------------------------------------------------------------------------------------------
 # metric names, flattening and trials
 # --------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class NameRule:
-    """How :func:`clean_name` makes a name safe: ``+`` becomes ``plus`` first (unless ``plus`` is None),
-    every match of ``bad`` becomes ``_``; with ``strip``, ``_`` is trimmed from both ends and ``empty``
-    stands for a name left empty."""
-
-    bad: re.Pattern
-    plus: str | None = "plus"
-    strip: bool = False
-    empty: str = ""
-
-
-#: MLflow metric names (every metric galmorph logs): ``+`` -> ``plus``, each character MLflow refuses -> ``_``.
-METRIC_NAME = NameRule(re.compile(r"[^0-9A-Za-z_\-. /]"))
-#: Names that are file names too (drift report stems and the group part of drift metric names): each run of
-#: other characters (``+`` and spaces included) -> one ``_``, no ``_`` at the ends, ``x`` for nothing left.
-SLUG = NameRule(re.compile(r"[^A-Za-z0-9._-]+"), plus=None, strip=True, empty="x")
-
-
-def clean_name(text, rule: NameRule = METRIC_NAME) -> str:
-    """``text`` made safe under ``rule`` (the project's one name cleaner)."""
-    s = str(text)
-    if rule.plus is not None:
-        s = s.replace("+", rule.plus)
-    s = rule.bad.sub("_", s)
-    if rule.strip:
-        s = s.strip("_")
-    return s or rule.empty
-
-
 def metric_key(*parts: str) -> str:
     """An MLflow-safe metric name from parts joined by ``_`` (empty parts left out; ``+`` -> ``plus``,
     other odd characters -> ``_``: :data:`METRIC_NAME`)."""

@@ -41,12 +41,15 @@ import pyarrow.parquet as pq
 
 from galmorph.tasks import chirality_violation as cvs_null
 from galmorph.jsonsafe import json_default
+from galmorph.tracking import METRIC_NAME, NameRule, clean_name
 from galmorph.catalogue.manifest import ManifestError, is_csv, quarantine_record, read_manifest, write_quarantine
 
 log = logging.getLogger(__name__)
 
 #: Manifest columns copied into the scored catalogue when present (drift monitoring groups by them).
 PASSTHROUGH_COLUMNS: tuple[str, ...] = ("survey", "ra", "dec", "z", "z_bin", "label")
+#: Scoring metric names keep ``+`` (``n_pred_5+``): MLflow accepts it, and dashboards read those names.
+_KEEP_PLUS = NameRule(METRIC_NAME.bad, plus=None)
 SHARD_RE = re.compile(r"^part-(\d{5,})\.parquet$")
 DEFAULT_THRESHOLD = 0.85
 
@@ -827,7 +830,7 @@ def _log_scoring_run(summary: dict, catalogue_path, run_name, experiment: str, l
             for k in ("cvs", "sigma", "cvs_high_confidence", "sigma_high_confidence"):
                 if cv.get(k) is not None and not math.isnan(cv[k]):
                     metrics[k] = cv[k]
-        mlflow.log_metrics({re.sub(r"[^0-9A-Za-z_\-. /]", "_", k): float(v) for k, v in metrics.items()})
+        mlflow.log_metrics({clean_name(k, _KEEP_PLUS): float(v) for k, v in metrics.items()})
         mlflow.log_dict(summary, "summary.json")
         if log_catalogue and catalogue_path is not None:
             mlflow.log_artifact(str(catalogue_path), artifact_path="catalogue")
