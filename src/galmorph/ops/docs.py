@@ -40,7 +40,7 @@ LIBRARY: dict[str, str] = {
     "a1": "galmorph.steps.a1 -> galmorph.catalogue.a1.measure_a1_manifest",
     "winding": "galmorph.steps.winding -> galmorph.catalogue.winding.write_winding_manifest",
     "split": "galmorph.steps.split -> galmorph.steps.artifacts.holdout_split",
-    "train": "galmorph.steps.train -> galmorph.training.train",
+    "train": "galmorph.steps.train -> galmorph.training.train (workers > 1: galmorph.training.trainjob.run_trainjob)",
     "evaluate": "galmorph.steps.evaluate -> galmorph.evaluation.core.evaluate",
     "promote": "galmorph.steps.promote -> galmorph.promotion.registry.promote",
     "shard": "galmorph.steps.shard -> galmorph.scoring.batch.plan_work",
