@@ -48,3 +48,22 @@ def test_stack_up_refuses_a_port_taken_by_something_else(own_stack_settings):
         sock.listen(1)
         with pytest.raises(RuntimeError, match="port .* taken by another program"):
             stack_up(own_stack_settings, ("mlflow",))
+
+
+def test_two_stack_ups_at_once_start_one_server_that_stays_managed(own_stack_settings):
+    """#30: two `stack up` at once on a fresh state folder: both succeed, one starts the server, the other
+    finds it running; the pid file is the running server's (status ours, `stack down` stops it)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    s = own_stack_settings
+    try:
+        with ThreadPoolExecutor(2) as pool:
+            results = [f.result()[0] for f in [pool.submit(stack_up, s, ("mlflow",)) for _ in range(2)]]
+        assert sorted(r["started"] for r in results) == [False, True]
+        assert results[0]["pid"] == results[1]["pid"] is not None
+        st = stack_status(s, ("mlflow",))[0]
+        assert st["healthy"] and st["ours"] and st["pid"] == results[0]["pid"]
+    finally:
+        down = stack_down(s, ("mlflow",))
+    assert down == [{"service": "mlflow", "stopped": True}]
+    assert not stack_status(s, ("mlflow",))[0]["healthy"]

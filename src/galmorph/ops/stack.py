@@ -194,6 +194,21 @@ def service_status(settings: Settings, name: str) -> dict:
 
 
 def start_service(settings: Settings, name: str, timeout: float = 120.0) -> dict:
+    """Start the ``name`` server of this state folder (or report the one already running). Starts of the
+    same service in the same state folder are serialised by a file lock, so two ``stack up`` at once
+    start one server: the second waits and finds it running."""
+    from filelock import FileLock, Timeout
+
+    lock = FileLock(str(_run_dir(settings) / f".{name}.start.lock"))
+    try:
+        with lock.acquire(timeout=timeout + 60):
+            return _start_service_locked(settings, name, timeout)
+    except Timeout:
+        raise StackError(f"{name}: another `stack up` of {settings.state_dir} has held its start lock for over "
+                         f"{timeout + 60:.0f}s; try again when it has finished") from None
+
+
+def _start_service_locked(settings: Settings, name: str, timeout: float) -> dict:
     svc = services(settings)[name]
     url = svc.url(settings.host)
     if healthy(url + svc.health_path):
@@ -240,6 +255,7 @@ def start_service(settings: Settings, name: str, timeout: float = 120.0) -> dict
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
+            _forget_if(settings, name, proc.pid)
             tail = (settings.logs_dir / f"{name}.log").read_text(errors="replace")[-2000:]
             raise RuntimeError(f"{name} exited with code {proc.returncode} while starting; log tail:\n{tail}")
         if healthy(url + svc.health_path):
@@ -249,6 +265,14 @@ def start_service(settings: Settings, name: str, timeout: float = 120.0) -> dict
     stop_service(settings, name)
     raise TimeoutError(f"{name} did not answer {url}{svc.health_path} within {timeout:.0f}s; "
                        f"see {settings.logs_dir / (name + '.log')}")
+
+
+def _forget_if(settings: Settings, name: str, pid: int) -> None:
+    """Remove the pid file and record of ``name`` when they name ``pid`` (a server that failed to start),
+    never another start's."""
+    rec = _read_record(settings, name) or {}
+    if rec.get("pid") == pid:
+        _unlink(_run_dir(settings, create=False) / f"{name}.pid", _record_path(settings, name))
 
 
 def _terminate(pid: int, timeout: float = 20.0) -> None:
