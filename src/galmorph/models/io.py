@@ -69,14 +69,51 @@ class ModelSpec:
         return spec
 
 
+#: ``class_prior`` settings that mean "the probabilities as trained" (no prior applied).
+AS_TRAINED = ("", "none", "trained", "as-trained", "as_trained")
+#: The default ``class_prior`` setting everywhere (score, the rescoring pipeline, evaluate, promotion): the
+#: prior of the population the model is meant to score, as the model recorded it (:func:`model_class_prior`).
+MODEL_DEFAULT = "model"
+
+
+def model_class_prior(spec: ModelSpec) -> dict[str, float]:
+    """The class prior a model recorded for the population it is meant to score (``extra["class_prior"]``
+    with ``extra["class_prior_source"] == "catalogue"``: the source catalogue's label frequencies before any
+    down-sampling, balancing or mirroring; :mod:`galmorph.training.defaults`), or ``{}`` for a model
+    registered before galmorph recorded it (it keeps its as-trained probabilities)."""
+    extra = spec.extra or {}
+    prior = extra.get("class_prior")
+    if extra.get("class_prior_source") != "catalogue" or not isinstance(prior, dict) or not prior:
+        return {}
+    return {str(k): float(v) for k, v in prior.items()}
+
+
+def model_ensemble(spec: ModelSpec) -> dict | None:
+    """The winding-ensemble settings a model recorded (``extra["ensemble"]``: ``winding_ensemble`` on/off,
+    ``weight``, ``min_confidence``, ``source``), or None when it recorded none (older models: no ensemble)."""
+    rec = (spec.extra or {}).get("ensemble")
+    return dict(rec) if isinstance(rec, dict) else None
+
+
 def parse_class_prior(value: str | dict | None, spec: ModelSpec) -> dict[str, float]:
-    """The target class prior of ``value`` for a model of ``spec``: ``None``/``"none"``/``"trained"`` -> ``{}``
-    (predictions as trained); ``"catalogue"`` -> ``spec.catalogue_prior``; ``"CW=0.06,ACW=0.06,other=0.88"``
+    """The target class prior of ``value`` for a model of ``spec``: ``None``/``"none"``/``"trained"``/
+    ``"as-trained"`` -> ``{}`` (predictions as trained); ``"model"`` -> the prior the model recorded
+    (:func:`model_class_prior`; ``{}`` with a logged note for a model that recorded none);
+    ``"catalogue"`` -> the catalogue prior the model recorded; ``"CW=0.06,ACW=0.06,other=0.88"``
     or a dict -> those fractions, normalised. Raises ``ValueError`` naming the model's classes for an
     unknown class, a negative or all-zero prior, or a model that recorded no training prior."""
-    if value is None or (isinstance(value, str) and value.strip().lower() in ("", "none", "trained")):
+    if value is None or (isinstance(value, str) and value.strip().lower() in AS_TRAINED):
         return {}
+    if isinstance(value, str) and value.strip().lower() == MODEL_DEFAULT:
+        prior = model_class_prior(spec)
+        if not prior or not spec.trained_prior:
+            log.info("model (%s, %s) recorded no catalogue class prior (registered before galmorph recorded "
+                     "it): its probabilities are used as trained", spec.task, spec.arch)
+            return {}
+        value = prior
     if isinstance(value, str) and value.strip().lower() == "catalogue":
+        if model_class_prior(spec):
+            return parse_class_prior(model_class_prior(spec), spec)
         if not spec.catalogue_prior:
             raise ValueError(f"model ({spec.task}, {spec.arch}) recorded no catalogue prior (trained before "
                              "galmorph recorded class priors); pass the fractions, e.g. CW=0.06,ACW=0.06,other=0.88")
@@ -103,6 +140,50 @@ def parse_class_prior(value: str | dict | None, spec: ModelSpec) -> dict[str, fl
                          "cannot be moved to another prior (retrain it with this galmorph version)")
     tot = sum(prior.values())
     return {c: prior.get(c, 0.0) / tot for c in spec.classes}
+
+
+def class_prior_setting(value: str | dict | None) -> str:
+    """The spelling of a ``class_prior`` setting recorded beside what it resolved to."""
+    if value is None:
+        return "none"
+    if isinstance(value, dict):
+        return ",".join(f"{k}={float(v):g}" for k, v in value.items())
+    v = value.strip()
+    return "none" if v.lower() in AS_TRAINED else v
+
+
+def with_class_prior(spec: ModelSpec, value: str | dict | None) -> ModelSpec:
+    """``spec`` with ``class_prior`` resolved from ``value`` (:func:`parse_class_prior`) and what was applied
+    recorded in ``extra["applied_class_prior"]`` (:func:`applied_class_prior`)."""
+    import dataclasses
+
+    prior = parse_class_prior(value, spec)
+    setting = class_prior_setting(value)
+    source = ("none" if not prior else "model:" + str(spec.extra.get("class_prior_source", "catalogue"))
+              if setting.lower() == MODEL_DEFAULT else setting if setting.lower() == "catalogue" else "explicit")
+    note = ("the model recorded no catalogue class prior: probabilities as trained"
+            if setting.lower() == MODEL_DEFAULT and not prior else "")
+    extra = {**spec.extra, "applied_class_prior": {"setting": setting, "source": source, "prior": dict(prior),
+                                                   **({"note": note} if note else {})}}
+    return dataclasses.replace(spec, class_prior=prior, extra=extra)
+
+
+def applied_class_prior(spec: ModelSpec) -> dict:
+    """What prior a loaded model's predictions are moved to: ``{"setting", "source", "prior"[, "note"]}``
+    (``source`` ``none`` = as trained, ``model:catalogue`` = the model's recorded catalogue prior)."""
+    rec = (spec.extra or {}).get("applied_class_prior")
+    if isinstance(rec, dict):
+        return {**rec, "prior": dict(spec.class_prior or {})}
+    prior = dict(spec.class_prior or {})
+    return {"setting": "explicit" if prior else "none", "source": "explicit" if prior else "none", "prior": prior}
+
+
+def applied_class_prior_label(spec: ModelSpec) -> str:
+    """A one-line tag value of :func:`applied_class_prior`: ``none`` or ``SOURCE:CW=0.062,...``."""
+    rec = applied_class_prior(spec)
+    if not rec["prior"]:
+        return "none"
+    return f"{rec['source']}:" + ",".join(f"{k}={v:.4g}" for k, v in rec["prior"].items())
 
 
 def prior_logit_shift(spec: ModelSpec):
@@ -191,7 +272,7 @@ def _spec_from_info(info) -> ModelSpec:
 
 
 def load_for_inference(uri: str, device: str = "cpu", tta_views: int | None = None,
-                       class_prior: str | dict | None = None) -> LoadedModel:
+                       class_prior: str | dict | None = MODEL_DEFAULT) -> LoadedModel:
     """Load a galmorph model from any MLflow model URI (e.g. ``models:/galmorph-arms@champion``).
 
     ``tta_views`` (chirality): the number of test-time views to score with (1, 2 or 8); ``None`` keeps
@@ -200,7 +281,10 @@ def load_for_inference(uri: str, device: str = "cpu", tta_views: int | None = No
     spec takes that network's own temperature (other counts keep the logged model's,
     ``spec.extra["temperature_fitted_for_views"]`` says for how many views it was fitted).
     ``class_prior`` (:func:`parse_class_prior`): move the probabilities to the class prior of the
-    population being scored (``"catalogue"``: the training catalogue's, before down-sampling/balancing).
+    population being scored; default ``"model"``: the prior the model recorded (the training catalogue's,
+    before down-sampling/balancing; a model that recorded none keeps its probabilities as trained, with a
+    logged note); ``"none"``/``"as-trained"``: as trained. What was applied is in
+    ``spec.extra["applied_class_prior"]`` (:func:`applied_class_prior`).
     """
     import mlflow
     import mlflow.pytorch
@@ -219,7 +303,7 @@ def load_for_inference(uri: str, device: str = "cpu", tta_views: int | None = No
         version, run_id = str(mv.version), mv.run_id
     if tta_views is not None and int(tta_views) != spec.tta_views:
         module, spec = _with_views(module, spec, int(tta_views), run_id, uri, device)
-    spec.class_prior = parse_class_prior(class_prior, spec) if class_prior is not None else spec.class_prior
+    spec = with_class_prior(spec, class_prior)
     return LoadedModel(module=module, spec=spec, uri=uri, version=version, run_id=run_id)
 
 

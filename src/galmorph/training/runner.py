@@ -29,6 +29,7 @@ import numpy as np
 import pandas as pd
 
 from galmorph.training.config import MONITORS, TrainConfig, config_to_yaml, resolve_config
+from galmorph.training.defaults import spec_defaults
 
 log = logging.getLogger(__name__)
 
@@ -414,6 +415,7 @@ def _train_runs(cfg: TrainConfig, task: str, preset: str, df: pd.DataFrame, data
                          mean=mean, std=std, encoder_init=encoder_init, tta_views=cfg.tta_views,
                          single_view_model="model_views1" if cfg.tta_views > 1 else "")
         spec.trained_prior, spec.catalogue_prior = best["datamodule"].class_priors(cfg.class_weights == "balanced")
+        spec.extra.update(spec_defaults(best["datamodule"], task, tags))  # prior + ensemble scoring applies (#26)
         reg_name = registered_name(task) if register else None
         from galmorph.evaluation.calibration import temperature_from_loader  # temperature scaling (#15)
 
