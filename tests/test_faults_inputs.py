@@ -122,7 +122,8 @@ def test_csv_manifest_scores_like_its_parquet(sim_chirality, tiny_model, tmp_pat
 # ------------------------------------------------------------------------------------ 7: manifests
 def test_validate_reads_csv_and_quarantines_bad_coordinates_and_ragged_lines(sim_chirality, tmp_path):
     """A CSV manifest: a non-numeric RA, a Dec of 95, z = -0.1 / 40 / 'abc', an infinite RA and a ragged
-    line are quarantined with their reasons; missing RA/Dec/z stay (z_bin unknown) unless required."""
+    line are quarantined with their reasons; a row missing RA/Dec in a catalogue whose other rows have
+    them is quarantined too (#30), and stays (z_bin unknown) with --allow-missing-coords."""
     from galmorph.cli import main
 
     man = read_manifest(sim_chirality["manifest"]).head(10)[["object_id", "image_uri", "label", "task"]]
@@ -144,11 +145,15 @@ def test_validate_reads_csv_and_quarantines_bad_coordinates_and_ragged_lines(sim
     doc = _strict(r.stdout)
     q = {d["id"]: d["reason"] for d in doc["quarantined"]}
     ids = list(man.object_id)
-    assert doc["rows"] == 11 and doc["passed"] == 4 and len(q) == 7
+    assert doc["rows"] == 11 and doc["passed"] == 3 and len(q) == 8
     assert "ra 'abc' is not a number" in q[ids[1]] and "dec 95.0 outside [-90, 90]" in q[ids[2]]
     assert "negative redshift" in q[ids[3]] and "above the physical limit" in q[ids[4]]
     assert "z 'abc' is not a number" in q[ids[5]] and "outside [0, 360)" in q[ids[6]]
+    assert "ra missing" in q[ids[7]]
     assert "m.csv line 12: 3 field(s), the header has 7" in q["ragged-1"]
+    r = CliRunner().invoke(main, ["validate", str(p), "--json", "--no-images", "--no-fail", "--allow-missing-coords",
+                                  "--out", str(out)])
+    assert r.exit_code == 0 and _strict(r.stdout)["passed"] == 4, r.output
     passed = read_manifest(out).set_index("object_id")
     assert ids[7] in passed.index and passed.loc[ids[7], "z_bin"] == "unknown" and np.isnan(passed.loc[ids[7], "ra"])
     req = CliRunner().invoke(main, ["validate", str(p), "--json", "--no-images", "--no-fail", "--require-coords",

@@ -195,3 +195,27 @@ def test_framing_check_warns_about_galaxies_too_small_in_the_model_input(tmp_pat
     out = CliRunner().invoke(main, ["validate", str(manifest), "--model-image-size", "128",
                                     "--model-crop-fraction", "0.5"])
     assert out.exit_code == 0 and "warning: m: 1 of 3 galaxies are smaller than 40 px" in out.output
+
+
+def test_a_row_without_coordinates_or_image_in_a_catalogue_that_has_them_is_quarantined(bad_manifest):
+    """#30: NaN ra or an empty image_uri no longer pass when the manifest gives coordinates / images for
+    its other rows (such a row cannot be cross-matched, cut out, labelled or scored); a manifest that
+    gives none (GZ1's image folders have no coordinates) still passes, and the flags override."""
+    good = bad_manifest[bad_manifest["object_id"].isin(["g0", "g1", "g2"])].drop_duplicates("object_id")
+    extra = good.iloc[[0, 0]].copy()
+    extra["object_id"] = ["no_ra", "no_img"]
+    extra.loc[extra.index[0], "ra"] = np.nan
+    extra.iloc[1, extra.columns.get_loc("image_uri")] = ""
+    df = pd.concat([good, extra], ignore_index=True)
+    res = validate_frame(df, ValidationConfig(max_failure_fraction=1.0), progress=False)
+    reasons = dict(zip(res.quarantine["object_id"], res.quarantine["reason"]))
+    assert set(reasons) == {"no_ra", "no_img"}, reasons
+    assert "ra missing" in reasons["no_ra"] and "no image_uri" in reasons["no_img"]
+    assert res.passed == 3 and res.passed + res.n_quarantined == len(df)
+    # no coordinates anywhere (GZ1): rows pass; explicit flags win over the automatic choice
+    nocoords = good.assign(ra=np.nan, dec=np.nan)
+    assert validate_frame(nocoords, ValidationConfig(), progress=False).passed == 3
+    assert validate_frame(nocoords, ValidationConfig(require_coords=True, max_failure_fraction=1.0),
+                          progress=False).passed == 0
+    lenient = validate_frame(df, ValidationConfig(require_coords=False, require_images=False), progress=False)
+    assert lenient.passed == 5

@@ -50,10 +50,14 @@ class ValidationConfig:
     z_min: float | None = None  # selection (rows with unknown z pass unless require_z: GZ1/DECaLS have no z)
     z_max: float | None = None
     require_z: bool = False
-    require_coords: bool = False  # rows with NaN ra/dec fail
+    # rows with NaN ra/dec fail; None (auto): when the manifest gives coordinates for any row (a catalogue
+    # with coordinates: a row without them is broken), not when it gives none (GZ1's image folders)
+    require_coords: bool | None = None
     label_domain: dict[str, list[str]] | None = None  # task -> classes (default galmorph.tasks.TASKS)
     check_images: bool = True  # rows with an empty image_uri are catalogue-only and skip image checks
-    require_images: bool = False  # rows without an image_uri fail
+    # rows without an image_uri fail; None (auto): when any row has one (such a row cannot be cut out,
+    # labelled or scored), not for a catalogue-only manifest (no row has an image)
+    require_images: bool | None = None
     expected_size: tuple[int, int] | None = None  # exact (height, width) of every image
     min_size: int = 16  # smallest acceptable side (px)
     blank_std: float = 1e-6  # an image whose pixel std is below this (after scaling) is blank
@@ -368,6 +372,28 @@ def _row_failures(gx_result, df: pd.DataFrame, cfg: ValidationConfig) -> tuple[d
     return reasons, schema_errors, counts
 
 
+def _has_any(df: pd.DataFrame, column: str, numeric: bool) -> bool:
+    if column not in df.columns:
+        return False
+    col = df[column]
+    if numeric:
+        return bool(np.isfinite(pd.to_numeric(col, errors="coerce").astype("float64")).any())
+    return bool(col.notna().any() and (col.dropna().astype(str).str.strip() != "").any())
+
+
+def resolve_auto_requirements(df: pd.DataFrame, cfg: ValidationConfig) -> ValidationConfig:
+    """``cfg`` with ``require_coords``/``require_images`` left at None (auto) decided from ``df``: required
+    when any row has them (then a row without them is quarantined with its reason)."""
+    from dataclasses import replace
+
+    changes = {}
+    if cfg.require_coords is None:
+        changes["require_coords"] = _has_any(df, "ra", True) or _has_any(df, "dec", True)
+    if cfg.require_images is None:
+        changes["require_images"] = _has_any(df, "image_uri", False)
+    return replace(cfg, **changes) if changes else cfg
+
+
 def validate_frame(df: pd.DataFrame, cfg: ValidationConfig | None = None, data_root: Path | str | None = None,
                    name: str = "manifest", progress: bool = True, workers: int = 1,
                    unreadable: list[dict] | None = None) -> ValidationResult:
@@ -376,7 +402,7 @@ def validate_frame(df: pd.DataFrame, cfg: ValidationConfig | None = None, data_r
     ``ra``/``dec``/``z`` cells that are present but not numbers are quarantined (their reason says so);
     missing ones pass unless ``require_coords``/``require_z``. ``unreadable`` are quarantine records of
     rows that could not be parsed at all (ragged CSV lines); they count as input rows."""
-    cfg = cfg or ValidationConfig()
+    cfg = resolve_auto_requirements(df, cfg or ValidationConfig())
     dr = Path(data_root) if data_root is not None else None
     df = df.reset_index(drop=True)
     unreadable = [{**r, "stage": STAGE} for r in (unreadable or [])]
@@ -463,7 +489,7 @@ def validate_manifest(manifest: str | Path | pd.DataFrame, cfg: ValidationConfig
         df, unreadable = read_manifest_table(path)  # Parquet or CSV; object_id + image_uri required
         name = Path(path.stem).stem if path.name.lower().endswith(".gz") else path.stem
         kind = "manifest" if is_csv(path) else manifest_metadata(path).get("kind", "manifest")
-    cfg = cfg or ValidationConfig()
+    cfg = resolve_auto_requirements(df, cfg or ValidationConfig())
     res = validate_frame(df, cfg, data_root, name=name, progress=progress, workers=workers, unreadable=unreadable)
     if out_manifest is not None and res.passed_manifest is not None and not res.schema_errors:
         write_manifest(res.passed_manifest, out_manifest, kind=kind,

@@ -108,7 +108,8 @@ def _size(s: str | None) -> tuple[int, int] | None:
               help="The run fails when more than this fraction of rows is quarantined.")
 @click.option("--expected-size", default=None, help="Exact image size HxW (e.g. 424x424).")
 @click.option("--min-size", type=click.IntRange(1), default=16, show_default=True, help="Smallest image side (px).")
-@click.option("--require-coords", is_flag=True, help="Rows without ra/dec fail.")
+@click.option("--require-coords/--allow-missing-coords", default=None,
+              help="Rows without ra/dec fail [default: when any row has them].")
 @click.option("--require-z", is_flag=True, help="Rows without z fail.")
 @click.option("--no-images", is_flag=True, help="Skip the per-row image checks.")
 @click.option("--out", type=click.Path(path_type=Path, dir_okay=False), default=None,
@@ -128,8 +129,8 @@ def _size(s: str | None) -> tuple[int, int] | None:
 @click.option("--no-fail", is_flag=True, help="Exit 0 even when validation fails.")
 @data_root_option()
 def validate_cmd(manifest: Path, as_json: bool, z_min: float | None, z_max: float | None,
-                 max_failure_fraction: float, expected_size: str | None, min_size: int, require_coords: bool,
-                 require_z: bool, no_images: bool, out: Path | None, quarantine: Path | None, report: Path | None,
+                 max_failure_fraction: float, expected_size: str | None, min_size: int,
+                 require_coords: bool | None, require_z: bool, no_images: bool, out: Path | None, quarantine: Path | None, report: Path | None,
                  workers: int, model_image_size: int | None, model_crop_fraction: float, min_extent_px: float,
                  no_fail: bool, data_root: Path | None) -> None:
     """Validate MANIFEST (Parquet or CSV; great-expectations suite + image checks); exit 1 when it fails.
