@@ -394,8 +394,30 @@ def test_rolebinding_grants_the_charts_kfp_clients(overlay):
                 if d and d["kind"] == "CronJob")
     sas = {job["spec"]["template"]["spec"]["serviceAccountName"],
            cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]["serviceAccountName"]}
-    (rb,) = [d for d in kustomize(overlay) if d["kind"] == "RoleBinding"]
-    assert rb["metadata"]["namespace"] == OVERLAYS[overlay]
-    assert rb["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "kubeflow-edit"}
-    assert sorted(rb["subjects"], key=lambda s: s["name"]) == [
-        {"kind": "ServiceAccount", "name": sa, "namespace": "galmorph"} for sa in sorted(sas)]
+    rbs = [d for d in kustomize(overlay) if d["kind"] == "RoleBinding"]
+    assert all(rb["metadata"]["namespace"] == OVERLAYS[overlay] for rb in rbs)
+    # one Role per client (#30: no kubeflow-edit; the rules are checked in the next test)
+    assert sorted(s["name"] for rb in rbs for s in rb["subjects"]) == sorted(sas)
+    assert all(s["namespace"] == "galmorph" and s["kind"] == "ServiceAccount" for rb in rbs for s in rb["subjects"])
+
+
+@pytest.mark.parametrize("overlay", list(OVERLAYS))
+def test_kfp_clients_get_least_privilege_roles_equal_to_the_charts(overlay):
+    """#30: the profile namespace holds the MLflow and lock Secrets, so the chart's KFP clients get Roles
+    with only the pipelines.kubeflow.org rules they use (the chart's own), never kubeflow-edit or any other
+    ClusterRole, and nothing on Secrets."""
+    from test_charts import render
+
+    docs = kustomize(overlay)
+    bindings = [d for d in docs if d["kind"] == "RoleBinding"]
+    assert bindings and all(b["roleRef"]["kind"] == "Role" for b in bindings), bindings
+    roles = {d["metadata"]["name"].removeprefix("galmorph-kfp-"): d["rules"] for d in docs if d["kind"] == "Role"}
+    assert not [r for rules in roles.values() for r in rules if "secrets" in r.get("resources", [])]
+    chart = render({"pipelines": {"upload": {"enabled": True}}, "releaseWatcher": {"enabled": True}})
+    chart_roles = {d["metadata"]["name"].split("-kfp-", 1)[1]: d["rules"] for d in chart
+                   if d["kind"] == "Role" and "-kfp-" in d["metadata"]["name"]}
+    assert roles == chart_roles
+    subjects = {b["metadata"]["name"].removeprefix("galmorph-kfp-"): [s["name"] for s in b["subjects"]]
+                for b in bindings}
+    assert subjects == {"pipelines-upload": ["galmorph-pipelines-upload"],
+                        "release-watcher": ["galmorph-release-watcher"]}
