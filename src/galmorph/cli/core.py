@@ -101,6 +101,59 @@ def stack_status_cmd(services: tuple[str, ...], as_json: bool) -> None:
     sys.exit(0 if all(r["healthy"] and r.get("ours", True) for r in res) else 1)
 
 
+def _print_parts(res: dict) -> None:
+    for p in res.get("parts", res.get("restored", [])):
+        click.echo(f"{p['name']:20s} {p.get('to') or p.get('path')}")
+    for p in res.get("skipped", []):
+        click.echo(f"{p['name']:20s} skipped: {p['reason']}")
+
+
+@stack.command("backup")
+@click.argument("dest", type=click.Path(path_type=Path))
+@json_option("Print the manifest as JSON.")
+def stack_backup_cmd(dest: Path, as_json: bool) -> None:
+    """Save the stack's state into DEST (a new or empty folder): the MLflow store and artifacts, the label
+    database, the promotion audit log(s) and the Evidently workspace, with a manifest of sha256s
+    (galmorph-backup.json). Safe while the stack runs: the sqlite databases are copied with sqlite's
+    online backup API. A Postgres database (the chart) is skipped: see docs/deployment.md."""
+    from galmorph.ops.backup import BackupError, backup
+    from galmorph.settings import resolve_settings
+
+    try:
+        res = backup(resolve_settings(), dest)
+    except (BackupError, OSError) as exc:
+        fail(f"stack backup: {exc}")
+        return
+    if as_json:
+        echo_json(res)
+        return
+    _print_parts(res)
+    click.echo(f"backup of {res['source_state_dir']}: {len(res['files'])} files in {res['dir']}")
+
+
+@stack.command("restore")
+@click.argument("src", type=click.Path(path_type=Path))
+@click.option("--force", is_flag=True, help="Replace the state already in the state folder.")
+@json_option("Print the result as JSON.")
+def stack_restore_cmd(src: Path, force: bool, as_json: bool) -> None:
+    """Restore the backup SRC (made by `stack backup`) into the state folder, after checking every file's
+    sha256. Refused while this state folder's stack runs, and over existing state unless --force; then
+    `galmorph stack up` serves it."""
+    from galmorph.ops.backup import BackupError, restore
+    from galmorph.settings import resolve_settings
+
+    try:
+        res = restore(resolve_settings(), src, force=force)
+    except (BackupError, OSError) as exc:
+        fail(f"stack restore: {exc}")
+        return
+    if as_json:
+        echo_json(res)
+        return
+    _print_parts(res)
+    click.echo(f"restored {res['verified_files']} verified files into {res['state_dir']}; run `galmorph stack up`")
+
+
 @main.command("simulate")
 @click.option("--out", "out_dir", type=click.Path(path_type=Path), required=True, help="Output folder.")
 @click.option("-n", "--n", "n", type=click.IntRange(1), default=100, show_default=True, help="Galaxies.")
