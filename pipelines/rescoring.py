@@ -28,8 +28,8 @@ def pipeline(release_uri: str = "/data/releases/latest", release: str = "latest"
              model_alias: str = "champion", model_uri: str = "", z_min: float = 0.01, z_max: float = 0.2,
              max_failure_fraction: float = 0.05, cutout_size_px: int = 0, crop_fraction: float = 1.0,
              shard_size: int = 10000, n_workers: int = 4, batch_size: int = 64, threshold: float = 0.85,
-             winding_ensemble: bool = False, winding_weight: float = 3.0, winding_min_confidence: float = 0.0,
-             precision: str = "fp32", decode: str = "full", class_prior: str = "",
+             winding_ensemble: bool = True, winding_weight: float = -1.0, winding_min_confidence: float = -1.0,
+             precision: str = "fp32", decode: str = "full", class_prior: str = "model",
              drift_reference: str = "", drift_by: str = "z_bin,survey", drift_min_group_size: int = 0, hold_on_drift: bool = True,
              publish_dir: str = "", tracking_uri: str = "", data_root: str = ""):
     ing = ingest(source=release_uri, task=task, data_root=data_root)

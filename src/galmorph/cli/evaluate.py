@@ -50,6 +50,13 @@ def parse_edges(text: str | None) -> tuple[float, ...] | None:
 @click.option("--target-layer", default=None, help="Grad-CAM target layer (graph node or module name) "
                                                    "[default: the last convolution].")
 @click.option("--batch-size", type=click.IntRange(1), default=32, show_default=True)
+@click.option("--class-prior", "class_prior", default="model", show_default=True,
+              metavar="model|none|as-trained|catalogue|CLASS=F,...",
+              help="The class prior the predictions are moved to: 'model' = the prior the model recorded (its "
+                   "catalogue's; models registered before #26 recorded none: as trained), 'none'/'as-trained', or "
+                   "fractions. Recorded in report.json (meta.applied_class_prior) and MLflow.")
+@click.option("--winding-ensemble/--no-winding-ensemble", "winding_ensemble", default=None,
+              help="Chirality: the winding ensemble [default: as the model recorded]. Recorded like the prior.")
 @data_root_option()
 @click.option("--no-mlflow", is_flag=True, help="Do not log to MLflow (report files only).")
 @tracking_uri_option()
@@ -57,7 +64,7 @@ def parse_edges(text: str | None) -> tuple[float, ...] | None:
 @json_option("Print the flat metrics as JSON.")
 def evaluate_cmd(models, manifest, out_dir, z_edges, thresholds, chirality_diagnostics, rotation_passes,
                  rotation_angles, rotation_max_objects, sweep_n, explain, explain_per_class, target_layer, batch_size,
-                 data_root, no_mlflow, tracking_uri, experiment, as_json) -> None:
+                 class_prior, winding_ensemble, data_root, no_mlflow, tracking_uri, experiment, as_json) -> None:
     """Evaluate a model on a labelled test manifest: accuracy, per-class and macro precision/recall/F1,
     ROC/AUC (one-vs-rest), confusion matrices, per-redshift-bin ROC/AUC, results at probability
     thresholds; chirality diagnostics and explanations on request. Writes predictions.parquet,
@@ -89,7 +96,8 @@ def evaluate_cmd(models, manifest, out_dir, z_edges, thresholds, chirality_diagn
                              batch_size=batch_size, chirality_diagnostics_on=chirality_diagnostics, explain=explain,
                              explain_per_class=explain_per_class, explain_target_layer=target_layer, sweep_n=sweep_n,
                              rotation_passes=rotation_passes, rotation_angles=rotation_angles,
-                             rotation_max_objects=rotation_max_objects, experiment=experiment)
+                             rotation_max_objects=rotation_max_objects, experiment=experiment,
+                             class_prior=class_prior, winding_ensemble=winding_ensemble)
     try:
         if len(uris) == 1:
             res = evaluate(uris[0], manifest, out_dir, options=opts)

@@ -51,20 +51,25 @@ def _shards(ctx: click.Context, param: click.Parameter, text: str | None) -> lis
 @click.option("--no-merge", is_flag=True, help="Only write shards; do not merge into the catalogue.")
 @click.option("--log-mlflow/--no-log-mlflow", default=True, show_default=True,
               help="Record the scored release (summary + catalogue) as an MLflow run.")
-@click.option("--winding-ensemble", is_flag=True,
+@click.option("--winding-ensemble/--no-winding-ensemble", "winding_ensemble", default=None,
               help="Chirality: combine the network's CW/ACW odds with the winding measurement where it is confident "
-                   "(galmorph.scoring.ensemble; recorded in scoring.json and the catalogue metadata).")
-@click.option("--winding-weight", type=click.FloatRange(0), default=3.0, show_default=True,
-              help="Ensemble weight: log-odds added per unit of winding z.")
-@click.option("--winding-min-confidence", type=click.FloatRange(0), default=0.0, show_default=True,
-              help="Ensemble: |winding z| below this leaves the network's output unchanged.")
+                   "(galmorph.scoring.ensemble) [default: as the model recorded; models registered before #26: "
+                   "off]. Recorded in scoring.json, summary.json, the catalogue metadata and MLflow.")
+@click.option("--winding-weight", type=click.FloatRange(0), default=None,
+              help="Ensemble weight: log-odds added per unit of winding z [default: the model's recorded, else 3].")
+@click.option("--winding-min-confidence", type=click.FloatRange(0), default=None,
+              help="Ensemble: |winding z| below this leaves the network's output unchanged [default: the model's "
+                   "recorded, else 0].")
 @click.option("--tta-views", "tta_views", type=click.Choice(["1", "2", "8"]), default=None,
               help="Chirality: test-time views to score with (1, 2 = mirror pair, 8 = 4 rotations x mirror) "
                    "[default: the registered model's own]; recorded in scoring.json.")
-@click.option("--class-prior", "class_prior", default=None, metavar="trained|catalogue|CLASS=F,...",
+@click.option("--class-prior", "class_prior", default="model", show_default=True,
+              metavar="model|none|as-trained|catalogue|CLASS=F,...",
               help="Move the probabilities to the class prior of the population scored (Saerens et al. 2002): "
-                   "'catalogue' = the training catalogue's before down-sampling/class balancing, or fractions such "
-                   "as CW=0.06,ACW=0.06,other=0.88 [default: as trained]. Recorded in scoring.json.")
+                   "'model' = the prior the model recorded (its training catalogue's before down-sampling/class "
+                   "balancing; a model registered before #26 recorded none and scores as trained), 'none' or "
+                   "'as-trained' = as trained, or fractions such as CW=0.06,ACW=0.06,other=0.88. Recorded in "
+                   "scoring.json, summary.json, the catalogue metadata and MLflow (applied_class_prior).")
 @click.option("--overwrite", is_flag=True, help="Discard shards of an earlier, different scoring run in OUT.")
 @click.option("--no-progress", is_flag=True, help="Hide the progress bar.")
 @tracking_uri_option()
@@ -73,8 +78,8 @@ def _shards(ctx: click.Context, param: click.Parameter, text: str | None) -> lis
 def score_cmd(model_uri: str, manifest: Path, out_dir: Path, batch_size: int, num_workers: int | None,
               shard_size: int, threshold: float, shards: list[int] | None, device: str, precision: str, decode: str,
               release: str | None,
-              no_merge: bool, log_mlflow: bool, winding_ensemble: bool, winding_weight: float,
-              winding_min_confidence: float, tta_views: str | None, class_prior: str | None, overwrite: bool,
+              no_merge: bool, log_mlflow: bool, winding_ensemble: bool | None, winding_weight: float | None,
+              winding_min_confidence: float | None, tta_views: str | None, class_prior: str, overwrite: bool,
               no_progress: bool, tracking_uri: str | None,
               data_root: Path | None, as_json: bool) -> None:
     """Score a release manifest with a registered model into Parquet shards, then merge the catalogue.
@@ -119,3 +124,6 @@ def _print_run(run) -> None:
         cv = run.merged.summary_data.get("cvs")
         if cv:
             click.echo(f"CVS = {cv['cvs']:.2f} +/- {cv['sigma']:.2f} (n_ACW={cv['n_acw']}, n_CW={cv['n_cw']})")
+        sd = run.merged.summary_data
+        click.echo(f"applied: class prior {sd.get('applied_class_prior_label', 'none')}; "
+                   f"ensemble {sd.get('applied_ensemble_label', 'off')}")

@@ -170,6 +170,14 @@ class EvaluationOptions:
     winding: bool | None = None
     winding_table: pd.DataFrame | None = field(default=None, compare=False)  #: a winding measurement to reuse
     winding_min_confidence: float = 2.0
+    #: the class prior the predictions are moved to (#26): ``model`` = the prior the model recorded (its
+    #: catalogue's; as trained for a model that recorded none), ``none``/``as-trained``, ``catalogue`` or fractions;
+    #: applied to a LoadedModel only when its spec has no prior applied yet
+    class_prior: str | dict | None = "model"
+    #: the winding ensemble (#26): None = as the model recorded (galmorph.scoring.ensemble.ensemble_for), False = off
+    winding_ensemble: bool | None = None
+    #: bootstrap resamples of the skill block (the promotion floor's interval); 0 skips the block
+    skill_bootstrap: int = 1000
 
 
 @dataclass(frozen=True)
@@ -193,6 +201,8 @@ class _Scored:
     valid: np.ndarray
     counts: dict[str, int]
     quarantine: list
+    ensemble: Any = None  #: the winding ensemble applied (None: none)
+    winding_table: pd.DataFrame | None = None  #: the measurement it used (reused by the winding report)
 
 
 def evaluate(model_uri, manifest, out_dir: str | Path, *, options: EvaluationOptions | None = None,
@@ -221,7 +231,7 @@ def evaluate(model_uri, manifest, out_dir: str | Path, *, options: EvaluationOpt
     opt = replace(options or EvaluationOptions(), **overrides)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    subject = _subject(model_uri, manifest)
+    subject = _subject(model_uri, manifest, opt.class_prior)
     scored = _score(subject, opt)
     report = _report(subject, scored, opt)
     explanations, extra = _explain(report, subject, scored, opt, out_dir)
@@ -243,9 +253,10 @@ def evaluate(model_uri, manifest, out_dir: str | Path, *, options: EvaluationOpt
                             run_id=run_id, extra_paths=extra)
 
 
-def _subject(model_uri, manifest) -> _Subject:
-    """Read the manifest (a path or a DataFrame; no rows is an error) and load the model."""
-    from galmorph.models.io import LoadedModel, load_for_inference
+def _subject(model_uri, manifest, class_prior: str | dict | None = "model") -> _Subject:
+    """Read the manifest (a path or a DataFrame; no rows is an error) and load the model with ``class_prior``
+    (a LoadedModel gets it only when its spec has no prior applied yet)."""
+    from galmorph.models.io import LoadedModel, load_for_inference, with_class_prior
 
     if isinstance(manifest, (str, Path)):
         manifest_name = str(manifest)
@@ -255,7 +266,12 @@ def _subject(model_uri, manifest) -> _Subject:
     manifest = manifest.reset_index(drop=True)
     if len(manifest) == 0:
         raise ValueError(f"manifest {manifest_name} has no rows to evaluate")
-    loaded = model_uri if isinstance(model_uri, LoadedModel) else load_for_inference(str(model_uri))
+    if isinstance(model_uri, LoadedModel):
+        loaded = model_uri
+        if not loaded.spec.class_prior and "applied_class_prior" not in (loaded.spec.extra or {}):
+            loaded = replace(loaded, spec=with_class_prior(loaded.spec, class_prior))
+    else:
+        loaded = load_for_inference(str(model_uri), class_prior=class_prior)
     name, version = _model_name_version(loaded, loaded.uri)
     classes = [str(c) for c in loaded.spec.classes]
     log.info("evaluating %s (%s v%s) on %s (%d rows)", loaded.uri, name, version, manifest_name, len(manifest))
@@ -269,6 +285,7 @@ def _score(subject: _Subject, opt: EvaluationOptions) -> _Scored:
 
     manifest, classes = subject.manifest, subject.classes
     pred = predict_manifest(subject.loaded, manifest, batch_size=opt.batch_size, data_root=opt.data_root)
+    ens, table = _apply_ensemble(subject, pred, opt)
     pred["z"] = manifest["z"].to_numpy(dtype=float) if "z" in manifest.columns else np.nan
     pred["z_bin"] = assign_z_bin(pred["z"], opt.z_edges).to_numpy()
     if "label" not in pred.columns:
@@ -295,7 +312,99 @@ def _score(subject: _Subject, opt: EvaluationOptions) -> _Scored:
                          f"(model classes {classes}; labels seen {seen})")
     if qrecords:
         log.warning("%d rows quarantined (%s)", len(qrecords), {k: v for k, v in counts.items() if k != "total"})
-    return _Scored(pred, valid, counts, qrecords)
+    return _Scored(pred, valid, counts, qrecords, ens, table)
+
+
+def _apply_ensemble(subject: _Subject, pred: pd.DataFrame, opt: EvaluationOptions):
+    """The winding ensemble the predictions get (#26; :func:`galmorph.scoring.ensemble.ensemble_for`), applied
+    to ``pred`` in place (``p_<class>``, ``pred``, ``p_pred``; ``p_CW_network``/``p_ACW_network`` kept):
+    ``(ensemble or None, the winding measurement or None)``."""
+    from galmorph.scoring.ensemble import combine_winding, ensemble_for, measure_winding_table
+
+    ens = ensemble_for(subject.loaded.spec, opt.winding_ensemble)
+    if ens is None:
+        return None, None
+    classes = subject.classes
+    table = opt.winding_table if opt.winding_table is not None else measure_winding_table(
+        subject.manifest, data_root=opt.data_root, options=ens.options)
+    zmap = pd.Series(table["winding_z"].to_numpy(dtype=float), index=table["object_id"].astype(str))
+    z = zmap[~zmap.index.duplicated()].reindex(pred["object_id"].astype(str)).to_numpy(dtype=float)
+    pcols = [f"p_{c}" for c in classes]
+    ok = pred["error"].isna().to_numpy() if "error" in pred.columns else np.ones(len(pred), dtype=bool)
+    p = pred[pcols].to_numpy(dtype=float)
+    comb, _applied = combine_winding(p[ok], z[ok], classes, ens.weight, ens.min_confidence, ens.max_p_other)
+    pred["p_CW_network"], pred["p_ACW_network"] = pred["p_CW"], pred["p_ACW"]
+    p[ok] = comb
+    for j, c in enumerate(pcols):
+        pred[c] = p[:, j]
+    arg = np.nan_to_num(p, nan=-1.0).argmax(axis=1)
+    pred.loc[ok, "pred"] = np.asarray(classes, dtype=object)[arg[ok]]
+    if "p_pred" in pred.columns:
+        pred.loc[ok, "p_pred"] = p[ok, arg[ok]]
+    return ens, table
+
+
+def skill_vs_majority(y: Sequence, yp: Sequence, classes: Sequence[str], prior: dict[str, float] | None = None,
+                      n_boot: int = 1000, seed: int = 0, level: float = 0.95) -> dict[str, Any]:
+    """Skill of the predictions ``yp`` of labels ``y`` against the majority-class predictor at the class
+    proportions ``prior`` (the catalogue's; None or {}: the held-out set's own). Each held-out galaxy is
+    weighted by ``prior[label] / (held-out fraction of label)`` (the held-out set re-weighted to the
+    catalogue's proportions; classes absent from the held-out set are left out and the prior renormalised),
+    and the held-out set is resampled ``n_boot`` times at those weights for a ``level`` percentile interval.
+
+    Returns ``{"accuracy", "f1_macro"}`` each ``{"value", "ci_low", "ci_high"}``, ``majority`` (the class with
+    the largest prior and its ``accuracy``/``f1_macro`` at those proportions), ``proportions`` (used),
+    ``proportions_source`` (``catalogue`` or ``held-out``), ``n``, ``n_boot``, ``level``."""
+    y = np.asarray([str(v) for v in y], dtype=object)
+    yp = np.asarray([str(v) for v in yp], dtype=object)
+    classes = [str(c) for c in classes]
+    n = len(y)
+    held = {c: float(np.mean(y == c)) if n else 0.0 for c in classes}
+    present = [c for c in classes if held[c] > 0]
+    use_prior = bool(prior) and sum(float(prior.get(c, 0.0)) for c in present) > 0
+    if use_prior:
+        tot = sum(float(prior.get(c, 0.0)) for c in present)
+        props = {c: float(prior.get(c, 0.0)) / tot for c in present}
+    else:
+        props = {c: held[c] for c in present}
+    w = np.array([props.get(c, 0.0) / held[c] if held.get(c, 0) > 0 else 0.0 for c in y], dtype=float)
+    yi = np.array([classes.index(c) for c in y]) if n else np.zeros(0, dtype=int)
+    pi = np.array([classes.index(c) if c in classes else -1 for c in yp]) if n else np.zeros(0, dtype=int)
+    supported = [classes.index(c) for c in present if props[c] > 0]
+
+    def scores(W: np.ndarray) -> tuple[np.ndarray, np.ndarray]:  # W: (B, n) weights -> accuracy, macro-F1
+        tot = W.sum(axis=1)
+        acc = (W * (yi == pi)).sum(axis=1) / np.maximum(tot, 1e-300)
+        f1s = []
+        for k in supported:
+            tp = (W * ((yi == k) & (pi == k))).sum(axis=1)
+            fp = (W * ((yi != k) & (pi == k))).sum(axis=1)
+            fn = (W * ((yi == k) & (pi != k))).sum(axis=1)
+            den = 2 * tp + fp + fn
+            f1s.append(np.where(den > 0, 2 * tp / np.where(den > 0, den, 1), 0.0))
+        return acc, np.mean(f1s, axis=0) if f1s else np.full(len(W), np.nan)
+
+    acc0, f10 = scores(w[None, :])
+    out: dict[str, Any] = {"n": int(n), "n_boot": int(n_boot), "level": float(level), "proportions": props,
+                           "proportions_source": "catalogue" if use_prior else "held-out"}
+    alpha = (1 - level) / 2
+    if n_boot > 0 and n > 0 and w.sum() > 0:
+        rng = np.random.default_rng(seed)
+        W = rng.multinomial(n, w / w.sum(), size=int(n_boot)).astype(float)
+        acc_b, f1_b = scores(W)
+        lo = lambda v: float(np.quantile(v, alpha))  # noqa: E731
+        hi = lambda v: float(np.quantile(v, 1 - alpha))  # noqa: E731
+        out["accuracy"] = {"value": float(acc0[0]), "ci_low": lo(acc_b), "ci_high": hi(acc_b)}
+        out["f1_macro"] = {"value": float(f10[0]), "ci_low": lo(f1_b), "ci_high": hi(f1_b)}
+    else:
+        out["accuracy"] = {"value": float(acc0[0]), "ci_low": float("nan"), "ci_high": float("nan")}
+        out["f1_macro"] = {"value": float(f10[0]), "ci_low": float("nan"), "ci_high": float("nan")}
+    if present:
+        major = max(present, key=lambda c: props[c])
+        pm = props[major]
+        k = len(supported)
+        out["majority"] = {"class": major, "accuracy": pm, "f1_macro": (2 * pm / (1 + pm)) / k if k else 0.0}
+    return out
 
 
 def _report(subject: _Subject, scored: _Scored, opt: EvaluationOptions) -> dict:
@@ -313,7 +422,8 @@ def _report(subject: _Subject, scored: _Scored, opt: EvaluationOptions) -> dict:
                  "crop_fraction": loaded.spec.crop_fraction, "temperature": temperature,
                  "encoder_init": _encoder_init(loaded.spec),
                  "manifest_fingerprint": manifest_fingerprint(subject.manifest),
-                 "z_edges": list(map(float, opt.z_edges)), "thresholds": list(map(float, opt.thresholds))},
+                 "z_edges": list(map(float, opt.z_edges)), "thresholds": list(map(float, opt.thresholds)),
+                 **_applied(loaded.spec, scored.ensemble)},
         "counts": scored.counts,
         "classification": classification_metrics(y, proba, classes),
         "redshift_bins": redshift_bin_metrics(y, proba, classes, ev["z"].to_numpy(dtype=float), opt.z_edges),
@@ -331,9 +441,23 @@ def _report(subject: _Subject, scored: _Scored, opt: EvaluationOptions) -> dict:
     if opt.winding if opt.winding is not None else spirals:
         from galmorph.scoring.ensemble import winding_report
 
-        report["winding"] = winding_report(pred, subject.manifest, data_root=opt.data_root, table=opt.winding_table,
+        table = scored.winding_table if scored.winding_table is not None else opt.winding_table
+        report["winding"] = winding_report(pred, subject.manifest, data_root=opt.data_root, table=table,
                                            min_confidence=opt.winding_min_confidence)
+    if opt.skill_bootstrap > 0:  # the promotion floor (#26): the default predictions at the catalogue's proportions
+        from galmorph.models.io import model_class_prior
+
+        report["skill"] = skill_vs_majority(y, ev["pred"].astype(str).to_numpy(), classes,
+                                            model_class_prior(loaded.spec) or dict(loaded.spec.class_prior or {}),
+                                            n_boot=opt.skill_bootstrap, seed=opt.seed)
     return report
+
+
+def _applied(spec, ens) -> dict[str, Any]:
+    """``applied_class_prior``/``applied_ensemble`` (+ ``_label``) of the report's meta (#26)."""
+    from galmorph.scoring.batch import applied_defaults
+
+    return applied_defaults(spec, ens)
 
 
 def _explain(report: dict, subject: _Subject, scored: _Scored, opt: EvaluationOptions,
@@ -437,7 +561,8 @@ def log_evaluation(metrics: dict[str, float], artifacts: Sequence[Path], meta: d
     tags = {"galmorph.kind": "evaluation", "galmorph.model_uri": str(meta.get("model_uri")),
             "galmorph.model_name": str(meta.get("model_name")), "galmorph.model_version": str(meta.get("model_version")),
             "galmorph.task": str(meta.get("task")), "galmorph.manifest": str(meta.get("manifest")),
-            "galmorph.manifest_fingerprint": str(meta.get("manifest_fingerprint"))}
+            "galmorph.manifest_fingerprint": str(meta.get("manifest_fingerprint")),
+            **{k: str(meta[f"{k}_label"]) for k in ("applied_class_prior", "applied_ensemble") if f"{k}_label" in meta}}
     active = mlflow.active_run()
     ctx = None
     if active is None:

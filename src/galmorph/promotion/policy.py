@@ -5,12 +5,17 @@
 * no redshift-bin AUC (bins with at least ``min_bin_n`` objects in both evaluations) may drop by more
   than ``max_bin_auc_drop`` (epsilon);
 * chirality-equivariant models must pass the mirror test;
-* quality floor (also for the first champion): the candidate's macro-F1 must beat the majority-class
-  predictor's macro-F1 on the same evaluation set by ``min_margin_over_majority``;
-* winding check (chirality): the candidate's disagreement with the physical winding measurement (on the
-  galaxies where the measurement is confident, ``|z| >= winding_min_confidence``, and the model predicts
-  CW or ACW) may exceed the champion's by at most ``winding_margin``; a larger excess is flagged in the
-  decision, and blocks the promotion when ``winding_blocks``.
+* quality floor (every candidate, the first champion too): judged on the predictions that will be deployed
+  (the evaluation applies the model's recorded class prior and winding ensemble by default, #26), on the
+  held-out galaxies re-weighted to the catalogue's class proportions (the evaluation report's ``skill``
+  block, :func:`galmorph.evaluation.core.skill_vs_majority`): the lower end of the bootstrap 95 % interval
+  of the candidate's ``floor_metric`` (default: the primary metric) must exceed the majority-class
+  predictor's value at those proportions by at least ``min_margin_over_majority``;
+* winding check (chirality; every candidate, the first champion too): the candidate's disagreement with the
+  physical winding measurement (on the galaxies where the measurement is confident,
+  ``|z| >= winding_min_confidence``, and the model predicts CW or ACW) may not exceed
+  ``winding_max_disagreement`` (chance is 0.5), nor the champion's by more than ``winding_margin``; a
+  failure is flagged in the decision, and blocks the promotion when ``winding_blocks``.
 """
 
 from __future__ import annotations
@@ -39,14 +44,18 @@ class PromotionPolicy:
     min_bin_n: int = 10  # bins with fewer evaluated objects (in either evaluation) are not compared
     require_mirror_test: bool = True  # for chirality-equivariant candidates
     bin_metric: str = "auc_macro"
-    # quality floor: the candidate's macro-F1 must beat the majority-class predictor's macro-F1 on the same
-    # evaluation set by at least this margin (also for the first champion); None switches the floor off
-    min_margin_over_majority: float | None = 0.05
+    # quality floor (every candidate, the first champion too): the lower end of the bootstrap 95 % interval of
+    # the candidate's floor_metric at the catalogue's class proportions must exceed the majority-class
+    # predictor's by at least this gain; None switches the floor off
+    min_margin_over_majority: float | None = 0.02
+    floor_metric: str = ""  # f1_macro | accuracy ("": the primary metric)
     # winding check (chirality): challenger disagreement with the winding measurement - champion's > margin
     # is flagged (and blocks when winding_blocks); None switches the check off
     winding_margin: float | None = 0.02
     winding_min_confidence: float = 2.0
     winding_blocks: bool = True
+    # winding check, absolute (every candidate, the first champion too): disagreement above this fails; None: off
+    winding_max_disagreement: float | None = 0.25
 
     @classmethod
     def from_params(cls, params: dict | str | Path | None, missing_ok: bool = False,
@@ -121,55 +130,85 @@ def _typed(key: str, value: Any, default: Any) -> Any:
 # --------------------------------------------------------------------------------------------
 # the checks
 # --------------------------------------------------------------------------------------------
-def quality_floor(report: dict, margin: float | None) -> dict | None:
-    """The quality floor of an evaluation report: its macro-F1 (mean over the classes with support,
-    :func:`galmorph.evaluation.metrics.macro_f1`) must exceed the majority-class predictor's macro-F1 on
-    the same objects by at least ``margin``. Returns the check (``passed``, ``f1_macro``,
-    ``majority_f1_macro``, ``majority_class``, ``margin``, ``reason``) or None when ``margin`` is None."""
+FLOOR_METRICS = ("f1_macro", "accuracy")
+
+
+def quality_floor(report: dict, margin: float | None, metric: str = "f1_macro") -> dict | None:
+    """The quality floor of an evaluation report's default predictions (its ``skill`` block,
+    :func:`galmorph.evaluation.core.skill_vs_majority`: the held-out galaxies at the catalogue's class
+    proportions): the lower end of the bootstrap interval of ``metric`` (``f1_macro`` or ``accuracy``) must
+    exceed the majority-class predictor's value by at least ``margin``. Returns the check (``passed``,
+    ``metric``, ``value``, ``ci_low``, ``ci_high``, ``level``, ``majority_value``, ``majority_class``,
+    ``margin``, ``required``, ``proportions``, ``proportions_source``, ``reason`` when failed) or None when
+    ``margin`` is None."""
     if margin is None:
         return None
-    cls = report.get("classification") or {}
-    base = cls.get("majority_baseline")
-    f1 = float((cls.get("macro") or {}).get("f1", float("nan")))
-    if not base:
-        return {"passed": False, "margin": float(margin), "f1_macro": f1,
-                "reason": "quality floor: the evaluation has no majority-class baseline (re-evaluate with this version)"}
-    b = float(base["f1_macro"])
-    ok = math.isfinite(f1) and math.isfinite(b) and f1 >= b + float(margin)
-    out = {"passed": bool(ok), "f1_macro": f1, "majority_f1_macro": b, "majority_class": base.get("class"),
-           "margin": float(margin), "absent_classes": list(cls.get("absent_classes", []))}
+    metric = metric if metric in FLOOR_METRICS else "f1_macro"
+    skill = report.get("skill")
+    if not skill or metric not in skill or not skill.get("majority"):
+        return {"passed": False, "metric": metric, "margin": float(margin),
+                "reason": "quality floor: the evaluation has no skill block (the default predictions at the "
+                          "catalogue's class proportions with a bootstrap interval); re-evaluate with this version"}
+    m, base = skill[metric], skill["majority"]
+    low, b = float(m.get("ci_low", math.nan)), float(base.get(metric, math.nan))
+    need = b + float(margin)
+    ok = math.isfinite(low) and math.isfinite(b) and low > need
+    out = {"passed": bool(ok), "metric": metric, "value": float(m.get("value", math.nan)), "ci_low": low,
+           "ci_high": float(m.get("ci_high", math.nan)), "level": skill.get("level"), "n": skill.get("n"),
+           "n_boot": skill.get("n_boot"), "majority_value": b, "majority_class": base.get("class"),
+           "margin": float(margin), "required": need, "proportions": skill.get("proportions"),
+           "proportions_source": skill.get("proportions_source"),
+           "applied_class_prior": (report.get("meta") or {}).get("applied_class_prior_label"),
+           "applied_ensemble": (report.get("meta") or {}).get("applied_ensemble_label")}
     if not ok:
-        out["reason"] = (f"quality floor: macro-F1 {f1:.4f} does not beat the majority-class predictor (always "
-                         f"{base.get('class')!r}: macro-F1 {b:.4f}) by the required margin {float(margin):g} on the "
-                         f"held-out set (needs >= {b + float(margin):.4f})")
+        props = ", ".join(f"{k} {v:.3f}" for k, v in (skill.get("proportions") or {}).items())
+        out["reason"] = (f"quality floor: {metric} {out['value']:.4f} (95% interval {low:.4f}..{out['ci_high']:.4f}, "
+                         f"n={skill.get('n')}) does not beat the majority-class predictor (always "
+                         f"{base.get('class')!r}: {metric} {b:.4f}) by the required margin {float(margin):g}: the "
+                         f"interval's lower end {low:.4f} must exceed {need:.4f} (held-out galaxies at the "
+                         f"{skill.get('proportions_source')} proportions {props}; predictions with class prior "
+                         f"{out['applied_class_prior']}, ensemble {out['applied_ensemble']})")
     return out
 
 
 def winding_check(candidate: dict, champion: dict | None, policy: PromotionPolicy) -> dict | None:
     """The winding check of two evaluation reports (their ``winding`` blocks,
     :func:`galmorph.scoring.ensemble.winding_report`): ``flagged`` when the candidate's disagreement with the
-    measurement exceeds the champion's by more than ``policy.winding_margin``; ``blocking`` when it is
-    flagged and ``policy.winding_blocks``. None when the check is off or the candidate has no block."""
+    measurement exceeds ``policy.winding_max_disagreement`` (every candidate, the first champion too) or
+    the champion's by more than ``policy.winding_margin``; ``blocking`` when it is flagged and
+    ``policy.winding_blocks``. None when both are off or the candidate has no block."""
     cw = candidate.get("winding")
-    if policy.winding_margin is None or not cw:
+    if (policy.winding_margin is None and policy.winding_max_disagreement is None) or not cw:
         return None
     hw = (champion or {}).get("winding") or {}
     a, b = float(cw.get("disagreement", math.nan)), float(hw.get("disagreement", math.nan))
     out = {"candidate_disagreement": a, "champion_disagreement": b, "candidate_n_compared": cw.get("n_compared"),
-           "champion_n_compared": hw.get("n_compared"), "margin": float(policy.winding_margin),
+           "champion_n_compared": hw.get("n_compared"),
+           "margin": None if policy.winding_margin is None else float(policy.winding_margin),
+           "max_disagreement": policy.winding_max_disagreement,
            "min_confidence": cw.get("min_confidence"), "compared": False, "flagged": False, "blocking": False}
-    if champion is None or not (math.isfinite(a) and math.isfinite(b)):
+    tail = "" if policy.winding_blocks else " (flagged, not blocking)"
+    reasons = []
+    if policy.winding_max_disagreement is not None and math.isfinite(a):  # every candidate, the first too
+        out["absolute_checked"] = True
+        if a > float(policy.winding_max_disagreement) + 1e-12:
+            reasons.append(f"winding check: the candidate disagrees with the winding measurement on {a:.1%} of its "
+                           f"confident CW/ACW galaxies (n={cw.get('n_compared')}) > the maximum "
+                           f"{float(policy.winding_max_disagreement):.1%} (chance: 50%)")
+    if policy.winding_margin is None:
+        out["note"] = "relative check off (winding_margin null)"
+    elif champion is None or not (math.isfinite(a) and math.isfinite(b)):
         out["note"] = ("no champion to compare with" if champion is None else
                        "no galaxy with a confident measurement and a CW/ACW prediction in one of the evaluations")
-        return out
-    excess = a - b
-    flagged = excess > float(policy.winding_margin) + 1e-12
-    out.update(compared=True, excess=excess, flagged=bool(flagged), blocking=bool(flagged and policy.winding_blocks))
-    if flagged:
-        out["reason"] = (f"winding check: the candidate disagrees with the winding measurement on {a:.1%} of its "
-                         f"confident CW/ACW galaxies (n={cw.get('n_compared')}) vs the champion's {b:.1%} "
-                         f"(n={hw.get('n_compared')}): +{excess:.3f} > margin {float(policy.winding_margin):g}"
-                         + ("" if policy.winding_blocks else " (flagged, not blocking)"))
+    else:
+        excess = a - b
+        out.update(compared=True, excess=excess)
+        if excess > float(policy.winding_margin) + 1e-12:
+            reasons.append(f"winding check: the candidate disagrees with the winding measurement on {a:.1%} of its "
+                           f"confident CW/ACW galaxies (n={cw.get('n_compared')}) vs the champion's {b:.1%} "
+                           f"(n={hw.get('n_compared')}): +{excess:.3f} > margin {float(policy.winding_margin):g}")
+    if reasons:
+        out.update(flagged=True, blocking=bool(policy.winding_blocks), reason="; ".join(reasons) + tail)
     return out
 
 
@@ -234,7 +273,7 @@ def compare(candidate: dict, champion: dict | None, policy: PromotionPolicy, chi
     if chirality_equivariant and policy.require_mirror_test:
         checks["mirror_test"], reason = mirror_check(candidate)
         reasons += [reason] if reason else []
-    floor = quality_floor(candidate, policy.min_margin_over_majority)
+    floor = quality_floor(candidate, policy.min_margin_over_majority, policy.floor_metric or policy.primary_metric)
     if floor is not None:
         checks["quality_floor"] = floor
         reasons += [] if floor["passed"] else [floor["reason"]]

@@ -9,7 +9,8 @@ same evaluation manifest and applies a :class:`~galmorph.promotion.policy.Promot
 (:mod:`galmorph.promotion.policy`). Pass: alias ``champion`` moves to the candidate and the old champion
 becomes ``previous-champion``; both versions are tagged with the decision and metrics. Fail: the candidate
 gets the ``challenger`` alias and the reasons are returned (and printed by the CLI). With no champion the
-candidate becomes the first champion (the mirror test and the quality floor still apply). :func:`rollback`
+candidate becomes the first champion (every check still applies: the mirror test, the quality floor and
+the absolute winding check; both evaluations judge the default predictions, #26). :func:`rollback`
 restores ``previous-champion``.
 
 Every decision is recorded (:mod:`galmorph.promotion.audit`): model-version tags (``galmorph.decision*``, a
@@ -190,7 +191,8 @@ def _evaluate(name: str, version: str, champ: str | None, manifest_df, out_dir: 
                  **{"rotation_passes": 0, "html": True, **(evaluate_kwargs or {})})
     if ce:
         ev_kw["chirality_diagnostics_on"] = True
-    if policy.winding_margin is not None and {"CW", "ACW"} <= set(map(str, cand_model.spec.classes)):
+    if ((policy.winding_margin is not None or policy.winding_max_disagreement is not None)
+            and {"CW", "ACW"} <= set(map(str, cand_model.spec.classes))):
         from galmorph.scoring.ensemble import measure_winding_table
 
         # one measurement of the evaluation images, shared by both evaluations
@@ -216,8 +218,9 @@ def _outcome(passed: bool, champ: str | None, reasons: list[str], checks: dict) 
         reasons = reasons + [wd["reason"]]
     fl = checks.get("quality_floor")
     if fl:
-        reasons = reasons + [f"quality floor passed: macro-F1 {fl['f1_macro']:.4f} >= majority-class "
-                             f"{fl['majority_f1_macro']:.4f} + {fl['margin']:g}"]
+        reasons = reasons + [f"quality floor passed: {fl['metric']} {fl['value']:.4f} (95% interval lower end "
+                             f"{fl['ci_low']:.4f}) > majority-class {fl['majority_value']:.4f} + {fl['margin']:g} "
+                             f"at the {fl.get('proportions_source')} class proportions"]
     return ("promoted" if champ is not None else "first-champion"), reasons
 
 

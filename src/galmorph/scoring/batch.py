@@ -294,6 +294,9 @@ def _load_model(model, device: str):
 #: What binds a scoring folder to its inputs: a resume must agree on all of them.
 RESUME_KEYS: tuple[str, ...] = ("manifest_sha256", "manifest_rows", "shard_size", "model_uri", "model_version",
                                 "threshold", "classes", "winding_ensemble", "class_prior")
+#: What a run applied beyond the network (#26): recorded in summary.json, the catalogue metadata and MLflow.
+APPLIED_KEYS: tuple[str, ...] = ("applied_class_prior", "applied_ensemble", "applied_class_prior_label",
+                                 "applied_ensemble_label")
 _OUR_FILES = re.compile(r"^\.?(part|quarantine)-\d{5,}\.parquet(\.tmp-\d+)?$")
 
 
@@ -446,7 +449,25 @@ def _run_spec(rel: _Release, lm, shard_size: int, threshold: float, choice, wind
         "classes": list(spec.classes), "threshold": float(threshold), "inference": choice.to_dict(),
         "class_prior": dict(getattr(spec, "class_prior", {}) or {}),
         "winding_ensemble": winding_ensemble.to_dict() if winding_ensemble is not None else None,
+        **applied_defaults(spec, winding_ensemble),
     }
+
+
+def applied_defaults(spec, winding_ensemble) -> dict[str, Any]:
+    """What a scoring run applied beyond the network (#26), for ``scoring.json``, ``summary.json``, the
+    catalogue metadata and MLflow: ``applied_class_prior`` (:func:`galmorph.models.io.applied_class_prior`)
+    and ``applied_ensemble`` (``{"winding_ensemble": bool, "source", "weight", "min_confidence"}``) and
+    their one-line labels."""
+    from galmorph.models.io import applied_class_prior, applied_class_prior_label
+    from galmorph.scoring.ensemble import applied_ensemble_label
+
+    ens = {"winding_ensemble": winding_ensemble is not None}
+    if winding_ensemble is not None:
+        ens.update(source=winding_ensemble.source, weight=float(winding_ensemble.weight),
+                   min_confidence=float(winding_ensemble.min_confidence))
+    return {"applied_class_prior": applied_class_prior(spec), "applied_ensemble": ens,
+            "applied_class_prior_label": applied_class_prior_label(spec),
+            "applied_ensemble_label": applied_ensemble_label(winding_ensemble)}
 
 
 def _predict_shard(sc: _ShardScorer, frame: pd.DataFrame) -> tuple[np.ndarray, dict[int, str]]:
@@ -666,8 +687,9 @@ def _merged_spec(score_dirs: Sequence[Path]) -> dict:
     specs = [json.loads((d / "scoring.json").read_text()) for d in score_dirs if (d / "scoring.json").exists()]
     if not specs:
         raise ScoringError(f"no scoring.json in {', '.join(map(str, score_dirs))}")
-    for key in ("manifest_sha256", "manifest_rows", "shard_size", "model_uri", "model_version", "classes"):
-        vals = {json.dumps(sp.get(key)) for sp in specs}
+    for key in ("manifest_sha256", "manifest_rows", "shard_size", "model_uri", "model_version", "classes",
+                "class_prior", "winding_ensemble"):
+        vals = {json.dumps(sp.get(key), sort_keys=True) for sp in specs}
         if len(vals) > 1:
             raise ScoringError(f"scoring folders disagree on {key}: {sorted(vals)}")
     return specs[0]
@@ -693,7 +715,9 @@ def _concat_shards(parts: dict[int, Path], tmp: Path, spec: dict, classes: Seque
         for s in sorted(parts):
             t = pq.read_table(parts[s])
             if writer is None:
-                meta = {**(t.schema.metadata or {}), b"galmorph.inference": json.dumps(spec.get("inference"))}
+                meta = {**(t.schema.metadata or {}), b"galmorph.inference": json.dumps(spec.get("inference")),
+                        **{f"galmorph.{k}".encode(): json.dumps(spec.get(k), default=json_default).encode()
+                           for k in APPLIED_KEYS if k in spec}}
                 writer = pq.ParquetWriter(tmp, t.schema.with_metadata(meta))
             elif t.schema != writer.schema:
                 t = t.cast(writer.schema)
@@ -740,6 +764,7 @@ def _summary(spec: dict, release: str | None, n_sh: int, missing: list[int], cou
         "high_confidence_fraction": (sum(hc_counts.values()) / n_scored) if n_scored else float("nan"),
         "catalogue": str(cat_path), "quarantine": str(q_path),
         "inference": spec.get("inference"),
+        **{k: spec.get(k) for k in APPLIED_KEYS if k in spec},
     }
     if spec.get("task") == "chirality":
         cv = cvs_block(counts.get("ACW", 0), counts.get("CW", 0))
@@ -812,6 +837,11 @@ def _log_scoring_run(summary: dict, catalogue_path, run_name, experiment: str, l
                          "galmorph.model_uri": str(summary.get("model_uri"))})
         mlflow.log_params({"threshold": summary.get("threshold"), "model_uri": summary.get("model_uri"),
                            "n_shards": summary.get("n_shards")})
+        applied = {k: str(summary[f"{k}_label"])[:5000] for k in ("applied_class_prior", "applied_ensemble")
+                   if f"{k}_label" in summary}
+        if applied:  # what the scores are besides the network (#26)
+            mlflow.set_tags(applied)
+            mlflow.log_params(applied)
         if summary.get("inference"):  # the inference path and its agreement with fp32 (galmorph.scoring.accel)
             from galmorph.scoring.accel import PathChoice
 

@@ -62,6 +62,7 @@ class WindingEnsemble:
     max_p_other: float = 0.5  #: only galaxies the network calls spiral (p_other below this)
     options: dict = field(default_factory=dict)  #: WindingOptions overrides for the measurement
     workers: int = 1  #: measurement processes (not part of the result)
+    source: str = "flag"  #: who chose it: ``flag`` or ``model:<source>`` (recorded, not part of the result)
 
     def __post_init__(self) -> None:
         if not (math.isfinite(self.weight) and self.weight >= 0):
@@ -75,6 +76,7 @@ class WindingEnsemble:
         """What the result depends on (recorded in scoring.json and the catalogue metadata)."""
         d = asdict(self)
         d.pop("workers")
+        d.pop("source")
         d["rule"] = RULE
         return d
 
@@ -253,6 +255,37 @@ def apply_winding_ensemble(scores: pd.DataFrame, rows: pd.DataFrame, classes: Se
     out["winding_ensemble"] = applied
     out.attrs[ATTRS_KEY] = ensemble.to_dict()
     return out
+
+
+def ensemble_for(spec, enabled: bool | None = None, weight: float | None = None,
+                 min_confidence: float | None = None) -> WindingEnsemble | None:
+    """The winding ensemble to apply for a model of ``spec`` (None: off). ``enabled`` True/False: the caller's
+    choice (``--winding-ensemble``/``--no-winding-ensemble``); None: what the model recorded
+    (``spec.extra["ensemble"]``, :mod:`galmorph.training.defaults`; off for a model that recorded none or a
+    model without CW/ACW). ``weight``/``min_confidence`` None: the model's recorded values, else the defaults.
+    The returned settings carry ``options["source"]`` = ``model:<source>`` or ``flag``."""
+    from galmorph.models.io import model_ensemble
+
+    rec = model_ensemble(spec) if spec is not None else None
+    if enabled is None:
+        classes = [str(c) for c in getattr(spec, "classes", [])]
+        enabled = bool(rec and rec.get("winding_ensemble")) and {CW, ACW} <= set(classes)
+        source = f"model:{(rec or {}).get('source', 'default')}"
+    else:
+        source = "flag"
+    if not enabled:
+        return None
+    w = weight if weight is not None else float((rec or {}).get("weight", DEFAULT_WEIGHT))
+    m = min_confidence if min_confidence is not None else float((rec or {}).get("min_confidence",
+                                                                                DEFAULT_MIN_CONFIDENCE))
+    return WindingEnsemble(weight=float(w), min_confidence=float(m), source=source)
+
+
+def applied_ensemble_label(ens: WindingEnsemble | None) -> str:
+    """A one-line tag value: ``off`` or ``winding(weight=3,min_confidence=0,source=model:default)``."""
+    if ens is None:
+        return "off"
+    return f"winding(weight={ens.weight:g},min_confidence={ens.min_confidence:g},source={ens.source})"
 
 
 def ensemble_settings(catalogue: str | Path | pd.DataFrame) -> dict | None:

@@ -23,10 +23,13 @@ class ScoringJob:
 
     ``model``: a model URI (already resolved by the caller: ``models:/...``, ``runs:/...``, a path) or a
     :class:`~galmorph.models.io.LoadedModel`. ``device``: a torch device or ``auto`` (a GPU when visible).
-    ``tta_views``/``class_prior``: passed to :func:`galmorph.models.io.load_for_inference`.
+    ``tta_views``/``class_prior``: passed to :func:`galmorph.models.io.load_for_inference` (``class_prior``
+    default ``"model"``: the prior the model recorded; ``"none"``/``"as-trained"``: as trained).
     ``check_model(loaded)``: raises when the model does not suit the data (e.g. the dataset's framing).
     ``winding_ensemble``: combine a chirality network with the winding measurement
-    (:class:`galmorph.scoring.ensemble.WindingEnsemble` of ``winding_weight``/``winding_min_confidence``).
+    (:class:`galmorph.scoring.ensemble.WindingEnsemble` of ``winding_weight``/``winding_min_confidence``);
+    None (default): as the model recorded (:func:`galmorph.models.io.model_ensemble`; off for a model that
+    recorded nothing); ``winding_weight``/``winding_min_confidence`` None: the model's recorded values.
     ``merge``: merge the shards into ``out_dir`` (catalogue, quarantine, summary) and, with ``log_mlflow``,
     record the release as an MLflow run on ``tracking_uri``."""
 
@@ -43,11 +46,11 @@ class ScoringJob:
     precision: str = "fp32"
     decode: str = "full"
     tta_views: int | None = None
-    class_prior: str | dict | None = None
+    class_prior: str | dict | None = "model"
     check_model: Callable[[Any], None] | None = None
-    winding_ensemble: bool = False
-    winding_weight: float = 3.0
-    winding_min_confidence: float = 0.0
+    winding_ensemble: bool | None = None
+    winding_weight: float | None = None
+    winding_min_confidence: float | None = None
     overwrite: bool = False
     progress: bool = True
     merge: bool = True
@@ -77,11 +80,10 @@ class ScoringRun:
 
 
 def _model(job: ScoringJob, device: str):
-    """The model to score with: loaded here when views, a class prior or a model check are asked for,
-    else the URI (loaded by :func:`~galmorph.scoring.batch.score_manifest` after the manifest checks)."""
+    """The model to score with (loaded here: its recorded defaults decide the class prior and the ensemble);
+    a :class:`~galmorph.models.io.LoadedModel` passed in is used as it is."""
     model = job.model
-    if isinstance(model, (str, Path)) and (job.tta_views is not None or job.class_prior is not None
-                                           or job.check_model is not None):
+    if isinstance(model, (str, Path)):
         from galmorph.models.io import load_for_inference
 
         model = load_for_inference(str(model), device=device,
@@ -92,13 +94,13 @@ def _model(job: ScoringJob, device: str):
     return model
 
 
-def _ensemble(job: ScoringJob):
-    """The :class:`~galmorph.scoring.ensemble.WindingEnsemble` of the job (None when off)."""
-    if not job.winding_ensemble:
-        return None
-    from galmorph.scoring.ensemble import WindingEnsemble
+def _ensemble(job: ScoringJob, model=None):
+    """The :class:`~galmorph.scoring.ensemble.WindingEnsemble` of the job (None when off): the job's
+    ``winding_ensemble`` flag, else the one the model recorded (:func:`galmorph.models.io.model_ensemble`)."""
+    from galmorph.scoring.ensemble import ensemble_for
 
-    return WindingEnsemble(weight=job.winding_weight, min_confidence=job.winding_min_confidence)
+    spec = getattr(model, "spec", None)
+    return ensemble_for(spec, job.winding_ensemble, job.winding_weight, job.winding_min_confidence)
 
 
 def merge_and_log(score_dirs: Sequence[str | Path], out_dir: str | Path, release: str | None = None,
@@ -117,11 +119,12 @@ def run_scoring(job: ScoringJob) -> ScoringRun:
     from galmorph.scoring.batch import pick_device, score_manifest
 
     device = pick_device(job.device)
-    res = score_manifest(_model(job, device), job.manifest, job.out_dir, batch_size=job.batch_size,
+    model = _model(job, device)
+    res = score_manifest(model, job.manifest, job.out_dir, batch_size=job.batch_size,
                          num_workers=job.num_workers, shard_size=job.shard_size, threshold=job.threshold,
                          shards=job.shards, data_root=job.data_root, device=device, overwrite=job.overwrite,
                          progress=job.progress, precision=job.precision, decode=job.decode,
-                         winding_ensemble=_ensemble(job))
+                         winding_ensemble=_ensemble(job, model))
     run = ScoringRun(scoring=res)
     if job.merge:
         run.merged, run.mlflow_run_id = merge_and_log([job.out_dir], job.out_dir, release=job.release,

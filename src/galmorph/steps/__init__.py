@@ -342,16 +342,19 @@ def shard(dataset: str | Path, model_uri: str, shard_size: int = 10000, n_worker
 
 
 def score(dataset: str | Path, work: str, scores_dir: str | Path, batch_size: int = 64, num_workers: int = 2,
-          threshold: float = 0.85, device: str = "auto", tracking_uri: str = "", winding_ensemble: bool = False,
-          winding_weight: float = 3.0, winding_min_confidence: float = 0.0, precision: str = "fp32",
-          decode: str = "full", class_prior: str = "", scores_metadata: dict | None = None) -> ScoreOutputs:
+          threshold: float = 0.85, device: str = "auto", tracking_uri: str = "", winding_ensemble: bool = True,
+          winding_weight: float = -1.0, winding_min_confidence: float = -1.0, precision: str = "fp32",
+          decode: str = "full", class_prior: str = "model", scores_metadata: dict | None = None) -> ScoreOutputs:
     """:func:`galmorph.scoring.run.run_scoring` of the shards of the work item ``work`` into ``scores_dir``
     (resumable); the dataset's framing is checked against the model's (never cropped twice);
-    ``winding_ensemble`` combines the chirality network with the winding measurement
-    (:class:`galmorph.scoring.ensemble.WindingEnsemble`). ``precision``/``decode``: the inference path
-    (:mod:`galmorph.scoring.accel`; an accelerated path only where it agrees with fp32, recorded in the shard summaries
-    and, through the merge, in MLflow). ``class_prior``: move the probabilities to the release's class prior
-    (``catalogue`` or ``CLASS=F,...``; :func:`galmorph.models.io.parse_class_prior`; empty: as trained)."""
+    ``winding_ensemble`` True (default): combine the chirality network with the winding measurement as the model
+    recorded (:func:`galmorph.scoring.ensemble.ensemble_for`; off for a model that recorded none); False: off.
+    ``winding_weight``/``winding_min_confidence`` below 0: the model's recorded values. ``precision``/``decode``:
+    the inference path (:mod:`galmorph.scoring.accel`; an accelerated path only where it agrees with fp32, recorded
+    in the shard summaries and, through the merge, in MLflow). ``class_prior``: move the probabilities to the
+    release's class prior (default ``model``: the prior the model recorded; ``none``/``as-trained``/empty: as
+    trained; ``catalogue`` or ``CLASS=F,...``; :func:`galmorph.models.io.parse_class_prior`). What was applied
+    is recorded in the summary, the catalogue metadata and MLflow (``applied_class_prior``, ``applied_ensemble``)."""
     from galmorph.steps.runtime import as_dir, setup
     from galmorph.scoring.batch import parse_work_item
     from galmorph.scoring.run import ScoringJob, run_scoring
@@ -365,9 +368,11 @@ def score(dataset: str | Path, work: str, scores_dir: str | Path, batch_size: in
     res = run_scoring(ScoringJob(
         model=item["model_uri"], manifest=open_dataset(dataset), out_dir=as_dir(scores_dir), batch_size=batch_size,
         num_workers=num_workers, shard_size=item["shard_size"], threshold=threshold, shards=item["shards"],
-        data_root=root, device=device, precision=precision, decode=decode, class_prior=class_prior or None,
-        check_model=framing, winding_ensemble=winding_ensemble, winding_weight=winding_weight,
-        winding_min_confidence=winding_min_confidence, progress=False, merge=False)).scoring
+        data_root=root, device=device, precision=precision, decode=decode, class_prior=class_prior or "none",
+        check_model=framing, winding_ensemble=None if winding_ensemble else False,
+        winding_weight=winding_weight if winding_weight >= 0 else None,
+        winding_min_confidence=winding_min_confidence if winding_min_confidence >= 0 else None,
+        progress=False, merge=False)).scoring
     _fill(scores_metadata, {"shards": item["shard_range"], "n_scored": res.n_scored,
                             "images_per_s": res.images_per_s, "precision": res.precision})
     return ScoreOutputs(res.n_scored, res.n_quarantined)
