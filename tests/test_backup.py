@@ -20,6 +20,7 @@ from click.testing import CliRunner
 from galmorph.cli import main
 from galmorph.ops.stack import stack_down, stack_up
 from galmorph.settings import Settings
+from test_promotion_lock_postgres import pg  # noqa: F401 - the real Postgres fixture
 from test_scoring_helpers import TinyNet, register_model
 
 TASK, NAME = "lopsided", "galmorph-lopsided"
@@ -213,3 +214,58 @@ def test_restore_refuses_a_damaged_backup_naming_the_file(tmp_path):
     r = CliRunner().invoke(main, ["stack", "restore", str(bk)], env=_env(dst))
     assert r.exit_code == 0, r.output
     assert _label_history(dst) == _label_history(src)
+
+
+def test_postgres_label_database_round_trips_through_pg_dump_and_pg_restore(tmp_path, pg):
+    """The chart's steps (docs/deployment.md, "Backup and restore") on a real Postgres (pgserver's binaries):
+    pg_dump -Fc of a label database with rows, pg_restore --no-owner into a fresh database, same history."""
+    import subprocess
+
+    import psycopg
+    import pgserver
+    from pathlib import Path
+
+    from galmorph.labelling.store import LabelStore
+    from galmorph.ops.backup import backup
+
+    bin_dir = Path(pgserver.__file__).resolve().parent / "pginstall" / "bin"
+    assert (bin_dir / "pg_dump").exists() and (bin_dir / "pg_restore").exists()
+    sock, port = pg.base / "sock", pg.url.rsplit(":", 1)[1].split("/")[0]
+    with psycopg.connect(pg.admin_dsn, autocommit=True) as conn:
+        conn.execute("CREATE DATABASE labels_src")
+        conn.execute("CREATE DATABASE labels_restored")
+    url = f"postgresql://postgres@/%s?host={sock}&port={port}"
+    store = LabelStore(url % "labels_src")
+    store.register_queue(pd.DataFrame({"object_id": [f"o{i}" for i in range(5)]}), "q")
+    for i in range(5):
+        store.set_label(f"o{i}", "alice", "lopsided", task=TASK)
+    store.set_label("o2", "bob", "symmetric", task=TASK)
+    store.undo("alice", task=TASK)
+    store.engine.dispose()
+    # `stack backup` with a Postgres label database: skipped, pointing to the documented steps
+    s = Settings(state_dir=tmp_path / "state", label_db_url=url % "labels_src", mlflow_tracking_uri="http://127.0.0.1:1")
+    skipped = {p["name"]: p["reason"] for p in backup(s, tmp_path / "bk")["skipped"]}
+    assert "Helm chart's case" in skipped["label-db"] and "pg_dump" in skipped["label-db"]
+
+    dump = tmp_path / "labels.dump"
+    common = ["-h", str(sock), "-p", port, "-U", "postgres"]
+    subprocess.run([str(bin_dir / "pg_dump"), *common, "-Fc", "-d", "labels_src", "-f", str(dump)], check=True,
+                   capture_output=True)
+    subprocess.run([str(bin_dir / "pg_restore"), *common, "--no-owner", "--exit-on-error", "-d", "labels_restored",
+                    str(dump)], check=True, capture_output=True)
+
+    def history(db: str):
+        st = LabelStore(url % db)
+        try:
+            return (st.labels(TASK).to_dict(orient="records"), st.events().to_dict(orient="records"),
+                    st.objects().to_dict(orient="records"))
+        finally:
+            st.engine.dispose()
+
+    assert history("labels_restored") == history("labels_src")
+    assert len(history("labels_restored")[1]) == 7
+    # the restored sequences continue after the restored rows (a new label gets a fresh id)
+    st = LabelStore(url % "labels_restored")
+    st.set_label("o0", "carol", "lopsided", task=TASK)
+    assert st.events()["id"].is_unique
+    st.engine.dispose()
