@@ -353,7 +353,8 @@ def skill_vs_majority(y: Sequence, yp: Sequence, classes: Sequence[str], prior: 
     and the held-out set is resampled ``n_boot`` times at those weights for a ``level`` percentile interval.
 
     Returns ``{"accuracy", "f1_macro"}`` each ``{"value", "ci_low", "ci_high"}``, ``majority`` (the class with
-    the largest prior and its ``accuracy``/``f1_macro`` at those proportions), ``proportions`` (used),
+    the largest prior and its ``accuracy``/``f1_macro`` at those proportions), ``chance`` (the expected
+    ``accuracy``/``f1_macro`` of the same prediction frequencies independent of the image), ``proportions`` (used),
     ``proportions_source`` (``catalogue`` or ``held-out``), ``n``, ``n_boot``, ``level``."""
     y = np.asarray([str(v) for v in y], dtype=object)
     yp = np.asarray([str(v) for v in yp], dtype=object)
@@ -404,6 +405,12 @@ def skill_vs_majority(y: Sequence, yp: Sequence, classes: Sequence[str], prior: 
         pm = props[major]
         k = len(supported)
         out["majority"] = {"class": major, "accuracy": pm, "f1_macro": (2 * pm / (1 + pm)) / k if k else 0.0}
+        # chance: the candidate's own predictions, independent of the image (its prediction frequencies at
+        # these proportions, shuffled across the galaxies): what a model without skill scores in expectation
+        q = {classes[k_]: float((w * (pi == k_)).sum() / max(w.sum(), 1e-300)) for k_ in supported}
+        f1c = [2 * props[c] * q[c] / (props[c] + q[c]) if props[c] + q[c] > 0 else 0.0 for c in q]
+        out["chance"] = {"accuracy": float(sum(props[c] * q[c] for c in q)),
+                         "f1_macro": float(np.mean(f1c)) if f1c else 0.0, "prediction_frequencies": q}
     return out
 
 

@@ -10,7 +10,8 @@
   held-out galaxies re-weighted to the catalogue's class proportions (the evaluation report's ``skill``
   block, :func:`galmorph.evaluation.core.skill_vs_majority`): the lower end of the bootstrap 95 % interval
   of the candidate's ``floor_metric`` (default: the primary metric) must exceed the majority-class
-  predictor's value at those proportions by at least ``min_margin_over_majority``;
+  predictor's value at those proportions (and the value its own predictions score by chance, independent of
+  the image) by at least ``min_margin_over_majority``;
 * winding check (chirality; every candidate, the first champion too): the candidate's disagreement with the
   physical winding measurement (on the galaxies where the measurement is confident,
   ``|z| >= winding_min_confidence``, and the model predicts CW or ACW) may not exceed
@@ -151,11 +152,13 @@ def quality_floor(report: dict, margin: float | None, metric: str = "f1_macro") 
                           "catalogue's class proportions with a bootstrap interval); re-evaluate with this version"}
     m, base = skill[metric], skill["majority"]
     low, b = float(m.get("ci_low", math.nan)), float(base.get(metric, math.nan))
-    need = b + float(margin)
+    chance = float((skill.get("chance") or {}).get(metric, math.nan))
+    need = max(b, chance if math.isfinite(chance) else b) + float(margin)
     ok = math.isfinite(low) and math.isfinite(b) and low > need
     out = {"passed": bool(ok), "metric": metric, "value": float(m.get("value", math.nan)), "ci_low": low,
            "ci_high": float(m.get("ci_high", math.nan)), "level": skill.get("level"), "n": skill.get("n"),
            "n_boot": skill.get("n_boot"), "majority_value": b, "majority_class": base.get("class"),
+           "chance_value": chance,
            "margin": float(margin), "required": need, "proportions": skill.get("proportions"),
            "proportions_source": skill.get("proportions_source"),
            "applied_class_prior": (report.get("meta") or {}).get("applied_class_prior_label"),
@@ -164,7 +167,8 @@ def quality_floor(report: dict, margin: float | None, metric: str = "f1_macro") 
         props = ", ".join(f"{k} {v:.3f}" for k, v in (skill.get("proportions") or {}).items())
         out["reason"] = (f"quality floor: {metric} {out['value']:.4f} (95% interval {low:.4f}..{out['ci_high']:.4f}, "
                          f"n={skill.get('n')}) does not beat the majority-class predictor (always "
-                         f"{base.get('class')!r}: {metric} {b:.4f}) by the required margin {float(margin):g}: the "
+                         f"{base.get('class')!r}: {metric} {b:.4f}; chance, its own predictions independent of the image: "
+                         f"{chance:.4f}) by the required margin {float(margin):g}: the "
                          f"interval's lower end {low:.4f} must exceed {need:.4f} (held-out galaxies at the "
                          f"{skill.get('proportions_source')} proportions {props}; predictions with class prior "
                          f"{out['applied_class_prior']}, ensemble {out['applied_ensemble']})")
