@@ -44,10 +44,11 @@ def _tags(task, version):
 
 
 def test_first_champion_pass_and_rollback(mlflow_server, coded, tmp_path):
+    # (#26) the first champion must beat chance on the 64 held-out galaxies: 80 % right, not 65 %
     task = "ptest-pass"
     audit = tmp_path / "audit.jsonl"
-    v1 = _register(task, OracleNet(2, error_rate=0.35))
-    v2 = _register(task, OracleNet(2, error_rate=0.1))
+    v1 = _register(task, OracleNet(2, error_rate=0.2))
+    v2 = _register(task, OracleNet(2, error_rate=0.02))
     d1 = promote(task, v1, eval_manifest=coded, audit_log=audit, out_dir=tmp_path / "p")
     assert d1.decision == "first-champion" and d1.champion_after == v1 and d1.passed
     d2 = promote(task, None, eval_manifest=coded, audit_log=audit, out_dir=tmp_path / "p")  # latest = v2
@@ -105,7 +106,7 @@ def test_redshift_bin_guard(mlflow_server, coded, tmp_path):
     """A candidate better overall but broken in one redshift bin is rejected by the epsilon rule."""
     task = "ptest-zbin"
     audit = tmp_path / "audit.jsonl"
-    v1 = _register(task, OracleNet(2, error_rate=0.45))
+    v1 = _register(task, OracleNet(2, error_rate=0.3))
     v2 = _register(task, OracleNet(2, error_rate=0.0, bad_z=(0.05, 0.07)))
     promote(task, v1, eval_manifest=coded, audit_log=audit, **FAST)
     d = promote(task, v2, eval_manifest=coded, audit_log=audit, policy=PromotionPolicy(max_bin_auc_drop=0.05), **FAST)
@@ -159,7 +160,7 @@ def test_quality_floor_refuses_a_majority_class_model_even_as_first_champion(mlf
     assert any("quality floor" in r and "majority-class" in r for r in d.reasons)
     assert aliases("galmorph-" + task) == {CHALLENGER: v1}  # no champion at all
     # a model that learned something clears the floor and becomes the first champion
-    v2 = _register(task, OracleNet(2, error_rate=0.35))
+    v2 = _register(task, OracleNet(2, error_rate=0.2))
     d2 = promote(task, v2, eval_manifest=coded, audit_log=audit, **FAST)
     assert d2.decision == "first-champion" and d2.checks["quality_floor"]["passed"]
     assert d2.checks["quality_floor"]["ci_low"] > d2.checks["quality_floor"]["majority_value"] + 0.02
@@ -208,8 +209,8 @@ def test_concurrent_promotions_leave_a_consistent_registry(mlflow_server, coded,
     by the registry's one lock whatever audit log they name."""
     monkeypatch.delenv(LOCK_URL_ENV, raising=False)
     task = "ptest-concurrent"
-    v1 = _register(task, OracleNet(2, error_rate=0.4))
-    v2 = _register(task, OracleNet(2, error_rate=0.2))
+    v1 = _register(task, OracleNet(2, error_rate=0.25))
+    v2 = _register(task, OracleNet(2, error_rate=0.12))
     v3 = _register(task, OracleNet(2, error_rate=0.05))
     promote(task, v1, eval_manifest=coded, audit_log=tmp_path / "audit.jsonl", **FAST)
     env = {k: v for k, v in os.environ.items() if k != LOCK_URL_ENV} | {"MLFLOW_TRACKING_URI": mlflow_server}
@@ -264,7 +265,7 @@ def test_a_promotion_that_loses_a_race_says_so_and_exits_non_zero(mlflow_server,
     task = "ptest-race"
     name = "galmorph-" + task
     audit = tmp_path / "audit.jsonl"
-    v1 = _register(task, OracleNet(2, error_rate=0.4))
+    v1 = _register(task, OracleNet(2, error_rate=0.25))
     v2 = _register(task, OracleNet(2, error_rate=0.1))
     v3 = _register(task, OracleNet(2, error_rate=0.2))
     promote(task, v1, eval_manifest=coded, audit_log=audit, **FAST)
