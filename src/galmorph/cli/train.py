@@ -28,6 +28,14 @@ def _preset_help() -> str:
                    "arch takes a named arch or any timm model name (--set arch=mobilenetv3_small_050; "
                    "random init unless encoder_weights, nothing is downloaded).")
 @click.option("--trials", type=click.IntRange(1), default=None, help="Repeated random splits (child runs).")
+@click.option("--devices", type=click.IntRange(1), default=None,
+              help="Data-parallel processes per node (GPUs per node on GPU; default 1). More than one: Lightning "
+                   "DDP (gloo on CPU, NCCL on GPU), --set batch_size is the global batch. Run plainly, the ranks "
+                   "start under torchrun here; under torchrun (a TrainJob's nodes) this process is one rank.")
+@click.option("--num-nodes", type=click.IntRange(1), default=None,
+              help="Nodes of a data-parallel run (> 1 only under a launcher on every node: torchrun, a TrainJob).")
+@click.option("--accelerator", type=click.Choice(["auto", "cpu", "gpu", "cuda"]), default=None,
+              help="Lightning accelerator (default: the preset's, auto). Precision: --set precision=bf16-mixed.")
 @click.option("--experiment", default=None, help="MLflow experiment (default galmorph-<task>).")
 @tracking_uri_option()
 @data_root_option()
@@ -37,6 +45,7 @@ def _preset_help() -> str:
 @click.option("--show-config", is_flag=True, help="Print the resolved config and exit (no training).")
 @json_option("The result is always one JSON document on stdout (training logs go to stderr).")
 def train_cmd(task: str, preset: str, manifest: Path, sets: tuple[str, ...], trials: int | None,
+              devices: int | None, num_nodes: int | None, accelerator: str | None,
               experiment: str | None, tracking_uri: str | None, data_root: Path | None, no_register: bool,
               out_dir: Path | None, show_config: bool, as_json: bool) -> None:
     """Train TASK with PRESET on MANIFEST; log params, per-epoch metrics, artifacts and the model to
@@ -46,8 +55,10 @@ def train_cmd(task: str, preset: str, manifest: Path, sets: tuple[str, ...], tri
 
     try:
         overrides = parse_set_items(sets)
-        if trials is not None:
-            overrides["trials"] = trials
+        for key, value in {"trials": trials, "devices": devices, "num_nodes": num_nodes,
+                           "accelerator": accelerator}.items():
+            if value is not None:
+                overrides[key] = value
         cfg = resolve_config(task, preset, overrides)
     except ConfigError as exc:
         fail(str(exc))
@@ -65,6 +76,8 @@ def train_cmd(task: str, preset: str, manifest: Path, sets: tuple[str, ...], tri
     with contextlib.redirect_stdout(sys.stderr):  # MLflow's "View run" lines; stdout holds only the result
         res = train(task, preset, overrides, manifest=manifest, tracking_uri=s.mlflow_tracking_uri,
                     experiment=experiment, register=not no_register, data_root=s.data_root, out_dir=out)
+    if not res.parent_run_id:  # a rank > 0 of a data-parallel run (under torchrun): rank 0 reports
+        return
     echo_json({"model_uri": res.model_uri, "registered_name": res.registered_name,
                "registered_version": res.registered_version, "run_id": res.run_id,
                "parent_run_id": res.parent_run_id, "best_trial": res.best_trial,

@@ -9,6 +9,7 @@ task / down-sampled away), which training logs as an artifact.
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -17,7 +18,7 @@ import lightning as L
 import numpy as np
 import pandas as pd
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from galmorph.datasets.augment import AugmentSpec, RandomGalaxyAugment, RandomMirrorSwap, augment_spec_for, mirror
 from galmorph.datasets.images import DecodedImageCache, ManifestImageDataset
@@ -189,6 +190,85 @@ def _worker_init(worker_id: int) -> None:
         ds.mirror_swap.reseed((torch.initial_seed() + 1) % (2**32))
 
 
+class EpochOrder(Sampler[int]):
+    """The order of one epoch's items: a permutation of ``0..n-1`` drawn from ``seed`` and the epoch (Lightning
+    calls :meth:`set_epoch`) when ``shuffle``, else ``0..n-1``. It depends on nothing else, so every rank of a
+    data-parallel run draws the same order, and a one-process run the same order as a W-process run."""
+
+    def __init__(self, n: int, shuffle: bool, seed: int):
+        self.n, self.shuffle, self.seed, self.epoch = int(n), bool(shuffle), int(seed), 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __iter__(self):
+        if not self.shuffle:
+            return iter(range(self.n))
+        g = torch.Generator()
+        g.manual_seed(self.seed * 100_003 + self.epoch)
+        return iter(torch.randperm(self.n, generator=g).tolist())
+
+
+def global_batches(n: int, batch_size: int, world_size: int) -> list[tuple[int, int]]:
+    """``(start, stop)`` of the global batches of an epoch of ``n`` items: ``batch_size`` each; a last one of
+    fewer than ``max(world_size, 2)`` items is merged into the one before (a rank would get none; a training
+    batch of one image breaks batch norm). So one and two processes always cut the same batches, and ``W``
+    processes the same as one unless the tail is shorter than ``W``."""
+    bounds = list(range(0, n, batch_size)) + [n]
+    if len(bounds) > 2 and bounds[-1] - bounds[-2] < max(world_size, 2):
+        del bounds[-2]
+    return list(zip(bounds[:-1], bounds[1:]))
+
+
+class ShardedBatchSampler(Sampler[list[int]]):
+    """Rank ``rank``'s batches of one epoch (data-parallel training, #28).
+
+    The epoch's :class:`EpochOrder` is cut into global batches of ``batch_size`` (:func:`global_batches`) and
+    each global batch is dealt out round-robin: rank ``r`` of ``W`` takes its positions ``r, r+W, ...``. So,
+    unlike torch's ``DistributedSampler`` (which pads the epoch by repeating items so that it divides evenly,
+    or drops the tail), every item is in exactly one rank's batch once per epoch -- no duplicates, none
+    skipped -- and every rank takes the same number of batches, none empty (DDP needs every rank to make the
+    same number of steps). The ranks' shares of a global batch differ by at most one item. The global batches
+    depend on ``W`` only through a short tail (:func:`global_batches`): a one-process run with this sampler
+    steps through the same global batches as a two-process run with the same total ``batch_size``.
+
+    ``record_to``: a file prefix; each epoch's positions are appended, one JSON line per batch, to
+    ``<prefix>-rank<r>-epoch<e>.jsonl`` (checks of the sharding; ``record_samples`` in the training config).
+    """
+
+    def __init__(self, order: EpochOrder, batch_size: int, rank: int = 0, world_size: int = 1,
+                 record_to: Path | str | None = None):
+        if world_size < 1 or not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} of world size {world_size}")
+        if batch_size % world_size:
+            raise ValueError(f"batch_size {batch_size} is not a multiple of the world size {world_size}")
+        if len(order) < world_size:
+            raise ValueError(f"{len(order)} items cannot be shared by {world_size} processes (each needs one)")
+        self.sampler = order  # Lightning calls ``batch_sampler.sampler.set_epoch(epoch)`` every epoch
+        self.batch_size, self.rank, self.world_size = int(batch_size), int(rank), int(world_size)
+        self.record_to = record_to
+
+    def __len__(self) -> int:
+        return len(global_batches(len(self.sampler), self.batch_size, self.world_size))
+
+    def __iter__(self):
+        order = list(self.sampler)
+        record = (Path(f"{self.record_to}-rank{self.rank}-epoch{self.sampler.epoch}.jsonl")
+                  if self.record_to else None)
+        if record is not None:
+            record.parent.mkdir(parents=True, exist_ok=True)
+            record.write_text("")
+        for start, stop in global_batches(len(order), self.batch_size, self.world_size):
+            batch = order[start:stop][self.rank::self.world_size]
+            if record is not None:
+                with open(record, "a") as fh:
+                    fh.write(json.dumps(batch) + "\n")
+            yield batch
+
+
 def loader_settings(num_workers: int | None = None) -> dict:
     """DataLoader settings from the machine: ``num_workers`` (``None`` or negative: one per core beyond the one the
     training step uses, at most 4), persistent workers when there are any (no re-fork each epoch),
@@ -239,6 +319,19 @@ class GalaxyDataModule(L.LightningDataModule):
             log.warning("%s: classes without any example: %s", task, missing)
         self.split = stratified_split(usable["label"].tolist(), val_fraction, test_fraction, seed + trial)
         self._datasets: dict[str, TaskImageDataset] = {}
+        #: data-parallel sharding of the train and val loaders (:meth:`shard`); test loaders are never sharded
+        self.rank, self.world_size, self.sharded, self.record_to = 0, 1, False, None
+
+    def shard(self, rank: int = 0, world_size: int = 1, sharded: bool | None = None,
+              record_to: Path | str | None = None) -> "GalaxyDataModule":
+        """Give this process (rank ``rank`` of ``world_size``) its shard of every epoch of the train and val
+        loaders (:class:`ShardedBatchSampler`, ``batch_size`` being the global batch). ``sharded`` (default: when
+        ``world_size > 1``) with one process steps through the same global batches as a data-parallel run.
+        ``shard()`` gives the whole sets back (evaluation and calibration after training)."""
+        self.rank, self.world_size = int(rank), int(world_size)
+        self.sharded = self.world_size > 1 if sharded is None else bool(sharded)
+        self.record_to = record_to
+        return self
 
     @classmethod
     def from_config(cls, manifest: pd.DataFrame, cfg, trial: int = 0, data_root: Path | str | None = None
@@ -314,10 +407,10 @@ class GalaxyDataModule(L.LightningDataModule):
                 root = Path(get_settings().state_dir) / "cache" / "images"
             self.cache = DecodedImageCache(root, self.frame["image_uri"].astype(str).tolist(),
                                            self.data_root).build()
-        aug = (RandomGalaxyAugment(self.augment_spec, seed=self.seed + 1000 * self.trial)
+        seed = self.seed + 1000 * self.trial + 7919 * self.rank  # each rank its own augmentation stream
+        aug = (RandomGalaxyAugment(self.augment_spec, seed=seed)
                if self.augment_spec is not None and self.augment_spec.enabled else None)
-        swap = (RandomMirrorSwap(self.mirror_label_map(), 0.5, seed=self.seed + 1000 * self.trial + 1)
-                if self.mirror_swap else None)
+        swap = RandomMirrorSwap(self.mirror_label_map(), 0.5, seed=seed + 1) if self.mirror_swap else None
         for name in ("train", "val", "test"):
             self._datasets[name] = TaskImageDataset(
                 self.split_frame(name), self.classes, self.image_size, self.in_chans, self.crop_fraction,
@@ -332,12 +425,23 @@ class GalaxyDataModule(L.LightningDataModule):
         g = torch.Generator()
         g.manual_seed(self.seed + self.trial)
         ds = self.dataset(name)
+        if self.sharded and name in ("train", "val"):
+            return self._sharded_loader(name, ds, shuffle, g)
         # a last training batch of one image would break batch norm: drop it when there is more
         drop_last = shuffle and len(ds) % self.batch_size == 1 and len(ds) > self.batch_size
         settings = loader_settings(self.num_workers)
         return DataLoader(ds, batch_size=self.batch_size, shuffle=shuffle, **settings,
                           worker_init_fn=_worker_init if settings["num_workers"] else None, generator=g,
                           drop_last=drop_last)
+
+    def _sharded_loader(self, name: str, ds: TaskImageDataset, shuffle: bool, g: torch.Generator) -> DataLoader:
+        order = EpochOrder(len(ds), shuffle, self.seed + self.trial)
+        g.manual_seed(self.seed + self.trial + 7919 * self.rank)  # worker seeds (augmentation) differ by rank
+        record = f"{self.record_to}/{name}" if self.record_to else None
+        sampler = ShardedBatchSampler(order, self.batch_size, self.rank, self.world_size, record_to=record)
+        settings = loader_settings(self.num_workers)
+        return DataLoader(ds, batch_sampler=sampler, **settings, generator=g,
+                          worker_init_fn=_worker_init if settings["num_workers"] else None)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from pathlib import Path
 
@@ -140,6 +141,24 @@ def dataset_version(uris: list[str], data_root: Path | str | None = None) -> str
     return h.hexdigest()[:24]
 
 
+@contextlib.contextmanager
+def _exclusive(lock_path: Path):
+    """An exclusive advisory lock on ``lock_path`` (``flock``: released when the holder exits, even killed);
+    where ``fcntl`` is missing, no lock (the atomic rename of :meth:`DecodedImageCache.build` still keeps a
+    cache whole)."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not POSIX
+        yield
+        return
+    with open(lock_path, "a") as fh:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+
+
 class DecodedImageCache:
     """Decoded images (as :func:`~galmorph.imaging.io.load_image` returns them) in one memory-mapped file
     under ``root/<version>/``, at native resolution (augmentations such as rotations work on the full
@@ -167,15 +186,25 @@ class DecodedImageCache:
         """Decode every image once into the cache (no-op when this version is already cached).
 
         Unreadable images raise :class:`ImageError` naming the object (``on_error="skip"``: left out, and
-        :meth:`get` decodes them, raising there)."""
+        :meth:`get` decodes them, raising there).
+
+        Processes that build the same version at once (the ranks of a data-parallel run, DataLoader workers,
+        two trainings) take turns on a lock file beside it: the first decodes, the others wait and then find
+        it complete; and a cache is only ever published whole (written to a temporary folder, then renamed)."""
+        if self.complete:
+            return self
+        self.dir.parent.mkdir(parents=True, exist_ok=True)
+        with _exclusive(self.dir.parent / f".{self.version}.lock"):
+            if self.complete:  # built by another process (a data-parallel rank) while this one waited
+                return self
+            return self._build(on_error)
+
+    def _build(self, on_error: str) -> "DecodedImageCache":
         import json
         import os
         import shutil
         import tempfile
 
-        if self.complete:
-            return self
-        self.dir.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{self.version}-", dir=self.dir.parent))
         index: dict[str, list] = {}
         off = 0

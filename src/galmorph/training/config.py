@@ -22,6 +22,11 @@ from galmorph.models.params import HEADS, NetworkParams
 from galmorph.tasks import ARM_MERGES, TASKS
 
 MONITORS = {"val_loss": "min", "val_acc": "max", "val_f1_macro": "max"}
+#: Lightning accelerators a config may name (``gpu`` and ``cuda`` are the same here)
+ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps")
+#: Fields that say how a training runs, not what it trains: an interrupted training resumes under other values.
+LAUNCH_FIELDS = frozenset({"devices", "num_nodes", "accelerator", "precision", "progress", "num_workers",
+                           "torch_threads", "record_samples", "max_restarts", "auto_resume", "resume_from"})
 
 
 class ConfigError(ValueError):
@@ -57,14 +62,15 @@ class TrainConfig:
     optimizer: str = "adam"              # adam | adamw | sgd
     lr: float = 1e-3
     weight_decay: float = 0.0
-    batch_size: int = 32
+    batch_size: int = 32                 # images per optimiser step over all processes: each of the
+                                         # devices x num_nodes processes takes batch_size / world size
     max_epochs: int = 20
     min_epochs: int = 0
     monitor: str = "val_loss"            # val_loss | val_acc | val_f1_macro (early stopping + best checkpoint)
     patience: int = 5
     seed: int = 42
     precision: str = "auto"              # auto (16-mixed on GPU, 32 on CPU) | 32-true | 16-mixed | bf16-mixed
-    accelerator: str = "auto"
+    accelerator: str = "auto"            # auto | cpu | gpu (= cuda) | mps
     deterministic: bool = True
     progress: bool = True
     torch_threads: int = 0               # intra-op CPU threads during training (0 = torch default); 1 is
@@ -85,11 +91,27 @@ class TrainConfig:
     num_workers: int = 0                 # DataLoader workers; -1 = from the machine (one per core beyond one)
     cache_images: bool = False           # decode every image once into a memory-mapped cache (workers share it)
     resume_from: str = ""                # Lightning checkpoint to resume (single-trial runs)
+    auto_resume: bool = True             # an interrupted training of the same config and manifest in the same
+                                         # out_dir goes on from its trials' last checkpoints (and MLflow runs)
+    # --- data parallelism (#28; docs/training.md) ----------------------------------------------------------
+    devices: int = 1                     # processes per node (GPUs per node on GPU); devices x num_nodes > 1:
+                                         # Lightning DDP (gloo on CPU, NCCL on GPU), one process per device
+    num_nodes: int = 1                   # nodes (> 1 only under a launcher on every node: torchrun, a TrainJob)
+    sync_batchnorm: bool = True          # DDP: batch-norm statistics over the global batch, as one process has
+    data_order: str = "auto"             # auto (one process: the DataLoader's shuffle; DDP: sharded) | sharded
+                                         # (one process steps through the global batches a DDP run takes)
+    record_samples: bool = False         # write each rank's sample positions per epoch (trial-N/samples/)
+    max_restarts: int = 1                # local DDP launch: restarts of the ranks after a failure (torchrun)
 
     # ------------------------------------------------------------------------------------------
     @property
     def in_chans(self) -> int:
         return 1 if self.greyscale else 3
+
+    @property
+    def world_size(self) -> int:
+        """Training processes (data-parallel ranks): ``devices * num_nodes``."""
+        return self.devices * self.num_nodes
 
     def classes(self) -> tuple[str, ...]:
         from galmorph.tasks import arm_classes
@@ -170,11 +192,27 @@ class TrainConfig:
             bad(f"optimizer must be adam, adamw or sgd, got {self.optimizer!r}")
         if self.precision not in ("auto", "32-true", "16-mixed", "bf16-mixed"):
             bad(f"precision must be auto, 32-true, 16-mixed or bf16-mixed, got {self.precision!r}")
+        self._validate_parallel(bad)
         if self.resume_from and self.trials != 1:
             bad("resume_from needs trials=1 (a checkpoint belongs to one trial)")
         if self.resume_from and not Path(self.resume_from).is_file():
             bad(f"resume_from checkpoint {self.resume_from} does not exist")
         return self
+
+    def _validate_parallel(self, bad) -> None:
+        """Devices, nodes, accelerator and the split of the batch over the processes (#28)."""
+        for name in ("devices", "num_nodes"):
+            if getattr(self, name) < 1:
+                bad(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.max_restarts < 0:
+            bad(f"max_restarts must be >= 0, got {self.max_restarts}")
+        if self.accelerator not in ACCELERATORS:
+            bad(f"accelerator must be one of {list(ACCELERATORS)}, got {self.accelerator!r}")
+        if self.data_order not in ("auto", "sharded"):
+            bad(f"data_order must be auto or sharded, got {self.data_order!r}")
+        if self.batch_size % self.world_size:
+            bad(f"batch_size ({self.batch_size}, the images of one optimiser step over all processes) must be a "
+                f"multiple of devices x num_nodes ({self.world_size})")
 
     def _validate_arch(self, bad) -> None:
         """The arch, its head and its encoder weights (asked of :func:`galmorph.models.archs.arch_info`)."""
@@ -384,5 +422,5 @@ def config_from_yaml(text: str) -> TrainConfig:
     return TrainConfig(**coerce_values(d)).validate()
 
 
-__all__ = ["ARCHS", "ConfigError", "PRESETS", "TrainConfig", "coerce_value", "coerce_values", "config_from_yaml",
-           "config_to_yaml", "parse_set_items", "preset_names", "resolve_config"]
+__all__ = ["ACCELERATORS", "ARCHS", "ConfigError", "LAUNCH_FIELDS", "PRESETS", "TrainConfig", "coerce_value",
+           "coerce_values", "config_from_yaml", "config_to_yaml", "parse_set_items", "preset_names", "resolve_config"]

@@ -118,21 +118,24 @@ def _epoch_logger_cls():
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
             self._n += len(batch[1])
 
-        def _close_train_part(self):
+        def _close_train_part(self, trainer, pl_module):
             if self._t0 is None:
                 return
+            from galmorph.training.ddp import sum_over_ranks
+
             dt = time.perf_counter() - self._t0
             self._t0 = None
+            n = int(round(sum_over_ranks(trainer, pl_module, self._n)))  # the images of all ranks (DDP)
             self.epoch_seconds.append(dt)
-            self.epoch_images.append(self._n)
+            self.epoch_images.append(n)
             self.train_seconds += dt
-            self.train_images += self._n
+            self.train_images += n
 
         def on_validation_epoch_start(self, trainer, pl_module):
-            self._close_train_part()
+            self._close_train_part(trainer, pl_module)
 
         def on_train_epoch_end(self, trainer, pl_module):
-            self._close_train_part()  # no validation this epoch
+            self._close_train_part(trainer, pl_module)  # no validation this epoch
             row = {"epoch": float(trainer.current_epoch)}
             if self.epoch_seconds and self.epoch_seconds[-1] > 0:
                 row["train_images_per_s"] = self.epoch_images[-1] / self.epoch_seconds[-1]
@@ -159,18 +162,25 @@ def _val_f1_callback_cls():
         (:func:`galmorph.evaluation.metrics.macro_f1`, classes with support) over the whole validation
         set, so early stopping and the best checkpoint can follow it. Unlike the validation loss it
         weighs a rare class as much as a common one: a chirality net that has not yet learnt the winding
-        sense (CW/ACW at chance, "other" right) scores low even while its loss looks good."""
+        sense (CW/ACW at chance, "other" right) scores low even while its loss looks good. In a data-parallel
+        run the labels of every rank's validation shard are gathered first (the same value on every rank)."""
 
         def on_validation_epoch_end(self, trainer, pl_module):
             import torch
 
             from galmorph.evaluation.metrics import macro_f1
+            from galmorph.training.ddp import gather_objects, world_size_of
 
             pairs = getattr(pl_module, "val_labels", [])
-            if not pairs:
+            if not pairs and world_size_of(trainer) == 1:
                 return
-            y = torch.cat([t for t, _ in pairs]).numpy()
-            p = torch.cat([q for _, q in pairs]).numpy()
+            local = ((torch.cat([t for t, _ in pairs]).numpy(), torch.cat([q for _, q in pairs]).numpy())
+                     if pairs else (np.zeros(0, dtype=int), np.zeros(0, dtype=int)))
+            parts = gather_objects(trainer, local)
+            y = np.concatenate([a for a, _ in parts])
+            p = np.concatenate([b for _, b in parts])
+            if not len(y):
+                return
             classes = list(pl_module.classes)
             f1, _ = macro_f1([classes[i] for i in y], [classes[i] for i in p], classes)
             pl_module.log("val_f1_macro", float(f1), prog_bar=True)
@@ -190,51 +200,95 @@ def _precision(cfg: TrainConfig) -> str:
 # one trial
 # ----------------------------------------------------------------------------------------------
 def fit_trial(cfg: TrainConfig, manifest: pd.DataFrame, trial: int, out_dir: Path, data_root: Path | str | None,
-              run_id: str | None = None) -> dict[str, Any]:
+              run_id: str | None = None, ckpt_path: str | None = None, rank: int = 0,
+              callbacks: tuple | list = ()) -> dict[str, Any]:
     """Train one trial (one split) and evaluate it on its held-out test split.
 
     Returns ``metrics``, ``report`` (confusion matrix), ``history``, ``best_checkpoint``,
     ``last_checkpoint``, ``best_score``, ``epochs``, ``datamodule``, ``module`` (best weights).
+    ``ckpt_path`` (default ``cfg.resume_from``): the checkpoint the fit goes on from. In a data-parallel run
+    (``cfg.world_size > 1``) every rank calls this with its ``rank``; ranks > 0 return after the fit
+    (``trainer``, ``datamodule``), rank 0 evaluates.
     """
     import lightning as L
     from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 
-    from galmorph.datasets.datamodule import GalaxyDataModule
     from galmorph.models.classifier import GalaxyClassifier
-    from galmorph.training.metrics import classification_metrics, predict_loader
+    from galmorph.training import ddp
+    from galmorph.training.resume import RESUME_CHECKPOINT
 
     L.seed_everything(cfg.seed + trial, workers=True, verbose=False)
-    dm = GalaxyDataModule.from_config(manifest, cfg, trial=trial, data_root=data_root)
-    dm.setup()
-    counts = dm.class_counts()
-    log.info("trial %d: train/val/test = %d/%d/%d images; class counts %s", trial, len(dm.dataset("train")),
-             len(dm.dataset("val")), len(dm.dataset("test")), counts)
+    dm = _trial_data(cfg, manifest, trial, out_dir, data_root, rank)
     weights = tuple(dm.class_weights()) if cfg.class_weights == "balanced" else ()
-    if weights:
+    if weights and rank == 0:
         log.info("trial %d: class weights %s", trial, dict(zip(dm.classes, np.round(weights, 3))))
-    model = GalaxyClassifier(cfg.network_params(weights))
+    # DDP: epoch metrics reduced over the ranks (every rank's checkpoint/early-stopping decision is the same)
+    model = (ddp.SyncedClassifier if cfg.world_size > 1 else GalaxyClassifier)(cfg.network_params(weights))
     mode = MONITORS[cfg.monitor]
     ckpt_dir = out_dir / f"trial-{trial}" / "checkpoints"
     ckpt = ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor=cfg.monitor, mode=mode, save_top_k=1,
                            save_last=True, enable_version_counter=False)
+    # every epoch's end (Lightning's last.ckpt is only rewritten when the best one is): what a resumed
+    # training goes on from (galmorph.training.resume)
+    every_epoch = ModelCheckpoint(dirpath=ckpt_dir, filename=RESUME_CHECKPOINT, monitor=None, save_top_k=1,
+                                  enable_version_counter=False)
     stopper = EarlyStopping(monitor=cfg.monitor, mode=mode, patience=cfg.patience)
     epoch_logger = _epoch_logger_cls()(run_id)
     # the macro-F1 callback runs first: the checkpoint and early stopping read it at validation end
-    callbacks = [_val_f1_callback_cls()(), ckpt, stopper, epoch_logger]
+    callbacks = [_val_f1_callback_cls()(), ckpt, every_epoch, stopper, epoch_logger, *callbacks]
     if cfg.progress:
         from lightning.pytorch.callbacks import TQDMProgressBar
 
         callbacks.append(TQDMProgressBar(refresh_rate=1))
-    trainer = L.Trainer(max_epochs=cfg.max_epochs, min_epochs=cfg.min_epochs, accelerator=cfg.accelerator,
-                        devices=1, precision=_precision(cfg), deterministic="warn" if cfg.deterministic else False,
-                        logger=False, callbacks=callbacks, enable_progress_bar=cfg.progress,
-                        enable_model_summary=False, num_sanity_val_steps=0, default_root_dir=str(out_dir),
-                        log_every_n_steps=1)
-    trainer.fit(model, datamodule=dm, ckpt_path=cfg.resume_from or None)
+    trainer = _trainer(cfg, callbacks, out_dir)
+    with ddp.global_batch_norm(cfg.world_size > 1 and cfg.sync_batchnorm):
+        trainer.fit(model, datamodule=dm, ckpt_path=ckpt_path or cfg.resume_from or None)
+    dm.shard()  # the whole validation and test sets from here on (evaluation, calibration)
+    if rank != 0:
+        return {"trainer": trainer, "datamodule": dm}
+    return _evaluate_trial(cfg, dm, trainer, ckpt, epoch_logger)
+
+
+def _trial_data(cfg: TrainConfig, manifest: pd.DataFrame, trial: int, out_dir: Path, data_root, rank: int):
+    """The trial's data module, set up, with this rank's shard of the train and validation epochs."""
+    from galmorph.datasets.datamodule import GalaxyDataModule
+
+    dm = GalaxyDataModule.from_config(manifest, cfg, trial=trial, data_root=data_root)
+    dm.shard(rank, cfg.world_size, sharded=cfg.world_size > 1 or cfg.data_order == "sharded",
+             record_to=Path(out_dir) / f"trial-{trial}" / "samples" if cfg.record_samples else None)
+    dm.setup()  # every rank: the decoded-image cache is built once (a file lock), the others wait for it
+    if rank == 0:
+        log.info("trial %d: train/val/test = %d/%d/%d images; class counts %s", trial, len(dm.dataset("train")),
+                 len(dm.dataset("val")), len(dm.dataset("test")), dm.class_counts())
+    return dm
+
+
+def _trainer(cfg: TrainConfig, callbacks: list, out_dir: Path):
+    """The Lightning Trainer: one device, or DDP over ``devices`` x ``num_nodes`` processes (#28)."""
+    import lightning as L
+
+    kw: dict[str, Any] = dict(devices=1)
+    if cfg.world_size > 1:
+        from galmorph.training.ddp import ddp_strategy
+
+        # the data module shards the epochs itself (no padding, nothing dropped): no DistributedSampler
+        kw = dict(devices=cfg.devices, num_nodes=cfg.num_nodes, strategy=ddp_strategy(cfg),
+                  use_distributed_sampler=False)
+    return L.Trainer(max_epochs=cfg.max_epochs, min_epochs=cfg.min_epochs, accelerator=cfg.accelerator,
+                     precision=_precision(cfg), deterministic="warn" if cfg.deterministic else False,
+                     logger=False, callbacks=callbacks, enable_progress_bar=cfg.progress,
+                     enable_model_summary=False, num_sanity_val_steps=0, default_root_dir=str(out_dir),
+                     log_every_n_steps=1, **kw)
+
+
+def _evaluate_trial(cfg: TrainConfig, dm, trainer, ckpt, epoch_logger) -> dict[str, Any]:
+    """Rank 0 after the fit: the best checkpoint on the held-out test split, and the fit's figures."""
+    from galmorph.models.classifier import GalaxyClassifier
+    from galmorph.models.networks import with_views
+    from galmorph.training.metrics import classification_metrics, predict_loader
+
     best_path = ckpt.best_model_path or ckpt.last_model_path
     best = GalaxyClassifier.load_from_checkpoint(best_path, map_location="cpu", weights_only=False).eval()
-    from galmorph.models.networks import with_views
-
     probs, y = predict_loader(with_views(best.net, cfg.tta_views), dm.test_dataloader())
     pred = probs.argmax(axis=1) if len(probs) else np.zeros(0, dtype=int)
     metrics, report = classification_metrics(y, pred, dm.classes, prefix="test_")
@@ -324,129 +378,280 @@ def train(task: str, preset: str = "tiny", overrides: dict[str, Any] | None = No
 def _train(task: str, preset: str, overrides: dict[str, Any] | None, manifest: str | Path | pd.DataFrame | None,
            experiment: str | None, register: bool, data_root: str | Path | None,
            out_dir: str | Path | None) -> TrainResult:
-    import mlflow
+    import torch
 
     from galmorph.catalogue.manifest import read_manifest
-    from galmorph.models.io import ModelSpec, log_model, registered_name
+    from galmorph.training import ddp, resume
 
     cfg = resolve_config(task, preset, overrides)
     if manifest is None:
         raise ValueError("train(): a manifest (path or DataFrame) is required")
-    manifest_path = None
-    if isinstance(manifest, pd.DataFrame):
-        df = manifest
-    else:
-        manifest_path = Path(manifest)
-        df = read_manifest(manifest_path)
-    experiment = experiment or f"galmorph-{task}"
-    mlflow.set_experiment(experiment)
-    work = Path(out_dir) if out_dir else Path(tempfile.mkdtemp(prefix=f"galmorph-train-{task}-"))
-    work.mkdir(parents=True, exist_ok=True)
-    tags = {"galmorph.task": task, "galmorph.preset": preset, "galmorph.arch": cfg.arch,
-            "galmorph.chirality_equivariant": str(cfg.chirality_equivariant), **git_commit(),
-            **dataset_version(manifest_path)}
-    if manifest_path is not None:
-        tags["galmorph.manifest"] = str(manifest_path)
-    log.info("training %s/%s (%s, %d trial(s)) -> MLflow %s experiment %s", task, preset, cfg.arch, cfg.trials,
-             mlflow.get_tracking_uri(), experiment)
-    trial_results: list[dict] = []
-    trial_run_ids: list[str] = []
-    import torch
-
+    if cfg.world_size > 1 and ddp.launched_world() is None:  # this process launches the ranks (#28)
+        return _result_from_json(ddp.launch_local(cfg, task, preset, overrides, manifest, experiment, register,
+                                                  data_root, out_dir), cfg)
+    rank = ddp.process_rank(cfg)
+    manifest_path = None if isinstance(manifest, pd.DataFrame) else Path(manifest)
+    df = manifest if manifest_path is None else read_manifest(manifest_path)
+    work = _work_dir(task, out_dir)
+    plan = resume.plan(cfg, df, work)
+    if plan.resuming and rank == 0:
+        log.info("resuming the interrupted training in %s: trials %s", work, dict(enumerate(plan.trials)))
     threads_before = torch.get_num_threads()
     if cfg.torch_threads > 0:
         torch.set_num_threads(cfg.torch_threads)
     try:
-        return _train_runs(cfg, task, preset, df, data_root, work, tags, register, trial_results, trial_run_ids)
+        if rank != 0:  # the other ranks train; only rank 0 talks to MLflow
+            return _follow(cfg, df, data_root, work, plan, rank)
+        run = _Run(cfg=cfg, task=task, preset=preset, df=df, data_root=data_root, work=work,
+                   tags=_run_tags(cfg, task, preset, manifest_path), register=register, plan=plan,
+                   state=resume.StateWriter(work, plan))
+        return _train_runs(run, experiment or f"galmorph-{task}")
     finally:
         torch.set_num_threads(threads_before)
 
 
-def _train_runs(cfg: TrainConfig, task: str, preset: str, df: pd.DataFrame, data_root, work: Path, tags: dict,
-                register: bool, trial_results: list[dict], trial_run_ids: list[str]) -> TrainResult:
+def _work_dir(task: str, out_dir: str | Path | None) -> Path:
+    """The training's working folder (checkpoints, artifacts, resume state); every rank of a launched world
+    without ``out_dir`` gets the same one."""
+    import os
+
+    if out_dir:
+        work = Path(out_dir)
+    elif os.environ.get("TORCHELASTIC_RUN_ID"):
+        work = Path(tempfile.gettempdir()) / f"galmorph-train-{task}-{os.environ['TORCHELASTIC_RUN_ID']}"
+    else:
+        work = Path(tempfile.mkdtemp(prefix=f"galmorph-train-{task}-"))
+    work.mkdir(parents=True, exist_ok=True)
+    return work
+
+
+def _run_tags(cfg: TrainConfig, task: str, preset: str, manifest_path: Path | None) -> dict[str, str]:
+    tags = {"galmorph.task": task, "galmorph.preset": preset, "galmorph.arch": cfg.arch,
+            "galmorph.chirality_equivariant": str(cfg.chirality_equivariant),
+            "galmorph.world_size": str(cfg.world_size), **git_commit(), **dataset_version(manifest_path)}
+    if manifest_path is not None:
+        tags["galmorph.manifest"] = str(manifest_path)
+    return tags
+
+
+def _follow(cfg: TrainConfig, df: pd.DataFrame, data_root, work: Path, plan, rank: int) -> TrainResult:
+    """A rank > 0 of a data-parallel training: the fits of the trials rank 0 trains; nothing tracked."""
+    for trial in range(cfg.trials):
+        if plan.trials[trial] != "done":
+            fit_trial(cfg, df, trial, work, data_root, ckpt_path=plan.checkpoint(work, trial), rank=rank)
+    return TrainResult(run_id="", parent_run_id="", model_uri="", registered_name=None, registered_version=None,
+                       metrics={}, spec=None, config=cfg, out_dir=work)
+
+
+@dataclass
+class _Run:
+    """Rank 0's view of one training: what it trains, where, and what its trials gave."""
+
+    cfg: TrainConfig
+    task: str
+    preset: str
+    df: pd.DataFrame
+    data_root: Any
+    work: Path
+    tags: dict[str, str]
+    register: bool
+    plan: Any                                  # galmorph.training.resume.ResumePlan
+    state: Any                                 # galmorph.training.resume.StateWriter
+    results: list[dict] = field(default_factory=list)
+    run_ids: dict[int, str] = field(default_factory=dict)
+
+
+def _run_params(cfg: TrainConfig) -> dict[str, str]:
+    return {**_flat_params(cfg), "world_size": str(cfg.world_size)}
+
+
+def _existing_run(run_id: str | None) -> str | None:
+    """``run_id`` when that MLflow run exists (a resumed training logs into it), else None."""
+    if not run_id:
+        return None
     import mlflow
 
-    from galmorph.models.io import ModelSpec, log_model, registered_name
+    try:
+        mlflow.MlflowClient().get_run(run_id)
+    except Exception:  # noqa: BLE001 - gone or unreachable: start a new run
+        log.warning("MLflow run %s of the interrupted training is not there; starting a new one", run_id)
+        return None
+    return run_id
 
-    with mlflow.start_run(run_name=f"{task}-{preset}", tags=tags) as parent:
-        mlflow.log_params(_flat_params(cfg))
-        mlflow.log_text(config_to_yaml(cfg), "config.yaml")
+
+def _open_parent(run: _Run):
+    """The parent run: the interrupted training's when resuming, else a new one with the params."""
+    import mlflow
+
+    resumed = _existing_run(run.plan.state.get("parent_run_id")) if run.plan.resuming else None
+    if resumed:
+        parent = mlflow.start_run(run_id=resumed)
+        mlflow.set_tags({"galmorph.world_size": str(run.cfg.world_size),
+                         "galmorph.resumed_attempts": str(run.state.state["attempts"] - 1)})
+        return parent
+    parent = mlflow.start_run(run_name=f"{run.task}-{run.preset}", tags=run.tags)
+    mlflow.log_params(_run_params(run.cfg))
+    mlflow.log_text(config_to_yaml(run.cfg), "config.yaml")
+    return parent
+
+
+def _run_trial(run: _Run, trial: int, parent_id: str) -> None:
+    """Train (or go on with) trial ``trial`` in its child run; a trial done in an earlier attempt is reloaded."""
+    import mlflow
+
+    cfg = run.cfg
+    if run.plan.trials[trial] == "done":
+        run.results.append(_done_trial(run, trial))
+        return
+    child_id = _existing_run(run.plan.state.get("trial_run_ids", {}).get(str(trial))) if run.plan.resuming else None
+    start = (mlflow.start_run(run_id=child_id, nested=True) if child_id else
+             mlflow.start_run(run_name=f"trial-{trial}", nested=True, tags={**run.tags, "galmorph.trial": str(trial)}))
+    with start as child:
+        if not child_id:
+            mlflow.log_params(_run_params(cfg))
+        run.run_ids[trial] = child.info.run_id
+        run.state.runs(parent_id, run.run_ids)
+        t_fit = time.perf_counter()
+        res = fit_trial(cfg, run.df, trial, run.work, run.data_root, run_id=child.info.run_id,
+                        ckpt_path=run.plan.checkpoint(run.work, trial), callbacks=[_state_callback(run, trial)])
+        log.info("trial %d trained and evaluated in %.1f s", trial, time.perf_counter() - t_fit)
+        t_log = time.perf_counter()
+        # encoder_init (+ encoder_init_note for a random start that deserves a word): the builder's tags
+        mlflow.set_tags({f"{k}": v for k, v in res["init_tags"].items()})
+        if not child_id:
+            mlflow.log_param("encoder_init", res["init_tags"].get("encoder_init", ""))
+        mlflow.log_metrics({k: v for k, v in res["metrics"].items() if math.isfinite(v)})
+        _log_trial_artifacts(res, cfg, trial, run.work)
+        log.info("trial %d artifacts logged in %.1f s", trial, time.perf_counter() - t_log)
+        res.pop("trainer", None)
+        log.info("trial %d: %s", trial, {k: round(v, 4) for k, v in res["metrics"].items()
+                                         if k in ("test_accuracy", "test_f1_macro", f"best_{cfg.monitor}")})
+    run.results.append(res)
+    run.state.trial_done(trial, {"run_id": child.info.run_id, "best_checkpoint": str(res["best_checkpoint"]),
+                                 "best_score": res["best_score"], "metrics": res["metrics"],
+                                 "history": res["history"].to_dict("records")})
+
+
+def _state_callback(run: _Run, trial: int):
+    from galmorph.training.resume import state_callback
+
+    return state_callback(run.state, trial)
+
+
+def _done_trial(run: _Run, trial: int) -> dict[str, Any]:
+    """A trial an earlier attempt finished and logged: its recorded figures and its best checkpoint."""
+    from galmorph.datasets.datamodule import GalaxyDataModule
+    from galmorph.models.classifier import GalaxyClassifier
+
+    ts = run.plan.trial_state(trial)
+    log.info("trial %d was done in an earlier attempt (MLflow run %s): not trained again", trial, ts["run_id"])
+    dm = GalaxyDataModule.from_config(run.df, run.cfg, trial=trial, data_root=run.data_root)
+    dm.setup()
+    best = GalaxyClassifier.load_from_checkpoint(ts["best_checkpoint"], map_location="cpu", weights_only=False)
+    run.run_ids[trial] = ts["run_id"]
+    return {"metrics": ts["metrics"], "best_score": ts["best_score"], "datamodule": dm, "module": best.eval(),
+            "init_tags": best.init_tags, "history": pd.DataFrame(ts.get("history", [])),
+            "best_checkpoint": Path(ts["best_checkpoint"])}
+
+
+def _train_runs(run: _Run, experiment: str) -> TrainResult:
+    import mlflow
+
+    cfg, task = run.cfg, run.task
+    mlflow.set_experiment(experiment)
+    log.info("training %s/%s (%s, %d trial(s), %d process(es)) -> MLflow %s experiment %s", task, run.preset,
+             cfg.arch, cfg.trials, cfg.world_size, mlflow.get_tracking_uri(), experiment)
+    with _open_parent(run) as parent:
         for trial in range(cfg.trials):
-            with mlflow.start_run(run_name=f"trial-{trial}", nested=True,
-                                  tags={**tags, "galmorph.trial": str(trial)}) as child:
-                mlflow.log_params(_flat_params(cfg))
-                t_fit = time.perf_counter()
-                res = fit_trial(cfg, df, trial, work, data_root, run_id=child.info.run_id)
-                log.info("trial %d trained and evaluated in %.1f s", trial, time.perf_counter() - t_fit)
-                t_log = time.perf_counter()
-                # encoder_init (+ encoder_init_note for a random start that deserves a word): the builder's tags
-                mlflow.set_tags({f"{k}": v for k, v in res["init_tags"].items()})
-                mlflow.log_param("encoder_init", res["init_tags"].get("encoder_init", ""))
-                mlflow.log_metrics({k: v for k, v in res["metrics"].items() if math.isfinite(v)})
-                _log_trial_artifacts(res, cfg, trial, work)
-                log.info("trial %d artifacts logged in %.1f s", trial, time.perf_counter() - t_log)
-                res.pop("trainer", None)
-                trial_results.append(res)
-                trial_run_ids.append(child.info.run_id)
-                log.info("trial %d: %s", trial, {k: round(v, 4) for k, v in res["metrics"].items()
-                                                 if k in ("test_accuracy", "test_f1_macro", f"best_{cfg.monitor}")})
-        agg = _aggregate([r["metrics"] for r in trial_results])
+            _run_trial(run, trial, parent.info.run_id)
+        trial_run_ids = [run.run_ids[t] for t in range(cfg.trials)]
+        agg = _aggregate([r["metrics"] for r in run.results])
         mlflow.log_metrics(agg)
         summary = {k[:-5]: f"{agg[k]:.4f} ± {agg[k[:-5] + '_std']:.4f}" for k in agg if k.endswith("_mean")}
         mlflow.log_dict(summary, "trials_summary.json")
         for k in ("test_accuracy", "test_f1_macro"):
             if k in summary:
                 mlflow.set_tag(f"galmorph.{k}", summary[k])
-        scores = np.array([r["best_score"] for r in trial_results], dtype=float)
+        scores = np.array([r["best_score"] for r in run.results], dtype=float)
         scores = np.where(np.isfinite(scores), scores, np.inf if MONITORS[cfg.monitor] == "min" else -np.inf)
         best_trial = int(np.argmin(scores) if MONITORS[cfg.monitor] == "min" else np.argmax(scores))
-        best = trial_results[best_trial]
-        from galmorph.models.networks import input_normalisation, with_views
-
-        plain = best["module"].export_for_inference()
-        mean, std = input_normalisation(plain)
-        encoder_init = best["init_tags"].get("encoder_init", "")
-        mlflow.set_tag("encoder_init", encoder_init)
-        spec = ModelSpec(task=task, classes=list(best["datamodule"].classes), arch=cfg.arch,
-                         image_size=cfg.image_size, in_chans=cfg.in_chans, crop_fraction=cfg.crop_fraction,
-                         chirality_equivariant=cfg.chirality_equivariant,
-                         extra={"preset": preset, "arm_merge": cfg.arm_merge, "parent_run_id": parent.info.run_id,
-                                "trial": best_trial, "encoder_init": encoder_init},
-                         mean=mean, std=std, encoder_init=encoder_init, tta_views=cfg.tta_views,
-                         single_view_model="model_views1" if cfg.tta_views > 1 else "")
-        spec.trained_prior, spec.catalogue_prior = best["datamodule"].class_priors(cfg.class_weights == "balanced")
-        spec.extra.update(spec_defaults(best["datamodule"], task, tags))  # prior + ensemble scoring applies (#26)
-        reg_name = registered_name(task) if register else None
-        from galmorph.evaluation.calibration import temperature_from_loader  # temperature scaling (#15)
-
-        exported = with_views(plain, cfg.tta_views)  # the logged module: its own temperature
-        spec.temperature = temperature_from_loader(exported, best["datamodule"].val_dataloader())
-        t_model = time.perf_counter()
-        with mlflow.start_run(run_id=trial_run_ids[best_trial], nested=True):
-            info = log_model(exported, spec, registered_model_name=reg_name)
-            if cfg.tta_views > 1:  # the 1-view network, so that scoring can choose fewer views
-                import dataclasses
-
-                t1 = temperature_from_loader(plain, best["datamodule"].val_dataloader())
-                log_model(plain, dataclasses.replace(spec, tta_views=1, single_view_model="", temperature=t1),
-                          name=spec.single_view_model)
-            mlflow.set_tag("galmorph.best_trial", "true")
-        log.info("model exported (pt2) and logged in %.1f s", time.perf_counter() - t_model)
-        version = getattr(info, "registered_model_version", None)
-        version = str(version) if version is not None else None
-        model_uri = f"models:/{reg_name}/{version}" if (reg_name and version) else info.model_uri
-        if reg_name and version:
-            client = mlflow.MlflowClient()
-            for k, v in {"task": task, "preset": preset, "arch": cfg.arch, "parent_run_id": parent.info.run_id,
-                         "best_trial": str(best_trial), **{k2: v2 for k2, v2 in tags.items()
-                                                             if k2.startswith("galmorph.data_version")}}.items():
-                client.set_model_version_tag(reg_name, version, k, v)
+        best = run.results[best_trial]
+        spec, reg_name, version, model_uri = _export_best(run, best, best_trial, parent.info.run_id,
+                                                          trial_run_ids[best_trial])
         mlflow.set_tags({"galmorph.best_trial": str(best_trial), "galmorph.best_run_id": trial_run_ids[best_trial],
                          "galmorph.model_uri": model_uri})
+    run.state.complete()
     metrics = {**best["metrics"], **agg}
     log.info("%s %s (best trial %d of %d); test accuracy %s", "registered" if version else "logged (not registered)",
-             model_uri, best_trial, cfg.trials,
-             summary.get("test_accuracy"))
+             model_uri, best_trial, cfg.trials, summary.get("test_accuracy"))
     return TrainResult(run_id=trial_run_ids[best_trial], parent_run_id=parent.info.run_id, model_uri=model_uri,
                        registered_name=reg_name, registered_version=version, metrics=metrics, spec=spec,
-                       config=cfg, trial_run_ids=trial_run_ids, best_trial=best_trial, out_dir=work)
+                       config=cfg, trial_run_ids=trial_run_ids, best_trial=best_trial, out_dir=run.work)
+
+
+def _export_best(run: _Run, best: dict, best_trial: int, parent_id: str, best_run_id: str):
+    """Export the best trial's network (pt2, calibrated) into its run, register it; ``(spec, name, version, uri)``."""
+    import mlflow
+
+    from galmorph.models.io import ModelSpec, log_model, registered_name
+    from galmorph.models.networks import input_normalisation, with_views
+
+    cfg, task, preset, tags = run.cfg, run.task, run.preset, run.tags
+    plain = best["module"].export_for_inference()
+    mean, std = input_normalisation(plain)
+    encoder_init = best["init_tags"].get("encoder_init", "")
+    mlflow.set_tag("encoder_init", encoder_init)
+    spec = ModelSpec(task=task, classes=list(best["datamodule"].classes), arch=cfg.arch,
+                     image_size=cfg.image_size, in_chans=cfg.in_chans, crop_fraction=cfg.crop_fraction,
+                     chirality_equivariant=cfg.chirality_equivariant,
+                     extra={"preset": preset, "arm_merge": cfg.arm_merge, "parent_run_id": parent_id,
+                            "trial": best_trial, "encoder_init": encoder_init, "world_size": cfg.world_size},
+                     mean=mean, std=std, encoder_init=encoder_init, tta_views=cfg.tta_views,
+                     single_view_model="model_views1" if cfg.tta_views > 1 else "")
+    spec.trained_prior, spec.catalogue_prior = best["datamodule"].class_priors(cfg.class_weights == "balanced")
+    spec.extra.update(spec_defaults(best["datamodule"], task, tags))  # prior + ensemble scoring applies (#26)
+    reg_name = registered_name(task) if run.register else None
+    from galmorph.evaluation.calibration import temperature_from_loader  # temperature scaling (#15)
+
+    exported = with_views(plain, cfg.tta_views)  # the logged module: its own temperature
+    spec.temperature = temperature_from_loader(exported, best["datamodule"].val_dataloader())
+    t_model = time.perf_counter()
+    with mlflow.start_run(run_id=best_run_id, nested=True):
+        info = log_model(exported, spec, registered_model_name=reg_name)
+        if cfg.tta_views > 1:  # the 1-view network, so that scoring can choose fewer views
+            import dataclasses
+
+            t1 = temperature_from_loader(plain, best["datamodule"].val_dataloader())
+            log_model(plain, dataclasses.replace(spec, tta_views=1, single_view_model="", temperature=t1),
+                      name=spec.single_view_model)
+        mlflow.set_tag("galmorph.best_trial", "true")
+    log.info("model exported (pt2) and logged in %.1f s", time.perf_counter() - t_model)
+    version = getattr(info, "registered_model_version", None)
+    version = str(version) if version is not None else None
+    model_uri = f"models:/{reg_name}/{version}" if (reg_name and version) else info.model_uri
+    if reg_name and version:
+        client = mlflow.MlflowClient()
+        for k, v in {"task": task, "preset": preset, "arch": cfg.arch, "parent_run_id": parent_id,
+                     "best_trial": str(best_trial), "world_size": str(cfg.world_size),
+                     **{k2: v2 for k2, v2 in tags.items() if k2.startswith("galmorph.data_version")}}.items():
+            client.set_model_version_tag(reg_name, version, k, v)
+    return spec, reg_name, version, model_uri
+
+
+def result_to_json(res: TrainResult) -> dict[str, Any]:
+    """A :class:`TrainResult` as JSON (rank 0 of a local data-parallel launch hands it to the launcher)."""
+    return {"run_id": res.run_id, "parent_run_id": res.parent_run_id, "model_uri": res.model_uri,
+            "registered_name": res.registered_name, "registered_version": res.registered_version,
+            "metrics": res.metrics, "spec": res.spec.to_dict() if res.spec is not None else None,
+            "trial_run_ids": res.trial_run_ids, "best_trial": res.best_trial,
+            "out_dir": str(res.out_dir) if res.out_dir else None}
+
+
+def _result_from_json(d: dict[str, Any], cfg: TrainConfig) -> TrainResult:
+    from galmorph.models.io import ModelSpec
+
+    return TrainResult(run_id=d["run_id"], parent_run_id=d["parent_run_id"], model_uri=d["model_uri"],
+                       registered_name=d["registered_name"], registered_version=d["registered_version"],
+                       metrics=d["metrics"], spec=ModelSpec.from_dict(d["spec"]) if d["spec"] else None,
+                       config=cfg, trial_run_ids=d["trial_run_ids"], best_trial=d["best_trial"],
+                       out_dir=Path(d["out_dir"]) if d["out_dir"] else None)
