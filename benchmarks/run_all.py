@@ -27,6 +27,7 @@ BENCHMARKS: dict[str, tuple[str, list[str], list[str]]] = {
     "scoring": ("bench_scoring.py", [], ["--quick"]),
     "release": ("bench_release.py", [], ["--quick"]),
     "train": ("bench_train.py", [], ["--quick"]),
+    "ddp": ("bench_ddp.py", [], ["--quick"]),
     "data": ("bench_data.py", [], ["--n-jpeg", "40", "--n-validate", "80"]),
     "a1": ("bench_a1.py", [], ["--n", "8", "--repeats", "1"]),
     "a1_injection": ("a1_injection.py", [], ["--n", "10"]),

@@ -43,6 +43,9 @@ def main(argv: list[str] | None = None) -> int:
     t.add_argument("--manifest", default="")
     t.add_argument("--n-sim", type=float, default=48)
     t.add_argument("--register", default="true")
+    t.add_argument("--devices", type=float, default=1)
+    t.add_argument("--num-nodes", type=float, default=1)
+    t.add_argument("--accelerator", default="auto")
     e = sub.add_parser("evaluate")
     e.add_argument("--model", required=True)
     e.add_argument("--manifest", default="")
@@ -57,7 +60,8 @@ def main(argv: list[str] | None = None) -> int:
     a = ap.parse_args(argv)
     if a.cmd == "train":
         manifest = a.manifest or _simulated(a.task, int(a.n_sim))
-        cmd = [*_galmorph(), "train", "--task", a.task, "--preset", a.preset, "--manifest", manifest]
+        cmd = [*_galmorph(), "train", "--task", a.task, "--preset", a.preset, "--manifest", manifest,
+               "--devices", str(int(a.devices)), "--num-nodes", str(int(a.num_nodes)), "--accelerator", a.accelerator]
         if a.register.lower() in ("false", "0", "no"):
             cmd.append("--no-register")
     elif a.cmd == "evaluate":

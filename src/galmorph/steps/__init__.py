@@ -229,7 +229,8 @@ def split(dataset: str | Path, train_dir: str | Path, test_dir: str | Path, test
 # --------------------------------------------------------------------------------------------
 def train(task: str, dataset: str | Path, model_dir: str | Path, preset: str = "tiny", overrides_json: str = "{}",
           experiment: str = "", register: bool = True, tracking_uri: str = "", workers: int = 1,
-          gpus_per_worker: int = 1, model_metadata: dict | None = None, metrics: dict | None = None) -> TrainOutputs:
+          gpus_per_worker: int = 1, model_metadata: dict | None = None, metrics: dict | None = None,
+          devices: int = 1, accelerator: str = "auto") -> TrainOutputs:
     """:func:`galmorph.training.train` on ``dataset``; ``model_dir`` receives ``model.json`` and the
     training manifest (``train_manifest/``). The drift features of the training manifest are logged to
     MLflow with the model version (:func:`galmorph.drift.reference.log_drift_reference`): the drift
@@ -237,10 +238,15 @@ def train(task: str, dataset: str | Path, model_dir: str | Path, preset: str = "
 
     ``workers > 1``: data-parallel training on Kubeflow Trainer instead of in this process: a TrainJob of
     ``workers`` nodes x ``gpus_per_worker`` GPUs (0: CPU nodes), submitted and watched from here
-    (:func:`galmorph.steps.trainjob.train_on_trainjob`); the outputs are those of the model it registered."""
+    (:func:`galmorph.steps.trainjob.train_on_trainjob`); the outputs are those of the model it registered.
+    ``devices > 1`` (one pod): Lightning DDP over that many processes of this pod (its GPUs with
+    ``accelerator="gpu"``), launched by the training library; ``accelerator``: ``auto``, ``cpu`` or ``gpu``."""
     from galmorph.steps.runtime import as_dir, setup, write_json
     from galmorph.training import train as train_model
 
+    if workers > 1 and devices != 1:
+        raise ValueError(f"devices={devices} with workers={workers}: the processes of each TrainJob node are "
+                         "gpus_per_worker; devices is for a training in this pod (workers=1)")
     uri, root = setup(tracking_uri=tracking_uri)
     out = as_dir(model_dir)
     framing = model_input_framing(task, preset, overrides_json)
@@ -252,7 +258,12 @@ def train(task: str, dataset: str | Path, model_dir: str | Path, preset: str = "
         res = train_on_trainjob(task, dataset, preset, json.loads(overrides_json or "{}"), experiment, register,
                                 uri, workers, gpus_per_worker)
     else:
-        res = train_model(task, preset=preset, overrides=json.loads(overrides_json or "{}"), manifest=manifest,
+        overrides = json.loads(overrides_json or "{}")
+        if devices != 1:  # data-parallel in this pod (#28)
+            overrides["devices"] = devices
+        if accelerator != "auto":
+            overrides["accelerator"] = accelerator
+        res = train_model(task, preset=preset, overrides=overrides, manifest=manifest,
                           tracking_uri=uri, experiment=experiment or None, register=register, data_root=root,
                           out_dir=out / "work")
     if res.run_id:  # the framing warning, on the training run
