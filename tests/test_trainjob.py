@@ -179,9 +179,6 @@ def test_the_trainjob_runs_options_galmorph_train_has():
     assert not missing, f"galmorph train has no {sorted(missing)}"
 
 
-@pytest.mark.xfail(reason="galmorph train gets --devices/--num-nodes/--accelerator with the Lightning DDP half "
-                          "of #28 (src/galmorph/training/); until then a TrainJob's nodes cannot start",
-                   strict=False)
 def test_galmorph_train_has_the_ddp_options():
     assert set(tj.DDP_OPTIONS) <= _train_options()
 

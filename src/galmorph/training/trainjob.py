@@ -51,8 +51,8 @@ PATCH_MANAGER = "galmorph.io/trainjob"
 RUN_TAG = "galmorph.trainjob"
 #: Kubernetes label on the TrainJob naming the galmorph task.
 TASK_LABEL = "galmorph.io/task"
-#: ``galmorph train`` options the TrainJob passes that the one-process CLI does not have yet: the
-#: Lightning DDP half of #28 adds them (``devices`` and ``num_nodes`` of the Lightning Trainer).
+#: The ``galmorph train`` options a TrainJob passes to every node (the Lightning Trainer's ``devices``,
+#: ``num_nodes`` and ``accelerator``; each node's ranks run under torchrun).
 DDP_OPTIONS = ("--devices", "--num-nodes", "--accelerator")
 #: The condition types that end a TrainJob (Trainer 2.x; the others: Created, Suspended).
 TERMINAL = ("Complete", "Failed")
