@@ -110,3 +110,108 @@ def test_cli_other_failures_exit_1_with_the_message(monkeypatch, tmp_path):
     assert isinstance(res.exception, SystemExit)
     bad = CliRunner().invoke(main, ["demo", "--real", "--preset", "tiny"])
     assert bad.exit_code != 0 and "simulated demo only" in bad.output
+
+
+def _fake_platform(monkeypatch, tmp_path, decisions: dict[str, dict]):
+    """run_demo's pipelines, stack, simulator and registry replaced by fakes that record what they were
+    given: the training pipeline's promotion record is ``decisions[task]``, the registry agrees with it."""
+    import json
+
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    import galmorph.ops.run as run_mod
+    import galmorph.ops.stack as stack_mod
+    import galmorph.simulate as sim_mod
+
+    calls: list[tuple[str, dict]] = []
+
+    def simulate_dataset(out_dir, n, **kw):
+        Path(out_dir).mkdir(parents=True, exist_ok=True)
+        calls.append(("simulate", {"n": n, **kw}))
+        return {"dir": Path(out_dir)}
+
+    def run_local(name, params, pipeline_root, **kw):
+        calls.append((name, params))
+        run_dir = Path(pipeline_root) / f"{name}-{len(calls)}"
+        if name == "training":
+            (run_dir / "promote").mkdir(parents=True)
+            (run_dir / "promote" / "record").write_text(json.dumps(decisions[params["task"]]))
+        else:
+            (run_dir / "merge" / "catalogue").mkdir(parents=True)
+            (run_dir / "merge" / "catalogue" / "summary.json").write_text(json.dumps({"n_scored": 40,
+                                                                                      "n_quarantined": 0}))
+            (run_dir / "drift" / "summary").mkdir(parents=True)
+            (run_dir / "drift" / "summary" / "verdict.txt").write_text("no_drift\n")
+            pub = Path(params["publish_dir"]) / params["release"]
+            pub.mkdir(parents=True)
+            (pub / "PUBLISHED").write_text("verdict=no_drift\n")
+        return {"run_dir": str(run_dir)}
+
+    class Client:
+        def get_model_version_by_alias(self, name, alias):
+            v = decisions[name.removeprefix("galmorph-")].get("champion_after")
+            if v is None:
+                raise MlflowException(f"Registered model alias {alias} not found.")
+            return type("V", (), {"version": v})()
+
+    monkeypatch.setattr(sim_mod, "simulate_dataset", simulate_dataset)
+    monkeypatch.setattr(run_mod, "run_local", run_local)
+    monkeypatch.setattr(stack_mod, "stack_up", lambda s, which: [{"service": w, "url": "http://x"} for w in which])
+    monkeypatch.setattr(mlflow, "MlflowClient", Client)
+    return calls
+
+
+def _decision(task, champion, decision="first-champion", reasons=()):
+    return {"model_name": f"galmorph-{task}", "decision": decision, "candidate_version": "1",
+            "champion_after": champion, "reasons": list(reasons),
+            "candidate_metrics": {"f1_macro": 0.9, "baseline_f1_macro": 0.2}}
+
+
+def test_run_demo_trains_the_configured_tasks_then_rescores(monkeypatch, tmp_path):
+    import json
+
+    from galmorph.ops.demo import run_demo
+    from galmorph.settings import Settings
+
+    settings = Settings(state_dir=tmp_path / "state")
+    calls = _fake_platform(monkeypatch, tmp_path, {t: _decision(t, "1") for t in DEMO_TASKS})
+    lines: list[str] = []
+    res = run_demo(settings, echo=lines.append)
+    cfg = DemoConfig()
+    trained = [p["task"] for name, p in calls if name == "training"]
+    assert trained == list(cfg.run)
+    for name, p in calls:
+        if name == "training":
+            spec = cfg.tasks[p["task"]]
+            assert p["preset"] == spec.preset and json.loads(p["overrides_json"]) == spec.overrides
+            assert p["test_fraction"] == cfg.test_fraction
+    sims = [p for name, p in calls if name == "simulate"]
+    assert [s["n"] for s in sims] == [cfg.tasks[t].n for t in cfg.run] + [cfg.release_n]
+    assert all(s["z_range"] == (0.01, 0.03) for s in sims)
+    assert [name for name, _ in calls][-1] == "rescoring"
+    assert Path(res["outputs"]) == (tmp_path / "state" / "demo").resolve()
+    summary = json.loads((tmp_path / "state" / "demo" / "summary.json").read_text())
+    assert summary["publish"] == "published" and summary["drift"] == "no_drift"
+    assert summary["champions"] == {t: "1" for t in cfg.run}
+    assert any(line.startswith("champions:") for line in lines)
+
+
+def test_run_demo_reports_every_task_left_without_a_champion(monkeypatch, tmp_path):
+    import json
+
+    from galmorph.ops.demo import run_demo
+    from galmorph.settings import Settings
+
+    floor = "quality floor: macro-F1 0.1667 does not beat the majority-class predictor"
+    decisions = {t: _decision(t, None, "rejected", [floor]) for t in DEMO_TASKS}
+    decisions["arms"] = _decision("arms", "1")
+    calls = _fake_platform(monkeypatch, tmp_path, decisions)
+    with pytest.raises(DemoRejected) as err:
+        run_demo(Settings(state_dir=tmp_path / "state"), tasks=("chirality", "arms", "lopsided"), echo=lambda m: None)
+    assert set(err.value.decisions) == {"chirality", "lopsided"}  # every task was trained, arms has a champion
+    assert "galmorph-lopsided v1 was rejected" in str(err.value) and floor in str(err.value)
+    assert [p["task"] for name, p in calls if name == "training"] == ["chirality", "arms", "lopsided"]
+    assert "rescoring" not in [name for name, _ in calls]
+    summary = json.loads((tmp_path / "state" / "demo" / "summary.json").read_text())
+    assert summary["rejected"] == ["chirality", "lopsided"]
