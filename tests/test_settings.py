@@ -208,6 +208,8 @@ def test_score_follows_the_environment(clean_env, monkeypatch):
     man.write_bytes(b"")
     seen: dict = {}
     _recorder(monkeypatch, scoring, "score_manifest", seen)
+    import galmorph.scoring.run as run  # scoring now loads the model first (its recorded defaults): not here
+    monkeypatch.setattr(run, "_model", lambda job, device: job.model)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", MLFLOW)  # used to be ignored by `galmorph score`
     monkeypatch.setenv("GALMORPH_DATA_ROOT", str(clean_env / "env-root"))
     args = ["score", "--model", "chirality", "--manifest", str(man), "--out", str(clean_env / "out")]
