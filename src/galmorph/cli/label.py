@@ -216,23 +216,12 @@ def serve_cmd(queue_path, db, labeller, port, host, auth_mode, tokens_file, trus
     (lopsided: A1 centre and R50/R90; chirality and arms: winding annulus and sense).
     Images are served from the data root, the queue's folder and --image-root folders only.
     """
-    import uvicorn
-
-    from galmorph.labelling.app import create_app
-    from galmorph.labelling.queue import read_queue
-    from galmorph.labelling.store import LabelStore
-    from galmorph.catalogue.manifest import ManifestError
-    from galmorph.settings import resolve_settings
-
-    s = resolve_settings(data_root=data_root)
-    try:
-        queue = read_queue(queue_path)
-    except ManifestError as exc:
-        fail(str(exc))
-    task = _task_of_queue(queue, queue_path, task)
     from galmorph.labelling.security import (LOOPBACK_HOSTS, AuthError, LabelAuth, read_tokens_file,
                                              trusted_host_patterns)
+    from galmorph.settings import resolve_settings
 
+    # usage errors first, before the queue is read and the app imported (fast, and nothing half-started)
+    s = resolve_settings(data_root=data_root)
     host = host or s.host
     auth = None
     try:
@@ -257,6 +246,18 @@ def serve_cmd(queue_path, db, labeller, port, host, auth_mode, tokens_file, trus
         hosts = trusted_host_patterns(hosts)
     except ValueError as exc:
         fail(f"--allowed-host: {exc}", 2)
+    import uvicorn
+
+    from galmorph.catalogue.manifest import ManifestError
+    from galmorph.labelling.app import create_app
+    from galmorph.labelling.queue import read_queue
+    from galmorph.labelling.store import LabelStore
+
+    try:
+        queue = read_queue(queue_path)
+    except ManifestError as exc:
+        fail(str(exc))
+    task = _task_of_queue(queue, queue_path, task)
     try:
         store = LabelStore(_db_url(db))
         app = create_app(queue, store, labeller, data_root=s.data_root,
