@@ -27,6 +27,15 @@ def machine() -> dict:
     return out
 
 
+def training_logging() -> None:
+    """INFO logs for a training benchmark, with Lightning's, MLflow's and the HTTP/DB clients' chatter at WARNING."""
+    import logging
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for noisy in ("lightning", "lightning.pytorch", "mlflow", "urllib3", "alembic"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
 def quiet_line(m: dict) -> str:
     la = m["load_avg_at_start"][0]
     return (f"Quiet run (load average {la:.2f} at the start)" if m["quiet"] else

@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-from _common import machine, quiet_line
+from _common import training_logging, machine, quiet_line
 
 OUT = Path(os.environ.get("GALMORPH_BENCH_OUT") or HERE / "results")
 log = logging.getLogger("bench_ddp")
@@ -107,9 +107,7 @@ def main() -> None:
     a = ap.parse_args()
     if a.quick:
         a.n, a.epochs = 48, 2
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    for noisy in ("lightning", "lightning.pytorch", "mlflow", "urllib3", "alembic"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    training_logging()
     m = machine()
     print(quiet_line(m), flush=True)
     print("A correctness run on CPU, not a speed result: the DDP processes share this machine's cores.", flush=True)

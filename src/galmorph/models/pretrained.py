@@ -95,11 +95,8 @@ def packaged_weights_for(timm_name: str) -> tuple[str, ...]:
 
 
 def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
     with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def _pick_file(local: Path, what: str) -> Path:
