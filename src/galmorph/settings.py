@@ -94,6 +94,15 @@ class Settings(BaseSettings):
     )
     evidently_port: int = Field(default=8085, ge=1, le=65535)
     label_port: int = Field(default=8765, ge=1, le=65535)
+    hooks_port: int = Field(default=8095, ge=1, le=65535,
+                            description="Port of the registry-event receiver (MLflow webhooks, #27).")
+    hooks_secret: str | None = Field(
+        default=None, description="HMAC secret of the MLflow webhooks (GALMORPH_HOOKS_SECRET); unset: generated "
+        "once into <state_dir>/hooks/secret (a Secret in the chart).")
+    hooks_url: str | None = Field(
+        default=None, description="URL MLflow posts registry events to; default http://<host>:<hooks_port>/hooks/mlflow.")
+    hooks_max_age: float = Field(
+        default=300.0, gt=0, description="Seconds a webhook delivery stays valid (older or replayed: refused, 401).")
     label_db_url: str | None = Field(default=None, description="SQLAlchemy URL of the label database.")
     audit_log: Path | None = Field(
         default=None, description="JSON-lines promotion audit log; default <state_dir>/registry/audit.jsonl."
@@ -156,6 +165,15 @@ class Settings(BaseSettings):
     @property
     def logs_dir(self) -> Path:
         return self.state_dir / "logs"
+
+    @property
+    def hooks_dir(self) -> Path:
+        """The receiver's state: deliveries seen, rescorings started, the generated secret."""
+        return self.state_dir / "hooks"
+
+    @property
+    def hooks_endpoint(self) -> str:
+        return self.hooks_url or f"http://{self.host}:{self.hooks_port}/hooks/mlflow"
 
     def require_data_root(self) -> Path:
         """The data root, or a clear error saying how to set it."""

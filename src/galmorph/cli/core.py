@@ -39,10 +39,10 @@ def settings_cmd(tracking_uri: str | None, data_root: Path | None, state_dir: Pa
 
 @main.group()
 def stack() -> None:
-    """Start, stop and inspect the local platform stack (MLflow server, Evidently UI)."""
+    """Start, stop and inspect the local platform stack (MLflow server, Evidently UI, registry-event receiver)."""
 
 
-_SERVICES = click.option("--service", "services", multiple=True, type=click.Choice(["mlflow", "evidently"]),
+_SERVICES = click.option("--service", "services", multiple=True, type=click.Choice(["mlflow", "evidently", "hooks"]),
                          help="Limit to these services (default: all).")
 
 
@@ -55,7 +55,7 @@ def stack_up_cmd(services: tuple[str, ...]) -> None:
 
     s = resolve_settings()
     try:
-        res = stack_up(s, services or ("mlflow", "evidently"))
+        res = stack_up(s, services or ("mlflow", "evidently", "hooks"))
     except (RuntimeError, TimeoutError) as exc:
         fail(str(exc))
     for r in res:
@@ -71,7 +71,7 @@ def stack_down_cmd(services: tuple[str, ...]) -> None:
     from galmorph.ops.stack import StackError, stack_down
 
     try:
-        res = stack_down(resolve_settings(), services or ("mlflow", "evidently"))
+        res = stack_down(resolve_settings(), services or ("mlflow", "evidently", "hooks"))
     except StackError as exc:
         fail(str(exc))
     for r in res:
@@ -89,7 +89,7 @@ def stack_status_cmd(services: tuple[str, ...], as_json: bool) -> None:
     from galmorph.ops.stack import stack_status
 
     try:
-        res = stack_status(resolve_settings(), services or ("mlflow", "evidently"))
+        res = stack_status(resolve_settings(), services or ("mlflow", "evidently", "hooks"))
     except (OSError, RuntimeError) as exc:
         fail(f"stack status: {exc}")
     if as_json:

@@ -161,6 +161,10 @@ def card_summary(card: Mapping) -> str:
     fm = card.get("failure_modes") or []
     if fm:
         lines.append("Known issues: " + "; ".join(fm[:3]) + ("; ..." if len(fm) > 3 else "") + ".")
+    for m in (card.get("alias_history") or [])[-3:]:
+        lines.append(f"Alias move ({m.get('origin')}): @champion v{m.get('from')} -> v{m.get('to')}, {m.get('decision')} "
+                     f"at {m.get('time')}" + (f"; champion now v{m['champion_after']}"
+                                              if m.get("champion_after") not in (None, m.get("to")) else "") + ".")
     d = card.get("decision")
     if d:
         lines.append(f"Promotion: {d.get('decision')} at {d.get('time')}" +
@@ -189,3 +193,30 @@ def attach_card(card: Mapping, model_name: str, version: str, run_id: str | None
         c.log_dict(run_id, finite_json(card), "evaluation/model_card.json")
         c.log_text(run_id, card_markdown(card), "evaluation/model_card.md")
         c.set_model_version_tag(model_name, str(version), "galmorph.card_run_id", run_id)
+
+
+def note_alias_move(model_name: str, version: str, move: Mapping | None, card: Mapping | None = None,
+                    run_id: str | None = None, client=None) -> dict:
+    """Add ``move`` (an alias move: ``origin``, ``from``, ``to``, ``decision``, ``time``, #27) to the
+    ``alias_history`` of the version's card (``card``, else the one in its ``galmorph.card`` tag) and attach it
+    again (:func:`attach_card`; a version without a card gets the tag only, its description is kept)."""
+    import mlflow
+
+    c = client or mlflow.MlflowClient()
+    if card is None:
+        text = (c.get_model_version(model_name, str(version)).tags or {}).get("galmorph.card")
+        try:
+            card = json.loads(text) if text else {}
+        except ValueError:  # truncated at the tag limit: the history starts again
+            card = {}
+    out = json.loads(json.dumps(card, default=json_default))
+    if move:
+        out.setdefault("alias_history", []).append(dict(move))
+        out["alias_history"] = out["alias_history"][-20:]
+    if out.get("model"):
+        out["summary"] = card_summary(out)
+        attach_card(out, model_name, version, run_id=run_id, client=c)
+    else:
+        c.set_model_version_tag(model_name, str(version), "galmorph.card",
+                                json.dumps(finite_json(out), default=json_default, sort_keys=True)[:5000])
+    return out

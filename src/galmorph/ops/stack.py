@@ -1,4 +1,5 @@
-"""The local platform stack: an MLflow tracking server and the Evidently UI on 127.0.0.1.
+"""The local platform stack: an MLflow tracking server, the Evidently UI and the registry-event receiver
+(``galmorph hooks serve``, :mod:`galmorph.ops.hooks`) on 127.0.0.1.
 
 ``stack_up`` is idempotent: a service whose health check already answers is left alone. Each
 service runs detached (its own process session) with a pid file and a log under the state folder,
@@ -80,7 +81,37 @@ def services(settings: Settings) -> dict[str, Service]:
               "--host", settings.host, "--port", str(settings.evidently_port)],
         env={"DO_NOT_TRACK": "1", "EVIDENTLY_DISABLE_TELEMETRY": "1"},
     )
-    return {"mlflow": mlflow, "evidently": evidently}
+    hooks = Service(
+        name="hooks",
+        port=settings.hooks_port,
+        health_path="/health",
+        argv=[_bin("galmorph"), "hooks", "serve"],
+        env=_hooks_env(settings),
+    )
+    return {"mlflow": mlflow, "evidently": evidently, "hooks": hooks}
+
+
+#: the settings the receiver (``galmorph hooks serve``) is started with, as ``GALMORPH_*`` variables
+_HOOKS_SETTINGS = ("state_dir", "host", "hooks_port", "hooks_secret", "hooks_url", "hooks_max_age",
+                   "mlflow_tracking_uri", "data_root", "audit_log", "lock_url", "kfp_host")
+
+
+def _hooks_env(settings: Settings) -> dict[str, str]:
+    env = {f"GALMORPH_{k.upper()}": str(getattr(settings, k)) for k in _HOOKS_SETTINGS
+           if getattr(settings, k) is not None}
+    if "params_file" in settings.model_fields_set or Path(settings.params_file).is_file():
+        env["GALMORPH_PARAMS_FILE"] = str(settings.params_file)
+    return env
+
+
+def _start_env(settings: Settings, name: str) -> dict[str, str]:
+    """What a service gets at start besides its own variables: the local MLflow server can deliver webhooks to
+    the receiver on this machine (:func:`galmorph.ops.hooks.mlflow_webhook_env`)."""
+    if name != "mlflow":
+        return {}
+    from galmorph.ops.hooks import mlflow_webhook_env
+
+    return mlflow_webhook_env(settings)
 
 
 def _run_dir(settings: Settings, create: bool = True) -> Path:
@@ -223,7 +254,7 @@ def _start_service_locked(settings: Settings, name: str, timeout: float) -> dict
                          f"that does not answer {svc.health_path}; choose another port "
                          f"(GALMORPH_{name.upper()}_PORT)")
     for d in (settings.logs_dir, settings.mlflow_artifacts_dir, settings.state_dir / "mlflow",
-              settings.evidently_workspace):
+              settings.evidently_workspace, settings.hooks_dir):
         _mkdir(d)
     run = _run_dir(settings)
     try:
@@ -234,7 +265,10 @@ def _start_service_locked(settings: Settings, name: str, timeout: float) -> dict
     except OSError as exc:
         raise StackError(f"{name}: state folder {settings.state_dir} is not writable ({exc.strerror or exc}); "
                          "set GALMORPH_STATE_DIR to a writable folder") from exc
-    env = {**os.environ, **svc.env}
+    try:
+        env = {**os.environ, **svc.env, **_start_env(settings, name)}
+    except OSError as exc:
+        raise StackError(f"{name}: cannot write {settings.hooks_dir} ({exc.strerror or exc})") from exc
     try:
         proc = subprocess.Popen(svc.argv, stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                 env=env, start_new_session=True, cwd=settings.state_dir)
@@ -319,13 +353,32 @@ def _unlink(*paths: Path) -> None:
             raise StackError(f"cannot remove {p} ({exc.strerror or exc})") from exc
 
 
-def stack_up(settings: Settings, which: tuple[str, ...] = ("mlflow", "evidently")) -> list[dict]:
-    return [start_service(settings, n) for n in which]
+ALL_SERVICES = ("mlflow", "evidently", "hooks")
 
 
-def stack_down(settings: Settings, which: tuple[str, ...] = ("mlflow", "evidently")) -> list[dict]:
+def stack_up(settings: Settings, which: tuple[str, ...] = ALL_SERVICES) -> list[dict]:
+    """Start ``which`` (in the order of :data:`ALL_SERVICES`); with the receiver (``hooks``), MLflow's webhook
+    ``galmorph-hooks`` is registered (or updated) once the tracking server answers."""
+    out = [start_service(settings, n) for n in ALL_SERVICES if n in which]
+    if "hooks" in which:
+        from galmorph.ops.hooks import register_webhooks
+
+        if not healthy(services(settings)["mlflow"].url(settings.host) + "/health"):
+            raise StackError("hooks: the MLflow server does not answer; the webhooks cannot be registered "
+                             "(start it too: galmorph stack up)")
+        try:
+            hook = register_webhooks(settings)
+        except Exception as exc:  # noqa: BLE001 - named for the user
+            raise StackError(f"hooks: registering the MLflow webhooks failed: {exc}") from exc
+        for r in out:
+            if r["service"] == "hooks":
+                r["webhook"] = hook
+    return out
+
+
+def stack_down(settings: Settings, which: tuple[str, ...] = ALL_SERVICES) -> list[dict]:
     return [{"service": n, "stopped": stop_service(settings, n)} for n in which]
 
 
-def stack_status(settings: Settings, which: tuple[str, ...] = ("mlflow", "evidently")) -> list[dict]:
+def stack_status(settings: Settings, which: tuple[str, ...] = ALL_SERVICES) -> list[dict]:
     return [service_status(settings, n) for n in which]

@@ -33,8 +33,10 @@ AUDIT_ARTIFACT = "audit/decision.json"
 class PromotionDecision:
     task: str
     model_name: str
-    action: str  # promote | rollback
-    decision: str  # promoted | first-champion | rejected | already-champion | rolled-back | lost-race | inconsistent
+    action: str  # promote | rollback | manual
+    # promoted | first-champion | rejected | already-champion | rolled-back | lost-race | inconsistent |
+    # manual-allowed | manual-passed | manual-failed | manual-unchecked | manual-reverted | manual-removed
+    decision: str
     passed: bool
     candidate_version: str | None
     champion_before: str | None
@@ -52,6 +54,14 @@ class PromotionDecision:
     user: str = ""
     host: str = ""
     pid: int = 0
+    # the alias move itself (#27): who moved @champion (promote | rollback | manual: the MLflow UI or API), when
+    # and by whom as far as MLflow says (``moved_at``: the event's time; ``moved_by``: MLflow names no user), how
+    # the platform learnt it (``detected_by``: webhook | reconcile | the command) and the delivery
+    origin: str = ""
+    moved_at: str | None = None
+    moved_by: str | None = None
+    detected_by: str = ""
+    delivery_id: str | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -117,7 +127,8 @@ def log_mlflow_audit(record: dict, client=None) -> str:
     exp_id = exp.experiment_id if exp is not None else c.create_experiment(AUDIT_EXPERIMENT)
     tags = {"galmorph.model": str(record.get("model_name")), "galmorph.version": str(record.get("candidate_version")),
             "galmorph.decision": str(record.get("decision")), "galmorph.action": str(record.get("action")),
-            "galmorph.user": str(record.get("user")), "galmorph.host": str(record.get("host"))}
+            "galmorph.user": str(record.get("user")), "galmorph.host": str(record.get("host")),
+            **move_tags(record)}
     run = c.create_run(exp_id, run_name=f"{record.get('model_name')}-v{record.get('candidate_version')}-"
                                         f"{record.get('decision')}", tags=tags)
     with tempfile.TemporaryDirectory(prefix="audit-") as tmp:
@@ -161,3 +172,59 @@ def record_decision(audit_log: str | Path | None, dec: PromotionDecision, client
         dec.checks["audit_error"] = f"{type(exc).__name__}: {exc}"
     if audit_log is not None:
         append_audit(audit_log, dec.to_dict())
+
+
+# --------------------------------------------------------------------------------------------
+# the alias history (#27): which @champion every record leaves, read from the audit runs' tags
+# --------------------------------------------------------------------------------------------
+#: decisions whose record does not state the champion it leaves (another writer moved it): their
+#: ``galmorph.audited_champion`` is the champion they read, not the one they found afterwards
+UNWITNESSED = ("lost-race", "inconsistent")
+
+
+def move_tags(record: dict) -> dict[str, str]:
+    """The audit run's tags of the alias move: origin, champion before, the champion the record vouches for
+    (``galmorph.audited_champion``: the registry vs audit comparison of :mod:`galmorph.promotion.manual`), time."""
+    before, after = record.get("champion_before"), record.get("champion_after")
+    vouched = before if record.get("decision") in UNWITNESSED else after
+    origin = record.get("origin") or record.get("action") or ""
+    return {"galmorph.origin": str(origin), "galmorph.champion_before": str(before),
+            "galmorph.audited_champion": str(vouched), "galmorph.time": str(record.get("timestamp") or ""),
+            "galmorph.moved_at": str(record.get("moved_at") or record.get("timestamp") or ""),
+            "galmorph.manifest": str(record.get("manifest") or "")[:5000]}
+
+
+def _none(v: str | None) -> str | None:
+    return None if v in (None, "", "None") else v
+
+
+def alias_history(model_name: str, client=None, max_results: int = 1000) -> list[dict]:
+    """Every recorded move or decision on ``@champion`` of ``model_name``, oldest first, from the audit runs'
+    tags alone (fast: no artifact is read): ``origin``, ``decision``, ``from``, ``to``, ``version``, ``time``,
+    ``moved_at``, ``user``, ``audit_run_id``, ``rescoring`` (the release rescored with the new champion)."""
+    c = mlflow_client(client)
+    exp = c.get_experiment_by_name(AUDIT_EXPERIMENT)
+    if exp is None:
+        return []
+    runs = c.search_runs([exp.experiment_id], filter_string=f"tags.`galmorph.model` = '{model_name}'",
+                         order_by=["attributes.start_time ASC"], max_results=max_results)
+    out = []
+    for r in runs:
+        t = r.data.tags
+        if "galmorph.audited_champion" not in t:
+            continue  # a record from before #27: its champion is not on the run
+        rescoring = t.get("galmorph.rescoring")
+        out.append({"origin": t.get("galmorph.origin"), "decision": t.get("galmorph.decision"),
+                    "from": _none(t.get("galmorph.champion_before")), "to": _none(t.get("galmorph.audited_champion")),
+                    "version": _none(t.get("galmorph.version")), "time": t.get("galmorph.time"),
+                    "moved_at": t.get("galmorph.moved_at"), "user": t.get("galmorph.user"),
+                    "manifest": _none(t.get("galmorph.manifest")), "audit_run_id": r.info.run_id,
+                    "start_time": r.info.start_time,
+                    "rescoring": json.loads(rescoring) if rescoring else None})
+    return out
+
+
+def audited_champion(model_name: str, client=None) -> tuple[bool, str | None]:
+    """``(known, version)``: the @champion the newest audit record vouches for (``known`` False: no record)."""
+    hist = alias_history(model_name, client)
+    return (True, hist[-1]["to"]) if hist else (False, None)

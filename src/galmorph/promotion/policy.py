@@ -70,13 +70,42 @@ class PromotionPolicy:
             section = params.get("promotion", params) or {}
         else:
             section = {}
-        vals = {POLICY_ALIASES.get(k, k): v for k, v in section.items()}
+        vals = {POLICY_ALIASES.get(k, k): v for k, v in section.items() if k not in MANUAL_KEYS}
         vals.update({POLICY_ALIASES.get(k, k): v for k, v in overrides.items() if v is not None})
         known = {f.name: f for f in fields(cls)}
         unknown = set(vals) - set(known)
         if unknown:
             raise PolicyError(f"unknown promotion policy key(s) {sorted(unknown)}; known: {sorted(known)}")
         return cls(**{k: _typed(k, v, cls.__dataclass_fields__[k].default) for k, v in vals.items()})
+
+
+#: params.yaml keys of the ``promotion:`` section that govern hand promotions (:class:`ManualPolicy`).
+MANUAL_KEYS = ("manual", "manual_eval_manifest")
+MANUAL_MODES = ("allow", "check", "revert")
+
+
+@dataclass
+class ManualPolicy:
+    """What the platform does when ``@champion`` moves outside ``galmorph promote``/``rollback`` (the MLflow
+    UI, the API): ``allow`` records the move; ``check`` also evaluates the new champion with the promotion
+    policy and records the verdict; ``revert`` also restores the previous champion when the check fails.
+    ``eval_manifest``: the evaluation set of the check (default: the manifest of the model's last promotion)."""
+
+    mode: str = "check"
+    eval_manifest: str = ""
+
+    @classmethod
+    def from_params(cls, params: dict | str | Path | None, missing_ok: bool = True) -> "ManualPolicy":
+        if isinstance(params, (str, Path)):
+            section = read_policy_section(params, missing_ok=missing_ok)
+        elif isinstance(params, dict):
+            section = params.get("promotion", params) or {}
+        else:
+            section = {}
+        mode = str(section.get("manual") or "check").strip().lower()
+        if mode not in MANUAL_MODES:
+            raise PolicyError(f"promotion policy manual: {section.get('manual')!r} is not one of {list(MANUAL_MODES)}")
+        return cls(mode=mode, eval_manifest=str(section.get("manual_eval_manifest") or ""))
 
 
 def read_policy_section(path: str | Path, missing_ok: bool = False) -> dict:

@@ -335,7 +335,8 @@ def promote(task: str, version: str | int | None = None, *, eval_manifest, audit
     with lock:
         before = aliases(name, c)
         champ = before.get(CHAMPION)
-        dec = PromotionDecision(task=task, model_name=name, action="promote", decision="", passed=False,
+        dec = PromotionDecision(task=task, model_name=name, action="promote", origin="promote", detected_by="promote",
+                                decision="", passed=False,
                                 candidate_version=version, champion_before=champ, champion_after=None,
                                 policy=asdict(policy), manifest=mname,
                                 manifest_fingerprint=manifest_fingerprint(manifest_df), **who())
@@ -393,7 +394,8 @@ def rollback(task: str, *, audit_log: str | Path, reason: str = "", lock_path: s
                               "galmorph.decision_reasons": reasons, f"galmorph.audit.{st}": summary})
         _tag(c, name, prev, {"galmorph.decision": "restored", "galmorph.decision_time": w["timestamp"],
                              f"galmorph.audit.{st}": summary})
-        dec = PromotionDecision(task=task, model_name=name, action="rollback", decision="rolled-back", passed=True,
+        dec = PromotionDecision(task=task, model_name=name, action="rollback", origin="rollback",
+                                detected_by="rollback", decision="rolled-back", passed=True,
                                 candidate_version=prev, champion_before=champ, champion_after=after.get(CHAMPION),
                                 previous_champion_after=after.get(PREVIOUS), challenger_after=after.get(CHALLENGER),
                                 reasons=reasons, **w)
