@@ -42,6 +42,8 @@ def demo(tmp_path_factory):
     env = {k: v for k, v in os.environ.items()
            if not k.startswith("GALMORPH_") or k in ("GALMORPH_DATA_ROOT", "GALMORPH_NUM_WORKERS")}
     env.pop("MLFLOW_TRACKING_URI", None)  # an earlier test's server is not the demo's
+    # MLFLOW_REGISTRY_URI, which the session's server fixture exports, is kept on purpose: a user's shell may
+    # have one too, and the demo's steps must still resolve its models in the demo's own registry
     env.update(ports, GALMORPH_STATE_DIR=str(state))
     cmd = [str(GALMORPH), "demo"]
     try:

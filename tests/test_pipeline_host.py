@@ -191,3 +191,20 @@ def test_concurrent_watchers_submit_once(tmp_path, sim_chirality):
     [t.start() for t in threads]
     [t.join() for t in threads]
     assert sorted(r.display_name for r in c.runs) == [f"galmorph-rescoring-{n}" for n in "abc"]
+
+
+def test_a_failed_local_run_names_the_failed_tasks_exception(tmp_path):
+    """The demo and `pipeline run --local` send the task logs to a file; the error then quotes the
+    exception of the last traceback in it, so that a CI log shows why without the (temporary) file."""
+    from galmorph.ops.run import last_error_line
+
+    log = tmp_path / "task.log"
+    log.write_text("Executing task 'train'\n    Traceback (most recent call last):\n      File \"a.py\", line 1\n"
+                   "    ValueError: an earlier failure, retried\n"
+                   "Executing task 'evaluate'\n    Traceback (most recent call last):\n"
+                   "      File \"b.py\", line 2, in evaluate\n        raise MlflowException(msg)\n"
+                   "    mlflow.exceptions.MlflowException: No such artifact: 'MLmodel'\n    404 Client Error\n")
+    assert last_error_line(log) == "mlflow.exceptions.MlflowException: No such artifact: 'MLmodel'"
+    log.write_text("all tasks succeeded\n")
+    assert last_error_line(log) == ""
+    assert last_error_line(tmp_path / "missing.log") == ""

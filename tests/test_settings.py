@@ -21,20 +21,16 @@ def clean_env(tmp_path, monkeypatch):
     """No GALMORPH_* / MLFLOW_TRACKING_URI in the environment, the working directory (.env) in tmp_path,
     no server behind the test URIs (the reachability check only records what it was asked), and
     mlflow's process-wide tracking URI put back afterwards."""
-    from mlflow.tracking._tracking_service import utils
-
     import galmorph.tracking
 
     monkeypatch.setattr(galmorph.tracking, "ensure_reachable", lambda uri, timeout=None: CHECKED.append(uri))
+    saved = galmorph.tracking.mlflow_uri_state()  # mlflow's tracking and registry URIs, and their variables
     for k in list(os.environ):
         if k.startswith("GALMORPH_") or k == "MLFLOW_TRACKING_URI":
             monkeypatch.delenv(k)
     monkeypatch.chdir(tmp_path)
-    old = utils._tracking_uri
     yield tmp_path
-    import mlflow
-
-    mlflow.set_tracking_uri(old)
+    galmorph.tracking.restore_mlflow_uri_state(saved)
 
 
 def _dotenv(folder: Path, **values: str) -> None:
@@ -159,9 +155,14 @@ def test_component_runtime_setup_follows_the_order(clean_env, monkeypatch):
     from galmorph.steps.runtime import setup
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", MLFLOW)
+    # a registry exported by something else (an earlier set_registry_uri, the user's shell): the steps'
+    # registry is their tracking server, or `models:/NAME/1` resolves in the other registry (as the demo's
+    # evaluate once did under pytest, then fetched artifacts that its own server did not have)
+    monkeypatch.setenv("MLFLOW_REGISTRY_URI", "sqlite:///elsewhere.db")
     monkeypatch.setenv("GALMORPH_DATA_ROOT", str(clean_env / "env-root"))
     assert setup("", "") == (MLFLOW, clean_env / "env-root")
     assert mlflow.get_tracking_uri() == MLFLOW
+    assert mlflow.get_registry_uri() == MLFLOW and os.environ["MLFLOW_REGISTRY_URI"] == MLFLOW
     monkeypatch.setenv("GALMORPH_MLFLOW_TRACKING_URI", GALMORPH)
     assert setup("", "")[0] == GALMORPH  # GALMORPH_ beats MLFLOW_TRACKING_URI here too (it used not to)
     assert setup(FLAG, str(clean_env / "arg-root")) == (FLAG, clean_env / "arg-root")

@@ -7,6 +7,7 @@ import hashlib
 import inspect
 import logging
 import os
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -147,6 +148,25 @@ def package_path(name: str, package_dir: str | Path | None = None) -> Path:
 # --------------------------------------------------------------------------------------------
 # local runs
 # --------------------------------------------------------------------------------------------
+_ERROR_LINE = re.compile(r"^\s*(?:[A-Za-z_][\w.]*\.)?[A-Z]\w*(?:Error|Exception|Exit|Interrupt)\b.*")
+
+
+def last_error_line(log_file: str | Path, limit: int = 400) -> str:
+    """The exception line (``SomeError: message``) of the last traceback in a pipeline's task log, cut to
+    ``limit`` characters; ``""`` when the log has none (or cannot be read)."""
+    try:
+        lines = Path(log_file).read_text(errors="replace").splitlines()
+    except OSError:
+        return ""
+    starts = [i for i, line in enumerate(lines) if line.strip().startswith("Traceback (most recent call last)")]
+    if not starts:
+        return ""
+    for line in lines[starts[-1] + 1:]:
+        if _ERROR_LINE.match(line):
+            return line.strip()[:limit]
+    return ""
+
+
 def run_local(name: str, params: dict[str, Any] | None = None, pipeline_root: str | Path | None = None,
               tracking_uri: str | None = None, data_root: str | Path | None = None,
               log_file: str | Path | None = None, connect_timeout: float | None = None) -> dict[str, Any]:
@@ -166,7 +186,8 @@ def run_local(name: str, params: dict[str, Any] | None = None, pipeline_root: st
         raise PipelineRunError(f"unknown pipeline {name!r}; expected one of {list(PIPELINES)}")
     params = coerce_params(name, params or {})
     if tracking_uri:
-        os.environ["MLFLOW_TRACKING_URI"] = tracking_uri  # inherited by every component subprocess
+        # inherited by every component subprocess; the registry is the tracking server's
+        os.environ["MLFLOW_TRACKING_URI"] = os.environ["MLFLOW_REGISTRY_URI"] = tracking_uri
         if "tracking_uri" in pipeline_parameters(name):
             params.setdefault("tracking_uri", tracking_uri)
     if data_root:
@@ -198,7 +219,9 @@ def run_local(name: str, params: dict[str, Any] | None = None, pipeline_root: st
         try:
             task = load_pipeline(name)(**params)
         except RuntimeError as exc:
+            fh_cause = last_error_line(log_file) if log_file else ""
             raise PipelineRunError(f"pipeline {name} failed locally: {exc}"
+                                   + (f"; the failed task said: {fh_cause}" if fh_cause else "")
                                    + (f" (task logs: {log_file})" if log_file else "")) from exc
     dt = time.perf_counter() - t0
     new = sorted(set(root.iterdir()) - before, key=lambda p: p.stat().st_mtime)

@@ -30,8 +30,11 @@ def setup(tracking_uri: str = "", data_root: str = "") -> tuple[str, Path | None
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     s = resolve_settings(tracking_uri=tracking_uri, data_root=data_root)
     uri = s.mlflow_tracking_uri
-    os.environ["MLFLOW_TRACKING_URI"] = uri
+    # the platform's model registry is its tracking server: a MLFLOW_REGISTRY_URI inherited from elsewhere
+    # would resolve `models:/NAME/VERSION` in another registry and fetch its artifacts from this server
+    os.environ["MLFLOW_TRACKING_URI"] = os.environ["MLFLOW_REGISTRY_URI"] = uri
     mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
     return uri, s.data_root
 
 
