@@ -1,5 +1,7 @@
-"""The rescoring pipeline: ingest a survey release -> validate -> [stop unless valid] -> cutout -> shard ->
-ParallelFor score shards on GPU nodes -> merge (Collected) -> drift -> publish (held on drift).
+"""The rescoring pipeline: ingest a survey release -> validate (table checks) -> [stop unless valid] -> cutout
+(framing only: raster rows pass through undecoded unless ``write_cutouts``) -> shard -> ParallelFor score shards
+on GPU nodes (each image decoded once: the per-image validation checks, the ModelSpec's framing and the forward
+pass in one go; failures quarantined with their reason) -> merge (Collected) -> drift -> publish (held on drift).
 
 Compiled to ``pipelines/rescoring.yaml``; scheduled with ``galmorph pipeline schedule rescoring`` and
 started per new release by ``galmorph release watch``.
@@ -31,19 +33,22 @@ def pipeline(release_uri: str = "/data/releases/latest", release: str = "latest"
              winding_ensemble: bool = True, winding_weight: float = -1.0, winding_min_confidence: float = -1.0,
              precision: str = "fp32", decode: str = "full", class_prior: str = "model",
              drift_reference: str = "", drift_by: str = "z_bin,survey", drift_min_group_size: int = 0, hold_on_drift: bool = True,
-             publish_dir: str = "", tracking_uri: str = "", data_root: str = ""):
+             publish_dir: str = "", tracking_uri: str = "", data_root: str = "", write_cutouts: bool = False):
     ing = ingest(source=release_uri, task=task, data_root=data_root)
     data_volume(ing, PLATFORM)
+    # table checks here; the per-image checks run on the pixels the score step decodes (one decode per image)
     val = validate(manifest=ing.outputs["manifest"], z_min=z_min, z_max=z_max,
-                   max_failure_fraction=max_failure_fraction, data_root=data_root)
+                   max_failure_fraction=max_failure_fraction, check_images=False, data_root=data_root)
     data_volume(val, PLATFORM)
     with dsl.If(val.outputs["Output"] == True, name="release-valid"):  # noqa: E712 - KFP condition
         model = resolve_model(task=task, model_alias=model_alias, model_uri=model_uri, tracking_uri=tracking_uri)
         model.set_caching_options(False)  # pins the version the alias points at now
         mlflow_credentials(model, PLATFORM)
-        # framing from the resolved model's ModelSpec: full-frame cutouts (size 0: image_size / crop)
+        # framing from the resolved model's ModelSpec (size 0: image_size / crop); PNGs only with write_cutouts
+        # (raster rows otherwise pass through undecoded; FITS rows are cut at their WCS position)
         cut = cutout(manifest=val.outputs["passed"], size_px=cutout_size_px, crop_fraction=crop_fraction,
-                     model_uri=model.output, tracking_uri=tracking_uri, data_root=data_root)
+                     model_uri=model.output, tracking_uri=tracking_uri, data_root=data_root,
+                     write_images=write_cutouts)
         data_volume(cut, PLATFORM)
         mlflow_credentials(cut, PLATFORM)
         plan = shard(dataset=cut.outputs["cutouts"], model_uri=model.output, shard_size=shard_size,
@@ -52,7 +57,7 @@ def pipeline(release_uri: str = "/data/releases/latest", release: str = "latest"
             sc = score(dataset=cut.outputs["cutouts"], work=work, batch_size=batch_size, threshold=threshold,
                        tracking_uri=tracking_uri, winding_ensemble=winding_ensemble, winding_weight=winding_weight,
                        winding_min_confidence=winding_min_confidence, precision=precision, decode=decode,
-                       class_prior=class_prior)
+                       class_prior=class_prior, check_images=True, data_root=data_root)
             gpu_task(sc, PLATFORM)
             mlflow_credentials(sc, PLATFORM)
             sc.set_retry(num_retries=3, backoff_duration="30s", backoff_factor=2.0)

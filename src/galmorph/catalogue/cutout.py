@@ -59,6 +59,10 @@ class CutoutConfig:
     model_image_size: int | None = None
     model_crop_fraction: float = 1.0
     min_extent_px: float = 40.0
+    # raster rows (JPEG/PNG) are not decoded or written: their row passes through with its own image, which the
+    # scoring pass decodes once and frames itself (crop_fraction 1.0 only: the model's crop is the framing);
+    # FITS rows are still cut at their WCS position (the frame is not the galaxy's)
+    raster_passthrough: bool = False
 
     def __post_init__(self) -> None:
         if self.size_arcsec is not None and self.size_arcsec <= 0:
@@ -72,6 +76,9 @@ class CutoutConfig:
         lo, hi = self.percentiles
         if not 0 <= lo < hi <= 100:
             raise ValueError(f"percentiles must satisfy 0 <= lo < hi <= 100, got {self.percentiles}")
+        if self.raster_passthrough and (self.crop_fraction < 1 or self.greyscale):
+            raise ValueError("raster_passthrough keeps the source images: crop_fraction must be 1.0 and greyscale off "
+                             "(the model frames its input)")
 
 
 @dataclass
@@ -287,14 +294,56 @@ def extent_in_model_px(extent_px: float, cutout_size_px: int, model_image_size: 
     return float(min(extent_px * scale, model_image_size))
 
 
+def _passthrough_row(row: dict) -> dict:
+    """A raster row kept with its own image (:attr:`CutoutConfig.raster_passthrough`): nothing decoded; a plain
+    relative path is made absolute (the dataset folder's relative URIs are its own files)."""
+    new = dict(row)
+    uri = str(row.get("image_uri") or "")
+    if uri and "://" not in uri and not Path(uri).is_absolute():
+        new["image_uri"] = str(Path(uri).resolve())
+    new["source_image_uri"] = row.get("image_uri")
+    new.update(cutout_partial=False, cutout_fill_fraction=0.0, cutout_size_px=-1, cutout_size_arcsec=np.nan,
+               cutout_fits_uri="")
+    return new
+
+
+def _write_cutout(out: Path, name: str, row: dict, c: Cutout, cfg: CutoutConfig, write_fits: bool) -> dict:
+    """Write one cutout (PNG, and FITS when it has physical data) and return its manifest row."""
+    from galmorph.imaging.io import save_raster
+
+    png = out / "png" / f"{name}.png"
+    save_raster(c.image, png)
+    new = dict(row)
+    new["source_image_uri"] = row.get("image_uri")
+    new["image_uri"] = str(png)
+    new["cutout_partial"] = c.partial
+    new["cutout_fill_fraction"] = c.fill_fraction
+    new["cutout_size_px"] = int(c.image.shape[0])
+    new["cutout_size_arcsec"] = c.size_arcsec if c.size_arcsec is not None else np.nan
+    if cfg.model_image_size:
+        ext = extent_in_model_px(galaxy_extent_px(c.image), int(c.image.shape[0]), cfg.model_image_size,
+                                 cfg.model_crop_fraction)
+        new["extent_model_px"] = ext
+        new["small_extent"] = bool(ext < cfg.min_extent_px)
+    if c.fits_data is not None and write_fits:
+        from astropy.io import fits
+
+        (out / "fits").mkdir(exist_ok=True)
+        fpath = out / "fits" / f"{name}.fits"
+        fits.PrimaryHDU(c.fits_data, header=c.fits_header).writeto(fpath, overwrite=True)
+        new["cutout_fits_uri"] = str(fpath)
+    else:
+        new["cutout_fits_uri"] = ""
+    return new
+
+
 def make_cutouts(manifest: str | Path | pd.DataFrame, out_dir: str | Path, cfg: CutoutConfig | None = None,
                  data_root: Path | str | None = None, progress: bool = True) -> CutoutResult:
     """Cut every row of a manifest into ``out_dir`` (``png/``, ``fits/``, ``manifest.parquet``,
     ``quarantine.parquet``). Rows in = rows out + rows quarantined."""
-    from astropy.io import fits
     from tqdm import tqdm
 
-    from galmorph.imaging.io import ImageError, save_raster
+    from galmorph.imaging.io import ImageError, is_fits
 
     cfg = cfg or CutoutConfig()
     dr = Path(data_root) if data_root is not None else None
@@ -308,7 +357,7 @@ def make_cutouts(manifest: str | Path | pd.DataFrame, out_dir: str | Path, cfg: 
     out = Path(out_dir)
     (out / "png").mkdir(parents=True, exist_ok=True)
     rows, q = [], []
-    n_partial = n_small = 0
+    n_partial = n_small = n_passed = 0
     used: dict[str, str] = {}  # output file name -> object id: a repeated id never overwrites a cutout
     for row in tqdm(df.to_dict("records"), desc="cutouts", disable=not progress):
         oid = row.get("object_id")
@@ -321,48 +370,34 @@ def make_cutouts(manifest: str | Path | pd.DataFrame, out_dir: str | Path, cfg: 
                    else f"its file name {name}.png is already the cutout of object {used[name]}")
             q.append(quarantine_record(oid, STAGE, f"object {oid}: {why}", row))
             continue
+        if cfg.raster_passthrough and not is_fits(str(row.get("image_uri") or "")):
+            used[name] = str(oid)
+            rows.append(_passthrough_row(row))
+            n_passed += 1
+            continue
         try:
             c = cutout_row(row, cfg, dr)
         except (ImageError, CutoutError, ManifestError, ValueError) as exc:
             q.append(quarantine_record(oid, STAGE, f"object {oid}: {exc}", row))
             continue
         used[name] = str(oid)
-        png = out / "png" / f"{name}.png"
-        save_raster(c.image, png)
-        new = dict(row)
-        new["source_image_uri"] = row.get("image_uri")
-        new["image_uri"] = str(png)
-        new["cutout_partial"] = c.partial
-        new["cutout_fill_fraction"] = c.fill_fraction
-        new["cutout_size_px"] = int(c.image.shape[0])
-        new["cutout_size_arcsec"] = c.size_arcsec if c.size_arcsec is not None else np.nan
-        if cfg.model_image_size:
-            ext = extent_in_model_px(galaxy_extent_px(c.image), int(c.image.shape[0]), cfg.model_image_size,
-                                     cfg.model_crop_fraction)
-            new["extent_model_px"] = ext
-            new["small_extent"] = bool(ext < cfg.min_extent_px)
-            n_small += int(ext < cfg.min_extent_px)
-        if c.fits_data is not None and cfg.write_fits:
-            (out / "fits").mkdir(exist_ok=True)
-            fpath = out / "fits" / f"{name}.fits"
-            fits.PrimaryHDU(c.fits_data, header=c.fits_header).writeto(fpath, overwrite=True)
-            new["cutout_fits_uri"] = str(fpath)
-        else:
-            new["cutout_fits_uri"] = ""
+        new = _write_cutout(out, name, row, c, cfg, write_fits=cfg.write_fits)
+        n_small += int(bool(new.get("small_extent", False)))
         n_partial += int(c.partial)
         rows.append(new)
     man = pd.DataFrame(rows) if rows else df.iloc[0:0].copy()
     mpath = write_manifest(man, out / "manifest.parquet", kind=kind,
                            extra_meta={"cutout": {k: v for k, v in cfg.__dict__.items()}, "rows_in": len(df),
-                                       "rows_quarantined": len(q), "n_small_extent": n_small})
+                                       "rows_quarantined": len(q), "n_small_extent": n_small,
+                                       "n_passthrough": n_passed})
     if n_small:
         log.warning("cutouts: %d of %d galaxies are smaller than %g px across in the model's input (%d px, crop "
                     "%g): their arms are probably not resolved; use a tighter crop or a larger input",
                     n_small, len(rows), cfg.min_extent_px, cfg.model_image_size, cfg.model_crop_fraction)
     qdf = quarantine_frame(q)
     qpath = write_quarantine(qdf, out / "quarantine.parquet")
-    log.info("cutouts: %d rows in, %d written, %d quarantined, %d partial -> %s", len(df), len(rows), len(q),
-             n_partial, out)
+    log.info("cutouts: %d rows in, %d out (%d passed through undecoded), %d quarantined, %d partial -> %s", len(df),
+             len(rows), n_passed, len(q), n_partial, out)
     return CutoutResult(out_dir=out, manifest_path=mpath, quarantine_path=qpath, n_in=len(df), n_out=len(rows),
                         n_quarantined=len(q), n_partial=n_partial, manifest=man, quarantine=qdf,
                         n_small_extent=n_small)

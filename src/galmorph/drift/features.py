@@ -235,21 +235,27 @@ def image_features(img: np.ndarray, is_raster: bool = True, max_size: int = 160,
     return out
 
 
-def _features_for_path(path: str, max_size: int) -> tuple[dict[str, float] | None, str | None]:
+def _features_for_path(path: str, max_size: int, frame_size: int | None = None
+                       ) -> tuple[dict[str, float] | None, str | None]:
     from galmorph.imaging.io import ImageError, is_fits, load_image
 
     try:
         img = load_image(path, allow_nan=True)
-        return image_features(img, is_raster=not is_fits(path), max_size=max_size), None
+        raster = not is_fits(path)
+        if frame_size and raster and img.shape[0] != frame_size:  # measured at the framing the model's cutouts have
+            from galmorph.imaging.preprocess import resize
+
+            img = np.clip(resize(img, int(frame_size)), 0, 1).astype(np.float32)
+        return image_features(img, is_raster=raster, max_size=max_size), None
     except ImageError as exc:
         return None, str(exc)
     except ValueError as exc:
         return None, f"{path}: {exc}"
 
 
-def _features_for_chunk(args: tuple[list[str], int]) -> list[tuple[dict | None, str | None]]:
-    paths, max_size = args
-    return [_features_for_path(p, max_size) for p in paths]
+def _features_for_chunk(args: tuple[list[str], int, int | None]) -> list[tuple[dict | None, str | None]]:
+    paths, max_size, frame_size = args
+    return [_features_for_path(p, max_size, frame_size) for p in paths]
 
 
 # --------------------------------------------------------------------------------------------
@@ -357,7 +363,7 @@ def feature_columns(df: pd.DataFrame) -> tuple[list[str], list[str]]:
 def compute_drift_features(manifest_df: pd.DataFrame, data_root: Path | str | None = None,
                            predictions: pd.DataFrame | None = None, num_workers: int = 0,
                            image_features_enabled: bool = True, max_size: int = 160,
-                           progress: bool = True) -> DriftFeatures:
+                           progress: bool = True, frame_size: int | None = None) -> DriftFeatures:
     """Drift features for every row of a manifest (keyed by ``object_id``).
 
     * catalogue features come from the manifest's own columns;
@@ -369,7 +375,9 @@ def compute_drift_features(manifest_df: pd.DataFrame, data_root: Path | str | No
 
     Rows whose image cannot be read, or whose ``object_id`` is missing or repeated, go to the
     quarantine with the reason; every input row is in exactly one of the two outputs.
-    ``num_workers > 0`` measures images in that many processes.
+    ``num_workers > 0`` measures images in that many processes. ``frame_size``: raster images are resized
+    to this side before they are measured (a release whose rows kept their source images is measured at the
+    framing its cutouts would have had, as the reference's were).
     """
     if "object_id" not in manifest_df.columns:
         raise ManifestError("manifest has no 'object_id' column")
@@ -412,7 +420,7 @@ def compute_drift_features(manifest_df: pd.DataFrame, data_root: Path | str | No
                 q.append(quarantine_record(oid.iat[i], STAGE, f"object {oid.iat[i]}: {exc}", df.iloc[i]))
                 keep[i] = False
         valid = [(i, p) for i, p in zip(todo, paths, strict=True) if p is not None]
-        results = _measure_all([p for _, p in valid], num_workers, max_size, progress)
+        results = _measure_all([p for _, p in valid], num_workers, max_size, progress, frame_size)
         feats = np.full((len(df), len(IMAGE_FEATURES)), np.nan)
         for (i, _), (res, err) in zip(valid, results, strict=True):
             if err is not None:
@@ -437,7 +445,8 @@ def compute_drift_features(manifest_df: pd.DataFrame, data_root: Path | str | No
     return DriftFeatures(features, qdf)
 
 
-def _measure_all(paths: list[str], num_workers: int, max_size: int, progress: bool) -> list[tuple]:
+def _measure_all(paths: list[str], num_workers: int, max_size: int, progress: bool,
+                 frame_size: int | None = None) -> list[tuple]:
     from tqdm.auto import tqdm
 
     if num_workers and num_workers > 0 and len(paths) > 16:
@@ -445,9 +454,9 @@ def _measure_all(paths: list[str], num_workers: int, max_size: int, progress: bo
         chunks = [paths[i:i + size] for i in range(0, len(paths), size)]
         res: list[tuple] = []
         with ProcessPoolExecutor(max_workers=num_workers) as ex:
-            for part in tqdm(ex.map(_features_for_chunk, [(c, max_size) for c in chunks]), total=len(chunks),
+            for part in tqdm(ex.map(_features_for_chunk, [(c, max_size, frame_size) for c in chunks]), total=len(chunks),
                              desc="drift features", unit="chunk", disable=not progress):
                 res.extend(part)
         return res
-    return [_features_for_path(p, max_size)
+    return [_features_for_path(p, max_size, frame_size)
             for p in tqdm(paths, desc="drift features", unit="img", disable=not progress)]

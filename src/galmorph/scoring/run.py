@@ -31,7 +31,8 @@ class ScoringJob:
     None (default): as the model recorded (:func:`galmorph.models.io.model_ensemble`; off for a model that
     recorded nothing); ``winding_weight``/``winding_min_confidence`` None: the model's recorded values.
     ``merge``: merge the shards into ``out_dir`` (catalogue, quarantine, summary) and, with ``log_mlflow``,
-    record the release as an MLflow run on ``tracking_uri``."""
+    record the release as an MLflow run on ``tracking_uri``. ``image_check(row, image) -> reason | None`` runs on
+    every decoded image (the validation's per-image checks in the scoring pass; a reason quarantines the row)."""
 
     model: Any
     manifest: str | Path
@@ -51,6 +52,7 @@ class ScoringJob:
     winding_ensemble: bool | None = None
     winding_weight: float | None = None
     winding_min_confidence: float | None = None
+    image_check: Callable[[Any, Any], str | None] | None = None
     overwrite: bool = False
     progress: bool = True
     merge: bool = True
@@ -124,7 +126,7 @@ def run_scoring(job: ScoringJob) -> ScoringRun:
                          num_workers=job.num_workers, shard_size=job.shard_size, threshold=job.threshold,
                          shards=job.shards, data_root=job.data_root, device=device, overwrite=job.overwrite,
                          progress=job.progress, precision=job.precision, decode=job.decode,
-                         winding_ensemble=_ensemble(job, model))
+                         winding_ensemble=_ensemble(job, model), image_check=job.image_check)
     run = ScoringRun(scoring=res)
     if job.merge:
         run.merged, run.mlflow_run_id = merge_and_log([job.out_dir], job.out_dir, release=job.release,

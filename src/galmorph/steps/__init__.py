@@ -120,14 +120,18 @@ def model_input_framing(task: str = "", preset: str = "", overrides_json: str = 
 def cutout(manifest_path: str | Path, cutouts_dir: str | Path, quarantine_path: str | Path, size_px: int = 64,
            crop_fraction: float = 1.0, greyscale: bool = False, size_r90: float = 0.0, data_root: str = "",
            task: str = "", preset: str = "", overrides_json: str = "{}", model_uri: str = "",
-           min_extent_px: float = 40.0, tracking_uri: str = "", cutouts_metadata: dict | None = None) -> CutoutOutputs:
+           min_extent_px: float = 40.0, tracking_uri: str = "", write_images: bool = True,
+           cutouts_metadata: dict | None = None) -> CutoutOutputs:
     """:func:`galmorph.catalogue.cutout.make_cutouts` into the dataset folder ``cutouts_dir`` (png/ +
     manifest.parquet, image URIs relative to the folder); failed rows to ``quarantine_path``.
 
     Framing: with ``model_uri`` (the resolved model's ModelSpec) or ``task`` + ``preset`` (training) the
     model crops, so the cutouts keep the full frame (a ``crop_fraction`` < 1 as well is refused: cropped
     twice) at :func:`galmorph.catalogue.cutout.model_framing`'s size unless ``size_px`` > 0; galaxies smaller than
-    ``min_extent_px`` in the model's input are counted (``n_small_extent`` in the metadata, a warning)."""
+    ``min_extent_px`` in the model's input are counted (``n_small_extent`` in the metadata, a warning).
+    ``write_images`` False (the rescoring pipeline's default): raster rows are not decoded or written, they pass
+    through with their own images for the scoring pass to decode once and frame from the ModelSpec (FITS rows
+    are still cut at their WCS position); the framing is recorded all the same (drift measures at it)."""
     from galmorph.catalogue.cutout import CutoutConfig, check_framing, make_cutouts, model_framing
     from galmorph.steps.artifacts import relativize_images
     from galmorph.steps.runtime import as_dir, setup
@@ -145,12 +149,13 @@ def cutout(manifest_path: str | Path, cutouts_dir: str | Path, quarantine_path: 
     elif size_px <= 0:
         raise ValueError("cutout size_px must be > 0 when neither a model nor a preset gives the framing")
     cfg = CutoutConfig(size_px=size_px, crop_fraction=crop_fraction, greyscale=greyscale, size_r90=size_r90 or None,
-                       **extra)
+                       raster_passthrough=not write_images and crop_fraction >= 1 and not greyscale, **extra)
     out = as_dir(cutouts_dir)
     res = make_cutouts(open_dataset(manifest_path), out, cfg, data_root=root, progress=False)
     relativize_images(out)
     shutil.copyfile(res.quarantine_path, quarantine_path)
-    meta = {"rows": res.n_out, "size_px": size_px, "crop_fraction": crop_fraction}
+    meta = {"rows": res.n_out, "size_px": size_px, "crop_fraction": crop_fraction,
+            "images_written": not cfg.raster_passthrough}
     if framing is not None:
         meta.update(n_small_extent=res.n_small_extent, model_image_size=framing[0], model_crop_fraction=framing[1])
         if res.n_small_extent:
@@ -355,7 +360,8 @@ def shard(dataset: str | Path, model_uri: str, shard_size: int = 10000, n_worker
 def score(dataset: str | Path, work: str, scores_dir: str | Path, batch_size: int = 64, num_workers: int = 2,
           threshold: float = 0.85, device: str = "auto", tracking_uri: str = "", winding_ensemble: bool = True,
           winding_weight: float = -1.0, winding_min_confidence: float = -1.0, precision: str = "fp32",
-          decode: str = "full", class_prior: str = "model", scores_metadata: dict | None = None) -> ScoreOutputs:
+          decode: str = "full", class_prior: str = "model", check_images: bool = True, data_root: str = "",
+          scores_metadata: dict | None = None) -> ScoreOutputs:
     """:func:`galmorph.scoring.run.run_scoring` of the shards of the work item ``work`` into ``scores_dir``
     (resumable); the dataset's framing is checked against the model's (never cropped twice);
     ``winding_ensemble`` True (default): combine the chirality network with the winding measurement as the model
@@ -365,12 +371,15 @@ def score(dataset: str | Path, work: str, scores_dir: str | Path, batch_size: in
     in the shard summaries and, through the merge, in MLflow). ``class_prior``: move the probabilities to the
     release's class prior (default ``model``: the prior the model recorded; ``none``/``as-trained``/empty: as
     trained; ``catalogue`` or ``CLASS=F,...``; :func:`galmorph.models.io.parse_class_prior`). What was applied
-    is recorded in the summary, the catalogue metadata and MLflow (``applied_class_prior``, ``applied_ensemble``)."""
+    is recorded in the summary, the catalogue metadata and MLflow (``applied_class_prior``, ``applied_ensemble``).
+    ``check_images`` (default True): the validation's per-image checks run on the pixels scoring decodes
+    (:func:`galmorph.scoring.release_path.image_check_for`), so the release is decoded once; a failing row is
+    quarantined with the check's reason (stage ``score``)."""
     from galmorph.steps.runtime import as_dir, setup
     from galmorph.scoring.batch import parse_work_item
     from galmorph.scoring.run import ScoringJob, run_scoring
 
-    _, root = setup(tracking_uri=tracking_uri)
+    _, root = setup(tracking_uri=tracking_uri, data_root=data_root)
     item = parse_work_item(work)
 
     def framing(model) -> None:  # the dataset's framing must be the model's (never cropped twice)
@@ -380,13 +389,24 @@ def score(dataset: str | Path, work: str, scores_dir: str | Path, batch_size: in
         model=item["model_uri"], manifest=open_dataset(dataset), out_dir=as_dir(scores_dir), batch_size=batch_size,
         num_workers=num_workers, shard_size=item["shard_size"], threshold=threshold, shards=item["shards"],
         data_root=root, device=device, precision=precision, decode=decode, class_prior=class_prior or "none",
-        check_model=framing, winding_ensemble=None if winding_ensemble else False,
+        check_model=framing, winding_ensemble=None if winding_ensemble else False, image_check=_image_check(check_images),
         winding_weight=winding_weight if winding_weight >= 0 else None,
         winding_min_confidence=winding_min_confidence if winding_min_confidence >= 0 else None,
         progress=False, merge=False)).scoring
     _fill(scores_metadata, {"shards": item["shard_range"], "n_scored": res.n_scored,
                             "images_per_s": res.images_per_s, "precision": res.precision})
     return ScoreOutputs(res.n_scored, res.n_quarantined)
+
+
+def _image_check(check_images: bool):
+    """The validation's per-image checks (default :class:`~galmorph.catalogue.validation.ValidationConfig`) for
+    the scoring pass, or None."""
+    if not check_images:
+        return None
+    from galmorph.catalogue.validation import ValidationConfig
+    from galmorph.scoring.release_path import image_check_for
+
+    return image_check_for(ValidationConfig())
 
 
 def merge(score_dirs: list[str | Path], catalogue_dir: str | Path, release: str = "", log_mlflow: bool = True,
@@ -509,6 +529,25 @@ def label_export(labelled_path: str | Path, quarantine_path: str | Path, task: s
 # --------------------------------------------------------------------------------------------
 # drift glue
 # --------------------------------------------------------------------------------------------
+def _framed_drift_set(current: pd.DataFrame, dataset: str | Path, data_root) -> pd.DataFrame:
+    """``current`` as it goes to the drift run: unchanged for cutouts; for a dataset whose raster rows kept their
+    source images (the rescoring pipeline's single pass, ``cutout.raster_passthrough``) its drift features,
+    measured on the images resized to the cutouts' framing (``cutout.size_px``), as the reference's were."""
+    from galmorph.catalogue.manifest import manifest_metadata
+    from galmorph.steps.artifacts import dataset_manifest_path
+
+    cut = manifest_metadata(dataset_manifest_path(dataset)).get("cutout") or {}
+    if not cut.get("raster_passthrough") or not cut.get("size_px") or current.empty:
+        return current
+    from galmorph.drift.features import compute_drift_features
+
+    res = compute_drift_features(current, data_root=data_root, progress=False, frame_size=int(cut["size_px"]))
+    if len(res.quarantine):
+        log.warning("drift: %d row(s) without drift features (first: %s)", len(res.quarantine),
+                    res.quarantine["reason"].iloc[0])
+    return res.features
+
+
 def drift_for_release(catalogue_dir: str | Path, dataset: str | Path, summary_dir: str | Path,
                       report_html: str | Path, reference: str = "", model_uri: str = "", by: str = "z_bin,survey",
                       release: str = "", mlflow_run_id: str = "", workspace: str = "",
@@ -541,6 +580,7 @@ def drift_for_release(catalogue_dir: str | Path, dataset: str | Path, summary_di
     pcols = list(dict.fromkeys([c for c in cat.columns if c.startswith("p_")]
                                + ["pred", "p_pred", "high_confidence", "model_version"]))  # p_pred once
     current = man.merge(cat[["object_id", *[c for c in pcols if c in cat.columns]]], on="object_id", how="inner")
+    current = _framed_drift_set(current, dataset, data_root)
     cfg = DriftConfig.from_params(params_file or s.params_file, min_group_size=min_group_size)
     by_cols = tuple(b.strip() for b in by.split(",") if b.strip())
     res = run_drift(ref_path, current, by=by_cols, config=cfg, out_dir=summary_dir, release=release or None,
