@@ -2,13 +2,14 @@
 same total batch, and whether the two train the same model. Writes benchmarks/results/ddp.{json,md}.
 
 Both runs train the chirality ``tiny`` preset (ResNet-18) on simulated galaxies (no real data needed), 64 px,
-no augmentation, SGD, through :func:`galmorph.training.train` into a private local MLflow store:
+no augmentation, SGD, through ``galmorph train --devices N --json`` (the user's command) into a private local
+MLflow store:
 
 * one process with ``data_order=sharded`` (it steps through the global batches a DDP run takes);
 * ``--devices`` processes (DDP, gloo), launched under torchrun by the library, each taking its shard of every
   global batch; batch norm over the global batch.
 
-Reported: wall time of each ``train`` call (process start-up, cache, fit, evaluation, export), training img/s
+Reported: wall time of each ``galmorph train`` call (process start-up, cache, fit, evaluation, export), training img/s
 (all ranks' images over the wall time of the training part of each epoch, from the second epoch), the
 largest difference of the two registered models' class probabilities over all images, and the test
 accuracies. On a machine with few cores the DDP processes share them with each other (and with anything
@@ -36,14 +37,26 @@ log = logging.getLogger("bench_ddp")
 
 
 def run_case(devices: int, manifest: Path, base: dict, tracking: str, work: Path) -> dict:
-    from galmorph.training import train
+    """One ``galmorph train --json`` call (the user's entry: DDP launch, logging, registration included);
+    the epoch figures are read back from its MLflow run."""
+    import subprocess
+    import sys
 
+    from mlflow import MlflowClient
+
+    galmorph = Path(sys.executable).with_name("galmorph")
+    cmd = [str(galmorph), "train", "--task", "chirality", "--preset", "tiny", "--manifest", str(manifest),
+           "--devices", str(devices), "--tracking-uri", tracking, "--experiment", f"bench-ddp-{devices}",
+           "--out-dir", str(work / f"devices-{devices}"), "--json",
+           *[a for k, v in base.items() for a in ("--set", f"{k}={v}")]]
     t0 = time.perf_counter()
-    res = train("chirality", "tiny", {**base, "devices": devices}, manifest=manifest, tracking_uri=tracking,
-                experiment=f"bench-ddp-{devices}", register=True, out_dir=work / f"devices-{devices}")
+    proc = subprocess.run(cmd, capture_output=True, text=True, stdin=subprocess.DEVNULL)
     wall = time.perf_counter() - t0
-    m = res.metrics
-    return {"devices": devices, "wall_s": round(wall, 1), "model_uri": res.model_uri, "epochs": int(m["epochs"]),
+    if proc.returncode != 0:
+        raise SystemExit(f"galmorph train --devices {devices} failed (rc {proc.returncode}):\n{proc.stderr[-3000:]}")
+    out = json.loads(proc.stdout)
+    m = MlflowClient(tracking_uri=tracking).get_run(out["run_id"]).data.metrics
+    return {"devices": devices, "wall_s": round(wall, 1), "model_uri": out["model_uri"], "epochs": int(m["epochs"]),
             "global_step": int(m["global_step"]), "train_images_per_s": m.get("train_images_per_s"),
             "after_first_epoch": m.get("train_images_per_s_after_first_epoch"),
             "test_accuracy": m.get("test_accuracy"), "best_val_loss": m.get("best_val_loss")}
