@@ -22,12 +22,15 @@ HERE = Path(__file__).resolve().parent
 TAKES_OUT = {"a1", "a1_injection", "data", "physical", "arms_probe"}
 #: not run with --quick (no smoke-test size)
 FULL_ONLY = {"winding", "physical", "containers", "arms_probe", "learning_curve"}
+#: need a CUDA device: run only when named (`make bench-gpu` on a GPU machine) or for the quick CPU check
+GPU_ONLY = {"gpu"}
 #: name -> (script, full arguments, quick arguments)
 BENCHMARKS: dict[str, tuple[str, list[str], list[str]]] = {
     "scoring": ("bench_scoring.py", [], ["--quick"]),
     "release": ("bench_release.py", [], ["--quick"]),
     "train": ("bench_train.py", [], ["--quick"]),
     "ddp": ("bench_ddp.py", [], ["--quick"]),
+    "gpu": ("bench_gpu.py", [], ["--quick"]),
     "data": ("bench_data.py", [], ["--n-jpeg", "40", "--n-validate", "80"]),
     "a1": ("bench_a1.py", [], ["--n", "8", "--repeats", "1"]),
     "a1_injection": ("a1_injection.py", [], ["--n", "10"]),
@@ -64,6 +67,9 @@ def main(argv=None) -> int:
     for n in names:
         if a.quick and n in FULL_ONLY and not a.only:
             print(f"== {n}: full runs only, skipped in quick mode", flush=True)
+            continue
+        if n in GPU_ONLY and not a.quick and not a.only:
+            print(f"== {n}: needs a GPU, run only by name (make bench-{n} on a GPU machine)", flush=True)
             continue
         script, full, quick = BENCHMARKS[n]
         if not (HERE / script).exists():
