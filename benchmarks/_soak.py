@@ -89,15 +89,19 @@ class RssSampler:
         self._th.join(5)
 
     def flatness(self, pid: int | None = None) -> dict:
-        """Peak RSS overall and of the first and last quarter of the samples (of ``pid`` only when given)."""
+        """Peak RSS overall and of the quarters of the samples (of ``pid`` only when given): the first against
+        the last, and the second against the last (steady state: a command's first quarter is its start-up)."""
         r = np.array([s[1] for s in self.samples if pid is None or s[2] == pid])
         if not len(r):
             return {"samples": 0}
         q = max(1, len(r) // 4)
-        first, last = float(r[:q].max()), float(r[-q:].max())
+        first, second, last = float(r[:q].max()), float(r[q:2 * q].max() if len(r) >= 2 * q else r.max()), \
+            float(r[-q:].max())
         return {"samples": int(len(r)), "rss_peak_mib": round(float(r.max()), 1),
-                "rss_first_quarter_peak_mib": round(first, 1), "rss_last_quarter_peak_mib": round(last, 1),
-                "rss_growth_last_vs_first_pct": round(100 * (last - first) / first, 1)}
+                "rss_first_quarter_peak_mib": round(first, 1), "rss_second_quarter_peak_mib": round(second, 1),
+                "rss_last_quarter_peak_mib": round(last, 1),
+                "rss_growth_last_vs_first_pct": round(100 * (last - first) / first, 1),
+                "rss_growth_last_vs_second_pct": round(100 * (last - second) / second, 1)}
 
 
 class PrivateStack:

@@ -40,6 +40,9 @@ BENCHMARKS: dict[str, tuple[str, list[str], list[str]]] = {
     "arms_probe": ("arms_probe.py", [], []),
     "learning_curve": ("learning_curve.py", [], []),
     "containers": ("containers.py", [], []),
+    "soak_labels": ("soak_labels.py", [], ["--quick"]),
+    "soak_scoring": ("soak_scoring.py", [], ["--quick"]),
+    "soak_promotions": ("soak_promotions.py", [], ["--quick"]),
 }
 
 
