@@ -101,6 +101,8 @@ class Settings(BaseSettings):
         "once into <state_dir>/hooks/secret (a Secret in the chart).")
     hooks_url: str | None = Field(
         default=None, description="URL MLflow posts registry events to; default http://<host>:<hooks_port>/hooks/mlflow.")
+    hooks_models: str = Field(
+        default="galmorph-*", description="Registered models the receiver governs (comma-separated glob patterns).")
     hooks_max_age: float = Field(
         default=300.0, gt=0, description="Seconds a webhook delivery stays valid (older or replayed: refused, 401).")
     label_db_url: str | None = Field(default=None, description="SQLAlchemy URL of the label database.")

@@ -211,7 +211,9 @@ def note_alias_move(model_name: str, version: str, move: Mapping | None, card: M
             card = {}
     out = json.loads(json.dumps(card, default=json_default))
     if move:
-        out.setdefault("alias_history", []).append(dict(move))
+        entry = {k: move.get(k) for k in ("origin", "from", "to", "decision", "time", "champion_after", "passed")}
+        entry["reasons"] = [str(r)[:300] for r in (move.get("reasons") or [])[:3]]
+        out.setdefault("alias_history", []).append(entry)
         out["alias_history"] = out["alias_history"][-20:]
     if out.get("model"):
         out["summary"] = card_summary(out)

@@ -181,14 +181,23 @@ def _handler(settings: Settings, store, client, starter, evaluate_kwargs: dict |
     return handle
 
 
+def governed(settings: Settings):
+    """``name -> bool``: a registered model the receiver governs (``GALMORPH_HOOKS_MODELS`` glob patterns)."""
+    import fnmatch
+
+    pats = [p.strip() for p in settings.hooks_models.split(",") if p.strip()]
+    return lambda name: any(fnmatch.fnmatchcase(name, p) for p in pats)
+
+
 def reconcile(settings: Settings, handle, client=None) -> list[dict]:
-    """Every ``galmorph-*`` registered model: registry vs audit, handled as a move found by the reconciliation."""
+    """Every governed registered model: registry vs audit, handled as a move found by the reconciliation."""
     import mlflow
 
     c = client or mlflow.MlflowClient(settings.mlflow_tracking_uri)
     out = []
+    ours = governed(settings)
     for rm in c.search_registered_models(max_results=1000):
-        if rm.name.startswith("galmorph-"):
+        if ours(rm.name):
             out.append({"model": rm.name, "outcome": handle(rm.name, None, "reconcile")})
     return out
 
@@ -203,7 +212,7 @@ def build_receiver(settings: Settings, starter=None, evaluate_kwargs: dict | Non
     store = DeliveryStore(settings.hooks_dir / "deliveries.db")
     handle = _handler(settings, store, client, starter, evaluate_kwargs)
     return Receiver(ensure_secret(settings), store, handle, reconcile=lambda: reconcile(settings, handle, client),
-                    max_age=settings.hooks_max_age, models=lambda name: name.startswith("galmorph-"))
+                    max_age=settings.hooks_max_age, models=governed(settings))
 
 
 def serve(settings: Settings) -> None:

@@ -92,7 +92,7 @@ def services(settings: Settings) -> dict[str, Service]:
 
 
 #: the settings the receiver (``galmorph hooks serve``) is started with, as ``GALMORPH_*`` variables
-_HOOKS_SETTINGS = ("state_dir", "host", "hooks_port", "hooks_secret", "hooks_url", "hooks_max_age",
+_HOOKS_SETTINGS = ("state_dir", "host", "hooks_port", "hooks_secret", "hooks_url", "hooks_max_age", "hooks_models",
                    "mlflow_tracking_uri", "data_root", "audit_log", "lock_url", "kfp_host")
 
 

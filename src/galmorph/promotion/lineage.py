@@ -157,7 +157,22 @@ def lineage(ref: str, client=None) -> dict:
     manifest = run_tags.get("galmorph.manifest") or tags.get("galmorph.manifest")
     out["data"] = data_record(manifest, {**tags, **run_tags})
     out["releases"] = releases_scored_with(name, version, c)
+    out["alias_moves"] = alias_moves(name, c)
     return out
+
+
+def alias_moves(name: str, client=None) -> list[dict]:
+    """The recorded moves of ``@champion`` of ``name``, oldest first (#27): origin (promote | rollback | manual),
+    from -> to, decision, time, and the release rescored with the new champion (from the audit runs' tags)."""
+    from galmorph.promotion.audit import alias_history
+
+    try:
+        hist = alias_history(name, client)
+    except Exception as exc:  # noqa: BLE001 - the rest of the chain stands
+        return [{"error": f"alias history unreadable: {type(exc).__name__}: {exc}"}]
+    return [{k: h.get(k) for k in ("origin", "decision", "from", "to", "version", "time", "moved_at", "user",
+                                   "audit_run_id", "rescoring")} for h in hist if h["from"] != h["to"]
+            or h.get("origin") == "manual"]
 
 
 def format_lineage(chain: dict) -> str:
@@ -180,4 +195,12 @@ def format_lineage(chain: dict) -> str:
     for r in rel:
         lines.append(f"  -> release {r['release']}: scoring run {r['run_id']}, catalogue {r['catalogue']}, "
                      f"{r.get('n_scored')} scored, drift verdict {r.get('drift_verdict') or 'not recorded'}")
+    for mv in chain.get("alias_moves") or []:
+        if "error" in mv:
+            lines.append(f"  alias history: {mv['error']}")
+            continue
+        rs = mv.get("rescoring") or {}
+        lines.append(f"  alias move ({mv.get('origin')}) @champion v{mv.get('from')} -> v{mv.get('to')} "
+                     f"[{mv.get('decision')}] at {mv.get('time')}"
+                     + (f"; rescoring of {rs.get('release')}: {rs.get('status')}" if rs else ""))
     return "\n".join(lines)
