@@ -31,9 +31,10 @@ def pipeline(release_uri: str = "/data/releases/latest", release: str = "latest"
              max_failure_fraction: float = 0.05, cutout_size_px: int = 0, crop_fraction: float = 1.0,
              shard_size: int = 10000, n_workers: int = 4, batch_size: int = 64, threshold: float = 0.85,
              winding_ensemble: bool = True, winding_weight: float = -1.0, winding_min_confidence: float = -1.0,
-             precision: str = "fp32", decode: str = "full", class_prior: str = "model",
+             precision: str = "verified", decode: str = "auto", class_prior: str = "model",
              drift_reference: str = "", drift_by: str = "z_bin,survey", drift_min_group_size: int = 0, hold_on_drift: bool = True,
-             publish_dir: str = "", tracking_uri: str = "", data_root: str = "", write_cutouts: bool = False):
+             publish_dir: str = "", tracking_uri: str = "", data_root: str = "", write_cutouts: bool = False,
+             drift_sample_rows: int = 1000):
     ing = ingest(source=release_uri, task=task, data_root=data_root)
     data_volume(ing, PLATFORM)
     # table checks here; the per-image checks run on the pixels the score step decodes (one decode per image)
@@ -67,7 +68,7 @@ def pipeline(release_uri: str = "/data/releases/latest", release: str = "latest"
         dr = drift(catalogue=mg.outputs["catalogue"], dataset=cut.outputs["cutouts"], reference=drift_reference,
                    model_uri=model.output, by=drift_by, release=release,
                    mlflow_run_id=mg.outputs["run_id"], min_group_size=drift_min_group_size,
-                   tracking_uri=tracking_uri, data_root=data_root,
+                   tracking_uri=tracking_uri, data_root=data_root, sample_rows=drift_sample_rows,
                    workspace=WORKSPACE_MOUNT if PLATFORM.kubernetes else "")
         if PLATFORM.kubernetes:  # the Evidently UI's workspace volume (chart: evidently.workspace)
             from kfp import kubernetes

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 from collections import defaultdict
 from dataclasses import asdict, dataclass, field
@@ -271,13 +272,17 @@ def check_decoded(arr: np.ndarray, cfg: ValidationConfig, name: str) -> str | No
         return f"{name}: image {arr.shape} smaller than {cfg.min_size} px"
     if cfg.expected_size is not None and tuple(arr.shape[:2]) != tuple(cfg.expected_size):
         return f"{name}: size {arr.shape[0]}x{arr.shape[1]} != expected {cfg.expected_size[0]}x{cfg.expected_size[1]}"
-    finite = np.isfinite(arr)
-    if not finite.all():
-        return f"{name}: {int((~finite).sum())} NaN/inf pixel(s)"
-    a = arr.astype(np.float64)
-    span = float(a.max() - a.min())
-    if span <= 0 or float(a.std()) / max(abs(float(a.max())), 1e-12) < cfg.blank_std:
-        return f"{name}: blank image (constant value {float(a.flat[0]):g})"
+    lo, hi = float(np.min(arr)), float(np.max(arr))  # one pass each, no copy: the scoring pass runs this per image
+    if not (math.isfinite(lo) and math.isfinite(hi)):  # a NaN or an inf reaches the min or the max
+        return f"{name}: {int((~np.isfinite(arr)).sum())} NaN/inf pixel(s)"
+    span = hi - lo
+    scale = max(abs(hi), 1e-12)
+    # std >= span / sqrt(2 n) for any n values spanning ``span``: past twice that bound the blank check passes
+    # without the float64 std (the exact test below gives the same verdict)
+    if span > 0 and span / math.sqrt(2 * arr.size) / scale >= 2 * cfg.blank_std:
+        return None
+    if span <= 0 or float(arr.std(dtype=np.float64)) / scale < cfg.blank_std:
+        return f"{name}: blank image (constant value {float(arr.flat[0]):g})"
     return None
 
 

@@ -40,10 +40,12 @@ def _shards(ctx: click.Context, param: click.Parameter, text: str | None) -> lis
 @click.option("--shards", default=None, callback=_shards,
               help="Only these shards, e.g. 0-3,7 (used by pipeline workers); an empty or reversed range is an error.")
 @click.option("--device", default="cpu", show_default=True, help="torch device (cpu, cuda, cuda:1).")
-@click.option("--precision", type=click.Choice(["auto", "fp32", "channels_last", "bf16", "onnx", "int8"]),
+@click.option("--precision", type=click.Choice(["auto", "verified", "fp32", "channels_last", "bf16", "onnx", "int8"]),
               default="fp32", show_default=True,
               help="Inference path; any other than fp32 is used only when its predictions agree with fp32 on the "
-                   "agreement images (auto: the fastest that agrees). Recorded in scoring.json and MLflow.")
+                   "agreement images (auto: the fastest that agrees; verified: the fastest of channels_last, bf16, "
+                   "ONNX and the draft JPEG decode that agrees, checked once per model version and recorded on it, "
+                   "the rescoring pipeline's default). Recorded in scoring.json and MLflow.")
 @click.option("--decode", type=click.Choice(["full", "draft", "auto"]), default="full", show_default=True,
               help="JPEG decoding: draft = reduced-scale DCT decode when the model input is much smaller "
                    "(checked against the full decode like a precision).")

@@ -43,7 +43,13 @@ import pandas as pd
 log = logging.getLogger(__name__)
 
 PRECISIONS: tuple[str, ...] = ("fp32", "channels_last", "bf16", "onnx", "int8")
-REQUESTS: tuple[str, ...] = ("auto", *PRECISIONS)
+#: ``verified`` (the pipeline's and `galmorph score`'s default): the fastest of these paths that agrees with fp32,
+#: checked once per model version and recorded on it (:func:`verified_path`); int8 is left out (its calibration
+#: is per run, so it would be checked again by every worker)
+VERIFIED_CANDIDATES: tuple[str, ...] = ("channels_last", "bf16", "onnx")
+REQUESTS: tuple[str, ...] = ("auto", "verified", *PRECISIONS)
+#: Model version tag holding the verified choice (``.cpu`` / ``.cuda``: a GPU has its own paths)
+VERIFIED_TAG = "galmorph.inference_path"
 DECODES: tuple[str, ...] = ("full", "draft", "auto")
 MIN_AGREEMENT = 0.995
 MAX_ACCURACY_CHANGE = 0.005
@@ -327,6 +333,8 @@ def _candidate_paths(requested: str, candidates: Sequence[str] | None, device: s
         return list(candidates)
     if requested == "auto":
         out = [p for p in PRECISIONS if p != "fp32"]
+    elif requested == "verified":
+        out = list(VERIFIED_CANDIDATES)
     else:
         out = [] if requested == "fp32" else [requested]
     if device.startswith("cuda"):
@@ -398,7 +406,7 @@ def _best(results: list[tuple[Agreement, InferencePath | None]], requested: str,
     """The fastest passing entry on ``decode`` (``auto``), else the requested path when it passed, else fp32."""
     # every entry that passed, on the chosen decode (fp32 on it passed by construction or by the draft check)
     ok = [(a, p) for a, p in results if a.passed and p is not None and a.decode == decode]
-    if requested == "auto":
+    if requested in ("auto", "verified"):
         return max(ok, key=lambda t: t[0].img_s)
     want = [t for t in ok if t[0].path == requested]
     return want[0] if want else next(t for t in ok if t[0].path == "fp32")
@@ -576,3 +584,85 @@ def prepare_for_scoring(loaded, precision: str = "fp32", decode: str = "full", d
                                 data_root=data_root)
     return choose_path(loaded.module, shape, batches, requested=precision, decode=decode, device=device,
                        agreement_set=name, workdir=workdir)
+
+
+# --------------------------------------------------------------------------------------------
+# the verified path of a model version
+# --------------------------------------------------------------------------------------------
+def _version_of(loaded) -> tuple[str, str] | None:
+    """``(registered name, version)`` of a model loaded from ``models:/NAME/VERSION``; None otherwise."""
+    uri = str(getattr(loaded, "uri", "") or "")
+    if not uri.startswith("models:/"):
+        return None
+    parts = uri[len("models:/"):].split("/")
+    version = str(getattr(loaded, "version", "") or (parts[1] if len(parts) == 2 else ""))
+    if len(parts) != 2 or not version.isdigit():
+        return None
+    return parts[0], version
+
+
+def _device_kind(device: str) -> str:
+    return "cuda" if str(device).startswith("cuda") else "cpu"
+
+
+def recorded_choice(loaded, device: str = "cpu", client=None) -> dict | None:
+    """The verified path recorded on the model version (tag :data:`VERIFIED_TAG` ``.cpu``/``.cuda``), or None
+    (no registered version, no record, no registry)."""
+    import json
+
+    nv = _version_of(loaded)
+    if nv is None:
+        return None
+    try:
+        import mlflow
+
+        mv = (client or mlflow.MlflowClient()).get_model_version(*nv)
+        text = (mv.tags or {}).get(f"{VERIFIED_TAG}.{_device_kind(device)}")
+        return json.loads(text) if text else None
+    except Exception as exc:  # noqa: BLE001 - a registry that cannot answer: verify again
+        log.warning("no recorded inference path for %s/%s (%s)", *nv, exc)
+        return None
+
+
+def record_choice(loaded, choice: PathChoice, device: str = "cpu", client=None) -> bool:
+    """Record ``choice`` on the model version (best effort: False when the model is not a registered version or
+    the registry refuses); the agreement figures of every candidate are kept (top-1 agreement, img/s, passed)."""
+    import json
+
+    nv = _version_of(loaded)
+    if nv is None:
+        return False
+    d = choice.to_dict()
+    d["candidates"] = [{k: a[k] for k in ("path", "decode", "n_images", "top1_agreement", "accuracy_change",
+                                          "img_s", "passed", "reason")} for a in d["candidates"]]
+    text = json.dumps(d, default=str)
+    if len(text) > 4900:  # MLflow tag values are bounded
+        d["candidates"] = [{k: a[k] for k in ("path", "decode", "n_images", "top1_agreement", "passed")}
+                           for a in d["candidates"]]
+        text = json.dumps(d, default=str)[:4900]
+    try:
+        import mlflow
+
+        (client or mlflow.MlflowClient()).set_model_version_tag(*nv, f"{VERIFIED_TAG}.{_device_kind(device)}", text)
+        return True
+    except Exception as exc:  # noqa: BLE001 - scoring goes on with the path it checked
+        log.warning("could not record the inference path on %s/%s (%s)", *nv, exc)
+        return False
+
+
+def verified_path(loaded, device: str = "cpu", data_root: str | Path | None = None,
+                  release_sample: pd.DataFrame | None = None, workdir: str | Path | None = None,
+                  agreement: pd.DataFrame | None = None) -> tuple[InferencePath, PathChoice, bool]:
+    """The ``verified`` path of a model version: the choice recorded on the version when there is one (rebuilt,
+    not checked again), else :func:`prepare_for_scoring` (``verified`` precision, ``auto`` decode: the draft
+    JPEG decode too) against fp32 on the agreement images, recorded on the version for every later worker and
+    run. Returns ``(path, choice, checked_now)``. Call it when a version is registered or promoted to pay the
+    check there."""
+    previous = recorded_choice(loaded, device)
+    path, choice = prepare_for_scoring(loaded, "verified", "auto", device, data_root=data_root,
+                                       release_sample=release_sample, previous=previous, agreement=agreement,
+                                       workdir=workdir)
+    checked = previous is None or choice.to_dict() != PathChoice.from_dict(previous).to_dict()
+    if checked:
+        record_choice(loaded, choice, device)
+    return path, choice, checked

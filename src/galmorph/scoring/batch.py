@@ -633,12 +633,21 @@ def _id_problems(manifest_path: str | Path) -> dict[int, str]:
     return bad
 
 
+def _release_sample(manifest_path) -> pd.DataFrame | None:
+    """The release's first 512 rows (agreement images when the data root has none)."""
+    cols = [c for c in ("object_id", "image_uri", "label") if c in pq.ParquetFile(manifest_path).schema_arrow.names]
+    sample = next(pq.ParquetFile(manifest_path).iter_batches(batch_size=512, columns=cols), None)
+    return sample.to_pandas() if sample is not None else None
+
+
 def _inference_path(lm, precision: str, decode: str, device: str, data_root, manifest_path, out: Path,
                     overwrite: bool, agreement: pd.DataFrame | None):
     """:func:`galmorph.scoring.accel.prepare_for_scoring`, reusing the choice recorded by an interrupted run of the
     same model in ``out`` and sampling the release for agreement images when the data root has none."""
     from galmorph.scoring.accel import prepare_for_scoring
 
+    if precision == "verified":
+        decode = "auto"  # the verified path covers the draft JPEG decode too
     previous = None
     p = out / "scoring.json"
     if p.exists() and not overwrite:
@@ -649,11 +658,15 @@ def _inference_path(lm, precision: str, decode: str, device: str, data_root, man
         if old.get("model_uri") == lm.uri and old.get("model_version") == lm.version:
             previous = old.get("inference")
     sample = None
+    if precision == "verified" and previous is None:  # the version's own record, else checked now and recorded
+        from galmorph.scoring.accel import verified_path
+
+        sample = _release_sample(manifest_path)
+        path, choice, _ = verified_path(lm, device, data_root=data_root, release_sample=sample,
+                                        workdir=out / ".accel", agreement=agreement)
+        return path, choice
     if precision != "fp32" or decode != "full":
-        cols = [c for c in ("object_id", "image_uri", "label") if c in pq.ParquetFile(manifest_path).schema_arrow.names]
-        sample = pq.ParquetFile(manifest_path).iter_batches(batch_size=512, columns=cols)
-        sample = next(sample, None)
-        sample = sample.to_pandas() if sample is not None else None
+        sample = _release_sample(manifest_path)
     return prepare_for_scoring(lm, precision, decode, device, data_root=data_root, release_sample=sample,
                                previous=previous, agreement=agreement, workdir=out / ".accel")
 

@@ -430,17 +430,19 @@ def merge(score_dirs: list[str | Path], catalogue_dir: str | Path, release: str 
 def drift(catalogue_dir: str | Path, dataset: str | Path, summary_dir: str | Path, report_html: str | Path,
           reference: str = "", model_uri: str = "", by: str = "z_bin,survey", release: str = "",
           mlflow_run_id: str = "", workspace: str = "", min_group_size: int = 0, tracking_uri: str = "",
-          data_root: str = "", summary_metadata: dict | None = None) -> DriftOutputs:
+          data_root: str = "", sample_rows: int = 0, summary_metadata: dict | None = None) -> DriftOutputs:
     """:func:`drift_for_release` after resolving the tracking URI and data root; ``verdict`` is ``drift``
-    or ``no_drift``."""
+    or ``no_drift``. ``sample_rows`` > 0: measured on a deterministic sample past that many rows."""
     from galmorph.steps.runtime import as_dir, setup
 
     _, root = setup(tracking_uri=tracking_uri, data_root=data_root)
     res = drift_for_release(catalogue_dir, dataset, as_dir(summary_dir), report_html, reference=reference,
                             model_uri=model_uri, by=by, release=release, mlflow_run_id=mlflow_run_id,
-                            workspace=workspace, data_root=root, min_group_size=min_group_size or None)
+                            workspace=workspace, data_root=root, min_group_size=min_group_size or None,
+                            sample_rows=sample_rows)
     _fill(summary_metadata, {"verdict": res["verdict"], "drifted_groups": res["drifted_groups"],
-                             "reference_source": res.get("reference_source", "")})
+                             "reference_source": res.get("reference_source", ""), "drift_rows": res["drift_rows"],
+                             "release_rows": res["release_rows"]})
     return DriftOutputs(res["verdict"], len(res["drifted_groups"]))
 
 
@@ -541,7 +543,11 @@ def _framed_drift_set(current: pd.DataFrame, dataset: str | Path, data_root) -> 
         return current
     from galmorph.drift.features import compute_drift_features
 
-    res = compute_drift_features(current, data_root=data_root, progress=False, frame_size=int(cut["size_px"]))
+    import os
+
+    workers = min(2, os.cpu_count() or 1) if len(current) > 64 else 0
+    res = compute_drift_features(current, data_root=data_root, progress=False, frame_size=int(cut["size_px"]),
+                                 num_workers=workers)
     if len(res.quarantine):
         log.warning("drift: %d row(s) without drift features (first: %s)", len(res.quarantine),
                     res.quarantine["reason"].iloc[0])
@@ -552,11 +558,13 @@ def drift_for_release(catalogue_dir: str | Path, dataset: str | Path, summary_di
                       report_html: str | Path, reference: str = "", model_uri: str = "", by: str = "z_bin,survey",
                       release: str = "", mlflow_run_id: str = "", workspace: str = "",
                       data_root: str | Path | None = None, params_file: str | Path | None = None,
-                      min_group_size: int | None = None) -> dict[str, Any]:
+                      min_group_size: int | None = None, sample_rows: int = 0) -> dict[str, Any]:
     """Drift of a scored release (its catalogue joined with the images of ``dataset``) against
     ``reference`` (default: the drift reference logged in MLflow with the model version ``model_uri``,
     :func:`galmorph.drift.reference.fetch_drift_reference`). Writes the per-group reports and summary
-    to ``summary_dir``, the overall report to ``report_html``; returns the summary dict."""
+    to ``summary_dir``, the overall report to ``report_html``; returns the summary dict. ``sample_rows`` > 0:
+    drift measured on every row up to that many, past it on a deterministic sample of at least that many rows
+    (:func:`galmorph.drift.features.drift_sample`; ``drift_rows``/``release_rows`` in the summary)."""
     from galmorph.drift.config import DriftConfig
     from galmorph.drift.reference import DriftReferenceError, fetch_drift_reference
     from galmorph.drift.report import run_drift
@@ -580,6 +588,12 @@ def drift_for_release(catalogue_dir: str | Path, dataset: str | Path, summary_di
     pcols = list(dict.fromkeys([c for c in cat.columns if c.startswith("p_")]
                                + ["pred", "p_pred", "high_confidence", "model_version"]))  # p_pred once
     current = man.merge(cat[["object_id", *[c for c in pcols if c in cat.columns]]], on="object_id", how="inner")
+    n_release = len(current)
+    if sample_rows:
+        from galmorph.drift.features import drift_sample
+
+        current = current.loc[drift_sample(current["object_id"], sample_rows)].reset_index(drop=True)
+    n_measured = len(current)
     current = _framed_drift_set(current, dataset, data_root)
     cfg = DriftConfig.from_params(params_file or s.params_file, min_group_size=min_group_size)
     by_cols = tuple(b.strip() for b in by.split(",") if b.strip())
@@ -599,5 +613,6 @@ def drift_for_release(catalogue_dir: str | Path, dataset: str | Path, summary_di
             title=f"Drift: {res.verdict}", text=res.table(), generator="galmorph.steps.drift_for_release",
             generated=datetime.now(timezone.utc).isoformat(timespec="seconds")), encoding="utf-8")
     # where the reference came from, beside the summary (a person or a test can check it was not a local path)
-    (Path(summary_dir) / "reference.json").write_text(json.dumps({"reference_source": source}))
-    return {**res.to_dict(), "reference_source": source}
+    (Path(summary_dir) / "reference.json").write_text(json.dumps({"reference_source": source, "drift_rows": n_measured,
+                                                                  "release_rows": n_release}))
+    return {**res.to_dict(), "reference_source": source, "drift_rows": n_measured, "release_rows": n_release}

@@ -1,0 +1,58 @@
+"""The ``verified`` inference path (#31): checked against fp32 once per model version, recorded on the version,
+then reused (not checked again) by every later scoring worker and run; what was used is recorded with the
+scores."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+
+from test_scoring_helpers import TinyNet, register_model
+
+
+@pytest.fixture(scope="module")
+def version(mlflow_server):
+    return register_model(TinyNet(3, seed=9), "chirality", ["CW", "ACW", "other"], "galmorph-test-verified")
+
+
+def test_verified_path_is_recorded_on_the_version_and_reused(version, sim_chirality, monkeypatch, tmp_path):
+    import mlflow
+
+    import galmorph.scoring.accel as accel
+    from galmorph.catalogue.manifest import read_manifest
+    from galmorph.models.io import load_for_inference
+    from galmorph.scoring.batch import score_manifest
+
+    lm = load_for_inference(version)
+    agreement = read_manifest(sim_chirality["manifest"])[["object_id", "image_uri"]]
+    assert accel.recorded_choice(lm) is None
+    path, choice, checked = accel.verified_path(lm, agreement=agreement, workdir=tmp_path / "w")
+    assert checked and choice.requested == "verified"
+    assert choice.chosen in ("fp32", *accel.VERIFIED_CANDIDATES) and "int8" not in {a.path for a in choice.candidates}
+    assert any(a.path == "fp32" and a.decode == "full" for a in choice.candidates)
+    name, v = version[len("models:/"):].split("/")
+    tag = mlflow.MlflowClient().get_model_version(name, v).tags[f"{accel.VERIFIED_TAG}.cpu"]
+    assert json.loads(tag)["chosen"] == choice.chosen
+    # a later worker: the recorded choice is rebuilt, nothing is checked again
+    monkeypatch.setattr(accel, "choose_path", lambda *a, **k: pytest.fail("checked again"))
+    _, again, checked_again = accel.verified_path(load_for_inference(version), workdir=tmp_path / "w2")
+    assert not checked_again and again.chosen == choice.chosen and again.decode == choice.decode
+    # scoring with the default of the pipeline: the version's path, recorded with the scores
+    res = score_manifest(version, sim_chirality["manifest"], tmp_path / "out", batch_size=8, progress=False,
+                         precision="verified")
+    assert res.precision == choice.chosen and res.n_scored == 48
+    inference = json.loads((tmp_path / "out" / "scoring.json").read_text())["inference"]
+    assert inference["requested"] == "verified" and inference["chosen"] == choice.chosen
+
+
+def test_fp32_is_a_flag_away(version, sim_chirality, monkeypatch, tmp_path):
+    import galmorph.scoring.accel as accel
+    from galmorph.scoring.batch import score_manifest
+
+    monkeypatch.setattr(accel, "recorded_choice", lambda *a, **k: pytest.fail("fp32 looks nothing up"))
+    res = score_manifest(version, sim_chirality["manifest"], tmp_path / "out", batch_size=8, progress=False,
+                         precision="fp32")
+    assert res.precision == "fp32" and res.decode == "full"
+    assert isinstance(pd.read_parquet(next((tmp_path / "out" / "shards").glob("part-*.parquet"))), pd.DataFrame)
