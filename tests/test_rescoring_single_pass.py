@@ -187,3 +187,18 @@ def test_write_cutouts_still_writes_pngs(release, cropping_model, mlflow_server,
                              model_uri=cropping_model, tracking_uri=mlflow_server, write_images=True)
     assert len(list((tmp_path / "cut" / "png").glob("*.png"))) == res.rows_out
     assert out.metadata["images_written"] is True and out.metadata["size_px"] == 48  # ceil(24 / 0.5)
+
+
+def test_drift_sample_is_deterministic_and_bounded():
+    """Past ``min_rows`` drift is measured on a sample chosen by object id: the same rows whatever the order or
+    the shard, about max(1/16, min_rows / n) of them; every row of a small release."""
+    from galmorph.drift.features import drift_sample
+
+    ids = pd.Series([f"gal-{i}" for i in range(40_000)])
+    m = drift_sample(ids, 1000)
+    assert 0.8 * 2500 < m.sum() < 1.2 * 2500  # 1/16 of 40 000
+    picked = set(ids[m])
+    rev = ids[::-1].reset_index(drop=True)
+    assert set(rev[drift_sample(rev, 1000)]) == picked
+    assert 0.8 * 1000 < drift_sample(ids[:8000], 1000).sum() < 1.2 * 1000  # min_rows / n = 1/8
+    assert drift_sample(ids[:1000], 1000).all() and drift_sample(ids, 0).all()

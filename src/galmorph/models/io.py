@@ -271,6 +271,13 @@ def _spec_from_info(info) -> ModelSpec:
     return ModelSpec.from_dict(meta)
 
 
+def model_spec(uri: str) -> ModelSpec:
+    """The :class:`ModelSpec` of a logged model (its MLflow metadata; the weights are not downloaded or loaded)."""
+    from mlflow.models import get_model_info
+
+    return _spec_from_info(get_model_info(uri))
+
+
 def load_for_inference(uri: str, device: str = "cpu", tta_views: int | None = None,
                        class_prior: str | dict | None = MODEL_DEFAULT) -> LoadedModel:
     """Load a galmorph model from any MLflow model URI (e.g. ``models:/galmorph-arms@champion``).

@@ -105,9 +105,9 @@ def model_input_framing(task: str = "", preset: str = "", overrides_json: str = 
     """``(image_size, crop_fraction, source)`` of the model the cutouts are for: the resolved model's
     ModelSpec (``model_uri``, rescoring) or the training preset (``task`` + ``preset``); None for neither."""
     if model_uri:
-        from galmorph.models.io import load_for_inference
+        from galmorph.models.io import model_spec
 
-        spec = load_for_inference(model_uri).spec
+        spec = model_spec(model_uri)  # the framing only: no weights loaded
         return int(spec.image_size), float(spec.crop_fraction), f"model {model_uri}"
     if task and preset:
         from galmorph.training.config import resolve_config
