@@ -261,3 +261,96 @@ def test_promote_racing_a_hand_move(mlflow_server, stack_settings, coded, pool, 
     rec = wait_for(lambda: manual_records(name), 90, "a manual record")
     assert len(rec) == 1 and (rec[0]["from"], rec[0]["to"]) == (v1, v2) and rec[0]["decision"] == "manual-passed"
     assert aliases(name)[CHAMPION] == v2
+
+
+# --------------------------------------------------------------------------------------------
+# in a real browser: the MLflow UI of the stack
+# --------------------------------------------------------------------------------------------
+def _release(tmp_path: Path, settings, manifest: Path) -> str:
+    """A release the release watcher has recorded (its state file), as `galmorph release watch` leaves it."""
+    import shutil
+    from datetime import datetime, timezone
+
+    d = tmp_path / "releases" / "r-ui-1"
+    d.mkdir(parents=True)
+    shutil.copy(manifest, d / "manifest.parquet")
+    (d / "release.json").write_text(json.dumps({"release": "r-ui-1", "manifest": "manifest.parquet"}))
+    state = settings.state_dir / "release-watch" / "state.json"
+    state.parent.mkdir(parents=True, exist_ok=True)
+    state.write_text(json.dumps({"releases": {"r-ui-1": {"status": "submitted", "path": str(d),
+                                                         "at": datetime.now(timezone.utc).isoformat()}}}))
+    return str(d)
+
+
+def _ui_add_alias(driver, base: str, name: str, version: str, alias: str) -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    wait = WebDriverWait(driver, 60)
+    driver.get(f"{base}/#/models/{name}/versions/{version}")
+    wait.until(ec.element_to_be_clickable((By.CSS_SELECTOR, "button[title='Add aliases']"))).click()
+    box = wait.until(ec.element_to_be_clickable((By.CSS_SELECTOR, "[role=dialog] input[role=combobox]")))
+    box.send_keys(alias)
+    time.sleep(0.5)
+    box.send_keys(Keys.ENTER)
+    save = wait.until(lambda d: [b for b in d.find_elements(By.CSS_SELECTOR, "[role=dialog] button")
+                                 if b.text.strip() == "Save aliases"])
+    save[0].click()
+    wait.until(lambda d: not d.find_elements(By.CSS_SELECTOR, "[role=dialog] input[role=combobox]"))
+
+
+@pytest.mark.browser
+@pytest.mark.slow
+def test_hand_promotion_in_the_mlflow_ui(mlflow_server, stack_settings, coded, pool, tmp_path, receiver_up,
+                                         artifacts_dir):
+    """Headless Chromium gives a version the champion alias in the MLflow UI: within 60 s the audit holds a
+    manual record, the policy verdict is on the version and a rescoring of the latest release has started
+    with that version (linked in the lineage)."""
+    import os
+    import signal
+
+    import mlflow
+
+    from galmorph.promotion.registry import CHAMPION, PREVIOUS, aliases, promote
+    from test_monitor_browser import _browser
+
+    task, name = "hooks-ui", "galmorph-hooks-ui"
+    v1, v2 = _register(pool, task, 0.2), _register(pool, task, 0.02)
+    s = hooks_settings(stack_settings, tmp_path, "check", coded)
+    promote(task, v1, eval_manifest=coded, audit_log=s.audit_log, evaluate_kwargs={"html": False},
+            log_evaluations=False)
+    receiver_up(s)  # the first champion is rescored now (no release yet), the release comes after
+    release = _release(tmp_path, s, coded)
+    driver = _browser()
+    pids = []
+    try:
+        _ui_add_alias(driver, mlflow_server, name, v2, "champion")
+        t0 = time.monotonic()
+        rec = wait_for(lambda: [r for r in manual_records(name) if (r.get("rescoring") or {}).get("status")],
+                       60, "manual record, verdict and rescoring")[-1]
+        elapsed = time.monotonic() - t0
+        driver.get(f"{mlflow_server}/#/models/{name}/versions/{v2}")
+        time.sleep(2)
+        driver.save_screenshot(str(artifacts_dir / "hooks-ui-hand-promotion.png"))
+    finally:
+        driver.quit()
+    assert elapsed <= 60
+    assert (rec["from"], rec["to"], rec["decision"]) == (v1, v2, "manual-passed")
+    tags = mlflow.MlflowClient().get_model_version(name, v2).tags
+    verdict = json.loads(tags["galmorph.manual_verdict"])
+    assert verdict["passed"] and verdict["origin"] == "manual" and tags["galmorph.decision"] == "manual-passed"
+    assert aliases(name)[CHAMPION] == v2 and aliases(name)[PREVIOUS] == v1
+    rs = rec["rescoring"]
+    pids.append(rs.get("pid"))
+    assert rs["status"] == "started" and rs["release"] == "r-ui-1" and rs["release_uri"] == release
+    assert rs["model_uri"] == f"models:/{name}/{v2}" and rs["runner"] == "local"
+    assert Path(rs["log"]).exists()
+    assert json.loads(tags["galmorph.rescoring.r-ui-1"])["move"] == rec["audit_run_id"]
+    # the rescoring run itself is the pipeline's business (tests/test_pipelines.py); stop it here
+    for pid in pids:
+        try:
+            os.killpg(pid, signal.SIGTERM)
+        except (OSError, TypeError):
+            pass

@@ -21,7 +21,9 @@ import json
 import logging
 import os
 import secrets
+import shutil
 import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -31,6 +33,9 @@ from galmorph.settings import Settings
 log = logging.getLogger(__name__)
 
 WEBHOOK_NAME = "galmorph-hooks"
+#: the check of a hand promotion evaluates as ``promote`` does, without the HTML report and its explanation maps
+#: (the verdict follows the move within seconds; ``galmorph evaluate`` writes the full report)
+CHECK_EVALUATION = {"html": False}
 
 
 def _private_file(path: Path, make) -> str:
@@ -112,6 +117,12 @@ def latest_release(settings: Settings, task: str) -> dict | None:
     return best[1] if best else None
 
 
+def _galmorph_bin() -> str:
+    """The ``galmorph`` command beside this Python (the venv's), else the one on PATH."""
+    cand = Path(sys.executable).parent / "galmorph"
+    return str(cand) if cand.exists() else (shutil.which("galmorph") or "galmorph")
+
+
 def start_rescoring(settings: Settings, task: str, model_name: str, version: str) -> dict[str, Any]:
     """Start the rescoring pipeline of the latest release of ``task`` with ``models:/<model_name>/<version>``
     (detached; returns at once): ``{"status": "started", "release", "release_uri", "model_uri", "runner", "pid",
@@ -124,9 +135,7 @@ def start_rescoring(settings: Settings, task: str, model_name: str, version: str
     stamp = time.strftime("%Y%m%dT%H%M%S")
     logf = settings.logs_dir / f"rescoring-{rel['release']}-{model_name}-v{version}-{stamp}.log"
     logf.parent.mkdir(parents=True, exist_ok=True)
-    from galmorph.ops.stack import _bin
-
-    argv = [_bin("galmorph"), "pipeline", "run", "rescoring",
+    argv = [_galmorph_bin(), "pipeline", "run", "rescoring",
             "--param", f"release_uri={rel['path']}", "--param", f"release={rel['release']}",
             "--param", f"task={task}", "--param", f"model_uri={uri}", "--json"]
     argv += ["--host", settings.kfp_host] if settings.kfp_host else ["--local", "--pipeline-root",
@@ -174,7 +183,7 @@ def _handler(settings: Settings, store, client, starter, evaluate_kwargs: dict |
         dec = handle_champion(model_name, audit_log=settings.audit_log, policy=policy, manual=manual, event=event,
                               detected_by=detected_by, out_dir=settings.state_dir / "promotions",
                               data_root=settings.data_root, lock_url=settings.lock_url, client=client,
-                              evaluate_kwargs=evaluate_kwargs)
+                              evaluate_kwargs=CHECK_EVALUATION if evaluate_kwargs is None else evaluate_kwargs)
         res = rescore_if_new(settings, store, model_name, client, starter)
         return f"{dec.decision if dec else 'audited'}; rescoring {res.get('status') if res else 'none'}"
 
@@ -222,4 +231,7 @@ def serve(settings: Settings) -> None:
     os.environ["MLFLOW_TRACKING_URI"] = str(settings.mlflow_tracking_uri)
     mlflow.set_tracking_uri(settings.mlflow_tracking_uri)
     mlflow.set_registry_uri(settings.mlflow_tracking_uri)
+    import galmorph.evaluation.core  # noqa: F401 - loaded before the first delivery, which then is handled at once
+    import galmorph.models.io  # noqa: F401
+
     build_receiver(settings).serve(settings.host, settings.hooks_port)
