@@ -163,6 +163,13 @@ def test_component_runtime_setup_follows_the_order(clean_env, monkeypatch):
     assert setup("", "") == (MLFLOW, clean_env / "env-root")
     assert mlflow.get_tracking_uri() == MLFLOW
     assert mlflow.get_registry_uri() == MLFLOW and os.environ["MLFLOW_REGISTRY_URI"] == MLFLOW
+    # the commands (and the demo, which starts pipelines) point both at their settings' server too
+    from galmorph.cli.options import use_tracking_uri
+    from galmorph.settings import resolve_settings
+
+    monkeypatch.setenv("MLFLOW_REGISTRY_URI", "sqlite:///elsewhere.db")
+    assert use_tracking_uri(resolve_settings(tracking_uri=FLAG)) == FLAG
+    assert mlflow.get_registry_uri() == FLAG and os.environ["MLFLOW_REGISTRY_URI"] == FLAG
     monkeypatch.setenv("GALMORPH_MLFLOW_TRACKING_URI", GALMORPH)
     assert setup("", "")[0] == GALMORPH  # GALMORPH_ beats MLFLOW_TRACKING_URI here too (it used not to)
     assert setup(FLAG, str(clean_env / "arg-root")) == (FLAG, clean_env / "arg-root")

@@ -97,6 +97,20 @@ def restore_mlflow_uri_state(state: tuple) -> None:
             os.environ[k] = v
 
 
+def use_platform_uri(uri: str) -> str:
+    """Point this process's MLflow, and the processes it starts, at ``uri`` for tracking *and* the model
+    registry: the platform's registry is its tracking server. A ``MLFLOW_REGISTRY_URI`` inherited from
+    elsewhere (a user's shell, an earlier ``set_registry_uri``) would otherwise resolve
+    ``models:/NAME/VERSION`` in another registry and fetch artifacts this server does not have. Returns ``uri``."""
+    import mlflow
+
+    os.environ["MLFLOW_TRACKING_URI"] = str(uri)
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)  # exports MLFLOW_REGISTRY_URI too
+    os.environ["MLFLOW_REGISTRY_URI"] = str(uri)
+    return uri
+
+
 @contextlib.contextmanager
 def using_tracking_uri(uri: str | None) -> Iterator[None]:
     """Within the block MLflow's fluent API (``mlflow.start_run`` ...) tracks to and registers on

@@ -84,17 +84,14 @@ def use_tracking_uri(settings) -> str:
     """Point mlflow (this process) at the settings' tracking URI, after checking that its server
     answers within ``settings.mlflow_connect_timeout`` (a clear error naming the URI otherwise);
     returns the URI."""
-    import mlflow
-
-    from galmorph.tracking import DEFAULT_CONNECT_TIMEOUT, TrackingUnreachable, ensure_reachable
+    from galmorph.tracking import DEFAULT_CONNECT_TIMEOUT, TrackingUnreachable, ensure_reachable, use_platform_uri
 
     try:
         ensure_reachable(settings.mlflow_tracking_uri,
                          getattr(settings, "mlflow_connect_timeout", DEFAULT_CONNECT_TIMEOUT))
     except TrackingUnreachable as exc:
         fail(str(exc))
-    mlflow.set_tracking_uri(settings.mlflow_tracking_uri)
-    return settings.mlflow_tracking_uri
+    return use_platform_uri(settings.mlflow_tracking_uri)  # tracking and registry
 
 
 def check_measure_mode(files, manifest_path, out_path, x0=None, y0=None) -> None:

@@ -171,16 +171,13 @@ class _Timer:
 
 def _stack_up(settings: Settings, steps: list[DemoStep], echo) -> str:
     """Start the local MLflow + Evidently stack; returns (and sets) the tracking URI."""
-    import mlflow
-
     from galmorph.ops.stack import stack_up
+    from galmorph.tracking import use_platform_uri
 
     with _Timer(steps, "stack up (MLflow tracking server, Evidently UI)", echo) as d:
         res = stack_up(settings, ("mlflow", "evidently"))
         d["services"] = {r["service"]: r["url"] for r in res}
-    uri = settings.mlflow_tracking_uri
-    mlflow.set_tracking_uri(uri)
-    return uri
+    return use_platform_uri(settings.mlflow_tracking_uri)  # the demo's registry is its own server's
 
 
 def default_out_dir(settings: Settings) -> Path:

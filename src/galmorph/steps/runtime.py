@@ -23,18 +23,13 @@ def setup(tracking_uri: str = "", data_root: str = "") -> tuple[str, Path | None
     (argument, else ``GALMORPH_*``, else ``MLFLOW_TRACKING_URI`` for the URI, else ``.env``, else the
     default; ``""`` means not given), point mlflow (and child processes) at the URI and configure
     logging. Returns both."""
-    import mlflow
-
     from galmorph.settings import resolve_settings
+    from galmorph.tracking import use_platform_uri
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     s = resolve_settings(tracking_uri=tracking_uri, data_root=data_root)
     uri = s.mlflow_tracking_uri
-    # the platform's model registry is its tracking server: a MLFLOW_REGISTRY_URI inherited from elsewhere
-    # would resolve `models:/NAME/VERSION` in another registry and fetch its artifacts from this server
-    os.environ["MLFLOW_TRACKING_URI"] = os.environ["MLFLOW_REGISTRY_URI"] = uri
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_registry_uri(uri)
+    use_platform_uri(uri)  # tracking and registry, for this process and its children
     return uri, s.data_root
 
 
