@@ -161,6 +161,7 @@ ALL_ON = deep_merge(PRODUCTION, {
                "tolerations": [{"key": "dedicated", "operator": "Equal", "value": "services",
                                 "effect": "NoSchedule"}]},
     "evidently": {"workspace": {"existingClaim": "drift-workspace"}},
+    "hooks": {"enabled": True, "existingSecret": "galmorph-hooks"},
 })
 ALL_OFF = {"mlflow": {"enabled": False}, "postgres": {"enabled": False}, "evidently": {"enabled": False},
            "labelling": {"enabled": False}, "pipelines": {"upload": {"enabled": False}},
@@ -806,12 +807,13 @@ def test_one_service_account_per_workload_and_least_privilege_rbac(rendered, nam
     # only the two KFP clients are bound, to a Role on pipelines.kubeflow.org resources only
     bindings = [d for d in docs if d["kind"] in ("RoleBinding", "ClusterRoleBinding")]
     bound = {s["name"] for b in bindings for s in b["subjects"]}
-    assert bound == {"galmorph-pipelines-upload", "galmorph-release-watcher"}
+    hooks = {"galmorph-hooks"} if enabled(merged(name), ("hooks", "enabled")) else set()  # #27: submits rescorings
+    assert bound == {"galmorph-pipelines-upload", "galmorph-release-watcher"} | hooks
     assert all(b["kind"] == "RoleBinding" and b["roleRef"]["kind"] == "Role" for b in bindings)
     assert all(b["roleRef"]["name"] != "kubeflow-edit" for b in bindings)
     roles = {d["metadata"]["name"]: d for d in docs if d["kind"] == "Role"}
     # each client its own Role (one binding, one subject), on pipelines.kubeflow.org only, no wildcard
-    assert len(bindings) == len(roles) == 2 and all(len(b["subjects"]) == 1 for b in bindings)
+    assert len(bindings) == len(roles) == 2 + len(hooks) and all(len(b["subjects"]) == 1 for b in bindings)
     granted = {}
     for b in bindings:
         role = roles[b["roleRef"]["name"]]
@@ -822,6 +824,8 @@ def test_one_service_account_per_workload_and_least_privilege_rbac(rendered, nam
     # the release watcher starts and finds runs, nothing else (no pipeline uploads, no deletes)
     assert granted["galmorph-release-watcher"] == {(res, v) for res in ("runs", "experiments")
                                                    for v in ("get", "list", "create")}
+    for sa in hooks:  # the receiver: the same (it starts a rescoring run of the latest release)
+        assert granted[sa] == granted["galmorph-release-watcher"]
     upload = granted["galmorph-pipelines-upload"]
     assert ("pipelines", "create") in upload and ("recurringruns", "delete") in upload
     assert not any(res == "runs" or v == "delete" and res not in ("recurringruns", "jobs") for res, v in upload)
@@ -975,3 +979,49 @@ def test_trainer_placement_defaults_to_the_gpu_defaults():
     pl, gpu = placement(defaults), load_platform().gpu
     assert pl.node_selector == gpu["node_selector"] and pl.tolerations == gpu["tolerations"]
     assert pl.runtime == DEFAULTS["trainer"]["runtime"] == "torch-distributed"
+
+
+# ---------------------------------------------------------------------------------------------
+# the registry-event receiver (#27)
+# ---------------------------------------------------------------------------------------------
+def test_hooks_receiver_deployment_service_secret_policy_and_rights(rendered):
+    """Off by default; on: a Deployment and Service, its secret from an existing Secret (also MLflow's webhook
+    encryption key), a NetworkPolicy that lets only MLflow in (and MLflow out to it), its own ServiceAccount with
+    no API token, bound to a Role with only the KFP run rights the rescoring needs."""
+    assert not [d for d in workloads(rendered["defaults"]) if component_of(d) == "hooks"]
+    with pytest.raises(Exception, match="hooks.existingSecret"):
+        render({"hooks": {"enabled": True}})
+    docs = rendered["all-on"]
+    dep = next(d for d in workloads(docs) if component_of(d) == "hooks")
+    assert dep["kind"] == "Deployment"
+    spec = pod_template(dep)["spec"]
+    c = containers(spec)[0]
+    assert c["args"][:3] == ["hooks", "serve", "--register"]
+    assert c["args"][c["args"].index("--hooks-url") + 1].startswith("http://galmorph-hooks.")
+    env = {e["name"]: e for e in c["env"]}
+    assert env["GALMORPH_HOOKS_SECRET"]["valueFrom"]["secretKeyRef"] == {"name": "galmorph-hooks", "key": "webhook-secret"}
+    svc = next(d for d in docs if d["kind"] == "Service" and d["metadata"]["name"] == "galmorph-hooks")
+    assert svc["spec"]["ports"][0]["port"] == 8095
+    ml = pod_template(next(d for d in workloads(docs) if component_of(d) == "mlflow"))["spec"]
+    ml_env = {e["name"]: e for e in containers(ml)[0]["env"]}
+    assert ml_env["MLFLOW_WEBHOOK_SECRET_ENCRYPTION_KEY"]["valueFrom"]["secretKeyRef"]["name"] == "galmorph-hooks"
+    pods = {component_of(d): pod_template(d)["metadata"]["labels"] for d in workloads(docs)}
+    pol = _policy(docs, "hooks")["spec"]
+    assert selector_matches(pol["podSelector"], pods["hooks"])
+    others = [p for p in docs if p["kind"] == "NetworkPolicy" and p["metadata"]["name"] != "galmorph-hooks"
+              and not p["metadata"]["name"].endswith("default-deny")
+              and selector_matches(p["spec"]["podSelector"], pods["hooks"])]
+    assert others == []
+    peers = [peer for r in pol["ingress"] for peer in r["from"]]
+    assert {c for c, lab in pods.items() if any(selector_matches(p["podSelector"], lab) for p in peers)} == {"mlflow"}
+    assert all("namespaceSelector" not in p for p in peers) and [pt["port"] for r in pol["ingress"] for pt in r["ports"]] == [8095]
+    ml_out = _policy(docs, "mlflow")["spec"]["egress"]
+    assert any(any(selector_matches(t.get("podSelector", {"matchLabels": {"x": "y"}}), pods["hooks"]) for t in r["to"])
+               and [p["port"] for p in r["ports"]] == [8095] for r in ml_out if "to" in r)
+    sa = spec["serviceAccountName"]
+    assert spec["automountServiceAccountToken"] is False
+    assert any(d["kind"] == "ServiceAccount" and d["metadata"]["name"] == sa for d in docs)
+    binding = next(d for d in docs if d["kind"] == "RoleBinding" and any(s_["name"] == sa for s_ in d["subjects"]))
+    role = next(d for d in docs if d["kind"] == "Role" and d["metadata"]["name"] == binding["roleRef"]["name"])
+    assert role["rules"] == [{"apiGroups": ["pipelines.kubeflow.org"], "resources": ["experiments", "runs"],
+                              "verbs": ["get", "list", "create"]}]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from galmorph.cli.base import echo_json, fail, main
+from galmorph.cli.options import tracking_uri_option
 
 
 @main.group("hooks")
@@ -13,7 +14,11 @@ def hooks_group() -> None:
 
 
 @hooks_group.command("serve")
-def serve_cmd() -> None:
+@click.option("--register", is_flag=True, help="Create or update the MLflow webhook first (in a cluster; "
+              "`stack up` does it locally).")
+@click.option("--hooks-url", default=None, help="URL MLflow posts to [settings.hooks_url].")
+@tracking_uri_option()
+def serve_cmd(register: bool, hooks_url: str | None, tracking_uri: str | None) -> None:
     """Serve POST /hooks/mlflow on GALMORPH_HOST:GALMORPH_HOOKS_PORT (`galmorph stack up` starts it): verify each
     delivery (HMAC signature, timestamp), record it once, and handle alias moves (origin, policy check, rescoring);
     at start, alias moves made while it was down are reconciled (registry vs audit)."""
@@ -23,7 +28,15 @@ def serve_cmd() -> None:
     from galmorph.settings import resolve_settings
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    serve(resolve_settings())
+    s = resolve_settings(tracking_uri=tracking_uri, hooks_url=hooks_url)
+    if register:
+        from galmorph.ops.hooks import register_webhooks
+
+        try:
+            register_webhooks(s)
+        except Exception as exc:  # noqa: BLE001 - named for the user
+            fail(f"hooks serve: registering the MLflow webhook failed: {exc}")
+    serve(s)
 
 
 @hooks_group.command("register")

@@ -34,7 +34,8 @@ log = logging.getLogger(__name__)
 
 WEBHOOK_NAME = "galmorph-hooks"
 #: the check of a hand promotion evaluates as ``promote`` does, without the HTML report and its explanation maps
-#: (the verdict follows the move within seconds; ``galmorph evaluate`` writes the full report)
+#: and without an MLflow evaluation run per model (the verdict follows the move within seconds; its metrics are in
+#: the audit record; ``galmorph evaluate`` writes the full report)
 CHECK_EVALUATION = {"html": False}
 
 
@@ -183,6 +184,7 @@ def _handler(settings: Settings, store, client, starter, evaluate_kwargs: dict |
         dec = handle_champion(model_name, audit_log=settings.audit_log, policy=policy, manual=manual, event=event,
                               detected_by=detected_by, out_dir=settings.state_dir / "promotions",
                               data_root=settings.data_root, lock_url=settings.lock_url, client=client,
+                              log_evaluations=False,
                               evaluate_kwargs=CHECK_EVALUATION if evaluate_kwargs is None else evaluate_kwargs)
         res = rescore_if_new(settings, store, model_name, client, starter)
         return f"{dec.decision if dec else 'audited'}; rescoring {res.get('status') if res else 'none'}"
