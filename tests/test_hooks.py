@@ -163,6 +163,7 @@ def manual_records(name):
     return [h for h in alias_history(name) if h["origin"] == "manual"]
 
 
+@pytest.mark.slow
 def test_hand_move_through_the_api_is_checked_and_reverted(mlflow_server, stack_settings, coded, pool, tmp_path,
                                                            receiver_up):
     """`revert` policy: a worse model given @champion by hand fails the check; the champion is restored, the
@@ -205,6 +206,7 @@ def test_hand_move_through_the_api_is_checked_and_reverted(mlflow_server, stack_
     assert err.value.code == 401
 
 
+@pytest.mark.slow
 def test_receiver_down_then_reconcile_once(mlflow_server, stack_settings, coded, pool, tmp_path, receiver_up):
     """Moves made while the receiver is down are found at its start (registry vs audit) and handled once; a
     better model moved by hand passes the `check` and becomes champion with the old one as previous-champion."""
@@ -233,6 +235,7 @@ def test_receiver_down_then_reconcile_once(mlflow_server, stack_settings, coded,
     assert rollback(task, audit_log=s.audit_log).champion_after == v1
 
 
+@pytest.mark.slow
 def test_promote_racing_a_hand_move(mlflow_server, stack_settings, coded, pool, tmp_path, monkeypatch,
                                     receiver_up):
     """A hand move while `promote` evaluates: the promotion loses the race (nothing written) and the receiver,
