@@ -54,7 +54,7 @@ stack-down: setup
 # all benchmarks (results in benchmarks/results/; only runs on a quiet machine are results);
 # QUICK=1: smoke-test sizes, written to benchmarks/results/quick/. One target per benchmark: bench-<name>.
 BENCH_FLAGS = $(if $(QUICK),--quick,)
-BENCH_NAMES = scoring release train ddp gpu data a1 a1_injection physical winding reference arms_probe learning_curve containers soak_labels soak_scoring soak_promotions
+BENCH_NAMES = scoring release rescoring train ddp gpu data a1 a1_injection physical winding reference arms_probe learning_curve containers soak_labels soak_scoring soak_promotions
 .PHONY: $(addprefix bench-,$(BENCH_NAMES))
 benchmarks: setup
 	$(UV) run python benchmarks/run_all.py $(BENCH_FLAGS)

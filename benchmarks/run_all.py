@@ -28,6 +28,7 @@ GPU_ONLY = {"gpu"}
 BENCHMARKS: dict[str, tuple[str, list[str], list[str]]] = {
     "scoring": ("bench_scoring.py", [], ["--quick"]),
     "release": ("bench_release.py", [], ["--quick"]),
+    "rescoring": ("bench_rescoring.py", [], ["--quick"]),
     "train": ("bench_train.py", [], ["--quick"]),
     "ddp": ("bench_ddp.py", [], ["--quick"]),
     "gpu": ("bench_gpu.py", [], ["--quick"]),

@@ -102,12 +102,15 @@ def use_platform_uri(uri: str) -> str:
     registry: the platform's registry is its tracking server. A ``MLFLOW_REGISTRY_URI`` inherited from
     elsewhere (a user's shell, an earlier ``set_registry_uri``) would otherwise resolve
     ``models:/NAME/VERSION`` in another registry and fetch artifacts this server does not have. Returns ``uri``."""
-    import mlflow
+    import sys
 
     os.environ["MLFLOW_TRACKING_URI"] = str(uri)
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_registry_uri(uri)  # exports MLFLOW_REGISTRY_URI too
     os.environ["MLFLOW_REGISTRY_URI"] = str(uri)
+    if "mlflow" in sys.modules:  # else mlflow, imported later (or never: a step without MLflow), reads the variables
+        import mlflow
+
+        mlflow.set_tracking_uri(uri)
+        mlflow.set_registry_uri(uri)
     return uri
 
 
