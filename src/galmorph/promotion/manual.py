@@ -14,6 +14,9 @@ it is recorded with origin ``manual`` (from -> to, when MLflow says), and the :c
 * ``revert``: as ``check``, and a failed version loses ``@champion`` to the previous champion again
   (``galmorph.decision = manual-reverted`` on it, with the reasons).
 
+A model no audit record speaks for (a registry from before #27) gets, at the receiver's first start, a
+``baseline``/``adopted`` record of the champion it has: not checked, not rescored.
+
 The same function serves a webhook delivery and the reconciliation at the receiver's start, so a move is handled
 once whichever sees it first. :func:`champion_to_rescore` names the move that made the current champion when no
 rescoring was linked to it yet; :func:`link_rescoring` links one (a tag on its audit run and on the version).
@@ -87,7 +90,14 @@ def handle_champion(model_name: str, *, audit_log: str | Path | None, policy: Pr
                                 delivery_id=ev.get("delivery_id"), **who())
         dec.reasons = [f"@champion moved outside galmorph promote/rollback (MLflow UI or API): v{last} -> v{current}"
                        f" (found by the {detected_by})"]
-        if current is None:
+        if not history and detected_by == "reconcile":
+            # no audit record of this model states a champion (a registry from before #27): the receiver's first
+            # start adopts the champion it finds as the baseline; moves from then on are judged against it
+            dec.action = dec.origin = "baseline"
+            dec.decision = "adopted"
+            dec.reasons = [f"no audit record states the champion of {model_name}: v{current} adopted as the baseline "
+                           "(not checked, not rescored)"]
+        elif current is None:
             dec.decision, dec.passed = "manual-removed", False
             dec.reasons.append("the @champion alias was removed: no champion; nothing checked or rescored")
         elif manual.mode == "allow":
@@ -95,8 +105,9 @@ def handle_champion(model_name: str, *, audit_log: str | Path | None, policy: Pr
             dec.reasons.append("policy manual=allow: recorded without a check")
         else:
             _check(c, dec, policy, manual, history, out_dir, data_root, log_evaluations, evaluate_kwargs)
-        _settle_aliases(c, dec, before, last, manual)
-        _tag_manual(c, dec)
+        if dec.origin == "manual":
+            _settle_aliases(c, dec, before, last, manual)
+            _tag_manual(c, dec)
         record_decision(audit_log, dec, c)
     log.info(dec.summary())
     return dec
