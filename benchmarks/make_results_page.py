@@ -64,6 +64,10 @@ SECTIONS: tuple[tuple[str, str, str, str, str, str], ...] = (
      "uv run python benchmarks/bench_release.py", ""),
     ("Containers", "containers", "Container images: build times, sizes, component start", "bench-containers",
      "uv run python benchmarks/containers.py", ""),
+    ("Soak", "soak_scoring", "Soak: a large manifest scored through kill -9 and an MLflow server restart",
+     "bench-soak_scoring", "uv run python benchmarks/soak_scoring.py", ""),
+    ("Soak", "soak_promotions", "Soak: promotions racing from four processes", "",
+     "uv run python benchmarks/soak_promotions.py --ops 8", "fewer operations than the default 50: see the file"),
 )
 
 HEADER = """# Results

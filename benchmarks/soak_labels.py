@@ -58,8 +58,10 @@ def write_queue_file(tmp: Path, n: int) -> Path:
 
 
 class Labeller(threading.Thread):
-    def __init__(self, name: str, token: str, port: int, ids: list[str], interval: float, t_start: float, seed: int):
+    def __init__(self, name: str, token: str, port: int, ids: list[str], interval: float, t_start: float, seed: int,
+                 t_stop: float):
         super().__init__(daemon=True)
+        self.t_stop = t_stop
         self.name_, self.token, self.port, self.interval, self.t_start = name, token, port, interval, t_start
         rng = random.Random(seed)
         self.plan = [(oid, rng.choice(CLASSES)) for oid in rng.sample(ids, len(ids))]
@@ -77,6 +79,8 @@ class Labeller(threading.Thread):
             now = time.time()
             if due > now:
                 time.sleep(due - now)
+            if time.time() > self.t_stop:  # the wall-clock limit: the rest is not sent (reported)
+                break
             body = json.dumps({"object_id": oid, "label": label}).encode()
             t0 = time.perf_counter()
             try:
@@ -132,10 +136,13 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="400 labels over 30 s (smoke test)")
     ap.add_argument("--labels", type=int, default=None, help="labels in all [20000; quick 400]")
     ap.add_argument("--seconds", type=float, default=None, help="pace the labels over this long [600; quick 30]")
+    ap.add_argument("--max-seconds", type=float, default=None,
+                    help="stop sending after this long, whatever is left (reported) [2 x --seconds]")
     a = ap.parse_args()
     n_labels = a.labels or (400 if a.quick else 20_000)
     seconds = a.seconds or (30.0 if a.quick else 600.0)
     n_obj = n_labels // N_LABELLERS
+    max_seconds = a.max_seconds or 2 * seconds
     m = machine()
     load0 = loadavg()
     from galmorph.labelling.store import LabelStore
@@ -175,7 +182,8 @@ def main() -> None:
         stop = threading.Event()
         with RssSampler(server.pid, every=0.5) as rss:
             t_start = time.time() + 1.0
-            lab = [Labeller(n, tokens[n], port, ids, interval, t_start + k * interval / N_LABELLERS, seed=k)
+            lab = [Labeller(n, tokens[n], port, ids, interval, t_start + k * interval / N_LABELLERS, seed=k,
+                            t_stop=t_start + max_seconds)
                    for k, n in enumerate(names)]
             ex_th = threading.Thread(target=exporter, args=(db, queue, exports_dir, stop, ex_log), daemon=True)
             ex_th.start()
@@ -230,13 +238,19 @@ def main() -> None:
     final_equals_store = rfin.returncode == 0 and fin["votes"] == len(cur) == len(sets) and fin["prefix_of_events"]
     flat = rss.flatness()
     lat = percentiles(ok["ms"].tolist())
+    by_t = ok.sort_values("t")["ms"].to_numpy()
+    qn = max(1, len(by_t) // 4)
+    lat_q = [round(float(np.median(by_t[:qn])), 1), round(float(np.median(by_t[-qn:])), 1)] if len(by_t) else [None, None]
     res = {
         "machine": m, "quick": a.quick, "load_avg_start": load0, "load_avg_end": load1,
-        "target": {"labels": n_labels, "seconds": seconds, "labellers": N_LABELLERS, "objects": n_obj},
+        "target": {"labels": n_labels, "seconds": seconds, "labellers": N_LABELLERS, "objects": n_obj,
+                   "max_seconds": max_seconds},
+        "not_sent_at_the_limit": int(n_labels - len(rr)),
         "wall_s": round(wall, 1), "posts": int(len(rr)), "accepted": int(len(ok)), "refused": int(len(refused)),
         "refused_statuses": refused.status_s.value_counts().to_dict(), "unknown_outcome": int(len(unknown)),
         "unknown_outcome_saved": int(unknown_saved), "requests_per_s": round(len(rr) / wall, 2),
         "accepted_per_s": round(len(ok) / wall, 2), "latency": lat,
+        "latency_p50_first_last_quarter_ms": lat_q,
         "store": {"labels": len(cur), "set_events": int(len(sets)), "events": int(len(ev))},
         "lost": len(lost), "lost_examples": lost[:10], "duplicated": duplicated,
         "refused_but_in_store": len(refused_in_store), "store_rows_unaccounted": int(extra),
@@ -261,11 +275,12 @@ def main() -> None:
           f"queue of {n_obj:,} objects; each labeller (own token, own keep-alive connection) posts every object "
           f"once; `galmorph label export --policy latest` ran {ex['n']} times meanwhile.", "",
           "| figure | value |", "|---|---|",
-          f"| POSTs sent / accepted (200) / refused / outcome unknown | {len(rr):,} / {len(ok):,} / {len(refused)} / "
-          f"{len(unknown)} |",
+          f"| POSTs sent of {n_labels:,} planned (sending stops after {max_seconds:.0f} s) / accepted (200) / refused / "
+          f"outcome unknown | {len(rr):,} / {len(ok):,} / {len(refused)} / {len(unknown)} |",
           f"| wall time | {wall:.1f} s |",
           f"| requests/s (all POSTs) | {res['requests_per_s']} |",
           f"| latency p50 / p99 / max (accepted) | {lat.get('p50_ms')} / {lat.get('p99_ms')} / {lat.get('max_ms')} ms |",
+          f"| latency p50 of the first / last quarter of the accepted POSTs | {lat_q[0]} / {lat_q[1]} ms |",
           f"| store: label rows / set events | {len(cur):,} / {len(sets):,} |",
           f"| accepted POSTs missing or wrong in the store | {res['lost']} |",
           f"| (labeller, object) with more than one event | {duplicated} |",

@@ -218,7 +218,11 @@ def main() -> None:
         final_aliases = _aliases(stack)
         # after the race: a serial promotion of the best version
         best = versions[-1]
-        after = subprocess.run([*promote, "--version", best], env=stack.env, capture_output=True, text=True)
+        ap_ = subprocess.Popen([*promote, "--version", best], env=stack.env, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+        so, se = ap_.communicate(timeout=a.timeout)
+        after = subprocess.CompletedProcess(ap_.args, ap_.returncode, so, se)
+        after_pid = ap_.pid
         after_aliases = _aliases(stack)
         mlflow_audit = _mlflow_audit(stack)
     finally:
@@ -264,7 +268,8 @@ def main() -> None:
                 unexplained.append({"pid": e["pid"], "decision": e["decision"], "before": e["champion_before"],
                                     "previous_after": prev["champion_after"]})
         prev = e
-    last = [e for e in audit if e["pid"] != after_pid(after, audit)][-1] if audit else None
+    before_after = [e for e in audit if e["pid"] != after_pid]
+    last = before_after[-1] if before_after else None
     final = final_aliases.get("champion")
     later_moves = {mv["version"] for mv in moves if last and mv["t1"] >= _ts(last["timestamp"]) - 0.5}
     final_ok = bool(last and (final == last["champion_after"] or final in later_moves))
@@ -334,11 +339,6 @@ def main() -> None:
           "registry's lock, which alias moves through the MLflow API do not take: those are the races measured."]
     (OUT / "soak_promotions.md").write_text("\n".join(md) + "\n")
     print("\n".join(md))
-
-
-def after_pid(after: subprocess.CompletedProcess, audit: list[dict]) -> int | None:
-    """The pid of the serial promotion after the race (its audit record is the last one)."""
-    return audit[-1]["pid"] if audit and after.returncode == 0 else None
 
 
 def _aliases(stack: PrivateStack) -> dict:
