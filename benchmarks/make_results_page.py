@@ -64,13 +64,13 @@ SECTIONS: tuple[tuple[str, str, str, str, str, str], ...] = (
      "uv run python benchmarks/bench_release.py", ""),
     ("Containers", "containers", "Container images: build times, sizes, component start", "bench-containers",
      "uv run python benchmarks/containers.py", ""),
+    ("Soak", "soak_labels", "Soak: labellers posting through the label server while exports run", "bench-soak_labels",
+     "uv run python benchmarks/soak_labels.py",
+     "under load the server took fewer labels than planned before sending stopped at the wall-clock limit: see the file"),
     ("Soak", "soak_scoring", "Soak: a large manifest scored through kill -9 and an MLflow server restart",
      "bench-soak_scoring", "uv run python benchmarks/soak_scoring.py", ""),
     ("Soak", "soak_promotions", "Soak: promotions racing from four processes", "",
      "uv run python benchmarks/soak_promotions.py --ops 8", "fewer operations than the default 50: see the file"),
-    ("Soak", "soak_labels", "Soak: labellers posting through the label server while exports run", "bench-soak_labels",
-     "uv run python benchmarks/soak_labels.py",
-     "under load the server took fewer labels than planned before sending stopped at the wall-clock limit: see the file"),
 )
 
 HEADER = """# Results
