@@ -222,9 +222,16 @@ def test_receiver_down_then_reconcile_once(mlflow_server, stack_settings, coded,
             log_evaluations=False)
     _delete_webhooks()
     mlflow.MlflowClient().set_registered_model_alias(name, CHAMPION, v2)  # nobody listening
+    legacy = "galmorph-hooks-legacy"  # a champion no audit record speaks for (a registry from before #27)
+    lv = _register(pool, "hooks-legacy", 0.2)
+    mlflow.MlflowClient().set_registered_model_alias(legacy, CHAMPION, lv)
     time.sleep(1)
     assert manual_records(name) == []
     receiver_up(s)  # reconciles at start, before it answers "reconciled"
+    from galmorph.promotion.audit import alias_history
+
+    assert [(h["origin"], h["decision"], h["to"]) for h in alias_history(legacy)] == [("baseline", "adopted", lv)]
+    assert "galmorph.decision" not in mlflow.MlflowClient().get_model_version(legacy, lv).tags
     rec = manual_records(name)
     assert len(rec) == 1 and rec[0]["from"] == v1 and rec[0]["to"] == v2 and rec[0]["decision"] == "manual-passed"
     assert aliases(name)[CHAMPION] == v2 and aliases(name)[PREVIOUS] == v1
