@@ -18,6 +18,8 @@ are looked up by object id. Security (authentication, CSRF, allowed hosts, body 
 
 from __future__ import annotations
 
+from collections import Counter
+
 import io
 import logging
 from collections.abc import Iterable
@@ -79,7 +81,9 @@ class LabelQueue:
         self.store, self.spec, self.task, self.data_root = store, spec, spec.task, data_root
         self.rows = {r["object_id"]: r for r in queue.to_dict(orient="records")}
         self.order = list(queue["object_id"])
-        self.bins = sorted({str(b) for b in queue["queue_bin"]})
+        self.bin_of = {o: str(b) for o, b in zip(queue["object_id"], queue["queue_bin"])}
+        self.bins = sorted(set(self.bin_of.values()))
+        self.bin_totals = Counter(self.bin_of.values())
         self.roots = [Path(r).resolve() for r in (image_roots or [])]
         if data_root is not None:
             self.roots.append(Path(data_root).resolve())
@@ -136,16 +140,14 @@ class LabelQueue:
         return out
 
     def state(self, name: str) -> dict:
-        lab = self.store.labels(self.task, name)
-        lab = lab[lab.object_id.isin(self.rows)]
-        mine = dict(zip(lab.object_id, lab.label))
+        # every POST answers with this state: one light query and counts over this labeller's labels (the
+        # queue's bins are counted once, at start), not a pass over the queue per bin
+        mine = {o: lab for o, lab in self.store.current_labels(self.task, name) if o in self.rows}
         nxt = next((o for o in self.order if o not in mine), None)
-        tallies = []
-        for b in self.bins:
-            ids = [o for o in self.order if str(self.rows[o].get("queue_bin")) == b]
-            labs = [mine[o] for o in ids if o in mine]
-            tallies.append({"bin": b, "total": len(ids), "done": len(labs),
-                            **{c: labs.count(c) for c in self.spec.labels}})
+        per_bin = Counter((self.bin_of[o], lab) for o, lab in mine.items())
+        done = Counter(self.bin_of[o] for o in mine)
+        tallies = [{"bin": b, "total": self.bin_totals[b], "done": done[b],
+                    **{c: per_bin[(b, c)] for c in self.spec.labels}} for b in self.bins]
         return {"labeller": name, "task": self.task, "labels": list(self.spec.labels), "total": len(self.order),
                 "done": len(mine), "next": nxt, "bins": tallies, "n_labellers": len(self.store.labellers(self.task))}
 

@@ -320,6 +320,14 @@ class LabelStore:
                     for r in s.scalars(q.order_by(LabelRow.id))]
         return pd.DataFrame(rows, columns=["object_id", "labeller", "label", "created_at", "updated_at"])
 
+    def current_labels(self, task: str, labeller: str) -> list[tuple[str, str]]:
+        """``(object_id, label)`` of ``labeller``'s current labels of ``task`` (two columns only: the
+        labelling app asks for them on every request)."""
+        q = (select(LabelRow.object_id, LabelRow.label)
+             .where(LabelRow.task == task, LabelRow.labeller == labeller).order_by(LabelRow.id))
+        with Session(self.engine) as s:
+            return [(str(o), str(lab)) for o, lab in s.execute(q)]
+
     def labelled_ids(self, task: str = "lopsided", labeller: str | None = None,
                      include_unsure: bool = True) -> set[str]:
         df = self.labels(task, labeller)
