@@ -62,6 +62,8 @@ SECTIONS: tuple[tuple[str, str, str, str, str, str], ...] = (
      "uv run python benchmarks/bench_scoring.py --trained-model URI --tracking-uri URI", ""),
     ("Scoring", "release", "A release end to end (ingest, validate, score, merge)", "bench-release",
      "uv run python benchmarks/bench_release.py", ""),
+    ("Scoring", "rescoring", "The rescoring pipeline itself (kfp local runner, defaults)", "bench-rescoring",
+     "uv run python benchmarks/bench_rescoring.py", ""),
     ("Containers", "containers", "Container images: build times, sizes, component start", "bench-containers",
      "uv run python benchmarks/containers.py", ""),
     ("Soak", "soak_labels", "Soak: labellers posting through the label server while exports run", "bench-soak_labels",
