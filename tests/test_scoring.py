@@ -188,3 +188,31 @@ def test_kill_and_resume_gives_identical_rows(sim_chirality, chir_model, mlflow_
     num = [c for c in a.columns if c.startswith("p_")]
     np.testing.assert_allclose(a[num].to_numpy(), b[num].to_numpy(), atol=1e-6)
     assert (a["pred"] == b["pred"]).all() and (a["high_confidence"] == b["high_confidence"]).all()
+
+
+def test_mlflow_gone_at_the_record_step_is_a_clear_error_and_a_rerun_records(sim_chirality, chir_model, tmp_path,
+                                                                            mlflow_server, monkeypatch):
+    """The soak killed the tracking server while a release was scored: the command ended in a traceback at
+    the last step. Now: a ScoringError that says the scores are kept and what to do; the catalogue is
+    there; the same call against a live server then records the release without scoring again."""
+    import socket
+
+    from mlflow import MlflowClient
+
+    from galmorph.scoring.batch import ScoringError
+    from galmorph.scoring.run import merge_and_log
+
+    out = tmp_path / "scores"
+    score_manifest(chir_model, sim_chirality["manifest"], out, batch_size=16, shard_size=32, progress=False)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        dead = f"http://127.0.0.1:{s.getsockname()[1]}"
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    with pytest.raises(ScoringError) as err:
+        merge_and_log([out], out, release="sim-gone", tracking_uri=dead)
+    msg = str(err.value)
+    assert dead in msg and "nothing is lost" in msg and "catalogue.parquet" in msg
+    assert (out / "catalogue.parquet").is_file()
+    m, run_id = merge_and_log([out], out, release="sim-gone", tracking_uri=mlflow_server)
+    assert run_id and MlflowClient(mlflow_server).get_run(run_id).info.status == "FINISHED"
+    assert len(pd.read_parquet(m.catalogue)) == len(pd.read_parquet(sim_chirality["manifest"]))

@@ -109,10 +109,21 @@ def merge_and_log(score_dirs: Sequence[str | Path], out_dir: str | Path, release
                   log_mlflow: bool = True, tracking_uri: str | None = None) -> tuple[MergeResult, str | None]:
     """:func:`~galmorph.scoring.batch.merge_scores` of ``score_dirs`` into ``out_dir``, then, with ``log_mlflow``,
     :func:`~galmorph.scoring.batch.log_scoring_to_mlflow` on ``tracking_uri``: ``(merge result, run id or None)``."""
-    from galmorph.scoring.batch import log_scoring_to_mlflow, merge_scores
+    from galmorph.scoring.batch import ScoringError, log_scoring_to_mlflow, merge_scores
 
     m = merge_scores(list(score_dirs), out_dir, release=release)
-    run_id = log_scoring_to_mlflow(m.summary_data, m.catalogue, tracking_uri=tracking_uri) if log_mlflow else None
+    if not log_mlflow:
+        return m, None
+    try:
+        run_id = log_scoring_to_mlflow(m.summary_data, m.catalogue, tracking_uri=tracking_uri)
+    except Exception as exc:  # noqa: BLE001 - the server went away (MlflowException, requests, OSError): say what is kept
+        import mlflow
+
+        uri = tracking_uri or mlflow.get_tracking_uri()
+        reason = " ".join(str(exc).split())[:300]
+        raise ScoringError(f"the release is scored and merged into {m.catalogue}, but recording it in MLflow at {uri} "
+                           f"failed ({type(exc).__name__}: {reason}); nothing is lost: run the same command again "
+                           "once the server answers (the scored shards are reused) to record it") from exc
     return m, run_id
 
 
