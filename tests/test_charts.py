@@ -1000,6 +1000,13 @@ def test_hooks_receiver_deployment_service_secret_policy_and_rights(rendered):
     assert c["args"][c["args"].index("--hooks-url") + 1].startswith("http://galmorph-hooks.")
     env = {e["name"]: e for e in c["env"]}
     assert env["GALMORPH_HOOKS_SECRET"]["valueFrom"]["secretKeyRef"] == {"name": "galmorph-hooks", "key": "webhook-secret"}
+    # the newest release of a task (for the rescoring a hand promotion starts): the watcher's folder, read-only
+    w = merged("all-on")["releaseWatcher"]
+    assert env["GALMORPH_RELEASES_DIR"]["value"] == f"{w['mountPath'].rstrip('/')}/{w['releasesDir']}"
+    mount = next(m for m in c["volumeMounts"] if m["name"] == "releases")
+    vol = next(v for v in spec["volumes"] if v["name"] == "releases")
+    assert mount["mountPath"] == w["mountPath"] and mount["readOnly"] is True
+    assert vol["persistentVolumeClaim"] == {"claimName": w["releasesClaim"], "readOnly": True}
     svc = next(d for d in docs if d["kind"] == "Service" and d["metadata"]["name"] == "galmorph-hooks")
     assert svc["spec"]["ports"][0]["port"] == 8095
     ml = pod_template(next(d for d in workloads(docs) if component_of(d) == "mlflow"))["spec"]

@@ -364,3 +364,33 @@ def test_hand_promotion_in_the_mlflow_ui(mlflow_server, stack_settings, coded, p
             os.killpg(pid, signal.SIGTERM)
         except (OSError, TypeError):
             pass
+
+
+def test_the_latest_release_on_a_cluster_comes_from_the_releases_folder(tmp_path):
+    """On a cluster the release watcher is another pod: with no watcher state on the receiver's machine, the
+    rescoring a new champion starts takes the newest ready release of the task under GALMORPH_RELEASES_DIR
+    (the watcher's own scan: unfinished and invalid folders skipped, another task's release left alone)."""
+    import os
+
+    import pandas as pd
+
+    from galmorph.ops.hooks import latest_release
+    from galmorph.settings import Settings
+
+    root = tmp_path / "releases"
+    for i, (name, task) in enumerate([("dr9", "chirality"), ("dr10", "chirality"), ("arms-r1", "arms")]):
+        d = root / name
+        d.mkdir(parents=True)
+        pd.DataFrame({"object_id": ["a"], "image_uri": ["x.png"]}).to_parquet(d / "manifest.parquet")
+        (d / "release.json").write_text(json.dumps({"release": name, "task": task}))
+        os.utime(d / "manifest.parquet", (1_000_000 + i, 1_000_000 + i))
+    (root / "dr11-partial").mkdir()  # no manifest yet: not ready
+    (root / "broken").mkdir()
+    (root / "broken" / "release.json").write_text("{not json")
+    s = Settings(state_dir=tmp_path / "state")
+    assert latest_release(s, "chirality") is None  # no watcher state, no releases folder: nothing to rescore
+    s = Settings(state_dir=tmp_path / "state", releases_dir=root)
+    assert latest_release(s, "chirality") == {"release": "dr10", "path": str((root / "dr10").resolve())}
+    assert latest_release(s, "arms")["release"] == "arms-r1"
+    assert latest_release(s, "lopsided") is None
+    assert latest_release(Settings(state_dir=tmp_path / "state", releases_dir=tmp_path / "absent"), "arms") is None

@@ -105,6 +105,10 @@ class Settings(BaseSettings):
         default="galmorph-*", description="Registered models the receiver governs (comma-separated glob patterns).")
     hooks_max_age: float = Field(
         default=300.0, gt=0, description="Seconds a webhook delivery stays valid (older or replayed: refused, 401).")
+    releases_dir: Path | None = Field(
+        default=None, description="Folder where survey releases land (the release watcher's, GALMORPH_RELEASES_DIR): "
+        "the registry-event receiver rescores the newest ready release of a task found there when the watcher's "
+        "state is not on its machine (a cluster); unset: the watcher's state only.")
     label_db_url: str | None = Field(default=None, description="SQLAlchemy URL of the label database.")
     audit_log: Path | None = Field(
         default=None, description="JSON-lines promotion audit log; default <state_dir>/registry/audit.jsonl."

@@ -98,6 +98,38 @@ def register_webhooks(settings: Settings, client=None) -> dict:
 # rescoring with a new champion
 # --------------------------------------------------------------------------------------------
 def latest_release(settings: Settings, task: str) -> dict | None:
+    """The newest release of ``task``: the newest the release watcher recorded on this machine, else (a
+    cluster, where the watcher is another pod) the newest ready release under ``settings.releases_dir``
+    (:func:`newest_release_in`); ``{"release", "path"}`` or None."""
+    return watched_release(settings, task) or (newest_release_in(settings.releases_dir, task)
+                                               if settings.releases_dir else None)
+
+
+def _release_task(path: Path) -> str | None:
+    try:
+        return json.loads((path / "release.json").read_text()).get("task") if (path / "release.json").exists() else None
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def newest_release_in(root: str | Path, task: str) -> dict | None:
+    """The ready release under ``root`` (the watcher's own scan, :func:`galmorph.ops.release.scan_releases`) whose
+    ``release.json`` names ``task`` or no task, with the newest manifest: ``{"release", "path"}`` or None."""
+    from galmorph.ops.release import scan_releases
+
+    try:
+        found, _skipped = scan_releases(root)
+    except FileNotFoundError:
+        log.warning("releases folder %s does not exist: no release to rescore", root)
+        return None
+    mine = [r for r in found if _release_task(r.path) in (None, task)]
+    if not mine:
+        return None
+    best = max(mine, key=lambda r: (r.manifest.stat().st_mtime, r.name))
+    return {"release": best.name, "path": str(best.path)}
+
+
+def watched_release(settings: Settings, task: str) -> dict | None:
     """The newest release the release watcher recorded (``<state>/release-watch/state.json``) whose folder still
     exists and whose ``release.json`` names this task or none: ``{"release", "path"}``."""
     from galmorph.ops.release import load_state
@@ -108,10 +140,7 @@ def latest_release(settings: Settings, task: str) -> dict | None:
         p = Path(e.get("path") or "")
         if e.get("status") not in ("submitted", "pending") or not p.is_dir():
             continue
-        try:
-            rtask = json.loads((p / "release.json").read_text()).get("task") if (p / "release.json").exists() else None
-        except (OSError, ValueError):
-            rtask = None
+        rtask = _release_task(p)
         when = e.get("at") or e.get("since") or ""
         if rtask in (None, task) and (best is None or when >= best[0]):
             best = (when, {"release": name, "path": str(p)})
@@ -132,7 +161,7 @@ def start_rescoring(settings: Settings, task: str, model_name: str, version: str
     uri = f"models:/{model_name}/{version}"
     if rel is None:
         return {"status": "no-release", "model_uri": uri, "reason": "the release watcher has recorded no release of "
-                f"{task} (galmorph release watch): nothing to rescore"}
+                f"{task} (galmorph release watch) and GALMORPH_RELEASES_DIR holds none: nothing to rescore"}
     stamp = time.strftime("%Y%m%dT%H%M%S")
     logf = settings.logs_dir / f"rescoring-{rel['release']}-{model_name}-v{version}-{stamp}.log"
     logf.parent.mkdir(parents=True, exist_ok=True)
