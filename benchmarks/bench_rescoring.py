@@ -50,6 +50,11 @@ def _server(tmp: Path) -> str:
     s = Settings(state_dir=tmp / "state", host="127.0.0.1", mlflow_port=port, evidently_port=free_port(),
                  label_port=free_port(), mlflow_tracking_uri=f"http://127.0.0.1:{port}")
     start_service(s, "mlflow", timeout=300)
+    import atexit
+
+    from galmorph.ops.stack import stop_service
+
+    atexit.register(stop_service, s, "mlflow")  # the private server goes with the benchmark
     os.environ.update(GALMORPH_STATE_DIR=str(s.state_dir), GALMORPH_MLFLOW_PORT=str(port),
                       MLFLOW_TRACKING_URI=s.mlflow_tracking_uri)
     get_settings.cache_clear()
