@@ -2,7 +2,7 @@
 
 MLflow (3.x, SQL stores) posts each registry event as JSON ``{"entity", "action", "timestamp", "data"}`` with
 the headers ``X-MLflow-Delivery-Id``, ``X-MLflow-Timestamp`` (Unix seconds) and ``X-MLflow-Signature``
-(``v1,<base64 HMAC-SHA256 of "<delivery id>.<timestamp>.<body>">``, the Standard Webhooks scheme).
+(``v1,`` + base64 of the HMAC-SHA256 of ``"{delivery id}.{timestamp}.{payload}"``, the Standard Webhooks scheme).
 :func:`verify_delivery` refuses (:class:`HookRejected`, HTTP 401; nothing recorded) a missing or bad signature, a
 timestamp older than ``max_age`` seconds or more than a minute ahead (a replay of an old delivery). A valid
 delivery is recorded by its id in :class:`DeliveryStore` (SQLite in the state folder) before anything else: the
