@@ -48,6 +48,8 @@ SECTIONS: tuple[tuple[str, str, str, str, str, str], ...] = (
      "uv run python benchmarks/reference.py --tasks chirality --weights pretrained --split-order 2 "
      "--set crop_fraction=0.30 --out DIR",
      "a variant writes to its own folder; its reference.md/json were committed under this name"),
+    ("Training", "ddp", "Data-parallel training: DDP against one process (CPU correctness run)", "bench-ddp",
+     "uv run python benchmarks/bench_ddp.py", "2 CPU cores: the DDP processes share them; not a speed result"),
     ("Training", "learning_curve", "Chirality learning curve", "bench-learning_curve",
      "uv run python benchmarks/learning_curve.py", "its points are in `benchmarks/results/learning_curve/`"),
     ("Training", "ensemble_weight", "Weight of the winding measurement in the network + winding ensemble", "",
