@@ -64,12 +64,7 @@ class PromotionPolicy:
         """Policy from the ``promotion:`` section of params.yaml (a path or a loaded dict); keyword
         overrides that are not None win (CLI flags). A path that does not exist is a :class:`PolicyError`
         naming it, unless ``missing_ok`` (a default location that may be absent: the default policy)."""
-        if isinstance(params, (str, Path)):
-            section = read_policy_section(params, missing_ok=missing_ok)
-        elif isinstance(params, dict):
-            section = params.get("promotion", params) or {}
-        else:
-            section = {}
+        section = policy_section(params, missing_ok)
         vals = {POLICY_ALIASES.get(k, k): v for k, v in section.items() if k not in MANUAL_KEYS}
         vals.update({POLICY_ALIASES.get(k, k): v for k, v in overrides.items() if v is not None})
         known = {f.name: f for f in fields(cls)}
@@ -77,6 +72,16 @@ class PromotionPolicy:
         if unknown:
             raise PolicyError(f"unknown promotion policy key(s) {sorted(unknown)}; known: {sorted(known)}")
         return cls(**{k: _typed(k, v, cls.__dataclass_fields__[k].default) for k, v in vals.items()})
+
+
+def policy_section(params: dict | str | Path | None, missing_ok: bool) -> dict:
+    """The ``promotion:`` section of params.yaml given as a path (:func:`read_policy_section`) or as a loaded
+    dict (the section itself or the whole file); ``{}`` for None."""
+    if isinstance(params, (str, Path)):
+        return read_policy_section(params, missing_ok=missing_ok)
+    if isinstance(params, dict):
+        return params.get("promotion", params) or {}
+    return {}
 
 
 #: params.yaml keys of the ``promotion:`` section that govern hand promotions (:class:`ManualPolicy`).
@@ -96,12 +101,7 @@ class ManualPolicy:
 
     @classmethod
     def from_params(cls, params: dict | str | Path | None, missing_ok: bool = True) -> "ManualPolicy":
-        if isinstance(params, (str, Path)):
-            section = read_policy_section(params, missing_ok=missing_ok)
-        elif isinstance(params, dict):
-            section = params.get("promotion", params) or {}
-        else:
-            section = {}
+        section = policy_section(params, missing_ok)
         mode = str(section.get("manual") or "check").strip().lower()
         if mode not in MANUAL_MODES:
             raise PolicyError(f"promotion policy manual: {section.get('manual')!r} is not one of {list(MANUAL_MODES)}")
