@@ -6,21 +6,13 @@ import numpy as np
 import pytest
 import torch
 
-import galmorph.datasets.images as images
 from galmorph.datasets.images import DecodedImageCache
+from test_scoring_helpers import count_decodes as count_image_decodes
 
 
 @pytest.fixture()
 def count_decodes(monkeypatch):
-    calls: list[str] = []
-    real = images.load_image
-
-    def counting(path, *a, **k):
-        calls.append(str(path))
-        return real(path, *a, **k)
-
-    monkeypatch.setattr(images, "load_image", counting)
-    return calls
+    return count_image_decodes(monkeypatch)
 
 
 def _module(man, cache_dir, cache=True, **kw):

@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from test_scoring_helpers import TinyNet, add_broken_images
+from test_scoring_helpers import TinyNet, add_broken_images, count_decodes
 
 
 @pytest.fixture()
@@ -43,7 +43,6 @@ def _loaded():
 
 
 def test_decode_once_equals_validate_then_score(release, tmp_path, monkeypatch):
-    import galmorph.datasets.images as images
     import galmorph.catalogue.validation as validation
     from galmorph.scoring.release_path import score_release
     from galmorph.scoring.batch import merge_scores, score_manifest
@@ -59,14 +58,7 @@ def test_decode_once_equals_validate_then_score(release, tmp_path, monkeypatch):
     ref_q = set(v.quarantine["object_id"]) | set(pd.read_parquet(ref.quarantine)["object_id"])
 
     # decode once: count the decodes
-    calls: list[str] = []
-    real = images.load_image
-
-    def counting(path, *a, **k):
-        calls.append(str(path))
-        return real(path, *a, **k)
-
-    monkeypatch.setattr(images, "load_image", counting)
+    calls = count_decodes(monkeypatch)
     monkeypatch.setattr(validation, "check_image", lambda *a, **k: pytest.fail("image decoded by validation"))
     res = score_release(release, lm, tmp_path / "once", cfg, batch_size=8, shard_size=16, progress=False)
     n_rows = len(pd.read_parquet(release))

@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 from kfp.dsl import Artifact, Dataset, Metrics
 
-from test_scoring_helpers import TinyNet, add_broken_images
+from test_scoring_helpers import TinyNet, add_broken_images, count_decodes
 
 CLASSES = ["CW", "ACW", "other"]
 
@@ -68,21 +68,13 @@ def _single_pass(release, model_uri: str, tmp_path, monkeypatch, tracking_uri: s
     """validate (table checks) -> cutout (framing only) -> shard -> score x2 -> merge, as the pipeline runs
     them; counts the image decodes."""
     import galmorph.catalogue.validation as validation
-    import galmorph.datasets.images as images
     from galmorph_components.cutout.component import cutout
     from galmorph_components.merge.component import merge
     from galmorph_components.score.component import score
     from galmorph_components.shard.component import shard
     from galmorph_components.validate.component import validate
 
-    calls: list[str] = []
-    real = images.load_image
-
-    def counting(path, *a, **k):
-        calls.append(str(path))
-        return real(path, *a, **k)
-
-    monkeypatch.setattr(images, "load_image", counting)
+    calls = count_decodes(monkeypatch)
     monkeypatch.setattr(validation, "check_image", lambda *a, **k: pytest.fail("image decoded by validate"))
     passed, vq = _ds(tmp_path / "passed.parquet"), _ds(tmp_path / "vq.parquet")
     ok = validate.python_func(manifest=_ds(release), passed=passed, quarantine=vq,

@@ -97,3 +97,18 @@ def mirror_release(manifest: str | Path, out_dir: Path) -> Path:
     df = df.copy()
     df["image_uri"] = uris
     return write_manifest(df, out_dir / "manifest.parquet", kind="release-mirrored")
+
+
+def count_decodes(monkeypatch) -> list[str]:
+    """From now on, every image ``galmorph.datasets.images.load_image`` decodes is appended to the returned list."""
+    import galmorph.datasets.images as images
+
+    calls: list[str] = []
+    real = images.load_image
+
+    def counting(path, *a, **k):
+        calls.append(str(path))
+        return real(path, *a, **k)
+
+    monkeypatch.setattr(images, "load_image", counting)
+    return calls
