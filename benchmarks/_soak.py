@@ -159,3 +159,10 @@ def load_line(start: list[float], end: list[float], quiet_below: float = 0.5) ->
             ("Quiet at the start." if quiet else
              f"**Under load** (results need < {quiet_below}): the speed figures (requests/s, latency) are not a "
              "result; the correctness figures (nothing lost, nothing duplicated) hold whatever the load."))
+
+
+def rss_row(what: str, flat: dict) -> str:
+    """The results table's memory row: ``what``'s RSS peak and its first- vs last-quarter peaks (:class:`RssSampler`)."""
+    return (f"| {what} RSS peak; first vs last quarter peak | {flat.get('rss_peak_mib')} MiB; "
+            f"{flat.get('rss_first_quarter_peak_mib')} vs {flat.get('rss_last_quarter_peak_mib')} MiB "
+            f"({flat.get('rss_growth_last_vs_first_pct')} %) |")

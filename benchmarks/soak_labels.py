@@ -35,7 +35,7 @@ import numpy as np
 import pandas as pd
 
 from _common import machine
-from _soak import RssSampler, free_port, galmorph_exe, load_line, loadavg, percentiles
+from _soak import rss_row, RssSampler, free_port, galmorph_exe, load_line, loadavg, percentiles
 
 OUT = Path(os.environ.get("GALMORPH_BENCH_OUT") or Path(__file__).resolve().parent / "results")
 TASK = "lopsided"
@@ -288,9 +288,7 @@ def main() -> None:
           f"| exports ok / each a prefix of the event history / label counts agree / growing | {ex['ok']} of {ex['n']} "
           f"/ {ex['all_prefix_of_events']} / {ex['all_counts_agree']} / {ex['grow']} |",
           f"| last export (labellers stopped) equals the store | {final_equals_store} |",
-          f"| server RSS peak; first vs last quarter peak | {flat.get('rss_peak_mib')} MiB; "
-          f"{flat.get('rss_first_quarter_peak_mib')} vs {flat.get('rss_last_quarter_peak_mib')} MiB "
-          f"({flat.get('rss_growth_last_vs_first_pct')} %) |", "",
+          rss_row("server", flat), "",
           "A label is in the store exactly once when its (labeller, object) has one `labels` row holding the posted "
           "label and one `set` event. An export is consistent when its votes (object, labeller) are exactly the "
           "first K `set` events in commit order (K = its number of votes) and its per-class counts are those "

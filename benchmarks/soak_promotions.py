@@ -46,7 +46,7 @@ import numpy as np
 import pandas as pd
 
 from _common import machine
-from _soak import PrivateStack, RssSampler, galmorph_exe, load_line, loadavg, percentiles
+from _soak import rss_row, PrivateStack, RssSampler, galmorph_exe, load_line, loadavg, percentiles
 
 OUT = Path(os.environ.get("GALMORPH_BENCH_OUT") or Path(__file__).resolve().parent / "results")
 TASK = "soak-promote"
@@ -330,9 +330,7 @@ def main() -> None:
           f"move's | {final_ok} |",
           f"| after the race, `galmorph promote` of the best version v{best}: {after_dec}, champion "
           f"v{after_aliases.get('champion')} | {after_ok} |",
-          f"| MLflow server RSS peak; first vs last quarter peak | {flat.get('rss_peak_mib')} MiB; "
-          f"{flat.get('rss_first_quarter_peak_mib')} vs {flat.get('rss_last_quarter_peak_mib')} MiB "
-          f"({flat.get('rss_growth_last_vs_first_pct')} %) |", "",
+          rss_row("MLflow server", flat), "",
           "A call is matched to its audit record by process id. \"Lost race\": the champion moved while the "
           "candidate was evaluated, nothing written (exit 1); \"alias moved after the write\": the aliases read back "
           "were not those written (recorded as `inconsistent`, exit 1). Promotions are serialised by the "
