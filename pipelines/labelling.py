@@ -26,6 +26,24 @@ def pipeline(source: str = "sdss_fits", task: str = "lopsided", per_bin: int = 2
              z_min: float = 0.01, z_max: float = 0.1, seed: int = 0, label_db_url: str = "",
              queue_name: str = "", export_labels: bool = False, winding_min_confidence: float = 2.0,
              data_root: str = ""):
+    """Draw a labelling queue with A1 (or, for chirality, winding) measurements for the labelling app.
+
+    Args:
+        source: Images to draw the queue from: a shared-data source name, ``sim:DIR`` or ``folder:DIR``;
+            resolved under ``data_root``.
+        task: The task being labelled: lopsided and arms get the A1 overlay, chirality the winding sense.
+        per_bin: Objects drawn per redshift bin.
+        n_bins: Equal-width redshift bins between ``z_min`` and ``z_max``.
+        z_min: Lower redshift limit of the sample.
+        z_max: Upper redshift limit of the sample.
+        seed: Seed of the draw (objects already labelled in the label database are left out).
+        label_db_url: SQLAlchemy URL of the label database; empty (default) uses the platform's.
+        queue_name: Name the queue's objects are registered under in the label database (empty: none).
+        export_labels: Also export the labels collected so far to a labelled manifest.
+        winding_min_confidence: Chirality: the winding measurement's |z| under which its sense is left empty.
+        data_root: Root that relative image paths and shared-data sources resolve under; empty (default)
+            uses the platform's (GALMORPH_DATA_ROOT).
+    """
     ing = ingest(source=source, data_root=data_root)
     data_volume(ing, PLATFORM)
     smp = label_sample(manifest=ing.outputs["manifest"], per_bin=per_bin, n_bins=n_bins, z_min=z_min, z_max=z_max,

@@ -35,6 +35,52 @@ def pipeline(release_uri: str = "/data/releases/latest", release: str = "latest"
              drift_reference: str = "", drift_by: str = "z_bin,survey", drift_min_group_size: int = 0, hold_on_drift: bool = True,
              publish_dir: str = "", tracking_uri: str = "", data_root: str = "", write_cutouts: bool = False,
              drift_sample_rows: int = 1000):
+    """Score a survey release with the champion model, monitor drift, publish the catalogue.
+
+    Args:
+        release_uri: The release to score: a folder of images, a manifest (.parquet/.csv), a shared-data source
+            name or ``sim:DIR``; resolved under ``data_root``.
+        release: Name of the release, recorded with the scores, the drift report and the published catalogue.
+        task: Which model family scores it: chirality, arms or lopsided.
+        model_alias: Registry alias of the model that scores (champion: the promoted model).
+        model_uri: A ``models:/...`` URI that overrides ``model_alias`` (empty: use the alias).
+        z_min: Rows with a redshift below this are quarantined by validation.
+        z_max: Rows with a redshift above this are quarantined by validation.
+        max_failure_fraction: The run stops before scoring when more than this share of rows fails validation.
+        cutout_size_px: Cutout size in pixels; 0 (default) takes the framing from the model's ModelSpec.
+        crop_fraction: Crop at cutout time; 1.0 (default) keeps the full frame and leaves the crop to the model
+            (cropping twice is refused).
+        shard_size: Rows per scoring shard, the unit a retried worker resumes from.
+        n_workers: Parallel scoring workers (ParallelFor; GPU nodes on a cluster).
+        batch_size: Images per forward pass.
+        threshold: Probability at or above which a prediction is flagged high_confidence.
+        winding_ensemble: Chirality: combine the network with the winding measurement as the model recorded
+            (the validated default, on); off scores with the network alone.
+        winding_weight: Weight of the winding measurement in the ensemble; below 0 (default) the model's
+            recorded value.
+        winding_min_confidence: Winding confidence under which only the network decides; below 0 (default) the
+            model's recorded value.
+        precision: Inference path: verified (default: the fastest path checked against fp32 once per model
+            version and recorded on it), or fp32, auto, channels_last, bf16, onnx, int8.
+        decode: JPEG decoding: auto (default: the draft decode where it agrees with the full one), full, draft.
+        class_prior: Class prior applied to the probabilities: model (default: the source catalogue's prior the
+            model recorded), none / as-trained, catalogue, or CLASS=F,...
+        drift_reference: Drift reference features (parquet); empty (default) uses the one logged with the
+            model's training run.
+        drift_by: Comma-separated columns the drift report is also computed per group of.
+        drift_min_group_size: Smallest group that gets its own drift verdict; 0 (default) takes params.yaml's
+            ``drift:`` section.
+        hold_on_drift: Hold the catalogue back (not published) when drift is detected.
+        publish_dir: Where the catalogue is published (``<publish_dir>/<release>/``); empty (default) uses
+            ``releases/`` in the platform's state folder.
+        tracking_uri: MLflow tracking server; empty (default) uses the platform's (GALMORPH_TRACKING_URI).
+        data_root: Root that relative image paths and shared-data sources resolve under; empty (default)
+            uses the platform's (GALMORPH_DATA_ROOT).
+        write_cutouts: Also write the cutout PNGs; off (default) raster images pass through undecoded and are
+            decoded once, by scoring.
+        drift_sample_rows: Rows the drift features are measured on (a deterministic sample of larger
+            releases).
+    """
     ing = ingest(source=release_uri, task=task, data_root=data_root)
     data_volume(ing, PLATFORM)
     # table checks here; the per-image checks run on the pixels the score step decodes (one decode per image)

@@ -32,6 +32,33 @@ def pipeline(task: str = "chirality", source: str = "gz1_chirality", preset: str
              max_failure_fraction: float = 0.05, cutout_size_px: int = 0, crop_fraction: float = 1.0,
              test_fraction: float = 0.25, split_seed: int = 0, policy_json: str = "{}", audit_log: str = "",
              tracking_uri: str = "", data_root: str = "", workers: int = 1, gpus_per_worker: int = 1):
+    """Train, evaluate and (guardedly) promote a galmorph model for one task.
+
+    Args:
+        task: What the model learns: chirality (CW/ACW/other), arms (GZ2 arm number) or lopsided.
+        source: Labelled images to train on: a shared-data source name (gz1_chirality, gz2_arms, lopsided,
+            ...), ``sim:DIR`` (simulated galaxies) or ``folder:DIR``; resolved under ``data_root``.
+        preset: Training preset of the task: tiny (default: a minutes-long smoke model), reference (the
+            validated settings with pretrained weights), paper, or a named architecture preset.
+        overrides_json: Preset fields to override, as a JSON object (e.g. {"max_epochs": 20}).
+        z_min: Rows with a redshift below this are quarantined by validation.
+        z_max: Rows with a redshift above this are quarantined by validation.
+        max_failure_fraction: The run stops before training when more than this share of rows fails
+            validation.
+        cutout_size_px: Cutout size in pixels; 0 (default) takes the framing from the preset.
+        crop_fraction: Crop at cutout time; 1.0 (default) keeps the full frame and leaves the crop to the
+            model (cropping twice is refused).
+        test_fraction: Share of each class held out from training for evaluation and promotion.
+        split_seed: Seed of the stratified hold-out split.
+        policy_json: Promotion policy fields overriding params.yaml's ``promotion:`` section, as a JSON object.
+        audit_log: Promotion audit log (JSON lines); empty (default) uses the platform's state folder.
+        tracking_uri: MLflow tracking server; empty (default) uses the platform's (GALMORPH_TRACKING_URI).
+        data_root: Root that relative image paths and shared-data sources resolve under; empty (default)
+            uses the platform's (GALMORPH_DATA_ROOT).
+        workers: Training nodes; 1 (default) trains in this pipeline's GPU step, more submits a Kubeflow
+            Trainer TrainJob of that many nodes.
+        gpus_per_worker: GPUs per training node of a TrainJob (0: CPU nodes).
+    """
     ing = ingest(source=source, task=task, data_root=data_root)
     data_volume(ing, PLATFORM)
     val = validate(manifest=ing.outputs["manifest"], z_min=z_min, z_max=z_max,

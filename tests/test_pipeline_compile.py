@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import inspect
+
+import pytest
 import yaml
 
 from galmorph.ops import PIPELINES, compiled_dir
@@ -85,6 +88,24 @@ def test_rescoring_package_fans_out_on_gpus():
 def test_every_pipeline_compiles_to_a_package():
     for n in PIPELINES:
         assert (compiled_dir() / f"{n}.yaml").exists()
+
+
+@pytest.mark.parametrize("name", PIPELINES)
+def test_every_pipeline_parameter_shows_a_description_and_its_default(name):
+    """What the Kubeflow UI shows a user who triggers a run: every run parameter of the compiled package has
+    a description (the pipeline docstring's Args, compiled into the IR) and the signature's default."""
+    from galmorph.ops.loader import load_pipeline_module
+
+    func = load_pipeline_module(name).pipeline
+    sig = inspect.signature(getattr(func, "pipeline_func", func))
+    params = _docs(name)[0]["root"]["inputDefinitions"]["parameters"]
+    assert set(params) == set(sig.parameters)
+    undescribed = sorted(p for p, d in params.items() if len(str(d.get("description", "")).split()) < 3)
+    assert not undescribed, f"{name}: parameters without a description: {undescribed}"
+    for p, d in params.items():
+        default = sig.parameters[p].default
+        shown = d.get("defaultValue")
+        assert shown == default or (shown is None and default == ""), (name, p, shown, default)
 
 
 def test_component_readmes_are_not_stale():
