@@ -102,6 +102,33 @@ def test_promote_fail_sets_challenger_and_prints_reasons(mlflow_server, coded, t
     assert entries[-1]["reasons"]
 
 
+def test_a_new_champion_has_its_inference_path_checked_once_and_scoring_uses_it(mlflow_server, coded, tmp_path,
+                                                                                 monkeypatch):
+    """#31: the verified inference path is checked against fp32 when a version becomes champion (not when it is
+    refused) and recorded on the version; `galmorph score` with its defaults then uses it without a check."""
+    import galmorph.scoring.accel as accel
+    from galmorph.cli import main
+
+    task = "ptest-path"
+    good = _register(task, OracleNet(2, error_rate=0.02))
+    assert f"{accel.VERIFIED_TAG}.cpu" not in _tags(task, good)
+    assert promote(task, good, eval_manifest=coded, audit_log=tmp_path / "a.jsonl", **FAST).decision == "first-champion"
+    rec = json.loads(_tags(task, good)[f"{accel.VERIFIED_TAG}.cpu"])
+    assert rec["requested"] == "verified" and rec["chosen"] in ("fp32", *accel.VERIFIED_CANDIDATES)
+    assert any(c["path"] == "fp32" and c["decode"] == "full" for c in rec["candidates"])
+    bad = _register(task, OracleNet(2, error_rate=0.4))
+    assert not promote(task, bad, eval_manifest=coded, audit_log=tmp_path / "a.jsonl", **FAST).passed
+    assert f"{accel.VERIFIED_TAG}.cpu" not in _tags(task, bad)  # a refused version pays nothing
+    monkeypatch.setattr(accel, "choose_path", lambda *a, **k: pytest.fail("scoring checked the path again"))
+    res = CliRunner().invoke(main, ["score", "--model", f"models:/galmorph-{task}@champion", "--manifest", str(coded),
+                                    "--out", str(tmp_path / "s"),
+                                    "--no-log-mlflow", "--no-progress", "--batch-size", "16"])
+    assert res.exit_code == 0, res.output
+    used = json.loads((tmp_path / "s" / "scoring.json").read_text())["inference"]
+    assert used["requested"] == "verified" and used["chosen"] == rec["chosen"] and used["decode"] == rec["decode"]
+    assert f"inference path: {rec['chosen']}, {rec['decode']} decode" in res.output
+
+
 def test_redshift_bin_guard(mlflow_server, coded, tmp_path):
     """A candidate better overall but broken in one redshift bin is rejected by the epsilon rule."""
     task = "ptest-zbin"

@@ -18,17 +18,23 @@ CLASSES = ["CW", "ACW", "other"]
 
 
 @pytest.fixture(scope="module")
-def cropping_model(mlflow_server):
-    """A registered TinyNet whose ModelSpec crops half the frame and resizes to 24 px."""
+def cropping_model(mlflow_server, sim_chirality):
+    """A registered TinyNet whose ModelSpec crops half the frame and resizes to 24 px; its verified inference path
+    checked and recorded on the version, as its promotion would (the pipeline's score step, precision ``verified``
+    by default, then decodes nothing but the release)."""
     import mlflow
 
-    from galmorph.models.io import ModelSpec, log_model
+    from galmorph.catalogue.manifest import read_manifest
+    from galmorph.models.io import ModelSpec, load_for_inference, log_model
+    from galmorph.scoring.accel import verified_path
 
     spec = ModelSpec(task="chirality", classes=CLASSES, arch="TinyNet", image_size=24, crop_fraction=0.5)
     mlflow.set_experiment("test-single-pass-models")
     with mlflow.start_run():
         info = log_model(TinyNet(3, seed=5).eval(), spec, registered_model_name="galmorph-test-single-pass")
-    return f"models:/galmorph-test-single-pass/{info.registered_model_version}"
+    uri = f"models:/galmorph-test-single-pass/{info.registered_model_version}"
+    verified_path(load_for_inference(uri), agreement=read_manifest(sim_chirality["manifest"])[["object_id", "image_uri"]])
+    return uri
 
 
 @pytest.fixture(scope="module")

@@ -56,3 +56,40 @@ def test_fp32_is_a_flag_away(version, sim_chirality, monkeypatch, tmp_path):
                          precision="fp32")
     assert res.precision == "fp32" and res.decode == "full"
     assert isinstance(pd.read_parquet(next((tmp_path / "out" / "shards").glob("part-*.parquet"))), pd.DataFrame)
+
+
+def test_galmorph_score_defaults_to_the_verified_path_and_fp32_is_a_flag_away(version, sim_chirality, tmp_path):
+    """The user's command: `galmorph score` with no path flags takes the verified path (and says which it used);
+    ``--precision fp32`` is the plain eager path with the full decode, nothing checked."""
+    from click.testing import CliRunner
+
+    from galmorph.cli import main
+
+    used = {}
+    for key, flags in (("default", []), ("fp32", ["--precision", "fp32"])):
+        res = CliRunner().invoke(main, ["score", "--model", version, "--manifest", str(sim_chirality["manifest"]),
+                                        "--out", str(tmp_path / key),
+                                        "--no-log-mlflow", "--no-progress", "--batch-size", "8", *flags])
+        assert res.exit_code == 0, res.output
+        used[key] = json.loads((tmp_path / key / "scoring.json").read_text())["inference"]
+        assert f"inference path: {used[key]['chosen']}, {used[key]['decode']} decode" in res.output
+    assert used["default"]["requested"] == "verified" and used["default"]["decode_requested"] == "auto"
+    assert used["fp32"]["requested"] == "fp32" and used["fp32"]["chosen"] == "fp32" and used["fp32"]["decode"] == "full"
+    assert used["fp32"]["candidates"] == []
+
+
+def test_the_version_of_an_alias_uri_is_the_version_it_was_loaded_at():
+    """The path recorded on a version is found whether the model was loaded by version or by alias (the README's
+    ``models:/galmorph-chirality@champion``)."""
+    from types import SimpleNamespace
+
+    from galmorph.scoring.accel import _version_of
+
+    def loaded(uri, version=None):
+        return SimpleNamespace(uri=uri, version=version)
+
+    assert _version_of(loaded("models:/galmorph-chirality/3")) == ("galmorph-chirality", "3")
+    assert _version_of(loaded("models:/galmorph-chirality@champion", "7")) == ("galmorph-chirality", "7")
+    assert _version_of(loaded("models:/galmorph-chirality@champion")) is None  # not resolved: nothing to record on
+    assert _version_of(loaded("runs:/abc/model", "1")) is None
+    assert _version_of(loaded("models:/galmorph-chirality/latest")) is None

@@ -41,14 +41,16 @@ def _shards(ctx: click.Context, param: click.Parameter, text: str | None) -> lis
               help="Only these shards, e.g. 0-3,7 (used by pipeline workers); an empty or reversed range is an error.")
 @click.option("--device", default="cpu", show_default=True, help="torch device (cpu, cuda, cuda:1).")
 @click.option("--precision", type=click.Choice(["auto", "verified", "fp32", "channels_last", "bf16", "onnx", "int8"]),
-              default="fp32", show_default=True,
-              help="Inference path; any other than fp32 is used only when its predictions agree with fp32 on the "
-                   "agreement images (auto: the fastest that agrees; verified: the fastest of channels_last, bf16, "
-                   "ONNX and the draft JPEG decode that agrees, checked once per model version and recorded on it, "
-                   "the rescoring pipeline's default). Recorded in scoring.json and MLflow.")
-@click.option("--decode", type=click.Choice(["full", "draft", "auto"]), default="full", show_default=True,
+              default="verified", show_default=True,
+              help="Inference path. verified: the fastest of channels_last, bf16, ONNX and the draft JPEG decode that "
+                   "agrees with fp32 on the agreement images, checked once per model version (when it is promoted, "
+                   "else on its first scoring) and recorded on the version; fp32 (with --decode full): the plain "
+                   "eager path, no check. Any other is used only when its predictions agree with fp32 (auto: the "
+                   "fastest that agrees, checked on every run). Recorded in scoring.json and MLflow.")
+@click.option("--decode", type=click.Choice(["full", "draft", "auto"]), default=None,
               help="JPEG decoding: draft = reduced-scale DCT decode when the model input is much smaller "
-                   "(checked against the full decode like a precision).")
+                   "(checked against the full decode like a precision) [default: auto with --precision verified, "
+                   "else full].")
 @click.option("--release", default=None, help="Release name recorded in the summary and in MLflow.")
 @click.option("--no-merge", is_flag=True, help="Only write shards; do not merge into the catalogue.")
 @click.option("--log-mlflow/--no-log-mlflow", default=True, show_default=True,
@@ -78,7 +80,8 @@ def _shards(ctx: click.Context, param: click.Parameter, text: str | None) -> lis
 @data_root_option()
 @json_option()
 def score_cmd(model_uri: str, manifest: Path, out_dir: Path, batch_size: int, num_workers: int | None,
-              shard_size: int, threshold: float, shards: list[int] | None, device: str, precision: str, decode: str,
+              shard_size: int, threshold: float, shards: list[int] | None, device: str, precision: str,
+              decode: str | None,
               release: str | None,
               no_merge: bool, log_mlflow: bool, winding_ensemble: bool | None, winding_weight: float | None,
               winding_min_confidence: float | None, tta_views: str | None, class_prior: str, overwrite: bool,
@@ -98,6 +101,7 @@ def score_cmd(model_uri: str, manifest: Path, out_dir: Path, batch_size: int, nu
 
     s = resolve_settings(tracking_uri=tracking_uri, data_root=data_root)
     use_tracking_uri(s)
+    decode = decode or ("auto" if precision == "verified" else "full")
     job = ScoringJob(model=model_ref(model_uri), manifest=manifest, out_dir=out_dir, batch_size=batch_size,
                      num_workers=s.num_workers if num_workers is None else num_workers, shard_size=shard_size,
                      threshold=threshold, shards=shards, data_root=s.data_root, device=device, precision=precision,
@@ -129,3 +133,4 @@ def _print_run(run) -> None:
         sd = run.merged.summary_data
         click.echo(f"applied: class prior {sd.get('applied_class_prior_label', 'none')}; "
                    f"ensemble {sd.get('applied_ensemble_label', 'off')}")
+    click.echo(f"inference path: {res.precision}, {res.decode} decode")

@@ -11,7 +11,9 @@ becomes ``previous-champion``; both versions are tagged with the decision and me
 gets the ``challenger`` alias and the reasons are returned (and printed by the CLI). With no champion the
 candidate becomes the first champion (every check still applies: the mirror test, the quality floor and
 the absolute winding check; both evaluations judge the default predictions, #26). :func:`rollback`
-restores ``previous-champion``.
+restores ``previous-champion``. A version that becomes champion has its verified inference path checked
+against fp32 and recorded on it (:func:`galmorph.scoring.accel.verified_path`, #31), so scoring uses it with
+no check of its own.
 
 Every decision is recorded (:mod:`galmorph.promotion.audit`): model-version tags (``galmorph.decision*``, a
 ``galmorph.audit.<time>`` history entry and ``galmorph.decision_audit_run``), one MLflow audit run per
@@ -309,6 +311,27 @@ def _update_card(c, dec: PromotionDecision, cand, summary: dict) -> None:
         dec.checks["card_error"] = f"{type(exc).__name__}: {exc}"
 
 
+def _check_inference_path(name: str, version: str, manifest_df, data_root) -> None:
+    """Pay the verified inference path's check (:func:`galmorph.scoring.accel.verified_path`, CPU) of a version that
+    has just become champion, once, and record it on the version, so that `galmorph score` and every rescoring
+    worker use it without checking again. Outside the registry lock; a failure is logged and leaves the check to
+    the version's first scoring (the promotion stands)."""
+    try:
+        from galmorph.models.io import load_for_inference
+        from galmorph.scoring.accel import recorded_choice, verified_path
+
+        lm = load_for_inference(f"models:/{name}/{version}")
+        if recorded_choice(lm, "cpu") is not None:
+            return
+        sample = manifest_df[[c for c in ("object_id", "image_uri", "label") if c in manifest_df.columns]]
+        _, choice, _ = verified_path(lm, "cpu", data_root=data_root, release_sample=sample)
+        log.info("inference path of %s v%s checked and recorded: %s (%s decode)", name, version, choice.chosen,
+                 choice.decode)
+    except Exception as exc:  # noqa: BLE001 - the decision stands; scoring checks the path when it first runs
+        log.warning("inference path of %s v%s not checked at promotion (%s: %s); its first scoring checks it",
+                    name, version, type(exc).__name__, exc)
+
+
 # --------------------------------------------------------------------------------------------
 # promote / rollback
 # --------------------------------------------------------------------------------------------
@@ -363,6 +386,8 @@ def promote(task: str, version: str | int | None = None, *, eval_manifest, audit
         _update_card(c, dec, cand, summary)
         _record(audit_log, dec, c)
     log.info(dec.summary())
+    if dec.passed and dec.champion_after == version:
+        _check_inference_path(name, version, manifest_df, data_root)
     return dec
 
 

@@ -590,15 +590,17 @@ def prepare_for_scoring(loaded, precision: str = "fp32", decode: str = "full", d
 # the verified path of a model version
 # --------------------------------------------------------------------------------------------
 def _version_of(loaded) -> tuple[str, str] | None:
-    """``(registered name, version)`` of a model loaded from ``models:/NAME/VERSION``; None otherwise."""
+    """``(registered name, version)`` of a model loaded from ``models:/NAME/VERSION`` or ``models:/NAME@alias`` (the
+    version the alias pointed at when it was loaded); None otherwise."""
     uri = str(getattr(loaded, "uri", "") or "")
     if not uri.startswith("models:/"):
         return None
-    parts = uri[len("models:/"):].split("/")
-    version = str(getattr(loaded, "version", "") or (parts[1] if len(parts) == 2 else ""))
-    if len(parts) != 2 or not version.isdigit():
+    rest = uri[len("models:/"):]
+    name, _, ref = rest.partition("@") if "@" in rest else rest.partition("/")
+    version = str(getattr(loaded, "version", "") or ("" if "@" in rest else ref))
+    if not name or "/" in name or not ref or not version.isdigit():
         return None
-    return parts[0], version
+    return name, version
 
 
 def _device_kind(device: str) -> str:

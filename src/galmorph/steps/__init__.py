@@ -359,8 +359,8 @@ def shard(dataset: str | Path, model_uri: str, shard_size: int = 10000, n_worker
 
 def score(dataset: str | Path, work: str, scores_dir: str | Path, batch_size: int = 64, num_workers: int = 2,
           threshold: float = 0.85, device: str = "auto", tracking_uri: str = "", winding_ensemble: bool = True,
-          winding_weight: float = -1.0, winding_min_confidence: float = -1.0, precision: str = "fp32",
-          decode: str = "full", class_prior: str = "model", check_images: bool = True, data_root: str = "",
+          winding_weight: float = -1.0, winding_min_confidence: float = -1.0, precision: str = "verified",
+          decode: str = "auto", class_prior: str = "model", check_images: bool = True, data_root: str = "",
           scores_metadata: dict | None = None) -> ScoreOutputs:
     """:func:`galmorph.scoring.run.run_scoring` of the shards of the work item ``work`` into ``scores_dir``
     (resumable); the dataset's framing is checked against the model's (never cropped twice);
