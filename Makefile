@@ -9,9 +9,12 @@ export CONTAINERS_CONF ?= $(CURDIR)/infra/podman/containers.conf
 
 .PHONY: demo test setup browser stack-down lint benchmarks results-page container-tools images push images-or-skip
 
+# --compile-bytecode: every pipeline step, CLI call and server is a new Python process; with the locked
+# environment's bytecode compiled once here, none of them recompiles torch, mlflow, evidently or
+# great_expectations at import (which they do wherever PYTHONDONTWRITEBYTECODE is set)
 setup:
 	@$(UV) --version >/dev/null 2>&1 || python3 -m pip install --quiet uv
-	$(UV) sync --frozen
+	$(UV) sync --frozen --compile-bytecode
 
 # headless Chromium for the browser tests (Debian packages), installed once
 browser:
