@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import shutil
 import tempfile
 from collections import namedtuple
@@ -554,6 +555,10 @@ def _framed_drift_set(current: pd.DataFrame, dataset: str | Path, data_root) -> 
     return res.features
 
 
+#: drift sets smaller than this are measured in the step's own process (a pool's start costs more than it saves)
+MIN_ROWS_FOR_A_POOL = 256
+
+
 def drift_for_release(catalogue_dir: str | Path, dataset: str | Path, summary_dir: str | Path,
                       report_html: str | Path, reference: str = "", model_uri: str = "", by: str = "z_bin,survey",
                       release: str = "", mlflow_run_id: str = "", workspace: str = "",
@@ -597,10 +602,13 @@ def drift_for_release(catalogue_dir: str | Path, dataset: str | Path, summary_di
     current = _framed_drift_set(current, dataset, data_root)
     cfg = DriftConfig.from_params(params_file or s.params_file, min_group_size=min_group_size)
     by_cols = tuple(b.strip() for b in by.split(",") if b.strip())
+    # the sample's images are measured on the step's CPUs in parallel where a process pool pays for its start
+    workers = s.num_workers or (os.cpu_count() or 1)
     res = run_drift(ref_path, current, by=by_cols, config=cfg, out_dir=summary_dir, release=release or None,
                     model_version=str(cat["model_version"].iloc[0]) if len(cat) else None,
                     workspace=step_workspace(workspace, s.evidently_workspace), mlflow_run_id=mlflow_run_id or None,
-                    data_root=data_root, progress=False)
+                    data_root=data_root, progress=False,
+                    num_workers=workers if workers > 1 and n_measured >= MIN_ROWS_FOR_A_POOL else 0)
     overall = res.per_group.get("overall") or next(iter(res.per_group.values()), None)
     if overall is not None and overall.report_html:
         shutil.copyfile(overall.report_html, report_html)
