@@ -121,6 +121,20 @@ def test_measuring_in_worker_processes_gives_the_same_features(sim_chirality, tm
     assert list(one.quarantine["object_id"]) == list(pool.quarantine["object_id"]) == [str(man.loc[3, "object_id"])]
 
 
+def test_the_drift_step_measures_large_sets_in_a_pool_of_the_configured_size(monkeypatch):
+    """One rule for the drift step's pool (a release that kept its source images, or cutouts): settings.num_workers,
+    else up to 2 CPUs; small sets in the step's own process."""
+    from galmorph.steps import MAX_ROWS_WITHOUT_A_POOL, _drift_workers
+
+    monkeypatch.setenv("GALMORPH_NUM_WORKERS", "3")
+    assert _drift_workers(1000) == 3 and _drift_workers(MAX_ROWS_WITHOUT_A_POOL) == 0
+    monkeypatch.setenv("GALMORPH_NUM_WORKERS", "0")
+    monkeypatch.setattr("os.cpu_count", lambda: 16)
+    assert _drift_workers(1000) == 2
+    monkeypatch.setattr("os.cpu_count", lambda: 1)
+    assert _drift_workers(1000) == 0
+
+
 def test_unreadable_rows_are_quarantined_with_reasons(sim_chirality, tmp_path):
     man = pd.read_parquet(sim_chirality["manifest"]).head(6).copy()
     empty = tmp_path / "empty.jpg"

@@ -532,6 +532,20 @@ def label_export(labelled_path: str | Path, quarantine_path: str | Path, task: s
 # --------------------------------------------------------------------------------------------
 # drift glue
 # --------------------------------------------------------------------------------------------
+#: drift sets up to this many rows are measured in the step's own process (a pool's start costs more than it saves)
+MAX_ROWS_WITHOUT_A_POOL = 64
+
+
+def _drift_workers(n_rows: int) -> int:
+    """Processes measuring the images of a drift set of ``n_rows`` (the drift step, whether the release kept its
+    source images or has cutouts): ``settings.num_workers``, else up to 2 of the step's CPUs; 0 (this process)
+    for small sets."""
+    from galmorph.settings import resolve_settings
+
+    n = resolve_settings().num_workers or min(2, os.cpu_count() or 1)
+    return n if n > 1 and n_rows > MAX_ROWS_WITHOUT_A_POOL else 0
+
+
 def _framed_drift_set(current: pd.DataFrame, dataset: str | Path, data_root) -> pd.DataFrame:
     """``current`` as it goes to the drift run: unchanged for cutouts; for a dataset whose raster rows kept their
     source images (the rescoring pipeline's single pass, ``cutout.raster_passthrough``) its drift features,
@@ -544,19 +558,12 @@ def _framed_drift_set(current: pd.DataFrame, dataset: str | Path, data_root) -> 
         return current
     from galmorph.drift.features import compute_drift_features
 
-    import os
-
-    workers = min(2, os.cpu_count() or 1) if len(current) > 64 else 0
     res = compute_drift_features(current, data_root=data_root, progress=False, frame_size=int(cut["size_px"]),
-                                 num_workers=workers)
+                                 num_workers=_drift_workers(len(current)))
     if len(res.quarantine):
         log.warning("drift: %d row(s) without drift features (first: %s)", len(res.quarantine),
                     res.quarantine["reason"].iloc[0])
     return res.features
-
-
-#: drift sets smaller than this are measured in the step's own process (a pool's start costs more than it saves)
-MIN_ROWS_FOR_A_POOL = 256
 
 
 def drift_for_release(catalogue_dir: str | Path, dataset: str | Path, summary_dir: str | Path,
@@ -602,13 +609,11 @@ def drift_for_release(catalogue_dir: str | Path, dataset: str | Path, summary_di
     current = _framed_drift_set(current, dataset, data_root)
     cfg = DriftConfig.from_params(params_file or s.params_file, min_group_size=min_group_size)
     by_cols = tuple(b.strip() for b in by.split(",") if b.strip())
-    # the sample's images are measured on the step's CPUs in parallel where a process pool pays for its start
-    workers = s.num_workers or (os.cpu_count() or 1)
     res = run_drift(ref_path, current, by=by_cols, config=cfg, out_dir=summary_dir, release=release or None,
                     model_version=str(cat["model_version"].iloc[0]) if len(cat) else None,
                     workspace=step_workspace(workspace, s.evidently_workspace), mlflow_run_id=mlflow_run_id or None,
                     data_root=data_root, progress=False,
-                    num_workers=workers if workers > 1 and n_measured >= MIN_ROWS_FOR_A_POOL else 0)
+                    num_workers=_drift_workers(n_measured))
     overall = res.per_group.get("overall") or next(iter(res.per_group.values()), None)
     if overall is not None and overall.report_html:
         shutil.copyfile(overall.report_html, report_html)
