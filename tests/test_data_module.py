@@ -11,7 +11,6 @@ import torch
 from galmorph.datasets.augment import AugmentSpec, RandomGalaxyAugment, apply_matrix, augment_spec_for, sample_matrix
 from galmorph.datasets.datamodule import (
     GalaxyDataModule,
-    add_mirror_copies,
     downsample_per_class,
     prepare_labels,
     repeated_splits,

@@ -3,7 +3,6 @@ the spec and inside the exported model, chirality test-time views, and learning 
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import timm
 import torch

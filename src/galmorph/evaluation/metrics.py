@@ -15,9 +15,7 @@ of :func:`galmorph.training.metrics.classification_metrics`), :func:`clean_name`
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import copy
 import logging
-import math
 import tempfile
 import time
 from collections.abc import Callable, Iterable, Sequence
