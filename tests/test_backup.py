@@ -126,8 +126,11 @@ def stacks(tmp_path):
             stack_down(s, ("mlflow",))
 
 
-def test_backup_while_running_restores_identical_lineage_and_labels(stacks, tmp_path):
+def test_backup_while_running_restores_identical_lineage_and_labels(stacks, tmp_path, monkeypatch):
     src, dst = stacks
+    # the writer thread's MLflow client prints run links; in-process, they would land in the CLI's captured stdout
+    # between the backup's JSON lines (CliRunner swaps sys.stdout for the whole process) -- CI saw that once
+    monkeypatch.setenv("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
     stack_up(src, ("mlflow",))
     _populate(src, tmp_path)
     lineage_before, labels_before = _lineage(src.mlflow_tracking_uri), _label_history(src)
