@@ -3,8 +3,12 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import mlflow
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -125,3 +129,25 @@ def test_real_run_temperature_dropout_card_and_lineage(chirality_run, sim_chiral
     assert chain["data"]["data_version"] == child.data.tags["galmorph.data_version"]
     assert chain["training"]["run_id"] == res.run_id and chain["training"]["parent_run_id"] == res.parent_run_id
     assert chain["model"]["version"] == res.registered_version and chain["model"]["card_run_id"] == ev.run_id
+
+
+def test_no_test_split_trains_on_every_row_and_the_reference_presets_keep_none(mlflow_server, sim_chirality,
+                                                                                tmp_path):
+    """test_fraction 0 (#26.4): every labelled row trains or validates, no test split is drawn or scored,
+    and the model is still registered; the reference presets hold out nothing inside training (the
+    benchmark's test quarter and the pipeline's split are the held-out galaxies)."""
+    from galmorph.training import resolve_config
+
+    for task in ("chirality", "arms", "lopsided"):
+        assert resolve_config(task, "reference", {}).test_fraction == 0, task
+    res = train("chirality", "tiny", {"progress": False, "test_fraction": 0.0, "max_epochs": 1},
+                manifest=sim_chirality["manifest"], tracking_uri=mlflow_server, out_dir=tmp_path)
+    assert res.registered_version is not None
+    assert not any(k.startswith("test_") for k in res.metrics), res.metrics
+    client = mlflow.MlflowClient(mlflow_server)
+    arts = {a.path for a in client.list_artifacts(res.run_id)}
+    assert "test_predictions.csv" not in arts and "confusion_matrix.json" not in arts and "splits.parquet" in arts
+    counts = json.loads(Path(client.download_artifacts(res.run_id, "class_counts.json", str(tmp_path))).read_text())
+    assert sum(counts["test"].values()) == 0
+    n = len(pd.read_parquet(sim_chirality["manifest"]))
+    assert sum(counts["train"].values()) + sum(counts["val"].values()) == n

@@ -289,9 +289,13 @@ def _evaluate_trial(cfg: TrainConfig, dm, trainer, ckpt, epoch_logger) -> dict[s
 
     best_path = ckpt.best_model_path or ckpt.last_model_path
     best = GalaxyClassifier.load_from_checkpoint(best_path, map_location="cpu", weights_only=False).eval()
-    probs, y = predict_loader(with_views(best.net, cfg.tta_views), dm.test_dataloader())
-    pred = probs.argmax(axis=1) if len(probs) else np.zeros(0, dtype=int)
-    metrics, report = classification_metrics(y, pred, dm.classes, prefix="test_")
+    if len(dm.dataset("test")):
+        probs, y = predict_loader(with_views(best.net, cfg.tta_views), dm.test_dataloader())
+        pred = probs.argmax(axis=1) if len(probs) else np.zeros(0, dtype=int)
+        metrics, report = classification_metrics(y, pred, dm.classes, prefix="test_")
+    else:  # test_fraction 0: every labelled row trains or validates; held-out figures come from evaluate
+        probs, pred = np.zeros((0, len(dm.classes))), np.zeros(0, dtype=int)
+        metrics, report = {}, {}
     best_score = ckpt.best_model_score
     metrics[f"best_{cfg.monitor}"] = float(best_score) if best_score is not None else float("nan")
     metrics["epochs"] = float(trainer.current_epoch)
@@ -325,12 +329,14 @@ def _log_trial_artifacts(res: dict, cfg: TrainConfig, trial: int, work: Path) ->
     d = work / f"trial-{trial}-artifacts"
     d.mkdir(parents=True, exist_ok=True)
     (d / "config.yaml").write_text(config_to_yaml(cfg))
-    (d / "confusion_matrix.json").write_text(json.dumps(res["report"], indent=2))
-    plot_confusion(res["report"], d / "confusion_matrix.png", f"{cfg.task} trial {trial} (test)")
+    if res["report"]:  # no test split (test_fraction 0): no confusion matrix
+        (d / "confusion_matrix.json").write_text(json.dumps(res["report"], indent=2))
+        plot_confusion(res["report"], d / "confusion_matrix.png", f"{cfg.task} trial {trial} (test)")
     if len(res["history"]):
         plot_learning_curves(res["history"], d / "learning_curves.png", f"{cfg.task} trial {trial}")
         res["history"].to_csv(d / "history.csv", index=False)
-    res["predictions"].to_csv(d / "test_predictions.csv", index=False)
+    if len(res["predictions"]):
+        res["predictions"].to_csv(d / "test_predictions.csv", index=False)
     dm = res["datamodule"]
     dm.assignments().to_parquet(d / "splits.parquet", index=False)
     write_quarantine(dm.excluded, d / "excluded.parquet")
