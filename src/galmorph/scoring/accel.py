@@ -28,6 +28,7 @@ decode, the candidates the draft decode, so a drifting decode is refused like a 
 from __future__ import annotations
 
 import copy
+import itertools
 import logging
 import tempfile
 import time
@@ -359,6 +360,12 @@ def _run_all(path: InferencePath, batches: Callable[[str], Iterable[tuple[Any, n
     return z, np.concatenate(labs) if labs else np.zeros(0, int), (len(z) / secs if secs > 0 else 0.0), xs
 
 
+def _first_batch(batches: Callable[[str], Iterable[tuple[Any, np.ndarray]]]
+                 ) -> Callable[[str], Iterable[tuple[Any, np.ndarray]]]:
+    """``batches`` cut to its first batch: enough to pay a path's first-call costs before it is timed."""
+    return lambda dec: itertools.islice(batches(dec), 1)
+
+
 @dataclass
 class _Reference:
     """fp32 on full-decoded agreement images: what every other path is compared with."""
@@ -389,7 +396,7 @@ def _try_path(name: str, build: Callable[..., InferencePath], module, image_shap
         log.info("inference path %s unavailable: %s", name, exc)
         return Agreement(name, decode, 0, 0.0, reason=f"unavailable: {exc}"), None
     try:
-        _run_all(path, batches, decode)  # warm-up (oneDNN/ORT first-call costs)
+        _run_all(path, _first_batch(batches), decode)  # warm-up (oneDNN/ORT first-call costs)
         z, _, sp, _ = _run_all(path, batches, decode)
     except Exception as exc:  # noqa: BLE001 - a path that cannot run is refused, never fatal
         return Agreement(name, decode, 0, 0.0, setup_s=path.setup_s,
@@ -433,8 +440,8 @@ def choose_path(module, image_shape: Sequence[int], batches: Callable[[str], Ite
     if requested == "fp32" and decode == "full":
         return fp32, PathChoice(requested, "fp32", "full", agreement_set, "full", min_agreement, max_accuracy_change)
     candidates = _candidate_paths(requested, candidates, device)
-    # reference: fp32, full decode (run twice: the first run warms caches, the second is timed)
-    _run_all(fp32, batches, "full")
+    # reference: fp32, full decode (one batch warms the caches, then the whole set is timed)
+    _run_all(fp32, _first_batch(batches), "full")
     ref, labels, ref_speed, calib = _run_all(fp32, batches, "full")
     reference = _Reference(ref, labels, min_agreement, max_accuracy_change)
     choice = PathChoice(requested, "fp32", "full", agreement_set, decode, min_agreement, max_accuracy_change)
