@@ -158,3 +158,30 @@ def test_the_promotion_floor_rejects_a_random_model_and_accepts_an_oracle(mlflow
     assert d.decision == "rejected" and any("quality floor" in r for r in d.reasons), d.reasons
     d2 = promote(task, reg(OracleNet(2, error_rate=0.1)), eval_manifest=path, audit_log=tmp_path / "a.jsonl", **fast)
     assert d2.decision == "first-champion", d2.reasons
+
+
+def test_the_catalogue_counts_of_a_selection_travel_through_the_pipeline_steps(sim_chirality, tmp_path):
+    """A training selection (all spirals + a few "other", as demo --real makes) carries its catalogue's label
+    counts; ingest, validate, cutout and the held-out split keep them, so the model trained on the split's
+    train part records the catalogue's prior, not the selection's (#26.2)."""
+    from galmorph import steps
+    from galmorph.catalogue.manifest import manifest_metadata
+    from galmorph.steps.artifacts import dataset_manifest_path, open_dataset
+    from galmorph.training.defaults import CATALOGUE_COUNTS_KEY, catalogue_label_counts, manifest_meta_of
+
+    df = read_manifest(sim_chirality["manifest"])
+    catalogue = {"CW": 60, "ACW": 70, "other": 870}  # the population the selection was drawn from
+    src = write_manifest(df, tmp_path / "selection.parquet", kind="gz1_chirality",
+                         extra_meta={CATALOGUE_COUNTS_KEY: catalogue, "selection": "test"})
+    steps.ingest(str(src), tmp_path / "ingested.parquet", tmp_path / "q0.parquet", task="chirality")
+    assert steps.validate(tmp_path / "ingested.parquet", tmp_path / "valid.parquet", tmp_path / "q1.parquet",
+                          tmp_path / "report.json", z_min=0.0, z_max=1.0)
+    steps.cutout(tmp_path / "valid.parquet", tmp_path / "cut", tmp_path / "q2.parquet", size_px=32)
+    steps.split(tmp_path / "cut", tmp_path / "train", tmp_path / "test", test_fraction=0.25, seed=0)
+    for stage in (tmp_path / "ingested.parquet", tmp_path / "valid.parquet",
+                  dataset_manifest_path(tmp_path / "cut"), dataset_manifest_path(tmp_path / "train")):
+        assert manifest_metadata(stage).get(CATALOGUE_COUNTS_KEY) == catalogue, stage
+    # what training reads from the train part it is handed
+    opened = open_dataset(tmp_path / "train", work_dir=tmp_path / "open")
+    counts, origin = catalogue_label_counts({"CW": 1, "ACW": 1, "other": 1}, manifest_meta_of(opened), "chirality")
+    assert origin == "manifest metadata" and counts == pytest.approx({k: float(v) for k, v in catalogue.items()})

@@ -47,6 +47,11 @@ def test_real_demo_plan_from_the_data_root(data_root, tmp_path):
     assert spirals <= set(sel["object_id"])
     others = sel[sel["label"] == "other"]
     assert not set(others["gz1_class"]) & {"clockwise", "anticlockwise"}
+    # the catalogue's counts travel with the selection: the model records GZ1's prior (#26.2)
+    from galmorph.catalogue.manifest import manifest_metadata
+
+    counts = manifest_metadata(plan.training_manifest)["catalogue_label_counts"]
+    assert counts["CW"] == n_cw and counts["ACW"] == n_acw and sum(counts.values()) == len(gz1)
     # every selected image exists under the data root
     for uri in sel["image_uri"].head(20):
         assert (data_root / uri.removeprefix("data://")).exists(), uri

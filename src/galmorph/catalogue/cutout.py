@@ -26,6 +26,7 @@ import pandas as pd
 
 from galmorph.catalogue.manifest import (
     ManifestError,
+    carried_metadata,
     manifest_metadata,
     quarantine_frame,
     quarantine_record,
@@ -387,7 +388,8 @@ def make_cutouts(manifest: str | Path | pd.DataFrame, out_dir: str | Path, cfg: 
         rows.append(new)
     man = pd.DataFrame(rows) if rows else df.iloc[0:0].copy()
     mpath = write_manifest(man, out / "manifest.parquet", kind=kind,
-                           extra_meta={"cutout": {k: v for k, v in cfg.__dict__.items()}, "rows_in": len(df),
+                           extra_meta={**carried_metadata(manifest),
+                                       "cutout": {k: v for k, v in cfg.__dict__.items()}, "rows_in": len(df),
                                        "rows_quarantined": len(q), "n_small_extent": n_small,
                                        "n_passthrough": n_passed})
     if n_small:

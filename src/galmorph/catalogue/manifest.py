@@ -312,6 +312,20 @@ def read_manifest(path: str | Path, bad_rows: list[dict] | None = None) -> pd.Da
     return df
 
 
+#: Metadata keys that travel with a manifest's rows through every step that rewrites it (validate, cutout,
+#: dataset copies, the train/test split): what training must know about the catalogue a selection was drawn
+#: from (``catalogue_label_counts``: the label counts before any down-sampling, :mod:`galmorph.training.defaults`).
+CARRIED_METADATA = ("catalogue_label_counts",)
+
+
+def carried_metadata(manifest: "str | Path | pd.DataFrame | None") -> dict[str, Any]:
+    """The :data:`CARRIED_METADATA` entries of the manifest file ``manifest`` ({} for a frame, None or a CSV)."""
+    if manifest is None or isinstance(manifest, pd.DataFrame):
+        return {}
+    meta = manifest_metadata(manifest)
+    return {k: meta[k] for k in CARRIED_METADATA if k in meta}
+
+
 def manifest_metadata(path: str | Path) -> dict[str, Any]:
     """The ``galmorph.*`` metadata of a Parquet manifest ({} for a CSV/TSV manifest, which has none)."""
     if is_csv(path):

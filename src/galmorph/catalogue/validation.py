@@ -28,6 +28,7 @@ from galmorph.catalogue.manifest import (
     REQUIRED_COLUMNS,
     Z_MAX_PHYSICAL,
     ManifestError,
+    carried_metadata,
     is_csv,
     manifest_metadata,
     numeric_problems,
@@ -498,7 +499,7 @@ def validate_manifest(manifest: str | Path | pd.DataFrame, cfg: ValidationConfig
     res = validate_frame(df, cfg, data_root, name=name, progress=progress, workers=workers, unreadable=unreadable)
     if out_manifest is not None and res.passed_manifest is not None and not res.schema_errors:
         write_manifest(res.passed_manifest, out_manifest, kind=kind,
-                       extra_meta={"validated": True, "validation": res.summary()})
+                       extra_meta={**carried_metadata(manifest), "validated": True, "validation": res.summary()})
         res.out_manifest = Path(out_manifest)
     if quarantine_path is not None:
         write_quarantine(res.quarantine, quarantine_path)

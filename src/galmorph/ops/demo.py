@@ -371,6 +371,7 @@ def plan_real_demo(data_root: str | Path, out_dir: str | Path, n_other: int = RE
     the pipeline parameters (nothing is trained). ``max_epochs`` overrides the preset (smoke runs)."""
     from galmorph.catalogue.ingest import load_source
     from galmorph.catalogue.manifest import write_manifest
+    from galmorph.training.defaults import CATALOGUE_COUNTS_KEY
 
     root = Path(data_root)
     if not (root / "gz1_chirality").is_dir() or not (root / "decals").is_dir():
@@ -378,9 +379,12 @@ def plan_real_demo(data_root: str | Path, out_dir: str | Path, n_other: int = RE
     out = Path(out_dir).resolve()
     gz1, _q, _kind = load_source("gz1_chirality", root)
     sel = select_real_training_set(gz1, n_other=n_other, seed=seed)
+    # the catalogue the selection was drawn from: the model records its prior, not the selection's (#26.2)
+    catalogue = {str(k): int(v) for k, v in gz1["label"].dropna().astype(str).value_counts().items()}
     path = write_manifest(sel, out / "inputs" / f"gz1_chirality_cw_acw_other{n_other}_seed{seed}.parquet",
                           kind="gz1_chirality",
-                          extra_meta={"selection": f"all CW/ACW + {n_other} other (seed {seed})"})
+                          extra_meta={"selection": f"all CW/ACW + {n_other} other (seed {seed})",
+                                      CATALOGUE_COUNTS_KEY: catalogue})
     overrides = {"max_epochs": int(max_epochs)} if max_epochs else {}
     training = {"task": REAL_TASK, "source": str(path), "preset": REAL_PRESET,
                 "overrides_json": json.dumps(overrides), "test_fraction": 0.25, "split_seed": seed,

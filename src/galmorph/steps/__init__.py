@@ -84,7 +84,7 @@ def validate(manifest_path: str | Path, passed_path: str | Path, quarantine_path
              check_images: bool = True, data_root: str = "", metrics: dict | None = None) -> bool:
     """:func:`galmorph.catalogue.validation.validate_manifest`: passed rows to ``passed_path``, failed rows to
     ``quarantine_path``, the report to ``report_path``; row counts into ``metrics``. Returns success."""
-    from galmorph.catalogue.manifest import write_manifest
+    from galmorph.catalogue.manifest import carried_metadata, write_manifest
     from galmorph.steps.runtime import setup
     from galmorph.catalogue.validation import ValidationConfig, validate_manifest
 
@@ -95,7 +95,7 @@ def validate(manifest_path: str | Path, passed_path: str | Path, quarantine_path
                             quarantine_path=quarantine_path, report_path=report_path, log_to_mlflow=False,
                             progress=False)
     if res.out_manifest is None and res.passed_manifest is not None:  # schema errors: still a valid output
-        write_manifest(res.passed_manifest, passed_path, kind="validated")
+        write_manifest(res.passed_manifest, passed_path, kind="validated", extra_meta=carried_metadata(manifest_path))
     _fill(metrics, {"rows": float(res.rows), "passed": float(res.passed), "quarantined": float(res.n_quarantined),
                     "failure_fraction": float(res.failure_fraction), "success": float(res.success)})
     return bool(res.success)

@@ -12,7 +12,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from galmorph.catalogue.manifest import read_manifest, write_manifest
+from galmorph.catalogue.manifest import carried_metadata, read_manifest, write_manifest
 from galmorph.steps.artifacts import MANIFEST_NAME, dataset_manifest_path, open_dataset, relativize_images
 
 log = logging.getLogger(__name__)
@@ -70,7 +70,8 @@ def subset_dataset(src: str | Path, out_dir: str | Path, object_ids: list[str] |
         new_uris.append(str(dst))
     df = df.copy()
     df["image_uri"] = new_uris
-    write_manifest(df, out / MANIFEST_NAME, kind="dataset")
+    write_manifest(df, out / MANIFEST_NAME, kind="dataset",
+                   extra_meta=carried_metadata(manifest_path if manifest_path is not None else opened))
     shutil.rmtree(out / ".open", ignore_errors=True)
     relativize_images(out)
     return out / MANIFEST_NAME
