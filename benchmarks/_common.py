@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import os
 import platform
+import shutil
+import sys
 import time
+from pathlib import Path
 
 QUIET_LOAD = 0.5  # a run is a result only when the 1-min load average at its start is below this
 
@@ -25,6 +28,12 @@ def machine() -> dict:
     except ImportError:  # pragma: no cover
         pass
     return out
+
+
+def galmorph_exe() -> list[str]:
+    """The installed `galmorph` console script beside this interpreter (what a user runs)."""
+    exe = Path(sys.executable).parent / "galmorph"
+    return [str(exe)] if exe.exists() else [shutil.which("galmorph") or "galmorph"]
 
 
 def training_logging() -> None:

@@ -5,21 +5,15 @@ and port), an RSS sampler of a process tree, and latency percentiles."""
 from __future__ import annotations
 
 import os
-import shutil
 import socket
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
 
 import numpy as np
 
-
-def galmorph_exe() -> list[str]:
-    """The installed `galmorph` console script beside this interpreter (what a user runs)."""
-    exe = Path(sys.executable).parent / "galmorph"
-    return [str(exe)] if exe.exists() else [shutil.which("galmorph") or "galmorph"]
+from _common import galmorph_exe  # noqa: F401 (re-exported: the soaks import it from here)
 
 
 def free_port() -> int:

@@ -34,8 +34,11 @@ def _points(cases: list[dict], splits: set[int]) -> list[dict]:
     for c in cases:
         if c["task"] != "chirality" or c["weights"] != "pretrained" or int(c["split"]) - 1000 not in splits:
             continue
-        adj = c["chirality"]["prior_adjusted"]
+        # results of the earlier route (the benchmark moved the probabilities to the catalogue prior itself)
+        # carry "prior_adjusted"; those of `galmorph score`'s defaults (#26.4) carry the figures at the top
+        adj = c["chirality"].get("prior_adjusted") or c["chirality"]
         out.append({"split": int(c["split"]) - 1000, "n_train": int(c["n_train"]),
+                    "route": "benchmark prior" if "prior_adjusted" in c["chirality"] else "galmorph score defaults",
                     "three_class_accuracy": adj["three_class_accuracy"],
                     "error_reduction_vs_majority": adj["error_reduction_vs_majority"],
                     "macro_f1": adj["macro_f1"], "cw_acw_accuracy": c["chirality"]["cw_acw_accuracy"],
@@ -60,7 +63,14 @@ def summarise(fractions: list[float], splits: set[int], results: Path = RESULTS)
             raise SystemExit(f"learning_curve/f{f:g}/reference.json was trained with train_fraction "
                              f"{r.get('train_fraction')}, not {f}")
         points[f"{f:g}"], quiet[f"{f:g}"] = _points(r["cases"], splits), r["quiet"]
+    routes = {key: {p["route"] for p in pts} for key, pts in points.items()}
+    if len(set().union(*routes.values())) > 1:
+        raise SystemExit("the fractions were measured through different routes ("
+                         + "; ".join(f"{k}: {', '.join(sorted(v))}" for k, v in routes.items())
+                         + "): rerun the smaller fractions with this reference.py")
     for key, pts in points.items():
+        for p in pts:
+            p.pop("route")
         if {p["split"] for p in pts} != splits:
             raise SystemExit(f"fraction {key}: splits {sorted(p['split'] for p in pts)}, expected {sorted(splits)}")
         per[key] = {k: {"mean": float(np.mean([p[k] for p in pts])), "std": float(np.std([p[k] for p in pts], ddof=1))}

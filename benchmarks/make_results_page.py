@@ -35,23 +35,34 @@ SECTIONS: tuple[tuple[str, str, str, str, str, str], ...] = (
      "bench-winding", "uv run python benchmarks/winding.py", ""),
     ("Training", "train", "Training loop against its forward + backward ceiling", "bench-train",
      "uv run python benchmarks/bench_train.py", ""),
-    ("Training", "reference", "The `reference` presets against random weights on the real data", "bench-reference",
-     "uv run python benchmarks/reference.py", "resumed runs (`--resume`) are listed in the file"),
+    ("Training", "reference", "The `reference` presets through `galmorph train` and `galmorph score`, held-out real "
+     "galaxies", "", "uv run python benchmarks/reference.py --tasks chirality --weights pretrained",
+     "every figure is `galmorph score`'s output with its defaults; resumed runs (`--resume`) are listed in the file"),
+    ("Training", "reference_earlier_route", "The `reference` presets against random weights, by the earlier route",
+     "", "uv run python benchmarks/reference.py (before #26.4)",
+     "the reference benchmark as it was before #26 made it run `galmorph train` and `galmorph score`: trained "
+     "in-process with a 20 % internal test split nobody read, its \"catalogue prior\" row moved to the prior by the "
+     "benchmark; kept for its random-weights and arms rows, which have not been rerun through the product"),
     ("Training", "reference_val_loss_preset",
      "The previous chirality `reference` preset (early stopping on the validation loss)", "",
      "uv run python benchmarks/reference.py",
-     "with the chirality preset as it was before commit bb775f7, which made it stop on the validation macro-F1"),
+     "with the chirality preset as it was before commit bb775f7, which made it stop on the validation macro-F1; "
+     + "measured by the benchmark's earlier route (training in-process with a 20 % internal test split, probabilities "
+     "moved to the catalogue prior by the benchmark), before #26 made it run `galmorph train` and `galmorph score`"),
     ("Training", "reference_n_other_1000", "Variant: 1000 \"other\" galaxies in the chirality training part", "",
      "uv run python benchmarks/reference.py --tasks chirality --weights pretrained --n-other 1000 --split-order 2 "
-     "--out DIR", "a variant writes to its own folder; its reference.md/json were committed under this name"),
+     "--out DIR", "a variant writes to its own folder; its reference.md/json were committed under this name; "
+     "measured by the benchmark's earlier route (see above)"),
     ("Training", "reference_crop030", "Variant: chirality crop 0.30 instead of 0.40", "",
      "uv run python benchmarks/reference.py --tasks chirality --weights pretrained --split-order 2 "
      "--set crop_fraction=0.30 --out DIR",
-     "a variant writes to its own folder; its reference.md/json were committed under this name"),
+     "a variant writes to its own folder; its reference.md/json were committed under this name; measured by the "
+     "benchmark's earlier route (see above)"),
     ("Training", "ddp", "Data-parallel training: DDP against one process (CPU correctness run)", "bench-ddp",
      "uv run python benchmarks/bench_ddp.py", "2 CPU cores: the DDP processes share them; not a speed result"),
     ("Training", "learning_curve", "Chirality learning curve", "bench-learning_curve",
-     "uv run python benchmarks/learning_curve.py", "its points are in `benchmarks/results/learning_curve/`"),
+     "uv run python benchmarks/learning_curve.py", "its points are in `benchmarks/results/learning_curve/`; "
+     "measured by the reference benchmark's earlier route (see above)"),
     ("Training", "ensemble_weight", "Weight of the winding measurement in the network + winding ensemble", "",
      "uv run python benchmarks/ensemble_weight.py", ""),
     ("Training", "arms_probe", "Arms: linear probe on frozen encoder features", "bench-arms_probe",

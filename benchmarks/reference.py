@@ -1,20 +1,27 @@
-"""The ``reference`` presets on the public real data vs the same presets from random weights (#12.8).
+"""The ``reference`` presets on the public real data, through the product (#12.8, #26.4).
 
     uv run python benchmarks/reference.py [--splits 5] [--max-epochs N] [--tasks chirality,arms] [--quick]
-                                          [--train-fraction F] [--set KEY=VALUE ...]
+                                          [--weights pretrained,random] [--train-fraction F] [--set KEY=VALUE ...]
 
 For each of ``--splits`` seeded random splits, each task's labelled public set is split 75/25
 (stratified). The test quarter keeps the catalogue's class proportions (GZ1: ~88 % "other"); the
-training part is what the preset takes (chirality: all CW/ACW + <= 500 "other"; arms: <= 300 a class).
-Both ``encoder_weights`` settings (the preset's ``package:efficientnet-lite0`` and ``none``) are trained
-on the same training part with :func:`galmorph.training.train` (``register=False``, a local sqlite MLflow
-store unless ``--tracking-uri``) and scored on the same test quarter. Reported as mean ± σ over splits:
-accuracy, macro-F1, per-class F1, training minutes; for chirality also the error reduction against the
-majority-class predictor, CW-vs-ACW accuracy on the catalogued spirals (all, 80 % most confident) and
-accuracy vs coverage of the network, the winding measurement (no training) and their combination
-(:func:`galmorph.scoring.ensemble.combine_winding`) on the test spirals outside the winding benchmark's tuning
-half (benchmarks/results/winding.json). Results: benchmarks/results/reference.{json,md} (``--quick``:
-benchmarks/results/quick/), with the load average and ``quiet``.
+training part is what the preset takes (chirality: all CW/ACW + <= 500 "other", the selection ``demo
+--real`` makes; arms: the preset's <= 300 a class), written as a manifest that carries the training
+part's catalogued label counts (``galmorph.catalogue_label_counts``), as the training pipeline's do.
+
+Each case is what a user runs: ``galmorph train --preset reference --manifest TRAIN`` (the preset
+trains on every row of the manifest: train + validation, no internal test split; registered in this run's
+own tracking store), then ``galmorph score --model models:/NAME/VERSION --manifest TEST`` with its defaults (the verified inference path,
+the class prior and the winding ensemble the model recorded), and once more with ``--class-prior none
+--no-winding-ensemble`` for the as-trained row. Nothing here adjusts a probability: every figure comes from
+the catalogues ``galmorph score`` writes. Reported as mean ± σ over splits: accuracy, macro-F1, per-class
+F1, training minutes; for chirality also the error reduction against the majority-class predictor,
+CW-vs-ACW accuracy on the catalogued spirals (all, 80 % most confident) and accuracy vs coverage of the
+network as trained, the winding measurement and the default output on the test spirals outside the
+winding benchmark's tuning half (benchmarks/results/winding.json). Both ``encoder_weights`` settings
+(the preset's ``package:efficientnet-lite0`` and ``none``) unless ``--weights``. Results:
+benchmarks/results/reference.{json,md} (``--quick``: benchmarks/results/quick/), with the load average and
+``quiet``; the per-galaxy outputs of both scorings in results/reference_predictions/.
 """
 
 from __future__ import annotations
@@ -22,6 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import subprocess
 import sys
 import tempfile
 import time
@@ -31,7 +39,7 @@ import numpy as np
 import pandas as pd
 
 HERE = Path(__file__).resolve().parent
-from _common import machine, quiet_line
+from _common import galmorph_exe, machine, quiet_line
 
 COVERAGES = (1.0, 0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2, 0.1)
 WEIGHTS = {"pretrained": None, "random": "none"}  # None: the preset's own encoder_weights
@@ -103,19 +111,6 @@ def train_subsample(df: pd.DataFrame, fraction: float, seed: int) -> pd.DataFram
     return _per_class_sample(df, lambda m: max(1, int(round(fraction * m))), seed)
 
 
-def prior_adjusted(p: np.ndarray, classes: list[str], trained_prior: dict[str, float],
-                   target_prior: dict[str, float]) -> np.ndarray:
-    """Probabilities moved from the class prior the network was trained under to the catalogue's, with
-    the library's adjustment (:func:`galmorph.models.io.prior_logit_shift`, what ``score --class-prior``
-    applies): p'_c ∝ p_c π_target(c) / π_trained(c)."""
-    from galmorph.models.io import ModelSpec, prior_logit_shift
-
-    spec = ModelSpec(task="chirality", classes=list(classes), arch="benchmark", image_size=1,
-                     trained_prior=trained_prior, class_prior=target_prior)
-    q = p * np.exp(prior_logit_shift(spec).numpy())
-    return q / np.maximum(q.sum(axis=1, keepdims=True), 1e-12)
-
-
 def three_class(y: np.ndarray, yp: np.ndarray, classes: list[str]) -> dict:
     acc = accuracy(y, yp)
     major = pd.Series(y).value_counts().idxmax()
@@ -126,106 +121,138 @@ def three_class(y: np.ndarray, yp: np.ndarray, classes: list[str]) -> dict:
             "macro_f1": mf1, "f1": per, "absent_classes": absent}
 
 
-def chirality_block(pred: pd.DataFrame, test: pd.DataFrame, classes: list[str], data_root: Path,
-                    tuning_ids: set[str], workers: int, trained_prior: dict[str, float] | None = None,
-                    catalogue_prior: dict[str, float] | None = None) -> dict:
-    """Three-class accuracy vs the majority class (as predicted, and with the probabilities moved from the
-    training prior to the catalogue's prior of the training part); CW-vs-ACW on the catalogued spirals;
-    coverage curves of the network, the winding measurement and their combination on spirals outside
-    the tuning half."""
-    from galmorph.scoring.ensemble import WindingEnsemble, combine_winding, measure_winding_table
+class ProductError(RuntimeError):
+    """A `galmorph` command of a case failed (its stderr tail is the message)."""
 
-    y = test["label"].astype(str).to_numpy()
-    tc = three_class(y, pred["pred"].to_numpy().astype(str), classes)
-    acc, major, acc_major, err_red = (tc["three_class_accuracy"], tc["majority_class"], tc["majority_accuracy"],
-                                      tc["error_reduction_vs_majority"])
-    adjusted = None
-    if trained_prior and catalogue_prior:
-        pa = prior_adjusted(pred[[f"p_{c}" for c in classes]].to_numpy(float), classes, trained_prior,
-                            catalogue_prior)
-        adjusted = three_class(y, np.array(classes)[pa.argmax(axis=1)], classes)
+
+def galmorph(*args: str) -> dict:
+    """Run the `galmorph` console script as a user does (``--json``) and return its JSON document."""
+    cmd = [*galmorph_exe(), *map(str, args), "--json"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, stdin=subprocess.DEVNULL)
+    if proc.returncode != 0:
+        raise ProductError(f"{' '.join(cmd[:2])} ... exited {proc.returncode}:\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout)
+
+
+def classes_of(summary: dict) -> list[str]:
+    """The model's classes in its order, from ``galmorph score``'s summary (``class_counts``)."""
+    return [str(c) for c in summary["class_counts"]]
+
+
+def score_twice(model: str, manifest: Path, work: Path, tracking_uri: str, data_root: Path) -> tuple[pd.DataFrame, dict]:
+    """``galmorph score`` with its defaults, and as trained (``--class-prior none --no-winding-ensemble``):
+    one frame per scored galaxy (``object_id``, ``label``, ``pred``, ``p_<class>``, ``winding_z`` when the
+    ensemble measured it, and the same as ``pred_as_trained``/``p_<class>_as_trained``), and what the default
+    scoring applied (inference path, class prior, ensemble)."""
+    common = ("--manifest", manifest, "--tracking-uri", tracking_uri, "--data-root", data_root, "--no-progress")
+    dflt = galmorph("score", "--model", model, "--out", work / "score", *common)
+    plain = galmorph("score", "--model", model, "--out", work / "score-as-trained", "--class-prior", "none",
+                     "--no-winding-ensemble", *common)
+    classes = classes_of(dflt["summary"])
+    a, t = pd.read_parquet(dflt["catalogue"]), pd.read_parquet(plain["catalogue"])
+    a["object_id"], t["object_id"] = a["object_id"].astype(str), t["object_id"].astype(str)
+    keep = ["object_id", "label", "pred", *[f"p_{c}" for c in classes]] + (["winding_z"] if "winding_z" in a else [])
+    out = a[keep].merge(t[["object_id", "pred", *[f"p_{c}" for c in classes]]].rename(
+        columns=lambda k: k if k == "object_id" else f"{k}_as_trained"), on="object_id", how="inner", validate="1:1")
+    sd = dflt["summary"]
+    applied = {"inference_path": f"{dflt['scoring']['precision']}, {dflt['scoring']['decode']} decode",
+               "class_prior": sd.get("applied_class_prior_label", "none"),
+               "ensemble": sd.get("applied_ensemble_label", "off"),
+               "quarantined": int(dflt["scoring"]["n_quarantined"])}
+    return out, applied
+
+
+def chirality_block(frame: pd.DataFrame, classes: list[str], tuning_ids: set[str]) -> dict:
+    """From one case's per-galaxy outputs (:func:`score_twice`): three-class accuracy vs the majority class,
+    with ``galmorph score``'s defaults and as trained; CW-vs-ACW on the catalogued spirals; coverage curves of
+    the network as trained, the winding measurement and the default output on spirals outside the tuning half."""
+    y = frame["label"].astype(str).to_numpy()
+    tc = three_class(y, frame["pred"].astype(str).to_numpy(), classes)
+    raw = three_class(y, frame["pred_as_trained"].astype(str).to_numpy(), classes)
     sp = np.isin(y, ["CW", "ACW"])
-    p = pred[[f"p_{c}" for c in classes]].to_numpy(float)[sp]
-    icw, iacw = classes.index("CW"), classes.index("ACW")
     ys = y[sp]
-    net_sense = np.where(p[:, icw] >= p[:, iacw], "CW", "ACW")
-    net_conf = np.maximum(p[:, icw], p[:, iacw]) / np.maximum(p[:, icw] + p[:, iacw], 1e-12)
-    net_ok = net_sense == ys
+
+    def sense(suffix: str) -> tuple[np.ndarray, np.ndarray]:
+        cw, acw = (frame[f"p_{c}{suffix}"].to_numpy(float)[sp] for c in ("CW", "ACW"))
+        return np.where(cw >= acw, "CW", "ACW"), np.maximum(cw, acw) / np.maximum(cw + acw, 1e-12)
+
+    d_sense, d_conf = sense("")
+    n_sense, n_conf = sense("_as_trained")
+    ok = d_sense == ys
     k80 = int(round(0.8 * len(ys)))
-    order = np.argsort(-net_conf, kind="stable")
-    block = {"three_class_accuracy": acc, "majority_class": major, "majority_accuracy": acc_major,
-             "error_reduction_vs_majority": err_red, "n_spirals": int(sp.sum()),
-             "cw_acw_accuracy": float(net_ok.mean()) if len(ys) else None,
-             "cw_acw_accuracy_top80": float(net_ok[order[:k80]].mean()) if k80 else None}
-    if adjusted is not None:
-        block["prior_adjusted"] = {k: v for k, v in adjusted.items() if k != "majority_class"}
-    # winding measurement and combination on test spirals outside the measurement's tuning half
-    ids = test["object_id"].astype(str).to_numpy()[sp]
-    held = np.array([i not in tuning_ids for i in ids])
-    if held.any():
-        rows = test[sp].reset_index(drop=True)[held].reset_index(drop=True)
-        z = measure_winding_table(rows, data_root=data_root, workers=workers)["winding_z"].to_numpy(float)
-        ph, yh = p[held], ys[held]
+    order = np.argsort(-d_conf, kind="stable")
+    block = {k: tc[k] for k in ("three_class_accuracy", "majority_class", "majority_accuracy",
+                                "error_reduction_vs_majority", "macro_f1")}
+    block.update(n_spirals=int(sp.sum()), cw_acw_accuracy=float(ok.mean()) if len(ys) else None,
+                 cw_acw_accuracy_top80=float(ok[order[:k80]].mean()) if k80 else None,
+                 as_trained={k: v for k, v in raw.items() if k != "majority_class"})
+    block["as_trained"]["cw_acw_accuracy"] = float((n_sense == ys).mean()) if len(ys) else None
+    ids = frame["object_id"].astype(str).to_numpy()[sp]
+    held = np.array([i not in tuning_ids for i in ids], dtype=bool)
+    if held.any() and "winding_z" in frame:
+        z = frame["winding_z"].to_numpy(float)[sp][held]
         w_sense = np.where(z > 0, "CW", np.where(z < 0, "ACW", None))
-        ens = WindingEnsemble()  # the library's defaults: what `score --winding-ensemble` applies
-        comb, _applied = combine_winding(ph, z, classes, weight=ens.weight, min_confidence=ens.min_confidence,
-                                         max_p_other=ens.max_p_other)
-        c_sense = np.where(comb[:, icw] >= comb[:, iacw], "CW", "ACW")
-        c_conf = np.maximum(comb[:, icw], comb[:, iacw]) / np.maximum(comb[:, icw] + comb[:, iacw], 1e-12)
         block["winding_held_out"] = {
             "n": int(held.sum()),
-            "network": accuracy_vs_coverage(net_ok[held], net_conf[held]),
-            "winding": accuracy_vs_coverage(w_sense == yh, np.abs(z)),
-            "combined": accuracy_vs_coverage(c_sense == yh, c_conf),
-            "ensemble": ens.to_dict(),
+            "network": accuracy_vs_coverage(n_sense[held] == ys[held], n_conf[held]),
+            "winding": accuracy_vs_coverage(w_sense == ys[held], np.abs(z)),
+            "combined": accuracy_vs_coverage(ok[held], d_conf[held]),
             "winding_unmeasured": int((~np.isfinite(z)).sum())}
     return block
 
 
-def run_case(task: str, weights: str, train_df: pd.DataFrame, test_df: pd.DataFrame, seed: int, args,
-             data_root: Path, tracking_uri: str, tuning_ids: set[str],
-             catalogue_prior: dict[str, float] | None = None, pred_dir: Path | None = None) -> dict:
-    from galmorph.scoring.inference import predict_manifest
-    from galmorph.models.io import load_for_inference
-    from galmorph.training import train
-
-    overrides: dict = {**args.preset_overrides, "seed": seed, "trials": 1}
-    if WEIGHTS[weights] is not None:
-        overrides["encoder_weights"] = WEIGHTS[weights]
-    if args.max_epochs:
-        overrides["max_epochs"] = args.max_epochs
-    if args.quick:
-        overrides.update(max_per_class=args.quick_n)
-    t0 = time.perf_counter()
-    res = train(task, "reference", overrides=overrides, manifest=train_df, tracking_uri=tracking_uri,
-                experiment=f"bench-reference-{task}", register=False, data_root=data_root)
-    minutes = (time.perf_counter() - t0) / 60
-    # unregistered: the best trial run's logged model
-    from galmorph.tracking import using_tracking_uri
-
-    with using_tracking_uri(tracking_uri):
-        model = load_for_inference(f"runs:/{res.run_id}/model")
-    classes = list(model.spec.classes)
-    pred = predict_manifest(model, test_df, data_root=data_root)
-    ok = pred["error"].isna().to_numpy()
-    y, yp = test_df["label"].astype(str).to_numpy()[ok], pred["pred"].astype(str).to_numpy()[ok]
+def case_metrics(task: str, frame: pd.DataFrame, classes: list[str], tuning_ids: set[str]) -> dict:
+    """Accuracy, macro-F1 and per-class F1 of the default output (as trained beside it); the chirality block."""
+    y = frame["label"].astype(str).to_numpy()
+    yp = frame["pred"].astype(str).to_numpy()
     mf1, per, absent = macro_f1(y, yp, classes)
+    raw_mf1, _per, _abs = macro_f1(y, frame["pred_as_trained"].astype(str).to_numpy(), classes)
+    out = {"n_test": len(frame), "accuracy": accuracy(y, yp), "macro_f1": mf1, "f1": per, "absent_classes": absent,
+           "as_trained": {"accuracy": accuracy(y, frame["pred_as_trained"].astype(str).to_numpy()),
+                          "macro_f1": raw_mf1}}
+    if task == "chirality":
+        out["chirality"] = chirality_block(frame, classes, tuning_ids)
+    return out
+
+
+def run_case(task: str, weights: str, train_df: pd.DataFrame, test_df: pd.DataFrame, seed: int, args,
+             data_root: Path, tracking_uri: str, tuning_ids: set[str], catalogue_counts: dict[str, int],
+             pred_dir: Path | None = None) -> dict:
+    """One (task, encoder, split) case through `galmorph train` and `galmorph score` (module docstring)."""
+    from galmorph.catalogue.manifest import write_manifest
+    from galmorph.training.defaults import CATALOGUE_COUNTS_KEY
+
+    work = Path(tempfile.mkdtemp(prefix=f"bench-reference-{task}-{weights}-{seed}-"))
+    sets = [*args.overrides, f"seed={seed}", "trials=1"]
+    if WEIGHTS[weights] is not None:
+        sets.append(f"encoder_weights={WEIGHTS[weights]}")
+    if args.max_epochs:
+        sets.append(f"max_epochs={args.max_epochs}")
+    if args.quick:
+        sets.append(f"max_per_class={args.quick_n}")
+    train_manifest = write_manifest(train_df, work / "train.parquet", kind="labelled",
+                                    extra_meta={CATALOGUE_COUNTS_KEY: catalogue_counts})
+    test_manifest = write_manifest(test_df, work / "test.parquet", kind="labelled")
+    t0 = time.perf_counter()
+    res = galmorph("train", "--task", task, "--preset", "reference", "--manifest", train_manifest,
+                   *[x for kv in sets for x in ("--set", kv)], "--tracking-uri", tracking_uri,
+                   "--data-root", data_root, "--out-dir", work / "train")
+    minutes = (time.perf_counter() - t0) / 60
+    # registered, as `galmorph train` does by default (in this run's own tracking store): the first scoring
+    # verifies the inference path once and records it on the version, the second one uses the record
+    model = f"models:/{res['registered_name']}/{res['registered_version']}"
+    frame, applied = score_twice(model, test_manifest, work, tracking_uri, data_root)
+    classes = [c[2:] for c in frame.columns if c.startswith("p_") and not c.endswith("_as_trained")]
     out = {"task": task, "weights": weights, "split": seed, "train_minutes": minutes, "n_train": len(train_df),
-           "n_test": int(ok.sum()), "accuracy": accuracy(y, yp), "macro_f1": mf1, "f1": per, "absent_classes": absent,
-           "model_uri": res.model_uri}
+           "model_uri": model, "run_id": res["run_id"], "applied": applied,
+           **case_metrics(task, frame, classes, tuning_ids)}
     if task == "chirality":
         out["n_other"] = int(args.n_other)
     if args.train_fraction != 1:
         out["train_fraction"] = float(args.train_fraction)
-    if pred_dir is not None:  # per-galaxy probabilities, for analyses after the run
+    if pred_dir is not None:  # per-galaxy outputs of both scorings, for analyses after the run
         pred_dir.mkdir(parents=True, exist_ok=True)
-        keep = ["object_id", "label"]
-        pd.concat([test_df[keep].reset_index(drop=True), pred.drop(columns=[c for c in keep if c in pred.columns])
-                   .reset_index(drop=True)], axis=1).to_parquet(pred_dir / f"{task}_{weights}_{seed}.parquet")
-    if task == "chirality":
-        trained = trained_prior_of(task, classes, train_df, overrides)
-        out["chirality"] = chirality_block(pred[ok].reset_index(drop=True), test_df[ok].reset_index(drop=True),
-                                           classes, data_root, tuning_ids, args.workers, trained, catalogue_prior)
+        frame.to_parquet(pred_dir / f"{task}_{weights}_{seed}.parquet", index=False)
     return out
 
 
@@ -243,53 +270,27 @@ def preset_overrides(pairs: list[str]) -> dict:
     return out
 
 
-def trained_prior_of(task: str, classes: list[str], train_df: pd.DataFrame, overrides: dict) -> dict[str, float]:
-    """The class prior the network was trained under: uniform with balanced class weights, else the
-    training part's class frequencies."""
-    from galmorph.training import resolve_config
-
-    cfg = resolve_config(task, "reference", overrides)
-    counts = train_df["label"].astype(str).value_counts()
-    return ({c: 1 / len(classes) for c in classes} if cfg.class_weights == "balanced"
-            else {c: float(counts.get(c, 0)) / counts.sum() for c in classes})
-
-
-def recompute_chirality(cases: list[dict], data_root: Path, pred_dir: Path, tuning_ids: set[str],
-                        workers: int) -> None:
-    """Replace each chirality case's ``chirality`` block with one computed from its saved per-galaxy
-    probabilities (the same seeded split rebuilt; rows matched by object_id). No training."""
-    from galmorph.ops.demo import select_real_training_set
-
+def recompute_chirality(cases: list[dict], data_root: Path, pred_dir: Path, tuning_ids: set[str]) -> None:
+    """Replace each chirality case's figures with ones computed from its saved per-galaxy outputs (the same
+    seeded split rebuilt; rows matched by object_id). No training, no scoring."""
     full = load_task("chirality", data_root)
     for c in cases:
         if c["task"] != "chirality":
             continue
         f = pred_dir / f"chirality_{c['weights']}_{int(c['split'])}.parquet"
         if not f.exists():
-            print(f"[chirality split {int(c['split']) - 1000} {c['weights']}] no saved predictions ({f}): block kept",
+            print(f"[chirality split {int(c['split']) - 1000} {c['weights']}] no saved outputs ({f}): kept",
                   flush=True)
             continue
-        seed = int(c["split"])
-        train_df, test_df = split_frame(full, seed=seed)
-        counts = train_df["label"].astype(str).value_counts()
-        catalogue_prior = {str(k): float(n) / counts.sum() for k, n in counts.items()}
-        train_df = select_real_training_set(train_df, n_other=int(c.get("n_other", 500)), seed=seed - 1000)
-        train_df = train_subsample(train_df, float(c.get("train_fraction", 1.0)), seed=seed - 1000)
-        pred = pd.read_parquet(f)
-        pred["object_id"] = pred["object_id"].astype(str)
-        pred = pred[pred["error"].isna()].set_index("object_id")
-        test_df = test_df[test_df["object_id"].astype(str).isin(pred.index)].reset_index(drop=True)
-        pred = pred.loc[test_df["object_id"].astype(str)].reset_index()
-        if len(pred) != c["n_test"]:
-            raise SystemExit(f"{f}: {len(pred)} scored rows match the rebuilt split, the case recorded {c['n_test']}")
-        classes = [k[2:] for k in pred.columns if k.startswith("p_") and k != "p_pred"]
-        overrides = {"seed": seed, "trials": 1}
-        if WEIGHTS[c["weights"]] is not None:
-            overrides["encoder_weights"] = WEIGHTS[c["weights"]]
-        trained = trained_prior_of("chirality", classes, train_df, overrides)
-        c["chirality"] = chirality_block(pred, test_df, classes, data_root, tuning_ids, workers, trained,
-                                         catalogue_prior)
-        print(f"[chirality split {seed - 1000} {c['weights']}] block recomputed from {f.name}", flush=True)
+        _train, test_df = split_frame(full, seed=int(c["split"]))
+        frame = pd.read_parquet(f)
+        frame["object_id"] = frame["object_id"].astype(str)
+        if len(frame) != c["n_test"] or not set(frame["object_id"]) <= set(test_df["object_id"].astype(str)):
+            raise SystemExit(f"{f}: {len(frame)} scored rows do not match the rebuilt split "
+                             f"(the case recorded {c['n_test']})")
+        classes = [k[2:] for k in frame.columns if k.startswith("p_") and not k.endswith("_as_trained")]
+        c.update(case_metrics("chirality", frame, classes, tuning_ids))
+        print(f"[chirality split {int(c['split']) - 1000} {c['weights']}] recomputed from {f.name}", flush=True)
 
 
 def _case_key(c: dict) -> list:
@@ -348,11 +349,19 @@ def write_md(result: dict, path: Path) -> None:
             if r.get("recomputed_chirality_blocks_from_predictions") else
             f"{r['date']}: load {r['load_avg_at_start'][0]:.2f} at the start ({'quiet' if r['quiet'] else 'not quiet'}), "
             f"splits {', '.join(str(k[2] - 1000) for k in r['cases']) or 'none'}" for r in result["runs"]) + ".", ""]
-    lines += ["| task | encoder | accuracy | macro-F1 | per-class F1 | training min |", "|---|---|---|---|---|---|"]
+    applied = next((c.get("applied") for c in result["cases"] if c.get("applied")), None)
+    if applied:
+        lines += ["Every figure is `galmorph score`'s output on the test quarter (nothing adjusted here). With its "
+                  f"defaults it applied: inference path {applied['inference_path']}; class prior "
+                  f"{applied['class_prior']}; ensemble {applied['ensemble']} (first case; each case's own record is "
+                  "in the JSON). \"as trained\": `--class-prior none --no-winding-ensemble`.", ""]
+    lines += ["| task | encoder | accuracy | macro-F1 | per-class F1 | as trained: accuracy | as trained: macro-F1 "
+              "| training min |", "|---|---|---|---|---|---|---|---|"]
     for task, by_w in summ.items():
         for w, s in by_w.items():
             per = ", ".join(f"{k[3:]} {fmt(s, k, 2)}" for k in s if k.startswith("f1."))
             lines.append(f"| {task} | {w} | {fmt(s, 'accuracy')} | {fmt(s, 'macro_f1')} | {per} | "
+                         f"{fmt(s, 'as_trained.accuracy')} | {fmt(s, 'as_trained.macro_f1')} | "
                          f"{fmt(s, 'train_minutes', 1)} |")
     absent = sorted({f"{c['task']}: {a}" for c in result["cases"] for a in c.get("absent_classes", [])})
     lines += ["", "macro-F1: the mean F1 over the classes with support in the test split (the evaluate/promote "
@@ -360,30 +369,21 @@ def write_md(result: dict, path: Path) -> None:
               + (", ".join(absent) if absent else "none") + "."]
     if "chirality" in summ:
         lines += ["", "## Chirality (test quarter as catalogued)", "",
-                  "| encoder | probabilities | 3-class acc | majority acc | error reduction | 3-class macro-F1 | "
+                  "| encoder | `galmorph score` | 3-class acc | majority acc | error reduction | 3-class macro-F1 | "
                   "CW/ACW acc (spirals) | top 80 % |",
                   "|---|---|---|---|---|---|---|---|"]
         for w, s in summ["chirality"].items():
-            c = "chirality."
-            lines.append(f"| {w} | as trained (balanced) | {fmt(s, c + 'three_class_accuracy')} | "
+            c, a = "chirality.", "chirality.as_trained."
+            lines.append(f"| {w} | defaults | {fmt(s, c + 'three_class_accuracy')} | "
                          f"{fmt(s, c + 'majority_accuracy')} | {fmt(s, c + 'error_reduction_vs_majority')} | "
-                         f"{fmt(s, 'macro_f1')} | {fmt(s, c + 'cw_acw_accuracy')} | {fmt(s, c + 'cw_acw_accuracy_top80')} |")
-            a = c + "prior_adjusted."
-            if a + "three_class_accuracy" in s:
-                lines.append(f"| {w} | catalogue prior | {fmt(s, a + 'three_class_accuracy')} | "
-                             f"{fmt(s, a + 'majority_accuracy')} | {fmt(s, a + 'error_reduction_vs_majority')} | "
-                             f"{fmt(s, a + 'macro_f1')} | (same) | (same) |")
-        lines += ["", "\"catalogue prior\": the network's probabilities moved from the prior it was trained under "
-                  "(balanced class weights: uniform) to the class frequencies of the training part as catalogued "
-                  "(p' ∝ p π_catalogue / π_trained); CW-vs-ACW is unchanged by it."]
-        ens = next((c["chirality"]["winding_held_out"].get("ensemble") for c in result["cases"]
-                    if c["task"] == "chirality" and "winding_held_out" in c.get("chirality", {})), None)
-        how = (f"combined = the library's winding ensemble with its defaults (weight {ens['weight']:g}, "
-               f"min_confidence {ens['min_confidence']:g}, max_p_other {ens['max_p_other']:g}; "
-               "`score --winding-ensemble`, weight chosen in results/ensemble_weight.md)") if ens else \
-              "combined = the winding ensemble with weight 0.5 (a run before the library's defaults were used here)"
-        lines += ["", "Accuracy vs coverage on test spirals outside the winding measurement's tuning half "
-                  f"(CW vs ACW; {how}):", "",
+                         f"{fmt(s, c + 'macro_f1')} | {fmt(s, c + 'cw_acw_accuracy')} | "
+                         f"{fmt(s, c + 'cw_acw_accuracy_top80')} |")
+            lines.append(f"| {w} | as trained | {fmt(s, a + 'three_class_accuracy')} | "
+                         f"{fmt(s, a + 'majority_accuracy')} | {fmt(s, a + 'error_reduction_vs_majority')} | "
+                         f"{fmt(s, a + 'macro_f1')} | {fmt(s, a + 'cw_acw_accuracy')} | – |")
+        lines += ["", "Accuracy vs coverage on test spirals outside the winding measurement's tuning half (CW vs "
+                  "ACW; network = as trained, winding = the measurement alone (|z| as confidence), combined = "
+                  "`galmorph score`'s default output):", "",
                   "| encoder | method | " + " | ".join(f"{int(c * 100)} %" for c in COVERAGES) + " |",
                   "|---|---|" + "---|" * len(COVERAGES)]
         for w, s in summ["chirality"].items():
@@ -406,7 +406,6 @@ def main(argv=None) -> int:
                     help="split indices to run, in this order (e.g. 4,0,1,2,3) [0..splits-1]")
     ap.add_argument("--quick", action="store_true", help="smoke run: 1 split, 1 epoch, a few images a class")
     ap.add_argument("--quick-n", type=int, default=12, help="--quick: images a class (train and test)")
-    ap.add_argument("--workers", type=int, default=1, help="winding measurement processes")
     ap.add_argument("--data-root", type=Path, default=None)
     ap.add_argument("--tracking-uri", default=None, help="[a local file store under a temporary folder]")
     ap.add_argument("--out", type=Path, default=None)
@@ -422,9 +421,8 @@ def main(argv=None) -> int:
                     help="override a reference preset setting for a variant (e.g. crop_fraction=0.30); repeatable; "
                          "recorded in the result; write variants to their own --out")
     ap.add_argument("--from-predictions", action="store_true",
-                    help="no training: recompute the chirality blocks (three-class, CW/ACW, winding and ensemble "
-                         "coverage) of the existing results file's cases from the per-galaxy probabilities they "
-                         "saved (results/reference_predictions/), e.g. after the ensemble's defaults changed")
+                    help="no training or scoring: recompute the chirality figures of the existing results file's cases "
+                         "from the per-galaxy outputs they saved (results/reference_predictions/)")
     args = ap.parse_args(argv)
     args.preset_overrides = preset_overrides(args.overrides)  # once, before anything is trained
     if not 0 < args.train_fraction <= 1:
@@ -483,7 +481,7 @@ def main(argv=None) -> int:
             print("--from-predictions needs --resume and an existing reference.json", file=sys.stderr)
             return 2
         this_run["recomputed_from_predictions"] = True
-        recompute_chirality(cases, data_root, out_dir / "reference_predictions", tuning_ids, args.workers)
+        recompute_chirality(cases, data_root, out_dir / "reference_predictions", tuning_ids)
         runs.remove(this_run)  # nothing was trained: the contributing runs' machine records stay as they were
         runs.append(dict(m, cases=[], recomputed_chirality_blocks_from_predictions=True))
         write_result(cases, complete=True)
@@ -495,8 +493,8 @@ def main(argv=None) -> int:
         order = [int(x) for x in args.split_order.split(",")] if args.split_order else list(range(args.splits))
         for s in order:
             train_df, test_df = split_frame(full, seed=1000 + s)
-            counts = train_df["label"].astype(str).value_counts()
-            catalogue_prior = {str(c): float(n) / counts.sum() for c, n in counts.items()}
+            # the training part as catalogued, before the preset's selection: the population to score
+            catalogue_counts = {str(c): int(n) for c, n in train_df["label"].astype(str).value_counts().items()}
             if task == "chirality":  # what the preset trains on: all CW/ACW + a sample of "other"
                 from galmorph.ops.demo import select_real_training_set
 
@@ -512,7 +510,7 @@ def main(argv=None) -> int:
                     continue
                 print(f"[{task} split {s} {w}] train {len(train_df)} test {len(test_df)}", flush=True)
                 r = run_case(task, w, train_df, test_df, 1000 + s, args, data_root, tracking, tuning_ids,
-                             catalogue_prior=catalogue_prior, pred_dir=out_dir / "reference_predictions")
+                             catalogue_counts=catalogue_counts, pred_dir=out_dir / "reference_predictions")
                 print(f"    acc {r['accuracy']:.3f} macro-F1 {r['macro_f1']:.3f} {r['train_minutes']:.1f} min",
                       flush=True)
                 cases.append(r)

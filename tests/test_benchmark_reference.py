@@ -1,6 +1,6 @@
-"""``benchmarks/reference.py --from-predictions`` (#12.8): the chirality blocks of the committed results are
-recomputed from the per-galaxy probabilities they saved, without training, and come out the same; the
-network + winding combination is the library's ensemble with its defaults."""
+"""``benchmarks/reference.py`` runs the product (#26.4): its figures come from the catalogues ``galmorph
+score`` writes (defaults and ``--class-prior none --no-winding-ensemble``), computed here against hand
+counts; ``--from-predictions`` recomputes the committed chirality figures from the saved per-galaxy outputs."""
 
 from __future__ import annotations
 
@@ -15,20 +15,27 @@ import pytest
 
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
 RESULTS = BENCH / "results"
-SPLIT = 1002
+
+
+def _product_case() -> dict | None:
+    """A committed pretrained chirality case measured through `galmorph score` (it records what was applied)."""
+    res = json.loads((RESULTS / "reference.json").read_text())
+    return next((c for c in res["cases"] if c["task"] == "chirality" and c["weights"] == "pretrained"
+                 and c.get("applied")), None)
 
 
 def _one_case(tmp_path: Path) -> tuple[Path, dict]:
+    case = _product_case()
+    assert case is not None, "results/reference.json holds no case measured through galmorph score"
     res = json.loads((RESULTS / "reference.json").read_text())
-    case = next(c for c in res["cases"] if c["task"] == "chirality" and c["weights"] == "pretrained"
-                and int(c["split"]) == SPLIT)
     out = tmp_path / "out"
     (out / "reference_predictions").mkdir(parents=True)
     res["cases"] = [json.loads(json.dumps(case))]
     # what the recomputation must produce again: drop it from the input so a no-op cannot pass
     res["cases"][0]["chirality"] = {}
+    res["cases"][0]["accuracy"] = None
     (out / "reference.json").write_text(json.dumps(res))
-    shutil.copy(RESULTS / "reference_predictions" / f"chirality_pretrained_{SPLIT}.parquet",
+    shutil.copy(RESULTS / "reference_predictions" / f"chirality_pretrained_{int(case['split'])}.parquet",
                 out / "reference_predictions")
     return out, case
 
@@ -39,36 +46,63 @@ def _run(out: Path, data_root: Path) -> subprocess.CompletedProcess:
                           cwd=BENCH, capture_output=True, text=True, timeout=600)
 
 
-def test_from_predictions_reproduces_the_committed_chirality_block(tmp_path, data_root):
-    from galmorph.scoring.ensemble import DEFAULT_MIN_CONFIDENCE, DEFAULT_WEIGHT
-
+def test_from_predictions_reproduces_the_committed_chirality_figures(tmp_path, data_root):
     out, case = _one_case(tmp_path)
     proc = _run(out, data_root)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    new = json.loads((out / "reference.json").read_text())
-    block = new["cases"][0]["chirality"]
-    old = case["chirality"]
+    new = json.loads((out / "reference.json").read_text())["cases"][0]
+    assert new["accuracy"] == pytest.approx(case["accuracy"], abs=1e-12)
+    block, old = new["chirality"], case["chirality"]
     for k in ("three_class_accuracy", "majority_accuracy", "cw_acw_accuracy", "cw_acw_accuracy_top80", "n_spirals"):
         assert block[k] == pytest.approx(old[k], abs=1e-12), k
-    assert block["prior_adjusted"]["three_class_accuracy"] == pytest.approx(
-        old["prior_adjusted"]["three_class_accuracy"], abs=1e-12)
-    held = block["winding_held_out"]
-    assert held["ensemble"]["weight"] == DEFAULT_WEIGHT and held["ensemble"]["min_confidence"] == DEFAULT_MIN_CONFIDENCE
+    assert block["as_trained"]["three_class_accuracy"] == pytest.approx(old["as_trained"]["three_class_accuracy"])
     for meth in ("network", "winding", "combined"):
-        assert held[meth] == pytest.approx(old["winding_held_out"][meth], abs=1e-12), meth
-    # the training figures are kept; the md names the recomputation
-    assert new["cases"][0]["train_minutes"] == case["train_minutes"]
-    md = (out / "reference.md").read_text()
-    assert "recomputed from the saved predictions" in md and f"weight {DEFAULT_WEIGHT:g}" in md
+        assert block["winding_held_out"][meth] == pytest.approx(old["winding_held_out"][meth], abs=1e-12), meth
+    assert new["train_minutes"] == case["train_minutes"]  # the training figures are kept
+    assert "recomputed from the saved predictions" in (out / "reference.md").read_text()
 
 
-def test_from_predictions_refuses_predictions_that_do_not_match_the_split(tmp_path, data_root):
-    out, _case = _one_case(tmp_path)
-    f = out / "reference_predictions" / f"chirality_pretrained_{SPLIT}.parquet"
+def test_from_predictions_refuses_outputs_that_do_not_match_the_split(tmp_path, data_root):
+    out, case = _one_case(tmp_path)
+    f = out / "reference_predictions" / f"chirality_pretrained_{int(case['split'])}.parquet"
     pd.read_parquet(f).iloc[:-3].to_parquet(f)
     proc = _run(out, data_root)
     assert proc.returncode != 0
-    assert f"chirality_pretrained_{SPLIT}.parquet" in proc.stderr and "match the rebuilt split" in proc.stderr
+    assert f.name in proc.stderr and "do not match the rebuilt split" in proc.stderr
+
+
+def test_chirality_figures_are_counted_from_the_scored_catalogues():
+    """Six galaxies with hand-known outcomes: the default output gets 5 of 6, as trained 2 of 6; the
+    majority class ("other", 3 of 6) gets 3; CW-vs-ACW on the 3 spirals: default 3/3, as trained 1/3."""
+    code = """
+import json, numpy as np, pandas as pd, reference as r
+f = pd.DataFrame({
+    "object_id": list("abcdef"), "label": ["CW", "ACW", "CW", "other", "other", "other"],
+    "pred":            ["CW", "ACW", "CW", "other", "other", "CW"],
+    "p_CW":  [.8, .1, .6, .1, .2, .5], "p_ACW": [.1, .7, .3, .1, .1, .2], "p_other": [.1, .2, .1, .8, .7, .3],
+    "pred_as_trained": ["ACW", "ACW", "other", "other", "CW", "CW"],
+    "p_CW_as_trained": [.3, .1, .2, .2, .5, .6], "p_ACW_as_trained": [.5, .6, .3, .2, .2, .2],
+    "p_other_as_trained": [.2, .3, .5, .6, .3, .2],
+    "winding_z": [2.0, -1.0, -0.5, np.nan, np.nan, np.nan]})
+m = r.case_metrics("chirality", f, ["CW", "ACW", "other"], tuning_ids={"c"})
+print(json.dumps(m, default=str))
+"""
+    proc = _bench(code)
+    assert proc.returncode == 0, proc.stderr
+    m = json.loads(proc.stdout.strip().splitlines()[-1])
+    c = m["chirality"]
+    assert m["accuracy"] == pytest.approx(5 / 6) and m["as_trained"]["accuracy"] == pytest.approx(2 / 6)
+    assert c["three_class_accuracy"] == pytest.approx(5 / 6) and c["majority_class"] == "other"
+    assert c["majority_accuracy"] == pytest.approx(0.5)
+    assert c["error_reduction_vs_majority"] == pytest.approx(1 - (1 / 6) / 0.5)
+    assert c["as_trained"]["error_reduction_vs_majority"] == pytest.approx(1 - (4 / 6) / 0.5)
+    assert c["n_spirals"] == 3 and c["cw_acw_accuracy"] == pytest.approx(1.0)
+    assert c["as_trained"]["cw_acw_accuracy"] == pytest.approx(1 / 3)  # c: CW 0.2 < ACW 0.3 -> wrong too
+    held = c["winding_held_out"]  # "c" is in the winding tuning half: a and b only
+    assert held["n"] == 2 and held["winding"]["100"] == pytest.approx(1.0)
+    assert held["network"]["100"] == pytest.approx(0.5) and held["combined"]["100"] == pytest.approx(1.0)
+    # per-class F1 of the default output: CW 2 right + 1 false positive -> P 2/3, R 1 -> F1 0.8
+    assert m["f1"]["CW"] == pytest.approx(0.8) and m["f1"]["ACW"] == pytest.approx(1.0)
 
 
 def _bench(code: str) -> subprocess.CompletedProcess:
