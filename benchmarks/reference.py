@@ -329,7 +329,7 @@ def fmt(s: dict, key: str, digits: int = 3) -> str:
 
 def write_md(result: dict, path: Path) -> None:
     m, summ = result["machine"], result["summary"]
-    lines = ["# `reference` presets vs random weights on the public real data", "",
+    lines = ["# `reference` presets through `galmorph train` and `galmorph score` on held-out public real data", "",
              f"{quiet_line(m)}; {m['cpus']} CPUs, {m['date']}. Splits: {result['splits']} "
              f"(mean ± σ), max_epochs override: {result['max_epochs']}{' — QUICK smoke run, not a result' if result['quick'] else ''}"
              f"{'' if result.get('complete', True) else ' — INCOMPLETE: cut short after '+str(len(result['cases']))+' cases'}.",
@@ -340,6 +340,8 @@ def write_md(result: dict, path: Path) -> None:
     if result.get("train_fraction", 1) != 1:
         lines += [f"Learning-curve point: trained on a stratified {result['train_fraction']:g} of each split's "
                   "training part (`--train-fraction`); the test quarters are the full ones.", ""]
+    if result.get("note"):
+        lines += [f"Note: {result['note']}", ""]
     if not m["quiet"]:  # the accuracies come from seeded splits and do not depend on the machine's load
         lines += ["The load slows the training minutes; the accuracies and F1 below come from seeded splits and "
                   "seeded training, which the load does not change.", ""]
@@ -423,6 +425,9 @@ def main(argv=None) -> int:
     ap.add_argument("--from-predictions", action="store_true",
                     help="no training or scoring: recompute the chirality figures of the existing results file's cases "
                          "from the per-galaxy outputs they saved (results/reference_predictions/)")
+    ap.add_argument("--note", default=None,
+                    help="a line recorded in the results, e.g. what else ran on the machine during the run "
+                         "(kept by --resume unless replaced)")
     args = ap.parse_args(argv)
     args.preset_overrides = preset_overrides(args.overrides)  # once, before anything is trained
     if not 0 < args.train_fraction <= 1:
@@ -447,11 +452,13 @@ def main(argv=None) -> int:
     cases: list[dict] = []
     runs: list[dict] = []
     previous_minutes = 0.0
+    previous_note = None
     if args.resume and (out_dir / "reference.json").exists():
         prev = json.loads((out_dir / "reference.json").read_text())
         cases = list(prev["cases"])
         runs = list(prev.get("runs") or [dict(prev["machine"], cases=[_case_key(c) for c in cases])])
         previous_minutes = float(prev.get("total_minutes", 0.0))
+        previous_note = prev.get("note")
         print(f"resuming: {len(cases)} cases kept from {out_dir / 'reference.json'}", flush=True)
     this_run = dict(m, cases=[])
     runs.append(this_run)
@@ -469,7 +476,7 @@ def main(argv=None) -> int:
                   "runs": runs, "load_avg_at_end": [round(x, 2) for x in os.getloadavg()], "quiet": quiet,
                   "complete": complete, "splits": args.splits, "max_epochs": args.max_epochs,
                   "quick": args.quick, "tasks": tasks, "preset_overrides": args.preset_overrides,
-                  "train_fraction": args.train_fraction,
+                  "train_fraction": args.train_fraction, "note": args.note or previous_note,
                   "tracking_uri": tracking,
                   "n_winding_tuning_ids": len(tuning_ids), "total_minutes": previous_minutes + (time.perf_counter() - t_all) / 60,
                   "summary": summarise(cases), "cases": cases}
