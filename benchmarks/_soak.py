@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from _common import galmorph_exe  # noqa: F401 (re-exported: the soaks import it from here)
+from _common import galmorph_exe
 
 
 def free_port() -> int:

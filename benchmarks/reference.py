@@ -139,6 +139,11 @@ def classes_of(summary: dict) -> list[str]:
     return [str(c) for c in summary["class_counts"]]
 
 
+def frame_classes(frame: pd.DataFrame) -> list[str]:
+    """The classes of a case's per-galaxy outputs (:func:`score_twice`), in the model's order."""
+    return [c[2:] for c in frame.columns if c.startswith("p_") and not c.endswith("_as_trained")]
+
+
 def score_twice(model: str, manifest: Path, work: Path, tracking_uri: str, data_root: Path) -> tuple[pd.DataFrame, dict]:
     """``galmorph score`` with its defaults, and as trained (``--class-prior none --no-winding-ensemble``):
     one frame per scored galaxy (``object_id``, ``label``, ``pred``, ``p_<class>``, ``winding_z`` when the
@@ -242,7 +247,7 @@ def run_case(task: str, weights: str, train_df: pd.DataFrame, test_df: pd.DataFr
     # verifies the inference path once and records it on the version, the second one uses the record
     model = f"models:/{res['registered_name']}/{res['registered_version']}"
     frame, applied = score_twice(model, test_manifest, work, tracking_uri, data_root)
-    classes = [c[2:] for c in frame.columns if c.startswith("p_") and not c.endswith("_as_trained")]
+    classes = frame_classes(frame)
     out = {"task": task, "weights": weights, "split": seed, "train_minutes": minutes, "n_train": len(train_df),
            "model_uri": model, "run_id": res["run_id"], "applied": applied,
            **case_metrics(task, frame, classes, tuning_ids)}
@@ -288,7 +293,7 @@ def recompute_chirality(cases: list[dict], data_root: Path, pred_dir: Path, tuni
         if len(frame) != c["n_test"] or not set(frame["object_id"]) <= set(test_df["object_id"].astype(str)):
             raise SystemExit(f"{f}: {len(frame)} scored rows do not match the rebuilt split "
                              f"(the case recorded {c['n_test']})")
-        classes = [k[2:] for k in frame.columns if k.startswith("p_") and not k.endswith("_as_trained")]
+        classes = frame_classes(frame)
         c.update(case_metrics("chirality", frame, classes, tuning_ids))
         print(f"[chirality split {int(c['split']) - 1000} {c['weights']}] recomputed from {f.name}", flush=True)
 

@@ -45,8 +45,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from _common import machine
-from _soak import rss_row, PrivateStack, RssSampler, galmorph_exe, load_line, loadavg, percentiles
+from _common import galmorph_exe, machine
+from _soak import rss_row, PrivateStack, RssSampler, load_line, loadavg, percentiles
 
 OUT = Path(os.environ.get("GALMORPH_BENCH_OUT") or Path(__file__).resolve().parent / "results")
 TASK = "soak-promote"

@@ -40,8 +40,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from _common import machine
-from _soak import PrivateStack, RssSampler, galmorph_exe, load_line, loadavg
+from _common import galmorph_exe, machine
+from _soak import PrivateStack, RssSampler, load_line, loadavg
 
 OUT = Path(os.environ.get("GALMORPH_BENCH_OUT") or Path(__file__).resolve().parent / "results")
 CLASSES = ["CW", "ACW", "other"]
