@@ -134,22 +134,33 @@ def test_single_pass_conserves_rows_and_quarantines_with_reasons(release, single
 
 
 def test_single_pass_frames_from_the_model_spec(release, cropping_model, single_pass):
-    """The probabilities are the model's on its own framing of the source image (crop 0.5, 24 px)."""
+    """The probabilities are the model's on its own framing of the source image (crop 0.5, 24 px), run through
+    the inference path recorded on the version (the one the score step used: fp32 or bf16, whichever the
+    check found faster), and close to fp32 whichever it was."""
     import torch
 
+    from galmorph.datasets.images import draft_side
     from galmorph.imaging.io import load_image
     from galmorph.imaging.preprocess import prepare_image
     from galmorph.models.io import load_for_inference
+    from galmorph.scoring.accel import build_path, recorded_choice
 
     r = single_pass
     lm = load_for_inference(cropping_model)
     assert (lm.spec.image_size, lm.spec.crop_fraction) == (24, 0.5)
+    recorded = recorded_choice(lm)
+    assert recorded is not None
     uris = pd.read_parquet(release).drop_duplicates("object_id").set_index("object_id")["image_uri"]
     cat = r["catalogue"].head(12)
-    x = np.stack([prepare_image(load_image(uris[o]), 24, 3, 0.5) for o in cat["object_id"]])
+    side = draft_side(24, 0.5) if recorded["decode"] == "draft" else None  # the score step's decode
+    x = torch.from_numpy(np.stack([prepare_image(load_image(uris[o], draft_min_side=side), 24, 3, 0.5)
+                                   for o in cat["object_id"]]))
     with torch.inference_mode():
-        p = torch.softmax(lm.module(torch.from_numpy(x)).float(), dim=1).numpy()
-    np.testing.assert_allclose(cat[[f"p_{c}" for c in CLASSES]].to_numpy(), p, atol=1e-5)
+        used = torch.softmax(build_path(recorded["chosen"], lm.module, (3, 24, 24)).run(x), dim=1).numpy()
+        fp32 = torch.softmax(lm.module(x).float(), dim=1).numpy()
+    got = cat[[f"p_{c}" for c in CLASSES]].to_numpy()
+    np.testing.assert_allclose(got, used, atol=1e-5)
+    np.testing.assert_allclose(got, fp32, atol=1e-2 if recorded["chosen"] != "fp32" else 1e-5)
 
 
 def test_single_pass_resume_gives_identical_rows(single_pass, mlflow_server, tmp_path):
