@@ -8,9 +8,11 @@ import json
 
 import mlflow
 import numpy as np
+import pandas as pd
 import torch
 from click.testing import CliRunner
 
+from galmorph.catalogue.manifest import read_manifest
 from galmorph.models.io import load_for_inference
 from galmorph.training import train
 
@@ -25,6 +27,11 @@ def test_arms_cli_with_merge_registers_merged_classes(mlflow_server, sim_arms, t
     text = r.stdout
     payload = json.loads(text[text.index("{\n"):])
     assert payload["registered_name"] == "galmorph-arms"
+    # the drift reference a rescoring run of this version monitors against, logged as the pipeline's train step does
+    from galmorph.drift.reference import fetch_drift_reference
+
+    ref = fetch_drift_reference(payload["model_uri"], tmp_path / "ref")
+    assert payload["drift_reference"] and len(pd.read_parquet(ref)) == len(read_manifest(sim_arms["manifest"]))
     lm = load_for_inference(payload["model_uri"])
     assert lm.spec.classes == ["1", "2", "3+4", "5+"]
     assert lm.predict_proba(torch.rand(3, 3, 64, 64)).shape == (3, 4)

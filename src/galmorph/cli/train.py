@@ -78,9 +78,16 @@ def train_cmd(task: str, preset: str, manifest: Path, sets: tuple[str, ...], tri
                     experiment=experiment, register=not no_register, data_root=s.data_root, out_dir=out)
     if not res.parent_run_id:  # a rank > 0 of a data-parallel run (under torchrun): rank 0 reports
         return
+    reference_uri = ""
+    if res.run_id:  # the drift reference, as the training pipeline logs it: rescoring monitors drift against it
+        from galmorph.drift.reference import log_training_reference
+
+        with contextlib.redirect_stdout(sys.stderr):
+            reference_uri = log_training_reference(res.run_id, manifest, s.data_root, res.registered_name,
+                                                   res.registered_version)
     echo_json({"model_uri": res.model_uri, "registered_name": res.registered_name,
                "registered_version": res.registered_version, "run_id": res.run_id,
-               "parent_run_id": res.parent_run_id, "best_trial": res.best_trial,
+               "parent_run_id": res.parent_run_id, "best_trial": res.best_trial, "drift_reference": reference_uri,
                "metrics": {k: v for k, v in res.metrics.items()
                            if k in ("test_accuracy", "test_f1_macro", "test_accuracy_mean", "test_accuracy_std",
                                     "test_f1_macro_mean", "test_f1_macro_std", "epochs")}})

@@ -61,6 +61,17 @@ def log_drift_reference(run_id: str, features: pd.DataFrame, model_name: str | N
     return uri
 
 
+def log_training_reference(run_id: str, manifest: str | Path | pd.DataFrame, data_root: str | Path | None = None,
+                           model_name: str | None = None, model_version: str | int | None = None) -> str:
+    """The drift reference of a training run: :func:`reference_features` of its training manifest, logged with
+    :func:`log_drift_reference` on ``run_id`` (and the model version when registered). Every training entry
+    point calls it (``galmorph train``, the training pipeline's train step), so any version a user promotes
+    can be rescored with drift monitoring. Returns the reference's ``runs:/`` URI."""
+    features, _ = reference_features(manifest, data_root=data_root)
+    return log_drift_reference(run_id, features, model_name if model_version else None,
+                               str(model_version) if model_version else None)
+
+
 def fetch_drift_reference(model_uri: str, dst_dir: str | Path | None = None, client=None) -> Path:
     """Download the drift reference of the model version ``model_uri`` from MLflow (the version's run, or
     its parent run); :class:`DriftReferenceError` when no run holds it."""

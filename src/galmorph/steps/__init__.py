@@ -282,11 +282,10 @@ def train(task: str, dataset: str | Path, model_dir: str | Path, preset: str = "
                            f"{n_small} training galaxies are smaller than 40 px across in the model's input")
     reference_uri = ""
     if res.run_id:  # the drift reference, with the model version in MLflow (not a path in this pod)
-        from galmorph.drift.reference import log_drift_reference, reference_features
+        from galmorph.drift.reference import log_training_reference
 
-        features, _ = reference_features(manifest, data_root=root)
-        reference_uri = log_drift_reference(res.run_id, features, res.registered_name if res.registered_version
-                                            else None, res.registered_version)
+        reference_uri = log_training_reference(res.run_id, manifest, root, res.registered_name,
+                                               res.registered_version)
     info = {"model_uri": res.model_uri, "registered_name": res.registered_name,
             "registered_version": res.registered_version, "run_id": res.run_id, "parent_run_id": res.parent_run_id,
             "tracking_uri": uri, "train_manifest": str(manifest), "drift_reference": reference_uri}
