@@ -3,18 +3,29 @@ local SubprocessRunner, the route of ``galmorph pipeline run rescoring``) with i
 release of real GZ1 JPEGs, an untrained ResNet-18 at 128 px registered as the chirality champion (with the
 drift reference its training run would have logged) on a private MLflow server.
 
+``--model reference``: instead, the chirality reference model, trained as a user trains it (``galmorph train
+--task chirality --preset reference`` on the training part of the reference benchmark's split 0, with the drift
+reference ``galmorph train`` logs) and made champion; the releases are GZ1 images it did not train on. Writes
+results/rescoring_reference.{json,md}.
+
+``--memory 20000,200000``: the pipeline with all its defaults (4 workers, shards of 10 000) on releases of that
+many rows (the GZ1 JPEGs again under new names), the peak resident memory of each task's processes sampled
+every 0.5 s: memory flat in release size. Writes results/rescoring_memory.{json,md}.
+
 Two release sizes give the marginal rate (images/s between them) and the fixed cost per run (the time the
 smaller run takes beyond its images at the marginal rate); per-task wall times from the task log; 1 and 2
 scoring workers (``n_workers``: work items of the ParallelFor, which kfp's local runner runs at once on the
 same CPUs). Against the eager fp32 forward ceiling of the
 same network measured in the same run, before and after. Writes results/rescoring.{json,md}.
 
-    uv run python benchmarks/bench_rescoring.py [--quick] [--sizes 1000,4000] [--workers 1,2]
+    uv run python benchmarks/bench_rescoring.py [--quick] [--sizes 1000,4000] [--workers 1,2] [--model reference]
+    uv run python benchmarks/bench_rescoring.py --memory 20000,200000
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
@@ -98,11 +109,83 @@ def verify(model_uri: str, data_root: Path, workdir: Path) -> dict:
                             "img_s": round(a.img_s, 1), "passed": a.passed} for a in choice.candidates]}
 
 
-def _release(images: list[Path], out: Path) -> Path:
+def _release(images: list[Path], out: Path, n: int | None = None) -> Path:
+    """A ``folder:`` release of symlinks: ``images``, or ``n`` rows cycling through them under new names."""
     out.mkdir(parents=True, exist_ok=True)
-    for p in images:
-        (out / p.name).symlink_to(p)
+    if n is None:
+        for p in images:
+            (out / p.name).symlink_to(p)
+    else:
+        for i in range(n):
+            p = images[i % len(images)]
+            (out / f"r{i:07d}-{p.name}").symlink_to(p)
     return out
+
+
+def _task_of(proc, cache: dict) -> str | None:
+    """The pipeline function a process runs for (``--function_to_execute NAME`` on it or an ancestor)."""
+    import psutil
+
+    chain, p = [], proc
+    while p is not None and p.pid not in cache:
+        chain.append(p.pid)
+        try:
+            cmd = p.cmdline()
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            cmd = []
+        name = next((cmd[i + 1] for i, a in enumerate(cmd[:-1]) if a == "--function_to_execute"), None)
+        if name is None:
+            name = next((a.split("--function_to_execute", 1)[1].split()[0] for a in cmd
+                         if "--function_to_execute " in a), None)
+        if name is not None:
+            cache[p.pid] = name
+            break
+        try:
+            p = p.parent()
+        except psutil.NoSuchProcess:
+            p = None
+    found = cache.get(p.pid) if p is not None else None
+    for pid in chain:
+        cache[pid] = found
+    return found
+
+
+class RssSampler:
+    """Peak resident memory of each pipeline task's processes (summed over a task's process tree, the largest
+    sample), sampled every ``every`` s from this process's descendants while it runs."""
+
+    def __init__(self, every: float = 0.5):
+        import threading
+
+        self.every, self.peaks, self.process_peaks, self._stop = every, {}, {}, threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        import psutil
+
+        me, cache = psutil.Process(), {}
+        while not self._stop.is_set():
+            now: dict[str, int] = {}
+            for c in me.children(recursive=True):
+                try:
+                    task = _task_of(c, cache)
+                    if task:
+                        rss = c.memory_info().rss
+                        now[task] = now.get(task, 0) + rss
+                        self.process_peaks[task] = max(self.process_peaks.get(task, 0), rss)
+                except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+                    continue
+            for k, v in now.items():
+                self.peaks[k] = max(self.peaks.get(k, 0), v)
+            self._stop.wait(self.every)
+
+    def __enter__(self) -> "RssSampler":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
 
 
 def task_seconds(log_file: Path) -> dict[str, float]:
@@ -125,23 +208,35 @@ def task_seconds(log_file: Path) -> dict[str, float]:
     return {k: round((last[k] - first[k]) % 86400, 2) for k in first if k in last}
 
 
-def run_once(n: int, workers: int, images: list[Path], tmp: Path, uri: str, extra: dict) -> dict:
+def run_once(n: int, workers: int | None, images: list[Path], tmp: Path, uri: str, extra: dict,
+             memory: bool = False) -> dict:
+    """One pipeline run on ``n`` rows. ``workers`` None: the pipeline's own ``n_workers`` and ``shard_size``;
+    ``memory``: ``n`` rows cycling through ``images`` and the peak memory of each task sampled."""
     from galmorph.ops.run import run_local
 
-    tag = f"r{n}-w{workers}-{'-'.join(f'{k}{v}' for k, v in sorted(extra.items())) or 'defaults'}"
-    rel = _release(images[:n], tmp / "releases" / tag)
+    tag = f"r{n}-w{workers or 'dflt'}-{'-'.join(f'{k}{v}' for k, v in sorted(extra.items())) or 'defaults'}"
+    rel = _release(images, tmp / "releases" / tag, n) if memory else _release(images[:n], tmp / "releases" / tag)
     log_file = tmp / "logs" / f"{tag}.log"
-    params = {"release_uri": str(rel), "release": tag, "task": "chirality", "n_workers": workers,
-              "shard_size": max(1, -(-n // workers)), "publish_dir": str(tmp / "published"),
+    params = {"release_uri": str(rel), "release": tag, "task": "chirality", "publish_dir": str(tmp / "published"),
               "hold_on_drift": False, **extra}
+    if workers is not None:
+        params.update(n_workers=workers, shard_size=max(1, -(-n // workers)))
     t0 = time.perf_counter()
-    res = run_local("rescoring", params, pipeline_root=tmp / "kfp", tracking_uri=uri, log_file=log_file)
+    sampler = RssSampler() if memory else contextlib.nullcontext()
+    with sampler:
+        res = run_local("rescoring", params, pipeline_root=tmp / "kfp", tracking_uri=uri, log_file=log_file)
     wall = time.perf_counter() - t0
     summary = json.loads((tmp / "published" / tag / "summary.json").read_text())
-    return {"rows": n, "workers": workers, "params": extra, "wall_s": round(wall, 2),
-            "tasks_s": task_seconds(log_file), "n_scored": summary.get("n_scored"),
-            "n_quarantined": summary.get("n_quarantined"), "precision": "{chosen}/{decode}".format(**(summary.get("inference") or {"chosen": "?", "decode": "?"})),
-            "run_dir": res["run_dir"]}
+    out = {"rows": n, "workers": workers, "params": extra, "wall_s": round(wall, 2),
+           "tasks_s": task_seconds(log_file), "n_scored": summary.get("n_scored"),
+           "n_quarantined": summary.get("n_quarantined"), "precision": "{chosen}/{decode}".format(**(summary.get("inference") or {"chosen": "?", "decode": "?"})),
+           "run_dir": res["run_dir"]}
+    if memory:
+        out["peak_rss_mb"] = {k: round(v / 2**20, 1) for k, v in sorted(sampler.peaks.items())}
+        out["peak_process_rss_mb"] = {k: round(v / 2**20, 1) for k, v in sorted(sampler.process_peaks.items())}
+        text = _ANSI.sub("", log_file.read_text(errors="replace"))
+        out["score_work_items"] = len(set(re.findall(r"Executing task '(score(?:-\d+)?)'", text)))
+    return out
 
 
 def _params(p: dict) -> str:
@@ -231,11 +326,115 @@ def decode_check_ms(images: list[Path], image_size: int = 128, n: int = 200) -> 
 
 
 def rewrite(path: Path) -> str:
-    """Write results/rescoring.{json,md} again from a results JSON (the same runs, this script's tables)."""
+    """Write results/rescoring*.{json,md} again from a results JSON (the same runs, this script's tables)."""
     d = json.loads(Path(path).read_text())
+    if d.get("kind") == "memory":
+        return write_memory(d["machine"], d["runs"], d["model"], complete=d.get("complete", True))
     ctx = {k: d[k] for k in ("machine", "verified_path", "quick", "model_uri", "model")}
     ctx["ceilings"] = d["ceiling_before_after"]
+    ctx["stem"] = d.get("stem", "rescoring")
+    ctx["model_note"] = d.get("model_note", "")
     return write_results(ctx, d["runs"], d.get("decode_check_ms_per_image"))
+
+
+def reference_champion(root: Path, tmp: Path, uri: str) -> tuple[str, list[Path], str]:
+    """The chirality reference model as a user trains it: ``galmorph train --task chirality --preset reference``
+    on the training part of the reference benchmark's split 0 (all its CW/ACW and the preset's sample of
+    "other", with the catalogue counts of the training part), registered with the drift reference
+    ``galmorph train`` logs, then made champion. Returns its URI, the GZ1 images it did not train on (the
+    releases) and a note."""
+    import mlflow
+
+    from reference import galmorph, load_task, split_frame
+
+    from galmorph.catalogue.manifest import write_manifest
+    from galmorph.ops.demo import REAL_N_OTHER, select_real_training_set
+    from galmorph.training.defaults import CATALOGUE_COUNTS_KEY
+
+    train_df, _test = split_frame(load_task("chirality", root), seed=1000)
+    counts = {str(c): int(n) for c, n in train_df["label"].astype(str).value_counts().items()}
+    train_df = select_real_training_set(train_df, n_other=REAL_N_OTHER, seed=0)
+    man = write_manifest(train_df, tmp / "reference-train.parquet", kind="labelled",
+                         extra_meta={CATALOGUE_COUNTS_KEY: counts})
+    t0 = time.perf_counter()
+    res = galmorph("train", "--task", "chirality", "--preset", "reference", "--manifest", man, "--tracking-uri", uri,
+                   "--data-root", root, "--out-dir", tmp / "train")
+    minutes = (time.perf_counter() - t0) / 60
+    if not res.get("drift_reference"):
+        raise SystemExit("galmorph train logged no drift reference")
+    mlflow.MlflowClient().set_registered_model_alias(res["registered_name"], "champion", res["registered_version"])
+    trained = {Path(u).resolve() for u in train_df["image_uri"]}
+    images = [p for p in sorted((root / "gz1_chirality" / "images").glob("*.jp*g")) if p.resolve() not in trained]
+    note = (f"trained by `galmorph train --task chirality --preset reference` on {len(train_df)} GZ1 galaxies "
+            f"(split 0's training part: every CW/ACW + {REAL_N_OTHER} \"other\") in {minutes:.1f} min, made "
+            f"champion; the releases are GZ1 images it did not train on")
+    return f"models:/{res['registered_name']}/{res['registered_version']}", images, note
+
+
+def memory_main(a, m: dict, images: list[Path]) -> None:
+    """``--memory``: the pipeline with all its defaults at each size, peak memory per task."""
+    import timm
+    import torch
+
+    sizes = [int(x) for x in a.memory.split(",")]
+    tmp = Path(tempfile.mkdtemp(prefix="bench-rescoring-memory-"))
+    uri = _server(tmp)
+    torch.manual_seed(0)
+    eager = timm.create_model("resnet18", pretrained=False, num_classes=len(CLASSES)).eval()
+    model_uri = _champion(eager, 128, images[-200:])
+    verify(model_uri, a.data_root, tmp / "accel")  # as at registration: every run reuses the record
+    model = "resnet18 (untrained, timm), 128 px, one view"
+    runs: list[dict] = []
+    for n in sizes:
+        r = run_once(n, None, images[:-200], tmp, uri, {}, memory=True)
+        print(json.dumps({k: v for k, v in r.items() if k != "run_dir"}), flush=True)
+        runs.append(r)
+        write_memory(m, runs, model, complete=False)
+    print(write_memory(m, runs, model, complete=True))
+
+
+def write_memory(m: dict, runs: list[dict], model: str, complete: bool) -> str:
+    """results/rescoring_memory.{json,md}: peak memory per task at each release size."""
+    OUT.mkdir(parents=True, exist_ok=True)
+    end = os.getloadavg()
+    res = {"kind": "memory", "machine": m, "model": model, "load_avg_at_end": [round(x, 2) for x in end],
+           "complete": complete, "runs": runs}
+    (OUT / "rescoring_memory.json").write_text(json.dumps(res, indent=2, default=str))
+    tasks = [t for t in TASKS if any(t.replace("-", "_") in r.get("peak_rss_mb", {}) for r in runs)]
+    head = ["rows", "scored", "quarantined", "score work items", "wall s", *[f"{t} MB" for t in tasks]]
+    md = [f"# The rescoring pipeline's memory against release size ({model})", "",
+          f"Started {m['load_avg_at_start']} load average ({end[0]:.2f} at the end); {m['cpus']} CPUs (memory does "
+          "not depend on the load; the wall times are not speed results). `galmorph.ops.run.run_local('rescoring', "
+          "...)` with every pipeline default (4 scoring workers, shards of 10 000 rows, the verified path) but "
+          "`hold_on_drift=false`, on `folder:` releases of real GZ1 JPEGs repeated under new names. Peak resident "
+          "memory of each task, sampled every 0.5 s; first of its largest single process (for `score`: one "
+          "worker):", "",
+          "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for key, what in (("peak_process_rss_mb", "largest single process"), ("peak_rss_mb", "all its processes")):
+        if key != "peak_process_rss_mb":
+            md += ["", f"Summed over all of a task's processes at once (`score`: its concurrent workers, one per work "
+                   "item, at most `n_workers`):", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        for r in runs:
+            pk = r.get(key, {})
+            md.append("| " + " | ".join([f"{r['rows']:,}", str(r["n_scored"]), str(r["n_quarantined"]),
+                                         str(r.get("score_work_items", "?")), f"{r['wall_s']:.0f}", *[f"{pk[t.replace('-', '_')]:.0f}"
+                                                                 if t.replace("-", "_") in pk else "-"
+                                                                 for t in tasks]]) + " |")
+        if len(runs) >= 2:
+            a, b = runs[0], runs[-1]
+            pa, pb = a.get(key, {}), b.get(key, {})
+            ratios = {t: pb[t] / pa[t] for t in pa if t in pb and pa[t] > 0}
+            worst = max(ratios, key=ratios.get) if ratios else None
+            if worst:
+                md += ["", f"{what[0].upper()}{what[1:]}: from {a['rows']:,} to {b['rows']:,} rows "
+                       f"({b['rows'] / a['rows']:.0f}× the rows) the largest peak went {max(pa.values()):.0f} → "
+                       f"{max(pb.values()):.0f} MB; the task that grew most is `{worst}`: {pa[worst]:.0f} → "
+                       f"{pb[worst]:.0f} MB ({ratios[worst]:.2f}×)."]
+    if not complete:
+        md += ["", "**Incomplete**: written after each pipeline run; the benchmark had not finished."]
+    text = "\n".join(md) + "\n"
+    (OUT / "rescoring_memory.md").write_text(text)
+    return text
 
 
 def main() -> None:
@@ -247,6 +446,10 @@ def main() -> None:
     ap.add_argument("--rewrite", type=Path, default=None, help="only rewrite the results from this results JSON")
     ap.add_argument("--fp32", action=argparse.BooleanOptionalAction, default=None,
                     help="also run the pipeline with precision=fp32, decode=full (default: not with --quick)")
+    ap.add_argument("--model", choices=("resnet18", "reference"), default="resnet18",
+                    help="the champion: an untrained ResNet-18 (default) or the chirality reference model, trained "
+                         "by `galmorph train` first (results/rescoring_reference.*)")
+    ap.add_argument("--memory", default="", help="only the memory run at these sizes (e.g. 20000,200000)")
     a = ap.parse_args()
     if a.rewrite:
         print(rewrite(a.rewrite))
@@ -256,27 +459,42 @@ def main() -> None:
 
     from galmorph.settings import get_settings
 
+    root = Path(a.data_root or get_settings().require_data_root())
+    a.data_root = root
+    images = sorted((root / "gz1_chirality" / "images").glob("*.jp*g"))
+    if a.memory:
+        memory_main(a, m, images)
+        return
     a.fp32 = (not a.quick) if a.fp32 is None else a.fp32
     sizes = [200, 400] if a.quick else [int(x) for x in a.sizes.split(",")]
     workers = [1] if a.quick else [int(x) for x in a.workers.split(",")]
-    root = Path(a.data_root or get_settings().require_data_root())
-    images = sorted((root / "gz1_chirality" / "images").glob("*.jp*g"))
-    if len(images) < max(sizes) + 200:
-        raise SystemExit(f"{len(images)} GZ1 images under {root}; need {max(sizes) + 200}")
     tmp = Path(tempfile.mkdtemp(prefix="bench-rescoring-"))
     uri = _server(tmp)
-    import timm
+    stem, note = "rescoring", ""
+    if a.model == "reference":
+        from galmorph.models.io import load_for_inference
 
-    torch.manual_seed(0)
-    eager = timm.create_model("resnet18", pretrained=False, num_classes=len(CLASSES)).eval()
-    model_uri = _champion(eager, 128, images[-200:])  # the drift reference: 200 images outside the releases
+        model_uri, images, note = reference_champion(root, tmp, uri)
+        lm = load_for_inference(model_uri)
+        eager, size = lm.module, lm.spec.image_size
+        model, stem = (f"the chirality reference model ({lm.spec.arch}, {size} px, crop {lm.spec.crop_fraction}, "
+                       f"{getattr(lm.spec, 'tta_views', 1) or 1} views)"), "rescoring_reference"
+    if len(images) < max(sizes) + (0 if a.model == "reference" else 200):
+        raise SystemExit(f"{len(images)} GZ1 images under {root} for the releases; need {max(sizes)}")
+    if a.model == "resnet18":
+        import timm
+
+        torch.manual_seed(0)
+        eager, size = timm.create_model("resnet18", pretrained=False, num_classes=len(CLASSES)).eval(), 128
+        model_uri = _champion(eager, 128, images[-200:])  # the drift reference: 200 images outside the releases
+        model = "resnet18 (untrained, timm), 128 px, one view"
     verified = verify(model_uri, root, tmp / "accel")
     print(json.dumps(verified), flush=True)
     secs = 2.0 if a.quick else 5.0
-    c0 = forward_ceiling(eager, 128, 64, secs)
+    c0 = forward_ceiling(eager, size, 64, secs)
     runs: list[dict] = []
     ctx = {"machine": m, "verified_path": verified, "quick": a.quick, "model_uri": model_uri,
-           "model": "resnet18 (untrained, timm), 128 px, one view", "ceilings": [c0]}
+           "model": model, "ceilings": [c0], "stem": stem, "model_note": note}
     variants = [(w, {}) for w in workers] + [(workers[0], {"precision": "fp32", "decode": "full"})] * bool(a.fp32)
     for w, extra in variants:
         for n in sizes:
@@ -284,8 +502,8 @@ def main() -> None:
             print(json.dumps({k: v for k, v in r.items() if k != "run_dir"}), flush=True)
             runs.append(r)
             write_results(ctx, runs, None)  # what has run so far, should a later run not finish
-    ctx["ceilings"].append(forward_ceiling(eager, 128, 64, secs))
-    print(write_results(ctx, runs, decode_check_ms(images)))
+    ctx["ceilings"].append(forward_ceiling(eager, size, 64, secs))
+    print(write_results(ctx, runs, decode_check_ms(images, size)))
 
 
 def write_results(ctx: dict, runs: list[dict], dms: float | None) -> str:
@@ -294,14 +512,17 @@ def write_results(ctx: dict, runs: list[dict], dms: float | None) -> str:
     ceiling = sum(cs) / len(cs)
     mg = margins(runs, ceiling)
     end = os.getloadavg()
+    stem = ctx.get("stem", "rescoring")
     res = {**{k: v for k, v in ctx.items() if k != "ceilings"}, "load_avg_at_end": [round(x, 2) for x in end],
            "ceiling_eager_fp32_img_s": round(ceiling, 1), "ceiling_before_after": [round(c, 1) for c in cs],
            "complete": dms is not None, "runs": runs, "margins": mg,
            "decode_check_ms_per_image": round(dms, 2) if dms else None}
     OUT.mkdir(parents=True, exist_ok=True)
-    (OUT / "rescoring.json").write_text(json.dumps(res, indent=2, default=str))
+    (OUT / f"{stem}.json").write_text(json.dumps(res, indent=2, default=str))
     after = f", after {cs[1]:.1f}" if len(cs) > 1 else ", after: not measured (the run was stopped)"
-    md = ["# The rescoring pipeline end to end (kfp local runner, defaults), ResNet-18 at 128 px", "",
+    title = "ResNet-18 at 128 px" if stem == "rescoring" else ctx["model"]
+    md = [f"# The rescoring pipeline end to end (kfp local runner, defaults), {title}", "",
+          *([f"The champion: {ctx['model']}, {ctx['model_note']}.", ""] if ctx.get("model_note") else []),
           quiet_line(m) + f" ({m['load_avg_at_start']}; {end[0]:.2f} at the end); {m['cpus']} CPUs. "
           f"Real GZ1 JPEGs as a `folder:` release; `galmorph.ops.run.run_local('rescoring', ...)` with the "
           f"pipeline's defaults (precision, decode, no cutouts written) but `n_workers`, `shard_size` = rows / "
@@ -329,7 +550,7 @@ def write_results(ctx: dict, runs: list[dict], dms: float | None) -> str:
         md += ["", "**Incomplete**: written after each pipeline run; the benchmark had not finished."]
     md += ["", *desi_estimate(mg, dms)]
     text = "\n".join(md) + "\n"
-    (OUT / "rescoring.md").write_text(text)
+    (OUT / f"{stem}.md").write_text(text)
     return text
 
 if __name__ == "__main__":
