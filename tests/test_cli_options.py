@@ -32,6 +32,36 @@ def test_shard_range_errors_name_the_text_and_the_reason(text, reason):
 def test_work_items_round_trip_through_the_one_parser():
     items = [parse_work_item(i) for i in plan_work(n_rows=95, shard_size=10, n_workers=3, model_uri="models:/m/1")]
     assert [s for i in items for s in i["shards"]] == list(range(10))
+    assert {i["n_items"] for i in items} == {3}  # each worker knows how many may run beside it
+    assert parse_work_item('{"shards": "0-1", "model_uri": "m", "shard_size": 5}')["n_items"] == 1  # planned before
+
+
+def _cgroup(tmp_path, v2: str | None = None, v1: tuple[int, int] | None = None):
+    root = tmp_path / "cg"
+    root.mkdir(parents=True)
+    if v2 is not None:
+        (root / "cpu.max").write_text(v2 + "\n")
+    if v1 is not None:
+        (root / "cpu").mkdir()
+        (root / "cpu" / "cpu.cfs_quota_us").write_text(f"{v1[0]}\n")
+        (root / "cpu" / "cpu.cfs_period_us").write_text(f"{v1[1]}\n")
+    return root
+
+
+def test_a_scoring_worker_computes_with_its_pods_limit_or_its_share_of_the_machine(tmp_path):
+    from galmorph.scoring.batch import cpu_quota, cpus_per_worker
+
+    assert cpu_quota(_cgroup(tmp_path / "a", v2="150000 100000")) == 1.5  # cgroup v2: a 1.5-CPU limit
+    assert cpu_quota(_cgroup(tmp_path / "b", v2="max 100000")) is None  # no limit
+    assert cpu_quota(_cgroup(tmp_path / "c", v1=(400000, 100000))) == 4.0  # cgroup v1
+    assert cpu_quota(_cgroup(tmp_path / "d", v1=(-1, 100000))) is None
+    assert cpu_quota(tmp_path / "none") is None
+    # a limit is the pod's own, whatever else runs: at least one CPU, never more than it may run on
+    assert cpus_per_worker(4, quota=1.5, available=16) == 1 and cpus_per_worker(4, quota=8.0, available=16) == 8
+    assert cpus_per_worker(1, quota=32.0, available=16) == 16
+    # no limit: the plan's workers share the machine (kfp's local runner runs them side by side)
+    assert [cpus_per_worker(k, quota=0.0, available=2) for k in (1, 2, 4)] == [2, 1, 1]
+    assert cpus_per_worker(3, quota=0.0, available=16) == 5
 
 
 @pytest.mark.parametrize("shards, reason", [("5-2", "reversed"), ("", "empty"), ("x", "non-negative integer")])

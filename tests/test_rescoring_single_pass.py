@@ -119,6 +119,11 @@ def test_single_pass_conserves_rows_and_quarantines_with_reasons(release, single
     # rows conserved: catalogue + validate's quarantine + score's quarantine
     assert len(r["catalogue"]) + len(r["validate_q"]) + len(r["quarantine"]) == n_in
     assert r["merge"].n_scored == len(r["catalogue"]) and r["catalogue"]["object_id"].is_unique
+    # each worker computed with its share of the machine (two work items side by side), and said so
+    from galmorph.scoring.batch import cpus_per_worker
+
+    assert len(r["work"]) == 2 and {o.metadata["cpus"] for o in r["outs"]} == {cpus_per_worker(2)}
+    assert all(o.metadata["decoding_processes"] == 0 for o in r["outs"])  # num_workers=0 asked: none
     vq = dict(zip(r["validate_q"]["object_id"], r["validate_q"]["reason"]))  # the table checks
     assert set(vq) == {"z-outside", "sim-0-000005"} and "z=" in vq["z-outside"]
     reasons = dict(zip(r["quarantine"]["object_id"], r["quarantine"]["reason"]))

@@ -166,6 +166,35 @@ def n_shards_for(n_rows: int, shard_size: int) -> int:
     return max(0, math.ceil(n_rows / shard_size))
 
 
+def cpu_quota(root: str | Path = "/sys/fs/cgroup") -> float | None:
+    """CPUs this process's cgroup may use (``cpu.max`` of cgroup v2, ``cpu.cfs_quota_us`` / ``cfs_period_us`` of
+    v1: a Kubernetes pod's CPU limit), or None where no quota is set."""
+    root = Path(root)
+    try:
+        quota, period = (root / "cpu.max").read_text().split()[:2]
+        return None if quota == "max" else int(quota) / int(period)
+    except (OSError, ValueError):
+        pass
+    try:
+        q = int((root / "cpu" / "cpu.cfs_quota_us").read_text())
+        p = int((root / "cpu" / "cpu.cfs_period_us").read_text())
+        return None if q <= 0 or p <= 0 else q / p
+    except (OSError, ValueError):
+        return None
+
+
+def cpus_per_worker(concurrent: int = 1, quota: float | None = None, available: int | None = None) -> int:
+    """CPUs one scoring worker computes with: its pod's CPU limit when it has one (``quota``, default
+    :func:`cpu_quota`; 0: none), else the CPUs it may run on shared by the ``concurrent`` workers of its plan
+    (kfp's local runner and pods without a limit run them side by side on one machine). At least 1."""
+    if available is None:
+        available = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    quota = cpu_quota() if quota is None else quota
+    if quota:
+        return max(1, min(int(available), int(quota)))
+    return max(1, int(available) // max(1, int(concurrent)))
+
+
 def plan_workers(n_rows: int, shard_size: int, n_workers: int) -> list[list[int]]:
     """Split the shards into ``n_workers`` contiguous groups (fewer when there are fewer shards)."""
     n = n_shards_for(n_rows, shard_size)
@@ -922,16 +951,19 @@ def pick_device(device: str = "auto") -> str:
 
 
 def plan_work(n_rows: int, shard_size: int, n_workers: int, model_uri: str) -> list[str]:
-    """Work items of a distributed scoring run (JSON strings): shard range, pinned model, shard size."""
-    return [json.dumps({"shards": f"{g[0]}-{g[-1]}", "model_uri": model_uri, "shard_size": int(shard_size)})
-            for g in plan_workers(n_rows, shard_size, n_workers)]
+    """Work items of a distributed scoring run (JSON strings): shard range, pinned model, shard size and how many
+    items the plan has (the workers that may run at once)."""
+    groups = plan_workers(n_rows, shard_size, n_workers)
+    return [json.dumps({"shards": f"{g[0]}-{g[-1]}", "model_uri": model_uri, "shard_size": int(shard_size),
+                        "n_items": len(groups)}) for g in groups]
 
 
 def parse_work_item(item: str) -> dict[str, Any]:
-    """Inverse of :func:`plan_work`: ``{"shards": [..], "shard_range": "a-b", "model_uri", "shard_size"}``."""
+    """Inverse of :func:`plan_work`: ``{"shards": [..], "shard_range": "a-b", "model_uri", "shard_size",
+    "n_items"}`` (``n_items`` 1 for an item planned before it was recorded)."""
     try:
         d = json.loads(item)
         return {"shards": parse_shard_range(d["shards"]), "shard_range": d["shards"], "model_uri": d["model_uri"],
-                "shard_size": int(d["shard_size"])}
+                "shard_size": int(d["shard_size"]), "n_items": max(1, int(d.get("n_items", 1)))}
     except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
         raise ScoringError(f"malformed scoring work item {item!r}: {exc}") from exc

@@ -374,13 +374,42 @@ def score(dataset: str | Path, work: str, scores_dir: str | Path, batch_size: in
     is recorded in the summary, the catalogue metadata and MLflow (``applied_class_prior``, ``applied_ensemble``).
     ``check_images`` (default True): the validation's per-image checks run on the pixels scoring decodes
     (:func:`galmorph.scoring.release_path.image_check_for`), so the release is decoded once; a failing row is
-    quarantined with the check's reason (stage ``score``)."""
-    from galmorph.steps.runtime import as_dir, setup
-    from galmorph.scoring.batch import parse_work_item
-    from galmorph.scoring.run import ScoringJob, run_scoring
+    quarantined with the check's reason (stage ``score``).
+
+    The worker computes with :func:`~galmorph.scoring.batch.cpus_per_worker` CPUs (its pod's CPU limit, else
+    this machine's CPUs shared by the work items of the plan): that many torch threads and at most that many
+    image-decoding processes (``num_workers``), so workers side by side do not oversubscribe the cores."""
+    import torch
+
+    from galmorph.steps.runtime import setup
+    from galmorph.scoring.batch import cpus_per_worker, parse_work_item
 
     _, root = setup(tracking_uri=tracking_uri, data_root=data_root)
     item = parse_work_item(work)
+    cpus = cpus_per_worker(item["n_items"])
+    threads_before = torch.get_num_threads()
+    if device == "cpu" or (device == "auto" and not torch.cuda.is_available()):
+        torch.set_num_threads(cpus)
+    num_workers = min(int(num_workers), cpus)
+    log.info("score worker %s: %d CPU(s) of the plan's %d work item(s): %d torch thread(s), %d decoding "
+             "process(es)", item["shard_range"], cpus, item["n_items"], torch.get_num_threads(), num_workers)
+    try:
+        res = _score_item(item, dataset, scores_dir, root, batch_size, num_workers, threshold, device, precision,
+                          decode, class_prior, check_images, winding_ensemble, winding_weight, winding_min_confidence)
+    finally:  # a caller in the same process (a test, a notebook) keeps its own threads
+        torch.set_num_threads(threads_before)
+    _fill(scores_metadata, {"shards": item["shard_range"], "n_scored": res.n_scored,
+                            "images_per_s": res.images_per_s, "precision": res.precision, "cpus": cpus,
+                            "decoding_processes": num_workers})
+    return ScoreOutputs(res.n_scored, res.n_quarantined)
+
+
+def _score_item(item: dict, dataset, scores_dir, root, batch_size: int, num_workers: int, threshold: float,
+                device: str, precision: str, decode: str, class_prior: str, check_images: bool,
+                winding_ensemble: bool, winding_weight: float, winding_min_confidence: float):
+    """:func:`score`'s scoring of one work item (:func:`galmorph.scoring.run.run_scoring`)."""
+    from galmorph.steps.runtime import as_dir
+    from galmorph.scoring.run import ScoringJob, run_scoring
 
     def framing(model) -> None:  # the dataset's framing must be the model's (never cropped twice)
         dataset_framing_check(dataset, model.spec.crop_fraction, f"scoring with {item['model_uri']}")
@@ -393,9 +422,7 @@ def score(dataset: str | Path, work: str, scores_dir: str | Path, batch_size: in
         winding_weight=winding_weight if winding_weight >= 0 else None,
         winding_min_confidence=winding_min_confidence if winding_min_confidence >= 0 else None,
         progress=False, merge=False)).scoring
-    _fill(scores_metadata, {"shards": item["shard_range"], "n_scored": res.n_scored,
-                            "images_per_s": res.images_per_s, "precision": res.precision})
-    return ScoreOutputs(res.n_scored, res.n_quarantined)
+    return res
 
 
 def _image_check(check_images: bool):
