@@ -93,3 +93,45 @@ def test_the_version_of_an_alias_uri_is_the_version_it_was_loaded_at():
     assert _version_of(loaded("models:/galmorph-chirality@champion")) is None  # not resolved: nothing to record on
     assert _version_of(loaded("runs:/abc/model", "1")) is None
     assert _version_of(loaded("models:/galmorph-chirality/latest")) is None
+
+
+def test_a_verified_onnx_path_keeps_its_model_file_with_the_version(mlflow_server, sim_chirality, monkeypatch, tmp_path):
+    """When the version's path is ONNX, the file checked is logged on the version's run and named in the record;
+    a later worker downloads it instead of exporting the network again (the export was most of a worker's start
+    for the reference model), and scores exactly as the checked file does."""
+    import mlflow
+    import numpy as np
+    import torch
+
+    import galmorph.scoring.accel as accel
+    from galmorph.models.io import load_for_inference
+
+    uri = register_model(TinyNet(3, seed=11), "chirality", ["CW", "ACW", "other"], "galmorph-test-onnx-file")
+    lm = load_for_inference(uri)
+    shape = (lm.spec.in_chans, lm.spec.image_size, lm.spec.image_size)
+    checked = accel.build_path("onnx", lm.module, shape, workdir=tmp_path / "check")
+    assert checked.model_file and (tmp_path / "check" / "model.onnx").exists()
+    choice = accel.PathChoice("verified", "onnx", "draft", "given (48 images)", "auto")
+    assert accel.record_choice(lm, choice, model_file=checked.model_file)
+    rec = accel.recorded_choice(lm)
+    run_id = mlflow.MlflowClient().get_model_version(*uri[len("models:/"):].split("/")).run_id
+    assert rec["artifact"] == f"runs:/{run_id}/inference_path/cpu/model.onnx"
+    # a later worker: nothing exported, nothing checked; the same logits as the checked file
+    monkeypatch.setattr(accel, "export_onnx", lambda *a, **k: pytest.fail("exported again"))
+    monkeypatch.setattr(accel, "choose_path", lambda *a, **k: pytest.fail("checked again"))
+    path, again, was_checked = accel.verified_path(load_for_inference(uri), workdir=tmp_path / "worker")
+    assert not was_checked and again.chosen == "onnx" and again.artifact == rec["artifact"]
+    x = torch.rand(5, *shape)
+    np.testing.assert_allclose(path.run(x).numpy(), checked.run(x).numpy(), atol=1e-6)
+    # a record whose file is gone: checked again rather than failing the worker
+    monkeypatch.undo()
+    bad = dict(rec, artifact=f"runs:/{run_id}/inference_path/cpu/missing.onnx")
+    p2, c2 = accel.prepare_for_scoring(load_for_inference(uri), "verified", "auto", previous=bad,
+                                       agreement=sim_chirality_frame(sim_chirality), workdir=tmp_path / "w3")
+    assert c2.chosen in ("fp32", *accel.VERIFIED_CANDIDATES) and c2.candidates  # a fresh check ran
+
+
+def sim_chirality_frame(sim):
+    from galmorph.catalogue.manifest import read_manifest
+
+    return read_manifest(sim["manifest"])[["object_id", "image_uri"]]

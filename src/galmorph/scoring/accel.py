@@ -70,6 +70,7 @@ class InferencePath:
     device: str = "cpu"
     setup_s: float = 0.0
     detail: str = ""
+    model_file: str = ""  # the ONNX file an onnxruntime path runs (kept with the version's record)
 
 
 # --------------------------------------------------------------------------------------------
@@ -125,8 +126,9 @@ def export_onnx(module, example, path: str | Path) -> Path:
     for dynamo in (True, False):
         try:
             kw: dict[str, Any] = {"input_names": ["images"], "output_names": ["logits"]}
-            if dynamo:
+            if dynamo:  # one self-contained file (the weights inside, not beside it): kept with the version
                 kw["dynamic_shapes"] = ({0: torch.export.Dim("batch", min=1, max=4096)},)
+                kw["external_data"] = False
             else:
                 kw["dynamic_axes"] = {"images": {0: "batch"}, "logits": {0: "batch"}}
             import warnings
@@ -152,7 +154,7 @@ def _ort_session(model_path: Path, threads: int):
     return ort.InferenceSession(str(model_path), so, providers=["CPUExecutionProvider"])
 
 
-def _ort_path(name: str, sess, t0: float, detail: str) -> InferencePath:
+def _ort_path(name: str, sess, t0: float, detail: str, model_file: str | Path = "") -> InferencePath:
     import torch
 
     inp = sess.get_inputs()[0].name
@@ -162,7 +164,7 @@ def _ort_path(name: str, sess, t0: float, detail: str) -> InferencePath:
         out = sess.run(None, {inp: np.ascontiguousarray(a, dtype=np.float32)})[0]
         return torch.from_numpy(np.asarray(out, dtype=np.float32))
 
-    return InferencePath(name, run, "cpu", time.perf_counter() - t0, detail)
+    return InferencePath(name, run, "cpu", time.perf_counter() - t0, detail, model_file=str(model_file))
 
 
 class _Calibration:
@@ -206,7 +208,7 @@ def build_path(name: str, module, image_shape: Sequence[int], device: str = "cpu
         example = torch.rand(2, *image_shape)
         export_onnx(copy.deepcopy(module).cpu(), example, fp32_onnx)
     if name == "onnx":
-        return _ort_path("onnx", _ort_session(fp32_onnx, threads), t0, f"onnxruntime, {fp32_onnx.name}")
+        return _ort_path("onnx", _ort_session(fp32_onnx, threads), t0, f"onnxruntime, {fp32_onnx.name}", fp32_onnx)
     if not calibration:
         raise PathUnavailable("int8 needs calibration images")
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
@@ -259,6 +261,9 @@ class PathChoice:
     max_accuracy_change: float = MAX_ACCURACY_CHANGE
     candidates: list[Agreement] = field(default_factory=list)
     refused: list[str] = field(default_factory=list)
+    #: ``runs:/`` URI of the built model file the path runs (ONNX), kept with the version's record so that
+    #: later workers download it instead of exporting the network again; empty: rebuilt from the network
+    artifact: str = ""
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -576,6 +581,8 @@ def prepare_for_scoring(loaded, precision: str = "fp32", decode: str = "full", d
             and previous.get("chosen") != "int8":
         prev = PathChoice.from_dict(previous)
         try:
+            if prev.artifact and prev.chosen == "onnx":
+                workdir = _fetch_model_file(prev.artifact, workdir)
             path = build_path(prev.chosen, loaded.module, shape, device=device, workdir=workdir)
             return path, prev
         except PathUnavailable as exc:
@@ -632,14 +639,56 @@ def recorded_choice(loaded, device: str = "cpu", client=None) -> dict | None:
         return None
 
 
-def record_choice(loaded, choice: PathChoice, device: str = "cpu", client=None) -> bool:
+def _fetch_model_file(artifact: str, workdir: str | Path | None) -> Path:
+    """Download the recorded ONNX file ``artifact`` as ``model.onnx`` of ``workdir`` (a new temporary folder when
+    None) and return the folder; :class:`PathUnavailable` when it cannot be had (the path is then checked
+    again)."""
+    import shutil
+
+    from mlflow.artifacts import download_artifacts
+
+    wd = Path(workdir or tempfile.mkdtemp(prefix="galmorph-onnx-"))
+    wd.mkdir(parents=True, exist_ok=True)
+    target = wd / "model.onnx"
+    if not target.exists():
+        try:
+            got = Path(download_artifacts(artifact_uri=artifact, dst_path=str(wd / "download")))
+        except Exception as exc:  # noqa: BLE001 - any store error: rebuild the path instead
+            raise PathUnavailable(f"recorded model file {artifact} could not be downloaded: {exc}") from exc
+        shutil.move(str(got), target)
+    log.info("inference path: the version's recorded ONNX file %s (no export)", artifact)
+    return wd
+
+
+def _log_model_file(nv: tuple[str, str], model_file: str, device: str, client) -> str:
+    """Log ``model_file`` on the run of model version ``nv`` (``inference_path/<cpu|cuda>/``); its ``runs:/`` URI,
+    or "" when it cannot be logged (later workers then export it again)."""
+    try:
+        run_id = client.get_model_version(*nv).run_id
+        if not run_id or not model_file or not Path(model_file).exists():
+            return ""
+        sub = f"inference_path/{_device_kind(device)}"
+        client.log_artifact(run_id, model_file, artifact_path=sub)
+        return f"runs:/{run_id}/{sub}/{Path(model_file).name}"
+    except Exception as exc:  # noqa: BLE001 - the choice is still recorded
+        log.warning("could not keep the inference path's model file on %s/%s (%s)", *nv, exc)
+        return ""
+
+
+def record_choice(loaded, choice: PathChoice, device: str = "cpu", client=None, model_file: str = "") -> bool:
     """Record ``choice`` on the model version (best effort: False when the model is not a registered version or
-    the registry refuses); the agreement figures of every candidate are kept (top-1 agreement, img/s, passed)."""
+    the registry refuses); the agreement figures of every candidate are kept (top-1 agreement, img/s, passed).
+    ``model_file``: the built file the chosen path runs (ONNX), logged on the version's run and named in the
+    record (``artifact``) so that later workers download it instead of exporting the network again."""
     import json
 
     nv = _version_of(loaded)
     if nv is None:
         return False
+    if model_file and choice.chosen == "onnx" and not choice.artifact:
+        import mlflow
+
+        choice.artifact = _log_model_file(nv, model_file, device, client or mlflow.MlflowClient())
     d = choice.to_dict()
     d["candidates"] = [{k: a[k] for k in ("path", "decode", "n_images", "top1_agreement", "accuracy_change",
                                           "img_s", "passed", "reason")} for a in d["candidates"]]
@@ -672,5 +721,5 @@ def verified_path(loaded, device: str = "cpu", data_root: str | Path | None = No
                                        workdir=workdir)
     checked = previous is None or choice.to_dict() != PathChoice.from_dict(previous).to_dict()
     if checked:
-        record_choice(loaded, choice, device)
+        record_choice(loaded, choice, device, model_file=path.model_file)
     return path, choice, checked
