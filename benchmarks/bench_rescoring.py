@@ -235,7 +235,7 @@ def run_once(n: int, workers: int | None, images: list[Path], tmp: Path, uri: st
         out["peak_rss_mb"] = {k: round(v / 2**20, 1) for k, v in sorted(sampler.peaks.items())}
         out["peak_process_rss_mb"] = {k: round(v / 2**20, 1) for k, v in sorted(sampler.process_peaks.items())}
         text = _ANSI.sub("", log_file.read_text(errors="replace"))
-        out["score_work_items"] = len(set(re.findall(r"Executing task '(score(?:-\d+)?)'", text)))
+        out["score_work_items"] = len(re.findall(r"Executing task 'score(?:-\d+)?'", text))  # one per item
     return out
 
 
