@@ -345,15 +345,13 @@ def reference_champion(root: Path, tmp: Path, uri: str) -> tuple[str, list[Path]
     releases) and a note."""
     import mlflow
 
-    from reference import galmorph, load_task, split_frame
+    from reference import galmorph, load_task, training_part
 
     from galmorph.catalogue.manifest import write_manifest
-    from galmorph.ops.demo import REAL_N_OTHER, select_real_training_set
+    from galmorph.ops.demo import REAL_N_OTHER
     from galmorph.training.defaults import CATALOGUE_COUNTS_KEY
 
-    train_df, _test = split_frame(load_task("chirality", root), seed=1000)
-    counts = {str(c): int(n) for c, n in train_df["label"].astype(str).value_counts().items()}
-    train_df = select_real_training_set(train_df, n_other=REAL_N_OTHER, seed=0)
+    train_df, _test, counts = training_part(load_task("chirality", root), "chirality", 0, REAL_N_OTHER)
     man = write_manifest(train_df, tmp / "reference-train.parquet", kind="labelled",
                          extra_meta={CATALOGUE_COUNTS_KEY: counts})
     t0 = time.perf_counter()
@@ -371,19 +369,28 @@ def reference_champion(root: Path, tmp: Path, uri: str) -> tuple[str, list[Path]
     return f"models:/{res['registered_name']}/{res['registered_version']}", images, note
 
 
-def memory_main(a, m: dict, images: list[Path]) -> None:
-    """``--memory``: the pipeline with all its defaults at each size, peak memory per task."""
+RESNET18 = "resnet18 (untrained, timm), 128 px, one view"
+
+
+def resnet18_champion(images: list[Path]):
+    """An untrained ResNet-18 (seed 0) registered as champion, its drift reference the last 200 ``images`` (kept
+    out of the releases): ``(eager module, model URI)``."""
     import timm
     import torch
 
+    torch.manual_seed(0)
+    eager = timm.create_model("resnet18", pretrained=False, num_classes=len(CLASSES)).eval()
+    return eager, _champion(eager, 128, images[-200:])
+
+
+def memory_main(a, m: dict, images: list[Path]) -> None:
+    """``--memory``: the pipeline with all its defaults at each size, peak memory per task."""
     sizes = [int(x) for x in a.memory.split(",")]
     tmp = Path(tempfile.mkdtemp(prefix="bench-rescoring-memory-"))
     uri = _server(tmp)
-    torch.manual_seed(0)
-    eager = timm.create_model("resnet18", pretrained=False, num_classes=len(CLASSES)).eval()
-    model_uri = _champion(eager, 128, images[-200:])
+    _eager, model_uri = resnet18_champion(images)
     verify(model_uri, a.data_root, tmp / "accel")  # as at registration: every run reuses the record
-    model = "resnet18 (untrained, timm), 128 px, one view"
+    model = RESNET18
     runs: list[dict] = []
     for n in sizes:
         r = run_once(n, None, images[:-200], tmp, uri, {}, memory=True)
@@ -456,8 +463,6 @@ def main() -> None:
         print(rewrite(a.rewrite))
         return
     m = machine()
-    import torch
-
     from galmorph.settings import get_settings
 
     root = Path(a.data_root or get_settings().require_data_root())
@@ -484,12 +489,7 @@ def main() -> None:
     if len(images) < max(sizes) + (0 if a.model == "reference" else 200):
         raise SystemExit(f"{len(images)} GZ1 images under {root} for the releases; need {max(sizes)}")
     if a.model == "resnet18":
-        import timm
-
-        torch.manual_seed(0)
-        eager, size = timm.create_model("resnet18", pretrained=False, num_classes=len(CLASSES)).eval(), 128
-        model_uri = _champion(eager, 128, images[-200:])  # the drift reference: 200 images outside the releases
-        model = "resnet18 (untrained, timm), 128 px, one view"
+        (eager, model_uri), size, model = resnet18_champion(images), 128, RESNET18
     verified = verify(model_uri, root, tmp / "accel")
     print(json.dumps(verified), flush=True)
     secs = 2.0 if a.quick else 5.0

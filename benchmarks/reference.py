@@ -85,6 +85,19 @@ def split_frame(df: pd.DataFrame, seed: int, test_fraction: float = 0.25) -> tup
     return df[~test].reset_index(drop=True), df[test].reset_index(drop=True)
 
 
+def training_part(full: pd.DataFrame, task: str, split: int, n_other: int) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
+    """Split ``split``'s ``(training part, held-out quarter, catalogue counts)``: the counts are the training
+    part's as catalogued (the population to score); for chirality the training part is then what the preset
+    trains on, all CW/ACW + ``n_other`` "other"."""
+    train_df, test_df = split_frame(full, seed=1000 + split)
+    counts = {str(c): int(n) for c, n in train_df["label"].astype(str).value_counts().items()}
+    if task == "chirality":
+        from galmorph.ops.demo import select_real_training_set
+
+        train_df = select_real_training_set(train_df, n_other=n_other, seed=split)
+    return train_df, test_df, counts
+
+
 def load_task(task: str, data_root: Path) -> pd.DataFrame:
     from galmorph.catalogue.ingest import load_source
 
@@ -504,13 +517,7 @@ def main(argv=None) -> int:
         full = load_task(task, data_root)
         order = [int(x) for x in args.split_order.split(",")] if args.split_order else list(range(args.splits))
         for s in order:
-            train_df, test_df = split_frame(full, seed=1000 + s)
-            # the training part as catalogued, before the preset's selection: the population to score
-            catalogue_counts = {str(c): int(n) for c, n in train_df["label"].astype(str).value_counts().items()}
-            if task == "chirality":  # what the preset trains on: all CW/ACW + a sample of "other"
-                from galmorph.ops.demo import select_real_training_set
-
-                train_df = select_real_training_set(train_df, n_other=args.n_other, seed=s)
+            train_df, test_df, catalogue_counts = training_part(full, task, s, args.n_other)
             train_df = train_subsample(train_df, args.train_fraction, seed=s)
             if args.quick:
                 train_df, test_df = quick_subset(train_df, args.quick_n, s), quick_subset(test_df, args.quick_n, s)
