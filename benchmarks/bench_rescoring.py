@@ -430,6 +430,9 @@ def write_memory(m: dict, runs: list[dict], model: str, complete: bool) -> str:
         if len(runs) >= 2:
             a, b = runs[0], runs[-1]
             pa, pb = a.get(key, {}), b.get(key, {})
+            md.append("| " + " | ".join([f"MB added for {b['rows'] / a['rows']:.0f}× the rows", "", "", "", "",
+                                         *[f"{pb[k] - pa[k]:+.0f}" if k in pa and k in pb else "-"
+                                           for k in (t.replace("-", "_") for t in tasks)]]) + " |")
             ratios = {t: pb[t] / pa[t] for t in pa if t in pb and pa[t] > 0}
             worst = max(ratios, key=ratios.get) if ratios else None
             if worst:

@@ -78,8 +78,8 @@ def pipeline(release_uri: str = "/data/releases/latest", release: str = "latest"
             uses the platform's (GALMORPH_DATA_ROOT).
         write_cutouts: Also write the cutout PNGs; off (default) raster images pass through undecoded and are
             decoded once, by scoring.
-        drift_sample_rows: Rows the drift features are measured on (a deterministic sample of larger
-            releases).
+        drift_sample_rows: Rows the drift features are measured on: every row of a release up to this many, past it
+            a deterministic sample of about this many (by object id), so drift costs the same whatever the size.
     """
     ing = ingest(source=release_uri, task=task, data_root=data_root)
     data_volume(ing, PLATFORM)

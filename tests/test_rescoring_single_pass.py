@@ -204,15 +204,18 @@ def test_write_cutouts_still_writes_pngs(release, cropping_model, mlflow_server,
 
 
 def test_drift_sample_is_deterministic_and_bounded():
-    """Past ``min_rows`` drift is measured on a sample chosen by object id: the same rows whatever the order or
-    the shard, about max(1/16, min_rows / n) of them; every row of a small release."""
+    """Past ``min_rows`` drift is measured on a sample chosen by object id: the same rows whatever the order, the
+    shard or the chunk, about ``min_rows`` of them whatever the release's size; every row of a small release."""
     from galmorph.drift.features import drift_sample
 
     ids = pd.Series([f"gal-{i}" for i in range(40_000)])
     m = drift_sample(ids, 1000)
-    assert 0.8 * 2500 < m.sum() < 1.2 * 2500  # 1/16 of 40 000
+    assert 0.8 * 1000 < m.sum() < 1.2 * 1000  # not 1/16 of 40 000: the sample does not grow with the release
     picked = set(ids[m])
     rev = ids[::-1].reset_index(drop=True)
     assert set(rev[drift_sample(rev, 1000)]) == picked
-    assert 0.8 * 1000 < drift_sample(ids[:8000], 1000).sum() < 1.2 * 1000  # min_rows / n = 1/8
+    chunks = [ids[i:i + 7000] for i in range(0, len(ids), 7000)]  # chunk by chunk, knowing the release's size
+    assert set().union(*(set(c[drift_sample(c, 1000, n_rows=len(ids))]) for c in chunks)) == picked
+    assert 0.8 * 1000 < drift_sample(ids[:8000], 1000).sum() < 1.2 * 1000
+    assert 0.8 * 1000 < drift_sample(pd.Series([f"x{i}" for i in range(400_000)]), 1000).sum() < 1.2 * 1000
     assert drift_sample(ids[:1000], 1000).all() and drift_sample(ids, 0).all()

@@ -16,7 +16,7 @@ def drift(catalogue: Input[Dataset], dataset: Input[Dataset], report: Output[HTM
     """galmorph.drift.run_drift; ``reference`` defaults to the drift reference logged in MLflow with the
     model version (``drift_reference/features.parquet`` of its training run); thresholds from params.yaml ``drift:`` (``min_group_size``
     > 0 overrides). ``verdict`` is ``drift`` or ``no_drift`` (drives publish). ``sample_rows`` > 0: every row up to
-    that many, past it a deterministic sample by object id of at least that many (1/16 of a large release)."""
+    that many, past it a deterministic sample by object id of about that many (the same whatever the release's size)."""
     from galmorph import steps
 
     return steps.drift(catalogue.path, dataset.path, summary.path, report.path, reference=reference,

@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import math
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,14 +27,18 @@ import pandas as pd
 
 from galmorph.catalogue.manifest import (
     ManifestError,
+    ManifestWriter,
+    QuarantineWriter,
+    SeenIds,
+    is_csv,
+    iter_manifest,
+    manifest_num_rows,
     carried_metadata,
     manifest_metadata,
     quarantine_frame,
     quarantine_record,
     read_manifest,
     resolve_image_uri,
-    write_manifest,
-    write_quarantine,
 )
 
 log = logging.getLogger(__name__)
@@ -338,68 +343,120 @@ def _write_cutout(out: Path, name: str, row: dict, c: Cutout, cfg: CutoutConfig,
     return new
 
 
+class _CutoutChunks:
+    """The row-by-row work of :func:`make_cutouts` on one chunk at a time: a repeated object id (or a second object
+    whose id gives the same file name) is quarantined within a chunk by name, across chunks through
+    :class:`~galmorph.catalogue.manifest.SeenIds` (so a cutout is never overwritten)."""
+
+    def __init__(self, out: Path, cfg: CutoutConfig, data_root: Path | None):
+        self.out, self.cfg, self.dr = out, cfg, data_root
+        self.ids, self.names = SeenIds(), SeenIds()
+        self.n_out = self.n_partial = self.n_small = self.n_passed = 0
+
+    def cut(self, df: pd.DataFrame, bar) -> tuple[list[dict], list[dict]]:
+        from galmorph.imaging.io import ImageError, is_fits
+
+        cfg, out = self.cfg, self.out
+        recs = df.to_dict("records")
+        oids = [r.get("object_id") for r in recs]
+        named = [None if o is None or (not isinstance(o, str) and pd.isna(o)) or not str(o).strip() else str(o)
+                 for o in oids]
+        prev_id = self.ids.earlier([o or "" for o in named])
+        prev_name = self.names.earlier([_safe_name(o) if o else "" for o in named])
+        rows, q = [], []
+        used: dict[str, str] = {}  # output file name -> object id, within the chunk
+        for k, row in enumerate(recs):
+            bar.update(1)
+            oid = named[k]
+            if oid is None:
+                q.append(quarantine_record(None, STAGE, "object_id is null or empty", row))
+                continue
+            name = _safe_name(oid)
+            if name in used or prev_id[k] >= 0 or prev_name[k] >= 0:
+                if name in used:
+                    why = ("duplicate object_id" if used[name] == oid
+                           else f"its file name {name}.png is already the cutout of object {used[name]}")
+                elif prev_id[k] >= 0:
+                    why = f"duplicate object_id (first at cutout row {int(prev_id[k])})"
+                else:
+                    why = f"its file name {name}.png is already the cutout at row {int(prev_name[k])}"
+                q.append(quarantine_record(oid, STAGE, f"object {oid}: {why}", row))
+                continue
+            if cfg.raster_passthrough and not is_fits(str(row.get("image_uri") or "")):
+                used[name] = oid
+                rows.append(_passthrough_row(row))
+                self.n_passed += 1
+                continue
+            try:
+                c = cutout_row(row, cfg, self.dr)
+            except (ImageError, CutoutError, ManifestError, ValueError) as exc:
+                q.append(quarantine_record(oid, STAGE, f"object {oid}: {exc}", row))
+                continue
+            used[name] = oid
+            new = _write_cutout(out, name, row, c, cfg, write_fits=cfg.write_fits)
+            self.n_small += int(bool(new.get("small_extent", False)))
+            self.n_partial += int(c.partial)
+            rows.append(new)
+        kept = [r["object_id"] for r in rows]
+        positions = np.arange(self.n_out, self.n_out + len(rows))
+        self.ids.add(kept, positions)
+        self.names.add([_safe_name(o) for o in kept], positions)
+        self.n_out += len(rows)
+        return rows, q
+
+
 def make_cutouts(manifest: str | Path | pd.DataFrame, out_dir: str | Path, cfg: CutoutConfig | None = None,
                  data_root: Path | str | None = None, progress: bool = True) -> CutoutResult:
     """Cut every row of a manifest into ``out_dir`` (``png/``, ``fits/``, ``manifest.parquet``,
-    ``quarantine.parquet``). Rows in = rows out + rows quarantined."""
+    ``quarantine.parquet``). Rows in = rows out + rows quarantined. A Parquet manifest is read, cut and written
+    in chunks of :data:`~galmorph.catalogue.manifest.CHUNK_ROWS` rows (memory bounded by a chunk, whatever the
+    release's size); the result then holds the counts, not the frames."""
     from tqdm import tqdm
-
-    from galmorph.imaging.io import ImageError, is_fits
 
     cfg = cfg or CutoutConfig()
     dr = Path(data_root) if data_root is not None else None
     if isinstance(manifest, pd.DataFrame):
-        df, kind = manifest.reset_index(drop=True), "cutouts"
-    else:
+        chunks, n_in, kind = [manifest.reset_index(drop=True)], len(manifest), "cutouts"
+    elif is_csv(manifest):
         df = read_manifest(manifest)
+        chunks, n_in, kind = [df], len(df), "manifest-cutouts"
+    else:
+        n_in = manifest_num_rows(manifest)
+        chunks = iter_manifest(manifest)
         kind = f"{manifest_metadata(manifest).get('kind', 'manifest')}-cutouts"
-    if df.empty:
+    if n_in == 0:
         raise ManifestError(f"manifest {manifest if not isinstance(manifest, pd.DataFrame) else ''} has no rows to cut")
     out = Path(out_dir)
     (out / "png").mkdir(parents=True, exist_ok=True)
-    rows, q = [], []
-    n_partial = n_small = n_passed = 0
-    used: dict[str, str] = {}  # output file name -> object id: a repeated id never overwrites a cutout
-    for row in tqdm(df.to_dict("records"), desc="cutouts", disable=not progress):
-        oid = row.get("object_id")
-        if oid is None or (not isinstance(oid, str) and pd.isna(oid)) or not str(oid).strip():
-            q.append(quarantine_record(None, STAGE, "object_id is null or empty", row))
-            continue
-        name = _safe_name(oid)
-        if name in used:
-            why = ("duplicate object_id" if used[name] == str(oid)
-                   else f"its file name {name}.png is already the cutout of object {used[name]}")
-            q.append(quarantine_record(oid, STAGE, f"object {oid}: {why}", row))
-            continue
-        if cfg.raster_passthrough and not is_fits(str(row.get("image_uri") or "")):
-            used[name] = str(oid)
-            rows.append(_passthrough_row(row))
-            n_passed += 1
-            continue
-        try:
-            c = cutout_row(row, cfg, dr)
-        except (ImageError, CutoutError, ManifestError, ValueError) as exc:
-            q.append(quarantine_record(oid, STAGE, f"object {oid}: {exc}", row))
-            continue
-        used[name] = str(oid)
-        new = _write_cutout(out, name, row, c, cfg, write_fits=cfg.write_fits)
-        n_small += int(bool(new.get("small_extent", False)))
-        n_partial += int(c.partial)
-        rows.append(new)
-    man = pd.DataFrame(rows) if rows else df.iloc[0:0].copy()
-    mpath = write_manifest(man, out / "manifest.parquet", kind=kind,
-                           extra_meta={**carried_metadata(manifest),
-                                       "cutout": {k: v for k, v in cfg.__dict__.items()}, "rows_in": len(df),
-                                       "rows_quarantined": len(q), "n_small_extent": n_small,
-                                       "n_passthrough": n_passed})
-    if n_small:
+    work = _CutoutChunks(out, cfg, dr)
+    one_frame = not isinstance(chunks, Iterator)  # a frame or a CSV in memory already: the result keeps the frames
+    kept_rows: list[dict] = []
+    q_all: list[dict] = []
+    first_chunk: pd.DataFrame | None = None
+    with ManifestWriter(out / "manifest.parquet", kind) as w, QuarantineWriter(out / "quarantine.parquet") as qw, \
+            tqdm(total=n_in, desc="cutouts", disable=not progress) as bar:
+        for df in chunks:
+            first_chunk = df.iloc[0:0] if first_chunk is None else first_chunk
+            rows, q = work.cut(df, bar)
+            w.write(pd.DataFrame(rows) if rows else None)
+            qw.write(q)
+            if one_frame:
+                kept_rows.extend(rows)
+                q_all.extend(q)
+        if not work.n_out and first_chunk is not None:
+            w.write(first_chunk)  # no rows: the input's columns, empty
+        mpath = w.close({**carried_metadata(manifest), "cutout": {k: v for k, v in cfg.__dict__.items()},
+                         "rows_in": n_in, "rows_quarantined": qw.rows, "n_small_extent": work.n_small,
+                         "n_passthrough": work.n_passed})
+        n_q = qw.rows
+        qpath = qw.close()
+    if work.n_small:
         log.warning("cutouts: %d of %d galaxies are smaller than %g px across in the model's input (%d px, crop "
                     "%g): their arms are probably not resolved; use a tighter crop or a larger input",
-                    n_small, len(rows), cfg.min_extent_px, cfg.model_image_size, cfg.model_crop_fraction)
-    qdf = quarantine_frame(q)
-    qpath = write_quarantine(qdf, out / "quarantine.parquet")
-    log.info("cutouts: %d rows in, %d out (%d passed through undecoded), %d quarantined, %d partial -> %s", len(df),
-             len(rows), n_passed, len(q), n_partial, out)
-    return CutoutResult(out_dir=out, manifest_path=mpath, quarantine_path=qpath, n_in=len(df), n_out=len(rows),
-                        n_quarantined=len(q), n_partial=n_partial, manifest=man, quarantine=qdf,
-                        n_small_extent=n_small)
+                    work.n_small, work.n_out, cfg.min_extent_px, cfg.model_image_size, cfg.model_crop_fraction)
+    log.info("cutouts: %d rows in, %d out (%d passed through undecoded), %d quarantined, %d partial -> %s", n_in,
+             work.n_out, work.n_passed, n_q, work.n_partial, out)
+    man = (pd.DataFrame(kept_rows) if kept_rows else chunks[0].iloc[0:0].copy()) if one_frame else None
+    return CutoutResult(out_dir=out, manifest_path=mpath, quarantine_path=qpath, n_in=n_in, n_out=work.n_out,
+                        n_quarantined=n_q, n_partial=work.n_partial, manifest=man,
+                        quarantine=quarantine_frame(q_all) if one_frame else None, n_small_extent=work.n_small)

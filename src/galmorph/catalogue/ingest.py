@@ -26,8 +26,9 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,8 +36,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from galmorph.catalogue import manifest as manifest_module
 from galmorph.catalogue.manifest import (
     REQUIRED_COLUMNS,
+    ManifestWriter,
+    QuarantineWriter,
+    SeenIds,
     assign_z_bin,
     conform,
     data_uri,
@@ -493,39 +498,81 @@ def _fits_centre(path: Path) -> tuple[float, float]:
     return ra, dec
 
 
+def _folder_images(folder: Path, pattern: str) -> list[str]:
+    """The image files of ``folder`` matching ``pattern``, by name (sorted; names only, not paths)."""
+    import fnmatch
+
+    with os.scandir(folder) as it:
+        names = [e.name for e in it if fnmatch.fnmatchcase(e.name, pattern) and e.is_file()
+                 and e.name.lower().endswith(IMAGE_SUFFIXES)]
+    names.sort()
+    return names
+
+
+def iter_image_folder(folder: str | Path, data_root: Path | None = None, survey: str = "unknown",
+                      pattern: str = "*", id_from_name: Callable[[str], str] | None = None,
+                      source: str = "folder", task: str | None = None, label: str | None = None,
+                      chunk_rows: int | None = None) -> Iterator[tuple[pd.DataFrame, Records]]:
+    """:func:`ingest_image_folder` in chunks of ``chunk_rows`` files (default
+    :data:`~galmorph.catalogue.manifest.CHUNK_ROWS`): ``(manifest rows, quarantine records)`` per
+    chunk, so a release of any size is ingested in bounded memory. An object id repeating one of an earlier chunk
+    is quarantined as a duplicate too (:class:`~galmorph.catalogue.manifest.SeenIds`)."""
+    from galmorph.imaging.io import ImageError, is_fits
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise IngestError(f"image folder {folder} does not exist")
+    names = _folder_images(folder, pattern)
+    if not names:
+        raise IngestError(f"image folder {folder} holds no images matching {pattern!r} ({IMAGE_SUFFIXES})")
+    seen, n_out = SeenIds(), 0
+    step = int(chunk_rows or manifest_module.CHUNK_ROWS)
+    for lo in range(0, len(names), step):
+        rows, q = [], []
+        for name in names[lo:lo + step]:
+            p = folder / name
+            stem = name.split(".")[0]
+            oid = id_from_name(stem) if id_from_name else re.sub(r"_[ugriz]$", "", stem)
+            prov = f"{folder.name}/{name}"
+            ra = dec = np.nan
+            if is_fits(p):
+                try:
+                    ra, dec = _fits_centre(p)
+                except ImageError as exc:
+                    q.append(quarantine_record(oid, STAGE, f"{source} object {oid}: {exc}", {"path": str(p)}))
+                    continue
+            elif IAU_RE.search(stem):
+                ra, dec = parse_iau_name(stem)
+            rows.append({"object_id": oid, "survey": survey, "ra": ra, "dec": dec, "z": np.nan,
+                         "image_uri": image_uri_for(p, data_root), "label": label, "task": task,
+                         "provenance": prov, "file_name": name})
+        df, q = _finalise(rows, q, len(rows) + len(q), source, coords_required=False)
+        first = seen.earlier(df["object_id"]) if len(df) else np.empty(0, dtype=np.int64)
+        for i in np.flatnonzero(first >= 0):
+            r = df.iloc[int(i)].to_dict()
+            q.append(quarantine_record(r["object_id"], STAGE, f"{source} object {r['object_id']}: duplicate "
+                                       f"object_id (first seen at manifest row {int(first[i])}; this one "
+                                       f"{r['provenance']})", r))
+        df = df[first < 0].reset_index(drop=True)
+        seen.add(df["object_id"], np.arange(n_out, n_out + len(df)))
+        n_out += len(df)
+        yield df, q
+
+
 def ingest_image_folder(folder: str | Path, data_root: Path | None = None, survey: str = "unknown",
                         pattern: str = "*", id_from_name: Callable[[str], str] | None = None,
                         source: str = "folder", task: str | None = None,
                         label: str | None = None) -> tuple[pd.DataFrame, Records]:
     """Any folder of images: object id = file stem (``_r`` band suffix of FITS dropped); RA/Dec from
     the FITS WCS reference value (CRVAL) or from an IAU name in the file name when there is one.
-    A FITS without a usable WCS is quarantined."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise IngestError(f"image folder {folder} does not exist")
-    files = sorted(p for p in folder.glob(pattern) if p.is_file() and p.name.lower().endswith(IMAGE_SUFFIXES))
-    if not files:
-        raise IngestError(f"image folder {folder} holds no images matching {pattern!r} ({IMAGE_SUFFIXES})")
-    from galmorph.imaging.io import ImageError, is_fits
-
-    rows, q = [], []
-    for p in files:
-        stem = p.name.split(".")[0]
-        oid = id_from_name(stem) if id_from_name else re.sub(r"_[ugriz]$", "", stem)
-        prov = f"{folder.name}/{p.name}"
-        ra = dec = np.nan
-        if is_fits(p):
-            try:
-                ra, dec = _fits_centre(p)
-            except ImageError as exc:
-                q.append(quarantine_record(oid, STAGE, f"{source} object {oid}: {exc}", {"path": str(p)}))
-                continue
-        elif IAU_RE.search(stem):
-            ra, dec = parse_iau_name(stem)
-        rows.append({"object_id": oid, "survey": survey, "ra": ra, "dec": dec, "z": np.nan,
-                     "image_uri": image_uri_for(p, data_root), "label": label, "task": task,
-                     "provenance": prov, "file_name": p.name})
-    return _finalise(rows, q, len(files), source, coords_required=False)
+    A FITS without a usable WCS is quarantined. (:func:`ingest` streams a folder in chunks instead:
+    :func:`iter_image_folder`.)"""
+    parts, q = [], []
+    for df, qq in iter_image_folder(folder, data_root, survey, pattern, id_from_name, source, task, label):
+        parts.append(df)
+        q.extend(qq)
+    parts = [d for d in parts if len(d)] or parts[:1]
+    return conform(pd.concat(parts, ignore_index=True)), q
 
 
 def ingest_sdss_fits(cutouts_dir: str | Path, data_root: Path | None = None) -> tuple[pd.DataFrame, Records]:
@@ -695,18 +742,59 @@ def load_source(source: str, data_root: Path | str | None = None, **opts: Any) -
     raise IngestError(f"unknown source {source!r}; expected one of {SOURCES} or an image folder")
 
 
+def _count_labels(counts: dict[str, int], labels: pd.Series) -> None:
+    for k, v in labels.value_counts(dropna=False).items():
+        k = "null" if str(k) in ("<NA>", "nan", "None") else str(k)
+        counts[k] = counts.get(k, 0) + int(v)
+
+
+def _folder_source(source: str, opts: dict[str, Any]) -> str | None:
+    """The image folder of a ``folder:`` source (or of a plain folder path), else None."""
+    if source.startswith("folder:"):
+        return source[7:]
+    known = source.startswith(("sim:", "catalogue")) or source in SOURCES
+    return source if not known and Path(source).is_dir() else None
+
+
+def _ingest_folder_streamed(folder: str, source: str, out_manifest: Path, quarantine_path: Path,
+                            data_root: Path | str | None, **opts: Any) -> IngestResult:
+    """:func:`ingest` of an image folder, chunk by chunk (:func:`iter_image_folder`): memory bounded by a chunk."""
+    dr = Path(data_root) if data_root is not None else None
+    labels: dict[str, int] = {}
+    n_out = n_q = 0
+    with ManifestWriter(out_manifest, "images") as w, QuarantineWriter(quarantine_path) as qw:
+        for df, q in iter_image_folder(folder, dr, survey=opts.get("survey", "unknown"),
+                                       pattern=opts.get("pattern", "*"), task=opts.get("task"),
+                                       label=opts.get("label")):
+            w.write(df)
+            qw.write(q)
+            _count_labels(labels, df["label"])
+            n_out, n_q = n_out + len(df), n_q + len(q)
+        w.close({"source": source, "rows_in": n_out + n_q, "rows_quarantined": n_q, "labels": labels})
+        qw.close()
+    log.info("ingest %s: %d rows in, %d out, %d quarantined -> %s", source, n_out + n_q, n_out, n_q, out_manifest)
+    return IngestResult(source=source, kind="images", manifest_path=out_manifest, quarantine_path=quarantine_path,
+                        n_in=n_out + n_q, n_out=n_out, n_quarantined=n_q, label_counts=labels)
+
+
 def ingest(source: str, out_manifest: str | Path, quarantine_path: str | Path | None = None,
            data_root: Path | str | None = None, **opts: Any) -> IngestResult:
     """Ingest ``source`` and write its manifest (Parquet) and quarantine table.
 
-    ``quarantine_path`` defaults to ``<manifest stem>.quarantine.parquet`` beside the manifest."""
+    ``quarantine_path`` defaults to ``<manifest stem>.quarantine.parquet`` beside the manifest. An image folder
+    (a survey release) is streamed in chunks of :data:`~galmorph.catalogue.manifest.CHUNK_ROWS` files: the
+    result then holds the counts, not the frames."""
     out_manifest = Path(out_manifest)
     quarantine_path = Path(quarantine_path) if quarantine_path else out_manifest.with_name(
         out_manifest.stem + ".quarantine.parquet")
+    folder = _folder_source(source, opts)
+    if folder is not None:
+        return _ingest_folder_streamed(folder, source, out_manifest, quarantine_path, data_root, **opts)
     man, q, kind = load_source(source, data_root, **opts)
     n_in = len(man) + len(q)  # for gz2_table: rows of the clean sample (the cut is a selection)
-    labels = {str(k): int(v) for k, v in man["label"].value_counts(dropna=False).items()} if len(man) else {}
-    labels = {("null" if k in ("<NA>", "nan", "None") else k): v for k, v in labels.items()}
+    labels: dict[str, int] = {}
+    if len(man):
+        _count_labels(labels, man["label"])
     meta = {"source": source, "rows_in": n_in, "rows_quarantined": len(q), "labels": labels}
     if "n_table_rows" in man.attrs:
         meta["table_rows"] = man.attrs["n_table_rows"]

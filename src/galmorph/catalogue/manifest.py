@@ -30,7 +30,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -146,16 +146,167 @@ def write_manifest(df: pd.DataFrame, path: str | Path, kind: str, extra_meta: di
     path.parent.mkdir(parents=True, exist_ok=True)
     df = conform(df)
     table = pa.Table.from_pandas(df, preserve_index=False)
-    meta = dict(table.schema.metadata or {})
-    meta[b"galmorph.kind"] = kind.encode()
-    meta[b"galmorph.schema_version"] = SCHEMA_VERSION.encode()
-    for k, v in (extra_meta or {}).items():
-        meta[f"galmorph.{k}".encode()] = json.dumps(v).encode()
+    meta = {**(table.schema.metadata or {}), **_meta_bytes(kind, extra_meta)}
     table = table.replace_schema_metadata(meta)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     pq.write_table(table, tmp)
     os.replace(tmp, path)
     return path
+
+
+#: Rows a streaming step reads, checks and writes at a time (one Parquet row group each): the steps that rewrite a
+#: whole release (ingest, validate, cutout, drift) hold this many rows, not the release.
+CHUNK_ROWS = 10_000
+
+
+def manifest_num_rows(path: str | Path) -> int:
+    """Rows of a Parquet manifest, from its footer (nothing read)."""
+    return int(pq.ParquetFile(path).metadata.num_rows)
+
+
+def iter_manifest(path: str | Path, columns: Sequence[str] | None = None,
+                  chunk_rows: int | None = None) -> Iterator[pd.DataFrame]:
+    """A Parquet manifest in chunks of at most ``chunk_rows`` (default :data:`CHUNK_ROWS`) rows, typed as :func:`read_manifest` types them;
+    each chunk's index is its rows' positions in the file (the first chunk starts at 0). ``columns``: only these
+    (those the file has)."""
+    path = Path(path)
+    try:
+        pf = pq.ParquetFile(path)
+    except Exception as exc:  # noqa: BLE001 - reraised with the file named
+        raise ManifestError(f"manifest {path} is not a readable Parquet file: {exc}") from exc
+    names = pf.schema_arrow.names
+    cols = None if columns is None else [c for c in columns if c in names]
+    start = 0
+    for batch in pf.iter_batches(batch_size=int(chunk_rows or CHUNK_ROWS), columns=cols):
+        df = batch.to_pandas()
+        if columns is None:
+            df = _fill_columns(df, f"manifest {path}")
+        for c in STRING_COLUMNS:
+            if c in df.columns:
+                df[c] = df[c].astype("string")
+        for c in FLOAT_COLUMNS:
+            if c in df.columns and not pd.api.types.is_float_dtype(df[c].dtype):
+                df[c] = pd.to_numeric(df[c], errors="coerce").astype("float64")
+        df.index = pd.RangeIndex(start, start + len(df))
+        start += len(df)
+        yield df
+
+
+def _meta_bytes(kind: str | None, extra_meta: dict | None) -> dict[bytes, bytes]:
+    meta: dict[bytes, bytes] = {}
+    if kind is not None:
+        meta[b"galmorph.kind"] = kind.encode()
+        meta[b"galmorph.schema_version"] = SCHEMA_VERSION.encode()
+    for k, v in (extra_meta or {}).items():
+        meta[f"galmorph.{k}".encode()] = json.dumps(v).encode()
+    return meta
+
+
+class ManifestWriter:
+    """A manifest written chunk by chunk (one Parquet row group per :meth:`write`), for steps that stream a
+    release: the first chunk fixes the columns and their types (later chunks are cast to them; a column the first
+    chunk lacks is an error naming it), the metadata is given at :meth:`close`, and the file appears atomically
+    then (temporary file, rename). With no rows written the manifest is empty with the schema's columns.
+    Use as a context manager: an exception leaves no file."""
+
+    def __init__(self, path: str | Path, kind: str, extra_meta: dict | None = None):
+        self.path = Path(path)
+        self.kind = kind
+        self.extra_meta = dict(extra_meta or {})
+        self.rows = 0
+        self._tmp = self.path.with_name(f".{self.path.name}.tmp-{os.getpid()}")
+        self._writer: pq.ParquetWriter | None = None
+
+    def write(self, df: pd.DataFrame) -> None:
+        if df is None or not len(df):
+            return
+        df = conform(df)
+        if self._writer is None:
+            table = pa.Table.from_pandas(df, preserve_index=False)
+            schema = pa.schema([f.with_type(pa.string()) if pa.types.is_null(f.type) else f for f in table.schema],
+                               metadata=table.schema.metadata)
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._writer = pq.ParquetWriter(self._tmp, schema)
+        schema = self._writer.schema_arrow if hasattr(self._writer, "schema_arrow") else self._writer.schema
+        extra = [c for c in df.columns if c not in schema.names]
+        if extra:
+            raise ManifestError(f"manifest {self.path}: column(s) {extra} appear after its first "
+                                f"{self.rows} rows were written without them")
+        df = df.reindex(columns=schema.names)
+        table = pa.Table.from_pandas(df, preserve_index=False)
+        try:
+            table = table.cast(schema) if table.schema != schema else table
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+            raise ManifestError(f"manifest {self.path}: rows {self.rows}.. do not have the types of its first rows "
+                                f"({exc})") from exc
+        self._writer.write_table(table)
+        self.rows += len(df)
+
+    def close(self, extra_meta: dict | None = None) -> Path:
+        self.extra_meta.update(extra_meta or {})
+        if self._writer is None:
+            return write_manifest(pd.DataFrame(columns=list(REQUIRED_COLUMNS)), self.path, self.kind,
+                                  self.extra_meta)
+        self._writer.add_key_value_metadata(_meta_bytes(self.kind, self.extra_meta))
+        self._writer.close()
+        self._writer = None
+        os.replace(self._tmp, self.path)
+        return self.path
+
+    def abort(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+        self._tmp.unlink(missing_ok=True)
+
+    def __enter__(self) -> "ManifestWriter":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is not None:
+            self.abort()
+
+
+class SeenIds:
+    """Object ids met so far in a streamed release, as 64-bit hashes with the row each was first met at: 16 bytes
+    per distinct id instead of the ids themselves (two different ids sharing a hash, about 1 in 10^7 for a
+    10-million-row release, would read as a repeat)."""
+
+    def __init__(self) -> None:
+        self._hash = np.empty(0, dtype=np.uint64)
+        self._row = np.empty(0, dtype=np.int64)
+
+    def __len__(self) -> int:
+        return len(self._hash)
+
+    @staticmethod
+    def hashes(ids: Sequence[Any] | pd.Series) -> np.ndarray:
+        return pd.util.hash_pandas_object(pd.Series(ids, dtype="object").astype(str), index=False
+                                          ).to_numpy(dtype=np.uint64)
+
+    def earlier(self, ids: Sequence[Any] | pd.Series) -> np.ndarray:
+        """Per id: the row it was first met at by an earlier :meth:`add`, else -1."""
+        return self._earlier(self.hashes(ids))
+
+    def add(self, ids: Sequence[Any] | pd.Series, rows: Sequence[int] | np.ndarray) -> None:
+        """Record ``ids`` first met at ``rows`` (ids met before keep their first row)."""
+        h = self.hashes(ids)
+        if not len(h):
+            return
+        rows = np.asarray(rows, dtype=np.int64)
+        h, first = np.unique(h, return_index=True)
+        rows = rows[first]
+        new = self._earlier(h) < 0
+        hh = np.concatenate([self._hash, h[new]])
+        rr = np.concatenate([self._row, rows[new]])
+        order = np.argsort(hh, kind="stable")
+        self._hash, self._row = hh[order], rr[order]
+
+    def _earlier(self, h: np.ndarray) -> np.ndarray:
+        if not len(self._hash) or not len(h):
+            return np.full(len(h), -1, dtype=np.int64)
+        pos = np.clip(np.searchsorted(self._hash, h), 0, len(self._hash) - 1)
+        return np.where(self._hash[pos] == h, self._row[pos], -1)
 
 
 CSV_SUFFIXES = (".csv", ".csv.gz", ".tsv", ".tsv.gz", ".txt")
@@ -330,7 +481,8 @@ def manifest_metadata(path: str | Path) -> dict[str, Any]:
     """The ``galmorph.*`` metadata of a Parquet manifest ({} for a CSV/TSV manifest, which has none)."""
     if is_csv(path):
         return {}
-    meta = pq.read_schema(path).metadata or {}
+    # the file's key-value metadata: the schema's (write_manifest) and any added at the end (ManifestWriter)
+    meta = pq.ParquetFile(path).metadata.metadata or {}
     out: dict[str, Any] = {}
     for k, v in meta.items():
         k = k.decode()
@@ -371,6 +523,41 @@ def write_quarantine(records: Iterable[dict] | pd.DataFrame, path: str | Path) -
     df.to_parquet(tmp, index=False)
     os.replace(tmp, path)
     return path
+
+
+class QuarantineWriter:
+    """A quarantine table written as it grows (records or frames appended), atomically at :meth:`close`; always
+    written, possibly empty. Use as a context manager: an exception leaves no file."""
+
+    _SCHEMA = pa.Table.from_pandas(quarantine_frame([]), preserve_index=False).schema
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.rows = 0
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._tmp = self.path.with_name(f".{self.path.name}.tmp-{os.getpid()}")
+        self._writer = pq.ParquetWriter(self._tmp, self._SCHEMA)
+
+    def write(self, records: Iterable[dict] | pd.DataFrame) -> None:
+        df = records if isinstance(records, pd.DataFrame) else quarantine_frame(records)
+        if not len(df):
+            return
+        df = df[list(QUARANTINE_COLUMNS)].astype({c: "string" for c in QUARANTINE_COLUMNS})
+        self._writer.write_table(pa.Table.from_pandas(df, preserve_index=False).cast(self._SCHEMA))
+        self.rows += len(df)
+
+    def close(self) -> Path:
+        self._writer.close()
+        os.replace(self._tmp, self.path)
+        return self.path
+
+    def __enter__(self) -> "QuarantineWriter":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is not None:
+            self._writer.close()
+            self._tmp.unlink(missing_ok=True)
 
 
 def read_quarantine(path: str | Path) -> pd.DataFrame:

@@ -28,8 +28,12 @@ from galmorph.catalogue.manifest import (
     REQUIRED_COLUMNS,
     Z_MAX_PHYSICAL,
     ManifestError,
+    ManifestWriter,
+    QuarantineWriter,
+    SeenIds,
     carried_metadata,
     is_csv,
+    iter_manifest,
     manifest_metadata,
     numeric_problems,
     quarantine_frame,
@@ -119,6 +123,7 @@ class ValidationResult:
         return {
             "rows": self.rows,
             "passed": self.passed,
+            "n_quarantined": self.n_quarantined,  # "quarantined" lists at most REPORT_QUARANTINE_ROWS of a streamed run
             "quarantined": [{"id": None if pd.isna(r.object_id) else str(r.object_id), "reason": r.reason}
                             for r in self.quarantine.itertuples()],
             "success": self.success,
@@ -211,20 +216,35 @@ _REASONS = {
 }
 
 
-def run_gx(df: pd.DataFrame, cfg: ValidationConfig, name: str = "manifest"):
-    """Validate ``df`` with an ephemeral GX context; returns the GX ``ExpectationSuiteValidationResult``."""
-    import great_expectations as gx
-    from great_expectations.data_context.types.base import ProgressBarsConfig
+class GxRunner:
+    """One ephemeral GX context for a validation run: a streamed release is validated chunk by chunk against the
+    same suite (rebuilt only when a chunk names other tasks) without paying the context's start per chunk."""
 
-    ctx = gx.get_context(mode="ephemeral")
-    ctx.variables.progress_bars = ProgressBarsConfig(globally=False)
-    suite = ctx.suites.add(build_suite(df, cfg, name))
-    ds = ctx.data_sources.add_pandas(f"galmorph-{name}")
-    asset = ds.add_dataframe_asset(name="manifest")
-    bd = asset.add_batch_definition_whole_dataframe("whole")
-    batch = bd.get_batch(batch_parameters={"dataframe": df})
-    return batch.validate(suite, result_format={"result_format": "COMPLETE",
-                                               "unexpected_index_column_names": ["_row"]})
+    def __init__(self, cfg: ValidationConfig, name: str = "manifest"):
+        import great_expectations as gx
+        from great_expectations.data_context.types.base import ProgressBarsConfig
+
+        self.cfg, self.name = cfg, name
+        self.ctx = gx.get_context(mode="ephemeral")
+        self.ctx.variables.progress_bars = ProgressBarsConfig(globally=False)
+        asset = self.ctx.data_sources.add_pandas(f"galmorph-{name}").add_dataframe_asset(name="manifest")
+        self.batches = asset.add_batch_definition_whole_dataframe("whole")
+        self.suites: dict[tuple, Any] = {}
+
+    def validate(self, df: pd.DataFrame):
+        tasks = tuple(sorted(str(t) for t in df["task"].dropna().unique())) if "task" in df.columns else ()
+        if tasks not in self.suites:
+            suite_name = self.name if not self.suites else f"{self.name}-{len(self.suites)}"
+            self.suites[tasks] = self.ctx.suites.add(build_suite(df, self.cfg, suite_name))
+        batch = self.batches.get_batch(batch_parameters={"dataframe": df})
+        return batch.validate(self.suites[tasks], result_format={"result_format": "COMPLETE",
+                                                                 "unexpected_index_column_names": ["_row"]})
+
+
+def run_gx(df: pd.DataFrame, cfg: ValidationConfig, name: str = "manifest", runner: GxRunner | None = None):
+    """Validate ``df`` with an ephemeral GX context (``runner``'s, else a new one); returns the GX
+    ``ExpectationSuiteValidationResult``."""
+    return (runner or GxRunner(cfg, name)).validate(df)
 
 
 # --------------------------------------------------------------------------------------------
@@ -337,7 +357,8 @@ def stable_gx_json(obj: Any) -> Any:
     return obj
 
 
-def _row_failures(gx_result, df: pd.DataFrame, cfg: ValidationConfig) -> tuple[dict[int, list[str]], list[str], dict]:
+def _row_failures(gx_result, df: pd.DataFrame, cfg: ValidationConfig, row_offset: int = 0
+                  ) -> tuple[dict[int, list[str]], list[str], dict]:
     reasons: dict[int, list[str]] = defaultdict(list)
     schema_errors: list[str] = []
     counts: dict[str, int] = {}
@@ -364,7 +385,7 @@ def _row_failures(gx_result, df: pd.DataFrame, cfg: ValidationConfig) -> tuple[d
                 if oid not in first:
                     first[oid] = i
                     continue
-                reasons[i].append(f"duplicate object_id {oid!r} (first at row {first[oid]})")
+                reasons[i].append(f"duplicate object_id {oid!r} (first at row {row_offset + first[oid]})")
             continue
         for i in idx:
             row = df.iloc[i]
@@ -400,14 +421,34 @@ def resolve_auto_requirements(df: pd.DataFrame, cfg: ValidationConfig) -> Valida
     return replace(cfg, **changes) if changes else cfg
 
 
+def _earlier_duplicates(ids: pd.Series, row_offset: int, seen: SeenIds, reasons: dict[int, list[str]],
+                        counts: dict[str, int]) -> None:
+    """Rows of this chunk whose object id an earlier chunk had: a duplicate reason each; then this chunk's ids
+    (their first rows) join ``seen``."""
+    text = ids.astype("string")
+    ok = (text.notna() & text.str.strip().ne("")).fillna(False).to_numpy(dtype=bool)
+    pos = np.flatnonzero(ok)
+    first = seen.earlier(text[ok].tolist())
+    for i, f in zip(pos, first):
+        if f >= 0:  # the first occurrence is the earlier chunk's, not one of this chunk's (GX's reason replaced)
+            within = [m for m in reasons.get(int(i), []) if m.startswith("duplicate object_id ")]
+            reasons[int(i)] = [m for m in reasons.get(int(i), []) if m not in within]
+            reasons[int(i)].append(f"duplicate object_id {text.iat[int(i)]!r} (first at row {int(f)})")
+            counts["id_unique"] = counts.get("id_unique", 0) + (0 if within else 1)
+    seen.add(text[ok].tolist(), pos + row_offset)
+
+
 def validate_frame(df: pd.DataFrame, cfg: ValidationConfig | None = None, data_root: Path | str | None = None,
                    name: str = "manifest", progress: bool = True, workers: int = 1,
-                   unreadable: list[dict] | None = None) -> ValidationResult:
+                   unreadable: list[dict] | None = None, row_offset: int = 0, seen: SeenIds | None = None,
+                   gx_runner: GxRunner | None = None) -> ValidationResult:
     """Validate a manifest DataFrame (no files written).
 
     ``ra``/``dec``/``z`` cells that are present but not numbers are quarantined (their reason says so);
     missing ones pass unless ``require_coords``/``require_z``. ``unreadable`` are quarantine records of
-    rows that could not be parsed at all (ragged CSV lines); they count as input rows."""
+    rows that could not be parsed at all (ragged CSV lines); they count as input rows. One chunk of a streamed
+    manifest: ``row_offset`` is its first row's position, ``seen`` the object ids of the chunks before (a repeat
+    is quarantined as a duplicate; this chunk's ids are added), ``gx_runner`` the run's GX context."""
     cfg = resolve_auto_requirements(df, cfg or ValidationConfig())
     dr = Path(data_root) if data_root is not None else None
     df = df.reset_index(drop=True)
@@ -428,8 +469,10 @@ def validate_frame(df: pd.DataFrame, cfg: ValidationConfig | None = None, data_r
     work["_row"] = np.arange(n)
     for c in missing:  # so that the suite still runs and reports every problem at once
         work[c] = None
-    gx_res = run_gx(work, cfg, name)
-    reasons, schema_errors, counts = _row_failures(gx_res, work, cfg)
+    gx_res = run_gx(work, cfg, name, gx_runner)
+    reasons, schema_errors, counts = _row_failures(gx_res, work, cfg, row_offset)
+    if seen is not None and "object_id" not in missing:
+        _earlier_duplicates(df["object_id"], row_offset, seen, reasons, counts)
     for i, msgs in not_numbers.items():
         reasons[i][:0] = msgs
         counts["not_a_number"] = counts.get("not_a_number", 0) + 1
@@ -490,6 +533,10 @@ def validate_manifest(manifest: str | Path | pd.DataFrame, cfg: ValidationConfig
     unreadable: list[dict] = []
     if isinstance(manifest, pd.DataFrame):
         df, name, kind = manifest, "manifest", "manifest"
+    elif not is_csv(manifest):
+        res, cfg = _validate_streamed(Path(manifest), cfg or ValidationConfig(), data_root, out_manifest,
+                                      quarantine_path, progress, workers)
+        return _report(res, cfg, report_path, log_to_mlflow)
     else:
         path = Path(manifest)
         df, unreadable = read_manifest_table(path)  # Parquet or CSV; object_id + image_uri required
@@ -504,6 +551,12 @@ def validate_manifest(manifest: str | Path | pd.DataFrame, cfg: ValidationConfig
     if quarantine_path is not None:
         write_quarantine(res.quarantine, quarantine_path)
         res.quarantine_path = Path(quarantine_path)
+    return _report(res, cfg, report_path, log_to_mlflow)
+
+
+def _report(res: ValidationResult, cfg: ValidationConfig, report_path: str | Path | None,
+            log_to_mlflow: bool) -> ValidationResult:
+    """The validation report (summary, config, quarantined rows, GX result) to ``report_path`` and MLflow."""
     report = {"summary": res.summary(), "config": asdict(cfg), "quarantined": res.to_json()["quarantined"],
               "gx_result": res.gx_result}
     if report_path is not None:
@@ -516,6 +569,143 @@ def validate_manifest(manifest: str | Path | pd.DataFrame, cfg: ValidationConfig
     if log_to_mlflow:
         _log_mlflow(res, report)
     return res
+
+
+#: A streamed validation keeps the first this many quarantined rows for its report (every one is in the
+#: quarantine file)
+REPORT_QUARANTINE_ROWS = 1000
+
+
+def _auto_requirements(path: Path, cfg: ValidationConfig) -> ValidationConfig:
+    """:func:`resolve_auto_requirements` over a whole Parquet manifest, reading only its ra/dec/image_uri
+    columns chunk by chunk (a requirement holds for every chunk when any row of the release has the column)."""
+    if cfg.require_coords is not None and cfg.require_images is not None:
+        return cfg
+    coords = images = False
+    for df in iter_manifest(path, columns=["ra", "dec", "image_uri"]):
+        coords = coords or _has_any(df, "ra", True) or _has_any(df, "dec", True)
+        images = images or _has_any(df, "image_uri", False)
+        if coords and images:
+            break
+    from dataclasses import replace
+
+    return replace(cfg, require_coords=coords if cfg.require_coords is None else cfg.require_coords,
+                   require_images=images if cfg.require_images is None else cfg.require_images)
+
+
+def _merge_gx(total: dict | None, part: dict) -> dict:
+    """GX results of the chunks as one: per expectation, success if it held in every chunk, the element and
+    unexpected counts summed (the unexpected examples are the first chunk's that had any)."""
+    if total is None:
+        return part
+    out = dict(total)
+    out["success"] = bool(total.get("success")) and bool(part.get("success"))
+    by_key = {json.dumps(r.get("expectation_config", {}).get("kwargs"), sort_keys=True, default=str)
+              + str(r.get("expectation_config", {}).get("type")): r for r in part.get("results", [])}
+    merged = []
+    for r in total.get("results", []):
+        key = (json.dumps(r.get("expectation_config", {}).get("kwargs"), sort_keys=True, default=str)
+               + str(r.get("expectation_config", {}).get("type")))
+        q = by_key.get(key)
+        if q is None:
+            merged.append(r)
+            continue
+        r = dict(r)
+        r["success"] = bool(r.get("success")) and bool(q.get("success"))
+        a, b = dict(r.get("result") or {}), q.get("result") or {}
+        for k in ("element_count", "unexpected_count", "missing_count"):
+            if isinstance(a.get(k), int) and isinstance(b.get(k), int):
+                a[k] = a[k] + b[k]
+        if not a.get("partial_unexpected_list") and b.get("partial_unexpected_list"):
+            a["partial_unexpected_list"] = b["partial_unexpected_list"]
+        for k in ("unexpected_list", "unexpected_index_list", "unexpected_index_query"):
+            a.pop(k, None)  # per-chunk row lists: the quarantine file holds every row with its reason
+        r["result"] = a
+        merged.append(r)
+    out["results"] = merged
+    stats = dict(total.get("statistics") or {})
+    stats.update(evaluated_expectations=len(merged), successful_expectations=sum(bool(r["success"]) for r in merged),
+                 unsuccessful_expectations=sum(not r["success"] for r in merged))
+    out["statistics"] = stats
+    return out
+
+
+def _validate_streamed(path: Path, cfg: ValidationConfig, data_root: Path | str | None,
+                       out_manifest: str | Path | None, quarantine_path: str | Path | None, progress: bool,
+                       workers: int) -> tuple[ValidationResult, ValidationConfig]:
+    """:func:`validate_manifest` of a Parquet manifest chunk by chunk (:data:`~galmorph.catalogue.manifest.CHUNK_ROWS`
+    rows): passed rows and quarantine written as they come, an object id repeating an earlier chunk's quarantined
+    as a duplicate (:class:`~galmorph.catalogue.manifest.SeenIds`), counts and the GX results summed; memory bounded
+    by a chunk whatever the release's size. The passed manifest is written only without schema errors."""
+    import tempfile
+
+    if not path.exists():
+        raise ManifestError(f"manifest {path} does not exist")
+    name = Path(path.stem).stem if path.name.lower().endswith(".gz") else path.stem
+    kind = manifest_metadata(path).get("kind", "manifest")
+    cfg = _auto_requirements(path, cfg)
+    qpath = Path(quarantine_path) if quarantine_path is not None else Path(tempfile.mkdtemp()) / "quarantine.parquet"
+    runner = GxRunner(cfg, name)
+    seen = SeenIds()
+    rows = passed = n_ext = n_small = 0
+    schema_errors: list[str] = []
+    counts: dict[str, int] = {}
+    img_fail: dict[str, int] = {}
+    gx_json: dict | None = None
+    report_q: list[pd.DataFrame] = []
+    n_report_q = 0
+    writer = ManifestWriter(out_manifest, kind) if out_manifest is not None else None
+    try:
+        with QuarantineWriter(qpath) as qw:
+            for df in iter_manifest(path):
+                r = validate_frame(df, cfg, data_root, name=name, progress=progress, workers=workers,
+                                   row_offset=rows, seen=seen, gx_runner=runner)
+                rows += r.rows
+                passed += r.passed
+                schema_errors.extend(e for e in r.schema_errors if e not in schema_errors)
+                for tot, part in ((counts, r.expectation_failures), (img_fail, r.image_failures)):
+                    for k, v in part.items():
+                        tot[k] = tot.get(k, 0) + int(v)
+                n_ext += r.n_extent_measured
+                n_small += r.n_small_extent
+                gx_json = _merge_gx(gx_json, r.gx_result or {})
+                qw.write(r.quarantine)
+                if n_report_q < REPORT_QUARANTINE_ROWS and len(r.quarantine):
+                    report_q.append(r.quarantine.iloc[:REPORT_QUARANTINE_ROWS - n_report_q])
+                    n_report_q += len(report_q[-1])
+                if writer is not None and r.passed_manifest is not None:
+                    writer.write(r.passed_manifest)
+            qw.close()
+        if rows == 0:
+            schema_errors.append(f"{name}: manifest has no rows")
+    except BaseException:
+        if writer is not None:
+            writer.abort()
+        raise
+    frac = (rows - passed) / rows if rows else 0.0
+    success = not schema_errors and rows > 0 and frac <= cfg.max_failure_fraction
+    warnings = []
+    if n_small:
+        warnings.append(f"{name}: {n_small} of {n_ext} galaxies are smaller than {cfg.min_extent_px:g} px across in "
+                        f"the model's input ({cfg.model_image_size} px, crop {cfg.model_crop_fraction:g}): their arms "
+                        "are probably not resolved; use a tighter crop or a larger input")
+    res = ValidationResult(name=name, rows=rows, passed=passed, success=success, failure_fraction=frac,
+                           max_failure_fraction=cfg.max_failure_fraction,
+                           quarantine=pd.concat(report_q, ignore_index=True) if report_q else quarantine_frame([]),
+                           schema_errors=schema_errors, expectation_failures=counts, image_failures=img_fail,
+                           gx_success=bool(gx_json.get("success")) if gx_json else None, gx_result=gx_json,
+                           n_extent_measured=n_ext, n_small_extent=n_small, warnings=warnings)
+    if quarantine_path is not None:
+        res.quarantine_path = qpath
+    if writer is not None:
+        if schema_errors:
+            writer.abort()
+        else:
+            res.out_manifest = writer.close({**carried_metadata(path), "validated": True,
+                                             "validation": res.summary()})
+    log.info("validate %s: %d rows, %d passed, %d quarantined (%.1f%%) -> %s", name, rows, passed, rows - passed,
+             100 * frac, "OK" if success else "FAILED")
+    return res, cfg
 
 
 def _log_mlflow(res: ValidationResult, report: dict) -> None:

@@ -235,21 +235,16 @@ def image_features(img: np.ndarray, is_raster: bool = True, max_size: int = 160,
     return out
 
 
-#: Past ``min_rows`` a release's drift is measured on this fraction of its rows (a deterministic sample).
-SAMPLE_FRACTION = 1 / 16
-
-
-def drift_sample(object_ids: pd.Series, min_rows: int = 1000, fraction: float = SAMPLE_FRACTION) -> np.ndarray:
-    """Boolean mask of the rows whose drift is measured: every row up to ``min_rows`` rows (0: always every row),
-    else a deterministic sample by object id (the same rows on every run and in every shard) of about
-    ``max(fraction, min_rows / n)`` of them. The image features then cost a fixed time up to
-    ``min_rows / fraction`` rows and ``fraction`` of a decode per row past it."""
-    n = len(object_ids)
+def drift_sample(object_ids: pd.Series, min_rows: int = 1000, n_rows: int | None = None) -> np.ndarray:
+    """Boolean mask of the rows whose drift is measured: every row of a release of up to ``min_rows`` rows (0:
+    always every row), else a deterministic sample by object id (the same rows on every run, in every shard and
+    in every chunk) of about ``min_rows`` of them, so measuring drift costs the same time and memory whatever the
+    release's size. ``n_rows``: the release's rows when ``object_ids`` is one chunk of it (default: all of it)."""
+    n = len(object_ids) if n_rows is None else int(n_rows)
     if min_rows <= 0 or n <= min_rows:
-        return np.ones(n, dtype=bool)
-    p = max(float(fraction), min_rows / n)
+        return np.ones(len(object_ids), dtype=bool)
     h = pd.util.hash_pandas_object(object_ids.astype(str), index=False).to_numpy(dtype=np.uint64)
-    return (h % np.uint64(1 << 20)) < np.uint64(int(p * (1 << 20)))
+    return (h % np.uint64(1 << 20)) < np.uint64(int(min_rows / n * (1 << 20)))
 
 
 def _features_for_path(path: str, max_size: int, frame_size: int | None = None

@@ -644,21 +644,31 @@ def score_manifest(model, manifest_path: str | Path, out_dir: str | Path, batch_
 
 def _id_problems(manifest_path: str | Path) -> dict[int, str]:
     """Rows (global index) whose ``object_id`` is null/empty or repeats an earlier row's, with the reason:
-    they are quarantined, so that the catalogue holds one row per object (the first)."""
-    ids = pq.read_table(manifest_path, columns=["object_id"]).column(0).to_pandas()
-    text = ids.astype("string")
+    they are quarantined, so that the catalogue holds one row per object (the first). The id column is read
+    chunk by chunk (:class:`~galmorph.catalogue.manifest.SeenIds`: 16 bytes per id held)."""
+    from galmorph.catalogue import manifest as manifest_module
+    from galmorph.catalogue.manifest import SeenIds
+
     bad: dict[int, str] = {}
-    empty = (text.isna() | text.str.strip().eq("").fillna(False)).to_numpy(dtype=bool)
-    for i in np.flatnonzero(empty):
-        bad[int(i)] = f"row {int(i)}: object_id is null or empty"
-    dup = text.duplicated(keep="first").to_numpy(dtype=bool) & ~empty
-    if dup.any():
-        first = {}
-        for i, v in enumerate(text.to_numpy()):
-            first.setdefault(v, i)
-        for i in np.flatnonzero(dup):
-            v = text.iat[int(i)]
-            bad[int(i)] = f"object {v}: duplicate object_id (first at row {first[v]})"
+    seen, start = SeenIds(), 0
+    for batch in pq.ParquetFile(manifest_path).iter_batches(batch_size=manifest_module.CHUNK_ROWS,
+                                                            columns=["object_id"]):
+        text = batch.column(0).to_pandas().astype("string")
+        empty = (text.isna() | text.str.strip().eq("").fillna(False)).to_numpy(dtype=bool)
+        for i in np.flatnonzero(empty):
+            bad[start + int(i)] = f"row {start + int(i)}: object_id is null or empty"
+        pos = np.flatnonzero(~empty)
+        ids = text.to_numpy()[pos].tolist()
+        earlier = seen.earlier(ids)
+        first_here: dict[str, int] = {}
+        for k, (i, v) in enumerate(zip(pos, ids)):
+            first = int(earlier[k]) if earlier[k] >= 0 else first_here.get(v)
+            if first is None:
+                first_here[v] = start + int(i)
+            else:
+                bad[start + int(i)] = f"object {v}: duplicate object_id (first at row {first})"
+        seen.add(ids, pos + start)
+        start += len(text)
     return bad
 
 
@@ -779,18 +789,29 @@ def _concat_shards(parts: dict[int, Path], tmp: Path, spec: dict, classes: Seque
 
 
 def _merge_quarantine(quars: dict[int, Path], q_path: Path) -> int:
-    """The shards' quarantine files as one (``q_path``); returns its rows."""
-    qframes = [pd.read_parquet(quars[s]) for s in sorted(quars)]
-    qdf = pd.concat(qframes, ignore_index=True) if qframes else None
-    write_quarantine(qdf if qdf is not None else [], q_path)
-    return 0 if qdf is None else len(qdf)
+    """The shards' quarantine files as one (``q_path``), shard by shard; returns its rows."""
+    from galmorph.catalogue.manifest import QuarantineWriter
+
+    with QuarantineWriter(q_path) as qw:
+        for s in sorted(quars):
+            qw.write(pd.read_parquet(quars[s]))
+        qw.close()
+    return qw.rows
 
 
 def _duplicate_ids(cat_path: Path) -> int:
-    """Rows of the catalogue repeating an earlier row's object id (streaming the id column only)."""
-    ids = pq.read_table(cat_path, columns=["object_id"]).column(0)
-    n_unique = len(pa.compute.unique(ids)) if len(ids) else 0
-    return int(len(ids) - n_unique)
+    """Rows of the catalogue repeating an earlier row's object id (the id column read chunk by chunk)."""
+    from galmorph.catalogue import manifest as manifest_module
+    from galmorph.catalogue.manifest import SeenIds
+
+    seen, n, dup = SeenIds(), 0, 0
+    for batch in pq.ParquetFile(cat_path).iter_batches(batch_size=manifest_module.CHUNK_ROWS, columns=["object_id"]):
+        ids = batch.column(0).to_pylist()
+        before = len(seen)
+        seen.add(ids, np.arange(n, n + len(ids)))
+        dup += len(ids) - (len(seen) - before)
+        n += len(ids)
+    return dup
 
 
 def _summary(spec: dict, release: str | None, n_sh: int, missing: list[int], counts: dict[str, int],

@@ -94,8 +94,9 @@ def validate(manifest_path: str | Path, passed_path: str | Path, quarantine_path
     res = validate_manifest(manifest_path, cfg, data_root=root, out_manifest=passed_path,
                             quarantine_path=quarantine_path, report_path=report_path, log_to_mlflow=False,
                             progress=False)
-    if res.out_manifest is None and res.passed_manifest is not None:  # schema errors: still a valid output
-        write_manifest(res.passed_manifest, passed_path, kind="validated", extra_meta=carried_metadata(manifest_path))
+    if res.out_manifest is None:  # schema errors: still a valid output (the passed rows of a frame, else none)
+        passed = res.passed_manifest if res.passed_manifest is not None else pd.DataFrame(columns=["object_id"])
+        write_manifest(passed, passed_path, kind="validated", extra_meta=carried_metadata(manifest_path))
     _fill(metrics, {"rows": float(res.rows), "passed": float(res.passed), "quarantined": float(res.n_quarantined),
                     "failure_fraction": float(res.failure_fraction), "success": float(res.success)})
     return bool(res.success)
@@ -592,6 +593,40 @@ def _framed_drift_set(current: pd.DataFrame, dataset: str | Path, data_root) -> 
     return res.features
 
 
+def _drift_rows(catalogue: Path, dataset: str | Path, sample_rows: int) -> tuple[pd.DataFrame, int, str | None]:
+    """The scored rows drift is measured on, with their manifest columns and scores, read chunk by chunk: every
+    row, or past ``sample_rows`` the deterministic sample of about that many
+    (:func:`galmorph.drift.features.drift_sample`), so only the sample is ever held. Returns ``(rows, rows
+    of the release's catalogue, its model version)``."""
+    import pyarrow.parquet as pq
+
+    from galmorph.catalogue import manifest as manifest_module
+    from galmorph.catalogue.manifest import iter_manifest, manifest_metadata, manifest_num_rows
+    from galmorph.drift.features import drift_sample
+    from galmorph.steps.artifacts import dataset_manifest_path
+
+    names = pq.ParquetFile(catalogue).schema_arrow.names
+    pcols = list(dict.fromkeys([c for c in names if c.startswith("p_")]
+                               + [c for c in ("pred", "p_pred", "high_confidence", "model_version") if c in names]))
+    n_release = manifest_num_rows(catalogue)
+    scored = []
+    for chunk in pq.ParquetFile(catalogue).iter_batches(batch_size=manifest_module.CHUNK_ROWS,
+                                                        columns=["object_id", *pcols]):
+        df = chunk.to_pandas()
+        scored.append(df[drift_sample(df["object_id"], sample_rows, n_rows=n_release)] if sample_rows else df)
+    scored_df = pd.concat(scored, ignore_index=True) if scored else pd.DataFrame(columns=["object_id", *pcols])
+    model_version = str(scored_df["model_version"].iloc[0]) if len(scored_df) and "model_version" in pcols else None
+    wanted = set(scored_df["object_id"].astype(str))
+    m = dataset_manifest_path(dataset)
+    base = m.parent.resolve() if manifest_metadata(m).get("relative_images") else None
+    rows = [df[df["object_id"].astype(str).isin(wanted).to_numpy()] for df in iter_manifest(m)]
+    man = pd.concat(rows, ignore_index=True)
+    if base is not None:  # a dataset folder's relative image paths are under the folder
+        man["image_uri"] = [u if u is None or pd.isna(u) or not str(u) or "://" in str(u) or Path(str(u)).is_absolute()
+                            else str(base / str(u)) for u in man["image_uri"]]
+    return man.merge(scored_df, on="object_id", how="inner"), n_release, model_version
+
+
 def drift_for_release(catalogue_dir: str | Path, dataset: str | Path, summary_dir: str | Path,
                       report_html: str | Path, reference: str = "", model_uri: str = "", by: str = "z_bin,survey",
                       release: str = "", mlflow_run_id: str = "", workspace: str = "",
@@ -621,22 +656,13 @@ def drift_for_release(catalogue_dir: str | Path, dataset: str | Path, summary_di
     else:
         source = str(reference)
     ref_path = open_dataset(reference) if Path(reference).is_dir() else Path(reference)
-    cat = pd.read_parquet(Path(catalogue_dir) / "catalogue.parquet")
-    man = read_manifest(open_dataset(dataset))
-    pcols = list(dict.fromkeys([c for c in cat.columns if c.startswith("p_")]
-                               + ["pred", "p_pred", "high_confidence", "model_version"]))  # p_pred once
-    current = man.merge(cat[["object_id", *[c for c in pcols if c in cat.columns]]], on="object_id", how="inner")
-    n_release = len(current)
-    if sample_rows:
-        from galmorph.drift.features import drift_sample
-
-        current = current.loc[drift_sample(current["object_id"], sample_rows)].reset_index(drop=True)
+    current, n_release, model_version = _drift_rows(Path(catalogue_dir) / "catalogue.parquet", dataset, sample_rows)
     n_measured = len(current)
     current = _framed_drift_set(current, dataset, data_root)
     cfg = DriftConfig.from_params(params_file or s.params_file, min_group_size=min_group_size)
     by_cols = tuple(b.strip() for b in by.split(",") if b.strip())
     res = run_drift(ref_path, current, by=by_cols, config=cfg, out_dir=summary_dir, release=release or None,
-                    model_version=str(cat["model_version"].iloc[0]) if len(cat) else None,
+                    model_version=model_version,
                     workspace=step_workspace(workspace, s.evidently_workspace), mlflow_run_id=mlflow_run_id or None,
                     data_root=data_root, progress=False,
                     num_workers=_drift_workers(n_measured))

@@ -39,12 +39,26 @@ def dataset_manifest_path(path: str | Path) -> Path:
     return p
 
 
+def _rewrite_image_uris(src: Path, dest: Path, rewrite, meta_changes: dict[str, Any]) -> Path:
+    """``src`` rewritten to ``dest`` chunk by chunk (bounded memory) with ``rewrite`` applied to every
+    ``image_uri`` and ``meta_changes`` merged into its metadata (the kind kept)."""
+    from galmorph.catalogue.manifest import ManifestWriter, iter_manifest
+
+    meta = manifest_metadata(src)
+    kind = meta.pop("kind", "dataset")
+    meta.pop("schema_version", None)
+    with ManifestWriter(dest, kind, {**meta, **meta_changes}) as w:
+        for df in iter_manifest(src):
+            df["image_uri"] = pd.array([rewrite(u) for u in df["image_uri"]], dtype="string")
+            w.write(df)
+        w.close()
+    return dest
+
+
 def relativize_images(dataset_dir: str | Path) -> Path:
-    """Rewrite ``image_uri`` values under ``dataset_dir`` as paths relative to it (in place)."""
+    """Rewrite ``image_uri`` values under ``dataset_dir`` as paths relative to it (in place, streamed)."""
     d = Path(dataset_dir).resolve()
     m = d / MANIFEST_NAME
-    df = read_manifest(m)
-    meta = manifest_metadata(m)
 
     def rel(u: Any) -> Any:
         if u is None or pd.isna(u) or not str(u):
@@ -55,37 +69,24 @@ def relativize_images(dataset_dir: str | Path) -> Path:
         except ValueError:
             return str(u)
 
-    df["image_uri"] = [rel(u) for u in df["image_uri"]]
-    kind = meta.pop("kind", "dataset")
-    meta.pop("schema_version", None)
-    meta["relative_images"] = True
-    write_manifest(df, m, kind=kind, extra_meta=meta)
-    return m
+    return _rewrite_image_uris(m, m, rel, {"relative_images": True})
 
 
 def open_dataset(path: str | Path, work_dir: str | Path | None = None) -> Path:
     """A manifest file for a dataset artifact with every relative ``image_uri`` made absolute under the
-    artifact's current folder (written to ``work_dir`` or a temporary folder; inputs may be read-only)."""
+    artifact's current folder (written to ``work_dir`` or a temporary folder, streamed; inputs may be read-only)."""
     m = dataset_manifest_path(path)
-    meta = manifest_metadata(m)
-    if not meta.get("relative_images"):
+    if not manifest_metadata(m).get("relative_images"):
         return m
     base = m.parent.resolve()
-    df = read_manifest(m)
 
     def absolute(u: Any) -> Any:
         if u is None or pd.isna(u) or not str(u) or "://" in str(u) or Path(str(u)).is_absolute():
             return u
         return str(base / str(u))
 
-    df["image_uri"] = [absolute(u) for u in df["image_uri"]]
     out = Path(work_dir or tempfile.mkdtemp(prefix="galmorph-ds-")) / MANIFEST_NAME
-    kind = meta.pop("kind", "dataset")
-    meta.pop("schema_version", None)
-    meta["relative_images"] = False
-    meta["opened_from"] = str(m)
-    write_manifest(df, out, kind=kind, extra_meta=meta)
-    return out
+    return _rewrite_image_uris(m, out, absolute, {"relative_images": False, "opened_from": str(m)})
 
 
 def resolve_release_source(source: str) -> tuple[str, dict[str, Any]]:
@@ -119,30 +120,43 @@ def resolve_release_source(source: str) -> tuple[str, dict[str, Any]]:
     return s, {}
 
 
+def _copy_release_manifest(mp: Path, source: str, out_manifest: str | Path, quarantine_path: str | Path,
+                           task: str | None) -> dict[str, Any]:
+    """A release's own manifest copied through the schema check, chunk by chunk (bounded memory): relative image
+    paths made absolute under the manifest's folder, ``task`` filled in the rows that name none."""
+    from galmorph.catalogue.manifest import ManifestWriter, is_csv, iter_manifest, write_quarantine
+
+    meta = {k: v for k, v in manifest_metadata(mp).items() if k not in ("kind", "schema_version")}
+    base = mp.parent.resolve()
+    chunks = ([read_manifest(mp)] if is_csv(mp) else iter_manifest(mp))
+    labels: dict[str, int] = {}
+    n = 0
+    with ManifestWriter(out_manifest, manifest_metadata(mp).get("kind", "release"), {**meta, "source": source}) as w:
+        for df in chunks:
+            df = df.reset_index(drop=True)
+            df["image_uri"] = [u if (u is None or pd.isna(u) or not str(u) or "://" in str(u)
+                                     or Path(str(u)).is_absolute()) else str(base / str(u)) for u in df["image_uri"]]
+            if task:  # the pipeline's task for every row that names none
+                df["task"] = df["task"].astype("string").replace("", pd.NA).fillna(task)
+            for k, v in df["label"].value_counts().items():
+                labels[str(k)] = labels.get(str(k), 0) + int(v)
+            w.write(df)
+            n += len(df)
+        w.close()
+    write_quarantine([], quarantine_path)
+    return {"source": source, "manifest": str(out_manifest), "rows_in": n, "rows_out": n,
+            "rows_quarantined": 0, "labels": labels}
+
+
 def ingest_source(source: str, out_manifest: str | Path, quarantine_path: str | Path, task: str | None = None,
                   data_root: str | Path | None = None) -> dict[str, Any]:
     """Ingest a pipeline source (see :func:`resolve_release_source`) into a manifest + quarantine.
 
     Returns the ingest summary (rows in/out/quarantined, labels)."""
-    from galmorph.catalogue.manifest import write_quarantine
-
     resolved, extra = resolve_release_source(source)
     if resolved.startswith("manifest:"):
-        mp = Path(resolved[len("manifest:"):])
-        df = read_manifest(mp)
-        meta = {k: v for k, v in manifest_metadata(mp).items() if k not in ("kind", "schema_version")}
-        base = mp.parent.resolve()
-        # relative image paths in a release manifest are relative to the manifest's folder
-        df["image_uri"] = [u if (u is None or pd.isna(u) or not str(u) or "://" in str(u)
-                                 or Path(str(u)).is_absolute()) else str(base / str(u)) for u in df["image_uri"]]
-        if task and ("task" not in df.columns or df["task"].isna().all()):
-            df["task"] = task
-        write_manifest(df, out_manifest, kind=manifest_metadata(mp).get("kind", "release"),
-                       extra_meta={**meta, "source": source})
-        write_quarantine([], quarantine_path)
-        labels = {str(k): int(v) for k, v in df["label"].value_counts().items()}
-        return {"source": source, "manifest": str(out_manifest), "rows_in": len(df), "rows_out": len(df),
-                "rows_quarantined": 0, "labels": labels, **extra}
+        return {**_copy_release_manifest(Path(resolved[len("manifest:"):]), source, out_manifest, quarantine_path,
+                                         task), **extra}
     from galmorph.catalogue.ingest import ingest
 
     opts = {"task": task} if task else {}
