@@ -209,12 +209,13 @@ def task_seconds(log_file: Path) -> dict[str, float]:
 
 
 def run_once(n: int, workers: int | None, images: list[Path], tmp: Path, uri: str, extra: dict,
-             memory: bool = False) -> dict:
+             memory: bool = False, repeat: int = 0) -> dict:
     """One pipeline run on ``n`` rows. ``workers`` None: the pipeline's own ``n_workers`` and ``shard_size``;
     ``memory``: ``n`` rows cycling through ``images`` and the peak memory of each task sampled."""
     from galmorph.ops.run import run_local
 
     tag = f"r{n}-w{workers or 'dflt'}-{'-'.join(f'{k}{v}' for k, v in sorted(extra.items())) or 'defaults'}"
+    tag += f"-rep{repeat}" if repeat else ""
     rel = _release(images, tmp / "releases" / tag, n) if memory else _release(images[:n], tmp / "releases" / tag)
     log_file = tmp / "logs" / f"{tag}.log"
     params = {"release_uri": str(rel), "release": tag, "task": "chirality", "publish_dir": str(tmp / "published"),
@@ -227,7 +228,7 @@ def run_once(n: int, workers: int | None, images: list[Path], tmp: Path, uri: st
         res = run_local("rescoring", params, pipeline_root=tmp / "kfp", tracking_uri=uri, log_file=log_file)
     wall = time.perf_counter() - t0
     summary = json.loads((tmp / "published" / tag / "summary.json").read_text())
-    out = {"rows": n, "workers": workers, "params": extra, "wall_s": round(wall, 2),
+    out = {"rows": n, "workers": workers, "params": extra, "repeat": repeat, "wall_s": round(wall, 2),
            "tasks_s": task_seconds(log_file), "n_scored": summary.get("n_scored"),
            "n_quarantined": summary.get("n_quarantined"), "precision": "{chosen}/{decode}".format(**(summary.get("inference") or {"chosen": "?", "decode": "?"})),
            "run_dir": res["run_dir"]}
@@ -244,23 +245,32 @@ def _params(p: dict) -> str:
 
 
 def _table(runs: list[dict], ceiling: float) -> list[str]:
-    head = ["rows", "workers", "params", "path used", "wall s", *TASKS]
+    head = ["rows", "workers", "params", "run", "path used", "wall s", *TASKS]
     md = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in runs:
         t = r["tasks_s"]
-        md.append("| " + " | ".join([str(r["rows"]), str(r["workers"]), _params(r["params"]), str(r["precision"]),
+        md.append("| " + " | ".join([str(r["rows"]), str(r["workers"]), _params(r["params"]),
+                                     str(r.get("repeat", 0) + 1), str(r["precision"]),
                                      f"{r['wall_s']:.1f}",
                                      *[f"{t[k]:.1f}" if k in t else "-" for k in TASKS]]) + " |")
     return md
 
 
+def _median_run(rs: list[dict]) -> dict:
+    """One size's repeats as one run: the median wall time and the median score-stage time."""
+    import statistics
+
+    return {**rs[0], "wall_s": statistics.median(r["wall_s"] for r in rs),
+            "tasks_s": {"score": statistics.median(r["tasks_s"].get("score", 0.0) for r in rs)}, "n_runs": len(rs)}
+
+
 def margins(runs: list[dict], ceiling: float) -> list[dict]:
-    """Marginal rate and fixed cost per worker count (the two sizes)."""
+    """Marginal rate and fixed cost per worker count (the two sizes; repeated runs of a size: their medians)."""
     out = []
     keys = list(dict.fromkeys((r["workers"], json.dumps(r["params"], sort_keys=True)) for r in runs))
     for w, pk in keys:
-        rs = sorted((r for r in runs if r["workers"] == w and json.dumps(r["params"], sort_keys=True) == pk),
-                    key=lambda r: r["rows"])
+        mine = [r for r in runs if r["workers"] == w and json.dumps(r["params"], sort_keys=True) == pk]
+        rs = [_median_run([r for r in mine if r["rows"] == n]) for n in sorted({r["rows"] for r in mine})]
         if len(rs) < 2:
             continue
         a, b = rs[0], rs[-1]
@@ -275,7 +285,7 @@ def margins(runs: list[dict], ceiling: float) -> list[dict]:
                     "marginal_img_s": round(rate, 1), "ratio_to_ceiling": round(rate / ceiling, 3),
                     "fixed_s": round(fixed, 1), "end_to_end_img_s": round(b["rows"] / b["wall_s"], 1),
                     "end_to_end_ratio": round(b["rows"] / b["wall_s"] / ceiling, 3),
-                    "sizes": [a["rows"], b["rows"]]})
+                    "sizes": [a["rows"], b["rows"]], "runs_per_size": min(a["n_runs"], b["n_runs"])})
     return out
 
 
@@ -453,6 +463,9 @@ def main() -> None:
     ap.add_argument("--sizes", default="", help="release sizes (default 1000,5000; 1000,4000 with --model reference: "
                                                  "the GZ1 images it did not train on)")
     ap.add_argument("--workers", default="1,2")
+    ap.add_argument("--repeat", type=int, default=None, help="runs of each size and variant, interleaved "
+                    "(default 3, 1 with --quick); the marginal rate and the fixed cost come from each size's median "
+                    "(one run's figure moved by about 15 %% between quiet runs)")
     ap.add_argument("--data-root", type=Path, default=None)
     ap.add_argument("--rewrite", type=Path, default=None, help="only rewrite the results from this results JSON")
     ap.add_argument("--fp32", action=argparse.BooleanOptionalAction, default=None,
@@ -501,12 +514,16 @@ def main() -> None:
     ctx = {"machine": m, "verified_path": verified, "quick": a.quick, "model_uri": model_uri,
            "model": model, "ceilings": [c0], "stem": stem, "model_note": note}
     variants = [(w, {}) for w in workers] + [(workers[0], {"precision": "fp32", "decode": "full"})] * bool(a.fp32)
-    for w, extra in variants:
-        for n in sizes:
-            r = run_once(n, w, images, tmp, uri, extra)
-            print(json.dumps({k: v for k, v in r.items() if k != "run_dir"}), flush=True)
-            runs.append(r)
-            write_results(ctx, runs, None)  # what has run so far, should a later run not finish
+    a.repeat = (1 if a.quick else 3) if a.repeat is None else a.repeat
+    for rep in range(max(1, a.repeat)):
+        if rep:  # the ceiling between repeats too: the cores' speed drifts within minutes
+            ctx["ceilings"].append(forward_ceiling(eager, size, 64, secs))
+        for w, extra in variants:
+            for n in sizes:
+                r = run_once(n, w, images, tmp, uri, extra, repeat=rep)
+                print(json.dumps({k: v for k, v in r.items() if k != "run_dir"}), flush=True)
+                runs.append(r)
+                write_results(ctx, runs, None)  # what has run so far, should a later run not finish
     ctx["ceilings"].append(forward_ceiling(eager, size, 64, secs))
     print(write_results(ctx, runs, decode_check_ms(images, size)))
 
@@ -524,7 +541,9 @@ def write_results(ctx: dict, runs: list[dict], dms: float | None) -> str:
            "decode_check_ms_per_image": round(dms, 2) if dms else None}
     OUT.mkdir(parents=True, exist_ok=True)
     (OUT / f"{stem}.json").write_text(json.dumps(res, indent=2, default=str))
-    after = f", after {cs[1]:.1f}" if len(cs) > 1 else ", after: not measured (the run was stopped)"
+    after = (f", after {cs[-1]:.1f}" + (f", between repeats {', '.join(f'{c:.1f}' for c in cs[1:-1])}"
+                                          if len(cs) > 2 else "")) if len(cs) > 1 else \
+        ", after: not measured (the run was stopped)"
     title = "ResNet-18 at 128 px" if stem == "rescoring" else ctx["model"]
     md = [f"# The rescoring pipeline end to end (kfp local runner, defaults), {title}", "",
           *([f"The champion: {ctx['model']}, {ctx['model_note']}.", ""] if ctx.get("model_note") else []),
@@ -542,12 +561,14 @@ def write_results(ctx: dict, runs: list[dict], dms: float | None) -> str:
           "Marginal rate: images between the two sizes over the time between them, end to end (ingest to published "
           "catalogue) and of the score stage alone (less noisy: the other stages' times move with the machine's "
           "load by more than the images add); fixed cost: the smaller run's time beyond its images at the end-to-end "
-          "marginal rate.", "",
-          "| workers | params | path used | sizes | marginal img/s | marginal / ceiling | score stage marginal img/s "
-          "| score / ceiling | fixed s per run | end to end img/s (larger) | end to end / ceiling |",
-          "|---|---|---|---|---|---|---|---|---|---|---|"]
+          "marginal rate. With repeated runs (interleaved), each size's median wall and score-stage times; the "
+          "ceiling is the mean of those measured.", "",
+          "| workers | params | path used | sizes | runs per size | marginal img/s | marginal / ceiling | score stage "
+          "marginal img/s | score / ceiling | fixed s per run | end to end img/s (larger) | end to end / ceiling |",
+          "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for g in mg:
         md.append(f"| {g['workers']} | {_params(g['params'])} | {g['precision']} | {g['sizes'][0]} -> {g['sizes'][1]} | "
+                  f"{g.get('runs_per_size', 1)} | "
                   f"{g['marginal_img_s']} | **{g['ratio_to_ceiling']:.2f}** | {g['score_marginal_img_s']} | "
                   f"**{g['score_ratio']:.2f}** | **{g['fixed_s']}** | "
                   f"{g['end_to_end_img_s']} | {g['end_to_end_ratio']:.2f} |")
