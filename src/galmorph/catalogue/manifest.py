@@ -227,7 +227,7 @@ class ManifestWriter:
                                metadata=table.schema.metadata)
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._writer = pq.ParquetWriter(self._tmp, schema)
-        schema = self._writer.schema_arrow if hasattr(self._writer, "schema_arrow") else self._writer.schema
+        schema = self._writer.schema
         extra = [c for c in df.columns if c not in schema.names]
         if extra:
             raise ManifestError(f"manifest {self.path}: column(s) {extra} appear after its first "

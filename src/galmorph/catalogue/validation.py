@@ -600,13 +600,14 @@ def _merge_gx(total: dict | None, part: dict) -> dict:
         return part
     out = dict(total)
     out["success"] = bool(total.get("success")) and bool(part.get("success"))
-    by_key = {json.dumps(r.get("expectation_config", {}).get("kwargs"), sort_keys=True, default=str)
-              + str(r.get("expectation_config", {}).get("type")): r for r in part.get("results", [])}
+    def key(r: dict) -> str:  # an expectation: its type and arguments
+        ec = r.get("expectation_config", {})
+        return str(ec.get("type")) + json.dumps(ec.get("kwargs"), sort_keys=True, default=str)
+
+    by_key = {key(r): r for r in part.get("results", [])}
     merged = []
     for r in total.get("results", []):
-        key = (json.dumps(r.get("expectation_config", {}).get("kwargs"), sort_keys=True, default=str)
-               + str(r.get("expectation_config", {}).get("type")))
-        q = by_key.get(key)
+        q = by_key.get(key(r))
         if q is None:
             merged.append(r)
             continue

@@ -603,7 +603,7 @@ def _drift_rows(catalogue: Path, dataset: str | Path, sample_rows: int) -> tuple
     from galmorph.catalogue import manifest as manifest_module
     from galmorph.catalogue.manifest import iter_manifest, manifest_metadata, manifest_num_rows
     from galmorph.drift.features import drift_sample
-    from galmorph.steps.artifacts import dataset_manifest_path
+    from galmorph.steps.artifacts import absolute_image_uri, dataset_manifest_path
 
     names = pq.ParquetFile(catalogue).schema_arrow.names
     pcols = list(dict.fromkeys([c for c in names if c.startswith("p_")]
@@ -622,8 +622,7 @@ def _drift_rows(catalogue: Path, dataset: str | Path, sample_rows: int) -> tuple
     rows = [df[df["object_id"].astype(str).isin(wanted).to_numpy()] for df in iter_manifest(m)]
     man = pd.concat(rows, ignore_index=True)
     if base is not None:  # a dataset folder's relative image paths are under the folder
-        man["image_uri"] = [u if u is None or pd.isna(u) or not str(u) or "://" in str(u) or Path(str(u)).is_absolute()
-                            else str(base / str(u)) for u in man["image_uri"]]
+        man["image_uri"] = [absolute_image_uri(u, base) for u in man["image_uri"]]
     return man.merge(scored_df, on="object_id", how="inner"), n_release, model_version
 
 

@@ -39,6 +39,14 @@ def dataset_manifest_path(path: str | Path) -> Path:
     return p
 
 
+def absolute_image_uri(uri: Any, base: Path) -> Any:
+    """``uri`` made absolute under ``base`` when it is a plain relative path (empty, URIs with a scheme and
+    absolute paths unchanged): a dataset folder's or a release manifest's own relative image paths."""
+    if uri is None or pd.isna(uri) or not str(uri) or "://" in str(uri) or Path(str(uri)).is_absolute():
+        return uri
+    return str(base / str(uri))
+
+
 def _rewrite_image_uris(src: Path, dest: Path, rewrite, meta_changes: dict[str, Any]) -> Path:
     """``src`` rewritten to ``dest`` chunk by chunk (bounded memory) with ``rewrite`` applied to every
     ``image_uri`` and ``meta_changes`` merged into its metadata (the kind kept)."""
@@ -79,14 +87,9 @@ def open_dataset(path: str | Path, work_dir: str | Path | None = None) -> Path:
     if not manifest_metadata(m).get("relative_images"):
         return m
     base = m.parent.resolve()
-
-    def absolute(u: Any) -> Any:
-        if u is None or pd.isna(u) or not str(u) or "://" in str(u) or Path(str(u)).is_absolute():
-            return u
-        return str(base / str(u))
-
     out = Path(work_dir or tempfile.mkdtemp(prefix="galmorph-ds-")) / MANIFEST_NAME
-    return _rewrite_image_uris(m, out, absolute, {"relative_images": False, "opened_from": str(m)})
+    return _rewrite_image_uris(m, out, lambda u: absolute_image_uri(u, base),
+                               {"relative_images": False, "opened_from": str(m)})
 
 
 def resolve_release_source(source: str) -> tuple[str, dict[str, Any]]:
@@ -134,8 +137,7 @@ def _copy_release_manifest(mp: Path, source: str, out_manifest: str | Path, quar
     with ManifestWriter(out_manifest, manifest_metadata(mp).get("kind", "release"), {**meta, "source": source}) as w:
         for df in chunks:
             df = df.reset_index(drop=True)
-            df["image_uri"] = [u if (u is None or pd.isna(u) or not str(u) or "://" in str(u)
-                                     or Path(str(u)).is_absolute()) else str(base / str(u)) for u in df["image_uri"]]
+            df["image_uri"] = [absolute_image_uri(u, base) for u in df["image_uri"]]
             if task:  # the pipeline's task for every row that names none
                 df["task"] = df["task"].astype("string").replace("", pd.NA).fillna(task)
             for k, v in df["label"].value_counts().items():
