@@ -11,8 +11,8 @@ import pandas as pd
 import pytest
 
 from galmorph.catalogue import manifest as manifest_module
-from galmorph.catalogue.manifest import (ManifestError, ManifestWriter, SeenIds, manifest_metadata, read_manifest,
-                                         read_quarantine, write_manifest)
+from galmorph.catalogue.manifest import (ManifestError, ManifestWriter, RepeatedKeys, manifest_metadata,
+                                         read_manifest, read_quarantine, repeated_ids, write_manifest)
 
 
 @pytest.fixture
@@ -58,12 +58,91 @@ def test_manifest_writer_chunks_types_metadata_and_failures(tmp_path):
     assert not bad.exists() and not list(tmp_path.glob(".bad.parquet.tmp-*"))
 
 
-def test_seen_ids_remember_first_rows():
-    s = SeenIds()
-    s.add(["a", "b", "a"], [0, 1, 2])
-    assert s.earlier(["b", "c", "a"]).tolist() == [1, -1, 0] and len(s) == 2
-    s.add(["c", "a"], [7, 8])
-    assert s.earlier(["c", "a", "d"]).tolist() == [7, 0, -1]
+def _first_rows_reference(keys) -> dict[int, int]:
+    """Row -> first row of its key, for the repeats only (a dict over every key: the obvious way)."""
+    first: dict[str, int] = {}
+    out = {}
+    for i, k in enumerate(keys):
+        if k is None or not str(k).strip():
+            continue
+        if str(k) in first:
+            out[i] = first[str(k)]
+        else:
+            first[str(k)] = i
+    return out
+
+
+@pytest.mark.parametrize("spill_rows", [None, 7])
+def test_repeated_keys_agree_with_a_dict_in_memory_and_spilled(spill_rows, tmp_path):
+    """The repeats and their first rows are those of a plain dict, whether the keys stay in memory or are
+    partitioned to disk (a spill every 7 keys); blank keys keep their row number; the spill files are removed."""
+    rng = np.random.default_rng(3)
+    keys = [f"g{int(v)}" for v in rng.integers(0, 150, size=400)]
+    keys[5] = keys[9] = None
+    keys[17] = "  "
+    f = RepeatedKeys(spill_rows, workdir=tmp_path)
+    for lo in range(0, len(keys), 33):
+        f.add(keys[lo:lo + 33])
+    spilled = f._dir is not None
+    rep = f.repeats()
+    expect = _first_rows_reference(keys)
+    assert spilled == (spill_rows is not None) and len(rep) == len(expect) > 200
+    got = rep.first_of(np.arange(len(keys)))
+    assert {i: int(v) for i, v in enumerate(got) if v >= 0} == expect
+    assert rep.first_rows() == set(expect.values())
+    assert not list(tmp_path.iterdir())
+
+
+def test_repeated_ids_of_a_manifest_column(tmp_path, chunks_of):
+    path = tmp_path / "m.parquet"
+    write_manifest(pd.DataFrame({"object_id": ["a", "b", None, "a", "c", "b", "a"]}), path, kind="release")
+    chunks_of(2)
+    rep = repeated_ids(path)
+    assert rep.first_of(range(7)).tolist() == [-1, -1, -1, 0, -1, 1, 0]
+    assert repeated_ids(path, key=str.upper).first_of([3, 6]).tolist() == [0, 0]
+
+
+def test_folder_listing_sorts_in_bounded_runs(tmp_path, monkeypatch):
+    """A listing larger than a run is sorted in runs spilled to disk and merged (in groups when there are more
+    runs than the fan-in): the same names, in the same order, as sorting them all at once."""
+    from galmorph.catalogue import ingest as ingest_module
+
+    d = tmp_path / "f"
+    d.mkdir()
+    rng = np.random.default_rng(0)
+    names = [f"{int(v):05d}-x\u00e9.jpg" for v in rng.permutation(200)] + ["note.txt"]
+    for n in names:
+        (d / n).write_bytes(b"")
+    monkeypatch.setattr(ingest_module, "LISTING_RUN", 9)
+    monkeypatch.setattr(ingest_module, "_MERGE_FAN_IN", 4)
+    listing = ingest_module._FolderNames(d, "*")
+    assert len(listing._runs) <= 4 and len(listing) == 200
+    assert list(listing) == list(listing) == sorted(n for n in names if n.endswith(".jpg"))
+    tmp = listing._dir
+    listing.close()
+    assert not tmp.exists()
+
+
+def test_folder_ingest_keeps_the_first_file_it_can_read_of_a_repeated_id(sim_chirality, tmp_path, chunks_of):
+    """``A_r.fits`` (unreadable) and ``A_r.jpg`` give the same id: the FITS is quarantined for its error and the
+    JPEG, in a later chunk, is ingested, not quarantined as a duplicate of a row that is not in the manifest."""
+    import shutil as sh
+
+    from galmorph.catalogue.ingest import ingest
+
+    jpgs = sorted((sim_chirality["dir"] / "jpg").glob("*.jpg"))
+    d = tmp_path / "rel"
+    d.mkdir()
+    (d / "A_r.fits").write_bytes(b"not a fits file")
+    sh.copyfile(jpgs[0], d / "A_r.jpg")
+    sh.copyfile(jpgs[1], d / "B.jpg")
+    sh.copyfile(jpgs[1], d / "B.png")
+    chunks_of(1)
+    res = ingest(f"folder:{d}", tmp_path / "m.parquet")
+    m, q = read_manifest(res.manifest_path), _sorted_q(res.quarantine_path)
+    assert m["file_name"].tolist() == ["A_r.jpg", "B.jpg"]
+    assert len(q) == 2 and "duplicate" not in q["reason"].iat[0]
+    assert q["reason"].iat[1] == "folder object B: duplicate object_id (first seen in rel/B.jpg; this one rel/B.png)"
 
 
 def test_folder_ingest_in_chunks_is_the_one_chunk_ingest(sim_chirality, tmp_path, chunks_of):
@@ -78,7 +157,7 @@ def test_folder_ingest_in_chunks_is_the_one_chunk_ingest(sim_chirality, tmp_path
     pd.testing.assert_frame_equal(a, b)
     assert pq_row_groups(chunked.manifest_path) > 1
     qa, qb = _sorted_q(whole.quarantine_path), _sorted_q(chunked.quarantine_path)
-    assert qa["object_id"].tolist() == qb["object_id"].tolist() and len(qb) == 5
+    assert qa[["object_id", "reason"]].equals(qb[["object_id", "reason"]]) and len(qb) == 5
     assert all("duplicate object_id" in r for r in qb["reason"])
     assert chunked.n_out + chunked.n_quarantined == n_files == whole.n_out + whole.n_quarantined
     assert manifest_metadata(chunked.manifest_path)["rows_in"] == n_files

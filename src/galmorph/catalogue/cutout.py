@@ -29,7 +29,7 @@ from galmorph.catalogue.manifest import (
     ManifestError,
     ManifestWriter,
     QuarantineWriter,
-    SeenIds,
+    Repeats,
     is_csv,
     iter_manifest,
     manifest_num_rows,
@@ -38,6 +38,8 @@ from galmorph.catalogue.manifest import (
     quarantine_frame,
     quarantine_record,
     read_manifest,
+    repeated_ids,
+    repeated_keys,
     resolve_image_uri,
 )
 
@@ -344,13 +346,17 @@ def _write_cutout(out: Path, name: str, row: dict, c: Cutout, cfg: CutoutConfig,
 
 
 class _CutoutChunks:
-    """The row-by-row work of :func:`make_cutouts` on one chunk at a time: a repeated object id (or a second object
-    whose id gives the same file name) is quarantined within a chunk by name, across chunks through
-    :class:`~galmorph.catalogue.manifest.SeenIds` (so a cutout is never overwritten)."""
+    """The row-by-row work of :func:`make_cutouts` on one chunk at a time. ``repeats``: the input rows whose file
+    name (:func:`_safe_name` of the object id) an earlier row's gives too, found before cutting
+    (:func:`~galmorph.catalogue.manifest.repeated_keys`): the first of them that is cut keeps the name, the
+    others are quarantined (a repeated object id, or a second object whose id gives the same file name), so a
+    cutout is never overwritten; memory holds only the repeated names' owners."""
 
-    def __init__(self, out: Path, cfg: CutoutConfig, data_root: Path | None):
+    def __init__(self, out: Path, cfg: CutoutConfig, data_root: Path | None, repeats: Repeats):
         self.out, self.cfg, self.dr = out, cfg, data_root
-        self.ids, self.names = SeenIds(), SeenIds()
+        self.repeats, self.shared = repeats, repeats.first_rows()
+        self.owner: dict[int, tuple[str, int]] = {}  # first row of a repeated name -> (object id, row) cut under it
+        self.row = 0  # input position of the chunk's first row
         self.n_out = self.n_partial = self.n_small = self.n_passed = 0
 
     def cut(self, df: pd.DataFrame, bar) -> tuple[list[dict], list[dict]]:
@@ -358,51 +364,51 @@ class _CutoutChunks:
 
         cfg, out = self.cfg, self.out
         recs = df.to_dict("records")
-        oids = [r.get("object_id") for r in recs]
-        named = [None if o is None or (not isinstance(o, str) and pd.isna(o)) or not str(o).strip() else str(o)
-                 for o in oids]
-        prev_id = self.ids.earlier([o or "" for o in named])
-        prev_name = self.names.earlier([_safe_name(o) if o else "" for o in named])
+        firsts = self.repeats.first_of(np.arange(self.row, self.row + len(recs)))
         rows, q = [], []
-        used: dict[str, str] = {}  # output file name -> object id, within the chunk
         for k, row in enumerate(recs):
             bar.update(1)
-            oid = named[k]
+            o = row.get("object_id")
+            oid = None if o is None or (not isinstance(o, str) and pd.isna(o)) or not str(o).strip() else str(o)
             if oid is None:
                 q.append(quarantine_record(None, STAGE, "object_id is null or empty", row))
                 continue
-            name = _safe_name(oid)
-            if name in used or prev_id[k] >= 0 or prev_name[k] >= 0:
-                if name in used:
-                    why = ("duplicate object_id" if used[name] == oid
-                           else f"its file name {name}.png is already the cutout of object {used[name]}")
-                elif prev_id[k] >= 0:
-                    why = f"duplicate object_id (first at cutout row {int(prev_id[k])})"
-                else:
-                    why = f"its file name {name}.png is already the cutout at row {int(prev_name[k])}"
+            name, pos = _safe_name(oid), self.row + k
+            group = int(firsts[k]) if firsts[k] >= 0 else pos
+            if group in self.owner:
+                o0, r0 = self.owner[group]
+                why = (f"duplicate object_id (first at input row {r0})" if o0 == oid
+                       else f"its file name {name}.png is already the cutout of object {o0} (input row {r0})")
                 q.append(quarantine_record(oid, STAGE, f"object {oid}: {why}", row))
                 continue
             if cfg.raster_passthrough and not is_fits(str(row.get("image_uri") or "")):
-                used[name] = oid
-                rows.append(_passthrough_row(row))
+                new = _passthrough_row(row)
                 self.n_passed += 1
-                continue
-            try:
-                c = cutout_row(row, cfg, self.dr)
-            except (ImageError, CutoutError, ManifestError, ValueError) as exc:
-                q.append(quarantine_record(oid, STAGE, f"object {oid}: {exc}", row))
-                continue
-            used[name] = oid
-            new = _write_cutout(out, name, row, c, cfg, write_fits=cfg.write_fits)
-            self.n_small += int(bool(new.get("small_extent", False)))
-            self.n_partial += int(c.partial)
+            else:
+                try:
+                    c = cutout_row(row, cfg, self.dr)
+                except (ImageError, CutoutError, ManifestError, ValueError) as exc:
+                    q.append(quarantine_record(oid, STAGE, f"object {oid}: {exc}", row))
+                    continue
+                new = _write_cutout(out, name, row, c, cfg, write_fits=cfg.write_fits)
+                self.n_small += int(bool(new.get("small_extent", False)))
+                self.n_partial += int(c.partial)
+            if group in self.shared:
+                self.owner[group] = (oid, pos)
             rows.append(new)
-        kept = [r["object_id"] for r in rows]
-        positions = np.arange(self.n_out, self.n_out + len(rows))
-        self.ids.add(kept, positions)
-        self.names.add([_safe_name(o) for o in kept], positions)
+        self.row += len(recs)
         self.n_out += len(rows)
         return rows, q
+
+
+def _name_repeats(manifest: str | Path | pd.DataFrame | None, frame: pd.DataFrame | None) -> Repeats:
+    """The input rows whose cutout file name repeats an earlier row's (a frame in memory, else the Parquet
+    manifest's id column read alone)."""
+    if frame is None:
+        return repeated_ids(manifest, key=_safe_name)
+    ids = [None if o is None or (not isinstance(o, str) and pd.isna(o)) or not str(o).strip() else _safe_name(str(o))
+           for o in frame["object_id"]] if "object_id" in frame.columns else []
+    return repeated_keys([ids])
 
 
 def make_cutouts(manifest: str | Path | pd.DataFrame, out_dir: str | Path, cfg: CutoutConfig | None = None,
@@ -424,12 +430,12 @@ def make_cutouts(manifest: str | Path | pd.DataFrame, out_dir: str | Path, cfg: 
         n_in = manifest_num_rows(manifest)
         chunks = iter_manifest(manifest)
         kind = f"{manifest_metadata(manifest).get('kind', 'manifest')}-cutouts"
+    one_frame = not isinstance(chunks, Iterator)  # a frame or a CSV in memory already: the result keeps the frames
     if n_in == 0:
         raise ManifestError(f"manifest {manifest if not isinstance(manifest, pd.DataFrame) else ''} has no rows to cut")
     out = Path(out_dir)
     (out / "png").mkdir(parents=True, exist_ok=True)
-    work = _CutoutChunks(out, cfg, dr)
-    one_frame = not isinstance(chunks, Iterator)  # a frame or a CSV in memory already: the result keeps the frames
+    work = _CutoutChunks(out, cfg, dr, _name_repeats(manifest, chunks[0] if one_frame else None))
     kept_rows: list[dict] = []
     q_all: list[dict] = []
     first_chunk: pd.DataFrame | None = None

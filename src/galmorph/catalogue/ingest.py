@@ -24,11 +24,12 @@ Sources (``SOURCES``)::
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,12 +42,12 @@ from galmorph.catalogue.manifest import (
     REQUIRED_COLUMNS,
     ManifestWriter,
     QuarantineWriter,
-    SeenIds,
     assign_z_bin,
     conform,
     data_uri,
     quarantine_frame,
     quarantine_record,
+    repeated_keys,
     write_manifest,
     write_quarantine,
 )
@@ -498,15 +499,98 @@ def _fits_centre(path: Path) -> tuple[float, float]:
     return ra, dec
 
 
-def _folder_images(folder: Path, pattern: str) -> list[str]:
-    """The image files of ``folder`` matching ``pattern``, by name (sorted; names only, not paths)."""
-    import fnmatch
+#: File names a folder listing sorts in memory before it spills a sorted run to disk.
+LISTING_RUN = 16_384
+_MERGE_FAN_IN = 64  # sorted runs merged at once (open files)
 
-    with os.scandir(folder) as it:
-        names = [e.name for e in it if fnmatch.fnmatchcase(e.name, pattern) and e.is_file()
-                 and e.name.lower().endswith(IMAGE_SUFFIXES)]
-    names.sort()
-    return names
+
+class _FolderNames:
+    """The image files of ``folder`` matching ``pattern``, by name (sorted; names only), in bounded memory: the
+    listing is read in runs of :data:`LISTING_RUN` names, each sorted and spilled to a temporary file
+    (``$TMPDIR``), and the runs are merged as the names are iterated (any number of times); a folder of one run
+    stays in memory. Memory holds one run and a line per open run, not the folder's names."""
+
+    def __init__(self, folder: Path, pattern: str):
+        import fnmatch
+        import tempfile
+
+        self._dir: Path | None = None
+        self._runs: list[Path] = []
+        self._names: list[str] = []
+        self._n_written = 0
+        self.count = 0
+        run_rows = int(LISTING_RUN)
+        try:
+            with os.scandir(folder) as it:
+                for e in it:
+                    if fnmatch.fnmatchcase(e.name, pattern) and e.name.lower().endswith(IMAGE_SUFFIXES) \
+                            and e.is_file():
+                        self._names.append(e.name)
+                        self.count += 1
+                        if len(self._names) >= run_rows:
+                            if self._dir is None:
+                                self._dir = Path(tempfile.mkdtemp(prefix="galmorph-listing-"))
+                            self._runs.append(self._spill(self._names))
+                            self._names = []
+            self._names.sort()
+            if self._runs and self._names:
+                self._runs.append(self._spill(self._names))
+                self._names = []
+            while len(self._runs) > _MERGE_FAN_IN:  # merge runs in groups first: a bounded number of open files
+                head, self._runs = self._runs[:_MERGE_FAN_IN], self._runs[_MERGE_FAN_IN:]
+                self._runs.append(self._write_run(self._merged(head)))
+                for r in head:
+                    r.unlink()
+        except BaseException:
+            self.close()
+            raise
+
+    def _write_run(self, names: Iterable[str]) -> Path:
+        self._n_written += 1
+        path = self._dir / f"run{self._n_written:06d}.txt"  # type: ignore[operator]
+        with open(path, "w", encoding="utf-8", errors="surrogatepass") as f:
+            for n in names:
+                f.write(json.dumps(n) + "\n")  # escaped: a name may hold any character
+        return path
+
+    def _spill(self, names: list[str]) -> Path:
+        names.sort()
+        return self._write_run(names)
+
+    @staticmethod
+    def _read_run(path: Path) -> Iterator[str]:
+        with open(path, encoding="utf-8", errors="surrogatepass") as f:
+            for line in f:
+                yield json.loads(line)
+
+    def _merged(self, runs: list[Path]) -> Iterator[str]:
+        import heapq
+
+        return heapq.merge(*(self._read_run(r) for r in runs))
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __iter__(self) -> Iterator[str]:
+        return self._merged(self._runs) if self._runs else iter(self._names)
+
+    def close(self) -> None:
+        import shutil
+
+        if self._dir is not None:
+            shutil.rmtree(self._dir, ignore_errors=True)
+            self._dir = None
+
+
+def _batched(items: Iterable[Any], n: int) -> Iterator[list[Any]]:
+    batch: list[Any] = []
+    for x in items:
+        batch.append(x)
+        if len(batch) >= n:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
 
 
 def iter_image_folder(folder: str | Path, data_root: Path | None = None, survey: str = "unknown",
@@ -515,48 +599,64 @@ def iter_image_folder(folder: str | Path, data_root: Path | None = None, survey:
                       chunk_rows: int | None = None) -> Iterator[tuple[pd.DataFrame, Records]]:
     """:func:`ingest_image_folder` in chunks of ``chunk_rows`` files (default
     :data:`~galmorph.catalogue.manifest.CHUNK_ROWS`): ``(manifest rows, quarantine records)`` per
-    chunk, so a release of any size is ingested in bounded memory. An object id repeating one of an earlier chunk
-    is quarantined as a duplicate too (:class:`~galmorph.catalogue.manifest.SeenIds`)."""
+    chunk, so a release of any size is ingested in bounded memory (the listing too, :class:`_FolderNames`). An
+    object id repeating another file's (found first, in bounded memory:
+    :func:`~galmorph.catalogue.manifest.repeated_keys`) is quarantined as a duplicate; the first of its files
+    that is ingested keeps it."""
     from galmorph.imaging.io import ImageError, is_fits
 
     folder = Path(folder)
     if not folder.is_dir():
         raise IngestError(f"image folder {folder} does not exist")
-    names = _folder_images(folder, pattern)
-    if not names:
-        raise IngestError(f"image folder {folder} holds no images matching {pattern!r} ({IMAGE_SUFFIXES})")
-    seen, n_out = SeenIds(), 0
-    step = int(chunk_rows or manifest_module.CHUNK_ROWS)
-    for lo in range(0, len(names), step):
-        rows, q = [], []
-        for name in names[lo:lo + step]:
-            p = folder / name
+    names = _FolderNames(folder, pattern)
+    try:
+        if not len(names):
+            raise IngestError(f"image folder {folder} holds no images matching {pattern!r} ({IMAGE_SUFFIXES})")
+
+        def object_id(name: str) -> str:
             stem = name.split(".")[0]
-            oid = id_from_name(stem) if id_from_name else re.sub(r"_[ugriz]$", "", stem)
-            prov = f"{folder.name}/{name}"
-            ra = dec = np.nan
-            if is_fits(p):
-                try:
-                    ra, dec = _fits_centre(p)
-                except ImageError as exc:
-                    q.append(quarantine_record(oid, STAGE, f"{source} object {oid}: {exc}", {"path": str(p)}))
+            return id_from_name(stem) if id_from_name else re.sub(r"_[ugriz]$", "", stem)
+
+        step = int(chunk_rows or manifest_module.CHUNK_ROWS)
+        repeats = repeated_keys([object_id(n) for n in b] for b in _batched(names, step))
+        shared = repeats.first_rows()
+        owner: dict[int, str] = {}  # first file of a repeated id -> the file ingested under it
+        pos = 0
+        for batch in _batched(names, step):
+            firsts = repeats.first_of(np.arange(pos, pos + len(batch)))
+            rows, q = [], []
+            groups: dict[str, int] = {}  # file name -> first row of its repeated id, within the chunk
+            for k, name in enumerate(batch):
+                p = folder / name
+                oid = object_id(name)
+                prov = f"{folder.name}/{name}"
+                row = {"object_id": oid, "survey": survey, "ra": np.nan, "dec": np.nan, "z": np.nan,
+                       "image_uri": image_uri_for(p, data_root), "label": label, "task": task,
+                       "provenance": prov, "file_name": name}
+                group = int(firsts[k]) if firsts[k] >= 0 else pos + k
+                if group in owner:
+                    q.append(quarantine_record(oid, STAGE, f"{source} object {oid}: duplicate object_id (first seen "
+                                               f"in {folder.name}/{owner[group]}; this one {prov})", row))
                     continue
-            elif IAU_RE.search(stem):
-                ra, dec = parse_iau_name(stem)
-            rows.append({"object_id": oid, "survey": survey, "ra": ra, "dec": dec, "z": np.nan,
-                         "image_uri": image_uri_for(p, data_root), "label": label, "task": task,
-                         "provenance": prov, "file_name": name})
-        df, q = _finalise(rows, q, len(rows) + len(q), source, coords_required=False)
-        first = seen.earlier(df["object_id"]) if len(df) else np.empty(0, dtype=np.int64)
-        for i in np.flatnonzero(first >= 0):
-            r = df.iloc[int(i)].to_dict()
-            q.append(quarantine_record(r["object_id"], STAGE, f"{source} object {r['object_id']}: duplicate "
-                                       f"object_id (first seen at manifest row {int(first[i])}; this one "
-                                       f"{r['provenance']})", r))
-        df = df[first < 0].reset_index(drop=True)
-        seen.add(df["object_id"], np.arange(n_out, n_out + len(df)))
-        n_out += len(df)
-        yield df, q
+                if group in shared:
+                    groups[name] = group
+                if is_fits(p):
+                    try:
+                        row["ra"], row["dec"] = _fits_centre(p)
+                    except ImageError as exc:
+                        q.append(quarantine_record(oid, STAGE, f"{source} object {oid}: {exc}", {"path": str(p)}))
+                        continue
+                elif IAU_RE.search(stem := name.split(".")[0]):
+                    row["ra"], row["dec"] = parse_iau_name(stem)
+                rows.append(row)
+            df, q = _finalise(rows, q, len(rows) + len(q), source, coords_required=False)
+            for name in (df["file_name"] if len(df) and groups else ()):
+                if name in groups:  # the file ingested under a repeated id: its later files are duplicates
+                    owner[groups[name]] = name
+            pos += len(batch)
+            yield df, q
+    finally:
+        names.close()
 
 
 def ingest_image_folder(folder: str | Path, data_root: Path | None = None, survey: str = "unknown",

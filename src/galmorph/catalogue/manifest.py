@@ -159,6 +159,12 @@ def write_manifest(df: pd.DataFrame, path: str | Path, kind: str, extra_meta: di
 CHUNK_ROWS = 10_000
 
 
+def stream_parquet(path: str | Path) -> pq.ParquetFile:
+    """A Parquet file opened to be read batch by batch: without pre-buffering, which would read the column chunks
+    of every row group ahead (about 10 MB more per 200 000 manifest rows), so memory would grow with the file."""
+    return pq.ParquetFile(path, pre_buffer=False)
+
+
 def manifest_num_rows(path: str | Path) -> int:
     """Rows of a Parquet manifest, from its footer (nothing read)."""
     return int(pq.ParquetFile(path).metadata.num_rows)
@@ -171,7 +177,7 @@ def iter_manifest(path: str | Path, columns: Sequence[str] | None = None,
     (those the file has)."""
     path = Path(path)
     try:
-        pf = pq.ParquetFile(path)
+        pf = stream_parquet(path)
     except Exception as exc:  # noqa: BLE001 - reraised with the file named
         raise ManifestError(f"manifest {path} is not a readable Parquet file: {exc}") from exc
     names = pf.schema_arrow.names
@@ -267,46 +273,146 @@ class ManifestWriter:
             self.abort()
 
 
-class SeenIds:
-    """Object ids met so far in a streamed release, as 64-bit hashes with the row each was first met at: 16 bytes
-    per distinct id instead of the ids themselves (two different ids sharing a hash, about 1 in 10^7 for a
-    10-million-row release, would read as a repeat)."""
+#: Keys :class:`RepeatedKeys` holds in memory before it spills them to disk (16 bytes each).
+SPILL_ROWS = 65_536
+_PARTITION_BITS = 8  # 256 partition files once spilled
 
-    def __init__(self) -> None:
-        self._hash = np.empty(0, dtype=np.uint64)
-        self._row = np.empty(0, dtype=np.int64)
+
+def key_hashes(keys: Sequence[Any] | pd.Series) -> np.ndarray:
+    """64-bit hashes of ``keys`` as text (the same text always gives the same hash)."""
+    return pd.util.hash_pandas_object(pd.Series(keys, dtype="object").astype(str), index=False
+                                      ).to_numpy(dtype=np.uint64)
+
+
+class Repeats:
+    """The rows whose key repeats an earlier row's, each with the row its key was first met at (sorted by row; 16
+    bytes per repeat)."""
+
+    def __init__(self, rows: np.ndarray, firsts: np.ndarray):
+        order = np.argsort(rows, kind="stable")
+        self.rows, self.firsts = rows[order].astype(np.int64), firsts[order].astype(np.int64)
 
     def __len__(self) -> int:
-        return len(self._hash)
+        return len(self.rows)
+
+    def first_of(self, rows: Sequence[int] | np.ndarray) -> np.ndarray:
+        """Per row: the first row of its key when it is a repeat, else -1."""
+        rows = np.asarray(rows, dtype=np.int64)
+        if not len(self.rows) or not len(rows):
+            return np.full(len(rows), -1, dtype=np.int64)
+        pos = np.clip(np.searchsorted(self.rows, rows), 0, len(self.rows) - 1)
+        return np.where(self.rows[pos] == rows, self.firsts[pos], -1)
+
+    def first_rows(self) -> set[int]:
+        """The rows met first by a key that repeats."""
+        return set(np.unique(self.firsts).tolist())
+
+
+class RepeatedKeys:
+    """Finds the rows whose key (an object id, a file name) repeats an earlier row's, in memory bounded whatever the
+    release's size: feed the keys in row order chunk by chunk (:meth:`add`; a null or blank key is skipped but
+    keeps its row number), then :meth:`repeats`.
+
+    Keys are held as 64-bit hashes with their row (16 bytes each) up to :data:`SPILL_ROWS`; past that they are
+    partitioned by hash into 256 files in a temporary folder (``workdir``, else ``$TMPDIR``) and each partition is
+    sorted on its own, so memory holds one spill buffer and one partition, not the release. Two different keys
+    sharing a hash would read as a repeat: for 10 million different keys the chance that any two do is about 3 in
+    a million."""
+
+    def __init__(self, spill_rows: int | None = None, workdir: str | Path | None = None):
+        self._spill = int(spill_rows or SPILL_ROWS)
+        self._workdir = workdir
+        self._h: list[np.ndarray] = []
+        self._r: list[np.ndarray] = []
+        self._held = 0
+        self._dir: Path | None = None
+        self.rows = 0
+
+    def add(self, keys: Sequence[Any] | pd.Series) -> None:
+        text = pd.Series(keys, dtype="object").astype("string")
+        ok = (text.notna() & text.str.strip().ne("")).fillna(False).to_numpy(dtype=bool)
+        pos = np.flatnonzero(ok)
+        if len(pos):
+            self._h.append(key_hashes(text[ok].tolist()))
+            self._r.append(pos.astype(np.int64) + self.rows)
+            self._held += len(pos)
+            if self._held >= self._spill:
+                self._flush()
+        self.rows += len(text)
+
+    def _flush(self) -> None:
+        import tempfile
+
+        if not self._h:
+            return
+        if self._dir is None:
+            self._dir = Path(tempfile.mkdtemp(prefix="galmorph-keys-", dir=self._workdir))
+        rec = np.empty(self._held, dtype=[("h", "<u8"), ("r", "<i8")])
+        rec["h"], rec["r"] = np.concatenate(self._h), np.concatenate(self._r)
+        self._h, self._r, self._held = [], [], 0
+        part = (rec["h"] >> np.uint64(64 - _PARTITION_BITS)).astype(np.int64)
+        order = np.argsort(part, kind="stable")  # rows stay in order within a partition
+        rec, part = rec[order], part[order]
+        bounds = np.searchsorted(part, np.arange((1 << _PARTITION_BITS) + 1))
+        for k in range(1 << _PARTITION_BITS):
+            if bounds[k + 1] > bounds[k]:
+                with open(self._dir / f"{k:03d}.bin", "ab") as f:
+                    rec[bounds[k]:bounds[k + 1]].tofile(f)
 
     @staticmethod
-    def hashes(ids: Sequence[Any] | pd.Series) -> np.ndarray:
-        return pd.util.hash_pandas_object(pd.Series(ids, dtype="object").astype(str), index=False
-                                          ).to_numpy(dtype=np.uint64)
+    def _repeats_in(h: np.ndarray, r: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        order = np.argsort(h, kind="stable")  # rows ascending within a hash
+        h, r = h[order], r[order]
+        new = np.ones(len(h), dtype=bool)
+        new[1:] = h[1:] != h[:-1]
+        first = r[new][np.cumsum(new) - 1]
+        return r[~new], first[~new]
 
-    def earlier(self, ids: Sequence[Any] | pd.Series) -> np.ndarray:
-        """Per id: the row it was first met at by an earlier :meth:`add`, else -1."""
-        return self._earlier(self.hashes(ids))
+    def repeats(self) -> Repeats:
+        """The repeated rows and their first rows (the temporary files are removed)."""
+        import shutil
 
-    def add(self, ids: Sequence[Any] | pd.Series, rows: Sequence[int] | np.ndarray) -> None:
-        """Record ``ids`` first met at ``rows`` (ids met before keep their first row)."""
-        h = self.hashes(ids)
-        if not len(h):
-            return
-        rows = np.asarray(rows, dtype=np.int64)
-        h, first = np.unique(h, return_index=True)
-        rows = rows[first]
-        new = self._earlier(h) < 0
-        hh = np.concatenate([self._hash, h[new]])
-        rr = np.concatenate([self._row, rows[new]])
-        order = np.argsort(hh, kind="stable")
-        self._hash, self._row = hh[order], rr[order]
+        try:
+            if self._dir is None:
+                h = np.concatenate(self._h) if self._h else np.empty(0, dtype=np.uint64)
+                r = np.concatenate(self._r) if self._r else np.empty(0, dtype=np.int64)
+                return Repeats(*self._repeats_in(h, r))
+            self._flush()
+            rows, firsts = [], []
+            for f in sorted(self._dir.glob("*.bin")):
+                rec = np.fromfile(f, dtype=[("h", "<u8"), ("r", "<i8")])
+                a, b = self._repeats_in(rec["h"], rec["r"])
+                rows.append(a)
+                firsts.append(b)
+            return Repeats(np.concatenate(rows) if rows else np.empty(0, dtype=np.int64),
+                           np.concatenate(firsts) if firsts else np.empty(0, dtype=np.int64))
+        finally:
+            if self._dir is not None:
+                shutil.rmtree(self._dir, ignore_errors=True)
+                self._dir = None
+            self._h, self._r, self._held = [], [], 0
 
-    def _earlier(self, h: np.ndarray) -> np.ndarray:
-        if not len(self._hash) or not len(h):
-            return np.full(len(h), -1, dtype=np.int64)
-        pos = np.clip(np.searchsorted(self._hash, h), 0, len(self._hash) - 1)
-        return np.where(self._hash[pos] == h, self._row[pos], -1)
+
+def repeated_keys(chunks: Iterable[Sequence[Any] | pd.Series], spill_rows: int | None = None,
+                  workdir: str | Path | None = None) -> Repeats:
+    """:class:`RepeatedKeys` of the keys in ``chunks`` (in row order)."""
+    finder = RepeatedKeys(spill_rows, workdir)
+    for keys in chunks:
+        finder.add(keys)
+    return finder.repeats()
+
+
+def repeated_ids(path: str | Path, column: str = "object_id", key=None,
+                 workdir: str | Path | None = None) -> Repeats:
+    """:func:`repeated_keys` of a Parquet manifest's ``column`` (read alone, chunk by chunk: rows are the file's
+    positions); ``key`` maps each non-blank value to the key compared instead (e.g. the file name an id gives)."""
+    def chunks():
+        for batch in stream_parquet(path).iter_batches(batch_size=int(CHUNK_ROWS), columns=[column]):
+            vals = batch.column(0).to_pylist()
+            if key is not None:
+                vals = [None if v is None or not str(v).strip() else key(str(v)) for v in vals]
+            yield vals
+    return repeated_keys(chunks(), workdir=workdir)
 
 
 CSV_SUFFIXES = (".csv", ".csv.gz", ".tsv", ".tsv.gz", ".txt")

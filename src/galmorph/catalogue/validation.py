@@ -30,7 +30,7 @@ from galmorph.catalogue.manifest import (
     ManifestError,
     ManifestWriter,
     QuarantineWriter,
-    SeenIds,
+    Repeats,
     carried_metadata,
     is_csv,
     iter_manifest,
@@ -39,6 +39,7 @@ from galmorph.catalogue.manifest import (
     quarantine_frame,
     quarantine_record,
     read_manifest_table,
+    repeated_ids,
     resolve_image_uri,
     write_manifest,
     write_quarantine,
@@ -421,34 +422,32 @@ def resolve_auto_requirements(df: pd.DataFrame, cfg: ValidationConfig) -> Valida
     return replace(cfg, **changes) if changes else cfg
 
 
-def _earlier_duplicates(ids: pd.Series, row_offset: int, seen: SeenIds, reasons: dict[int, list[str]],
+def _earlier_duplicates(ids: pd.Series, row_offset: int, repeats: Repeats, reasons: dict[int, list[str]],
                         counts: dict[str, int]) -> None:
-    """Rows of this chunk whose object id an earlier chunk had: a duplicate reason each; then this chunk's ids
-    (their first rows) join ``seen``."""
+    """Rows of this chunk whose object id an earlier chunk had (``repeats``: the whole manifest's, by file
+    position): a duplicate reason each (a repeat within the chunk is GX's)."""
     text = ids.astype("string")
-    ok = (text.notna() & text.str.strip().ne("")).fillna(False).to_numpy(dtype=bool)
-    pos = np.flatnonzero(ok)
-    first = seen.earlier(text[ok].tolist())
-    for i, f in zip(pos, first):
-        if f >= 0:  # the first occurrence is the earlier chunk's, not one of this chunk's (GX's reason replaced)
-            within = [m for m in reasons.get(int(i), []) if m.startswith("duplicate object_id ")]
-            reasons[int(i)] = [m for m in reasons.get(int(i), []) if m not in within]
-            reasons[int(i)].append(f"duplicate object_id {text.iat[int(i)]!r} (first at row {int(f)})")
-            counts["id_unique"] = counts.get("id_unique", 0) + (0 if within else 1)
-    seen.add(text[ok].tolist(), pos + row_offset)
+    first = repeats.first_of(np.arange(row_offset, row_offset + len(text)))
+    for i in np.flatnonzero((first >= 0) & (first < row_offset)):
+        # the first occurrence is an earlier chunk's, not one of this chunk's (GX's reason replaced)
+        within = [m for m in reasons.get(int(i), []) if m.startswith("duplicate object_id ")]
+        reasons[int(i)] = [m for m in reasons.get(int(i), []) if m not in within]
+        reasons[int(i)].append(f"duplicate object_id {text.iat[int(i)]!r} (first at row {int(first[i])})")
+        counts["id_unique"] = counts.get("id_unique", 0) + (0 if within else 1)
 
 
 def validate_frame(df: pd.DataFrame, cfg: ValidationConfig | None = None, data_root: Path | str | None = None,
                    name: str = "manifest", progress: bool = True, workers: int = 1,
-                   unreadable: list[dict] | None = None, row_offset: int = 0, seen: SeenIds | None = None,
+                   unreadable: list[dict] | None = None, row_offset: int = 0, repeats: Repeats | None = None,
                    gx_runner: GxRunner | None = None) -> ValidationResult:
     """Validate a manifest DataFrame (no files written).
 
     ``ra``/``dec``/``z`` cells that are present but not numbers are quarantined (their reason says so);
     missing ones pass unless ``require_coords``/``require_z``. ``unreadable`` are quarantine records of
     rows that could not be parsed at all (ragged CSV lines); they count as input rows. One chunk of a streamed
-    manifest: ``row_offset`` is its first row's position, ``seen`` the object ids of the chunks before (a repeat
-    is quarantined as a duplicate; this chunk's ids are added), ``gx_runner`` the run's GX context."""
+    manifest: ``row_offset`` is its first row's position, ``repeats`` the whole manifest's repeated object ids
+    (:func:`~galmorph.catalogue.manifest.repeated_ids`; a repeat of an earlier chunk's id is quarantined as a
+    duplicate), ``gx_runner`` the run's GX context."""
     cfg = resolve_auto_requirements(df, cfg or ValidationConfig())
     dr = Path(data_root) if data_root is not None else None
     df = df.reset_index(drop=True)
@@ -471,8 +470,8 @@ def validate_frame(df: pd.DataFrame, cfg: ValidationConfig | None = None, data_r
         work[c] = None
     gx_res = run_gx(work, cfg, name, gx_runner)
     reasons, schema_errors, counts = _row_failures(gx_res, work, cfg, row_offset)
-    if seen is not None and "object_id" not in missing:
-        _earlier_duplicates(df["object_id"], row_offset, seen, reasons, counts)
+    if repeats is not None and "object_id" not in missing:
+        _earlier_duplicates(df["object_id"], row_offset, repeats, reasons, counts)
     for i, msgs in not_numbers.items():
         reasons[i][:0] = msgs
         counts["not_a_number"] = counts.get("not_a_number", 0) + 1
@@ -636,9 +635,12 @@ def _validate_streamed(path: Path, cfg: ValidationConfig, data_root: Path | str 
                        workers: int) -> tuple[ValidationResult, ValidationConfig]:
     """:func:`validate_manifest` of a Parquet manifest chunk by chunk (:data:`~galmorph.catalogue.manifest.CHUNK_ROWS`
     rows): passed rows and quarantine written as they come, an object id repeating an earlier chunk's quarantined
-    as a duplicate (:class:`~galmorph.catalogue.manifest.SeenIds`), counts and the GX results summed; memory bounded
-    by a chunk whatever the release's size. The passed manifest is written only without schema errors."""
+    as a duplicate (found first by one pass over the id column, :func:`~galmorph.catalogue.manifest.repeated_ids`),
+    counts and the GX results summed; memory bounded by a chunk whatever the release's size. The passed manifest is
+    written only without schema errors."""
     import tempfile
+
+    import pyarrow.parquet as pq
 
     if not path.exists():
         raise ManifestError(f"manifest {path} does not exist")
@@ -647,7 +649,8 @@ def _validate_streamed(path: Path, cfg: ValidationConfig, data_root: Path | str 
     cfg = _auto_requirements(path, cfg)
     qpath = Path(quarantine_path) if quarantine_path is not None else Path(tempfile.mkdtemp()) / "quarantine.parquet"
     runner = GxRunner(cfg, name)
-    seen = SeenIds()
+    has_ids = "object_id" in pq.ParquetFile(path).schema_arrow.names
+    repeats = repeated_ids(path) if has_ids else None
     rows = passed = n_ext = n_small = 0
     schema_errors: list[str] = []
     counts: dict[str, int] = {}
@@ -660,7 +663,7 @@ def _validate_streamed(path: Path, cfg: ValidationConfig, data_root: Path | str 
         with QuarantineWriter(qpath) as qw:
             for df in iter_manifest(path):
                 r = validate_frame(df, cfg, data_root, name=name, progress=progress, workers=workers,
-                                   row_offset=rows, seen=seen, gx_runner=runner)
+                                   row_offset=rows, repeats=repeats, gx_runner=runner)
                 rows += r.rows
                 passed += r.passed
                 schema_errors.extend(e for e in r.schema_errors if e not in schema_errors)

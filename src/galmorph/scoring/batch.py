@@ -210,7 +210,9 @@ def iter_shards(manifest_path: str | Path, shard_size: int, columns: Sequence[st
     Only the row groups that overlap a wanted shard are read, in record batches of ``read_batch``
     rows, so memory stays bounded by one shard whatever the manifest's size.
     """
-    pf = pq.ParquetFile(manifest_path)
+    from galmorph.catalogue.manifest import stream_parquet
+
+    pf = stream_parquet(manifest_path)
     meta = pf.metadata
     n_rows = meta.num_rows
     n_sh = n_shards_for(n_rows, shard_size)
@@ -645,29 +647,23 @@ def score_manifest(model, manifest_path: str | Path, out_dir: str | Path, batch_
 def _id_problems(manifest_path: str | Path) -> dict[int, str]:
     """Rows (global index) whose ``object_id`` is null/empty or repeats an earlier row's, with the reason:
     they are quarantined, so that the catalogue holds one row per object (the first). The id column is read
-    chunk by chunk (:class:`~galmorph.catalogue.manifest.SeenIds`: 16 bytes per id held)."""
+    chunk by chunk and the repeats found in bounded memory (:func:`~galmorph.catalogue.manifest.repeated_ids`);
+    only the problem rows are held."""
     from galmorph.catalogue import manifest as manifest_module
-    from galmorph.catalogue.manifest import SeenIds
+    from galmorph.catalogue.manifest import repeated_ids, stream_parquet
 
     bad: dict[int, str] = {}
-    seen, start = SeenIds(), 0
-    for batch in pq.ParquetFile(manifest_path).iter_batches(batch_size=manifest_module.CHUNK_ROWS,
+    repeats = repeated_ids(manifest_path)
+    start = 0
+    for batch in stream_parquet(manifest_path).iter_batches(batch_size=manifest_module.CHUNK_ROWS,
                                                             columns=["object_id"]):
         text = batch.column(0).to_pandas().astype("string")
         empty = (text.isna() | text.str.strip().eq("").fillna(False)).to_numpy(dtype=bool)
         for i in np.flatnonzero(empty):
             bad[start + int(i)] = f"row {start + int(i)}: object_id is null or empty"
-        pos = np.flatnonzero(~empty)
-        ids = text.to_numpy()[pos].tolist()
-        earlier = seen.earlier(ids)
-        first_here: dict[str, int] = {}
-        for k, (i, v) in enumerate(zip(pos, ids)):
-            first = int(earlier[k]) if earlier[k] >= 0 else first_here.get(v)
-            if first is None:
-                first_here[v] = start + int(i)
-            else:
-                bad[start + int(i)] = f"object {v}: duplicate object_id (first at row {first})"
-        seen.add(ids, pos + start)
+        first = repeats.first_of(np.arange(start, start + len(text)))
+        for i in np.flatnonzero(first >= 0):
+            bad[start + int(i)] = f"object {text.iat[int(i)]}: duplicate object_id (first at row {int(first[i])})"
         start += len(text)
     return bad
 
@@ -675,7 +671,7 @@ def _id_problems(manifest_path: str | Path) -> dict[int, str]:
 def _release_sample(manifest_path) -> pd.DataFrame | None:
     """The release's first 512 rows (agreement images when the data root has none)."""
     cols = [c for c in ("object_id", "image_uri", "label") if c in pq.ParquetFile(manifest_path).schema_arrow.names]
-    sample = next(pq.ParquetFile(manifest_path).iter_batches(batch_size=512, columns=cols), None)
+    sample = next(pq.ParquetFile(manifest_path, pre_buffer=False).iter_batches(batch_size=512, columns=cols), None)
     return sample.to_pandas() if sample is not None else None
 
 
@@ -800,18 +796,11 @@ def _merge_quarantine(quars: dict[int, Path], q_path: Path) -> int:
 
 
 def _duplicate_ids(cat_path: Path) -> int:
-    """Rows of the catalogue repeating an earlier row's object id (the id column read chunk by chunk)."""
-    from galmorph.catalogue import manifest as manifest_module
-    from galmorph.catalogue.manifest import SeenIds
+    """Rows of the catalogue repeating an earlier row's object id (found in bounded memory,
+    :func:`~galmorph.catalogue.manifest.repeated_ids`)."""
+    from galmorph.catalogue.manifest import repeated_ids
 
-    seen, n, dup = SeenIds(), 0, 0
-    for batch in pq.ParquetFile(cat_path).iter_batches(batch_size=manifest_module.CHUNK_ROWS, columns=["object_id"]):
-        ids = batch.column(0).to_pylist()
-        before = len(seen)
-        seen.add(ids, np.arange(n, n + len(ids)))
-        dup += len(ids) - (len(seen) - before)
-        n += len(ids)
-    return dup
+    return len(repeated_ids(cat_path))
 
 
 def _summary(spec: dict, release: str | None, n_sh: int, missing: list[int], counts: dict[str, int],

@@ -610,8 +610,8 @@ def _drift_rows(catalogue: Path, dataset: str | Path, sample_rows: int) -> tuple
                                + [c for c in ("pred", "p_pred", "high_confidence", "model_version") if c in names]))
     n_release = manifest_num_rows(catalogue)
     scored = []
-    for chunk in pq.ParquetFile(catalogue).iter_batches(batch_size=manifest_module.CHUNK_ROWS,
-                                                        columns=["object_id", *pcols]):
+    for chunk in manifest_module.stream_parquet(catalogue).iter_batches(batch_size=manifest_module.CHUNK_ROWS,
+                                                                        columns=["object_id", *pcols]):
         df = chunk.to_pandas()
         scored.append(df[drift_sample(df["object_id"], sample_rows, n_rows=n_release)] if sample_rows else df)
     scored_df = pd.concat(scored, ignore_index=True) if scored else pd.DataFrame(columns=["object_id", *pcols])
