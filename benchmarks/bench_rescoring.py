@@ -152,13 +152,27 @@ def _task_of(proc, cache: dict) -> str | None:
 
 class RssSampler:
     """Peak resident memory of each pipeline task's processes (summed over a task's process tree, the largest
-    sample), sampled every ``every`` s from this process's descendants while it runs."""
+    sample), sampled every ``every`` s from this process's descendants while it runs; each process's samples are
+    kept too (:meth:`halves`)."""
 
     def __init__(self, every: float = 0.5):
         import threading
 
         self.every, self.peaks, self.process_peaks, self._stop = every, {}, {}, threading.Event()
+        self.series: dict[str, dict[int, list[int]]] = {}  # task -> pid -> its RSS samples in order
         self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def halves(self) -> dict[str, dict[str, float]]:
+        """Per task, its largest process's peak in the first and in the second half of its samples (MB): memory
+        that grows with the rows a process has handled shows as a higher second half."""
+        out = {}
+        for task, procs in self.series.items():
+            xs = max(procs.values(), key=max)
+            h = len(xs) // 2
+            if h:
+                out[task] = {"first": round(max(xs[:h]) / 2**20, 1), "second": round(max(xs[h:]) / 2**20, 1),
+                             "samples": len(xs)}
+        return out
 
     def _run(self) -> None:
         import psutil
@@ -173,6 +187,7 @@ class RssSampler:
                         rss = c.memory_info().rss
                         now[task] = now.get(task, 0) + rss
                         self.process_peaks[task] = max(self.process_peaks.get(task, 0), rss)
+                        self.series.setdefault(task, {}).setdefault(c.pid, []).append(rss)
                 except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
                     continue
             for k, v in now.items():
@@ -235,6 +250,7 @@ def run_once(n: int, workers: int | None, images: list[Path], tmp: Path, uri: st
     if memory:
         out["peak_rss_mb"] = {k: round(v / 2**20, 1) for k, v in sorted(sampler.peaks.items())}
         out["peak_process_rss_mb"] = {k: round(v / 2**20, 1) for k, v in sorted(sampler.process_peaks.items())}
+        out["halves_mb"] = sampler.halves()
         text = _ANSI.sub("", log_file.read_text(errors="replace"))
         out["score_work_items"] = len(re.findall(r"Executing task 'score(?:-\d+)?'", text))  # one per item
     return out
@@ -450,6 +466,18 @@ def write_memory(m: dict, runs: list[dict], model: str, complete: bool) -> str:
                        f"({b['rows'] / a['rows']:.0f}× the rows) the largest peak went {max(pa.values()):.0f} → "
                        f"{max(pb.values()):.0f} MB; the task that grew most is `{worst}`: {pa[worst]:.0f} → "
                        f"{pb[worst]:.0f} MB ({ratios[worst]:.2f}×)."]
+    last = runs[-1] if runs else {}
+    if last.get("halves_mb"):
+        hv = last["halves_mb"]
+        md += ["", f"Within the {last['rows']:,}-row run: the peak of each task's largest process over the first and "
+               "the second half of its samples (memory that grows with the rows a process has handled shows as a "
+               "higher second half; the first half holds the process's start):", "",
+               "| task | samples | first half MB | second half MB | second − first MB |", "|---|---|---|---|---|"]
+        for t in tasks:
+            h = hv.get(t.replace("-", "_"))
+            if h:
+                md.append(f"| {t} | {h['samples']} | {h['first']:.0f} | {h['second']:.0f} | "
+                          f"{h['second'] - h['first']:+.0f} |")
     if not complete:
         md += ["", "**Incomplete**: written after each pipeline run; the benchmark had not finished."]
     text = "\n".join(md) + "\n"
