@@ -37,6 +37,8 @@ from _common import forward_ceiling, machine, quiet_line
 
 OUT = Path(os.environ.get("GALMORPH_BENCH_OUT") or Path(__file__).resolve().parent / "results")
 CLASSES = ["CW", "ACW", "other"]
+MEMORY_SAMPLE_S = 0.1  # the memory run's RSS sampling interval
+HALVES_MIN_SAMPLES = 40  # 4 s of a process's life
 TASKS = ("ingest", "validate", "resolve-model", "cutout", "shard", "score", "merge", "drift", "publish")
 _LOG_TIME = re.compile(r"^(\d{2}:\d{2}:\d{2}(?:\.\d+)?) - INFO - (?:Executing task|Task) '([\w-]+)'")
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
@@ -238,7 +240,7 @@ def run_once(n: int, workers: int | None, images: list[Path], tmp: Path, uri: st
     if workers is not None:
         params.update(n_workers=workers, shard_size=max(1, -(-n // workers)))
     t0 = time.perf_counter()
-    sampler = RssSampler() if memory else contextlib.nullcontext()
+    sampler = RssSampler(every=MEMORY_SAMPLE_S) if memory else contextlib.nullcontext()
     with sampler:
         res = run_local("rescoring", params, pipeline_root=tmp / "kfp", tracking_uri=uri, log_file=log_file)
     wall = time.perf_counter() - t0
@@ -251,6 +253,7 @@ def run_once(n: int, workers: int | None, images: list[Path], tmp: Path, uri: st
         out["peak_rss_mb"] = {k: round(v / 2**20, 1) for k, v in sorted(sampler.peaks.items())}
         out["peak_process_rss_mb"] = {k: round(v / 2**20, 1) for k, v in sorted(sampler.process_peaks.items())}
         out["halves_mb"] = sampler.halves()
+        out["sample_s"] = sampler.every
         text = _ANSI.sub("", log_file.read_text(errors="replace"))
         out["score_work_items"] = len(re.findall(r"Executing task 'score(?:-\d+)?'", text))  # one per item
     return out
@@ -440,8 +443,8 @@ def write_memory(m: dict, runs: list[dict], model: str, complete: bool) -> str:
           "not depend on the load; the wall times are not speed results). `galmorph.ops.run.run_local('rescoring', "
           "...)` with every pipeline default (4 scoring workers, shards of 10 000 rows, the verified path) but "
           "`hold_on_drift=false`, on `folder:` releases of real GZ1 JPEGs repeated under new names. Peak resident "
-          "memory of each task, sampled every 0.5 s; first of its largest single process (for `score`: one "
-          "worker):", "",
+          f"memory of each task, sampled every {runs[-1].get('sample_s', 0.5) if runs else MEMORY_SAMPLE_S} s; first of "
+          "its largest single process (for `score`: one worker or one of its image-decoding processes, forked from it):", "",
           "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for key, what in (("peak_process_rss_mb", "largest single process"), ("peak_rss_mb", "all its processes")):
         if key != "peak_process_rss_mb":
@@ -467,14 +470,15 @@ def write_memory(m: dict, runs: list[dict], model: str, complete: bool) -> str:
                        f"{max(pb.values()):.0f} MB; the task that grew most is `{worst}`: {pa[worst]:.0f} → "
                        f"{pb[worst]:.0f} MB ({ratios[worst]:.2f}×)."]
     last = runs[-1] if runs else {}
-    if last.get("halves_mb"):
-        hv = last["halves_mb"]
-        md += ["", f"Within the {last['rows']:,}-row run: the peak of each task's largest process over the first and "
-               "the second half of its samples (memory that grows with the rows a process has handled shows as a "
-               "higher second half; the first half holds the process's start):", "",
+    long = {t: h for t, h in (last.get("halves_mb") or {}).items() if h["samples"] >= HALVES_MIN_SAMPLES}
+    if long:
+        md += ["", f"Within the {last['rows']:,}-row run, for the tasks whose largest process was sampled at least "
+               f"{HALVES_MIN_SAMPLES} times (a shorter one's first half is mostly its start): that process's peak over "
+               "the first and the second half of its samples (memory that grows with the rows a process has handled "
+               "shows as a higher second half):", "",
                "| task | samples | first half MB | second half MB | second − first MB |", "|---|---|---|---|---|"]
         for t in tasks:
-            h = hv.get(t.replace("-", "_"))
+            h = long.get(t.replace("-", "_"))
             if h:
                 md.append(f"| {t} | {h['samples']} | {h['first']:.0f} | {h['second']:.0f} | "
                           f"{h['second'] - h['first']:+.0f} |")
