@@ -100,6 +100,9 @@ def test_repeated_ids_of_a_manifest_column(tmp_path, chunks_of):
     rep = repeated_ids(path)
     assert rep.first_of(range(7)).tolist() == [-1, -1, -1, 0, -1, 1, 0]
     assert repeated_ids(path, key=str.upper).first_of([3, 6]).tolist() == [0, 0]
+    no_ids = tmp_path / "n.parquet"
+    pd.DataFrame({"image_uri": ["x", "x"]}).to_parquet(no_ids)
+    assert len(repeated_ids(no_ids)) == 0
 
 
 def test_folder_listing_sorts_in_bounded_runs(tmp_path, monkeypatch):

@@ -405,9 +405,14 @@ def repeated_keys(chunks: Iterable[Sequence[Any] | pd.Series], spill_rows: int |
 def repeated_ids(path: str | Path, column: str = "object_id", key=None,
                  workdir: str | Path | None = None) -> Repeats:
     """:func:`repeated_keys` of a Parquet manifest's ``column`` (read alone, chunk by chunk: rows are the file's
-    positions); ``key`` maps each non-blank value to the key compared instead (e.g. the file name an id gives)."""
+    positions; a file without the column has no keys, so no repeats); ``key`` maps each non-blank value to the key
+    compared instead (e.g. the file name an id gives)."""
+    pf = stream_parquet(path)
+    if column not in pf.schema_arrow.names:
+        return Repeats(np.empty(0, dtype=np.int64), np.empty(0, dtype=np.int64))
+
     def chunks():
-        for batch in stream_parquet(path).iter_batches(batch_size=int(CHUNK_ROWS), columns=[column]):
+        for batch in pf.iter_batches(batch_size=int(CHUNK_ROWS), columns=[column]):
             vals = batch.column(0).to_pylist()
             if key is not None:
                 vals = [None if v is None or not str(v).strip() else key(str(v)) for v in vals]
