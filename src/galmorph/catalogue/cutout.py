@@ -190,6 +190,13 @@ def raster_cutout(path: str | Path, crop_fraction: float = 1.0, greyscale: bool 
     return Cutout(image=np.clip(img, 0, 1).astype(np.float32))
 
 
+def _object_id(value: Any) -> str | None:
+    """A manifest cell as an object id, or None when it is null or blank."""
+    if value is None or (not isinstance(value, str) and pd.isna(value)) or not str(value).strip():
+        return None
+    return str(value)
+
+
 def _safe_name(oid: str) -> str:
     return re.sub(r"[^A-Za-z0-9._+-]", "_", str(oid))
 
@@ -368,8 +375,7 @@ class _CutoutChunks:
         rows, q = [], []
         for k, row in enumerate(recs):
             bar.update(1)
-            o = row.get("object_id")
-            oid = None if o is None or (not isinstance(o, str) and pd.isna(o)) or not str(o).strip() else str(o)
+            oid = _object_id(row.get("object_id"))
             if oid is None:
                 q.append(quarantine_record(None, STAGE, "object_id is null or empty", row))
                 continue
@@ -406,8 +412,8 @@ def _name_repeats(manifest: str | Path | pd.DataFrame | None, frame: pd.DataFram
     manifest's id column read alone)."""
     if frame is None:
         return repeated_ids(manifest, key=_safe_name)
-    ids = [None if o is None or (not isinstance(o, str) and pd.isna(o)) or not str(o).strip() else _safe_name(str(o))
-           for o in frame["object_id"]] if "object_id" in frame.columns else []
+    ids = [None if (o := _object_id(v)) is None else _safe_name(o) for v in frame["object_id"]] \
+        if "object_id" in frame.columns else []
     return repeated_keys([ids])
 
 
