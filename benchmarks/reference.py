@@ -13,7 +13,8 @@ Each case is what a user runs: ``galmorph train --preset reference --manifest TR
 trains on every row of the manifest: train + validation, no internal test split; registered in this run's
 own tracking store), then ``galmorph score --model models:/NAME/VERSION --manifest TEST`` with its defaults (the verified inference path,
 the class prior and the winding ensemble the model recorded), and once more with ``--class-prior none
---no-winding-ensemble`` for the as-trained row. Nothing here adjusts a probability: every figure comes from
+--no-winding-ensemble`` for the as-trained row (chirality: and with ``--winding-weight 3``, the fixed winding
+rule in place of the stacker the preset fits on its validation split, on the same network). Nothing here adjusts a probability: every figure comes from
 the catalogues ``galmorph score`` writes. Reported as mean ± σ over splits: accuracy, macro-F1, per-class
 F1, training minutes; for chirality also the error reduction against the majority-class predictor,
 CW-vs-ACW accuracy on the catalogued spirals (all, 80 % most confident) and accuracy vs coverage of the
@@ -154,29 +155,42 @@ def classes_of(summary: dict) -> list[str]:
 
 def frame_classes(frame: pd.DataFrame) -> list[str]:
     """The classes of a case's per-galaxy outputs (:func:`score_twice`), in the model's order."""
-    return [c[2:] for c in frame.columns if c.startswith("p_") and not c.endswith("_as_trained")]
+    return [c[2:] for c in frame.columns if c.startswith("p_") and not c.endswith(("_as_trained", "_fixed_rule"))]
 
 
-def score_twice(model: str, manifest: Path, work: Path, tracking_uri: str, data_root: Path) -> tuple[pd.DataFrame, dict]:
+def score_twice(model: str, manifest: Path, work: Path, tracking_uri: str, data_root: Path,
+                fixed_rule: bool = False) -> tuple[pd.DataFrame, dict]:
     """``galmorph score`` with its defaults, and as trained (``--class-prior none --no-winding-ensemble``):
     one frame per scored galaxy (``object_id``, ``label``, ``pred``, ``p_<class>``, ``winding_z`` when the
     ensemble measured it, and the same as ``pred_as_trained``/``p_<class>_as_trained``), and what the default
-    scoring applied (inference path, class prior, ensemble)."""
+    scoring applied (inference path, class prior, ensemble). ``fixed_rule`` (chirality): a third scoring with
+    ``--winding-weight 3`` (the fixed winding rule instead of a stacker the model recorded), as
+    ``pred_fixed_rule``/``p_<class>_fixed_rule``."""
     common = ("--manifest", manifest, "--tracking-uri", tracking_uri, "--data-root", data_root, "--no-progress")
     dflt = galmorph("score", "--model", model, "--out", work / "score", *common)
-    plain = galmorph("score", "--model", model, "--out", work / "score-as-trained", "--class-prior", "none",
-                     "--no-winding-ensemble", *common)
+    variants = {"as_trained": galmorph("score", "--model", model, "--out", work / "score-as-trained",
+                                       "--class-prior", "none", "--no-winding-ensemble", *common)}
+    if fixed_rule:
+        variants["fixed_rule"] = galmorph("score", "--model", model, "--out", work / "score-fixed-rule",
+                                          "--winding-weight", "3", *common)
     classes = classes_of(dflt["summary"])
-    a, t = pd.read_parquet(dflt["catalogue"]), pd.read_parquet(plain["catalogue"])
-    a["object_id"], t["object_id"] = a["object_id"].astype(str), t["object_id"].astype(str)
+    a = pd.read_parquet(dflt["catalogue"])
+    a["object_id"] = a["object_id"].astype(str)
     keep = ["object_id", "label", "pred", *[f"p_{c}" for c in classes]] + (["winding_z"] if "winding_z" in a else [])
-    out = a[keep].merge(t[["object_id", "pred", *[f"p_{c}" for c in classes]]].rename(
-        columns=lambda k: k if k == "object_id" else f"{k}_as_trained"), on="object_id", how="inner", validate="1:1")
+    out = a[keep]
+    for suffix, res in variants.items():
+        t = pd.read_parquet(res["catalogue"])
+        t["object_id"] = t["object_id"].astype(str)
+        out = out.merge(t[["object_id", "pred", *[f"p_{c}" for c in classes]]].rename(
+            columns=lambda k, sfx=suffix: k if k == "object_id" else f"{k}_{sfx}"), on="object_id", how="inner",
+            validate="1:1")
     sd = dflt["summary"]
     applied = {"inference_path": f"{dflt['scoring']['precision']}, {dflt['scoring']['decode']} decode",
                "class_prior": sd.get("applied_class_prior_label", "none"),
                "ensemble": sd.get("applied_ensemble_label", "off"),
                "quarantined": int(dflt["scoring"]["n_quarantined"])}
+    if fixed_rule:
+        applied["fixed_rule_ensemble"] = variants["fixed_rule"]["summary"].get("applied_ensemble_label", "off")
     return out, applied
 
 
@@ -205,6 +219,11 @@ def chirality_block(frame: pd.DataFrame, classes: list[str], tuning_ids: set[str
                  cw_acw_accuracy_top80=float(ok[order[:k80]].mean()) if k80 else None,
                  as_trained={k: v for k, v in raw.items() if k != "majority_class"})
     block["as_trained"]["cw_acw_accuracy"] = float((n_sense == ys).mean()) if len(ys) else None
+    if "pred_fixed_rule" in frame:  # the fixed winding rule on the same network (--winding-weight 3)
+        fx = three_class(y, frame["pred_fixed_rule"].astype(str).to_numpy(), classes)
+        block["fixed_rule"] = {k: v for k, v in fx.items() if k != "majority_class"}
+        f_sense, _f_conf = sense("_fixed_rule")
+        block["fixed_rule"]["cw_acw_accuracy"] = float((f_sense == ys).mean()) if len(ys) else None
     ids = frame["object_id"].astype(str).to_numpy()[sp]
     held = np.array([i not in tuning_ids for i in ids], dtype=bool)
     if held.any() and "winding_z" in frame:
@@ -259,7 +278,7 @@ def run_case(task: str, weights: str, train_df: pd.DataFrame, test_df: pd.DataFr
     # registered, as `galmorph train` does by default (in this run's own tracking store): the first scoring
     # verifies the inference path once and records it on the version, the second one uses the record
     model = f"models:/{res['registered_name']}/{res['registered_version']}"
-    frame, applied = score_twice(model, test_manifest, work, tracking_uri, data_root)
+    frame, applied = score_twice(model, test_manifest, work, tracking_uri, data_root, fixed_rule=task == "chirality")
     classes = frame_classes(frame)
     out = {"task": task, "weights": weights, "split": seed, "train_minutes": minutes, "n_train": len(train_df),
            "model_uri": model, "run_id": res["run_id"], "applied": applied,
@@ -374,7 +393,8 @@ def write_md(result: dict, path: Path) -> None:
         lines += ["Every figure is `galmorph score`'s output on the test quarter (nothing adjusted here). With its "
                   f"defaults it applied: inference path {applied['inference_path']}; class prior "
                   f"{applied['class_prior']}; ensemble {applied['ensemble']} (first case; each case's own record is "
-                  "in the JSON). \"as trained\": `--class-prior none --no-winding-ensemble`.", ""]
+                  "in the JSON). \"as trained\": `--class-prior none --no-winding-ensemble`; "
+                  "`--winding-weight 3`: the fixed winding rule in place of a stacker the model recorded.", ""]
     lines += ["| task | encoder | accuracy | macro-F1 | per-class F1 | as trained: accuracy | as trained: macro-F1 "
               "| training min |", "|---|---|---|---|---|---|---|---|"]
     for task, by_w in summ.items():
@@ -398,6 +418,11 @@ def write_md(result: dict, path: Path) -> None:
                          f"{fmt(s, c + 'majority_accuracy')} | {fmt(s, c + 'error_reduction_vs_majority')} | "
                          f"{fmt(s, c + 'macro_f1')} | {fmt(s, c + 'cw_acw_accuracy')} | "
                          f"{fmt(s, c + 'cw_acw_accuracy_top80')} |")
+            if any(k.startswith(c + "fixed_rule.") for k in s):
+                fr = c + "fixed_rule."
+                lines.append(f"| {w} | `--winding-weight 3` | {fmt(s, fr + 'three_class_accuracy')} | "
+                             f"{fmt(s, fr + 'majority_accuracy')} | {fmt(s, fr + 'error_reduction_vs_majority')} | "
+                             f"{fmt(s, fr + 'macro_f1')} | {fmt(s, fr + 'cw_acw_accuracy')} | – |")
             lines.append(f"| {w} | as trained | {fmt(s, a + 'three_class_accuracy')} | "
                          f"{fmt(s, a + 'majority_accuracy')} | {fmt(s, a + 'error_reduction_vs_majority')} | "
                          f"{fmt(s, a + 'macro_f1')} | {fmt(s, a + 'cw_acw_accuracy')} | – |")

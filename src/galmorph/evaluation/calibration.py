@@ -103,9 +103,8 @@ def apply_temperature(logits, temperature: float) -> np.ndarray:
     return _softmax(np.asarray(logits, dtype=np.float64) / float(temperature))
 
 
-def temperature_from_loader(net, loader, bounds: tuple[float, float] = (0.05, 20.0)) -> float:
-    """Fit the temperature of ``net`` (a model under the galmorph contract: images in, logits out) on a
-    labelled ``(x, y)`` data loader, e.g. the training run's validation split."""
+def logits_from_loader(net, loader) -> tuple[np.ndarray, np.ndarray]:
+    """``(logits (n, k), labels (n,))`` of ``net`` (images in, logits out) over a labelled ``(x, y)`` loader."""
     import torch
 
     net = net.eval()
@@ -116,8 +115,17 @@ def temperature_from_loader(net, loader, bounds: tuple[float, float] = (0.05, 20
             zs.append(net(x).float().cpu().numpy())
             ys.append(np.asarray(y))
     if not zs:
+        return np.zeros((0, 0)), np.zeros(0, dtype=int)
+    return np.concatenate(zs), np.concatenate(ys)
+
+
+def temperature_from_loader(net, loader, bounds: tuple[float, float] = (0.05, 20.0)) -> float:
+    """Fit the temperature of ``net`` (a model under the galmorph contract: images in, logits out) on a
+    labelled ``(x, y)`` data loader, e.g. the training run's validation split."""
+    z, y = logits_from_loader(net, loader)
+    if not len(z):
         return 1.0
-    return fit_temperature(np.concatenate(zs), np.concatenate(ys), bounds)
+    return fit_temperature(z, y, bounds)
 
 
 def calibration_report(y_true: Sequence, proba, classes: Sequence[str], z: Sequence[float] | None = None,

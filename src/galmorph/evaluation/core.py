@@ -319,7 +319,7 @@ def _apply_ensemble(subject: _Subject, pred: pd.DataFrame, opt: EvaluationOption
     """The winding ensemble the predictions get (#26; :func:`galmorph.scoring.ensemble.ensemble_for`), applied
     to ``pred`` in place (``p_<class>``, ``pred``, ``p_pred``; ``p_CW_network``/``p_ACW_network`` kept):
     ``(ensemble or None, the winding measurement or None)``."""
-    from galmorph.scoring.ensemble import combine_winding, ensemble_for, measure_winding_table
+    from galmorph.scoring.ensemble import ensemble_for, measure_winding_table
 
     ens = ensemble_for(subject.loaded.spec, opt.winding_ensemble)
     if ens is None:
@@ -332,7 +332,10 @@ def _apply_ensemble(subject: _Subject, pred: pd.DataFrame, opt: EvaluationOption
     pcols = [f"p_{c}" for c in classes]
     ok = pred["error"].isna().to_numpy() if "error" in pred.columns else np.ones(len(pred), dtype=bool)
     p = pred[pcols].to_numpy(dtype=float)
-    comb, _applied = combine_winding(p[ok], z[ok], classes, ens.weight, ens.min_confidence, ens.max_p_other)
+    from galmorph.models.io import prior_logit_shift
+
+    shift = prior_logit_shift(subject.loaded.spec)  # the stacked rule works on the probabilities as trained
+    comb, _applied = ens.combine(p[ok], z[ok], classes, None if shift is None else shift.numpy().astype(float))
     pred["p_CW_network"], pred["p_ACW_network"] = pred["p_CW"], pred["p_ACW"]
     p[ok] = comb
     for j, c in enumerate(pcols):

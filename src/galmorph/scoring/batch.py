@@ -487,13 +487,16 @@ def _run_spec(rel: _Release, lm, shard_size: int, threshold: float, choice, wind
 def applied_defaults(spec, winding_ensemble) -> dict[str, Any]:
     """What a scoring run applied beyond the network (#26), for ``scoring.json``, ``summary.json``, the
     catalogue metadata and MLflow: ``applied_class_prior`` (:func:`galmorph.models.io.applied_class_prior`)
-    and ``applied_ensemble`` (``{"winding_ensemble": bool, "source", "weight", "min_confidence"}``) and
+    and ``applied_ensemble`` (``{"winding_ensemble": bool, "source", "weight", "min_confidence"}``, or
+    ``rule: "stack"`` with the model's ``stack`` for the stacked rule) and
     their one-line labels."""
     from galmorph.models.io import applied_class_prior, applied_class_prior_label
     from galmorph.scoring.ensemble import applied_ensemble_label
 
     ens = {"winding_ensemble": winding_ensemble is not None}
-    if winding_ensemble is not None:
+    if winding_ensemble is not None and winding_ensemble.stack is not None:
+        ens.update(source=winding_ensemble.source, rule="stack", stack=dict(winding_ensemble.stack))
+    elif winding_ensemble is not None:
         ens.update(source=winding_ensemble.source, weight=float(winding_ensemble.weight),
                    min_confidence=float(winding_ensemble.min_confidence))
     return {"applied_class_prior": applied_class_prior(spec), "applied_ensemble": ens,
@@ -561,7 +564,9 @@ def _shard_frames(sc: _ShardScorer, s: int, first: int, frame: pd.DataFrame, pro
     if sc.winding_ensemble is not None:  # network + winding measurement (galmorph.scoring.ensemble)
         from galmorph.scoring.ensemble import apply_winding_ensemble
 
-        res = apply_winding_ensemble(res, good, classes, sc.winding_ensemble, sc.threshold, data_root=sc.data_root)
+        shift = None if sc.shift is None else sc.shift.detach().cpu().numpy().astype(np.float64)
+        res = apply_winding_ensemble(res, good, classes, sc.winding_ensemble, sc.threshold, data_root=sc.data_root,
+                                     shift=shift)
     return res, q
 
 

@@ -26,6 +26,21 @@ benchmark's tuning half of the public GZ1 CW/ACW galaxies with the chirality ``r
 (``benchmarks/ensemble_weight.py``, ``results/ensemble_weight.md``; chosen again, and again 3, with the
 network of the current preset): on the other half the combination scored 0.960 ± 0.024 at full coverage
 and 0.994 ± 0.009 on the 80 % most confident (network alone 0.946 ± 0.014 and 0.975 ± 0.014).
+
+**Stacked rule** (:class:`WindingStack`, #26): a model trained with ``winding_stack`` (the chirality
+``reference`` preset) records a small logistic stacker fitted on its **validation** split
+(:func:`fit_winding_stack`) and scoring applies it instead of the fixed rule. On the network's probabilities
+as trained (temperature applied, no class prior), with ``s = log((p_CW + p_ACW) / p_other)``,
+``d = log(p_CW / p_ACW)`` and the winding ``z`` (0 where it was not measured):
+
+    s' = a0 + a1 * s + a2 * |z| + a3 * clip(z * d)          (spiral vs other)
+    d' = b1 * d + b2 * z                                    (CW vs ACW, no intercept)
+
+``p_other = 1 - sigmoid(s')``, ``p_CW = sigmoid(s') sigmoid(d')``, ``p_ACW = sigmoid(s') sigmoid(-d')``; the
+class prior the scoring applies is then applied to these (the stacker is fitted at the prior the network was
+trained at). Every feature of ``s'`` is even under a mirror and every feature of ``d'`` odd, so the output
+swaps CW/ACW under a mirror and CW and ACW keep one selection function. Six coefficients, L2-regularised, so
+that a validation split of about a hundred galaxies can fit them.
 """
 
 from __future__ import annotations
@@ -63,6 +78,7 @@ class WindingEnsemble:
     options: dict = field(default_factory=dict)  #: WindingOptions overrides for the measurement
     workers: int = 1  #: measurement processes (not part of the result)
     source: str = "flag"  #: who chose it: ``flag`` or ``model:<source>`` (recorded, not part of the result)
+    stack: dict | None = None  #: a :class:`WindingStack` as a dict: the stacked rule replaces the fixed one
 
     def __post_init__(self) -> None:
         if not (math.isfinite(self.weight) and self.weight >= 0):
@@ -71,14 +87,29 @@ class WindingEnsemble:
             raise EnsembleError(f"winding ensemble min_confidence must be >= 0, got {self.min_confidence}")
         if not 0 < self.max_p_other <= 1:
             raise EnsembleError(f"winding ensemble max_p_other must be in (0, 1], got {self.max_p_other}")
+        if self.stack is not None:
+            WindingStack.from_dict(self.stack)  # checked here, not at the first shard
 
     def to_dict(self) -> dict:
         """What the result depends on (recorded in scoring.json and the catalogue metadata)."""
         d = asdict(self)
         d.pop("workers")
         d.pop("source")
-        d["rule"] = RULE
+        if self.stack is None:
+            d.pop("stack")
+            d["rule"] = RULE
+        else:
+            d = {"stack": dict(self.stack), "options": d["options"], "rule": STACK_RULE}
         return d
+
+    def combine(self, probs: np.ndarray, z: np.ndarray, classes: Sequence[str],
+                shift: Sequence[float] | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """``(combined probabilities, applied mask)`` of ``probs`` (``classes`` order, after the class-prior
+        ``shift`` -- per-class log offsets, None: as trained -- that the scoring applied) and ``z``: the stacked
+        rule when the settings carry one, else :func:`combine_winding`."""
+        if self.stack is not None:
+            return apply_winding_stack(probs, z, classes, WindingStack.from_dict(self.stack), shift)
+        return combine_winding(probs, z, classes, self.weight, self.min_confidence, self.max_p_other)
 
 
 def _check_classes(classes: Sequence[str]) -> tuple[int, int, int | None]:
@@ -112,6 +143,138 @@ def combine_winding(probs: np.ndarray, z: np.ndarray, classes: Sequence[str], we
         out[ok, i_cw] = spiral[ok] * frac_cw
         out[ok, i_acw] = spiral[ok] * (1.0 - frac_cw)
     return out, ok
+
+
+STACK_RULE = ("stacked: s' = a0 + a1 log((p_CW+p_ACW)/p_other) + a2 |z| + a3 clip(z log(p_CW/p_ACW)); "
+              "d' = b1 log(p_CW/p_ACW) + b2 z; on the probabilities as trained, then the class prior")
+#: |z * d| is clipped here (a confident network times a confident measurement says "spiral" no more than this).
+AGREEMENT_CLIP = 20.0
+#: The fewest validation galaxies of each group (CW, ACW, other) a stacker is fitted on.
+STACK_MIN_PER_CLASS = 10
+
+
+@dataclass(frozen=True)
+class WindingStack:
+    """The stacked rule's coefficients (module docstring) and what they were fitted on."""
+
+    a: tuple[float, float, float, float]  #: spiral vs other: intercept, s, |z|, clip(z d)
+    b: tuple[float, float]  #: CW vs ACW: d, z
+    n_fit: dict = field(default_factory=dict)  #: validation galaxies per class
+    fitted_on: str = "validation"
+
+    def __post_init__(self) -> None:
+        if len(self.a) != 4 or len(self.b) != 2 or not all(math.isfinite(float(v)) for v in (*self.a, *self.b)):
+            raise EnsembleError(f"winding stack needs 4 finite spiral and 2 finite CW/ACW coefficients, got "
+                                f"a={self.a}, b={self.b}")
+
+    def to_dict(self) -> dict:
+        return {"a": [float(v) for v in self.a], "b": [float(v) for v in self.b], "n_fit": dict(self.n_fit),
+                "fitted_on": self.fitted_on}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "WindingStack":
+        try:
+            return cls(a=tuple(float(v) for v in d["a"]), b=tuple(float(v) for v in d["b"]),
+                       n_fit=dict(d.get("n_fit") or {}), fitted_on=str(d.get("fitted_on", "validation")))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise EnsembleError(f"winding stack {d!r} is not a stacker record ({exc})") from None
+
+
+def _log(x: np.ndarray) -> np.ndarray:
+    return np.log(np.maximum(x, 1e-12))
+
+
+def stack_features(probs: np.ndarray, z: np.ndarray, classes: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    """``(spiral features (n, 3): s, |z|, clip(z d); CW features (n, 2): d, z)`` of probabilities as trained
+    (module docstring); a NaN ``z`` counts as 0 (not measured)."""
+    i_cw, i_acw, i_other = _check_classes(classes)
+    if i_other is None:
+        raise EnsembleError(f"the winding stack needs an 'other' class, got {list(classes)}")
+    p = np.asarray(probs, dtype=np.float64)
+    zz = np.nan_to_num(np.asarray(z, dtype=np.float64), nan=0.0, posinf=0.0, neginf=0.0)
+    s = _log(p[:, i_cw] + p[:, i_acw]) - _log(p[:, i_other])
+    d = _log(p[:, i_cw]) - _log(p[:, i_acw])
+    agree = np.clip(zz * d, -AGREEMENT_CLIP, AGREEMENT_CLIP)
+    return np.column_stack([s, np.abs(zz), agree]), np.column_stack([d, zz])
+
+
+def _unshift(p: np.ndarray, shift: Sequence[float] | None) -> np.ndarray:
+    """Probabilities moved by the per-class log offsets ``shift`` (None: unchanged), renormalised."""
+    if shift is None:
+        return p
+    with np.errstate(divide="ignore", invalid="ignore"):
+        lp = _log(p) + np.asarray(shift, dtype=np.float64)[None, :]
+        lp -= np.nanmax(np.where(np.isfinite(lp), lp, np.nan), axis=1, keepdims=True)
+        e = np.exp(lp)
+        return e / e.sum(axis=1, keepdims=True)
+
+
+def apply_winding_stack(probs: np.ndarray, z: np.ndarray, classes: Sequence[str], stack: WindingStack,
+                        shift: Sequence[float] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The stacked rule on ``probs`` (``(n, K)``, after the class-prior log offsets ``shift``, None: as trained;
+    the offsets are taken off, the stacker applied, and the offsets put back). Returns ``(probabilities,
+    applied)``; rows with NaN probabilities are left unchanged."""
+    i_cw, i_acw, i_other = _check_classes(classes)
+    p = np.asarray(probs, dtype=np.float64)
+    z = np.asarray(z, dtype=np.float64)
+    if p.ndim != 2 or p.shape[1] != len(classes) or z.shape != (len(p),):
+        raise EnsembleError(f"probabilities {p.shape} and z {z.shape} do not match {len(classes)} classes")
+    out = p.copy()
+    ok = np.isfinite(p).all(axis=1)
+    if not ok.any():
+        return out, ok
+    # a class the prior never predicts (offset -inf) cannot be moved back: its as-trained share is not kept
+    neg = None if shift is None else -np.nan_to_num(np.asarray(shift, dtype=np.float64), nan=0.0, neginf=0.0,
+                                                     posinf=0.0)
+    raw = _unshift(p[ok], neg)
+    fs, fd = stack_features(raw, z[ok], classes)
+    a, b = np.asarray(stack.a), np.asarray(stack.b)
+    s2 = a[0] + fs @ a[1:]
+    d2 = fd @ b
+    ps = 1.0 / (1.0 + np.exp(-s2))
+    fcw = 1.0 / (1.0 + np.exp(-d2))
+    q = np.zeros_like(raw)
+    q[:, i_other] = 1.0 - ps
+    q[:, i_cw] = ps * fcw
+    q[:, i_acw] = ps * (1.0 - fcw)
+    out[ok] = _unshift(q, shift)
+    return out, ok
+
+
+def fit_winding_stack(probs: np.ndarray, z: np.ndarray, labels: Sequence, classes: Sequence[str],
+                      trained_prior: dict[str, float] | None = None, c: float = 1.0,
+                      min_per_class: int = STACK_MIN_PER_CLASS) -> WindingStack:
+    """Fit the stacked rule on labelled rows (the training run's validation split): ``probs`` as trained
+    (temperature applied, no prior), the winding ``z`` (NaN: not measured) and ``labels``. Each class is
+    weighted to ``trained_prior`` (None: uniform), so that the stacked output is at the prior the network
+    was trained at and the class prior is applied to it as to the network. ``c``: inverse L2 strength on
+    standardised features. Raises :class:`EnsembleError` when a class has fewer than ``min_per_class`` rows."""
+    from sklearn.linear_model import LogisticRegression
+
+    i_cw, i_acw, i_other = _check_classes(classes)
+    labels = np.asarray([str(x) for x in labels], dtype=object)
+    n = {k: int((labels == k).sum()) for k in (CW, ACW, OTHER)}
+    short = {k: v for k, v in n.items() if v < min_per_class}
+    if short:
+        raise EnsembleError(f"winding stack: too few validation galaxies to fit it ({n}; at least {min_per_class} "
+                            "of each of CW, ACW and other)")
+    prior = {k: float((trained_prior or {}).get(k, 1.0)) for k in (CW, ACW, OTHER)}
+    tot = sum(prior.values())
+    prior = {k: v / tot for k, v in prior.items()} if tot > 0 else {k: 1 / 3 for k in prior}
+    fs, fd = stack_features(probs, z, classes)
+    w = np.array([prior[k] / (n[k] / len(labels)) for k in labels], dtype=np.float64)
+
+    def fit(x: np.ndarray, y: np.ndarray, sw: np.ndarray, intercept: bool) -> tuple[float, np.ndarray]:
+        scale = x.std(axis=0)
+        scale = np.where(scale > 0, scale, 1.0)
+        m = LogisticRegression(C=c, fit_intercept=intercept, max_iter=1000)
+        m.fit(x / scale, y, sample_weight=sw / sw.mean())
+        return (float(m.intercept_[0]) if intercept else 0.0), m.coef_[0] / scale
+
+    a0, a = fit(fs, labels != OTHER, w, True)
+    sp = labels != OTHER
+    _b0, b = fit(fd[sp], labels[sp] == CW, w[sp], False)
+    return WindingStack(a=(a0, *map(float, a)), b=tuple(map(float, b)), n_fit=n)
 
 
 def measured_sense(z: np.ndarray, min_confidence: float) -> np.ndarray:
@@ -222,12 +385,14 @@ def fit_winding_weight(probs: np.ndarray, z: np.ndarray, labels: Sequence, class
 
 def apply_winding_ensemble(scores: pd.DataFrame, rows: pd.DataFrame, classes: Sequence[str],
                            ensemble: WindingEnsemble, threshold: float, data_root: str | Path | None = None,
-                           ) -> pd.DataFrame:
+                           shift: Sequence[float] | None = None) -> pd.DataFrame:
     """The scoring table ``scores`` (``p_<class>``, ``pred``, ``p_pred``, ``high_confidence``; row i
     scored from ``rows.iloc[i]``'s image) with the winding ensemble applied: ``p_CW``/``p_ACW``,
     ``pred``, ``p_pred`` and ``high_confidence`` are the combined ones; added: ``p_CW_network``,
     ``p_ACW_network``, ``winding_score``, ``winding_z`` and ``winding_ensemble`` (applied to the row).
-    The settings are recorded in ``DataFrame.attrs[ATTRS_KEY]`` (Parquet keeps them)."""
+    The settings are recorded in ``DataFrame.attrs[ATTRS_KEY]`` (Parquet keeps them). ``shift``: the class
+    prior's per-class log offsets the scores carry (the stacked rule works on the probabilities as trained).
+    """
     _check_classes(classes)
     if len(scores) != len(rows):
         raise EnsembleError(f"{len(scores)} scored rows but {len(rows)} image rows")
@@ -236,8 +401,7 @@ def apply_winding_ensemble(scores: pd.DataFrame, rows: pd.DataFrame, classes: Se
     if len(out):
         tab = measure_winding_table(rows, data_root=data_root, options=ensemble.options, workers=ensemble.workers)
         z = tab["winding_z"].to_numpy(dtype=float)
-        comb, applied = combine_winding(out[pcols].to_numpy(dtype=float), z, classes, ensemble.weight,
-                                        ensemble.min_confidence, ensemble.max_p_other)
+        comb, applied = ensemble.combine(out[pcols].to_numpy(dtype=float), z, classes, shift)
     else:
         tab = pd.DataFrame({"winding_score": [], "winding_z": []})
         comb, applied = np.zeros((0, len(classes))), np.zeros(0, dtype=bool)
@@ -262,13 +426,15 @@ def ensemble_for(spec, enabled: bool | None = None, weight: float | None = None,
     """The winding ensemble to apply for a model of ``spec`` (None: off). ``enabled`` True/False: the caller's
     choice (``--winding-ensemble``/``--no-winding-ensemble``); None: what the model recorded
     (``spec.extra["ensemble"]``, :mod:`galmorph.training.defaults`; off for a model that recorded none or a
-    model without CW/ACW). ``weight``/``min_confidence`` None: the model's recorded values, else the defaults.
-    The returned settings carry ``options["source"]`` = ``model:<source>`` or ``flag``."""
+    model without CW/ACW). A model that recorded a stacker (``stack``, fitted on its validation split) gets the
+    stacked rule, unless ``weight`` or ``min_confidence`` is given: those ask for the fixed rule.
+    ``weight``/``min_confidence`` None: the model's recorded values, else the defaults.
+    The returned settings carry ``source`` = ``model:<source>`` or ``flag``."""
     from galmorph.models.io import model_ensemble
 
     rec = model_ensemble(spec) if spec is not None else None
+    classes = [str(c) for c in getattr(spec, "classes", [])]
     if enabled is None:
-        classes = [str(c) for c in getattr(spec, "classes", [])]
         enabled = bool(rec and rec.get("winding_ensemble")) and {CW, ACW} <= set(classes)
         source = f"model:{(rec or {}).get('source', 'default')}"
     else:
@@ -278,13 +444,22 @@ def ensemble_for(spec, enabled: bool | None = None, weight: float | None = None,
     w = weight if weight is not None else float((rec or {}).get("weight", DEFAULT_WEIGHT))
     m = min_confidence if min_confidence is not None else float((rec or {}).get("min_confidence",
                                                                                 DEFAULT_MIN_CONFIDENCE))
-    return WindingEnsemble(weight=float(w), min_confidence=float(m), source=source)
+    stack = (rec or {}).get("stack")
+    if weight is not None or min_confidence is not None or not isinstance(stack, dict) or OTHER not in classes:
+        stack = None
+    elif source == "flag":
+        source = f"flag, model:{(rec or {}).get('source', 'default')}"
+    return WindingEnsemble(weight=float(w), min_confidence=float(m), source=source, stack=stack)
 
 
 def applied_ensemble_label(ens: WindingEnsemble | None) -> str:
-    """A one-line tag value: ``off`` or ``winding(weight=3,min_confidence=0,source=model:default)``."""
+    """A one-line tag value: ``off``, ``winding(weight=3,min_confidence=0,source=model:default)`` or
+    ``winding-stack(fitted_on=validation,n=102,source=model:validation)``."""
     if ens is None:
         return "off"
+    if ens.stack is not None:
+        n = sum(int(v) for v in (ens.stack.get("n_fit") or {}).values())
+        return f"winding-stack(fitted_on={ens.stack.get('fitted_on', 'validation')},n={n},source={ens.source})"
     return f"winding(weight={ens.weight:g},min_confidence={ens.min_confidence:g},source={ens.source})"
 
 

@@ -88,6 +88,8 @@ class TrainConfig:
     mirror_copies: bool = False          # chirality: add a mirrored copy with CW/ACW swapped (train set)
     mirror_swap: bool = False            # chirality: mirror half the training images at random, CW/ACW swapped
     class_weights: str = "none"          # none | balanced (cross-entropy weights N / (K n_c) from the train split)
+    winding_stack: bool = False          # chirality: fit the winding stacker (network + winding measurement) on the
+                                         # validation split; scoring applies it by default (galmorph.scoring.ensemble)
     num_workers: int = 0                 # DataLoader workers; -1 = from the machine (one per core beyond one)
     cache_images: bool = False           # decode every image once into a memory-mapped cache (workers share it)
     resume_from: str = ""                # Lightning checkpoint to resume (single-trial runs)
@@ -178,6 +180,8 @@ class TrainConfig:
             bad(f"val_fraction ({self.val_fraction}) + test_fraction ({self.test_fraction}) must be < 1")
         if self.val_fraction == 0:
             bad("val_fraction must be > 0 (early stopping and the best checkpoint use the validation set)")
+        if self.winding_stack and self.task != "chirality":
+            bad(f"winding_stack is for the chirality task (CW/ACW/other), not {self.task!r}")
         for name in ("trials", "batch_size", "max_epochs", "group_order"):
             if getattr(self, name) < 1:
                 bad(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -303,7 +307,8 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
         # At least 6 epochs: with val_loss and patience 4, one split in five stopped before the winding
         # sense was learnt (CW/ACW 0.65); the validation macro-F1 weighs CW and ACW like "other".
         "reference": {**_REFERENCE, "crop_fraction": GZ1_CROP, "flips": False, "mirror_swap": True,
-                      "max_per_class": 1000, "tta_views": 8, "min_epochs": 6, "max_epochs": 15, "patience": 5},
+                      "max_per_class": 1000, "tta_views": 8, "min_epochs": 6, "max_epochs": 15, "patience": 5,
+                      "winding_stack": True},
         "resnet18": {**_CHIRALITY_PAPER, "arch": "resnet18"},
         "resnet50": {**_CHIRALITY_PAPER, "arch": "resnet50"},
         "gresnet18": {**_CHIRALITY_PAPER, "arch": "gresnet18"},

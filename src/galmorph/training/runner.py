@@ -617,10 +617,17 @@ def _export_best(run: _Run, best: dict, best_trial: int, parent_id: str, best_ru
     spec.trained_prior, spec.catalogue_prior = best["datamodule"].class_priors(cfg.class_weights == "balanced")
     spec.extra.update(spec_defaults(best["datamodule"], task, tags))  # prior + ensemble scoring applies (#26)
     reg_name = registered_name(task) if run.register else None
-    from galmorph.evaluation.calibration import temperature_from_loader  # temperature scaling (#15)
+    from galmorph.evaluation.calibration import (  # temperature scaling (#15)
+        fit_temperature,
+        logits_from_loader,
+        temperature_from_loader,
+    )
 
     exported = with_views(plain, cfg.tta_views)  # the logged module: its own temperature
-    spec.temperature = temperature_from_loader(exported, best["datamodule"].val_dataloader())
+    val_logits, val_y = logits_from_loader(exported, best["datamodule"].val_dataloader())
+    spec.temperature = fit_temperature(val_logits, val_y) if len(val_logits) else 1.0
+    if cfg.winding_stack:  # network + winding stacker, fitted on the validation split (#26)
+        spec.extra["ensemble"] = _fit_winding_stack(best["datamodule"], val_logits, val_y, spec, run.data_root)
     t_model = time.perf_counter()
     with mlflow.start_run(run_id=best_run_id, nested=True):
         info = log_model(exported, spec, registered_model_name=reg_name)
@@ -642,6 +649,35 @@ def _export_best(run: _Run, best: dict, best_trial: int, parent_id: str, best_ru
                      **{k2: v2 for k2, v2 in tags.items() if k2.startswith("galmorph.data_version")}}.items():
             client.set_model_version_tag(reg_name, version, k, v)
     return spec, reg_name, version, model_uri
+
+
+def _fit_winding_stack(dm, val_logits, val_y, spec, data_root) -> dict:
+    """The ``extra["ensemble"]`` record of a model trained with ``winding_stack``: the stacker
+    (:func:`galmorph.scoring.ensemble.fit_winding_stack`) fitted on the validation split's probabilities as
+    trained (the temperature just fitted, no class prior) and the winding measured on the same images. When it
+    cannot be fitted (too few validation galaxies of a class) the fixed rule stays, and the record says why."""
+    from galmorph.evaluation.calibration import apply_temperature
+    from galmorph.scoring.ensemble import EnsembleError, fit_winding_stack, measure_winding_table
+
+    rec = dict(spec.extra.get("ensemble") or {})
+    classes = [str(c) for c in spec.classes]
+    val = dm.split_frame("val")
+    labels = [classes[int(i)] for i in val_y]
+    try:
+        if len(val) != len(labels) or list(val["label"].astype(str)) != labels:
+            raise EnsembleError("the validation images and their predictions are not in the same order")
+        t0 = time.perf_counter()
+        z = measure_winding_table(val, data_root=getattr(dm, "data_root", None) or data_root)["winding_z"].to_numpy(dtype=float)
+        probs = apply_temperature(val_logits, spec.temperature)
+        stack = fit_winding_stack(probs, z, labels, classes, trained_prior=spec.trained_prior)
+    except EnsembleError as exc:
+        log.warning("winding stack not fitted: %s; scoring keeps the fixed winding rule", exc)
+        rec["stack_skipped"] = str(exc)
+        return rec
+    log.info("winding stack fitted on %d validation galaxies in %.1f s: a=%s b=%s", len(val),
+             time.perf_counter() - t0, [round(v, 3) for v in stack.a], [round(v, 3) for v in stack.b])
+    rec.update(winding_ensemble=True, stack=stack.to_dict(), source="validation")
+    return rec
 
 
 def result_to_json(res: TrainResult) -> dict[str, Any]:
