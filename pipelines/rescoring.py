@@ -55,11 +55,12 @@ def pipeline(release_uri: str = "/data/releases/latest", release: str = "latest"
         batch_size: Images per forward pass.
         threshold: Probability at or above which a prediction is flagged high_confidence.
         winding_ensemble: Chirality: combine the network with the winding measurement as the model recorded
-            (the validated default, on); off scores with the network alone.
-        winding_weight: Weight of the winding measurement in the ensemble; below 0 (default) the model's
-            recorded value.
-        winding_min_confidence: Winding confidence under which only the network decides; below 0 (default) the
-            model's recorded value.
+            (the validated default, on: the stacker fitted on the model's validation split, else the fixed
+            rule); off scores with the network alone.
+        winding_weight: Weight of the winding measurement in the fixed rule; below 0 (default) the model's
+            recorded ensemble (its stacker where it has one); 0 or more asks for the fixed rule.
+        winding_min_confidence: Winding confidence under which only the network decides (fixed rule); below 0
+            (default) the model's recorded value; 0 or more asks for the fixed rule.
         precision: Inference path: verified (default: the fastest path checked against fp32 once per model
             version and recorded on it), or fp32, auto, channels_last, bf16, onnx, int8.
         decode: JPEG decoding: auto (default: the draft decode where it agrees with the full one), full, draft.

@@ -56,14 +56,16 @@ def _shards(ctx: click.Context, param: click.Parameter, text: str | None) -> lis
 @click.option("--log-mlflow/--no-log-mlflow", default=True, show_default=True,
               help="Record the scored release (summary + catalogue) as an MLflow run.")
 @click.option("--winding-ensemble/--no-winding-ensemble", "winding_ensemble", default=None,
-              help="Chirality: combine the network's CW/ACW odds with the winding measurement where it is confident "
-                   "(galmorph.scoring.ensemble) [default: as the model recorded; models registered before #26: "
-                   "off]. Recorded in scoring.json, summary.json, the catalogue metadata and MLflow.")
+              help="Chirality: combine the network with the winding measurement (galmorph.scoring.ensemble): the "
+                   "stacker the model fitted on its validation split, else the fixed rule on the CW/ACW odds "
+                   "[default: as the model recorded; models registered before #26: off]. Recorded in "
+                   "scoring.json, summary.json, the catalogue metadata and MLflow.")
 @click.option("--winding-weight", type=click.FloatRange(0), default=None,
-              help="Ensemble weight: log-odds added per unit of winding z [default: the model's recorded, else 3].")
+              help="Fixed-rule weight: log-odds added per unit of winding z; given, the fixed rule replaces a "
+                   "stacker the model recorded [default: the model's recorded ensemble, else 3].")
 @click.option("--winding-min-confidence", type=click.FloatRange(0), default=None,
-              help="Ensemble: |winding z| below this leaves the network's output unchanged [default: the model's "
-                   "recorded, else 0].")
+              help="Fixed rule: |winding z| below this leaves the network's output unchanged; given, the fixed "
+                   "rule replaces a stacker the model recorded [default: the model's recorded, else 0].")
 @click.option("--tta-views", "tta_views", type=click.Choice(["1", "2", "8"]), default=None,
               help="Chirality: test-time views to score with (1, 2 = mirror pair, 8 = 4 rotations x mirror) "
                    "[default: the registered model's own]; recorded in scoring.json.")

@@ -367,7 +367,8 @@ def score(dataset: str | Path, work: str, scores_dir: str | Path, batch_size: in
     (resumable); the dataset's framing is checked against the model's (never cropped twice);
     ``winding_ensemble`` True (default): combine the chirality network with the winding measurement as the model
     recorded (:func:`galmorph.scoring.ensemble.ensemble_for`; off for a model that recorded none); False: off.
-    ``winding_weight``/``winding_min_confidence`` below 0: the model's recorded values. ``precision``/``decode``:
+    ``winding_weight``/``winding_min_confidence`` below 0: the model's recorded values (its stacker where it
+    recorded one); 0 or more: the fixed rule with those values. ``precision``/``decode``:
     the inference path (:mod:`galmorph.scoring.accel`; an accelerated path only where it agrees with fp32, recorded
     in the shard summaries and, through the merge, in MLflow). ``class_prior``: move the probabilities to the
     release's class prior (default ``model``: the prior the model recorded; ``none``/``as-trained``/empty: as

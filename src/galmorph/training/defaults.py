@@ -12,7 +12,9 @@ promotion floor apply them unless told otherwise (:func:`galmorph.models.io.mode
   (after down-sampling); ``trained_prior`` stays the prior the loss saw (uniform with balanced weights).
 * ``extra["ensemble"]``: ``winding_ensemble`` (on for chirality models), ``weight``, ``min_confidence`` and
   ``source`` (``"default"``: the library defaults of :mod:`galmorph.scoring.ensemble`, chosen on the
-  validation half of the winding benchmark; no training run chooses them today).
+  validation half of the winding benchmark). A run with ``winding_stack`` (the chirality ``reference`` preset)
+  adds ``stack``, the stacker fitted on its own validation split (``source`` ``"validation"``;
+  :func:`galmorph.training.runner._fit_winding_stack`), or ``stack_skipped`` with the reason it was not fitted.
 """
 
 from __future__ import annotations
