@@ -110,6 +110,28 @@ def test_the_floor_rejects_chance_skill_and_accepts_skill():
     assert ok["passed"] and ok["ci_low"] > ok["required"]
 
 
+def test_the_floor_rejects_a_model_the_winding_measurement_carries():
+    """The default output combines the network with the winding measurement, which needs no training: a network
+    with no skill of its own (all "other" at the catalogue's proportions) is rejected however well the combined
+    output does, with the reason naming the network; a network with weak but real skill is judged on the
+    combined output."""
+    rng = np.random.default_rng(1)
+    classes = ["CW", "ACW", "other"]
+    y = rng.choice(classes, size=600, p=[0.07, 0.07, 0.86])
+    combined = np.where(rng.random(len(y)) < 0.9, y, "other")  # what the stacker makes of the measurement
+    lazy = np.full(len(y), "other", dtype=object)  # the network alone: no skill
+    weak = np.where((y != "other") & (rng.random(len(y)) < 0.3), y, "other")  # finds a third of the spirals
+    pol = PromotionPolicy()
+    rep = {**_report(y, combined, classes), "skill_network": skill_vs_majority(y, lazy, classes, n_boot=500)}
+    got = quality_floor(rep, pol.min_margin_over_majority)
+    assert not got["passed"] and got["ci_low"] > got["required"]  # the combined output alone would pass
+    assert got["network"]["passed"] is False and "the network alone" in got["reason"]
+    assert quality_floor(_report(y, combined, classes), pol.min_margin_over_majority)["passed"]  # fixed-rule era
+    rep["skill_network"] = skill_vs_majority(y, weak, classes, n_boot=500)
+    ok = quality_floor(rep, pol.min_margin_over_majority)
+    assert ok["passed"] and ok["network"]["passed"] and ok["network"]["margin"] == 0.0
+
+
 def test_the_floor_judges_at_the_catalogue_proportions():
     # the held-out set is balanced, the catalogue is 87 % other: an as-trained model that calls a third of the
     # "other" galaxies spirals beats the majority on the balanced set but not at the catalogue's proportions

@@ -57,8 +57,13 @@ def test_the_floor_rejects_random_weights_and_accepts_the_pretrained_preset_on_r
                                       log_evaluations=False, evaluate_kwargs={"html": False})
     rnd, pre = decisions["random"], decisions["pretrained"]
     assert rnd.decision == "rejected" and any("quality floor" in r for r in rnd.reasons), rnd.reasons
+    # the preset's winding stacker gives even a random network's output the measurement's skill: the floor asks
+    # the network for skill of its own as well
+    assert rnd.checks["quality_floor"].get("network", {}).get("passed") is False or \
+        not rnd.checks["quality_floor"]["ci_low"] > rnd.checks["quality_floor"]["required"], rnd.checks
     assert rnd.champion_after is None  # the first candidate: every check applied, none skipped
     assert pre.decision == "first-champion", pre.reasons
     floor = pre.checks["quality_floor"]
     assert floor["passed"] and floor["ci_low"] > floor["majority_value"]
+    assert floor["network"]["passed"] and floor["network"]["ci_low"] > floor["network"]["chance_value"]
     assert floor["proportions_source"] and floor["proportions"]["other"] > 0.8

@@ -337,6 +337,7 @@ def _apply_ensemble(subject: _Subject, pred: pd.DataFrame, opt: EvaluationOption
     shift = prior_logit_shift(subject.loaded.spec)  # the stacked rule works on the probabilities as trained
     comb, _applied = ens.combine(p[ok], z[ok], classes, None if shift is None else shift.numpy().astype(float))
     pred["p_CW_network"], pred["p_ACW_network"] = pred["p_CW"], pred["p_ACW"]
+    pred["pred_network"] = pred["pred"]  # the network alone (its class prior): the floor judges it too
     p[ok] = comb
     for j, c in enumerate(pcols):
         pred[c] = p[:, j]
@@ -457,9 +458,14 @@ def _report(subject: _Subject, scored: _Scored, opt: EvaluationOptions) -> dict:
     if opt.skill_bootstrap > 0:  # the promotion floor (#26): the default predictions at the catalogue's proportions
         from galmorph.models.io import model_class_prior
 
-        report["skill"] = skill_vs_majority(y, ev["pred"].astype(str).to_numpy(), classes,
-                                            model_class_prior(loaded.spec) or dict(loaded.spec.class_prior or {}),
+        prior = model_class_prior(loaded.spec) or dict(loaded.spec.class_prior or {})
+        report["skill"] = skill_vs_majority(y, ev["pred"].astype(str).to_numpy(), classes, prior,
                                             n_boot=opt.skill_bootstrap, seed=opt.seed)
+        if scored.ensemble is not None and "pred_network" in ev.columns:
+            # the winding measurement needs no training: the network's own predictions (same class prior, no
+            # ensemble), so that the floor can tell a model's skill from the measurement's
+            report["skill_network"] = skill_vs_majority(y, ev["pred_network"].astype(str).to_numpy(), classes,
+                                                        prior, n_boot=opt.skill_bootstrap, seed=opt.seed)
     return report
 
 

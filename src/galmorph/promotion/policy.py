@@ -163,14 +163,43 @@ def _typed(key: str, value: Any, default: Any) -> Any:
 FLOOR_METRICS = ("f1_macro", "accuracy")
 
 
+def _floor_of(skill: dict, metric: str, margin: float) -> dict:
+    """The floor check of one skill block (:func:`galmorph.evaluation.core.skill_vs_majority`)."""
+    m, base = skill[metric], skill["majority"]
+    low, b = float(m.get("ci_low", math.nan)), float(base.get(metric, math.nan))
+    chance = float((skill.get("chance") or {}).get(metric, math.nan))
+    need = max(b, chance if math.isfinite(chance) else b) + float(margin)
+    ok = math.isfinite(low) and math.isfinite(b) and low > need
+    return {"passed": bool(ok), "metric": metric, "value": float(m.get("value", math.nan)), "ci_low": low,
+            "ci_high": float(m.get("ci_high", math.nan)), "level": skill.get("level"), "n": skill.get("n"),
+            "n_boot": skill.get("n_boot"), "majority_value": b, "majority_class": base.get("class"),
+            "chance_value": chance, "margin": float(margin), "required": need,
+            "proportions": skill.get("proportions"), "proportions_source": skill.get("proportions_source")}
+
+
+def _floor_reason(what: str, c: dict, skill: dict, prior, ensemble) -> str:
+    props = ", ".join(f"{k} {v:.3f}" for k, v in (skill.get("proportions") or {}).items())
+    return (f"quality floor: {what}{c['metric']} {c['value']:.4f} (95% interval {c['ci_low']:.4f}..{c['ci_high']:.4f}, "
+            f"n={skill.get('n')}) does not beat the majority-class predictor (always "
+            f"{c['majority_class']!r}: {c['metric']} {c['majority_value']:.4f}; chance, its own predictions "
+            f"independent of the image: {c['chance_value']:.4f}) by the required margin {c['margin']:g}: the "
+            f"interval's lower end {c['ci_low']:.4f} must exceed {c['required']:.4f} (held-out galaxies at the "
+            f"{skill.get('proportions_source')} proportions {props}; predictions with class prior {prior}, "
+            f"ensemble {ensemble})")
+
+
 def quality_floor(report: dict, margin: float | None, metric: str = "f1_macro") -> dict | None:
     """The quality floor of an evaluation report's default predictions (its ``skill`` block,
     :func:`galmorph.evaluation.core.skill_vs_majority`: the held-out galaxies at the catalogue's class
     proportions): the lower end of the bootstrap interval of ``metric`` (``f1_macro`` or ``accuracy``) must
-    exceed the majority-class predictor's value by at least ``margin``. Returns the check (``passed``,
-    ``metric``, ``value``, ``ci_low``, ``ci_high``, ``level``, ``majority_value``, ``majority_class``,
-    ``margin``, ``required``, ``proportions``, ``proportions_source``, ``reason`` when failed) or None when
-    ``margin`` is None."""
+    exceed the majority-class predictor's value by at least ``margin``. When the default predictions combine
+    the network with the winding measurement (the report's ``skill_network`` block), the network's own
+    predictions (same class prior, no ensemble) must show skill of their own: the lower end of their interval
+    above both the majority-class and the chance predictor (no margin). The measurement needs no training, so
+    a candidate whose skill is the measurement's alone is rejected. Returns the check (``passed``, ``metric``, ``value``, ``ci_low``,
+    ``ci_high``, ``level``, ``majority_value``, ``majority_class``, ``margin``, ``required``, ``proportions``,
+    ``proportions_source``, ``network`` (the network-alone check, when judged), ``reason`` when failed) or None
+    when ``margin`` is None."""
     if margin is None:
         return None
     metric = metric if metric in FLOOR_METRICS else "f1_macro"
@@ -179,28 +208,23 @@ def quality_floor(report: dict, margin: float | None, metric: str = "f1_macro") 
         return {"passed": False, "metric": metric, "margin": float(margin),
                 "reason": "quality floor: the evaluation has no skill block (the default predictions at the "
                           "catalogue's class proportions with a bootstrap interval); re-evaluate with this version"}
-    m, base = skill[metric], skill["majority"]
-    low, b = float(m.get("ci_low", math.nan)), float(base.get(metric, math.nan))
-    chance = float((skill.get("chance") or {}).get(metric, math.nan))
-    need = max(b, chance if math.isfinite(chance) else b) + float(margin)
-    ok = math.isfinite(low) and math.isfinite(b) and low > need
-    out = {"passed": bool(ok), "metric": metric, "value": float(m.get("value", math.nan)), "ci_low": low,
-           "ci_high": float(m.get("ci_high", math.nan)), "level": skill.get("level"), "n": skill.get("n"),
-           "n_boot": skill.get("n_boot"), "majority_value": b, "majority_class": base.get("class"),
-           "chance_value": chance,
-           "margin": float(margin), "required": need, "proportions": skill.get("proportions"),
-           "proportions_source": skill.get("proportions_source"),
-           "applied_class_prior": (report.get("meta") or {}).get("applied_class_prior_label"),
-           "applied_ensemble": (report.get("meta") or {}).get("applied_ensemble_label")}
-    if not ok:
-        props = ", ".join(f"{k} {v:.3f}" for k, v in (skill.get("proportions") or {}).items())
-        out["reason"] = (f"quality floor: {metric} {out['value']:.4f} (95% interval {low:.4f}..{out['ci_high']:.4f}, "
-                         f"n={skill.get('n')}) does not beat the majority-class predictor (always "
-                         f"{base.get('class')!r}: {metric} {b:.4f}; chance, its own predictions independent of the image: "
-                         f"{chance:.4f}) by the required margin {float(margin):g}: the "
-                         f"interval's lower end {low:.4f} must exceed {need:.4f} (held-out galaxies at the "
-                         f"{skill.get('proportions_source')} proportions {props}; predictions with class prior "
-                         f"{out['applied_class_prior']}, ensemble {out['applied_ensemble']})")
+    meta = report.get("meta") or {}
+    prior, ens = meta.get("applied_class_prior_label"), meta.get("applied_ensemble_label")
+    out = _floor_of(skill, metric, margin)
+    out.update(applied_class_prior=prior, applied_ensemble=ens)
+    if not out["passed"]:
+        out["reason"] = _floor_reason("", out, skill, prior, ens)
+        return out
+    net = report.get("skill_network")
+    if net and metric in net and net.get("majority"):
+        # skill of its own: the interval above both no-skill predictors (no margin; the margin is the deployed
+        # output's), so that a network the measurement carries is rejected and a weak but real one is not
+        out["network"] = _floor_of(net, metric, 0.0)
+        if not out["network"]["passed"]:
+            out["passed"] = False
+            out["reason"] = _floor_reason("the network alone (the winding measurement needs no training, so the "
+                                          "model's own predictions must show skill of their own): ",
+                                          out["network"], net, prior, "off")
     return out
 
 
