@@ -123,7 +123,7 @@ def test_the_model_recorded_stack_is_the_default_and_a_weight_asks_for_the_fixed
     assert applied_ensemble_label(ens) == "winding-stack(fitted_on=validation,n=102,source=model:validation)"
     assert ens.to_dict()["rule"].startswith("stacked")
     fixed = ensemble_for(spec, None, weight=3.0)
-    assert fixed.stack is None and applied_ensemble_label(fixed).startswith("winding(weight=3,")
+    assert fixed.stack is None and applied_ensemble_label(fixed) == "winding(weight=3,min_confidence=0,source=flag)"
     assert ensemble_for(spec, False) is None
     assert ensemble_for(spec, True).stack == stack  # --winding-ensemble keeps the model's stacker
     # the fixed rule leaves p_other alone; the stacker moves it

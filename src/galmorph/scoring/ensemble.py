@@ -445,10 +445,10 @@ def ensemble_for(spec, enabled: bool | None = None, weight: float | None = None,
     m = min_confidence if min_confidence is not None else float((rec or {}).get("min_confidence",
                                                                                 DEFAULT_MIN_CONFIDENCE))
     stack = (rec or {}).get("stack")
-    if weight is not None or min_confidence is not None or not isinstance(stack, dict) or OTHER not in classes:
+    if weight is not None or min_confidence is not None:  # the caller asks for the fixed rule with these values
+        stack, source = None, "flag"
+    elif not isinstance(stack, dict) or OTHER not in classes:
         stack = None
-    elif source == "flag":
-        source = f"flag, model:{(rec or {}).get('source', 'default')}"
     return WindingEnsemble(weight=float(w), min_confidence=float(m), source=source, stack=stack)
 
 
