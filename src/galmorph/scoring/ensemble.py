@@ -119,16 +119,22 @@ def _check_classes(classes: Sequence[str]) -> tuple[int, int, int | None]:
     return classes.index(CW), classes.index(ACW), classes.index(OTHER) if OTHER in classes else None
 
 
+def _inputs(probs, z, classes: Sequence[str]) -> tuple[tuple[int, int, int | None], np.ndarray, np.ndarray]:
+    """``((i_CW, i_ACW, i_other), probabilities (n, K), z (n,))`` as float64, checked against ``classes``."""
+    idx = _check_classes(classes)
+    p = np.asarray(probs, dtype=np.float64)
+    z = np.asarray(z, dtype=np.float64)
+    if p.ndim != 2 or p.shape[1] != len(classes) or z.shape != (len(p),):
+        raise EnsembleError(f"probabilities {p.shape} and z {z.shape} do not match {len(classes)} classes")
+    return idx, p, z
+
+
 def combine_winding(probs: np.ndarray, z: np.ndarray, classes: Sequence[str], weight: float = DEFAULT_WEIGHT,
                     min_confidence: float = DEFAULT_MIN_CONFIDENCE, max_p_other: float = 0.5) -> tuple[np.ndarray, np.ndarray]:
     """Combine class probabilities ``(n, K)`` (``classes`` order) with the signed winding ``z`` ``(n,)``
     by the rule of the module docstring. Returns ``(combined probabilities, applied mask)``; rows with a
     NaN ``z`` or probabilities are left unchanged."""
-    i_cw, i_acw, i_other = _check_classes(classes)
-    p = np.asarray(probs, dtype=np.float64)
-    z = np.asarray(z, dtype=np.float64)
-    if p.ndim != 2 or p.shape[1] != len(classes) or z.shape != (len(p),):
-        raise EnsembleError(f"probabilities {p.shape} and z {z.shape} do not match {len(classes)} classes")
+    (i_cw, i_acw, i_other), p, z = _inputs(probs, z, classes)
     out = p.copy()
     pc, pa = p[:, i_cw], p[:, i_acw]
     spiral = pc + pa
@@ -214,11 +220,7 @@ def apply_winding_stack(probs: np.ndarray, z: np.ndarray, classes: Sequence[str]
     """The stacked rule on ``probs`` (``(n, K)``, after the class-prior log offsets ``shift``, None: as trained;
     the offsets are taken off, the stacker applied, and the offsets put back). Returns ``(probabilities,
     applied)``; rows with NaN probabilities are left unchanged."""
-    i_cw, i_acw, i_other = _check_classes(classes)
-    p = np.asarray(probs, dtype=np.float64)
-    z = np.asarray(z, dtype=np.float64)
-    if p.ndim != 2 or p.shape[1] != len(classes) or z.shape != (len(p),):
-        raise EnsembleError(f"probabilities {p.shape} and z {z.shape} do not match {len(classes)} classes")
+    (i_cw, i_acw, i_other), p, z = _inputs(probs, z, classes)
     out = p.copy()
     ok = np.isfinite(p).all(axis=1)
     if not ok.any():
