@@ -130,6 +130,9 @@ def test_the_floor_rejects_a_model_the_winding_measurement_carries():
     rep["skill_network"] = skill_vs_majority(y, weak, classes, n_boot=500)
     ok = quality_floor(rep, pol.min_margin_over_majority)
     assert ok["passed"] and ok["network"]["passed"] and ok["network"]["margin"] == 0.0
+    rep["skill_network"] = skill_vs_majority(y, lazy, classes, n_boot=500)
+    lenient = quality_floor(rep, -1.0)  # a policy that lets any model through (plumbing tests, a user's choice)
+    assert lenient["passed"] and lenient["network"]["margin"] == -1.0
 
 
 def test_the_floor_judges_at_the_catalogue_proportions():

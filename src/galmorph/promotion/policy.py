@@ -195,8 +195,8 @@ def quality_floor(report: dict, margin: float | None, metric: str = "f1_macro") 
     exceed the majority-class predictor's value by at least ``margin``. When the default predictions combine
     the network with the winding measurement (the report's ``skill_network`` block), the network's own
     predictions (same class prior, no ensemble) must show skill of their own: the lower end of their interval
-    above both the majority-class and the chance predictor (no margin). The measurement needs no training, so
-    a candidate whose skill is the measurement's alone is rejected. Returns the check (``passed``, ``metric``, ``value``, ``ci_low``,
+    above both the majority-class and the chance predictor (no margin; a negative ``margin`` applies here too).
+    The measurement needs no training, so a candidate whose skill is the measurement's alone is rejected. Returns the check (``passed``, ``metric``, ``value``, ``ci_low``,
     ``ci_high``, ``level``, ``majority_value``, ``majority_class``, ``margin``, ``required``, ``proportions``,
     ``proportions_source``, ``network`` (the network-alone check, when judged), ``reason`` when failed) or None
     when ``margin`` is None."""
@@ -218,8 +218,9 @@ def quality_floor(report: dict, margin: float | None, metric: str = "f1_macro") 
     net = report.get("skill_network")
     if net and metric in net and net.get("majority"):
         # skill of its own: the interval above both no-skill predictors (no margin; the margin is the deployed
-        # output's), so that a network the measurement carries is rejected and a weak but real one is not
-        out["network"] = _floor_of(net, metric, 0.0)
+        # output's), so that a network the measurement carries is rejected and a weak but real one is not; a
+        # policy with a negative margin (a user letting any model through) lowers this check as well
+        out["network"] = _floor_of(net, metric, min(float(margin), 0.0))
         if not out["network"]["passed"]:
             out["passed"] = False
             out["reason"] = _floor_reason("the network alone (the winding measurement needs no training, so the "
