@@ -334,8 +334,8 @@ def _apply_ensemble(subject: _Subject, pred: pd.DataFrame, opt: EvaluationOption
     p = pred[pcols].to_numpy(dtype=float)
     from galmorph.models.io import prior_logit_shift
 
-    shift = prior_logit_shift(subject.loaded.spec)  # the stacked rule works on the probabilities as trained
-    comb, _applied = ens.combine(p[ok], z[ok], classes, None if shift is None else shift.numpy().astype(float))
+    # the stacked rule works on the probabilities as trained: it takes the class prior off and puts it back
+    comb, _applied = ens.combine(p[ok], z[ok], classes, prior_logit_shift(subject.loaded.spec))
     pred["p_CW_network"], pred["p_ACW_network"] = pred["p_CW"], pred["p_ACW"]
     pred["pred_network"] = pred["pred"]  # the network alone (its class prior): the floor judges it too
     p[ok] = comb

@@ -564,9 +564,8 @@ def _shard_frames(sc: _ShardScorer, s: int, first: int, frame: pd.DataFrame, pro
     if sc.winding_ensemble is not None:  # network + winding measurement (galmorph.scoring.ensemble)
         from galmorph.scoring.ensemble import apply_winding_ensemble
 
-        shift = None if sc.shift is None else sc.shift.detach().cpu().numpy().astype(np.float64)
         res = apply_winding_ensemble(res, good, classes, sc.winding_ensemble, sc.threshold, data_root=sc.data_root,
-                                     shift=shift)
+                                     shift=sc.shift)
     return res, q
 
 

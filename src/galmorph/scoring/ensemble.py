@@ -108,6 +108,8 @@ class WindingEnsemble:
         ``shift`` -- per-class log offsets, None: as trained -- that the scoring applied) and ``z``: the stacked
         rule when the settings carry one, else :func:`combine_winding`."""
         if self.stack is not None:
+            if shift is not None and hasattr(shift, "detach"):  # a torch tensor (galmorph.models.io.prior_logit_shift)
+                shift = shift.detach().cpu().numpy()
             return apply_winding_stack(probs, z, classes, WindingStack.from_dict(self.stack), shift)
         return combine_winding(probs, z, classes, self.weight, self.min_confidence, self.max_p_other)
 

@@ -625,7 +625,7 @@ def _export_best(run: _Run, best: dict, best_trial: int, parent_id: str, best_ru
 
     exported = with_views(plain, cfg.tta_views)  # the logged module: its own temperature
     val_logits, val_y = logits_from_loader(exported, best["datamodule"].val_dataloader())
-    spec.temperature = fit_temperature(val_logits, val_y) if len(val_logits) else 1.0
+    spec.temperature = fit_temperature(val_logits, val_y)
     if cfg.winding_stack:  # network + winding stacker, fitted on the validation split (#26)
         spec.extra["ensemble"] = _fit_winding_stack(best["datamodule"], val_logits, val_y, spec, run.data_root)
     t_model = time.perf_counter()
@@ -667,7 +667,8 @@ def _fit_winding_stack(dm, val_logits, val_y, spec, data_root) -> dict:
         if len(val) != len(labels) or list(val["label"].astype(str)) != labels:
             raise EnsembleError("the validation images and their predictions are not in the same order")
         t0 = time.perf_counter()
-        z = measure_winding_table(val, data_root=getattr(dm, "data_root", None) or data_root)["winding_z"].to_numpy(dtype=float)
+        table = measure_winding_table(val, data_root=getattr(dm, "data_root", None) or data_root)
+        z = table["winding_z"].to_numpy(dtype=float)
         probs = apply_temperature(val_logits, spec.temperature)
         stack = fit_winding_stack(probs, z, labels, classes, trained_prior=spec.trained_prior)
     except EnsembleError as exc:
